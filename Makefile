@@ -1,0 +1,93 @@
+# tinymesh build. `make` builds everything into build/; `make test` runs every
+# Criterion suite; `make asan` / `make tsan` run them under the sanitizers;
+# `make demo` trains the default demo. Dependencies are Debian packages,
+# installed (or named) by scripts/deps.sh before anything is compiled.
+
+BUILD    ?= build
+OPT      ?= -O2
+SAN      ?=
+CFLAGS   ?=
+# Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
+# which is after the deps target has installed the packages.
+PKG_CFLAGS = $(shell pkg-config --cflags hwloc openblas zlib)
+PKG_LIBS   = $(shell pkg-config --libs hwloc openblas zlib)
+CR_CFLAGS  = $(shell pkg-config --cflags criterion)
+CR_LIBS    = $(shell pkg-config --libs criterion)
+
+# The TSan build swaps Criterion for a stand-in with the same macros: see
+# tests/tsan-shim/criterion/criterion.h for why.
+ifdef CRITERION_SHIM
+CR_CFLAGS  = -Itests/tsan-shim
+CR_LIBS    =
+TEST_EXTRA = tests/tsan-shim/shim.c
+endif
+
+TM_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -pthread \
+            -I. -MMD -MP $(SAN) $(CFLAGS)
+TM_LDFLAGS = -pthread $(SAN)
+
+LIB_SRC   := $(wildcard runtime/*.c kernels/*.c strategies/*.c)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC  := $(wildcard tests/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/%)
+BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/%)
+DEMO_SRC  := $(wildcard demos/*.c)
+DEMO_BIN  := $(DEMO_SRC:demos/%.c=$(BUILD)/%)
+LIB       := $(BUILD)/libtinymesh.a
+
+# Suites that exercise threads talking to each other: the TSan set.
+TSAN_SUITES ?= arena link world collectives
+SUITES ?=
+TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
+
+.PHONY: all deps test asan tsan demo bench bench-peers clean
+all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)
+
+deps:
+	@scripts/deps.sh
+
+# Per-ISA micro-kernels get their instruction set; everything else stays
+# portable and dispatches at run time.
+# (a file whose name holds "avx2" or "avx512").
+AVX2_OBJ   := $(foreach o,$(LIB_OBJ),$(if $(findstring avx2,$(notdir $o)),$o))
+AVX512_OBJ := $(foreach o,$(LIB_OBJ),$(if $(findstring avx512,$(notdir $o)),$o))
+$(AVX2_OBJ): ISA = -mavx2 -mfma
+$(AVX512_OBJ): ISA = -mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma
+$(BUILD)/obj/%.o: %.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(TM_CFLAGS) $(ISA) $(PKG_CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BUILD)/test_%: tests/test_%.c $(LIB) $(TEST_EXTRA) | deps
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $(CR_CFLAGS) $< $(TEST_EXTRA) -o $@ $(LIB) $(TM_LDFLAGS) $(CR_LIBS) $(PKG_LIBS) -lm
+
+$(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
+
+$(BUILD)/%: demos/%.c $(LIB) | deps
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
+
+test: $(TEST_RUN)
+	@scripts/run-tests.sh $(BUILD) $(SUITES)
+
+asan:
+	$(MAKE) BUILD=build/asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
+
+tsan:
+	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" CRITERION_SHIM=1 \
+	  SUITES="$(TSAN_SUITES)" test
+
+demo: $(BUILD)/train
+	$(BUILD)/train --dp 2 --pp 2 --tp 2
+
+bench: $(BENCH_BIN)
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)

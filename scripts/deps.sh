@@ -1,0 +1,40 @@
+#!/bin/sh
+# Installs tinymesh's Debian dependencies, or says exactly how to.
+#   scripts/deps.sh          the build, test and demo dependencies
+#   scripts/deps.sh peers    also the benchmark peers (Open MPI, PyTorch, gnuplot)
+# Exits 0 when everything needed is present, 1 otherwise.
+set -u
+
+core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist"
+peers="openmpi-bin libopenmpi-dev python3-torch gnuplot-nox"
+
+missing=""
+have_pc() { pkg-config --exists "$1" 2>/dev/null; }
+have_pc hwloc     || missing="$missing libhwloc-dev"
+have_pc openblas  || missing="$missing libopenblas-dev"
+have_pc criterion || missing="$missing libcriterion-dev"
+have_pc zlib      || missing="$missing zlib1g-dev"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
+if [ "${1:-}" = peers ]; then
+    command -v mpicc >/dev/null 2>&1 || missing="$missing openmpi-bin libopenmpi-dev"
+    /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing="$missing python3-torch"
+    command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
+fi
+[ -z "$missing" ] && exit 0
+
+want="$core"
+[ "${1:-}" = peers ] && want="$core $peers"
+if [ "$(id -u)" != 0 ]; then
+    echo "tinymesh needs:$missing" >&2
+    echo "run as root: apt-get update && apt-get install -y $want" >&2
+    exit 1
+fi
+echo "installing:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+# An empty package list (fresh image) makes install fail; update first then.
+if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
+    apt-get update -qq || exit 1
+fi
+apt-get install -y -qq $want >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $want >/dev/null; } || exit 1
+exit 0

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Runs the Criterion suites in BUILD (all, or the named ones), one test at a
+# time (many tests wait on other threads), and ends with one summary line.
+# Exits non-zero if any suite failed.
+set -u
+build=$1; shift
+if [ $# -gt 0 ]; then
+    bins=""; for s in "$@"; do bins="$bins $build/test_$s"; done
+else
+    bins=$(ls "$build"/test_* 2>/dev/null | grep -v '\.d$')
+fi
+passed=0; failed=0; bad=""
+for b in $bins; do
+    [ -x "$b" ] || { echo "missing test binary $b" >&2; failed=$((failed+1)); bad="$bad $b"; continue; }
+    if "$b" --jobs=1 --short-filename; then passed=$((passed+1)); else failed=$((failed+1)); bad="$bad $(basename "$b")"; fi
+done
+[ -n "$bad" ] && echo "failed suites:$bad"
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
