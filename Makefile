@@ -80,7 +80,7 @@ asan:
 
 tsan:
 	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" CRITERION_SHIM=1 \
-	  SUITES="$(TSAN_SUITES)" test
+	  SUITES="$(or $(SUITES),$(TSAN_SUITES))" test
 
 demo: $(BUILD)/train
 	$(BUILD)/train --dp 2 --pp 2 --tp 2

@@ -1,0 +1,557 @@
+#include "runtime/collectives.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
+#include "runtime/comm_internal.h"
+#include "runtime/status.h"
+
+typedef enum {
+    OP_ALLREDUCE = 1,
+    OP_ALLGATHER,
+    OP_REDUCE_SCATTER,
+    OP_BROADCAST,
+    OP_BARRIER,
+    OP_P2P,
+} op_kind;
+
+static const char *op_name(uint32_t kind)
+{
+    static const char *names[] = {"?",         "allreduce", "allgather", "reduce_scatter",
+                                  "broadcast", "barrier",   "send/recv"};
+    return kind < sizeof names / sizeof names[0] ? names[kind] : "?";
+}
+
+/* Bytes moved between two publications of ring counters: large enough that
+ * the per-piece fence and wake check vanish, small enough that the next
+ * device starts on a step's data while it is still arriving. */
+#define PIECE_BYTES ((size_t)32 << 10)
+/* The direct (latency) all-reduce is used up to this many bytes on groups up
+ * to DIRECT_MAX_DEVICES; see README for the measurement behind it. */
+#define DIRECT_MAX_BYTES ((size_t)16 << 10)
+#define DIRECT_MAX_DEVICES 8
+/* Outputs this large are written with non-temporal stores: the caller will
+ * not read them soon, and bypassing the cache keeps the rings in it. */
+#define NT_MIN_BYTES ((size_t)4 << 20)
+
+static atomic_int algo_override = -1;
+
+int tm_allreduce_algo_parse(const char *name, tm_allreduce_algo *out)
+{
+    static const char *names[] = {"auto", "ring", "direct"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = (tm_allreduce_algo)i;
+            return 0;
+        }
+    return -1;
+}
+
+void tm_allreduce_set_algo(tm_allreduce_algo algo) { atomic_store(&algo_override, (int)algo); }
+
+tm_allreduce_algo tm_allreduce_get_algo(void)
+{
+    int a = atomic_load(&algo_override);
+    if (a < 0) {
+        tm_allreduce_algo parsed = TM_ALGO_AUTO;
+        const char *env = getenv("TM_ALLREDUCE");
+        if (env != NULL) tm_allreduce_algo_parse(env, &parsed);
+        a = (int)parsed;
+        atomic_store(&algo_override, a);
+    }
+    return (tm_allreduce_algo)a;
+}
+
+/* One step of an algorithm: optionally receive a message from `in`, combine
+ * it with `local`, store the result in `dst` and forward it to `out` — the
+ * primitives of NCCL's ring (send, recv-reduce-send, recv-reduce-copy-send,
+ * recv-copy-send, recv) are the combinations of these fields. */
+typedef struct {
+    tm_link *in;           /* receive from (NULL: nothing received) */
+    tm_link *out;          /* send to (NULL: nothing sent) */
+    int in_rank, out_rank; /* group ranks of the peers, for messages */
+    const void *local;     /* added to the received data when reduce, else
+                              the data sent when nothing is received */
+    void *dst;             /* result stored here (NULL: not stored) */
+    size_t bytes;
+    int reduce;            /* result = received + local (float32) */
+    float scale;           /* result *= scale when != 1 (avg, last step) */
+    int nt;                /* non-temporal stores into dst */
+} step;
+
+static void store_floats(float *restrict d, const float *restrict s, size_t n, int nt)
+{
+#if defined(__SSE__)
+    if (nt) {
+        size_t i = 0;
+        for (; i < n && ((uintptr_t)(d + i) & 15) != 0; i++) d[i] = s[i];
+        for (; i + 4 <= n; i += 4) _mm_stream_ps(d + i, _mm_loadu_ps(s + i));
+        for (; i < n; i++) d[i] = s[i];
+        return;
+    }
+#endif
+    (void)nt;
+    memcpy(d, s, n * sizeof *d);
+}
+
+/* out (ring) and/or dst = (a + b) * scale; dst may alias b (accumulation). */
+static void combine(float *restrict out, float *dst, const float *restrict a, const float *b,
+                    size_t n, float scale, int nt)
+{
+    if (out != NULL) {
+        if (scale != 1.0f)
+            for (size_t i = 0; i < n; i++) out[i] = (a[i] + b[i]) * scale;
+        else
+            for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+        if (dst != NULL) store_floats(dst, out, n, nt);
+    } else if (scale != 1.0f) {
+        for (size_t i = 0; i < n; i++) dst[i] = (a[i] + b[i]) * scale;
+    } else {
+        for (size_t i = 0; i < n; i++) dst[i] = a[i] + b[i];
+    }
+}
+
+static int mismatch(tm_comm *c, const step *s, uint32_t kind, const tm_msg_header *h)
+{
+    return tm_error(TM_EINVAL,
+                    "mismatched collectives on communicator '%s': device %d expected %s #%u of "
+                    "%zu bytes from device %d, which sent %s #%u of %llu bytes%s",
+                    c->name, c->devices[c->rank], op_name(kind), c->seq, s->bytes,
+                    c->devices[s->in_rank], op_name(h->kind), h->seq,
+                    (unsigned long long)h->bytes,
+                    h->comm != c->id ? " on another communicator" : "");
+}
+
+static int send_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+{
+    tm_msg_header h = {kind, c->id, s->bytes, seq, 0, 0.0};
+    return tm__link_send_header(s->out, c->waiter, &h);
+}
+
+static int recv_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+{
+    tm_msg_header h;
+    TM_CHECK(tm__link_recv_header(s->in, c->waiter, &h));
+    if (h.kind != kind || h.comm != c->id || h.bytes != s->bytes || h.seq != seq)
+        return mismatch(c, s, kind, &h);
+    return TM_OK;
+}
+
+/* Moves bytes [from, to) of the step's message through the links. */
+static int transfer(tm_comm *c, const step *s, size_t from, size_t to)
+{
+    tm_waiter *w = c->waiter;
+    /* Reductions move whole floats; copies any bytes. */
+    size_t unit = s->reduce ? sizeof(float) : 1;
+    const uint8_t *local = s->local;
+    uint8_t *dst = s->dst;
+    for (size_t done = from; done < to;) {
+        size_t want = to - done, k = want < PIECE_BYTES ? want : PIECE_BYTES;
+        const uint8_t *src = local + done;
+        uint8_t *ring_out = NULL;
+        if (s->in != NULL) {
+            const uint8_t *p;
+            TM_CHECK(tm__link_read_acquire(s->in, w, unit, k, &p, &k));
+            src = p;
+        }
+        if (s->out != NULL) TM_CHECK(tm__link_write_acquire(s->out, w, unit, k, &ring_out, &k));
+        k -= k % unit;
+        if (s->reduce) {
+            combine((float *)ring_out, dst ? (float *)(dst + done) : NULL, (const float *)src,
+                    (const float *)(local + done), k / sizeof(float), s->scale, s->nt);
+        } else {
+            if (ring_out != NULL) memcpy(ring_out, src, k);
+            if (dst != NULL) {
+                if (k % sizeof(float) == 0 && done % sizeof(float) == 0)
+                    store_floats((float *)(dst + done), (const float *)src, k / sizeof(float),
+                                 s->nt);
+                else
+                    memcpy(dst + done, src, k);
+            }
+        }
+        if (s->out != NULL) tm__link_write_commit(s->out, k);
+        if (s->in != NULL) tm__link_read_release(s->in, k);
+        done += k;
+    }
+    return TM_OK;
+}
+
+static int finish(tm_comm *c, const step *s)
+{
+    if (s->out != NULL) TM_CHECK(tm__link_send_pad(s->out, c->waiter, s->bytes));
+    if (s->in != NULL) TM_CHECK(tm__link_recv_pad(s->in, c->waiter, s->bytes));
+    return TM_OK;
+}
+
+static int run_step(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+{
+    if (s->out != NULL) TM_CHECK(send_header(c, kind, seq, s));
+    if (s->in != NULL) TM_CHECK(recv_header(c, kind, seq, s));
+    TM_CHECK(transfer(c, s, 0, s->bytes));
+    return finish(c, s);
+}
+
+/* Links to the ring neighbours. */
+static int ring_links(tm_comm *c, step *proto)
+{
+    memset(proto, 0, sizeof *proto);
+    proto->in_rank = (c->rank + c->size - 1) % c->size;
+    proto->out_rank = (c->rank + 1) % c->size;
+    proto->scale = 1.0f;
+    TM_CHECK(tm__comm_from(c, proto->in_rank, &proto->in));
+    return tm__comm_to(c, proto->out_rank, &proto->out);
+}
+
+/* Elements per ring step: a quarter of the ring, so a device is never more
+ * than one step's data ahead of its successor and the ring cannot fill up
+ * around the whole cycle (the no-deadlock condition of a bounded ring). */
+static size_t ring_chunk(tm_comm *c)
+{
+    return tm_world_ring_bytes(c->world) / 4 / sizeof(float);
+}
+
+/* Segment j of n over `total` elements: balanced, the first total % n one
+ * longer, so any count works. */
+static void segment(size_t total, int n, int j, size_t *off, size_t *len)
+{
+    size_t base = total / (size_t)n, rem = total % (size_t)n, jj = (size_t)j;
+    *off = jj * base + (jj < rem ? jj : rem);
+    *len = base + (jj < rem);
+}
+
+static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *recv, size_t count,
+                          float scale, int nt)
+{
+    int n = c->size, r = c->rank;
+    step proto, s;
+    TM_CHECK(ring_links(c, &proto));
+    size_t chunk = ring_chunk(c), round = chunk * (size_t)n;
+    for (size_t base = 0; base < count; base += round) {
+        size_t total = count - base < round ? count - base : round, off, len;
+        /* Reduce-scatter: segment r leaves first; at step i the partial sum
+         * of segment r - i arrives, gains our term and moves on. */
+        segment(total, n, r, &off, &len);
+        s = proto;
+        s.in = NULL;
+        s.local = send + base + off;
+        s.bytes = len * sizeof(float);
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        for (int i = 1; i < n - 1; i++) {
+            segment(total, n, (r - i + n) % n, &off, &len);
+            s = proto;
+            s.local = send + base + off;
+            s.bytes = len * sizeof(float);
+            s.reduce = 1;
+            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        }
+        /* Segment r + 1 is complete here: store it and start the all-gather
+         * with it (recv-reduce-copy-send). */
+        segment(total, n, (r + 1) % n, &off, &len);
+        s = proto;
+        s.local = send + base + off;
+        s.dst = recv + base + off;
+        s.bytes = len * sizeof(float);
+        s.reduce = 1;
+        s.scale = scale;
+        s.nt = nt;
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        /* All-gather: finished segments travel on (recv-copy-send), the last
+         * one only lands (recv). */
+        for (int i = 1; i < n; i++) {
+            segment(total, n, (r + 1 - i + n) % n, &off, &len);
+            s = proto;
+            if (i == n - 1) s.out = NULL;
+            s.dst = recv + base + off;
+            s.bytes = len * sizeof(float);
+            s.nt = nt;
+            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        }
+    }
+    return TM_OK;
+}
+
+static int scratch(tm_comm *c, size_t bytes, void **out)
+{
+    if (c->scratch_bytes < bytes) {
+        if (c->scratch != NULL) tm_device_free(c->dev, c->scratch);
+        c->scratch_bytes = 0;
+        c->scratch = tm_device_alloc(c->dev, bytes, TM_TAG_COMM);
+        if (c->scratch == NULL) return TM_ENOMEM;
+        c->scratch_bytes = bytes;
+    }
+    *out = c->scratch;
+    return TM_OK;
+}
+
+/* Latency-oriented: one hop. Everyone sends its vector to everyone, then
+ * sums x_0 + x_1 + ... in rank order, so every member computes the same
+ * bits. Needs each message to fit half a ring (checked by the caller). */
+static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *recv,
+                            size_t count, float scale)
+{
+    int n = c->size, r = c->rank;
+    size_t bytes = count * sizeof(float);
+    step s;
+    for (int j = 1; j < n; j++) {
+        int to = (r + j) % n;
+        memset(&s, 0, sizeof s);
+        s.out_rank = to;
+        TM_CHECK(tm__comm_to(c, to, &s.out));
+        s.local = send;
+        s.bytes = bytes;
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+    }
+    const float *mine = send;
+    if (send == recv) {
+        void *copy;
+        TM_CHECK(scratch(c, bytes, &copy));
+        memcpy(copy, send, bytes);
+        mine = copy;
+    }
+    for (int j = 0; j < n; j++) {
+        float sc = j == n - 1 ? scale : 1.0f;
+        if (j == r) {
+            if (j == 0)
+                for (size_t i = 0; i < count; i++) recv[i] = mine[i] * sc;
+            else
+                combine(NULL, recv, recv, mine, count, sc, 0);
+            continue;
+        }
+        memset(&s, 0, sizeof s);
+        s.in_rank = j;
+        TM_CHECK(tm__comm_from(c, j, &s.in));
+        s.dst = recv;
+        s.bytes = bytes;
+        s.scale = sc;
+        if (j > 0) {
+            s.local = recv;
+            s.reduce = 1;
+        }
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        if (j == 0 && sc != 1.0f)
+            for (size_t i = 0; i < count; i++) recv[i] *= sc;
+    }
+    return TM_OK;
+}
+
+static void end_nt(int nt)
+{
+#if defined(__SSE__)
+    /* Non-temporal stores are weakly ordered: fence them before the caller
+     * (or another thread after a join) relies on the output. */
+    if (nt) _mm_sfence();
+#else
+    (void)nt;
+#endif
+}
+
+int tm_allreduce(tm_comm *c, const float *send, float *recv, size_t count, tm_reduce_op op)
+{
+    uint32_t seq = c->seq++;
+    int n = c->size;
+    float scale = op == TM_AVG ? 1.0f / (float)n : 1.0f;
+    size_t bytes = count * sizeof(float);
+    if (n == 1) {
+        if (send != recv) memmove(recv, send, bytes);
+        return TM_OK;
+    }
+    if (count == 0) return TM_OK;
+    tm_allreduce_algo algo = tm_allreduce_get_algo();
+    size_t direct_max = tm_world_ring_bytes(c->world) / 2 - 2 * TM_LINK_ALIGN;
+    int direct_fits = bytes <= direct_max && n <= DIRECT_MAX_DEVICES;
+    if (algo == TM_ALGO_DIRECT && !direct_fits) algo = TM_ALGO_RING;
+    if (algo == TM_ALGO_AUTO) algo = direct_fits && bytes <= DIRECT_MAX_BYTES ? TM_ALGO_DIRECT
+                                                                             : TM_ALGO_RING;
+    if (algo == TM_ALGO_DIRECT) return direct_allreduce(c, seq, send, recv, count, scale);
+    int nt = bytes >= NT_MIN_BYTES;
+    int st = ring_allreduce(c, seq, send, recv, count, scale, nt);
+    end_nt(nt);
+    return st;
+}
+
+/* Ring all-gather of `bytes` per rank, in slices of one ring chunk. */
+static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv, size_t bytes)
+{
+    int n = c->size, r = c->rank;
+    uint8_t *out = recv;
+    const uint8_t *in_place = out + (size_t)r * bytes;
+    if ((const uint8_t *)send != in_place) memmove(out + (size_t)r * bytes, send, bytes);
+    if (n == 1) return TM_OK;
+    step proto, s;
+    TM_CHECK(ring_links(c, &proto));
+    size_t chunk = ring_chunk(c) * sizeof(float);
+    int nt = bytes * (size_t)n >= NT_MIN_BYTES;
+    for (size_t off = 0; off == 0 || off < bytes; off += chunk) {
+        size_t len = bytes - off < chunk ? bytes - off : chunk;
+        s = proto;
+        s.in = NULL;
+        s.local = in_place + off;
+        s.bytes = len;
+        TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s));
+        for (int i = 1; i < n; i++) {
+            int j = (r - i + n) % n;
+            s = proto;
+            if (i == n - 1) s.out = NULL;
+            s.dst = out + (size_t)j * bytes + off;
+            s.bytes = len;
+            s.nt = nt;
+            TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s));
+        }
+        if (bytes == 0) break;
+    }
+    end_nt(nt);
+    return TM_OK;
+}
+
+int tm_allgather(tm_comm *c, const float *send, float *recv, size_t count)
+{
+    return ring_allgather(c, c->seq++, send, recv, count * sizeof(float));
+}
+
+int tm_reduce_scatter(tm_comm *c, const float *send, float *recv, size_t count, tm_reduce_op op)
+{
+    uint32_t seq = c->seq++;
+    int n = c->size, r = c->rank;
+    float scale = op == TM_AVG ? 1.0f / (float)n : 1.0f;
+    if (n == 1) {
+        if (send != recv) memmove(recv, send, count * sizeof(float));
+        return TM_OK;
+    }
+    step proto, s;
+    TM_CHECK(ring_links(c, &proto));
+    size_t chunk = ring_chunk(c);
+    for (size_t off = 0; off < count; off += chunk) {
+        size_t len = count - off < chunk ? count - off : chunk;
+        /* Block r - 1 leaves first, so that after n - 1 hops the complete
+         * sum that arrives is our own block r. */
+        for (int i = 0; i < n; i++) {
+            int j = (r - 1 - i + 2 * n) % n;
+            s = proto;
+            if (i == 0) s.in = NULL;
+            if (i == n - 1) {
+                s.out = NULL;
+                s.dst = recv + off;
+                s.scale = scale;
+            }
+            s.local = send + (size_t)j * count + off;
+            s.bytes = len * sizeof(float);
+            s.reduce = i > 0;
+            TM_CHECK(run_step(c, OP_REDUCE_SCATTER, seq, &s));
+        }
+    }
+    return TM_OK;
+}
+
+int tm_broadcast(tm_comm *c, float *buf, size_t count, int root)
+{
+    uint32_t seq = c->seq++;
+    int n = c->size, r = c->rank;
+    if (root < 0 || root >= n)
+        return tm_error(TM_EINVAL, "broadcast root %d outside communicator '%s' of %d", root,
+                        c->name, n);
+    if (n == 1) return TM_OK;
+    /* A chain root -> root+1 -> ... streams through every link at once. */
+    int pos = (r - root + n) % n;
+    step s;
+    memset(&s, 0, sizeof s);
+    s.bytes = count * sizeof(float);
+    s.in_rank = (r + n - 1) % n;
+    s.out_rank = (r + 1) % n;
+    if (pos > 0) TM_CHECK(tm__comm_from(c, s.in_rank, &s.in));
+    if (pos < n - 1) TM_CHECK(tm__comm_to(c, s.out_rank, &s.out));
+    if (pos == 0)
+        s.local = buf;
+    else
+        s.dst = buf;
+    return run_step(c, OP_BROADCAST, seq, &s);
+}
+
+int tm_barrier(tm_comm *c)
+{
+    uint32_t seq = c->seq++;
+    int n = c->size, r = c->rank;
+    /* Dissemination: after round k everyone has heard, directly or not,
+     * from 2^(k+1) members; log2(n) rounds and n log n links in all. */
+    for (int k = 1; k < n; k *= 2) {
+        step s;
+        memset(&s, 0, sizeof s);
+        s.out_rank = (r + k) % n;
+        s.in_rank = (r - k % n + n) % n;
+        TM_CHECK(tm__comm_to(c, s.out_rank, &s.out));
+        TM_CHECK(tm__comm_from(c, s.in_rank, &s.in));
+        TM_CHECK(run_step(c, OP_BARRIER, seq, &s));
+    }
+    return TM_OK;
+}
+
+static int check_peer(tm_comm *c, int peer)
+{
+    if (peer < 0 || peer >= c->size || peer == c->rank)
+        return tm_error(TM_EINVAL, "device %d: peer rank %d is not another member of '%s' (size %d)",
+                        c->devices[c->rank], peer, c->name, c->size);
+    return TM_OK;
+}
+
+int tm_send(tm_comm *c, const void *buf, size_t bytes, int peer)
+{
+    TM_CHECK(check_peer(c, peer));
+    step s;
+    memset(&s, 0, sizeof s);
+    s.out_rank = peer;
+    TM_CHECK(tm__comm_to(c, peer, &s.out));
+    s.local = buf;
+    s.bytes = bytes;
+    return run_step(c, OP_P2P, 0, &s);
+}
+
+int tm_recv(tm_comm *c, void *buf, size_t bytes, int peer)
+{
+    TM_CHECK(check_peer(c, peer));
+    step s;
+    memset(&s, 0, sizeof s);
+    s.in_rank = peer;
+    TM_CHECK(tm__comm_from(c, peer, &s.in));
+    s.dst = buf;
+    s.bytes = bytes;
+    return run_step(c, OP_P2P, 0, &s);
+}
+
+int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void *recvbuf,
+                size_t recvbytes, int src)
+{
+    TM_CHECK(check_peer(c, dst));
+    TM_CHECK(check_peer(c, src));
+    step out, in;
+    memset(&out, 0, sizeof out);
+    memset(&in, 0, sizeof in);
+    out.out_rank = dst;
+    out.local = sendbuf;
+    out.bytes = sendbytes;
+    in.in_rank = src;
+    in.dst = recvbuf;
+    in.bytes = recvbytes;
+    TM_CHECK(tm__comm_to(c, dst, &out.out));
+    TM_CHECK(tm__comm_from(c, src, &in.in));
+    TM_CHECK(send_header(c, OP_P2P, 0, &out));
+    TM_CHECK(recv_header(c, OP_P2P, 0, &in));
+    /* Alternate pieces of at most a quarter ring: each side is then never
+     * more than one piece ahead of what it has received, so two (or a cycle
+     * of) devices exchanging large messages cannot all block on full rings.
+     * The messages are ordinary ones: the peer may use tm_send / tm_recv. */
+    size_t piece = tm_world_ring_bytes(c->world) / 4, sent = 0, got = 0;
+    while (sent < sendbytes || got < recvbytes) {
+        size_t k = sendbytes - sent < piece ? sendbytes - sent : piece;
+        TM_CHECK(transfer(c, &out, sent, sent + k));
+        sent += k;
+        k = recvbytes - got < piece ? recvbytes - got : piece;
+        TM_CHECK(transfer(c, &in, got, got + k));
+        got += k;
+    }
+    TM_CHECK(finish(c, &out));
+    return finish(c, &in);
+}

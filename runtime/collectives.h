@@ -1,0 +1,58 @@
+/* Collectives on communicators with MPI/NCCL semantics on float32 (and raw
+ * point-to-point bytes), built on link primitives: ring all-reduce, a direct
+ * latency-oriented all-reduce, all-gather, reduce-scatter, broadcast,
+ * barrier. Every member of a comm must call the same collectives in the same
+ * order. Thread-safety: each call is made by the comm's owner thread. */
+#ifndef TM_COLLECTIVES_H
+#define TM_COLLECTIVES_H
+
+#include <stddef.h>
+
+#include "runtime/comm.h"
+
+typedef enum { TM_SUM, TM_AVG } tm_reduce_op;
+
+typedef enum {
+    TM_ALGO_AUTO,   /* direct for small messages on small groups, else ring */
+    TM_ALGO_RING,   /* reduce-scatter + all-gather around the ring */
+    TM_ALGO_DIRECT, /* everyone sends to everyone, sums in rank order */
+} tm_allreduce_algo;
+
+/* Process-wide override; the initial value comes from the environment
+ * variable TM_ALLREDUCE (auto|ring|direct), default auto. */
+void tm_allreduce_set_algo(tm_allreduce_algo algo);
+tm_allreduce_algo tm_allreduce_get_algo(void);
+/* Parses "auto", "ring", "direct"; returns 0, or -1 if unknown. */
+int tm_allreduce_algo_parse(const char *name, tm_allreduce_algo *out);
+
+/* All functions return TM_OK, TM_EABORTED (another device failed),
+ * TM_EDEADLOCK, TM_EINVAL (mismatched call, with a message naming both
+ * sides), TM_ENOMEM or TM_EHOSTMEM. Results are bitwise identical on every
+ * member. sendbuf == recvbuf means in place. */
+
+/* recvbuf[i] = op over ranks of sendbuf[i], i < count. */
+int tm_allreduce(tm_comm *comm, const float *sendbuf, float *recvbuf,
+                 size_t count, tm_reduce_op op);
+/* recvbuf (size * count) = concatenation of every rank's sendbuf (count),
+ * in rank order. In place: sendbuf == recvbuf + rank * count. */
+int tm_allgather(tm_comm *comm, const float *sendbuf, float *recvbuf,
+                 size_t count);
+/* recvbuf (count) = op over ranks of block `rank` of sendbuf (size * count),
+ * like MPI_Reduce_scatter_block. In place: recvbuf == sendbuf + rank*count. */
+int tm_reduce_scatter(tm_comm *comm, const float *sendbuf, float *recvbuf,
+                      size_t count, tm_reduce_op op);
+/* Every rank's buf (count) = root's buf. */
+int tm_broadcast(tm_comm *comm, float *buf, size_t count, int root);
+/* Returns when every member has entered. */
+int tm_barrier(tm_comm *comm);
+
+/* Point-to-point bytes to / from group rank `peer`. A send returns once its
+ * bytes are in the ring, so it blocks only while the ring is full. */
+int tm_send(tm_comm *comm, const void *buf, size_t bytes, int peer);
+int tm_recv(tm_comm *comm, void *buf, size_t bytes, int peer);
+/* Sends to `dst` and receives from `src` at once, progressing whichever side
+ * can move, so two devices exchanging large messages never deadlock. */
+int tm_sendrecv(tm_comm *comm, const void *sendbuf, size_t sendbytes, int dst,
+                void *recvbuf, size_t recvbytes, int src);
+
+#endif

@@ -1,0 +1,303 @@
+#include "runtime/link.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/status.h"
+
+#define CACHE_LINE 64
+
+/* The two counters are free-running byte counts compared by difference; the
+ * ring position is counter & mask. Each side owns one cache line and only
+ * reads the other's: producer and consumer never write the same line in the
+ * fast path. Lock ordering: there are no locks; the sleep/wake handshake is
+ * a Dekker pair (flag store, full fence, counter load) on each side. */
+struct tm_link {
+    /* Written by the consumer. */
+    _Alignas(CACHE_LINE) atomic_uint_fast64_t head; /* bytes consumed */
+    atomic_uint cons_sleeping;    /* consumer asleep waiting for data */
+    atomic_uint cons_event;       /* futex word the consumer sleeps on */
+    uint64_t cons_tail_cache;     /* last tail seen, avoids a shared load */
+
+    /* Written by the producer. */
+    _Alignas(CACHE_LINE) atomic_uint_fast64_t tail; /* bytes published */
+    atomic_uint prod_sleeping;    /* producer asleep waiting for space */
+    atomic_uint prod_event;       /* futex word the producer sleeps on */
+    uint64_t prod_head_cache;     /* last head seen */
+    uint64_t bytes;               /* payload bytes sent */
+    uint64_t messages;            /* headers sent */
+
+    /* Read-only after creation. */
+    _Alignas(CACHE_LINE) uint8_t *ring;
+    uint64_t capacity;
+    uint64_t mask;
+    int src, dst;
+};
+
+int tm__link_create(tm_link **out, size_t capacity, int src, int dst)
+{
+    *out = NULL;
+    if (capacity < 4 * TM_LINK_ALIGN || (capacity & (capacity - 1)) != 0)
+        return tm_error(TM_EINVAL, "link ring size %zu is not a power of two >= %d",
+                        capacity, 4 * TM_LINK_ALIGN);
+    tm_link *l = aligned_alloc(CACHE_LINE, sizeof *l);
+    if (l == NULL) goto err;
+    memset(l, 0, sizeof *l);
+    /* aligned_alloc wants the size to be a multiple of the alignment. */
+    l->ring = aligned_alloc(capacity < 4096 ? capacity : 4096, capacity);
+    if (l->ring == NULL) goto err;
+    l->capacity = capacity;
+    l->mask = capacity - 1;
+    l->src = src;
+    l->dst = dst;
+    *out = l;
+    return TM_OK;
+err:
+    free(l);
+    return tm_error(TM_EHOSTMEM, "cannot allocate a %zu-byte ring for link %d->%d",
+                    capacity, src, dst);
+}
+
+void tm__link_destroy(tm_link *link)
+{
+    if (link == NULL) return;
+    free(link->ring);
+    free(link);
+}
+
+void tm__link_reset(tm_link *link)
+{
+    atomic_store(&link->head, 0);
+    atomic_store(&link->tail, 0);
+    link->cons_tail_cache = 0;
+    link->prod_head_cache = 0;
+}
+
+static long futex(atomic_uint *word, int op, unsigned val, const struct timespec *t)
+{
+    return syscall(SYS_futex, (unsigned *)word, op, val, t, NULL, 0);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Sleeps on *event until woken, unless ready() turns true after the sleeping
+ * flag is raised (the other side then either sees the flag and wakes us, or
+ * published before our check, which then succeeds). A one-second timeout is
+ * only a safety net: every wake-up is explicit. */
+static int sleep_until(tm_link *l, tm_waiter *w, atomic_uint *sleeping,
+                       atomic_uint *event, int for_space,
+                       int (*ready)(tm_link *, uint64_t), uint64_t need)
+{
+    unsigned ev = atomic_load_explicit(event, memory_order_acquire);
+    atomic_store_explicit(sleeping, 1, memory_order_relaxed);
+    /* Orders the flag store before the counter load in ready(): pairs with
+     * the fence in notify(). */
+    atomic_thread_fence(memory_order_seq_cst);
+    int st = TM_OK;
+    if (!ready(l, need)) {
+        if (atomic_load(w->abort)) {
+            st = TM_EABORTED;
+        } else {
+            atomic_store_explicit(&w->blocked_for_space, for_space, memory_order_relaxed);
+            atomic_store_explicit(&w->blocked_on, l, memory_order_release);
+            struct timespec t = {1, 0};
+            futex(event, FUTEX_WAIT_PRIVATE, ev, &t);
+            atomic_store_explicit(&w->blocked_on, NULL, memory_order_release);
+        }
+    }
+    atomic_store_explicit(sleeping, 0, memory_order_relaxed);
+    return st;
+}
+
+/* Wakes the other side if it announced that it sleeps. */
+static void notify(atomic_uint *sleeping, atomic_uint *event)
+{
+    /* Orders our counter store before the flag load: pairs with the fence in
+     * sleep_until(), so either we see the flag or the sleeper sees our
+     * counter. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(sleeping, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(event, 1, memory_order_release);
+        futex(event, FUTEX_WAKE_PRIVATE, 1, NULL);
+    }
+}
+
+static uint64_t contiguous_free(tm_link *l, uint64_t head)
+{
+    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    uint64_t free_bytes = l->capacity - (tail - head);
+    uint64_t to_wrap = l->capacity - (tail & l->mask);
+    return free_bytes < to_wrap ? free_bytes : to_wrap;
+}
+
+static int space_ready(tm_link *l, uint64_t need)
+{
+    /* Acquire: the consumer's release of head is our licence to overwrite
+     * the bytes it has consumed. */
+    l->prod_head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
+    return contiguous_free(l, l->prod_head_cache) >= need;
+}
+
+static uint64_t contiguous_data(tm_link *l, uint64_t tail)
+{
+    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    uint64_t avail = tail - head;
+    uint64_t to_wrap = l->capacity - (head & l->mask);
+    return avail < to_wrap ? avail : to_wrap;
+}
+
+static int data_ready(tm_link *l, uint64_t need)
+{
+    /* Acquire: pairs with the producer's release of tail, making the bytes
+     * it wrote before publishing visible to us. */
+    l->cons_tail_cache = atomic_load_explicit(&l->tail, memory_order_acquire);
+    return contiguous_data(l, l->cons_tail_cache) >= need;
+}
+
+/* Spin, then yield, then sleep, until ready(l, need) or abort. */
+static int wait_for(tm_link *l, tm_waiter *w, int for_space,
+                    int (*ready)(tm_link *, uint64_t), uint64_t need)
+{
+    for (int i = 0; i < w->spin; i++) {
+        cpu_relax();
+        if (ready(l, need)) return TM_OK;
+    }
+    for (int i = 0; i < w->yields; i++) {
+        sched_yield();
+        if (ready(l, need)) return TM_OK;
+    }
+    for (;;) {
+        if (atomic_load_explicit(w->abort, memory_order_relaxed)) return TM_EABORTED;
+        int st = for_space
+            ? sleep_until(l, w, &l->prod_sleeping, &l->prod_event, 1, ready, need)
+            : sleep_until(l, w, &l->cons_sleeping, &l->cons_event, 0, ready, need);
+        if (st != TM_OK) return st;
+        if (ready(l, need)) return TM_OK;
+    }
+}
+
+int tm__link_write_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
+                           uint8_t **ptr, size_t *got)
+{
+    /* The cached head may be stale: refresh it before settling for less
+     * than max, and wait only if even the fresh value gives less than min. */
+    if (contiguous_free(l, l->prod_head_cache) < max && !space_ready(l, min))
+        TM_CHECK(wait_for(l, w, 1, space_ready, min));
+    uint64_t n = contiguous_free(l, l->prod_head_cache);
+    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    *ptr = l->ring + (tail & l->mask);
+    *got = n < max ? n : max;
+    return TM_OK;
+}
+
+void tm__link_write_commit(tm_link *l, size_t n)
+{
+    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    /* Release: the bytes written into the ring happen-before the consumer's
+     * acquire of the new tail. Non-temporal stores are never used on ring
+     * memory, so no sfence is needed here. */
+    atomic_store_explicit(&l->tail, tail + n, memory_order_release);
+    notify(&l->cons_sleeping, &l->cons_event);
+}
+
+int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
+                          const uint8_t **ptr, size_t *got)
+{
+    if (contiguous_data(l, l->cons_tail_cache) < max && !data_ready(l, min))
+        TM_CHECK(wait_for(l, w, 0, data_ready, min));
+    uint64_t n = contiguous_data(l, l->cons_tail_cache);
+    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    *ptr = l->ring + (head & l->mask);
+    *got = n < max ? n : max;
+    return TM_OK;
+}
+
+void tm__link_read_release(tm_link *l, size_t n)
+{
+    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    /* Release: our reads of the ring bytes are done before the producer may
+     * overwrite them. */
+    atomic_store_explicit(&l->head, head + n, memory_order_release);
+    notify(&l->prod_sleeping, &l->prod_event);
+}
+
+int tm__link_send_header(tm_link *l, tm_waiter *w, const tm_msg_header *hdr)
+{
+    uint8_t *p;
+    size_t got;
+    TM_CHECK(tm__link_write_acquire(l, w, sizeof *hdr, sizeof *hdr, &p, &got));
+    memcpy(p, hdr, sizeof *hdr);
+    l->messages++;
+    l->bytes += hdr->bytes;
+    tm__link_write_commit(l, sizeof *hdr);
+    return TM_OK;
+}
+
+int tm__link_recv_header(tm_link *l, tm_waiter *w, tm_msg_header *hdr)
+{
+    const uint8_t *p;
+    size_t got;
+    TM_CHECK(tm__link_read_acquire(l, w, sizeof *hdr, sizeof *hdr, &p, &got));
+    memcpy(hdr, p, sizeof *hdr);
+    tm__link_read_release(l, sizeof *hdr);
+    return TM_OK;
+}
+
+static size_t pad_of(uint64_t bytes)
+{
+    return (size_t)((TM_LINK_ALIGN - bytes % TM_LINK_ALIGN) % TM_LINK_ALIGN);
+}
+
+/* Padding never wraps: the message started aligned and the ring size is a
+ * multiple of the alignment. It is skipped without touching the bytes. */
+int tm__link_send_pad(tm_link *l, tm_waiter *w, uint64_t bytes)
+{
+    size_t pad = pad_of(bytes), got;
+    uint8_t *p;
+    if (pad == 0) return TM_OK;
+    TM_CHECK(tm__link_write_acquire(l, w, pad, pad, &p, &got));
+    tm__link_write_commit(l, pad);
+    return TM_OK;
+}
+
+int tm__link_recv_pad(tm_link *l, tm_waiter *w, uint64_t bytes)
+{
+    size_t pad = pad_of(bytes), got;
+    const uint8_t *p;
+    if (pad == 0) return TM_OK;
+    TM_CHECK(tm__link_read_acquire(l, w, pad, pad, &p, &got));
+    tm__link_read_release(l, pad);
+    return TM_OK;
+}
+
+void tm__link_wake_all(tm_link *l)
+{
+    atomic_fetch_add(&l->prod_event, 1);
+    futex(&l->prod_event, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+    atomic_fetch_add(&l->cons_event, 1);
+    futex(&l->cons_event, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+}
+
+uint64_t tm__link_progress(const tm_link *l)
+{
+    return atomic_load_explicit(&l->tail, memory_order_relaxed) +
+           atomic_load_explicit(&l->head, memory_order_relaxed);
+}
+
+int tm__link_src(const tm_link *l) { return l->src; }
+int tm__link_dst(const tm_link *l) { return l->dst; }
+size_t tm__link_capacity(const tm_link *l) { return l->capacity; }
+uint64_t tm__link_bytes(const tm_link *l) { return l->bytes; }
+uint64_t tm__link_messages(const tm_link *l) { return l->messages; }
