@@ -1,0 +1,134 @@
+/* Neural-network layers on one device, forward and backward, in llm.c style.
+ * Thread-safe: calls touch only their arguments and the thread's cost hook. */
+#ifndef TM_OPS_H
+#define TM_OPS_H
+
+#include <stddef.h>
+
+/* Conventions.
+ * Shapes: B = rows (the batch), IN / OUT = input / output features,
+ * C = channels or classes, n = elements of a flat buffer. Matrices are dense
+ * and row-major. Outputs come first, then inputs, then sizes.
+ * Backward functions ADD into their d-buffers (a gradient that reaches a
+ * tensor along two paths simply accumulates); one zero-grad per step clears
+ * them. Two exceptions say so: tm_relu_backward_inplace rewrites a gradient
+ * in place, and the softmax cross-entropy starts the backward pass and so
+ * overwrites dlogits.
+ * Buffers given to one call must not overlap unless a function says so.
+ * No function allocates, and the elementwise loops vectorise (except GELU's
+ * and the softmax's, which call tanhf and expf).
+ * Cost: each call reports its FLOPs and bytes once through tm__cost_charge
+ * (kernels/cost.h). Arithmetic counts one FLOP per operation, a comparison
+ * one, and a transcendental (exp, log, tanh, sqrt) one; bytes are each
+ * buffer's reads plus writes, counted once. GEMMs charge themselves inside
+ * tm_sgemm; the linear layers add only their bias and activation work.
+ * Size arguments are the caller's contract (non-negative, matching the
+ * buffers); violating it is a bug, not an input error. */
+
+/* Linear layer with PyTorch's nn.Linear layout: out = inp · weightᵀ + bias.
+ * bias may be NULL (no bias). */
+void tm_linear_forward(float *out,          /* (B, OUT) */
+                       const float *inp,    /* (B, IN) */
+                       const float *weight, /* (OUT, IN) */
+                       const float *bias,   /* (OUT) or NULL */
+                       int B, int IN, int OUT);
+
+/* The same followed by ReLU, out = max(0, inp · weightᵀ + bias). Only the
+ * activated output is kept: tm_relu_backward* need nothing else. */
+void tm_linear_relu_forward(float *out,          /* (B, OUT) */
+                            const float *inp,    /* (B, IN) */
+                            const float *weight, /* (OUT, IN) */
+                            const float *bias,   /* (OUT) or NULL */
+                            int B, int IN, int OUT);
+
+/* dinp += dout · weight, dweight += doutᵀ · inp, dbias += column sums of
+ * dout. Any of the three d-buffers may be NULL to skip it (the first layer
+ * needs no dinp; a layer without bias has no dbias). */
+void tm_linear_backward(float *dinp,         /* (B, IN) or NULL */
+                        float *dweight,      /* (OUT, IN) or NULL */
+                        float *dbias,        /* (OUT) or NULL */
+                        const float *dout,   /* (B, OUT) */
+                        const float *inp,    /* (B, IN) */
+                        const float *weight, /* (OUT, IN) */
+                        int B, int IN, int OUT);
+
+/* In place: out[b, c] += bias[c] (the bias added after a row-parallel
+ * linear's all-reduce). Its input gradient is dout itself; only the bias has
+ * a backward: dbias += column sums of dout. */
+void tm_bias_add_forward(float *out,        /* (B, C), in place */
+                         const float *bias, /* (C) */
+                         int B, int C);
+void tm_bias_add_backward(float *dbias,      /* (C) */
+                          const float *dout, /* (B, C) */
+                          int B, int C);
+
+/* out = max(0, inp). */
+void tm_relu_forward(float *out, const float *inp, size_t n);
+/* dinp += dout where out > 0 (the forward output is enough: out > 0 exactly
+ * where inp > 0). The gradient at 0 is 0, as in PyTorch. */
+void tm_relu_backward(float *dinp, const float *dout, const float *out,
+                      size_t n);
+/* The same fused into the gradient buffer: d = (out > 0) ? d : 0, turning
+ * the gradient of the activation into the gradient of its input without a
+ * second buffer or a zero-grad. */
+void tm_relu_backward_inplace(float *d, const float *out, size_t n);
+
+/* GELU, tanh approximation (PyTorch's approximate='tanh'):
+ * out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))). */
+void tm_gelu_forward(float *out, const float *inp, size_t n);
+/* dinp += dout · GELU'(inp). */
+void tm_gelu_backward(float *dinp, const float *dout, const float *inp,
+                      size_t n);
+
+/* out = inp1 + inp2; backward adds dout into both dinp1 and dinp2. */
+void tm_residual_forward(float *out, const float *inp1, const float *inp2,
+                         size_t n);
+void tm_residual_backward(float *dinp1, float *dinp2, const float *dout,
+                          size_t n);
+
+/* LayerNorm over the last dimension, as nn.LayerNorm(C, eps): biased
+ * variance, out = (inp - mean) · rstd · weight + bias with
+ * rstd = 1 / sqrt(var + eps). mean and rstd are saved for the backward;
+ * either may be NULL when no backward will follow. */
+void tm_layernorm_forward(float *out,          /* (B, C) */
+                          float *mean,         /* (B) or NULL */
+                          float *rstd,         /* (B) or NULL */
+                          const float *inp,    /* (B, C) */
+                          const float *weight, /* (C) */
+                          const float *bias,   /* (C) */
+                          int B, int C, float eps);
+/* Adds into dinp, dweight and dbias (none may be NULL). */
+void tm_layernorm_backward(float *dinp,         /* (B, C) */
+                           float *dweight,      /* (C) */
+                           float *dbias,        /* (C) */
+                           const float *dout,   /* (B, C) */
+                           const float *inp,    /* (B, C) */
+                           const float *weight, /* (C) */
+                           const float *mean,   /* (B) */
+                           const float *rstd,   /* (B) */
+                           int B, int C);
+
+/* Fused softmax + cross-entropy with integer labels, numerically stable
+ * (log-sum-exp after subtracting the row maximum, so logits of ±1e4 give a
+ * finite loss and gradient). Returns the mean of the B row losses (0 when
+ * B == 0); losses, if not NULL, receives each row's loss.
+ * dlogits, if not NULL, is OVERWRITTEN with (softmax - onehot) · grad_scale.
+ * grad_scale is the caller's choice of mean: 1/B makes dlogits the gradient
+ * of the returned mean; with gradient accumulation or data parallelism the
+ * loss is a mean over the global batch, so pass 1/global_batch and the
+ * micro-batch gradients sum to the right thing.
+ * labels must lie in [0, C): the data loader validates them, and an
+ * out-of-range label here is a bug (it asserts). */
+float tm_softmax_xent_forward_backward(float *dlogits,      /* (B, C) or NULL */
+                                       float *losses,       /* (B) or NULL */
+                                       const float *logits, /* (B, C) */
+                                       const int *labels,   /* (B) */
+                                       int B, int C, float grad_scale);
+
+/* How many rows have argmax(logits) == label, ties going to the lowest index
+ * as torch.argmax does. A row containing NaN yields some index in [0, C). */
+int tm_accuracy(const float *logits, /* (B, C) */
+                const int *labels,   /* (B) */
+                int B, int C);
+
+#endif

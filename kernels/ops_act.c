@@ -1,0 +1,135 @@
+/* Elementwise layers: ReLU, GELU (tanh approximation) and the residual add,
+ * each forward and backward. */
+#include "kernels/ops.h"
+
+#include <math.h>
+
+#include "kernels/cost.h"
+
+/* gcc -O2 vectorises a loop only when its trip count is a known multiple of
+ * the vector width (the "very cheap" cost model), so each loop lives in a
+ * span function that is called once on the largest multiple of 16 elements
+ * and once on the tail. */
+static size_t vec_floor(size_t n) { return n & ~(size_t)15; }
+
+/* PyTorch's constants for approximate='tanh': sqrt(2/pi) and the cubic
+ * coefficient. */
+#define GELU_BETA 0.7978845608028654f
+#define GELU_KAPPA 0.044715f
+
+static inline void relu_span(float *restrict out, const float *restrict inp,
+                             size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+void tm_relu_forward(float *restrict out, const float *restrict inp, size_t n)
+{
+    size_t nv = vec_floor(n);
+    relu_span(out, inp, nv);
+    relu_span(out + nv, inp + nv, n - nv);
+    tm__cost_charge((double)n, 8.0 * n);
+}
+
+/* A select rather than a multiply by the mask, so an inf or NaN gradient
+ * behind a dead unit becomes 0 as it does in PyTorch's threshold_backward. */
+static inline void relu_backward_span(float *restrict dinp,
+                                      const float *restrict dout,
+                                      const float *restrict out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        /* Loaded unconditionally: a load under the condition is control
+         * flow the vectoriser gives up on. */
+        float d = dout[i];
+        dinp[i] += out[i] > 0.0f ? d : 0.0f;
+    }
+}
+
+void tm_relu_backward(float *restrict dinp, const float *restrict dout,
+                      const float *restrict out, size_t n)
+{
+    size_t nv = vec_floor(n);
+    relu_backward_span(dinp, dout, out, nv);
+    relu_backward_span(dinp + nv, dout + nv, out + nv, n - nv);
+    tm__cost_charge(2.0 * n, 16.0 * n);
+}
+
+static inline void relu_mask_span(float *restrict d, const float *restrict out,
+                                  size_t n)
+{
+    for (size_t i = 0; i < n; i++) d[i] = out[i] > 0.0f ? d[i] : 0.0f;
+}
+
+void tm_relu_backward_inplace(float *restrict d, const float *restrict out,
+                              size_t n)
+{
+    size_t nv = vec_floor(n);
+    relu_mask_span(d, out, nv);
+    relu_mask_span(d + nv, out + nv, n - nv);
+    tm__cost_charge((double)n, 12.0 * n);
+}
+
+/* tanhf is a library call, so the GELU loops stay scalar. The formulas follow
+ * PyTorch's CPU kernel term by term, so the two round alike everywhere but in
+ * tanh itself. */
+void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
+        out[i] = 0.5f * x * (1.0f + tanhf(inner));
+    }
+    tm__cost_charge(9.0 * n, 8.0 * n);
+}
+
+void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
+                      const float *restrict inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float x_sq = x * x;
+        float inner = GELU_BETA * (x + GELU_KAPPA * (x_sq * x));
+        float t = tanhf(inner);
+        float left_derivative = 0.5f * (1.0f + t);
+        float right_derivative = 0.5f * x * (1.0f - t * t);
+        float inner_derivative =
+            GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq);
+        dinp[i] += dout[i] *
+                   (left_derivative + right_derivative * inner_derivative);
+    }
+    tm__cost_charge(20.0 * n, 16.0 * n);
+}
+
+static inline void add2_span(float *restrict out, const float *restrict a,
+                             const float *restrict b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void tm_residual_forward(float *restrict out, const float *restrict inp1,
+                         const float *restrict inp2, size_t n)
+{
+    size_t nv = vec_floor(n);
+    add2_span(out, inp1, inp2, nv);
+    add2_span(out + nv, inp1 + nv, inp2 + nv, n - nv);
+    tm__cost_charge((double)n, 12.0 * n);
+}
+
+static inline void residual_backward_span(float *restrict dinp1,
+                                          float *restrict dinp2,
+                                          const float *restrict dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        dinp1[i] += dout[i];
+        dinp2[i] += dout[i];
+    }
+}
+
+void tm_residual_backward(float *restrict dinp1, float *restrict dinp2,
+                          const float *restrict dout, size_t n)
+{
+    size_t nv = vec_floor(n);
+    residual_backward_span(dinp1, dinp2, dout, nv);
+    residual_backward_span(dinp1 + nv, dinp2 + nv, dout + nv, n - nv);
+    tm__cost_charge(2.0 * n, 20.0 * n);
+}
