@@ -22,7 +22,7 @@ CR_LIBS    =
 TEST_EXTRA = tests/tsan-shim/shim.c
 endif
 
-TM_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -pthread \
+TM_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(OPT) -fno-math-errno -Wall -Wextra -Werror -pthread \
             -I. -MMD -MP $(SAN) $(CFLAGS)
 TM_LDFLAGS = -pthread $(SAN)
 
@@ -71,7 +71,7 @@ $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 $(BUILD)/%: demos/%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
 
-test: $(TEST_RUN)
+test: $(TEST_RUN) $(DEMO_BIN)
 	@scripts/run-tests.sh $(BUILD) $(SUITES)
 
 asan:
@@ -83,9 +83,21 @@ tsan:
 	  SUITES="$(or $(SUITES),$(TSAN_SUITES))" test
 
 demo: $(BUILD)/train
-	$(BUILD)/train --dp 2 --pp 2 --tp 2
+	$(BUILD)/train
 
 bench: $(BENCH_BIN)
+
+# The side-by-side peers in bench/peers, built only where their toolchain
+# exists: the Open MPI peer of bench_collectives needs mpicc.
+bench-peers:
+	@mkdir -p $(BUILD)
+	@if command -v mpicc >/dev/null 2>&1; then \
+	  echo "mpicc bench/peers/mpi_collectives.c -o $(BUILD)/mpi_collectives"; \
+	  mpicc -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Werror \
+	    bench/peers/mpi_collectives.c -o $(BUILD)/mpi_collectives -lm; \
+	else \
+	  echo "bench-peers: mpicc not found, skipping the Open MPI peer (apt-get install libopenmpi-dev)"; \
+	fi
 
 clean:
 	rm -rf build

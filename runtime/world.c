@@ -185,8 +185,12 @@ static void fail(tm_world *w, int who, int status, const char *message)
     int expected = -1;
     if (!atomic_compare_exchange_strong(&w->failed, &expected, who)) return;
     w->status = status;
-    if (who >= 0)
-        snprintf(w->error, sizeof w->error, "device %d: %s", who,
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "device %d: ", who);
+    if (who >= 0 && strncmp(message, prefix, strlen(prefix)) == 0)
+        snprintf(w->error, sizeof w->error, "%s", message); /* already names it (OOM report) */
+    else if (who >= 0)
+        snprintf(w->error, sizeof w->error, "%s%s", prefix,
                  message[0] ? message : tm_strerror(status));
     else
         snprintf(w->error, sizeof w->error, "%s", message);

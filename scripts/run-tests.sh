@@ -9,6 +9,8 @@ if [ $# -gt 0 ]; then
 else
     bins=$(ls "$build"/test_* 2>/dev/null | grep -v '\.d$')
 fi
+# Suites that run the programs find them here.
+export TM_BIN_DIR="$build"
 passed=0; failed=0; bad=""
 for b in $bins; do
     [ -x "$b" ] || { echo "missing test binary $b" >&2; failed=$((failed+1)); bad="$bad $b"; continue; }

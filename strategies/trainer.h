@@ -1,0 +1,84 @@
+/* Training: the loop over epochs and optimizer steps (micro-batches with
+ * gradient accumulation, learning-rate schedule, evaluation, checkpoints) on
+ * an emulated device, reporting through callbacks.
+ * Thread-safety: tm_train is called from one host thread; the callbacks run
+ * on the device thread, one at a time. */
+#ifndef TM_TRAINER_H
+#define TM_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/arena.h"
+#include "strategies/idx.h"
+#include "strategies/replica.h"
+
+typedef enum { TM_LR_CONSTANT, TM_LR_COSINE } tm_lr_schedule;
+
+typedef struct tm_step_info {
+    long step;             /* 1-based optimizer step, counted from the start */
+    int epoch;             /* 0-based epoch the step belongs to */
+    long epoch_step;       /* 1-based step within the epoch */
+    long steps_per_epoch;
+    long total_steps;      /* epochs * steps_per_epoch */
+    double loss;           /* mean loss over the step's batch, before the update */
+    double lr;
+    double samples_per_s;  /* this run so far, training time only */
+} tm_step_info;
+
+typedef struct tm_epoch_info {
+    int epoch;             /* 0-based epoch just finished */
+    double train_loss;     /* mean of the epoch's step losses (this run's part) */
+    double test_loss;
+    double test_acc;       /* fraction in [0, 1] */
+    double samples_per_s;  /* the epoch's training steps only */
+} tm_epoch_info;
+
+typedef struct {
+    tm_mlp_config model;
+    int epochs;            /* length of the schedule, in epochs from step 0 */
+    long max_steps;        /* stop this run after so many steps (0: none) */
+    int batch;             /* samples per optimizer step (the global batch) */
+    int micro_batches;     /* gradient-accumulation steps per optimizer step */
+    tm_optimizer optimizer;
+    double lr;
+    tm_lr_schedule schedule;
+    long warmup_steps;     /* linear warm-up (cosine schedule only) */
+    double momentum;       /* SGD */
+    double weight_decay;
+    uint64_t seed;         /* initialisation and data order */
+    int shuffle;           /* 0: the files' own order */
+    size_t mem_cap;        /* device arena bytes */
+    const char *load_path; /* checkpoint to start from, or NULL */
+    const char *save_path; /* checkpoint written at the end, or NULL */
+    void *ctx;             /* passed to the callbacks */
+    void (*on_step)(void *ctx, const tm_step_info *info);
+    void (*on_epoch)(void *ctx, const tm_epoch_info *info);
+} tm_train_config;
+
+typedef struct {
+    long steps;            /* optimizer steps taken in this run */
+    double samples_per_s;  /* this run, training time only */
+    double test_acc;       /* after the run */
+    double test_loss;
+    double train_seconds;
+    double gflops;         /* GEMM and elementwise FLOPs / training time */
+    tm_arena_stats memory; /* the device's arena, peaks included */
+} tm_train_result;
+
+/* Checks a configuration before anything starts; returns TM_OK or TM_EINVAL
+ * with a one-line message naming the constraint. */
+int tm_train_check(const tm_train_config *cfg, const tm_dataset *train);
+
+/* Trains on `train`, evaluating on `test` after every epoch and at the end.
+ * Returns TM_OK, or an error with its message in *error (the world's, e.g.
+ * the OOM report): TM_ENOMEM when the model does not fit (found before the
+ * first step), TM_EFORMAT / TM_EIO for checkpoints, TM_EINVAL for a
+ * checkpoint that does not match the model. */
+int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
+             tm_train_result *out, char *error, size_t error_size);
+
+/* The learning rate at 0-based step s of total. */
+double tm_lr_at(const tm_train_config *cfg, long s, long total);
+
+#endif

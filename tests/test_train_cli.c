@@ -1,0 +1,129 @@
+/* build/train from the outside: bad input is a one-line error with exit
+ * status 2, a model that does not fit exits 1 with the OOM report, and no
+ * failure leaves a partial output file; a short good run writes its files.
+ * The binary is found in $TM_BIN_DIR (set by the test runner). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char out_path[128], err_path[128], metrics[128], ckpt[128];
+
+static void paths(void)
+{
+    long pid = (long)getpid();
+    snprintf(out_path, sizeof out_path, "/tmp/tm_cli_out_%ld", pid);
+    snprintf(err_path, sizeof err_path, "/tmp/tm_cli_err_%ld", pid);
+    snprintf(metrics, sizeof metrics, "/tmp/tm_cli_metrics_%ld.jsonl", pid);
+    snprintf(ckpt, sizeof ckpt, "/tmp/tm_cli_ckpt_%ld.safetensors", pid);
+}
+
+static void cleanup(void)
+{
+    unlink(out_path);
+    unlink(err_path);
+    unlink(metrics);
+    unlink(ckpt);
+}
+
+/* Runs build/train with args; returns its exit status. */
+static int train(const char *args)
+{
+    const char *dir = getenv("TM_BIN_DIR");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/train %s >%s 2>%s", dir ? dir : "build", args, out_path,
+             err_path);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st), "train did not exit normally: %s", cmd);
+    return WEXITSTATUS(st);
+}
+
+static int count_lines(const char *path, const char *needle, char *first, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return -1;
+    char line[8192];
+    int lines = 0;
+    first[0] = '\0';
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (needle == NULL || strstr(line, needle) != NULL) {
+            if (lines == 0) snprintf(first, n, "%.*s", (int)(n - 1), line);
+            lines++;
+        }
+    }
+    fclose(f);
+    return lines;
+}
+
+static int exists(const char *p) { return access(p, F_OK) == 0; }
+
+Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = cleanup, .timeout = 120)
+{
+    const char *cases[] = {
+        "--frobnicate",
+        "--lr -1",
+        "--lr nan",
+        "--lr inf",
+        "--lr 0",
+        "--batch 100 --micro-batches 3",
+        "--batch 0",
+        "--model 784,abc,10",
+        "--model 784",
+        "--model 784,256,12",
+        "--activation tanh",
+        "--optimizer rmsprop",
+        "--lr-schedule linear",
+        "--normalize minmax",
+        "--mem-cap 12Q",
+        "--momentum 1.5",
+        "--epochs -2",
+        "--steps",
+        "stray-argument",
+        "--data-dir /nonexistent-tinymesh-dir",
+        "--load /nonexistent-tinymesh-ckpt.safetensors --steps 1",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[1024], first[8192];
+        snprintf(args, sizeof args, "%s --metrics %s --save %s", cases[i], metrics, ckpt);
+        int st = train(args);
+        int lines = count_lines(err_path, NULL, first, sizeof first);
+        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
+        cr_expect_eq(lines, 1, "\"%s\": %d lines on stderr", cases[i], lines);
+        cr_expect(strncmp(first, "train: ", 7) == 0, "\"%s\": %s", cases[i], first);
+        cr_expect(!exists(metrics) && !exists(ckpt), "\"%s\" left a file behind", cases[i]);
+    }
+}
+
+Test(train_cli, model_that_does_not_fit_exits_1_with_oom_report, .init = paths, .fini = cleanup,
+     .timeout = 120)
+{
+    char args[1024], first[8192];
+    snprintf(args, sizeof args, "--mem-cap 1M --metrics %s --save %s", metrics, ckpt);
+    int st = train(args);
+    cr_expect_eq(st, 1, "exit %d", st);
+    cr_expect_geq(count_lines(err_path, "out of memory", first, sizeof first), 1);
+    cr_expect_geq(count_lines(err_path, "by tag", first, sizeof first), 1);
+    cr_expect_eq(count_lines(out_path, "step ", first, sizeof first), 0, "it trained");
+    cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+}
+
+Test(train_cli, short_run_writes_metrics_and_checkpoint, .init = paths, .fini = cleanup,
+     .timeout = 120)
+{
+    char args[1024], first[8192];
+    snprintf(args, sizeof args, "--steps 5 --metrics %s --save %s", metrics, ckpt);
+    int st = train(args);
+    cr_assert_eq(st, 0, "exit %d", st);
+    cr_expect_eq(count_lines(metrics, "\"type\":\"step\"", first, sizeof first), 5);
+    cr_expect(strstr(first, "\"step\":1,") != NULL, "%s", first);
+    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    cr_expect(strstr(first, "\"steps\":5") != NULL, "%s", first);
+    cr_expect(strstr(first, "\"peak_bytes\":{\"param\":") != NULL, "%s", first);
+    cr_expect(exists(ckpt));
+    cr_expect_geq(count_lines(out_path, "test accuracy", first, sizeof first), 1);
+    /* Resume from it for two more steps. */
+    snprintf(args, sizeof args, "--steps 2 --load %s", ckpt);
+    cr_expect_eq(train(args), 0);
+}
