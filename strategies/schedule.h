@@ -1,0 +1,233 @@
+/* Pipeline-parallel schedules as data: per stage, an ordered list of forward,
+ * backward and send/recv actions, a generator, a validator, an event-driven
+ * simulator and a terminal timeline drawer. Thread-safe: no shared state; a
+ * schedule is read-only after tm_schedule_make, so threads may share it. */
+#ifndef TM_SCHEDULE_H
+#define TM_SCHEDULE_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+/* Notation: p = pp stages (stage s runs on device s), m micro-batches, and
+ * F / B the time of one forward / backward of one micro-batch on a stage.
+ *
+ * One action of one stage. Activations flow up (stage s -> s+1), gradients
+ * down (s+1 -> s):
+ *   FWD(i)       forward of micro-batch i;
+ *   BWD(i)       backward of micro-batch i (on the last stage it follows
+ *                FWD(i) without a message: the loss is computed there);
+ *   SEND_ACT(i)  send i's output activation to s+1, which RECV_ACTs it
+ *                before its FWD(i);
+ *   SEND_GRAD(i) send the gradient of i's input to s-1, which RECV_GRADs it
+ *                before its BWD(i).
+ * The first stage neither RECV_ACTs nor SEND_GRADs, the last neither
+ * SEND_ACTs nor RECV_GRADs. The two combined kinds are one blocking exchange
+ * with one neighbour whose halves progress together (tm_sendrecv), like
+ * Megatron's send_forward_recv_backward / send_backward_recv_forward:
+ *   SEND_ACT_RECV_GRAD(i, j)  send act i to s+1 and receive grad j from s+1;
+ *   SEND_GRAD_RECV_ACT(i, j)  send grad i to s-1 and receive act j from s-1.
+ * 1F1B's steady state needs them: there a stage sends its activation up while
+ * the stage above sends its gradient down, and two blocking sends towards
+ * each other would wait for ever. */
+typedef enum {
+    TM_SCHED_FWD,
+    TM_SCHED_BWD,
+    TM_SCHED_SEND_ACT,
+    TM_SCHED_RECV_ACT,
+    TM_SCHED_SEND_GRAD,
+    TM_SCHED_RECV_GRAD,
+    TM_SCHED_SEND_ACT_RECV_GRAD,
+    TM_SCHED_SEND_GRAD_RECV_ACT,
+} tm_sched_kind;
+
+typedef struct {
+    tm_sched_kind kind;
+    int mb;  /* micro-batch; for a combined kind, the send half's */
+    int mb2; /* combined kinds only: the receive half's micro-batch */
+} tm_sched_action;
+
+/* The schedules. Each is described by its ramp-up / main / ramp-down phases
+ * and its activation-memory bound: the most micro-batches whose FWD has run
+ * and whose BWD has not, on stage s (tm_schedule_in_flight_bound). Except
+ * grouped, every schedule sends each message as soon as the pass producing
+ * it ends and receives it just before the pass needing it; a send followed
+ * by a receive from the same neighbour becomes one combined action. The
+ * bubbles quoted are for equal stages and free messages, as the simulator
+ * measures them (the tests check each).
+ *
+ * SEQUENTIAL — one micro-batch in the whole pipeline at a time: every stage
+ *   runs F0 B0 F1 B1 ..., and F(i+1) on the first stage waits for B(i) to
+ *   come all the way back. Each micro-batch is its own ramp-up (the forward
+ *   wave) and ramp-down (the backward wave); there is no main phase. The
+ *   debugging schedule, as Graphcore's PipelineSchedule.Sequential ("the same
+ *   way as a sharded model"). Bound 1. Bubble with equal stages (p-1)/p.
+ *
+ * GPIPE — all forwards, then all backwards (Huang et al., GPipe, 2019; the
+ *   backwards in micro-batch order, as PyTorch's ScheduleGPipe). Ramp-up:
+ *   the forward wave reaches stage s after s forwards; main: every stage
+ *   forwards; the backward wave starts on the last stage after its last
+ *   forward and ramps down to stage 0. Bound m on every stage. Bubble with
+ *   equal stages (p-1)/(m+p-1), for any ratio of B to F.
+ *
+ * 1F1B — PipeDream-Flush (Narayanan et al., "Memory-Efficient Pipeline-
+ *   Parallel DNN Training", 2021), as Megatron-LM's
+ *   forward_backward_pipelining_without_interleaving. Stage s: warm-up
+ *   (ramp-up) of w = min(p-1-s, m) forwards; main (steady) phase of m-w
+ *   pairs "one forward, one backward"; cool-down (ramp-down) of the last w
+ *   backwards. Bound min(p-s, m): the first stage holds at most p
+ *   micro-batches however large m is. Bubble as GPipe's, (p-1)/(m+p-1).
+ *
+ * The next two are from Graphcore's IPU pipelining documentation (technical
+ * note "Model Parallelism on the IPU with TensorFlow: Sharding and
+ * Pipelining", section Pipeline scheduling, and the TensorFlow 1 pipelining
+ * tutorial), where the IPUs run in lock-step time steps. The step tables
+ * below follow Graphcore's TensorFlow pipeline visitor: grouped runs every
+ * rotation of the stage list in every step, interleaved only the rotations
+ * that put one pass on each IPU. They agree with the tutorial's account of
+ * its 4-stage diagrams: micro-batch 0 finishes its last backward at time
+ * step 11 under grouped (drawn one column per forward-only step, then a
+ * forward and a backward column per step) and 8 under interleaved,
+ * counting from 1.
+ *
+ * GROUPED (Graphcore's default) — in step k, stage s runs F(k-s) and then
+ *   B(k-2p+2+s), each when that micro-batch exists; all IPUs run their
+ *   forwards together, then their backwards together. A micro-batch's
+ *   backward starts on the last stage in the step of its forward. Ramp-up:
+ *   steps 0 .. 2p-3 (stage s starts backwards at step 2p-2-s); main: steps
+ *   2p-2 .. m-1, where every stage does one forward and one backward per
+ *   step (when m >= 2p-1); ramp-down: steps m .. m+2p-3. As a list, stage s
+ *   does a warm-up of min(2(p-1-s), m) forwards, then forward/backward
+ *   pairs, then the rest of the backwards. Messages move as on the IPU: what
+ *   a step produces is exchanged at the step's end (one exchange with the
+ *   stage above, then one with the stage below) and used in the next step.
+ *   Bound min(2(p-s)-1, m): the first stage holds 2p-1, nearly twice 1F1B's
+ *   p ("memory requirements may go up ... to cover an increase in in-flight
+ *   mini-batches"). Its bubble here is 1F1B's, (p-1)/(m+p-1): its gain on
+ *   the IPU, that every lock-step step is balanced (F+B on every IPU), is no
+ *   gain when stages run freely, so here it only costs memory.
+ *
+ * INTERLEAVED — in time step t each stage runs one pass: stage s runs F(j)
+ *   at t = 2j+s and B(j) at t = 2j+2p-1-s. Forwards fall on steps of s's
+ *   parity and backwards on the others, so once the pipe is full half the
+ *   stages run forwards and half backwards. Ramp-up: steps 0 .. 2p-3; main:
+ *   steps 2p-2 .. 2m-1 (when m >= p); ramp-down: the last 2p-2 of 2m+2p-2.
+ *   Bound min(p-s, m). Sorted by time, stage s's passes are exactly 1F1B's
+ *   order (a warm-up of p-1-s forwards, then alternating), so the lists equal
+ *   1F1B's. What makes it slower on an IPU is the lock-step: a step lasts as
+ *   long as its slowest pass, max(F, B), while an executor whose stages run
+ *   freely (like tinymesh's) runs it exactly as 1F1B. Not to be confused
+ *   with Megatron's "interleaved" schedule, which gives each device several
+ *   virtual stages. */
+typedef enum {
+    TM_SCHED_SEQUENTIAL,
+    TM_SCHED_GPIPE,
+    TM_SCHED_1F1B,
+    TM_SCHED_GROUPED,
+    TM_SCHED_INTERLEAVED,
+} tm_schedule_kind;
+
+#define TM_SCHEDULE_KINDS 5
+/* Limits that keep every list small and every count in an int. */
+#define TM_SCHEDULE_MAX_PP 1024
+#define TM_SCHEDULE_MAX_MB 65536
+#define TM_SCHEDULE_MAX_WORK (1 << 18) /* pp * m */
+
+/* "sequential", "gpipe", "1f1b", "grouped", "interleaved"; "?" otherwise. */
+const char *tm_schedule_kind_name(tm_schedule_kind kind);
+/* Parses one of those names into *out. Returns TM_EINVAL naming the input
+ * and the valid names otherwise. */
+int tm_schedule_kind_parse(const char *name, tm_schedule_kind *out);
+/* "FWD", "SEND_ACT_RECV_GRAD", ...; "?" for a value outside the enum. */
+const char *tm_sched_kind_name(tm_sched_kind kind);
+/* Writes "FWD(3)" or "SEND_ACT_RECV_GRAD(3,1)" into buf (always terminated
+ * when n > 0) and returns what snprintf returns. */
+int tm_sched_action_format(char *buf, size_t n, tm_sched_action a);
+
+typedef struct {
+    tm_schedule_kind kind;
+    int pp;                    /* stages */
+    int m;                     /* micro-batches */
+    int *len;                  /* (pp,) actions per stage */
+    tm_sched_action **actions; /* (pp,) each (len[s],) in execution order */
+} tm_schedule;
+
+/* Builds the schedule `kind` for pp stages and m micro-batches. Returns
+ * TM_EINVAL for an unknown kind or pp, m outside 1 .. TM_SCHEDULE_MAX_PP /
+ * TM_SCHEDULE_MAX_MB or pp * m above TM_SCHEDULE_MAX_WORK, TM_EHOSTMEM. Every
+ * schedule accepts every such pp and m. On error *out is left empty. */
+int tm_schedule_make(tm_schedule *out, tm_schedule_kind kind, int pp, int m);
+/* Frees the lists and empties s; an empty or NULL schedule is fine. */
+void tm_schedule_free(tm_schedule *s);
+
+/* Checks s (made here or by hand) and returns TM_OK, TM_EHOSTMEM, or
+ * TM_EINVAL with a message naming the stage, the action index and the
+ * problem, e.g. "stage 2 action 5: BWD(3) before RECV_GRAD(3)". In order:
+ * well-formed actions (known kind, micro-batch in [0, m), no message past
+ * either end of the pipeline); FWD(i) and BWD(i) exactly once per stage for
+ * every i; the activations stage s sends are, in order, those s+1 receives,
+ * and likewise the gradients, each micro-batch's exactly once; per stage
+ * RECV_ACT(i) < FWD(i) < SEND_ACT(i), FWD(i) < BWD(i) and RECV_GRAD(i) <
+ * BWD(i) < SEND_GRAD(i); and no deadlock when every stage runs its list with
+ * rendezvous messages (a send completes only together with its receive —
+ * the strictest model, so a schedule valid here is valid with any
+ * buffering), the halves of a combined action progressing independently.
+ * A deadlock names the cycle: "deadlock: stage 0 waits in SEND_ACT(1) for
+ * stage 1, which waits in SEND_GRAD(0) for stage 0". */
+int tm_schedule_validate(const tm_schedule *s);
+
+/* The most micro-batches whose FWD has run and whose BWD has not, over
+ * stage's list: the activations the executor will hold at once there.
+ * Returns TM_EINVAL (negative) for a stage outside [0, pp). */
+int tm_schedule_max_in_flight(const tm_schedule *s, int stage);
+/* The documented bound for that (see each schedule above): sequential 1,
+ * gpipe m, 1f1b and interleaved min(p-s, m), grouped min(2(p-s)-1, m).
+ * Returns TM_EINVAL (negative) for bad arguments. */
+int tm_schedule_in_flight_bound(tm_schedule_kind kind, int pp, int m, int stage);
+
+/* One interval of a stage's timeline. kind is FWD, BWD or one of the four
+ * plain message kinds: a combined action yields one event per half. A
+ * message event spans its transfer, from the moment both sides are ready;
+ * waiting before it is idle time. */
+typedef struct {
+    int stage;
+    tm_sched_kind kind;
+    int mb;
+    double start, end;
+} tm_sched_event;
+
+/* Simulates the validated schedule s: each stage one compute engine running
+ * its list in order, FWD taking fwd_time[stage] and BWD bwd_time[stage]
+ * (arrays of pp, each >= 0), every message comm_time (>= 0) once both sides
+ * are at it (rendezvous), a combined action's halves in parallel. On success
+ * *events is a malloc'ed array of *n_events events sorted by stage then start
+ * (free() it) and *makespan the time the last stage finishes. The result is
+ * exact (sums and maxima of the inputs) and deterministic. Returns what
+ * tm_schedule_validate returns, TM_EINVAL for bad times, TM_EHOSTMEM; on
+ * error *events is NULL. */
+int tm_schedule_simulate(const tm_schedule *s, const double *fwd_time,
+                         const double *bwd_time, double comm_time,
+                         tm_sched_event **events, int *n_events, double *makespan);
+
+/* 1 - (sum of FWD and BWD time) / (pp * makespan): the fraction of device
+ * time not spent computing, from any events (simulated or measured). 0 when
+ * makespan is not positive. */
+double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makespan);
+/* The bubble with equal stages and free messages, for any F and B:
+ * (p-1)/(m+p-1) for gpipe and 1f1b — the textbook figure — and for grouped
+ * and interleaved as tinymesh runs them, (p-1)/p for sequential; -1 for bad
+ * arguments. */
+double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
+
+/* Draws the events as a timeline: one row per stage, time left to right over
+ * `width` columns (<= 0: tm_schedule_draw_width), forwards and backwards as
+ * cells labelled "F3" / "B3" (cut short when narrow), idle as '.', messages
+ * not drawn; then a time axis, a legend and the bubble (measured and, where
+ * tm_schedule_bubble_theory has one, theory). s gives pp, m and the name;
+ * the events may come from tm_schedule_simulate or from a measured run. */
+void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
+                      int n, double makespan, int width);
+/* The width that gives the shortest forward or backward room for its label
+ * and a space, at most 1000 columns. */
+int tm_schedule_draw_width(const tm_sched_event *ev, int n, double makespan);
+
+#endif
