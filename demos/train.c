@@ -12,11 +12,22 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
+#include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
 static const char usage[] =
     "usage: train [options]\n"
-    "Trains an MLP on Fashion-MNIST on one emulated device.\n"
+    "Trains an MLP on Fashion-MNIST on a mesh of emulated devices.\n"
+    "\n"
+    "parallelism (devices = dp x pp x tp; every mesh trains like one device):\n"
+    "  --dp N                data-parallel replicas, each takes batch / dp samples (1)\n"
+    "  --pp N                pipeline stages (1)\n"
+    "  --tp N                tensor-parallel ranks per stage (1)\n"
+    "  --devices N           must equal dp x pp x tp when given\n"
+    "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
+    "  --stages L1,L2,...    layers per stage (default: balanced by FLOPs)\n"
+    "  --fail-device D       test hook: device D fails ...\n"
+    "  --fail-step S         ... at optimizer step S\n"
     "\n"
     "model and optimisation:\n"
     "  --model W0,W1,...     layer widths, inputs first, classes last (784,256,128,10)\n"
@@ -24,8 +35,9 @@ static const char usage[] =
     "  --epochs N            length of the run and of the schedule, in epochs (10)\n"
     "  --steps N             stop after N optimizer steps of this run (no limit)\n"
     "  --batch B             samples per optimizer step (128)\n"
-    "  --micro-batches M     split each batch into M micro-batches whose gradients\n"
-    "                        accumulate before one step; B must divide by M (1)\n"
+    "  --micro-batches M     split each replica's batch (B / dp) into M micro-batches\n"
+    "                        whose gradients accumulate before one step; with\n"
+    "                        pipelining, the pipeline's micro-batches (1)\n"
     "  --optimizer O         sgd | adamw (sgd)\n"
     "  --lr X                peak learning rate (0.05 for sgd, 0.001 for adamw)\n"
     "  --lr-schedule S       constant (same rate every step, no warm-up) |\n"
@@ -41,7 +53,7 @@ static const char usage[] =
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
     "device and files:\n"
-    "  --mem-cap SIZE        device memory, e.g. 64M, 1G (64M)\n"
+    "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
     "  --load FILE           start from a checkpoint (resumes exactly when it holds\n"
     "                        optimizer state; weights only otherwise)\n"
@@ -165,6 +177,37 @@ static void human(double bytes, char *buf, size_t n)
     snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", bytes, unit[u]);
 }
 
+static void json_peaks(FILE *f, const tm_arena_stats *m)
+{
+    for (int t = 0; t < TM_TAG_COUNT; t++)
+        fprintf(f, "%s\"%s\":%zu", t ? "," : "{", tm_tag_name((tm_tag)t), m->tag_peak[t]);
+    fputc('}', f);
+}
+
+/* Peak memory of every device by tag, and what it sent over links. */
+static void memory_table(const tm_train_result *res, size_t cap)
+{
+    char b[32];
+    human((double)cap, b, sizeof b);
+    printf("peak memory per device (capacity %s):\n%-8s %-9s", b, "device", "(d,p,t)");
+    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %11s", tm_tag_name((tm_tag)t));
+    printf(" %11s %11s\n", "total", "sent");
+    for (int i = 0; i < res->n_devices; i++) {
+        const tm_device_report *d = &res->devices[i];
+        char coords[32];
+        snprintf(coords, sizeof coords, "(%d,%d,%d)", d->d, d->p, d->t);
+        printf("%-8d %-9s", d->id, coords);
+        for (int t = 0; t < TM_TAG_COUNT; t++) {
+            human((double)d->memory.tag_peak[t], b, sizeof b);
+            printf(" %11s", b);
+        }
+        human((double)d->memory.peak, b, sizeof b);
+        printf(" %11s", b);
+        human((double)d->sent_bytes, b, sizeof b);
+        printf(" %11s\n", b);
+    }
+}
+
 int main(int argc, char **argv)
 {
     tm_train_config cfg = {0};
@@ -176,7 +219,10 @@ int main(int argc, char **argv)
     cfg.batch = 128;
     cfg.micro_batches = 1;
     cfg.optimizer = TM_OPT_SGD;
-    cfg.schedule = TM_LR_COSINE;
+    cfg.lr_schedule = TM_LR_COSINE;
+    cfg.dp = cfg.pp = cfg.tp = 1;
+    cfg.schedule = TM_SCHED_1F1B;
+    long devices = 0;
     cfg.warmup_steps = 200;
     cfg.momentum = 0.9;
     cfg.seed = 1;
@@ -184,7 +230,7 @@ int main(int argc, char **argv)
     cfg.mem_cap = (size_t)64 << 20;
     enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
            O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
-           O_METRICS };
+           O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -196,6 +242,10 @@ int main(int argc, char **argv)
         {"normalize", 1, 0, O_NORM},       {"data-dir", 1, 0, O_DATA},
         {"mem-cap", 1, 0, O_MEM},          {"save", 1, 0, O_SAVE},
         {"load", 1, 0, O_LOAD},            {"metrics", 1, 0, O_METRICS},
+        {"dp", 1, 0, O_DP},                {"pp", 1, 0, O_PP},
+        {"tp", 1, 0, O_TP},                {"devices", 1, 0, O_DEVICES},
+        {"schedule", 1, 0, O_SCHEDULE},    {"stages", 1, 0, O_STAGES},
+        {"fail-device", 1, 0, O_FAILDEV},  {"fail-step", 1, 0, O_FAILSTEP},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -213,8 +263,8 @@ int main(int argc, char **argv)
             break;
         case O_LR: lr = parse_double("--lr", optarg, 0, 1); break;
         case O_SCHED:
-            if (strcmp(optarg, "constant") == 0) cfg.schedule = TM_LR_CONSTANT;
-            else if (strcmp(optarg, "cosine") == 0) cfg.schedule = TM_LR_COSINE;
+            if (strcmp(optarg, "constant") == 0) cfg.lr_schedule = TM_LR_CONSTANT;
+            else if (strcmp(optarg, "cosine") == 0) cfg.lr_schedule = TM_LR_COSINE;
             else die_usage("--lr-schedule is constant or cosine, not \"%s\"", optarg);
             break;
         case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0); break;
@@ -235,6 +285,18 @@ int main(int argc, char **argv)
         case O_SAVE: cfg.save_path = optarg; break;
         case O_LOAD: cfg.load_path = optarg; break;
         case O_METRICS: metrics_path = optarg; break;
+        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1); break;
+        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1); break;
+        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1); break;
+        case O_DEVICES: devices = parse_long("--devices", optarg, 1); break;
+        case O_SCHEDULE:
+            if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
+                die_usage("--schedule is sequential, gpipe, 1f1b, grouped or interleaved, not \"%s\"",
+                          optarg);
+            break;
+        case O_STAGES: cfg.stages = optarg; break;
+        case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
+        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1); break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -249,9 +311,10 @@ int main(int argc, char **argv)
     cfg.lr = lr > 0 ? lr : adamw ? 1e-3 : 0.05;
     cfg.weight_decay = wd >= 0 ? wd : adamw ? 1e-4 : 5e-4;
     if (cfg.momentum >= 1) die_usage("--momentum must be below 1");
-    if (cfg.batch % cfg.micro_batches != 0)
-        die_usage("--batch %d is not divisible by --micro-batches %d", cfg.batch,
-                  cfg.micro_batches);
+    long mesh = (long)cfg.dp * cfg.pp * cfg.tp;
+    if (devices != 0 && devices != mesh)
+        die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
+                  cfg.tp, mesh);
 
     tm_dataset train = {0}, test = {0};
     if (tm_dataset_load(&train, data_dir, "train") != TM_OK ||
@@ -279,7 +342,10 @@ int main(int argc, char **argv)
     printf("training %s (%s) on Fashion-MNIST: %d train / %d test samples, batch %d in %d "
            "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
            model, act, train.n, test.n, cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd",
-           cfg.lr, cfg.schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
+           cfg.lr, cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
+    if (mesh > 1)
+        printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
+               cfg.tp, tm_schedule_kind_name(cfg.schedule));
     fflush(stdout);
     tm_train_result res;
     char error[2048];
@@ -289,29 +355,32 @@ int main(int argc, char **argv)
     tm_dataset_free(&test);
     if (st != TM_OK) {
         out_abandon(&metrics);
+        tm_train_result_free(&res);
         fprintf(stderr, "train: %s\n", error);
         return st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO ? 2 : 1;
     }
     if (metrics.f != NULL) {
         fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
-                           "\"test_acc\":%.6f,\"peak_bytes\":{",
+                           "\"test_acc\":%.6f,\"peak_bytes\":",
                 res.steps, res.samples_per_s, res.test_acc);
-        for (int t = 0; t < TM_TAG_COUNT; t++)
-            fprintf(metrics.f, "%s\"%s\":%zu", t ? "," : "", tm_tag_name((tm_tag)t),
-                    res.memory.tag_peak[t]);
-        fprintf(metrics.f, "}}\n");
-        if (out_commit(&metrics) != 0) return 1;
+        json_peaks(metrics.f, &res.memory);
+        fprintf(metrics.f, ",\"devices\":[");
+        for (int i = 0; i < res.n_devices; i++) {
+            const tm_device_report *d = &res.devices[i];
+            fprintf(metrics.f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
+                    i ? "," : "", d->id, d->d, d->p, d->t);
+            json_peaks(metrics.f, &d->memory);
+            fprintf(metrics.f, ",\"sent_bytes\":%llu}", (unsigned long long)d->sent_bytes);
+        }
+        fprintf(metrics.f, "]}\n");
+        if (out_commit(&metrics) != 0) {
+            tm_train_result_free(&res);
+            return 1;
+        }
     }
     printf("test accuracy %.2f%% after %ld steps; %.0f samples/s; %.1f GFLOP/s\n",
            100 * res.test_acc, res.steps, res.samples_per_s, res.gflops);
-    printf("device 0 peak memory (capacity %zu MiB):", res.memory.capacity >> 20);
-    for (int t = 0; t < TM_TAG_COUNT; t++) {
-        char b[32];
-        human((double)res.memory.tag_peak[t], b, sizeof b);
-        printf("%s %s %s", t ? "," : "", tm_tag_name((tm_tag)t), b);
-    }
-    char total[32];
-    human((double)res.memory.peak, total, sizeof total);
-    printf("; total %s\n", total);
+    memory_table(&res, cfg.mem_cap);
+    tm_train_result_free(&res);
     return 0;
 }

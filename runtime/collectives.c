@@ -521,37 +521,80 @@ int tm_recv(tm_comm *c, void *buf, size_t bytes, int peer)
     return run_step(c, OP_P2P, 0, &s);
 }
 
+/* The receiving half of a sendrecv as a state machine that can be advanced
+ * without blocking: header, payload, padding. */
+typedef struct {
+    step s;
+    int phase; /* 0 header, 1 payload, 2 padding, 3 done */
+    size_t got;
+} incoming;
+
+/* Moves what has arrived; with `block`, waits for at least some of it. */
+static int advance(tm_comm *c, incoming *in, int block)
+{
+    tm_waiter *w = c->waiter;
+    tm_link *l = in->s.in;
+    const uint8_t *p;
+    size_t n;
+    if (in->phase == 0) {
+        /* A header is committed whole, so any readable byte means all 32. */
+        TM_CHECK(tm__link_read_acquire(l, w, block ? sizeof(tm_msg_header) : 0,
+                                       sizeof(tm_msg_header), &p, &n));
+        if (n < sizeof(tm_msg_header)) return TM_OK;
+        TM_CHECK(recv_header(c, OP_P2P, 0, &in->s));
+        in->phase = 1;
+    }
+    while (in->phase == 1 && in->got < in->s.bytes) {
+        TM_CHECK(tm__link_read_acquire(l, w, block ? 1 : 0, in->s.bytes - in->got, &p, &n));
+        if (n == 0) return TM_OK;
+        memcpy((uint8_t *)in->s.dst + in->got, p, n);
+        tm__link_read_release(l, n);
+        in->got += n;
+    }
+    if (in->phase == 1) in->phase = 2;
+    size_t pad = (TM_LINK_ALIGN - in->s.bytes % TM_LINK_ALIGN) % TM_LINK_ALIGN;
+    if (in->phase == 2) {
+        TM_CHECK(tm__link_read_acquire(l, w, block ? pad : 0, pad, &p, &n));
+        if (n < pad) return TM_OK;
+        tm__link_read_release(l, pad);
+        in->phase = 3;
+    }
+    return TM_OK;
+}
+
 int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void *recvbuf,
                 size_t recvbytes, int src)
 {
     TM_CHECK(check_peer(c, dst));
     TM_CHECK(check_peer(c, src));
-    step out, in;
+    step out;
+    incoming in;
     memset(&out, 0, sizeof out);
     memset(&in, 0, sizeof in);
     out.out_rank = dst;
     out.local = sendbuf;
     out.bytes = sendbytes;
-    in.in_rank = src;
-    in.dst = recvbuf;
-    in.bytes = recvbytes;
+    in.s.in_rank = src;
+    in.s.dst = recvbuf;
+    in.s.bytes = recvbytes;
     TM_CHECK(tm__comm_to(c, dst, &out.out));
-    TM_CHECK(tm__comm_from(c, src, &in.in));
+    TM_CHECK(tm__comm_from(c, src, &in.s.in));
+    /* Send in pieces of at most a quarter ring, taking in between whatever
+     * has arrived without waiting for it; wait for the incoming message only
+     * once ours is out. The peer may be in a sendrecv too (then neither can
+     * fill the other's ring while blocked: each drains before every piece)
+     * or may be computing before it sends (then our send completes on its
+     * own). The messages are ordinary ones: the peer may use tm_send and
+     * tm_recv. */
     TM_CHECK(send_header(c, OP_P2P, 0, &out));
-    TM_CHECK(recv_header(c, OP_P2P, 0, &in));
-    /* Alternate pieces of at most a quarter ring: each side is then never
-     * more than one piece ahead of what it has received, so two (or a cycle
-     * of) devices exchanging large messages cannot all block on full rings.
-     * The messages are ordinary ones: the peer may use tm_send / tm_recv. */
-    size_t piece = tm_world_ring_bytes(c->world) / 4, sent = 0, got = 0;
-    while (sent < sendbytes || got < recvbytes) {
+    size_t piece = tm_world_ring_bytes(c->world) / 4;
+    for (size_t sent = 0; sent < sendbytes;) {
+        TM_CHECK(advance(c, &in, 0));
         size_t k = sendbytes - sent < piece ? sendbytes - sent : piece;
         TM_CHECK(transfer(c, &out, sent, sent + k));
         sent += k;
-        k = recvbytes - got < piece ? recvbytes - got : piece;
-        TM_CHECK(transfer(c, &in, got, got + k));
-        got += k;
     }
-    TM_CHECK(finish(c, &out));
-    return finish(c, &in);
+    TM_CHECK(tm__link_send_pad(out.out, c->waiter, sendbytes));
+    while (in.phase < 3) TM_CHECK(advance(c, &in, 1));
+    return TM_OK;
 }

@@ -18,8 +18,34 @@ static const char *state_name(tm_optimizer opt, int i)
 
 static const char *opt_name(tm_optimizer opt) { return opt == TM_OPT_ADAMW ? "adamw" : "sgd"; }
 
-/* The tensors of a replica in checkpoint order: per layer weight, bias,
- * then the optimizer state of each. */
+int tm_model_state_init(tm_model_state *m, const tm_mlp_config *cfg, tm_optimizer opt,
+                        double momentum)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->opt = opt;
+    m->n_params = tm_mlp_param_count(cfg);
+    m->n_opt_state = opt == TM_OPT_ADAMW ? 2 : momentum != 0.0;
+    m->params = calloc(m->n_params, sizeof(float));
+    int ok = m->params != NULL;
+    for (int i = 0; i < m->n_opt_state; i++) {
+        m->opt_state[i] = calloc(m->n_params, sizeof(float));
+        ok = ok && m->opt_state[i] != NULL;
+    }
+    if (ok) return TM_OK;
+    tm_model_state_free(m);
+    return tm_error(TM_EHOSTMEM, "cannot allocate %zu parameters in host memory", m->n_params);
+}
+
+void tm_model_state_free(tm_model_state *m)
+{
+    free(m->params);
+    for (int i = 0; i < 2; i++) free(m->opt_state[i]);
+    memset(m, 0, sizeof *m);
+}
+
+/* The tensors of a model state in checkpoint order: per layer weight,
+ * bias, then the optimizer state of each. */
 typedef struct {
     char name[NAME_LEN];
     uint64_t shape[2];
@@ -27,7 +53,7 @@ typedef struct {
     float *data;
 } entry;
 
-static int entries(const tm_replica *r, tm_optimizer opt, entry **out)
+static int entries(const tm_model_state *r, entry **out)
 {
     const tm_mlp_config *cfg = &r->cfg;
     int per = 2 * (1 + r->n_opt_state), n = cfg->n_layers * per, k = 0;
@@ -43,7 +69,7 @@ static int entries(const tm_replica *r, tm_optimizer opt, entry **out)
                     snprintf(e[k].name, NAME_LEN, "layers.%d.%s", l, what);
                 else
                     snprintf(e[k].name, NAME_LEN, "optimizer.layers.%d.%s.%s", l, what,
-                             state_name(opt, s - 1));
+                             state_name(r->opt, s - 1));
                 e[k].shape[0] = (uint64_t)cfg->widths[l + 1];
                 e[k].shape[1] = (uint64_t)cfg->widths[l];
                 e[k].ndim = t == 0 ? 2 : 1;
@@ -55,11 +81,11 @@ static int entries(const tm_replica *r, tm_optimizer opt, entry **out)
     return n;
 }
 
-int tm_checkpoint_save(const char *path, const tm_replica *r, tm_optimizer opt,
-                       const tm_train_position *pos)
+int tm_checkpoint_save(const char *path, const tm_model_state *r)
 {
+    const tm_train_position *pos = &r->pos;
     entry *e;
-    int n = entries(r, opt, &e);
+    int n = entries(r, &e);
     if (n < 0) return tm_error(TM_EHOSTMEM, "%s: cannot allocate the tensor list", path);
     tm_st_tensor *t = calloc((size_t)n, sizeof *t);
     if (t == NULL) {
@@ -78,7 +104,7 @@ int tm_checkpoint_save(const char *path, const tm_replica *r, tm_optimizer opt,
         {"format", "tinymesh"},
         {"model", model},
         {"activation", tm_activation_name(r->cfg.act)},
-        {"optimizer", opt_name(opt)},
+        {"optimizer", opt_name(r->opt)},
         {"step", step},
         {"epoch", epoch},
         {"epoch_step", epoch_step},
@@ -104,14 +130,15 @@ static int meta_long(const tm_st_file *f, const char *path, const char *key, lon
     return TM_OK;
 }
 
-int tm_checkpoint_load(const char *path, tm_replica *r, tm_optimizer opt, tm_train_position *pos,
-                       int *resumed)
+int tm_checkpoint_load(const char *path, tm_model_state *r, int *resumed)
 {
+    tm_optimizer opt = r->opt;
+    tm_train_position *pos = &r->pos;
     *resumed = 0;
     tm_st_file *f;
     TM_CHECK(tm_safetensors_open(&f, path));
     entry *e;
-    int n = entries(r, opt, &e), st = TM_OK;
+    int n = entries(r, &e), st = TM_OK;
     if (n < 0) {
         tm_safetensors_close(f);
         return tm_error(TM_EHOSTMEM, "%s: cannot allocate the tensor list", path);

@@ -1,13 +1,16 @@
-/* Checkpoints in safetensors format: the model as PyTorch names it
- * (layers.N.weight [OUT, IN], layers.N.bias [OUT]), optimizer state under
- * optimizer., and the training position in __metadata__, written atomically.
- * Thread-safety: called by the device thread that owns the replica. */
+/* The model as one device would hold it, in host memory — parameters and
+ * optimizer state in the single-device flat layout — and its checkpoints in
+ * safetensors format: layers.N.weight [OUT, IN] and layers.N.bias [OUT] as
+ * PyTorch names them, optimizer state under optimizer., the training
+ * position in __metadata__, written atomically. Every mesh saves and loads
+ * this same file: devices copy their shards to and from it.
+ * Thread-safety: plain data; one writer at a time. */
 #ifndef TM_CHECKPOINT_H
 #define TM_CHECKPOINT_H
 
 #include <stdint.h>
 
-#include "strategies/replica.h"
+#include "strategies/stage.h"
 
 typedef struct {
     long step;          /* optimizer steps taken */
@@ -16,15 +19,29 @@ typedef struct {
     uint64_t data_seed; /* seed of the data order, kept across a resume */
 } tm_train_position;
 
-/* Writes parameters, optimizer state and position. TM_OK, TM_EIO. */
-int tm_checkpoint_save(const char *path, const tm_replica *r, tm_optimizer opt,
-                       const tm_train_position *pos);
+typedef struct {
+    tm_mlp_config cfg;
+    tm_optimizer opt;
+    size_t n_params;
+    float *params;       /* (n_params) host memory */
+    float *opt_state[2]; /* SGD momentum_buffer; AdamW exp_avg, exp_avg_sq */
+    int n_opt_state;
+    tm_train_position pos;
+} tm_model_state;
 
-/* Reads parameters (checking names and shapes against r's model) and, when
- * the file has them, the optimizer state and position (*resumed = 1);
- * a file with only layers.* tensors loads as weights (*resumed = 0).
+/* Allocates (zeroed) host buffers for cfg and the optimizer's state
+ * (momentum buffer only when momentum != 0). TM_OK or TM_EHOSTMEM. */
+int tm_model_state_init(tm_model_state *m, const tm_mlp_config *cfg, tm_optimizer opt,
+                        double momentum);
+void tm_model_state_free(tm_model_state *m);
+
+/* Writes everything. TM_OK, TM_EIO. */
+int tm_checkpoint_save(const char *path, const tm_model_state *m);
+
+/* Reads parameters (checking names and shapes against m's model) and, when
+ * the file has them, the optimizer state and position (*resumed = 1); a
+ * file with only layers.* tensors loads as weights (*resumed = 0).
  * TM_OK, TM_EIO, TM_EFORMAT, or TM_EINVAL for a mismatch. */
-int tm_checkpoint_load(const char *path, tm_replica *r, tm_optimizer opt,
-                       tm_train_position *pos, int *resumed);
+int tm_checkpoint_load(const char *path, tm_model_state *m, int *resumed);
 
 #endif

@@ -1,6 +1,7 @@
 #include "strategies/trainer.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,20 +9,41 @@
 
 #include "kernels/cost.h"
 #include "kernels/gemm.h"
+#include "kernels/ops.h"
 #include "kernels/optim.h"
+#include "runtime/collectives.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
 #include "strategies/checkpoint.h"
+#include "strategies/pipeline.h"
 #include "strategies/rng.h"
 
-/* Evaluation runs in chunks of this many samples. */
+/* Evaluation runs in micro-batches of at most this many samples. */
 #define EVAL_ROWS 1000
 
+/* What the host prepares for every device: read-only during the run,
+ * except each device's own report slot and the shard copies at the end. */
 typedef struct {
     const tm_train_config *cfg;
     const tm_dataset *train, *test;
+    tm_model_state *state;   /* initial weights in, final weights out */
+    int resumed;             /* state holds optimizer state and position */
+    int first[TM_MAX_LAYERS + 1]; /* stage s holds layers first[s] .. first[s+1]-1 */
+    tm_schedule sched;
     tm_train_result *result;
 } job;
+
+/* One device's view of a step's data. */
+typedef struct {
+    const tm_dataset *data;
+    const int *rows;          /* sample indices of this replica's batch */
+    int mb_rows;              /* per micro-batch, when training */
+    const int *eval_rows;     /* per micro-batch, when evaluating */
+    int *labels;              /* (mb_rows or EVAL_ROWS) device buffer */
+    float grad_scale;
+    double loss_sum;          /* summed over the rows this device's loss saw */
+    double correct;
+} feed;
 
 static double now_s(void)
 {
@@ -32,7 +54,7 @@ static double now_s(void)
 
 double tm_lr_at(const tm_train_config *cfg, long s, long total)
 {
-    if (cfg->schedule == TM_LR_CONSTANT) return cfg->lr;
+    if (cfg->lr_schedule == TM_LR_CONSTANT) return cfg->lr;
     if (s < cfg->warmup_steps) return cfg->lr * (double)(s + 1) / (double)cfg->warmup_steps;
     long span = total - cfg->warmup_steps;
     if (span <= 0) return cfg->lr;
@@ -41,14 +63,30 @@ double tm_lr_at(const tm_train_config *cfg, long s, long total)
     return cfg->lr * 0.5 * (1.0 + cos(M_PI * progress));
 }
 
+/* Layers per stage: the user's --stages or balanced by FLOPs. */
+static int stage_split(const tm_train_config *cfg, int *first)
+{
+    if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, &cfg->model, cfg->pp, first);
+    return tm_stages_balance(&cfg->model, cfg->pp, first);
+}
+
 int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
 {
     const tm_mlp_config *m = &cfg->model;
+    if (cfg->dp < 1 || cfg->pp < 1 || cfg->tp < 1)
+        return tm_error(TM_EINVAL, "--dp, --pp and --tp must be positive");
+    long n = (long)cfg->dp * cfg->pp * cfg->tp;
+    if (n > TM_MAX_DEVICES)
+        return tm_error(TM_EINVAL, "dp x pp x tp = %ld devices, more than %d", n, TM_MAX_DEVICES);
     if (cfg->batch < 1) return tm_error(TM_EINVAL, "--batch must be positive");
     if (cfg->micro_batches < 1) return tm_error(TM_EINVAL, "--micro-batches must be positive");
-    if (cfg->batch % cfg->micro_batches != 0)
-        return tm_error(TM_EINVAL, "--batch %d is not divisible by --micro-batches %d",
-                        cfg->batch, cfg->micro_batches);
+    if (cfg->batch % cfg->dp != 0)
+        return tm_error(TM_EINVAL, "--batch %d is not divisible by --dp %d", cfg->batch, cfg->dp);
+    if (cfg->batch / cfg->dp % cfg->micro_batches != 0)
+        return tm_error(TM_EINVAL,
+                        "each replica's batch (%d / dp %d = %d) is not divisible by "
+                        "--micro-batches %d", cfg->batch, cfg->dp, cfg->batch / cfg->dp,
+                        cfg->micro_batches);
     if (cfg->epochs < 1) return tm_error(TM_EINVAL, "--epochs must be positive");
     if (cfg->max_steps < 0) return tm_error(TM_EINVAL, "--steps must be positive");
     if (!(cfg->lr > 0) || !isfinite(cfg->lr))
@@ -67,18 +105,14 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
     if (cfg->batch > train->n)
         return tm_error(TM_EINVAL, "--batch %d is larger than the %d training samples", cfg->batch,
                         train->n);
+    if (cfg->fail_step < 0 || (cfg->fail_step > 0 && (cfg->fail_device < 0 || cfg->fail_device >= n)))
+        return tm_error(TM_EINVAL, "--fail-device must name one of the %ld devices", n);
+    int first[TM_MAX_LAYERS + 1];
+    TM_CHECK(stage_split(cfg, first));
+    tm_layer_plan plan[TM_MAX_LAYERS];
+    size_t params;
+    for (int s = 0; s < cfg->pp; s++) TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
     return TM_OK;
-}
-
-/* Copies samples order[0..rows) from host memory into the device's buffers
- * (the host-to-device transfer of a real accelerator). */
-static void stage(const tm_dataset *d, const int *order, int rows, float *x, int *labels)
-{
-    size_t dim = (size_t)d->dim;
-    for (int i = 0; i < rows; i++) {
-        memcpy(x + (size_t)i * dim, d->images + (size_t)order[i] * dim, dim * sizeof(float));
-        labels[i] = d->labels[order[i]];
-    }
 }
 
 /* The data order of an epoch: a Fisher-Yates shuffle from PCG32 stream
@@ -96,113 +130,219 @@ static void epoch_order(int *order, int n, uint64_t seed, int epoch, int shuffle
     }
 }
 
-static int evaluate(tm_replica *r, const tm_dataset *d, double *loss, double *acc)
+/* The first stage's input: rows copied from host memory into the device
+ * (the host-to-device copy of a real accelerator). */
+static int load_input(void *ctx, int mb, float *x)
 {
-    int rows = d->n < EVAL_ROWS ? d->n : EVAL_ROWS;
-    float *x = tm_device_alloc(r->dev, (size_t)rows * d->dim * sizeof(float), TM_TAG_ACTIVATION);
-    int *labels = tm_device_alloc(r->dev, (size_t)rows * sizeof(int), TM_TAG_ACTIVATION);
-    int *order = malloc((size_t)rows * sizeof(int));
-    int st = x && labels ? TM_OK : TM_ENOMEM;
-    if (order == NULL) st = tm_error(TM_EHOSTMEM, "cannot allocate the evaluation order");
-    double loss_sum = 0;
-    long correct = 0;
-    for (int start = 0; st == TM_OK && start < d->n; start += rows) {
-        int k = d->n - start < rows ? d->n - start : rows, c;
-        double l;
-        for (int i = 0; i < k; i++) order[i] = start + i;
-        stage(d, order, k, x, labels);
-        st = tm_replica_eval(r, x, labels, k, &l, &c);
-        loss_sum += l;
-        correct += c;
-    }
-    free(order);
-    tm_device_free(r->dev, labels);
-    tm_device_free(r->dev, x);
-    *loss = loss_sum / d->n;
-    *acc = (double)correct / d->n;
-    return st;
+    feed *f = ctx;
+    int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
+    const int *idx = f->rows + (f->eval_rows ? mb * EVAL_ROWS : mb * f->mb_rows);
+    size_t dim = (size_t)f->data->dim;
+    for (int i = 0; i < rows; i++)
+        memcpy(x + (size_t)i * dim, f->data->images + (size_t)idx[i] * dim, dim * sizeof(float));
+    return TM_OK;
 }
 
-static void optimizer_step(const tm_train_config *cfg, tm_replica *r, double lr, long step)
+/* The last stage's loss: labels staged the same way, softmax cross-entropy
+ * scaled by 1 / global batch, so gradients summed over micro-batches and
+ * replicas are those of the global batch's mean loss. */
+static int loss(void *ctx, int mb, const float *logits, float *dlogits)
+{
+    feed *f = ctx;
+    int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
+    const int *idx = f->rows + (f->eval_rows ? mb * EVAL_ROWS : mb * f->mb_rows);
+    int classes = f->data->n_classes;
+    for (int i = 0; i < rows; i++) f->labels[i] = f->data->labels[idx[i]];
+    float mean = tm_softmax_xent_forward_backward(dlogits, NULL, logits, f->labels, rows, classes,
+                                                  f->grad_scale);
+    f->loss_sum += (double)mean * rows;
+    if (dlogits == NULL) f->correct += tm_accuracy(logits, f->labels, rows, classes);
+    return TM_OK;
+}
+
+/* Data-parallel gradient buckets: each layer's gradients are all-reduced
+ * over the replicas as soon as the last micro-batch's backward has made
+ * them final, last layer first (as PyTorch DDP issues its buckets). The
+ * losses were scaled by 1 / global batch, so the sum is the mean. */
+typedef struct {
+    tm_comm *dp_comm;
+    float *grads;
+} bucket_ctx;
+
+static int grads_ready(void *ctx, size_t off, size_t len)
+{
+    bucket_ctx *b = ctx;
+    return tm_allreduce(b->dp_comm, b->grads + off, b->grads + off, len, TM_SUM);
+}
+
+static void optimizer_step(const tm_train_config *cfg, tm_stage *s, double lr, long step)
 {
     if (cfg->optimizer == TM_OPT_ADAMW) {
         tm_adamw_params hp = TM_ADAMW_DEFAULTS;
         hp.lr = lr;
         hp.weight_decay = cfg->weight_decay;
-        tm_adamw_step(r->params, r->grads, r->opt_state[0], r->opt_state[1], r->n_params, hp,
-                      step);
+        tm_adamw_step(s->params, s->grads, s->opt_state[0], s->opt_state[1], s->n_params, hp, step);
     } else {
         tm_sgd_params hp = {lr, cfg->momentum, cfg->weight_decay};
-        tm_sgd_step(r->params, r->grads, r->n_opt_state ? r->opt_state[0] : NULL, r->n_params, hp,
+        tm_sgd_step(s->params, s->grads, s->n_opt_state ? s->opt_state[0] : NULL, s->n_params, hp,
                     step);
     }
 }
 
-/* The device's whole run. Everything it allocates for the run is checked
- * before the first step, so a model that does not fit fails at once. */
-static int run(tm_device *dev, void *arg)
+/* A device's whole run state. */
+typedef struct {
+    job *j;
+    tm_device *dev;
+    tm_mesh mesh;
+    tm_stage stage;
+    int *order;        /* epoch order (host memory), stage 0 and last stage */
+    int *labels;       /* device buffer for the loss's labels */
+    int is_first, is_last, reporter;
+} device;
+
+/* Sums a few doubles over the replicas exactly and in rank order: the
+ * all-gather moves their bytes, every member adds them up the same way. */
+static int sum_over_replicas(device *v, double *vals, int n)
 {
-    job *j = arg;
-    const tm_train_config *cfg = j->cfg;
-    const tm_dataset *train = j->train;
-    tm_gemm_thread_init();
-    tm_replica r;
-    int st = tm_replica_create(&r, dev, &cfg->model, cfg->optimizer, cfg->momentum);
-    tm_train_position pos = {0, 0, 0, cfg->seed};
-    int resumed = 0;
-    if (st == TM_OK && cfg->load_path != NULL)
-        st = tm_checkpoint_load(cfg->load_path, &r, cfg->optimizer, &pos, &resumed);
-    else if (st == TM_OK)
-        tm_mlp_init(&cfg->model, r.params, cfg->seed);
-    int micro = cfg->batch / cfg->micro_batches, dim = train->dim;
-    float *x = NULL;
-    int *labels = NULL, *order = NULL;
-    if (st == TM_OK) {
-        x = tm_device_alloc(dev, (size_t)micro * dim * sizeof(float), TM_TAG_ACTIVATION);
-        labels = tm_device_alloc(dev, (size_t)micro * sizeof(int), TM_TAG_ACTIVATION);
-        /* Probe the activation peak of a micro-batch now rather than fail
-         * in the middle of the first step. */
-        void *probe = x && labels ? tm_device_alloc(dev, tm_replica_activation_bytes(
-                                                             &cfg->model, micro),
-                                                    TM_TAG_ACTIVATION)
-                                  : NULL;
-        if (probe == NULL) st = TM_ENOMEM;
-        tm_device_free(dev, probe);
-        order = malloc((size_t)train->n * sizeof(int));
-        if (st == TM_OK && order == NULL) st = tm_error(TM_EHOSTMEM, "cannot allocate the data order");
+    int dp = v->mesh.dp;
+    if (dp == 1) return TM_OK;
+    double all[2 * 64];
+    if (n * dp > (int)(sizeof all / sizeof all[0]))
+        return tm_error(TM_EINVAL, "too many replicas to sum (%d)", dp);
+    TM_CHECK(tm_allgather(v->mesh.dp_comm, (const float *)vals, (float *)all,
+                          (size_t)n * sizeof(double) / sizeof(float)));
+    for (int i = 0; i < n; i++) {
+        vals[i] = 0;
+        for (int d = 0; d < dp; d++) vals[i] += all[d * n + i];
     }
-    long per_epoch = train->n / cfg->batch, total = per_epoch * cfg->epochs, taken = 0;
+    return TM_OK;
+}
+
+/* Pipelined inference over this replica's share of the test set; on the
+ * last stage, *loss and *acc are the whole test set's. */
+static int evaluate(device *v, double *loss_out, double *acc)
+{
+    const tm_dataset *d = v->j->test;
+    int dp = v->mesh.dp, lo = (int)((long)d->n * v->mesh.d / dp),
+        hi = (int)((long)d->n * (v->mesh.d + 1) / dp), n = hi - lo;
+    int n_mb = (n + EVAL_ROWS - 1) / EVAL_ROWS;
+    int *idx = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    int *rows = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
+    if (idx == NULL || rows == NULL) {
+        free(idx);
+        free(rows);
+        return tm_error(TM_EHOSTMEM, "cannot allocate the evaluation order");
+    }
+    for (int i = 0; i < n; i++) idx[i] = lo + i;
+    for (int m = 0; m < n_mb; m++) rows[m] = n - m * EVAL_ROWS < EVAL_ROWS ? n - m * EVAL_ROWS : EVAL_ROWS;
+    feed f = {.data = d, .rows = idx, .eval_rows = rows,
+              .labels = v->labels, .grad_scale = 1.0f};
+    tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm,
+                           .sched = &v->j->sched, .load_input = load_input, .loss = loss, .ctx = &f};
+    int st = tm_pipeline_infer(&ps, n_mb, rows);
+    double vals[2] = {f.loss_sum, f.correct};
+    if (st == TM_OK && v->is_last) st = sum_over_replicas(v, vals, 2);
+    *loss_out = vals[0] / d->n;
+    *acc = vals[1] / d->n;
+    free(idx);
+    free(rows);
+    return st;
+}
+
+static int setup(device *v)
+{
+    job *j = v->j;
+    const tm_train_config *cfg = j->cfg;
+    tm_gemm_thread_init();
+    TM_CHECK(tm_mesh_create(v->dev, cfg->dp, cfg->pp, cfg->tp, &v->mesh));
+    int p = v->mesh.p;
+    v->is_first = p == 0;
+    v->is_last = p == cfg->pp - 1;
+    v->reporter = v->mesh.d == 0 && v->is_last && v->mesh.t == 0;
+    TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, &cfg->model, j->first[p],
+                             j->first[p + 1], cfg->optimizer, cfg->momentum));
+    tm_stage_shard_from(&v->stage, &cfg->model, j->state->params, v->stage.params);
+    for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
+        tm_stage_shard_from(&v->stage, &cfg->model, j->state->opt_state[i], v->stage.opt_state[i]);
+    int rows = cfg->batch / cfg->dp / cfg->micro_batches;
+    if (v->is_last) {
+        int most = rows > EVAL_ROWS ? rows : EVAL_ROWS;
+        v->labels = tm_device_alloc(v->dev, sizeof(int) * (size_t)most, TM_TAG_ACTIVATION);
+        if (v->labels == NULL) return TM_ENOMEM;
+    }
+    if (v->is_first || v->is_last) {
+        v->order = malloc(sizeof(int) * (size_t)j->train->n);
+        if (v->order == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the data order");
+    }
+    /* What the schedule will hold at its peak, probed now so that a model
+     * that does not fit fails before the first step. */
+    size_t in_flight = (size_t)tm_schedule_max_in_flight(&j->sched, p);
+    size_t probe = in_flight * tm_stage_acts_bytes(&v->stage, rows) +
+                   tm_stage_backward_bytes(&v->stage, rows) +
+                   2 * (size_t)rows * (v->stage.in_width + v->stage.out_width) * sizeof(float);
+    void *block = tm_device_alloc(v->dev, probe, TM_TAG_ACTIVATION);
+    if (block == NULL) return TM_ENOMEM;
+    tm_device_free(v->dev, block);
+    tm_arena_reset_peak(tm_device_arena(v->dev));
+    return TM_OK;
+}
+
+/* One optimizer step on this device. *step_loss: the global batch's mean
+ * loss (known on the last stage). */
+static int train_step(device *v, long epoch_step, double lr, long step, double *step_loss)
+{
+    job *j = v->j;
+    const tm_train_config *cfg = j->cfg;
+    int per_replica = cfg->batch / cfg->dp;
+    if (cfg->fail_step > 0 && step == cfg->fail_step && tm_device_id(v->dev) == cfg->fail_device)
+        return tm_error(TM_EFAIL, "injected failure at step %ld (--fail-device %d --fail-step %ld)",
+                        step, cfg->fail_device, cfg->fail_step);
+    memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
+    feed f = {.data = j->train,
+              .rows = v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
+              .mb_rows = per_replica / cfg->micro_batches, .labels = v->labels,
+              .grad_scale = 1.0f / (float)cfg->batch};
+    bucket_ctx b = {v->mesh.dp_comm, v->stage.grads};
+    tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
+                           .rows = f.mb_rows, .load_input = load_input, .loss = loss, .ctx = &f,
+                           .ready = cfg->dp > 1 ? grads_ready : NULL, .ready_ctx = &b};
+    TM_CHECK(tm_pipeline_run(&ps));
+    double l = f.loss_sum;
+    if (v->is_last) TM_CHECK(sum_over_replicas(v, &l, 1));
+    *step_loss = l / cfg->batch;
+    optimizer_step(cfg, &v->stage, lr, step);
+    tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
+    if (ps.max_in_flight > rep->max_in_flight) rep->max_in_flight = ps.max_in_flight;
+    return TM_OK;
+}
+
+static int train_loop(device *v)
+{
+    job *j = v->j;
+    const tm_train_config *cfg = j->cfg;
+    tm_train_position pos = j->state->pos;
+    long per_epoch = j->train->n / cfg->batch, total = per_epoch * cfg->epochs, taken = 0;
     double train_time = 0, flops0 = tm_cost_totals().flops;
-    float grad_scale = 1.0f / (float)cfg->batch;
-    while (st == TM_OK && pos.epoch < cfg->epochs &&
-           (cfg->max_steps == 0 || taken < cfg->max_steps)) {
-        epoch_order(order, train->n, pos.data_seed, pos.epoch, cfg->shuffle);
+    int st = TM_OK;
+    while (st == TM_OK && pos.epoch < cfg->epochs && (cfg->max_steps == 0 || taken < cfg->max_steps)) {
+        if (v->order) epoch_order(v->order, j->train->n, pos.data_seed, pos.epoch, cfg->shuffle);
         double epoch_loss = 0, epoch_time = 0;
         long epoch_steps = 0;
         while (st == TM_OK && pos.epoch_step < per_epoch &&
                (cfg->max_steps == 0 || taken < cfg->max_steps)) {
-            double t0 = now_s(), loss_sum = 0, lr = tm_lr_at(cfg, pos.step, total);
-            memset(r.grads, 0, r.n_params * sizeof(float));
-            const int *batch = order + pos.epoch_step * cfg->batch;
-            for (int m = 0; st == TM_OK && m < cfg->micro_batches; m++) {
-                double l;
-                stage(train, batch + m * micro, micro, x, labels);
-                st = tm_replica_train_micro(&r, x, labels, micro, grad_scale, &l);
-                loss_sum += l;
-            }
+            double t0 = now_s(), l = 0, lr = tm_lr_at(cfg, pos.step, total);
+            st = train_step(v, pos.epoch_step, lr, pos.step + 1, &l);
             if (st != TM_OK) break;
             pos.step++;
             pos.epoch_step++;
             taken++;
             epoch_steps++;
-            optimizer_step(cfg, &r, lr, pos.step);
             double dt = now_s() - t0;
             train_time += dt;
             epoch_time += dt;
-            epoch_loss += loss_sum / cfg->batch;
-            if (cfg->on_step != NULL) {
-                tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total,
-                                     loss_sum / cfg->batch, lr,
+            epoch_loss += l;
+            if (v->reporter && cfg->on_step != NULL) {
+                tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total, l, lr,
                                      (double)taken * cfg->batch / train_time};
                 cfg->on_step(cfg->ctx, &info);
             }
@@ -210,26 +350,79 @@ static int run(tm_device *dev, void *arg)
         if (st != TM_OK || pos.epoch_step < per_epoch) break;
         tm_epoch_info info = {pos.epoch, epoch_steps ? epoch_loss / epoch_steps : 0, 0, 0,
                               epoch_time > 0 ? (double)epoch_steps * cfg->batch / epoch_time : 0};
-        st = evaluate(&r, j->test, &info.test_loss, &info.test_acc);
-        if (st == TM_OK && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
+        st = evaluate(v, &info.test_loss, &info.test_acc);
+        if (st == TM_OK && v->reporter && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
         pos.epoch++;
         pos.epoch_step = 0;
     }
-    tm_train_result *res = j->result;
-    if (st == TM_OK) st = evaluate(&r, j->test, &res->test_loss, &res->test_acc);
-    if (st == TM_OK && cfg->save_path != NULL)
-        st = tm_checkpoint_save(cfg->save_path, &r, cfg->optimizer, &pos);
-    res->steps = taken;
-    res->train_seconds = train_time;
-    res->samples_per_s = train_time > 0 ? (double)taken * cfg->batch / train_time : 0;
-    res->gflops = train_time > 0 ? (tm_cost_totals().flops - flops0) / train_time * 1e-9 : 0;
-    (void)resumed;
-    free(order);
-    tm_device_free(dev, labels);
-    tm_device_free(dev, x);
-    tm_replica_destroy(&r);
-    tm_arena_stats_get(tm_device_arena(dev), &res->memory);
+    tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
+    rep->flops = tm_cost_totals().flops - flops0;
+    tm_arena_stats mem;
+    tm_arena_stats_get(tm_device_arena(v->dev), &mem);
+    rep->activation_peak = mem.tag_peak[TM_TAG_ACTIVATION];
+    if (v->reporter) {
+        tm_train_result *res = j->result;
+        res->steps = taken;
+        res->train_seconds = train_time;
+        res->samples_per_s = train_time > 0 ? (double)taken * cfg->batch / train_time : 0;
+    }
+    if (st != TM_OK) return st;
+    double test_loss, test_acc;
+    TM_CHECK(evaluate(v, &test_loss, &test_acc));
+    if (v->reporter) {
+        j->result->test_loss = test_loss;
+        j->result->test_acc = test_acc;
+        j->state->pos = pos;
+    }
+    return TM_OK;
+}
+
+/* Copies this device's shards back into the host model state: replica 0
+ * only, and the parts every tp rank holds whole from rank 0 only. */
+static int store(device *v)
+{
+    job *j = v->j;
+    /* Every device has read its initial shard before any writes back. */
+    TM_CHECK(tm_barrier(tm_device_comm(v->dev)));
+    if (v->mesh.d != 0) return TM_OK;
+    const tm_mlp_config *cfg = &j->cfg->model;
+    int shared = v->mesh.t == 0;
+    tm_stage_shard_to(&v->stage, cfg, v->stage.params, j->state->params, shared);
+    for (int i = 0; i < v->stage.n_opt_state; i++)
+        tm_stage_shard_to(&v->stage, cfg, v->stage.opt_state[i], j->state->opt_state[i], shared);
+    return TM_OK;
+}
+
+static int run(tm_device *dev, void *arg)
+{
+    device v = {.j = arg, .dev = dev};
+    int st = setup(&v);
+    if (st == TM_OK) st = train_loop(&v);
+    if (st == TM_OK && v.j->cfg->save_path != NULL) st = store(&v);
+    tm_device_report *rep = &v.j->result->devices[tm_device_id(dev)];
+    rep->id = tm_device_id(dev);
+    rep->d = v.mesh.d;
+    rep->p = v.mesh.p;
+    rep->t = v.mesh.t;
+    free(v.order);
+    tm_device_free(dev, v.labels);
+    tm_stage_destroy(&v.stage);
+    tm_mesh_destroy(&v.mesh);
+    tm_arena_stats_get(tm_device_arena(dev), &rep->memory);
     return st;
+}
+
+static void add_sent(const tm_link_stats *s, void *ctx)
+{
+    tm_train_result *r = ctx;
+    r->devices[s->src].sent_bytes += s->bytes;
+}
+
+void tm_train_result_free(tm_train_result *r)
+{
+    free(r->devices);
+    r->devices = NULL;
+    r->n_devices = 0;
 }
 
 int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
@@ -237,24 +430,47 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
 {
     memset(out, 0, sizeof *out);
     error[0] = '\0';
-    int st = tm_train_check(cfg, train);
-    if (st != TM_OK) {
-        snprintf(error, error_size, "%s", tm_error_message());
-        return st;
+    job j = {.cfg = cfg, .train = train, .test = test, .result = out};
+    tm_model_state state = {0};
+    tm_world *w = NULL;
+    int n = cfg->dp * cfg->pp * cfg->tp, st = tm_train_check(cfg, train);
+    if (st == TM_OK) st = stage_split(cfg, j.first);
+    if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
+    if (st == TM_OK) st = tm_schedule_validate(&j.sched);
+    if (st == TM_OK) st = tm_model_state_init(&state, &cfg->model, cfg->optimizer, cfg->momentum);
+    if (st == TM_OK && cfg->load_path != NULL) {
+        st = tm_checkpoint_load(cfg->load_path, &state, &j.resumed);
+    } else if (st == TM_OK) {
+        tm_mlp_init(&cfg->model, state.params, cfg->seed);
+    }
+    if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
+    j.state = &state;
+    if (st == TM_OK) {
+        out->devices = calloc((size_t)n, sizeof *out->devices);
+        out->n_devices = n;
+        if (out->devices == NULL) st = tm_error(TM_EHOSTMEM, "cannot allocate device reports");
     }
     tm_world_config wc;
     tm_world_config_default(&wc);
-    wc.n_devices = 1;
+    wc.n_devices = n;
     wc.mem_cap = cfg->mem_cap;
-    tm_world *w;
-    st = tm_world_create(&w, &wc);
+    if (st == TM_OK) st = tm_world_create(&w, &wc);
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
-        return st;
+    } else {
+        st = tm_world_run(w, run, &j);
+        if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
+        tm_world_links(w, add_sent, out);
+        out->memory = out->devices[0].memory;
+        for (int i = 0; i < n; i++) out->gflops += out->devices[i].flops;
+        out->gflops = out->train_seconds > 0 ? out->gflops / out->train_seconds * 1e-9 : 0;
     }
-    job j = {cfg, train, test, out};
-    st = tm_world_run(w, run, &j);
-    if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
+    if (st == TM_OK && cfg->save_path != NULL) {
+        st = tm_checkpoint_save(cfg->save_path, &state);
+        if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
+    }
     tm_world_destroy(w);
+    tm_model_state_free(&state);
+    tm_schedule_free(&j.sched);
     return st;
 }

@@ -11,7 +11,8 @@
 
 #include "runtime/arena.h"
 #include "strategies/idx.h"
-#include "strategies/replica.h"
+#include "strategies/schedule.h"
+#include "strategies/stage.h"
 
 typedef enum { TM_LR_CONSTANT, TM_LR_COSINE } tm_lr_schedule;
 
@@ -36,13 +37,18 @@ typedef struct tm_epoch_info {
 
 typedef struct {
     tm_mlp_config model;
+    int dp, pp, tp;        /* the mesh: dp * pp * tp devices */
+    const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs */
+    tm_schedule_kind schedule; /* pipeline schedule (any, also for pp = 1) */
     int epochs;            /* length of the schedule, in epochs from step 0 */
     long max_steps;        /* stop this run after so many steps (0: none) */
     int batch;             /* samples per optimizer step (the global batch) */
-    int micro_batches;     /* gradient-accumulation steps per optimizer step */
+    int micro_batches;     /* per replica: its batch / dp samples are split into
+                              this many micro-batches (accumulation steps, and
+                              the pipeline's micro-batches) */
     tm_optimizer optimizer;
     double lr;
-    tm_lr_schedule schedule;
+    tm_lr_schedule lr_schedule;
     long warmup_steps;     /* linear warm-up (cosine schedule only) */
     double momentum;       /* SGD */
     double weight_decay;
@@ -51,10 +57,22 @@ typedef struct {
     size_t mem_cap;        /* device arena bytes */
     const char *load_path; /* checkpoint to start from, or NULL */
     const char *save_path; /* checkpoint written at the end, or NULL */
+    int fail_device;       /* test hook: this device fails ... */
+    long fail_step;        /* ... at this step (1-based); 0: never */
     void *ctx;             /* passed to the callbacks */
     void (*on_step)(void *ctx, const tm_step_info *info);
     void (*on_epoch)(void *ctx, const tm_epoch_info *info);
 } tm_train_config;
+
+/* What one device did, for the per-device tables. */
+typedef struct {
+    int id, d, p, t;       /* device and mesh coordinates */
+    tm_arena_stats memory; /* peaks by tag */
+    double flops;          /* kernel FLOPs in training steps */
+    int max_in_flight;     /* most micro-batches held at once by the pipeline */
+    size_t activation_peak; /* activation bytes at most, during training steps */
+    uint64_t sent_bytes;   /* payload bytes this device sent over links */
+} tm_device_report;
 
 typedef struct {
     long steps;            /* optimizer steps taken in this run */
@@ -63,14 +81,21 @@ typedef struct {
     double test_loss;
     double train_seconds;
     double gflops;         /* GEMM and elementwise FLOPs / training time */
-    tm_arena_stats memory; /* the device's arena, peaks included */
+    tm_arena_stats memory; /* device 0's arena, peaks included */
+    int n_devices;
+    tm_device_report *devices; /* (n_devices), freed by tm_train_result_free */
 } tm_train_result;
 
+void tm_train_result_free(tm_train_result *r);
+
 /* Checks a configuration before anything starts; returns TM_OK or TM_EINVAL
- * with a one-line message naming the constraint. */
+ * with a one-line message naming the constraint (batch divisibility, mesh
+ * versus layers and widths, schedule, stages). */
 int tm_train_check(const tm_train_config *cfg, const tm_dataset *train);
 
-/* Trains on `train`, evaluating on `test` after every epoch and at the end.
+/* Trains on `train` on dp * pp * tp emulated devices, evaluating on `test`
+ * after every epoch and at the end. Every mesh computes what one device
+ * would (same initialisation, data order and global batch).
  * Returns TM_OK, or an error with its message in *error (the world's, e.g.
  * the OOM report): TM_ENOMEM when the model does not fit (found before the
  * first step), TM_EFORMAT / TM_EIO for checkpoints, TM_EINVAL for a

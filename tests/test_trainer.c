@@ -66,7 +66,9 @@ static tm_train_config base_config(losses *l)
     c.micro_batches = 1;
     c.optimizer = TM_OPT_SGD;
     c.lr = 0.1;
-    c.schedule = TM_LR_COSINE;
+    c.lr_schedule = TM_LR_COSINE;
+    c.dp = c.pp = c.tp = 1;
+    c.schedule = TM_SCHED_1F1B;
     c.warmup_steps = 5;
     c.momentum = 0.9;
     c.weight_decay = 1e-4;

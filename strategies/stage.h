@@ -1,0 +1,84 @@
+/* A device's share of the model: the layers of its pipeline stage, as its
+ * tensor-parallel rank holds them (strategies/plan.h), with parameters,
+ * gradients and optimizer state in its arena, and the forward and backward
+ * of a micro-batch through them, all-reducing / all-gathering over the tp
+ * group where Megatron's recipe does. Thread-safety: owned by its device. */
+#ifndef TM_STAGE_H
+#define TM_STAGE_H
+
+#include "runtime/comm.h"
+#include "strategies/plan.h"
+
+typedef enum { TM_OPT_SGD, TM_OPT_ADAMW } tm_optimizer;
+
+typedef struct {
+    tm_device *dev;
+    tm_comm *tp_comm;        /* the tensor-parallel group (size tp) */
+    int tp, t;
+    tm_activation act;
+    int n;                   /* layers in this stage */
+    tm_layer_plan layer[TM_MAX_LAYERS];
+    int in_width, out_width; /* full widths entering and leaving the stage */
+    int has_model_input;     /* holds layer 0: no input gradient to compute */
+    size_t n_params;
+    float *params;           /* (n_params) tag param: the rank's shards */
+    float *grads;            /* (n_params) tag grad, same layout */
+    float *opt_state[2];     /* SGD momentum, or AdamW exp_avg / exp_avg_sq */
+    int n_opt_state;
+} tm_stage;
+
+/* Layers [l0, l1) of cfg on this device, tp rank tm_comm_rank(tp_comm).
+ * Allocates parameters, gradients and optimizer state (momentum buffers
+ * only when momentum != 0). TM_ENOMEM carries the arena's report. */
+int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_mlp_config *cfg,
+                    int l0, int l1, tm_optimizer opt, double momentum);
+void tm_stage_destroy(tm_stage *s);
+
+/* Copies this rank's shard of a full single-device flat buffer (the
+ * layout of strategies/model.h) into shard (n_params floats): column
+ * shards take their output rows (padding rows are zero), row shards their
+ * input columns and the whole bias. */
+void tm_stage_shard_from(const tm_stage *s, const tm_mlp_config *cfg, const float *full,
+                         float *shard);
+/* The reverse, into the full buffer. Parts held whole on several tp ranks
+ * (a row layer's bias) are written only when write_shared is set, so that
+ * one rank writes them. */
+void tm_stage_shard_to(const tm_stage *s, const tm_mlp_config *cfg, const float *shard,
+                       float *full, int write_shared);
+
+/* The saved activations of one micro-batch between its forward and its
+ * backward: one arena block (tag activation). */
+typedef struct {
+    int rows;
+    void *block;
+    float *input;                /* (rows, in_width): staged or received */
+    float *local[TM_MAX_LAYERS]; /* activated output of this rank's shard */
+    float *pre[TM_MAX_LAYERS];   /* pre-activation (when the backward needs it) */
+    float *full[TM_MAX_LAYERS];  /* (rows, out) whole output, NULL for the
+                                    column half of a pair */
+    float *output;               /* (rows, out_width): the stage's output */
+} tm_stage_acts;
+
+/* Allocates a micro-batch's activations; fill a->input, then forward. */
+int tm_stage_acts_alloc(tm_stage *s, int rows, tm_stage_acts *a);
+void tm_stage_acts_free(tm_stage *s, tm_stage_acts *a);
+/* Bytes tm_stage_acts_alloc takes for `rows` (the activation memory one
+ * micro-batch in flight holds), and the backward's temporary bytes. */
+size_t tm_stage_acts_bytes(const tm_stage *s, int rows);
+size_t tm_stage_backward_bytes(const tm_stage *s, int rows);
+
+/* Forward of a->input through the stage into a->output. */
+int tm_stage_forward(tm_stage *s, tm_stage_acts *a);
+
+/* Called after each layer's parameter gradients are final for this
+ * backward (last layer first): off and len (floats) in s->grads. */
+typedef int (*tm_grads_ready_fn)(void *ctx, size_t off, size_t len);
+
+/* Backward of a micro-batch: dy (rows, out_width) is the gradient of the
+ * stage's output (it is used as scratch); adds into s->grads; writes the
+ * gradient of the stage's input into dx (rows, in_width) unless dx is NULL
+ * or the stage holds the model's input. ready may be NULL. */
+int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
+                      tm_grads_ready_fn ready, void *ctx);
+
+#endif

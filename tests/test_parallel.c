@@ -1,0 +1,302 @@
+/* The core guarantee: every mesh dp x pp x tp (each in {1, 2, 4}, at most 8
+ * devices) and every schedule trains to the same losses and parameters as
+ * one device with the same global batch, initialisation and data order.
+ * Also: 1F1B's activation memory bound against GPipe's, checkpoints moving
+ * between meshes, an injected device failure, and bad meshes. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/status.h"
+#include "strategies/rng.h"
+#include "strategies/safetensors.h"
+#include "strategies/trainer.h"
+
+#define DIM 12
+#define CLASSES 10
+#define MODEL "12,16,16,16,10"
+#define STEPS 50
+#define BATCH 32
+
+static void make_data(tm_dataset *d, int n, uint64_t seed)
+{
+    memset(d, 0, sizeof *d);
+    d->images = malloc(sizeof(float) * (size_t)n * DIM);
+    d->labels = malloc((size_t)n);
+    d->n = n;
+    d->rows = 3;
+    d->cols = 4;
+    d->dim = DIM;
+    d->n_classes = CLASSES;
+    tm_rng r = tm_rng_seed(seed, 3);
+    for (int i = 0; i < n * DIM; i++) d->images[i] = 2 * tm_rng_float(&r) - 1;
+    for (int i = 0; i < n; i++) d->labels[i] = (uint8_t)tm_rng_below(&r, CLASSES);
+}
+
+static tm_dataset train_set, test_set;
+
+static void setup(void)
+{
+    make_data(&train_set, 1024, 1);
+    make_data(&test_set, 200, 2);
+}
+
+static void teardown(void)
+{
+    tm_dataset_free(&train_set);
+    tm_dataset_free(&test_set);
+}
+
+typedef struct {
+    double loss[STEPS + 1];
+    int n;
+} losses;
+
+static void record(void *ctx, const tm_step_info *s)
+{
+    losses *l = ctx;
+    if (l->n <= STEPS) l->loss[l->n++] = s->loss;
+}
+
+static tm_train_config config(losses *l, int dp, int pp, int tp, int m, tm_schedule_kind k)
+{
+    tm_train_config c = {0};
+    const char *why;
+    tm_mlp_parse(MODEL, &c.model, &why);
+    c.dp = dp;
+    c.pp = pp;
+    c.tp = tp;
+    c.schedule = k;
+    c.epochs = 4;
+    c.max_steps = STEPS;
+    c.batch = BATCH;
+    c.micro_batches = m;
+    c.optimizer = TM_OPT_SGD;
+    c.lr = 0.05;
+    c.lr_schedule = TM_LR_COSINE;
+    c.warmup_steps = 5;
+    c.momentum = 0.9;
+    c.weight_decay = 1e-4;
+    c.seed = 7;
+    c.shuffle = 1;
+    c.mem_cap = 4 << 20;
+    c.ctx = l;
+    c.on_step = record;
+    return c;
+}
+
+static int train(tm_train_config *c, tm_train_result *r)
+{
+    char err[2048];
+    int st = tm_train(c, &train_set, &test_set, r, err, sizeof err);
+    if (st != TM_OK) cr_log_warn("%s", err);
+    return st;
+}
+
+/* max over tensors of max|a - b| / max|b|. */
+static double param_distance(const char *a_path, const char *b_path)
+{
+    tm_st_file *a, *b;
+    cr_assert_eq(tm_safetensors_open(&a, a_path), TM_OK, "%s", tm_error_message());
+    cr_assert_eq(tm_safetensors_open(&b, b_path), TM_OK, "%s", tm_error_message());
+    double worst = 0;
+    for (int i = 0; i < tm_st_count(b); i++) {
+        const tm_st_info *tb = tm_st_at(b, i), *ta = tm_st_find(a, tb->name);
+        cr_assert_not_null(ta, "%s missing", tb->name);
+        cr_assert_eq(ta->nbytes, tb->nbytes);
+        const float *x = ta->data, *y = tb->data;
+        double diff = 0, scale = 0;
+        for (size_t k = 0; k < tb->nbytes / sizeof(float); k++) {
+            float xv, yv;
+            memcpy(&xv, x + k, sizeof xv);
+            memcpy(&yv, y + k, sizeof yv);
+            if (fabs(xv - yv) > diff) diff = fabs(xv - yv);
+            if (fabs(yv) > scale) scale = fabs(yv);
+        }
+        if (scale > 0 && diff / scale > worst) worst = diff / scale;
+    }
+    tm_safetensors_close(a);
+    tm_safetensors_close(b);
+    return worst;
+}
+
+static char ref_path[128], mesh_path[128];
+
+Test(parallel, every_mesh_and_schedule_equals_one_device, .init = setup, .fini = teardown,
+     .timeout = 600)
+{
+    snprintf(ref_path, sizeof ref_path, "/tmp/tm_par_ref_%ld.safetensors", (long)getpid());
+    snprintf(mesh_path, sizeof mesh_path, "/tmp/tm_par_mesh_%ld.safetensors", (long)getpid());
+    losses ref = {0};
+    tm_train_config c = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
+    c.save_path = ref_path;
+    tm_train_result r;
+    cr_assert_eq(train(&c, &r), TM_OK);
+    tm_train_result_free(&r);
+    cr_assert_eq(ref.n, STEPS);
+    const int ways[] = {1, 2, 4};
+    int meshes = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int e = 0; e < 3; e++) {
+                int dp = ways[a], pp = ways[b], tp = ways[e];
+                if (dp * pp * tp > 8) continue;
+                for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
+                    if (pp == 1 && k != TM_SCHED_1F1B) continue;
+                    int m = pp > 1 ? 4 : 2;
+                    losses got = {0};
+                    tm_train_config mc = config(&got, dp, pp, tp, m, (tm_schedule_kind)k);
+                    mc.save_path = mesh_path;
+                    int st = train(&mc, &r);
+                    tm_train_result_free(&r);
+                    const char *name = tm_schedule_kind_name((tm_schedule_kind)k);
+                    cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d %s failed", dp, pp, tp, name);
+                    if (st != TM_OK) continue;
+                    meshes++;
+                    cr_expect_eq(got.n, STEPS);
+                    double worst = 0;
+                    for (int i = 0; i < got.n; i++) {
+                        double rel = fabs(got.loss[i] - ref.loss[i]) / fabs(ref.loss[i]);
+                        if (rel > worst) worst = rel;
+                    }
+                    cr_expect_leq(worst, 1e-4, "dp=%d pp=%d tp=%d %s: loss differs by %.3g", dp,
+                                  pp, tp, name, worst);
+                    double dist = param_distance(mesh_path, ref_path);
+                    cr_expect_leq(dist, 1e-3, "dp=%d pp=%d tp=%d %s: parameters differ by %.3g",
+                                  dp, pp, tp, name, dist);
+                }
+            }
+    /* pp = 1: 8 (dp, tp) pairs; pp = 2: 6 and pp = 4: 3, with every schedule. */
+    cr_expect_eq(meshes, 8 + 9 * TM_SCHEDULE_KINDS, "%d configurations ran", meshes);
+    unlink(ref_path);
+    unlink(mesh_path);
+}
+
+Test(parallel, adamw_and_gelu_with_padded_classes, .init = setup, .fini = teardown, .timeout = 120)
+{
+    /* tp = 4 splits the 10 classes as 3 + 3 + 3 + 1 (two padding rows). */
+    losses ref = {0}, got = {0};
+    tm_train_config c = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
+    c.optimizer = TM_OPT_ADAMW;
+    c.lr = 3e-3;
+    c.model.act = TM_ACT_GELU;
+    tm_train_result r;
+    cr_assert_eq(train(&c, &r), TM_OK);
+    tm_train_result_free(&r);
+    tm_train_config m = config(&got, 2, 1, 4, 2, TM_SCHED_1F1B);
+    m.optimizer = TM_OPT_ADAMW;
+    m.lr = 3e-3;
+    m.model.act = TM_ACT_GELU;
+    cr_assert_eq(train(&m, &r), TM_OK);
+    tm_train_result_free(&r);
+    for (int i = 0; i < STEPS; i++)
+        cr_expect_leq(fabs(got.loss[i] - ref.loss[i]), 1e-4 * fabs(ref.loss[i]), "step %d: %.8f vs %.8f",
+                      i + 1, got.loss[i], ref.loss[i]);
+}
+
+Test(parallel, one_f_one_b_holds_at_most_pp_micro_batches, .init = setup, .fini = teardown,
+     .timeout = 120)
+{
+    int pp = 4, m = 8;
+    tm_schedule_kind kinds[] = {TM_SCHED_1F1B, TM_SCHED_GPIPE};
+    int first_stage[2], first_act[2];
+    for (int k = 0; k < 2; k++) {
+        losses l = {0};
+        tm_train_config c = config(&l, 1, pp, 1, m, kinds[k]);
+        c.max_steps = 3;
+        tm_train_result r;
+        cr_assert_eq(train(&c, &r), TM_OK);
+        first_stage[k] = r.devices[0].max_in_flight;
+        first_act[k] = (int)r.devices[0].activation_peak;
+        for (int s = 0; s < pp; s++) {
+            int bound = kinds[k] == TM_SCHED_1F1B ? pp - s : m;
+            cr_expect_eq(r.devices[s].max_in_flight, bound, "%s stage %d holds %d",
+                         tm_schedule_kind_name(kinds[k]), s, r.devices[s].max_in_flight);
+        }
+        tm_train_result_free(&r);
+    }
+    cr_expect_eq(first_stage[0], pp);
+    cr_expect_eq(first_stage[1], m);
+    /* Holding 4 micro-batches instead of 8 (plus the same backward scratch). */
+    cr_expect_lt(1.5 * first_act[0], first_act[1], "1f1b %d bytes, gpipe %d bytes", first_act[0],
+                 first_act[1]);
+}
+
+Test(parallel, checkpoint_moves_between_meshes, .init = setup, .fini = teardown, .timeout = 120)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tm_par_move_%ld.safetensors", (long)getpid());
+    losses straight = {0}, first = {0}, second = {0};
+    tm_train_config c = config(&straight, 1, 1, 1, 1, TM_SCHED_1F1B);
+    c.max_steps = 30;
+    tm_train_result r;
+    cr_assert_eq(train(&c, &r), TM_OK);
+    tm_train_result_free(&r);
+    tm_train_config a = config(&first, 2, 2, 2, 2, TM_SCHED_1F1B);
+    a.max_steps = 20;
+    a.save_path = path;
+    cr_assert_eq(train(&a, &r), TM_OK);
+    tm_train_result_free(&r);
+    tm_train_config b = config(&second, 1, 4, 1, 4, TM_SCHED_GPIPE);
+    b.max_steps = 10;
+    b.load_path = path;
+    cr_assert_eq(train(&b, &r), TM_OK);
+    tm_train_result_free(&r);
+    cr_assert_eq(first.n + second.n, 30);
+    for (int i = 0; i < 30; i++) {
+        double got = i < 20 ? first.loss[i] : second.loss[i - 20];
+        cr_expect_leq(fabs(got - straight.loss[i]), 1e-4 * fabs(straight.loss[i]),
+                      "step %d: %.8f vs %.8f", i + 1, got, straight.loss[i]);
+    }
+    unlink(path);
+}
+
+Test(parallel, injected_failure_ends_the_run, .init = setup, .fini = teardown, .timeout = 60)
+{
+    losses l = {0};
+    tm_train_config c = config(&l, 2, 2, 2, 2, TM_SCHED_1F1B);
+    c.fail_device = 5;
+    c.fail_step = 7;
+    tm_train_result r;
+    char err[2048];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int st = tm_train(&c, &train_set, &test_set, &r, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    tm_train_result_free(&r);
+    cr_expect_eq(st, TM_EFAIL, "%s", tm_err_name(st));
+    cr_expect(strstr(err, "device 5") != NULL && strstr(err, "step 7") != NULL, "%s", err);
+    cr_expect_eq(l.n, 6, "%d steps reported", l.n);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    cr_expect_lt(dt, 10.0);
+}
+
+Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
+{
+    losses l = {0};
+    struct {
+        int dp, pp, tp, m;
+        const char *model, *stages, *expect;
+    } cases[] = {
+        {1, 1, 4, 1, "12,18,16,10", NULL, "tp=4 does not divide"},
+        {1, 5, 1, 1, MODEL, NULL, "needs between 1 and 4 stages"},
+        {1, 2, 1, 1, MODEL, "2,1", "adds up to 3 layers"},
+        {1, 2, 1, 1, MODEL, "2,1,1", "lists more than"},
+        {3, 1, 1, 1, MODEL, NULL, "not divisible by --dp 3"},
+        {2, 1, 1, 3, MODEL, NULL, "not divisible by --micro-batches 3"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tm_train_config c = config(&l, cases[i].dp, cases[i].pp, cases[i].tp, cases[i].m,
+                                   TM_SCHED_1F1B);
+        const char *why;
+        tm_mlp_parse(cases[i].model, &c.model, &why);
+        c.stages = cases[i].stages;
+        cr_expect_eq(tm_train_check(&c, &train_set), TM_EINVAL, "case %zu accepted", i);
+        cr_expect(strstr(tm_error_message(), cases[i].expect) != NULL, "case %zu: %s", i,
+                  tm_error_message());
+    }
+}
