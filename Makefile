@@ -83,7 +83,7 @@ tsan:
 	  SUITES="$(or $(SUITES),$(TSAN_SUITES))" test
 
 demo: $(BUILD)/train
-	$(BUILD)/train
+	$(BUILD)/train --dp 2 --pp 2 --tp 2 --micro-batches 4
 
 bench: $(BENCH_BIN)
 

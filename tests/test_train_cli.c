@@ -83,6 +83,16 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "stray-argument",
         "--data-dir /nonexistent-tinymesh-dir",
         "--load /nonexistent-tinymesh-ckpt.safetensors --steps 1",
+        "--dp 2 --devices 4",
+        "--tp 3",
+        "--pp 5",
+        "--schedule zigzag",
+        "--pp 2 --stages 2,2",
+        "--pp 2 --stages 1,1,1",
+        "--dp 3",
+        "--dp 2 --micro-batches 3",
+        "--dp 0",
+        "--fail-device 9 --fail-step 2 --dp 2",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];
@@ -107,6 +117,35 @@ Test(train_cli, model_that_does_not_fit_exits_1_with_oom_report, .init = paths, 
     cr_expect_geq(count_lines(err_path, "by tag", first, sizeof first), 1);
     cr_expect_eq(count_lines(out_path, "step ", first, sizeof first), 0, "it trained");
     cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+}
+
+Test(train_cli, injected_failure_exits_1_naming_device_and_step, .init = paths, .fini = cleanup,
+     .timeout = 120)
+{
+    char args[1024], first[8192];
+    snprintf(args, sizeof args,
+             "--dp 2 --pp 2 --tp 2 --micro-batches 2 --fail-device 5 --fail-step 3 --metrics %s "
+             "--save %s", metrics, ckpt);
+    int st = train(args);
+    cr_expect_eq(st, 1, "exit %d", st);
+    cr_expect_eq(count_lines(err_path, "device 5", first, sizeof first), 1, "%s", first);
+    cr_expect(strstr(first, "step 3") != NULL, "%s", first);
+    cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+}
+
+Test(train_cli, mesh_run_reports_every_device, .init = paths, .fini = cleanup, .timeout = 120)
+{
+    char args[1024], first[8192];
+    snprintf(args, sizeof args, "--dp 2 --tp 2 --steps 3 --metrics %s", metrics);
+    cr_assert_eq(train(args), 0);
+    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    for (int id = 0; id < 4; id++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "{\"id\":%d,\"dp\":%d,\"pp\":0,\"tp\":%d,", id, id / 2,
+                 id % 2);
+        cr_expect(strstr(first, needle) != NULL, "no %s in %s", needle, first);
+    }
+    cr_expect_eq(count_lines(out_path, "(1,0,1)", first, sizeof first), 1, "memory table row");
 }
 
 Test(train_cli, short_run_writes_metrics_and_checkpoint, .init = paths, .fini = cleanup,
