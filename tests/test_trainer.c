@@ -99,6 +99,7 @@ static int run(tm_train_config *c, tm_train_result *res)
     char err[2048];
     int st = tm_train(c, &train_set, &test_set, res, err, sizeof err);
     cr_log_info("%s", err);
+    tm_train_result_free(res); /* the tests read only the run's totals */
     return st;
 }
 
@@ -298,6 +299,7 @@ Test(trainer, mismatched_checkpoints_fail_clearly, .init = setup, .fini = teardo
         tm_train_result r;
         char err[2048];
         int st = tm_train(&c, &train_set, &test_set, &r, err, sizeof err);
+        tm_train_result_free(&r);
         cr_expect_neq(st, TM_OK, "case %zu loaded", i);
         cr_expect(strstr(err, cases[i].expect) != NULL, "case %zu: %s", i, err);
         cr_expect_eq(l.n, 0, "case %zu trained", i);
@@ -321,6 +323,7 @@ Test(trainer, model_too_big_fails_before_training, .init = setup, .fini = teardo
     tm_train_result r;
     char err[2048];
     int st = tm_train(&c, &train_set, &test_set, &r, err, sizeof err);
+    tm_train_result_free(&r);
     cr_expect_eq(st, TM_ENOMEM);
     cr_expect(strstr(err, "out of memory") != NULL, "%s", err);
     cr_expect(strstr(err, "by tag") != NULL, "%s", err);
