@@ -18,8 +18,6 @@
 #include "strategies/pipeline.h"
 #include "strategies/rng.h"
 
-/* Evaluation runs in micro-batches of at most this many samples. */
-#define EVAL_ROWS 1000
 
 /* What the host prepares for every device: read-only during the run,
  * except each device's own report slot and the shard copies at the end. */
@@ -37,9 +35,9 @@ typedef struct {
 typedef struct {
     const tm_dataset *data;
     const int *rows;          /* sample indices of this replica's batch */
-    int mb_rows;              /* per micro-batch, when training */
-    const int *eval_rows;     /* per micro-batch, when evaluating */
-    int *labels;              /* (mb_rows or EVAL_ROWS) device buffer */
+    int mb_rows;              /* rows of a micro-batch (the last may be short) */
+    const int *eval_rows;     /* evaluation: the rows of each micro-batch */
+    int *labels;              /* (mb_rows) device buffer */
     float grad_scale;
     double loss_sum;          /* summed over the rows this device's loss saw */
     double correct;
@@ -136,7 +134,7 @@ static int load_input(void *ctx, int mb, float *x)
 {
     feed *f = ctx;
     int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
-    const int *idx = f->rows + (f->eval_rows ? mb * EVAL_ROWS : mb * f->mb_rows);
+    const int *idx = f->rows + (size_t)mb * f->mb_rows;
     size_t dim = (size_t)f->data->dim;
     for (int i = 0; i < rows; i++)
         memcpy(x + (size_t)i * dim, f->data->images + (size_t)idx[i] * dim, dim * sizeof(float));
@@ -150,7 +148,7 @@ static int loss(void *ctx, int mb, const float *logits, float *dlogits)
 {
     feed *f = ctx;
     int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
-    const int *idx = f->rows + (f->eval_rows ? mb * EVAL_ROWS : mb * f->mb_rows);
+    const int *idx = f->rows + (size_t)mb * f->mb_rows;
     int classes = f->data->n_classes;
     for (int i = 0; i < rows; i++) f->labels[i] = f->data->labels[idx[i]];
     float mean = tm_softmax_xent_forward_backward(dlogits, NULL, logits, f->labels, rows, classes,
@@ -225,7 +223,10 @@ static int evaluate(device *v, double *loss_out, double *acc)
     const tm_dataset *d = v->j->test;
     int dp = v->mesh.dp, lo = (int)((long)d->n * v->mesh.d / dp),
         hi = (int)((long)d->n * (v->mesh.d + 1) / dp), n = hi - lo;
-    int n_mb = (n + EVAL_ROWS - 1) / EVAL_ROWS;
+    /* Evaluation moves micro-batches of the training size, so that the
+     * memory it needs is the training's (what the tables teach about). */
+    int chunk = v->j->cfg->batch / dp / v->j->cfg->micro_batches;
+    int n_mb = (n + chunk - 1) / chunk;
     int *idx = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     int *rows = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
     if (idx == NULL || rows == NULL) {
@@ -234,8 +235,8 @@ static int evaluate(device *v, double *loss_out, double *acc)
         return tm_error(TM_EHOSTMEM, "cannot allocate the evaluation order");
     }
     for (int i = 0; i < n; i++) idx[i] = lo + i;
-    for (int m = 0; m < n_mb; m++) rows[m] = n - m * EVAL_ROWS < EVAL_ROWS ? n - m * EVAL_ROWS : EVAL_ROWS;
-    feed f = {.data = d, .rows = idx, .eval_rows = rows,
+    for (int m = 0; m < n_mb; m++) rows[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
+    feed f = {.data = d, .rows = idx, .mb_rows = chunk, .eval_rows = rows,
               .labels = v->labels, .grad_scale = 1.0f};
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm,
                            .sched = &v->j->sched, .load_input = load_input, .loss = loss, .ctx = &f};
@@ -266,8 +267,7 @@ static int setup(device *v)
         tm_stage_shard_from(&v->stage, &cfg->model, j->state->opt_state[i], v->stage.opt_state[i]);
     int rows = cfg->batch / cfg->dp / cfg->micro_batches;
     if (v->is_last) {
-        int most = rows > EVAL_ROWS ? rows : EVAL_ROWS;
-        v->labels = tm_device_alloc(v->dev, sizeof(int) * (size_t)most, TM_TAG_ACTIVATION);
+        v->labels = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
         if (v->labels == NULL) return TM_ENOMEM;
     }
     if (v->is_first || v->is_last) {

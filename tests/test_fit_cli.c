@@ -1,0 +1,175 @@
+/* build/fit from the outside: with a small model and cap the story plays
+ * out (phase 1 prints the arena's OOM report, phases 2 and 3 train and print
+ * a memory table of four devices under the cap) and exits 0; a model that
+ * fits one device exits 1; bad usage is one line on stderr and exit 2.
+ * The binary is found in $TM_BIN_DIR (set by the test runner). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Small enough to run in seconds: one device needs about 9.8 MiB, each
+ * device of pp=4 or tp=4 about 6.5 MiB (mostly evaluation activations). */
+#define SMALL "--model 784,256,256,256,10 --steps 3 --batch 32 --micro-batches 4"
+
+static char out_path[128], err_path[128];
+static char out[1 << 16], err[1 << 12];
+
+static void paths(void)
+{
+    long pid = (long)getpid();
+    snprintf(out_path, sizeof out_path, "/tmp/tm_fit_out_%ld", pid);
+    snprintf(err_path, sizeof err_path, "/tmp/tm_fit_err_%ld", pid);
+}
+
+static void cleanup(void)
+{
+    unlink(out_path);
+    unlink(err_path);
+}
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return;
+    size_t got = fread(buf, 1, n - 1, f);
+    buf[got] = '\0';
+    fclose(f);
+}
+
+/* Runs build/fit with args; returns its exit status, output in out / err. */
+static int fit(const char *args)
+{
+    const char *dir = getenv("TM_BIN_DIR");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/fit %s >%s 2>%s", dir ? dir : "build", args, out_path, err_path);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st), "fit did not exit normally: %s", cmd);
+    slurp(out_path, out, sizeof out);
+    slurp(err_path, err, sizeof err);
+    return WEXITSTATUS(st);
+}
+
+/* The text of out from the line holding `from` up to `to` (or the end),
+ * copied into buf; "" when `from` is missing. */
+static const char *section(const char *from, const char *to, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    const char *a = strstr(out, from);
+    if (a == NULL) return buf;
+    const char *b = to ? strstr(a, to) : NULL;
+    size_t len = b ? (size_t)(b - a) : strlen(a);
+    if (len >= n) len = n - 1;
+    memcpy(buf, a, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Checks a phase's memory table: four rows, devices 0..3, with pipeline
+ * stage p = id (pp) or tensor rank t = id (tp), each peaking under the cap. */
+static void expect_table(const char *name, const char *text, int pipeline)
+{
+    cr_expect(strstr(text, "trained 3 steps") != NULL, "%s did not train:\n%s", name, text);
+    cr_expect(strstr(text, "peak memory per device") != NULL, "%s: no table:\n%s", name, text);
+    int rows = 0;
+    for (const char *line = text; line != NULL && *line; line = strchr(line, '\n')) {
+        if (*line == '\n') line++;
+        int id, d, p, t;
+        double tags[6], peak, share;
+        if (sscanf(line, " %d %d,%d,%d %lf %lf %lf %lf %lf %lf %lf %lf%%", &id, &d, &p, &t, &tags[0],
+                   &tags[1], &tags[2], &tags[3], &tags[4], &tags[5], &peak, &share) != 12)
+            continue;
+        cr_expect_eq(id, rows, "%s: row %d is device %d", name, rows, id);
+        cr_expect_eq(d, 0, "%s: device %d has d = %d", name, id, d);
+        cr_expect_eq(pipeline ? p : t, id, "%s: device %d coordinates %d,%d,%d", name, id, d, p, t);
+        cr_expect_eq(pipeline ? t : p, 0, "%s: device %d coordinates %d,%d,%d", name, id, d, p, t);
+        cr_expect(tags[0] > 0 && tags[1] == tags[0] && tags[2] == tags[0],
+                  "%s: device %d param / grad / optimizer %.2f %.2f %.2f", name, id, tags[0],
+                  tags[1], tags[2]);
+        cr_expect(peak > 0 && share <= 100, "%s: device %d peaks at %.2f MiB, %.0f%% of the cap",
+                  name, id, peak, share);
+        rows++;
+    }
+    cr_expect_eq(rows, 4, "%s: %d device rows:\n%s", name, rows, text);
+}
+
+Test(fit_cli, story_plays_out_and_exits_0, .init = paths, .fini = cleanup, .timeout = 300)
+{
+    int st = fit(SMALL " --mem-cap 4M");
+    cr_expect_eq(st, 0, "exit %d\n%s%s", st, out, err);
+    cr_expect_eq(err[0], '\0', "stderr: %s", err);
+    static char p1[1 << 14], p2[1 << 14], p3[1 << 14];
+    section("== phase 1", "== phase 2", p1, sizeof p1);
+    section("== phase 2", "== phase 3", p2, sizeof p2);
+    section("== phase 3", "== summary", p3, sizeof p3);
+    cr_expect(strstr(p1, "device 0: out of memory: tried to allocate") != NULL, "phase 1:\n%s", p1);
+    cr_expect(strstr(p1, "by tag: param") != NULL, "phase 1:\n%s", p1);
+    cr_expect(strstr(p1, "one device would need") != NULL, "phase 1:\n%s", p1);
+    cr_expect(strstr(p1, "peak memory per device") == NULL, "phase 1 trained:\n%s", p1);
+    expect_table("phase 2", p2, 1);
+    expect_table("phase 3", p3, 0);
+    cr_expect(strstr(out, "trained the same model") != NULL, "%s", out);
+}
+
+Test(fit_cli, model_that_fits_one_device_exits_1, .init = paths, .fini = cleanup, .timeout = 300)
+{
+    int st = fit(SMALL " --mem-cap 16M");
+    cr_expect_eq(st, 1, "exit %d\n%s%s", st, out, err);
+    cr_expect(strstr(out, "it fits on one device") != NULL, "%s", out);
+    cr_expect(strstr(out, "device 0: out of memory") == NULL, "%s", out);
+}
+
+Test(fit_cli, cap_too_small_for_the_split_exits_1, .init = paths, .fini = cleanup, .timeout = 300)
+{
+    int st = fit(SMALL " --mem-cap 2M");
+    cr_expect_eq(st, 1, "exit %d\n%s%s", st, out, err);
+    static char p2[1 << 14];
+    section("== phase 2", "== phase 3", p2, sizeof p2);
+    cr_expect(strstr(p2, "FAILED (TM_ENOMEM)") != NULL, "phase 2:\n%s", p2);
+    cr_expect(strstr(p2, "out of memory") != NULL, "phase 2:\n%s", p2);
+}
+
+Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = cleanup, .timeout = 120)
+{
+    const char *cases[] = {
+        "--frobnicate",
+        "--steps 0",
+        "--steps -3",
+        "--steps abc",
+        "--batch 0",
+        "--micro-batches 0",
+        "--batch 100 --micro-batches 3",
+        "--mem-cap 12Q",
+        "--mem-cap 0",
+        "--model 784,abc,10",
+        "--model 784,256,10",
+        "--model 784,30,30,30,10",
+        "--model 100,256,256,256,10",
+        "--dataset cifar10",
+        "--data-dir /nonexistent-tinymesh-dir",
+        "--steps",
+        "stray-argument",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = fit(cases[i]);
+        size_t len = strlen(err);
+        char *nl = strchr(err, '\n');
+        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
+        cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
+                  err);
+        cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
+        cr_expect_eq(out[0], '\0', "\"%s\" printed: %s", cases[i], out);
+    }
+}
+
+Test(fit_cli, help_documents_every_flag, .init = paths, .fini = cleanup, .timeout = 60)
+{
+    cr_assert_eq(fit("--help"), 0);
+    const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
+                           "--dataset", "--data-dir", "--help", "Exit status"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
+}
