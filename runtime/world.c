@@ -107,8 +107,11 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
     /* Measured here (README, Benchmarks): pinned beats unpinned for every
      * message size up to 1 MiB, by 1.2-1.9x at 8 and 16 devices on 2 cores,
      * and by far at 2 devices (unpinned, the guest packs both threads on one
-     * vCPU); only 16 MiB all-reduces were faster unpinned. */
-    w->pinned = cfg->pin != TM_PIN_OFF;
+     * vCPU); only 16 MiB all-reduces were faster unpinned. A single device
+     * talks to no one: pinning it would only stop the scheduler from moving
+     * it away from another busy process (two 1-device runs side by side
+     * shared core 0 at half speed each). */
+    w->pinned = cfg->pin == TM_PIN_ON || (cfg->pin == TM_PIN_AUTO && w->n > 1);
     atomic_init(&w->failed, -1);
     pthread_mutex_init(&w->link_lock, NULL);
     pthread_mutex_init(&w->done_lock, NULL);

@@ -17,7 +17,7 @@ typedef struct tm_device tm_device;
 typedef struct tm_comm tm_comm;
 
 typedef enum {
-    TM_PIN_AUTO, /* the measured best: pinned (see README, Benchmarks) */
+    TM_PIN_AUTO, /* the measured best: pinned, except a single device */
     TM_PIN_OFF,  /* leave placement to the OS scheduler */
     TM_PIN_ON,   /* pin consecutive ranks to the closest cores */
 } tm_pin_policy;
