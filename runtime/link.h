@@ -52,6 +52,10 @@ int tm__link_write_acquire(tm_link *link, tm_waiter *w, size_t min, size_t max,
                            uint8_t **ptr, size_t *got);
 /* Producer: publishes n bytes written at the acquired pointer. */
 void tm__link_write_commit(tm_link *link, size_t n);
+/* Producer: 1 if ring bytes should be written with non-temporal stores (the
+ * producer fences them before committing): measured from how long the
+ * consumer's counter line takes to arrive, i.e. how far apart the cores are. */
+int tm__link_stream(const tm_link *link);
 /* Consumer: waits until at least `min` contiguous bytes are readable. */
 int tm__link_read_acquire(tm_link *link, tm_waiter *w, size_t min, size_t max,
                           const uint8_t **ptr, size_t *got);
