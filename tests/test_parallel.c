@@ -270,7 +270,10 @@ Test(parallel, injected_failure_ends_the_run, .init = setup, .fini = teardown, .
     tm_train_result_free(&r);
     cr_expect_eq(st, TM_EFAIL, "%s", tm_err_name(st));
     cr_expect(strstr(err, "device 5") != NULL && strstr(err, "step 7") != NULL, "%s", err);
-    cr_expect_eq(l.n, 6, "%d steps reported", l.n);
+    /* Step 7 never completes. Step 6 may or may not be reported: the abort
+     * can reach the reporting device during step 6's loss exchange, but
+     * every device has entered step 6, so step 5 has been reported. */
+    cr_expect(l.n == 5 || l.n == 6, "%d steps reported", l.n);
     double dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     cr_expect_lt(dt, 10.0);
 }
