@@ -1,7 +1,9 @@
-/* build/train: trains an MLP on Fashion-MNIST on an emulated device and
- * reports accuracy, throughput and the device's memory by tag. */
+/* build/train: trains an MLP on Fashion-MNIST (or synthetic data) on a mesh
+ * of emulated devices and reports accuracy, wall and modeled throughput,
+ * the pipeline timeline, memory by tag and traffic by link. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,12 +14,13 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
+#include "strategies/report.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
 static const char usage[] =
     "usage: train [options]\n"
-    "Trains an MLP on Fashion-MNIST on a mesh of emulated devices.\n"
+    "Trains an MLP on Fashion-MNIST (or synthetic data) on a mesh of emulated devices.\n"
     "\n"
     "parallelism (devices = dp x pp x tp; every mesh trains like one device):\n"
     "  --dp N                data-parallel replicas, each takes batch / dp samples (1)\n"
@@ -48,10 +51,28 @@ static const char usage[] =
     "  --seed S              initialisation and data order (1)\n"
     "  --no-shuffle          train in the files' own order\n"
     "data:\n"
+    "  --dataset D           fashion-mnist | synthetic: seeded random inputs of the\n"
+    "                        model's input width, labels from a random linear teacher\n"
+    "                        with the model's class count (fashion-mnist)\n"
+    "  --samples N           synthetic: training samples; the test set has N/8 (16384)\n"
     "  --normalize N         none: pixels in [0,1]; standard: also (x - mean) / std\n"
     "                        with the training set's mean and std (standard)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
+    "modeled time (what real devices would take; defaults measured on this machine):\n"
+    "  --device-gflops X     compute rate of a device, GFLOP/s (%g)\n"
+    "  --device-gbps X       memory bandwidth of a device, GB/s (%g)\n"
+    "  --link-gbps X         bandwidth of a link within a node, GB/s (%g)\n"
+    "  --link-latency-us X   latency of a link within a node (%g)\n"
+    "  --devices-per-node N  consecutive devices per emulated node; 0: one node (0)\n"
+    "  --inter-node-gbps X   bandwidth of a link between nodes, GB/s (%g)\n"
+    "  --inter-node-latency-us X  latency of a link between nodes (%g)\n"
+    "  --trace FILE          write a Chrome trace (Perfetto, chrome://tracing) of the\n"
+    "                        recorded steps\n"
+    "  --trace-clock C       modeled | wall: the trace's time axis (modeled)\n"
+    "  --trace-from S        first recorded step of this run; the timeline and the\n"
+    "                        traffic table show it (1)\n"
+    "  --trace-steps N       steps recorded into the trace (1)\n"
     "device and files:\n"
     "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
@@ -139,8 +160,11 @@ typedef struct {
 static void on_step(void *ctx, const tm_step_info *s)
 {
     report *r = ctx;
-    if (r->metrics) fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g}\n",
-                            s->step, s->loss, s->lr);
+    if (r->metrics)
+        fprintf(r->metrics,
+                "{\"type\":\"step\",\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
+                "\"modeled_step_s\":%.9g}\n",
+                s->step, s->loss, s->lr, s->modeled_step_s);
     long left = s->total_steps - s->step;
     double eta = s->samples_per_s > 0 ? (double)left * r->batch / s->samples_per_s : 0;
     if (r->tty) {
@@ -159,22 +183,21 @@ static void on_epoch(void *ctx, const tm_epoch_info *e)
 {
     report *r = ctx;
     if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
-    printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s\n",
-           e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc, e->samples_per_s);
+    printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s "
+           "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc,
+           e->samples_per_s, e->modeled_samples_per_s);
+    if (e->bubble >= 0) printf(", bubble %.1f%%", 100 * e->bubble);
+    printf(")\n");
     fflush(stdout);
-    if (r->metrics)
+    if (r->metrics) {
         fprintf(r->metrics,
                 "{\"type\":\"epoch\",\"epoch\":%d,\"train_loss\":%.9g,\"test_loss\":%.9g,"
-                "\"test_acc\":%.6f,\"samples_per_s\":%.1f}\n",
-                e->epoch + 1, e->train_loss, e->test_loss, e->test_acc, e->samples_per_s);
-}
-
-static void human(double bytes, char *buf, size_t n)
-{
-    const char *unit[] = {"B", "KiB", "MiB", "GiB"};
-    int u = 0;
-    while (bytes >= 1024 && u < 3) bytes /= 1024, u++;
-    snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", bytes, unit[u]);
+                "\"test_acc\":%.6f,\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f",
+                e->epoch + 1, e->train_loss, e->test_loss, e->test_acc, e->samples_per_s,
+                e->modeled_samples_per_s);
+        if (e->bubble >= 0) fprintf(r->metrics, ",\"bubble\":%.6f", e->bubble);
+        fprintf(r->metrics, "}\n");
+    }
 }
 
 static void json_peaks(FILE *f, const tm_arena_stats *m)
@@ -182,30 +205,6 @@ static void json_peaks(FILE *f, const tm_arena_stats *m)
     for (int t = 0; t < TM_TAG_COUNT; t++)
         fprintf(f, "%s\"%s\":%zu", t ? "," : "{", tm_tag_name((tm_tag)t), m->tag_peak[t]);
     fputc('}', f);
-}
-
-/* Peak memory of every device by tag, and what it sent over links. */
-static void memory_table(const tm_train_result *res, size_t cap)
-{
-    char b[32];
-    human((double)cap, b, sizeof b);
-    printf("peak memory per device (capacity %s):\n%-8s %-9s", b, "device", "(d,p,t)");
-    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %11s", tm_tag_name((tm_tag)t));
-    printf(" %11s %11s\n", "total", "sent");
-    for (int i = 0; i < res->n_devices; i++) {
-        const tm_device_report *d = &res->devices[i];
-        char coords[32];
-        snprintf(coords, sizeof coords, "(%d,%d,%d)", d->d, d->p, d->t);
-        printf("%-8d %-9s", d->id, coords);
-        for (int t = 0; t < TM_TAG_COUNT; t++) {
-            human((double)d->memory.tag_peak[t], b, sizeof b);
-            printf(" %11s", b);
-        }
-        human((double)d->memory.peak, b, sizeof b);
-        printf(" %11s", b);
-        human((double)d->sent_bytes, b, sizeof b);
-        printf(" %11s\n", b);
-    }
 }
 
 int main(int argc, char **argv)
@@ -228,9 +227,14 @@ int main(int argc, char **argv)
     cfg.seed = 1;
     cfg.shuffle = 1;
     cfg.mem_cap = (size_t)64 << 20;
+    tm_clock_config_default(&cfg.clock);
+    const char *dataset = "fashion-mnist";
+    long samples = 16384;
     enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
            O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
-           O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP };
+           O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
+           O_DATASET, O_SAMPLES, O_GFLOPS, O_GBPS, O_LINK_GBPS, O_LINK_LAT, O_PER_NODE,
+           O_INTER_GBPS, O_INTER_LAT, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -246,6 +250,13 @@ int main(int argc, char **argv)
         {"tp", 1, 0, O_TP},                {"devices", 1, 0, O_DEVICES},
         {"schedule", 1, 0, O_SCHEDULE},    {"stages", 1, 0, O_STAGES},
         {"fail-device", 1, 0, O_FAILDEV},  {"fail-step", 1, 0, O_FAILSTEP},
+        {"dataset", 1, 0, O_DATASET},      {"samples", 1, 0, O_SAMPLES},
+        {"device-gflops", 1, 0, O_GFLOPS}, {"device-gbps", 1, 0, O_GBPS},
+        {"link-gbps", 1, 0, O_LINK_GBPS},  {"link-latency-us", 1, 0, O_LINK_LAT},
+        {"devices-per-node", 1, 0, O_PER_NODE}, {"inter-node-gbps", 1, 0, O_INTER_GBPS},
+        {"inter-node-latency-us", 1, 0, O_INTER_LAT}, {"trace", 1, 0, O_TRACE},
+        {"trace-clock", 1, 0, O_TRACE_CLOCK}, {"trace-from", 1, 0, O_TRACE_FROM},
+        {"trace-steps", 1, 0, O_TRACE_STEPS},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -297,7 +308,40 @@ int main(int argc, char **argv)
         case O_STAGES: cfg.stages = optarg; break;
         case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
         case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1); break;
-        case 'h': fputs(usage, stdout); return 0;
+        case O_DATASET:
+            if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0)
+                die_usage("--dataset is fashion-mnist or synthetic, not \"%s\"", optarg);
+            dataset = optarg;
+            break;
+        case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
+        case O_GFLOPS: cfg.clock.device_gflops = parse_double("--device-gflops", optarg, 0, 1); break;
+        case O_GBPS: cfg.clock.device_gbps = parse_double("--device-gbps", optarg, 0, 1); break;
+        case O_LINK_GBPS: cfg.clock.link_gbps = parse_double("--link-gbps", optarg, 0, 1); break;
+        case O_LINK_LAT:
+            cfg.clock.link_latency_us = parse_double("--link-latency-us", optarg, 0, 0);
+            break;
+        case O_PER_NODE:
+            cfg.clock.devices_per_node = (int)parse_long("--devices-per-node", optarg, 0);
+            break;
+        case O_INTER_GBPS:
+            cfg.clock.inter_node_gbps = parse_double("--inter-node-gbps", optarg, 0, 1);
+            break;
+        case O_INTER_LAT:
+            cfg.clock.inter_node_latency_us = parse_double("--inter-node-latency-us", optarg, 0, 0);
+            break;
+        case O_TRACE: cfg.trace_path = optarg; break;
+        case O_TRACE_CLOCK:
+            if (strcmp(optarg, "modeled") == 0) cfg.trace_wall = 0;
+            else if (strcmp(optarg, "wall") == 0) cfg.trace_wall = 1;
+            else die_usage("--trace-clock is modeled or wall, not \"%s\"", optarg);
+            break;
+        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1); break;
+        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1); break;
+        case 'h':
+            printf(usage, cfg.clock.device_gflops, cfg.clock.device_gbps, cfg.clock.link_gbps,
+                   cfg.clock.link_latency_us, cfg.clock.inter_node_gbps,
+                   cfg.clock.inter_node_latency_us);
+            return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
             die_usage("unknown option %s", argv[optind - 1]);
@@ -316,14 +360,25 @@ int main(int argc, char **argv)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
 
+    if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
     tm_dataset train = {0}, test = {0};
-    if (tm_dataset_load(&train, data_dir, "train") != TM_OK ||
-        tm_dataset_load(&test, data_dir, "t10k") != TM_OK) {
+    int synthetic = strcmp(dataset, "synthetic") == 0;
+    const tm_mlp_config *m = &cfg.model;
+    int st = synthetic
+                 ? tm_dataset_synthetic(&train, (int)samples, m->widths[0],
+                                        m->widths[m->n_layers], cfg.seed, 0)
+                 : tm_dataset_load(&train, data_dir, "train");
+    if (st == TM_OK)
+        st = synthetic ? tm_dataset_synthetic(&test, (int)(samples / 8), m->widths[0],
+                                              m->widths[m->n_layers], cfg.seed, 1)
+                       : tm_dataset_load(&test, data_dir, "t10k");
+    if (st != TM_OK) {
+        tm_dataset_free(&train);
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 2;
     }
     if (tm_train_check(&cfg, &train) != TM_OK) die_usage("%s", tm_error_message());
-    if (normalize) {
+    if (normalize && !synthetic) {
         double mean, std;
         tm_dataset_stats(&train, &mean, &std);
         if (tm_dataset_standardize(&train, mean, std) != TM_OK ||
@@ -333,15 +388,21 @@ int main(int argc, char **argv)
         }
     }
 
+    if (cfg.trace_path != NULL) {
+        /* Fail now rather than after training if the trace cannot be written. */
+        out_file probe;
+        out_open(&probe, cfg.trace_path);
+        out_abandon(&probe);
+    }
     out_file metrics = {0};
     if (metrics_path != NULL) out_open(&metrics, metrics_path);
     report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
-    printf("training %s (%s) on Fashion-MNIST: %d train / %d test samples, batch %d in %d "
+    printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
            "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
-           model, act, train.n, test.n, cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd",
+           model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd",
            cfg.lr, cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     if (mesh > 1)
         printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
@@ -349,7 +410,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     tm_train_result res;
     char error[2048];
-    int st = tm_train(&cfg, &train, &test, &res, error, sizeof error);
+    st = tm_train(&cfg, &train, &test, &res, error, sizeof error);
     if (rep.tty) fprintf(stderr, "\r%*s\r", 100, "");
     tm_dataset_free(&train);
     tm_dataset_free(&test);
@@ -361,8 +422,10 @@ int main(int argc, char **argv)
     }
     if (metrics.f != NULL) {
         fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
-                           "\"test_acc\":%.6f,\"peak_bytes\":",
-                res.steps, res.samples_per_s, res.test_acc);
+                           "\"modeled_samples_per_s\":%.1f,",
+                res.steps, res.samples_per_s, res.modeled_samples_per_s);
+        if (res.bubble >= 0) fprintf(metrics.f, "\"bubble\":%.6f,", res.bubble);
+        fprintf(metrics.f, "\"test_acc\":%.6f,\"peak_bytes\":", res.test_acc);
         json_peaks(metrics.f, &res.memory);
         fprintf(metrics.f, ",\"devices\":[");
         for (int i = 0; i < res.n_devices; i++) {
@@ -370,7 +433,11 @@ int main(int argc, char **argv)
             fprintf(metrics.f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
                     i ? "," : "", d->id, d->d, d->p, d->t);
             json_peaks(metrics.f, &d->memory);
-            fprintf(metrics.f, ",\"sent_bytes\":%llu}", (unsigned long long)d->sent_bytes);
+            fprintf(metrics.f,
+                    ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
+                    "\"comm_s\":%.9g,\"idle_s\":%.9g}",
+                    (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
+                    d->idle_s);
         }
         fprintf(metrics.f, "]}\n");
         if (out_commit(&metrics) != 0) {
@@ -380,7 +447,14 @@ int main(int argc, char **argv)
     }
     printf("test accuracy %.2f%% after %ld steps; %.0f samples/s; %.1f GFLOP/s\n",
            100 * res.test_acc, res.steps, res.samples_per_s, res.gflops);
-    memory_table(&res, cfg.mem_cap);
+    tm_report_modeled(stdout, &res, &cfg);
+    if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
+    tm_report_memory(stdout, &res, cfg.mem_cap);
+    tm_report_traffic(stdout, &res, &cfg);
+    if (cfg.trace_path != NULL)
+        printf("trace of %ld step(s) in %s time written to %s\n",
+               cfg.trace_steps > 0 ? cfg.trace_steps : 1, cfg.trace_wall ? "wall" : "modeled",
+               cfg.trace_path);
     tm_train_result_free(&res);
     return 0;
 }

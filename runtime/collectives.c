@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #endif
 
+#include "runtime/clock_internal.h"
 #include "runtime/comm_internal.h"
 #include "runtime/status.h"
 
@@ -86,6 +87,8 @@ typedef struct {
     int reduce;            /* result = received + local (float32) */
     float scale;           /* result *= scale when != 1 (avg, last step) */
     int nt;                /* non-temporal stores into dst */
+    int indep;             /* what is sent does not depend on what is
+                              received (modeled time: sent before) */
 } step;
 
 /* The element loops of every step. The portable ones are the reference and
@@ -237,18 +240,24 @@ static int mismatch(tm_comm *c, const step *s, uint32_t kind, const tm_msg_heade
                     h->comm != c->id ? " on another communicator" : "");
 }
 
-static int send_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+/* The header carries the message's modeled arrival time: sent at engine
+ * time *t, which becomes the end of its transmission. */
+static int send_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s, double *t)
 {
-    tm_msg_header h = {kind, c->id, s->bytes, seq, 0, 0.0};
+    double arrival = tm__clock_send(tm__device_clock(c->dev), s->out, s->bytes, t);
+    c->sent += s->bytes;
+    tm_msg_header h = {kind, c->id, s->bytes, seq, 0, arrival};
     return tm__link_send_header(s->out, c->waiter, &h);
 }
 
-static int recv_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+/* *arrival: the message's modeled arrival time. */
+static int recv_header(tm_comm *c, uint32_t kind, uint32_t seq, const step *s, double *arrival)
 {
     tm_msg_header h;
     TM_CHECK(tm__link_recv_header(s->in, c->waiter, &h));
     if (h.kind != kind || h.comm != c->id || h.bytes != s->bytes || h.seq != seq)
         return mismatch(c, s, kind, &h);
+    *arrival = h.vtime;
     return TM_OK;
 }
 
@@ -305,10 +314,20 @@ static int finish(tm_comm *c, const step *s)
     return TM_OK;
 }
 
-static int run_step(tm_comm *c, uint32_t kind, uint32_t seq, const step *s)
+/* *t: the communication engine's modeled time, advanced past the step. A
+ * step that forwards what it receives sends once it has arrived; then its
+ * header goes out after the incoming one is read (the wall-clock data still
+ * streams through piece by piece: no step waits for a whole message). */
+static int run_step(tm_comm *c, uint32_t kind, uint32_t seq, const step *s, double *t)
 {
-    if (s->out != NULL) TM_CHECK(send_header(c, kind, seq, s));
-    if (s->in != NULL) TM_CHECK(recv_header(c, kind, seq, s));
+    int send_first = s->in == NULL || s->indep;
+    if (s->out != NULL && send_first) TM_CHECK(send_header(c, kind, seq, s, t));
+    if (s->in != NULL) {
+        double arrival;
+        TM_CHECK(recv_header(c, kind, seq, s, &arrival));
+        if (arrival > *t) *t = arrival;
+    }
+    if (s->out != NULL && !send_first) TM_CHECK(send_header(c, kind, seq, s, t));
     TM_CHECK(transfer(c, s, 0, s->bytes));
     return finish(c, s);
 }
@@ -342,7 +361,7 @@ static void segment(size_t total, int n, int j, size_t *off, size_t *len)
 }
 
 static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *recv, size_t count,
-                          float scale, int nt)
+                          float scale, int nt, double *t)
 {
     int n = c->size, r = c->rank;
     step proto, s;
@@ -357,14 +376,14 @@ static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *re
         s.in = NULL;
         s.local = send + base + off;
         s.bytes = len * sizeof(float);
-        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
         for (int i = 1; i < n - 1; i++) {
             segment(total, n, (r - i + n) % n, &off, &len);
             s = proto;
             s.local = send + base + off;
             s.bytes = len * sizeof(float);
             s.reduce = 1;
-            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
         }
         /* Segment r + 1 is complete here: store it and start the all-gather
          * with it (recv-reduce-copy-send). */
@@ -376,7 +395,7 @@ static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *re
         s.reduce = 1;
         s.scale = scale;
         s.nt = nt;
-        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
         /* All-gather: finished segments travel on (recv-copy-send), the last
          * one only lands (recv). */
         for (int i = 1; i < n; i++) {
@@ -386,7 +405,7 @@ static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *re
             s.dst = recv + base + off;
             s.bytes = len * sizeof(float);
             s.nt = nt;
-            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+            TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
         }
     }
     return TM_OK;
@@ -409,7 +428,7 @@ static int scratch(tm_comm *c, size_t bytes, void **out)
  * sums x_0 + x_1 + ... in rank order, so every member computes the same
  * bits. Needs each message to fit half a ring (checked by the caller). */
 static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *recv,
-                            size_t count, float scale)
+                            size_t count, float scale, double *t)
 {
     int n = c->size, r = c->rank;
     size_t bytes = count * sizeof(float);
@@ -421,7 +440,7 @@ static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *
         TM_CHECK(tm__comm_to(c, to, &s.out));
         s.local = send;
         s.bytes = bytes;
-        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
     }
     const float *mine = send;
     if (send == recv) {
@@ -449,11 +468,32 @@ static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *
             s.local = recv;
             s.reduce = 1;
         }
-        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s));
+        TM_CHECK(run_step(c, OP_ALLREDUCE, seq, &s, t));
         if (j == 0 && sc != 1.0f)
             for (size_t i = 0; i < count; i++) recv[i] *= sc;
     }
     return TM_OK;
+}
+
+/* A collective's modeled time on the communication engine. */
+typedef struct {
+    tm_vclock *vc;
+    double start, t;
+} vspan;
+
+static vspan vbegin(tm_comm *c)
+{
+    tm_vclock *vc = tm__device_clock(c->dev);
+    double s = tm__clock_comm_begin(vc);
+    c->sent = 0;
+    return (vspan){vc, s, s};
+}
+
+/* Ends the span of a collective that moved `bytes` (nccl-tests' count). */
+static int vend(tm_comm *c, const vspan *v, int st, const char *name, size_t bytes)
+{
+    if (st == TM_OK) tm__clock_comm_end(v->vc, v->start, v->t, name, c->name, bytes, c->sent);
+    return st;
 }
 
 static void end_nt(int nt)
@@ -467,6 +507,18 @@ static void end_nt(int nt)
 #endif
 }
 
+tm_allreduce_algo tm_allreduce_algo_for(const tm_comm *c, size_t count)
+{
+    size_t bytes = count * sizeof(float);
+    tm_allreduce_algo algo = tm_allreduce_get_algo();
+    size_t direct_max = tm_world_ring_bytes(c->world) / 2 - 2 * TM_LINK_ALIGN;
+    int direct_fits = bytes <= direct_max && c->size <= DIRECT_MAX_DEVICES;
+    if (algo == TM_ALGO_DIRECT && !direct_fits) return TM_ALGO_RING;
+    if (algo == TM_ALGO_AUTO)
+        return direct_fits && bytes <= DIRECT_MAX_BYTES ? TM_ALGO_DIRECT : TM_ALGO_RING;
+    return algo;
+}
+
 int tm_allreduce(tm_comm *c, const float *send, float *recv, size_t count, tm_reduce_op op)
 {
     uint32_t seq = c->seq++;
@@ -478,21 +530,20 @@ int tm_allreduce(tm_comm *c, const float *send, float *recv, size_t count, tm_re
         return TM_OK;
     }
     if (count == 0) return TM_OK;
-    tm_allreduce_algo algo = tm_allreduce_get_algo();
-    size_t direct_max = tm_world_ring_bytes(c->world) / 2 - 2 * TM_LINK_ALIGN;
-    int direct_fits = bytes <= direct_max && n <= DIRECT_MAX_DEVICES;
-    if (algo == TM_ALGO_DIRECT && !direct_fits) algo = TM_ALGO_RING;
-    if (algo == TM_ALGO_AUTO) algo = direct_fits && bytes <= DIRECT_MAX_BYTES ? TM_ALGO_DIRECT
-                                                                             : TM_ALGO_RING;
-    if (algo == TM_ALGO_DIRECT) return direct_allreduce(c, seq, send, recv, count, scale);
+    tm_allreduce_algo algo = tm_allreduce_algo_for(c, count);
+    vspan v = vbegin(c);
+    if (algo == TM_ALGO_DIRECT)
+        return vend(c, &v, direct_allreduce(c, seq, send, recv, count, scale, &v.t),
+                    "allreduce (direct)", bytes);
     int nt = bytes >= NT_MIN_BYTES;
-    int st = ring_allreduce(c, seq, send, recv, count, scale, nt);
+    int st = ring_allreduce(c, seq, send, recv, count, scale, nt, &v.t);
     end_nt(nt);
-    return st;
+    return vend(c, &v, st, "allreduce", bytes);
 }
 
 /* Ring all-gather of `bytes` per rank, in slices of one ring chunk. */
-static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv, size_t bytes)
+static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv, size_t bytes,
+                          double *t)
 {
     int n = c->size, r = c->rank;
     uint8_t *out = recv;
@@ -509,7 +560,7 @@ static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv
         s.in = NULL;
         s.local = in_place + off;
         s.bytes = len;
-        TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s));
+        TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s, t));
         for (int i = 1; i < n; i++) {
             int j = (r - i + n) % n;
             s = proto;
@@ -517,7 +568,7 @@ static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv
             s.dst = out + (size_t)j * bytes + off;
             s.bytes = len;
             s.nt = nt;
-            TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s));
+            TM_CHECK(run_step(c, OP_ALLGATHER, seq, &s, t));
         }
         if (bytes == 0) break;
     }
@@ -527,7 +578,10 @@ static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv
 
 int tm_allgather(tm_comm *c, const float *send, float *recv, size_t count)
 {
-    return ring_allgather(c, c->seq++, send, recv, count * sizeof(float));
+    vspan v = vbegin(c);
+    int st = ring_allgather(c, c->seq++, send, recv, count * sizeof(float), &v.t);
+    if (c->size == 1) return st;
+    return vend(c, &v, st, "allgather", count * sizeof(float) * (size_t)c->size);
 }
 
 int tm_reduce_scatter(tm_comm *c, const float *send, float *recv, size_t count, tm_reduce_op op)
@@ -542,6 +596,8 @@ int tm_reduce_scatter(tm_comm *c, const float *send, float *recv, size_t count, 
     step proto, s;
     TM_CHECK(ring_links(c, &proto));
     size_t chunk = ring_chunk(c);
+    vspan v = vbegin(c);
+    double *t = &v.t;
     for (size_t off = 0; off < count; off += chunk) {
         size_t len = count - off < chunk ? count - off : chunk;
         /* Block r - 1 leaves first, so that after n - 1 hops the complete
@@ -558,10 +614,10 @@ int tm_reduce_scatter(tm_comm *c, const float *send, float *recv, size_t count, 
             s.local = send + (size_t)j * count + off;
             s.bytes = len * sizeof(float);
             s.reduce = i > 0;
-            TM_CHECK(run_step(c, OP_REDUCE_SCATTER, seq, &s));
+            TM_CHECK(run_step(c, OP_REDUCE_SCATTER, seq, &s, t));
         }
     }
-    return TM_OK;
+    return vend(c, &v, TM_OK, "reduce_scatter", count * sizeof(float) * (size_t)n);
 }
 
 int tm_broadcast(tm_comm *c, float *buf, size_t count, int root)
@@ -585,7 +641,8 @@ int tm_broadcast(tm_comm *c, float *buf, size_t count, int root)
         s.local = buf;
     else
         s.dst = buf;
-    return run_step(c, OP_BROADCAST, seq, &s);
+    vspan v = vbegin(c);
+    return vend(c, &v, run_step(c, OP_BROADCAST, seq, &s, &v.t), "broadcast", s.bytes);
 }
 
 int tm_barrier(tm_comm *c)
@@ -594,16 +651,20 @@ int tm_barrier(tm_comm *c)
     int n = c->size, r = c->rank;
     /* Dissemination: after round k everyone has heard, directly or not,
      * from 2^(k+1) members; log2(n) rounds and n log n links in all. */
+    if (n == 1) return TM_OK;
+    vspan v = vbegin(c);
+    double *t = &v.t;
     for (int k = 1; k < n; k *= 2) {
         step s;
         memset(&s, 0, sizeof s);
+        s.indep = 1;
         s.out_rank = (r + k) % n;
         s.in_rank = (r - k % n + n) % n;
         TM_CHECK(tm__comm_to(c, s.out_rank, &s.out));
         TM_CHECK(tm__comm_from(c, s.in_rank, &s.in));
-        TM_CHECK(run_step(c, OP_BARRIER, seq, &s));
+        TM_CHECK(run_step(c, OP_BARRIER, seq, &s, t));
     }
-    return TM_OK;
+    return vend(c, &v, TM_OK, "barrier", 0);
 }
 
 static int check_peer(tm_comm *c, int peer)
@@ -623,7 +684,11 @@ int tm_send(tm_comm *c, const void *buf, size_t bytes, int peer)
     TM_CHECK(tm__comm_to(c, peer, &s.out));
     s.local = buf;
     s.bytes = bytes;
-    return run_step(c, OP_P2P, 0, &s);
+    tm_vclock *vc = tm__device_clock(c->dev);
+    double start = tm__clock_comm_begin(vc), t = start;
+    TM_CHECK(run_step(c, OP_P2P, 0, &s, &t));
+    tm__clock_send_end(vc, start, t, c->name, bytes);
+    return TM_OK;
 }
 
 int tm_recv(tm_comm *c, void *buf, size_t bytes, int peer)
@@ -635,7 +700,10 @@ int tm_recv(tm_comm *c, void *buf, size_t bytes, int peer)
     TM_CHECK(tm__comm_from(c, peer, &s.in));
     s.dst = buf;
     s.bytes = bytes;
-    return run_step(c, OP_P2P, 0, &s);
+    double arrival = 0;
+    TM_CHECK(run_step(c, OP_P2P, 0, &s, &arrival));
+    tm__clock_recv(tm__device_clock(c->dev), c->devices[peer], arrival, c->name, bytes);
+    return TM_OK;
 }
 
 /* The receiving half of a sendrecv as a state machine that can be advanced
@@ -644,6 +712,7 @@ typedef struct {
     step s;
     int phase; /* 0 header, 1 payload, 2 padding, 3 done */
     size_t got;
+    double arrival; /* modeled */
 } incoming;
 
 /* Moves what has arrived; with `block`, waits for at least some of it. */
@@ -658,7 +727,7 @@ static int advance(tm_comm *c, incoming *in, int block)
         TM_CHECK(tm__link_read_acquire(l, w, block ? sizeof(tm_msg_header) : 0,
                                        sizeof(tm_msg_header), &p, &n));
         if (n < sizeof(tm_msg_header)) return TM_OK;
-        TM_CHECK(recv_header(c, OP_P2P, 0, &in->s));
+        TM_CHECK(recv_header(c, OP_P2P, 0, &in->s, &in->arrival));
         in->phase = 1;
     }
     while (in->phase == 1 && in->got < in->s.bytes) {
@@ -703,7 +772,9 @@ int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void
      * or may be computing before it sends (then our send completes on its
      * own). The messages are ordinary ones: the peer may use tm_send and
      * tm_recv. */
-    TM_CHECK(send_header(c, OP_P2P, 0, &out));
+    tm_vclock *vc = tm__device_clock(c->dev);
+    double start = tm__clock_comm_begin(vc), t = start;
+    TM_CHECK(send_header(c, OP_P2P, 0, &out, &t));
     size_t piece = tm_world_ring_bytes(c->world) / 4;
     for (size_t sent = 0; sent < sendbytes;) {
         TM_CHECK(advance(c, &in, 0));
@@ -713,5 +784,7 @@ int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void
     }
     TM_CHECK(tm__link_send_pad(out.out, c->waiter, sendbytes));
     while (in.phase < 3) TM_CHECK(advance(c, &in, 1));
+    tm__clock_send_end(vc, start, t, c->name, sendbytes);
+    tm__clock_recv(vc, c->devices[src], in.arrival, c->name, recvbytes);
     return TM_OK;
 }

@@ -25,6 +25,11 @@ tm_allreduce_algo tm_allreduce_get_algo(void);
 /* Parses "auto", "ring", "direct"; returns 0, or -1 if unknown. */
 int tm_allreduce_algo_parse(const char *name, tm_allreduce_algo *out);
 
+/* The algorithm tm_allreduce uses for count floats on comm (ring or direct),
+ * under the current override. Its traffic per member: ring 2(n-1)/n x
+ * bytes, direct (n-1) x bytes. */
+tm_allreduce_algo tm_allreduce_algo_for(const tm_comm *comm, size_t count);
+
 /* All functions return TM_OK, TM_EABORTED (another device failed),
  * TM_EDEADLOCK, TM_EINVAL (mismatched call, with a message naming both
  * sides), TM_ENOMEM or TM_EHOSTMEM. Results are bitwise identical on every

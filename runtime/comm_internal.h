@@ -21,6 +21,7 @@ struct tm_comm {
     void *scratch;        /* arena block (tag comm) for in-place direct
                              all-reduce, allocated on first need */
     size_t scratch_bytes;
+    uint64_t sent;        /* payload bytes sent by the current collective */
 };
 
 /* Link towards / from group rank r. */

@@ -48,6 +48,7 @@ struct tm_link {
     uint32_t lat[LAT_SAMPLES];    /* head-line transfer times, in ticks */
     int n_lat;                    /* samples in lat */
     int stream;                   /* tm__link_stream's answer */
+    double vfree;                 /* modeled time the link is free again */
 
     /* Written by the consumer when it sleeps, and by the producer waking it. */
     _Alignas(CACHE_LINE) atomic_uint cons_sleeping; /* consumer asleep waiting for data */
@@ -425,3 +426,5 @@ int tm__link_dst(const tm_link *l) { return l->dst; }
 size_t tm__link_capacity(const tm_link *l) { return l->capacity; }
 uint64_t tm__link_bytes(const tm_link *l) { return l->bytes; }
 uint64_t tm__link_messages(const tm_link *l) { return l->messages; }
+
+double *tm__link_vfree(tm_link *l) { return &l->vfree; }

@@ -80,5 +80,8 @@ size_t tm__link_capacity(const tm_link *link);
 /* Payload bytes and messages sent so far (read when no thread runs). */
 uint64_t tm__link_bytes(const tm_link *link);
 uint64_t tm__link_messages(const tm_link *link);
+/* Producer: the modeled time at which the link is free again (see
+ * runtime/clock.h); reset to 0 by the world between runs. */
+double *tm__link_vfree(tm_link *link);
 
 #endif

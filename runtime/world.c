@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/clock_internal.h"
 #include "runtime/comm.h"
 #include "runtime/status.h"
 #include "runtime/topo.h"
@@ -24,6 +25,7 @@ struct tm_device {
     int status;             /* what fn returned in the last run */
     int prefaulted;
     atomic_int done;        /* fn has returned in this run */
+    tm_vclock clock;        /* modeled time and trace events of the run */
 };
 
 struct tm_world {
@@ -56,6 +58,7 @@ void tm_world_config_default(tm_world_config *cfg)
     cfg->mem_cap = (size_t)64 << 20;
     cfg->pin = TM_PIN_AUTO;
     cfg->prefault = 1;
+    tm_clock_config_default(&cfg->clock);
 }
 
 /* Ring size by device count. The rule of thumb is that the rings of all
@@ -79,6 +82,7 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
         return tm_error(TM_EINVAL, "device count %d is outside 1..%d", cfg->n_devices,
                         TM_MAX_DEVICES);
     if (cfg->mem_cap == 0) return tm_error(TM_EINVAL, "device memory cap is 0");
+    TM_CHECK(tm_clock_config_check(&cfg->clock));
     size_t ring = cfg->ring_bytes ? cfg->ring_bytes : default_ring_bytes(cfg->n_devices);
     if (ring < 4 * TM_LINK_ALIGN || (ring & (ring - 1)) != 0)
         return tm_error(TM_EINVAL, "ring size %zu is not a power of two >= %d", ring,
@@ -153,6 +157,7 @@ void tm_world_destroy(tm_world *w)
     if (w->devices != NULL) {
         for (int i = 0; i < w->n; i++) {
             tm_comm_destroy(w->devices[i].comm);
+            tm__clock_free(&w->devices[i].clock);
             tm_arena_destroy(w->devices[i].arena);
         }
     }
@@ -334,6 +339,15 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
 {
     w->fn = fn;
     w->arg = arg;
+    /* Modeled time starts at 0 on every device and link for each run. */
+    double wall0 = now_s();
+    for (int i = 0; i < w->n; i++) {
+        tm__clock_init(&w->devices[i].clock, &w->cfg.clock, i, wall0);
+    }
+    for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
+        tm_link *l = atomic_load(&w->links[i]);
+        if (l != NULL) *tm__link_vfree(l) = 0;
+    }
     w->n_done = 0;
     w->error[0] = '\0';
     w->status = TM_OK;
@@ -393,6 +407,19 @@ tm_world *tm_device_world(tm_device *d) { return d->world; }
 tm_arena *tm_device_arena(tm_device *d) { return d->arena; }
 tm_comm *tm_device_comm(tm_device *d) { return d->comm; }
 tm_waiter *tm__device_waiter(tm_device *d) { return &d->waiter; }
+tm_vclock *tm__device_clock(tm_device *d) { return &d->clock; }
+const tm_vclock *tm__world_clock(const tm_world *w, int id) { return &w->devices[id].clock; }
+
+const tm_event *tm_world_events(const tm_world *w, int id, size_t *n)
+{
+    *n = w->devices[id].clock.n_events;
+    return w->devices[id].clock.events;
+}
+
+void tm_world_clock_stats(const tm_world *w, int id, tm_clock_stats *out)
+{
+    *out = w->devices[id].clock.s;
+}
 
 void *tm_device_alloc(tm_device *d, size_t bytes, tm_tag tag)
 {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "runtime/arena.h"
+#include "runtime/clock.h"
 
 #define TM_MAX_DEVICES 1024
 
@@ -32,10 +33,11 @@ typedef struct {
                             running device waits, before a deadlock is
                             declared; 0: default (30 s) */
     int prefault;        /* touch every arena page when a device starts */
+    tm_clock_config clock; /* the modeled clock's device and link rates */
 } tm_world_config;
 
 /* Defaults: 1 device, 64 MiB, automatic ring size, TM_PIN_AUTO, 30 s
- * watchdog, prefault on. */
+ * watchdog, prefault on, the modeled clock's defaults. */
 void tm_world_config_default(tm_world_config *cfg);
 
 /* Creates the devices' arenas and the link table. Refuses (TM_EHOSTMEM) when

@@ -58,6 +58,15 @@ void tm_dataset_stats(const tm_dataset *d, double *mean, double *std);
  * positive and finite. */
 int tm_dataset_standardize(tm_dataset *d, double mean, double std);
 
+/* Synthetic data for any model shape: n samples of dim inputs, each
+ * uniform with mean 0 and variance 1, from PCG32 stream 2000 + split of
+ * seed (split 0: training set, 1: test set); labels are the argmax of a
+ * random linear "teacher" W x (W from stream 1999, shared by both splits),
+ * so a model can learn them. rows = 1, cols = dim. TM_EINVAL for n or dim
+ * below 1 or classes outside 2 .. TM_SYNTHETIC_MAX_CLASSES, TM_EHOSTMEM. */
+#define TM_SYNTHETIC_MAX_CLASSES 256
+int tm_dataset_synthetic(tm_dataset *out, int n, int dim, int classes, uint64_t seed, int split);
+
 /* Fashion-MNIST's name for class c ("T-shirt/top", ...), or "?" out of range. */
 const char *tm_dataset_class_name(int c);
 

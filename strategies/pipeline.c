@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/clock.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 
@@ -48,6 +49,7 @@ static int forward(run_state *r, int mb)
 {
     tm_pipeline_step *ps = r->ps;
     TM_CHECK(ensure_acts(r, mb));
+    tm_clock_label(ps->stage->dev, 'F', r->p, mb);
     if (r->p == 0) TM_CHECK(ps->load_input(ps->ctx, mb, r->mb[mb].acts.input));
     return tm_stage_forward(ps->stage, &r->mb[mb].acts);
 }
@@ -57,6 +59,7 @@ static int backward(run_state *r, int mb)
     tm_pipeline_step *ps = r->ps;
     mb_state *m = &r->mb[mb];
     tm_device *dev = ps->stage->dev;
+    tm_clock_label(dev, 'B', r->p, mb);
     if (r->p == r->pp - 1) {
         TM_CHECK(ensure_dy(r, mb));
         TM_CHECK(ps->loss(ps->ctx, mb, m->acts.output, m->dy));

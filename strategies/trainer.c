@@ -17,6 +17,7 @@
 #include "strategies/checkpoint.h"
 #include "strategies/pipeline.h"
 #include "strategies/rng.h"
+#include "strategies/trainer_internal.h"
 
 
 /* What the host prepares for every device: read-only during the run,
@@ -33,6 +34,7 @@ typedef struct {
 
 /* One device's view of a step's data. */
 typedef struct {
+    tm_device *dev;
     const tm_dataset *data;
     const int *rows;          /* sample indices of this replica's batch */
     int mb_rows;              /* rows of a micro-batch (the last may be short) */
@@ -68,6 +70,17 @@ static int stage_split(const tm_train_config *cfg, int *first)
     return tm_stages_balance(&cfg->model, cfg->pp, first);
 }
 
+static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
+{
+    const tm_clock_config *c = &cfg->clock;
+    if (c->device_gflops == 0 && c->device_gbps == 0 && c->link_gbps == 0 &&
+        c->link_latency_us == 0 && c->devices_per_node == 0 && c->inter_node_gbps == 0 &&
+        c->inter_node_latency_us == 0)
+        tm_clock_config_default(out);
+    else
+        *out = cfg->clock;
+}
+
 int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
 {
     const tm_mlp_config *m = &cfg->model;
@@ -94,6 +107,11 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
     if (!(cfg->momentum >= 0) || !(cfg->momentum < 1))
         return tm_error(TM_EINVAL, "--momentum must be in [0, 1)");
     if (cfg->warmup_steps < 0) return tm_error(TM_EINVAL, "--warmup-steps must not be negative");
+    tm_clock_config clock;
+    clock_of(cfg, &clock);
+    TM_CHECK(tm_clock_config_check(&clock));
+    if (cfg->trace_first < 0 || cfg->trace_steps < 0)
+        return tm_error(TM_EINVAL, "--trace-steps must name positive steps");
     if (m->widths[0] != train->dim)
         return tm_error(TM_EINVAL, "--model starts with %d inputs but the data has %d",
                         m->widths[0], train->dim);
@@ -138,6 +156,7 @@ static int load_input(void *ctx, int mb, float *x)
     size_t dim = (size_t)f->data->dim;
     for (int i = 0; i < rows; i++)
         memcpy(x + (size_t)i * dim, f->data->images + (size_t)idx[i] * dim, dim * sizeof(float));
+    tm_clock_charge(f->dev, 0, 2.0 * (double)rows * (double)dim * sizeof(float));
     return TM_OK;
 }
 
@@ -167,11 +186,20 @@ typedef struct {
     float *grads;
 } bucket_ctx;
 
+/* In modeled time the buckets run on the communication engine beside the
+ * rest of the backward; the optimizer waits for them (tm_clock_sync). */
 static int grads_ready(void *ctx, size_t off, size_t len)
 {
     bucket_ctx *b = ctx;
-    return tm_allreduce(b->dp_comm, b->grads + off, b->grads + off, len, TM_SUM);
+    tm_device *dev = tm_comm_owner(b->dp_comm);
+    tm_clock_async(dev, 1);
+    int st = tm_allreduce(b->dp_comm, b->grads + off, b->grads + off, len, TM_SUM);
+    tm_clock_async(dev, 0);
+    return st;
 }
+
+/* Kernels charge the device's modeled clock. */
+static void charge(void *ctx, double flops, double bytes) { tm_clock_charge(ctx, flops, bytes); }
 
 static void optimizer_step(const tm_train_config *cfg, tm_stage *s, double lr, long step)
 {
@@ -196,6 +224,9 @@ typedef struct {
     int *order;        /* epoch order (host memory), stage 0 and last stage */
     int *labels;       /* device buffer for the loss's labels */
     int is_first, is_last, reporter;
+    /* This epoch's modeled training time and bubble accounts. */
+    double ep_modeled, ep_busy, ep_span;
+    double last_step;  /* the last step's modeled time */
 } device;
 
 /* Sums a few doubles over the replicas exactly and in rank order: the
@@ -236,11 +267,13 @@ static int evaluate(device *v, double *loss_out, double *acc)
     }
     for (int i = 0; i < n; i++) idx[i] = lo + i;
     for (int m = 0; m < n_mb; m++) rows[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
-    feed f = {.data = d, .rows = idx, .mb_rows = chunk, .eval_rows = rows,
+    feed f = {.dev = v->dev, .data = d, .rows = idx, .mb_rows = chunk, .eval_rows = rows,
               .labels = v->labels, .grad_scale = 1.0f};
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm,
                            .sched = &v->j->sched, .load_input = load_input, .loss = loss, .ctx = &f};
+    tm_clock_label(v->dev, 'E', v->mesh.p, -1);
     int st = tm_pipeline_infer(&ps, n_mb, rows);
+    tm_clock_label(v->dev, 0, -1, -1);
     double vals[2] = {f.loss_sum, f.correct};
     if (st == TM_OK && v->is_last) st = sum_over_replicas(v, vals, 2);
     *loss_out = vals[0] / d->n;
@@ -250,16 +283,47 @@ static int evaluate(device *v, double *loss_out, double *acc)
     return st;
 }
 
+/* What one training step should send, by the formulas: pipeline stages
+ * pass each micro-batch's activations forward and its gradients back;
+ * data parallelism all-reduces every gradient bucket once (ring: 2(n-1)/n
+ * x bytes per member, direct: (n-1) x bytes) plus the loss's all-gather on
+ * the last stage. Tensor parallelism's share is set from its collectives'
+ * sizes after the run (trainer_observe.c). */
+static void analytic_traffic(device *v, int rows)
+{
+    const tm_train_config *cfg = v->j->cfg;
+    tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
+    double width = (v->is_last ? 0 : v->stage.out_width) + (v->is_first ? 0 : v->stage.in_width);
+    rep->step_analytic[TM_DIM_PP] = (double)cfg->micro_batches * rows * width * sizeof(float);
+    int n = cfg->dp;
+    if (n == 1) return;
+    double dp = 0;
+    for (int i = 0; i < v->stage.n; i++) {
+        size_t count = v->stage.layer[i].w_len + v->stage.layer[i].b_len;
+        double bytes = (double)count * sizeof(float);
+        dp += tm_allreduce_algo_for(v->mesh.dp_comm, count) == TM_ALGO_DIRECT
+                  ? (n - 1) * bytes
+                  : 2.0 * (n - 1) / n * bytes;
+    }
+    if (v->is_last) dp += (n - 1) * sizeof(double);
+    rep->step_analytic[TM_DIM_DP] = dp;
+}
+
 static int setup(device *v)
 {
     job *j = v->j;
     const tm_train_config *cfg = j->cfg;
     tm_gemm_thread_init();
+    tm_cost_set_hook(charge, v->dev);
     TM_CHECK(tm_mesh_create(v->dev, cfg->dp, cfg->pp, cfg->tp, &v->mesh));
     int p = v->mesh.p;
     v->is_first = p == 0;
     v->is_last = p == cfg->pp - 1;
     v->reporter = v->mesh.d == 0 && v->is_last && v->mesh.t == 0;
+    char name[48];
+    snprintf(name, sizeof name, "device %d (dp%d pp%d tp%d)", tm_device_id(v->dev), v->mesh.d, p,
+             v->mesh.t);
+    tm_clock_set_name(v->dev, name);
     TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, &cfg->model, j->first[p],
                              j->first[p + 1], cfg->optimizer, cfg->momentum));
     tm_stage_shard_from(&v->stage, &cfg->model, j->state->params, v->stage.params);
@@ -284,21 +348,55 @@ static int setup(device *v)
     if (block == NULL) return TM_ENOMEM;
     tm_device_free(v->dev, block);
     tm_arena_reset_peak(tm_device_arena(v->dev));
+    analytic_traffic(v, rows);
     return TM_OK;
 }
 
 /* One optimizer step on this device. *step_loss: the global batch's mean
  * loss (known on the last stage). */
-static int train_step(device *v, long epoch_step, double lr, long step, double *step_loss)
+/* Adds one step's modeled time to the device's accounts: s0 at its start,
+ * s1 after the pipeline, s2 after the optimizer. */
+static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s1,
+                    const tm_clock_stats *s2, int first_recorded)
+{
+    tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
+    double busy = s1->compute - s0->compute;
+    double span = v->is_first ? v->mesh.pp * (s1->now - s0->now) : 0;
+    v->last_step = s2->now - s0->now;
+    v->ep_modeled += v->last_step;
+    v->ep_busy += busy;
+    v->ep_span += span;
+    rep->bubble_busy_s += busy;
+    rep->bubble_span_s += span;
+    rep->modeled_s += s2->now - s0->now;
+    rep->compute_s += s2->compute - s0->compute;
+    rep->comm_s += s2->comm_wait - s0->comm_wait;
+    rep->idle_s += s2->idle - s0->idle;
+    rep->comm_busy_s += s2->comm_busy - s0->comm_busy;
+    if (first_recorded) {
+        rep->rec_start = s0->now;
+        rep->rec_pipe_end = s1->now;
+        rep->rec_end = s2->now;
+    }
+}
+
+static int train_step(device *v, long epoch_step, double lr, long step, long taken,
+                      double *step_loss)
 {
     job *j = v->j;
     const tm_train_config *cfg = j->cfg;
     int per_replica = cfg->batch / cfg->dp;
+    /* 1 for the first recorded step, 2 for the others, 0 when not recorded. */
+    long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
+    long count = cfg->trace_steps > 0 ? cfg->trace_steps : 1;
+    int recorded = taken + 1 < first || taken + 1 >= first + count ? 0 : taken + 1 == first ? 1 : 2;
     if (cfg->fail_step > 0 && step == cfg->fail_step && tm_device_id(v->dev) == cfg->fail_device)
         return tm_error(TM_EFAIL, "injected failure at step %ld (--fail-device %d --fail-step %ld)",
                         step, cfg->fail_device, cfg->fail_step);
+    tm_clock_stats s0, s1, s2;
+    tm_clock_stats_get(v->dev, &s0);
     memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
-    feed f = {.data = j->train,
+    feed f = {.dev = v->dev, .data = j->train,
               .rows = v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
               .mb_rows = per_replica / cfg->micro_batches, .labels = v->labels,
               .grad_scale = 1.0f / (float)cfg->batch};
@@ -306,14 +404,49 @@ static int train_step(device *v, long epoch_step, double lr, long step, double *
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
                            .rows = f.mb_rows, .load_input = load_input, .loss = loss, .ctx = &f,
                            .ready = cfg->dp > 1 ? grads_ready : NULL, .ready_ctx = &b};
-    TM_CHECK(tm_pipeline_run(&ps));
+    if (recorded) tm_clock_record(v->dev, 1);
+    int st = tm_pipeline_run(&ps);
+    if (st != TM_OK) {
+        tm_clock_record(v->dev, 0);
+        return st;
+    }
+    tm_clock_stats_get(v->dev, &s1);
     double l = f.loss_sum;
     if (v->is_last) TM_CHECK(sum_over_replicas(v, &l, 1));
     *step_loss = l / cfg->batch;
+    tm_clock_sync(v->dev);
+    tm_clock_label(v->dev, 'O', v->mesh.p, -1);
     optimizer_step(cfg, &v->stage, lr, step);
+    tm_clock_label(v->dev, 0, -1, -1);
+    tm_clock_stats_get(v->dev, &s2);
+    tm_clock_record(v->dev, 0);
+    account(v, &s0, &s1, &s2, recorded == 1);
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
     if (ps.max_in_flight > rep->max_in_flight) rep->max_in_flight = ps.max_in_flight;
     return TM_OK;
+}
+
+/* Modeled samples/s (slowest device) and bubble of the epoch, from every
+ * device's accounts (a world all-gather, outside the training steps). */
+static int epoch_modeled(device *v, double *samples_per_s, double *bubble, long steps)
+{
+    int n = tm_device_count(v->dev);
+    double mine[3] = {v->ep_modeled, v->ep_busy, v->ep_span};
+    double *all = malloc(sizeof(double) * 3 * (size_t)n);
+    if (all == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the epoch's accounts");
+    int st = tm_allgather(tm_device_comm(v->dev), (const float *)mine, (float *)all,
+                          sizeof mine / (sizeof(float)));
+    double slowest = 0, busy = 0, span = 0;
+    for (int i = 0; st == TM_OK && i < n; i++) {
+        if (all[3 * i] > slowest) slowest = all[3 * i];
+        busy += all[3 * i + 1];
+        span += all[3 * i + 2];
+    }
+    free(all);
+    *samples_per_s = slowest > 0 ? (double)steps * v->j->cfg->batch / slowest : 0;
+    *bubble = v->mesh.pp > 1 && span > 0 ? 1 - busy / span : -1;
+    v->ep_modeled = v->ep_busy = v->ep_span = 0;
+    return st;
 }
 
 static int train_loop(device *v)
@@ -331,7 +464,7 @@ static int train_loop(device *v)
         while (st == TM_OK && pos.epoch_step < per_epoch &&
                (cfg->max_steps == 0 || taken < cfg->max_steps)) {
             double t0 = now_s(), l = 0, lr = tm_lr_at(cfg, pos.step, total);
-            st = train_step(v, pos.epoch_step, lr, pos.step + 1, &l);
+            st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l);
             if (st != TM_OK) break;
             pos.step++;
             pos.epoch_step++;
@@ -343,14 +476,17 @@ static int train_loop(device *v)
             epoch_loss += l;
             if (v->reporter && cfg->on_step != NULL) {
                 tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total, l, lr,
-                                     (double)taken * cfg->batch / train_time};
+                                     (double)taken * cfg->batch / train_time,
+                                     v->last_step};
                 cfg->on_step(cfg->ctx, &info);
             }
         }
         if (st != TM_OK || pos.epoch_step < per_epoch) break;
         tm_epoch_info info = {pos.epoch, epoch_steps ? epoch_loss / epoch_steps : 0, 0, 0,
-                              epoch_time > 0 ? (double)epoch_steps * cfg->batch / epoch_time : 0};
-        st = evaluate(v, &info.test_loss, &info.test_acc);
+                              epoch_time > 0 ? (double)epoch_steps * cfg->batch / epoch_time : 0,
+                              0, -1};
+        st = epoch_modeled(v, &info.modeled_samples_per_s, &info.bubble, epoch_steps);
+        if (st == TM_OK) st = evaluate(v, &info.test_loss, &info.test_acc);
         if (st == TM_OK && v->reporter && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
         pos.epoch++;
         pos.epoch_step = 0;
@@ -406,23 +542,47 @@ static int run(tm_device *dev, void *arg)
     rep->t = v.mesh.t;
     free(v.order);
     tm_device_free(dev, v.labels);
+    tm_cost_set_hook(NULL, NULL);
     tm_stage_destroy(&v.stage);
     tm_mesh_destroy(&v.mesh);
     tm_arena_stats_get(tm_device_arena(dev), &rep->memory);
     return st;
 }
 
-static void add_sent(const tm_link_stats *s, void *ctx)
+static void add_link(const tm_link_stats *s, void *ctx)
 {
     tm_train_result *r = ctx;
     r->devices[s->src].sent_bytes += s->bytes;
+    tm_link_stats *l = realloc(r->links, sizeof *l * (size_t)(r->n_links + 1));
+    if (l == NULL) return; /* the table loses the link; sent_bytes keeps it */
+    r->links = l;
+    r->links[r->n_links++] = *s;
 }
 
 void tm_train_result_free(tm_train_result *r)
 {
     free(r->devices);
+    free(r->timeline);
+    free(r->links);
     r->devices = NULL;
-    r->n_devices = 0;
+    r->timeline = NULL;
+    r->links = NULL;
+    r->n_devices = r->n_timeline = r->n_links = 0;
+}
+
+/* The run's modeled figures from the device reports. */
+static void summarize(const tm_train_config *cfg, tm_train_result *r)
+{
+    double busy = 0, span = 0;
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        if (d->modeled_s > r->modeled_seconds) r->modeled_seconds = d->modeled_s;
+        busy += d->bubble_busy_s;
+        span += d->bubble_span_s;
+    }
+    r->modeled_samples_per_s =
+        r->modeled_seconds > 0 ? (double)r->steps * cfg->batch / r->modeled_seconds : 0;
+    r->bubble = cfg->pp > 1 && span > 0 ? 1 - busy / span : -1;
 }
 
 int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
@@ -454,16 +614,22 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     tm_world_config_default(&wc);
     wc.n_devices = n;
     wc.mem_cap = cfg->mem_cap;
+    clock_of(cfg, &wc.clock);
     if (st == TM_OK) st = tm_world_create(&w, &wc);
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
-        tm_world_links(w, add_sent, out);
+        tm_world_links(w, add_link, out);
         out->memory = out->devices[0].memory;
         for (int i = 0; i < n; i++) out->gflops += out->devices[i].flops;
         out->gflops = out->train_seconds > 0 ? out->gflops / out->train_seconds * 1e-9 : 0;
+        summarize(cfg, out);
+        if (st == TM_OK) st = tm__train_observe(w, cfg, out);
+        if (st == TM_OK && cfg->trace_path != NULL) st = tm_world_trace_write(w, cfg->trace_path,
+                                                                             cfg->trace_wall);
+        if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
     }
     if (st == TM_OK && cfg->save_path != NULL) {
         st = tm_checkpoint_save(cfg->save_path, &state);

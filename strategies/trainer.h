@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 #include "runtime/arena.h"
+#include "runtime/clock.h"
+#include "runtime/world.h"
 #include "strategies/idx.h"
 #include "strategies/schedule.h"
 #include "strategies/stage.h"
@@ -25,6 +27,7 @@ typedef struct tm_step_info {
     double loss;           /* mean loss over the step's batch, before the update */
     double lr;
     double samples_per_s;  /* this run so far, training time only */
+    double modeled_step_s; /* this step in modeled time (the reporting device's) */
 } tm_step_info;
 
 typedef struct tm_epoch_info {
@@ -33,6 +36,8 @@ typedef struct tm_epoch_info {
     double test_loss;
     double test_acc;       /* fraction in [0, 1] */
     double samples_per_s;  /* the epoch's training steps only */
+    double modeled_samples_per_s; /* the same in modeled time (slowest device) */
+    double bubble;         /* pp > 1: measured pipeline bubble fraction; else -1 */
 } tm_epoch_info;
 
 typedef struct {
@@ -57,12 +62,22 @@ typedef struct {
     size_t mem_cap;        /* device arena bytes */
     const char *load_path; /* checkpoint to start from, or NULL */
     const char *save_path; /* checkpoint written at the end, or NULL */
+    tm_clock_config clock; /* modeled device and link rates; all zero: the
+                              defaults (tm_clock_config_default) */
+    const char *trace_path; /* Chrome trace of the recorded steps, or NULL */
+    int trace_wall;        /* trace in wall time instead of modeled time */
+    long trace_first;      /* first recorded step of this run (1-based; 0: 1) */
+    long trace_steps;      /* steps recorded (0: 1); the timeline and the
+                              traffic table come from the first of them */
     int fail_device;       /* test hook: this device fails ... */
     long fail_step;        /* ... at this step (1-based); 0: never */
     void *ctx;             /* passed to the callbacks */
     void (*on_step)(void *ctx, const tm_step_info *info);
     void (*on_epoch)(void *ctx, const tm_epoch_info *info);
 } tm_train_config;
+
+/* Mesh dimensions, for traffic. */
+enum { TM_DIM_DP, TM_DIM_PP, TM_DIM_TP, TM_DIMS };
 
 /* What one device did, for the per-device tables. */
 typedef struct {
@@ -72,6 +87,21 @@ typedef struct {
     int max_in_flight;     /* most micro-batches held at once by the pipeline */
     size_t activation_peak; /* activation bytes at most, during training steps */
     uint64_t sent_bytes;   /* payload bytes this device sent over links */
+    /* Modeled time of the training steps, split as in tm_clock_stats:
+     * modeled_s = compute_s + comm_s + idle_s; comm_busy_s is the
+     * communication engine's sending time, overlapped or not. */
+    double modeled_s, compute_s, comm_s, idle_s, comm_busy_s;
+    /* Payload bytes sent in the first recorded step, per mesh dimension,
+     * against the formula's figure (see tm_train_analytic). */
+    uint64_t step_sent[TM_DIMS];
+    double step_analytic[TM_DIMS];
+    /* The first recorded step's modeled start, end of its pipeline part
+     * (this device's last backward) and end (after the optimizer). */
+    double rec_start, rec_pipe_end, rec_end;
+    /* Pipeline bubble accounting: forward/backward compute time, and on
+     * stage 0 pp x the time from its first forward to its last backward
+     * (the pipeline's makespan); bubble = 1 - sum(busy) / sum(span). */
+    double bubble_busy_s, bubble_span_s;
 } tm_device_report;
 
 typedef struct {
@@ -82,8 +112,19 @@ typedef struct {
     double train_seconds;
     double gflops;         /* GEMM and elementwise FLOPs / training time */
     tm_arena_stats memory; /* device 0's arena, peaks included */
+    double modeled_seconds;        /* training steps, slowest device */
+    double modeled_samples_per_s;
+    double bubble;                 /* pp > 1: measured bubble fraction; else -1 */
     int n_devices;
     tm_device_report *devices; /* (n_devices), freed by tm_train_result_free */
+    tm_link_stats *links;      /* (n_links) every link the run used, whole run */
+    int n_links;
+    /* The first recorded step's forward and backward passes on replica 0,
+     * tp rank 0, in modeled seconds from stage 0's first forward; makespan
+     * to stage 0's last backward (tm_schedule_draw draws them). */
+    tm_sched_event *timeline;
+    int n_timeline;
+    double timeline_makespan;
 } tm_train_result;
 
 void tm_train_result_free(tm_train_result *r);

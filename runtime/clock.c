@@ -1,0 +1,259 @@
+#include "runtime/clock_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runtime/status.h"
+#include "runtime/world.h"
+
+/* Measured on the development machine (README, "Modeled time"): the blocked
+ * GEMM at the demo model's shapes runs at 80-95 GFLOP/s; copying a 1 MiB
+ * working set (what a device's elementwise kernels and optimizer touch)
+ * 40-50 GB/s; the 2-device ring all-reduce moves 12-15 GB/s per link at
+ * 1 MiB, and a 4 KiB message takes about 1.5 us. */
+#define DEFAULT_GFLOPS 85.0
+#define DEFAULT_GBPS 45.0
+#define DEFAULT_LINK_GBPS 12.0
+#define DEFAULT_LINK_LAT_US 1.5
+
+void tm_clock_config_default(tm_clock_config *cfg)
+{
+    cfg->device_gflops = DEFAULT_GFLOPS;
+    cfg->device_gbps = DEFAULT_GBPS;
+    cfg->link_gbps = DEFAULT_LINK_GBPS;
+    cfg->link_latency_us = DEFAULT_LINK_LAT_US;
+    cfg->devices_per_node = 0;
+    cfg->inter_node_gbps = DEFAULT_LINK_GBPS / 10;
+    cfg->inter_node_latency_us = DEFAULT_LINK_LAT_US * 10;
+}
+
+int tm_clock_config_check(const tm_clock_config *cfg)
+{
+    struct {
+        const char *flag;
+        double v;
+        int zero_ok;
+    } f[] = {{"--device-gflops", cfg->device_gflops, 0},
+             {"--device-gbps", cfg->device_gbps, 0},
+             {"--link-gbps", cfg->link_gbps, 0},
+             {"--link-latency-us", cfg->link_latency_us, 1},
+             {"--inter-node-gbps", cfg->inter_node_gbps, 0},
+             {"--inter-node-latency-us", cfg->inter_node_latency_us, 1}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (!isfinite(f[i].v) || f[i].v < 0 || (f[i].v == 0 && !f[i].zero_ok))
+            return tm_error(TM_EINVAL, "%s must be a %s finite number", f[i].flag,
+                            f[i].zero_ok ? "non-negative" : "positive");
+    if (cfg->devices_per_node < 0)
+        return tm_error(TM_EINVAL, "--devices-per-node must not be negative");
+    return TM_OK;
+}
+
+void tm_clock_link(const tm_clock_config *cfg, int src, int dst, size_t bytes, double *hold_s,
+                   double *latency_s)
+{
+    int per = cfg->devices_per_node;
+    int same = per == 0 || src / per == dst / per;
+    double gbps = same ? cfg->link_gbps : cfg->inter_node_gbps;
+    *hold_s = (double)bytes / (gbps * 1e9);
+    *latency_s = 1e-6 * (same ? cfg->link_latency_us : cfg->inter_node_latency_us);
+}
+
+static double wall_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+void tm__clock_init(tm_vclock *c, const tm_clock_config *cfg, int id, double wall0)
+{
+    tm_event *events = c->events;
+    size_t cap = c->cap_events;
+    char name[sizeof c->name];
+    memcpy(name, c->name, sizeof name);
+    memset(c, 0, sizeof *c);
+    c->events = events;
+    c->cap_events = cap;
+    c->cfg = cfg;
+    c->id = id;
+    c->stage = c->mb = -1;
+    c->wall0 = wall0;
+    memcpy(c->name, name, sizeof name);
+    if (c->name[0] == '\0') snprintf(c->name, sizeof c->name, "device %d", id);
+}
+
+void tm__clock_free(tm_vclock *c)
+{
+    free(c->events);
+    c->events = NULL;
+    c->n_events = c->cap_events = 0;
+}
+
+/* Appends an event. Without host memory for it the event is counted as
+ * dropped (the trace writer then refuses to write an incomplete trace):
+ * tracing never fails the run. */
+static tm_event *push(tm_vclock *c)
+{
+    if (c->n_events == c->cap_events) {
+        size_t cap = c->cap_events ? 2 * c->cap_events : 1024;
+        tm_event *e = realloc(c->events, cap * sizeof *e);
+        if (e == NULL) {
+            c->dropped++;
+            return NULL;
+        }
+        c->events = e;
+        c->cap_events = cap;
+    }
+    tm_event *e = &c->events[c->n_events++];
+    memset(e, 0, sizeof *e);
+    return e;
+}
+
+static const char *phase_name(char phase)
+{
+    switch (phase) {
+    case 'F': return "forward";
+    case 'B': return "backward";
+    case 'O': return "optimizer";
+    case 'E': return "evaluation";
+    default: return "compute";
+    }
+}
+
+static void compute_event(tm_vclock *c, double start, double end)
+{
+    double w = wall_now() - c->wall0;
+    tm_event *last = c->n_events ? &c->events[c->n_events - 1] : NULL;
+    if (last != NULL && last->engine == TM_ENGINE_COMPUTE && last->end == start &&
+        last->phase == c->phase && last->stage == c->stage && last->mb == c->mb) {
+        last->end = end;
+        last->wall_end = w;
+    } else {
+        tm_event *e = push(c);
+        if (e != NULL) {
+            *e = (tm_event){start, end, c->wall_mark, w, 0, 0, phase_name(c->phase), "", c->phase,
+                            TM_ENGINE_COMPUTE, (int16_t)c->stage, (int16_t)c->mb};
+        }
+    }
+    c->wall_mark = w;
+}
+
+void tm_clock_charge(tm_device *dev, double flops, double bytes)
+{
+    tm_vclock *c = tm__device_clock(dev);
+    double a = flops / (c->cfg->device_gflops * 1e9), b = bytes / (c->cfg->device_gbps * 1e9);
+    double dt = a > b ? a : b, start = c->s.now;
+    c->s.now += dt;
+    c->s.compute += dt;
+    if (c->recording) compute_event(c, start, c->s.now);
+}
+
+void tm_clock_async(tm_device *dev, int on) { tm__device_clock(dev)->async = on != 0; }
+
+void tm_clock_sync(tm_device *dev)
+{
+    tm_vclock *c = tm__device_clock(dev);
+    if (c->s.comm_now > c->s.now) {
+        c->s.comm_wait += c->s.comm_now - c->s.now;
+        c->s.now = c->s.comm_now;
+    }
+    if (c->recording) c->wall_mark = wall_now() - c->wall0;
+}
+
+void tm_clock_label(tm_device *dev, char phase, int stage, int mb)
+{
+    tm_vclock *c = tm__device_clock(dev);
+    c->phase = phase;
+    c->stage = stage;
+    c->mb = mb;
+    if (c->recording) c->wall_mark = wall_now() - c->wall0;
+}
+
+void tm_clock_record(tm_device *dev, int on)
+{
+    tm_vclock *c = tm__device_clock(dev);
+    c->recording = on != 0;
+    if (on) c->wall_mark = wall_now() - c->wall0;
+}
+
+void tm_clock_set_name(tm_device *dev, const char *name)
+{
+    tm_vclock *c = tm__device_clock(dev);
+    snprintf(c->name, sizeof c->name, "%s", name);
+}
+
+void tm_clock_stats_get(tm_device *dev, tm_clock_stats *out) { *out = tm__device_clock(dev)->s; }
+
+double tm__clock_comm_begin(tm_vclock *c)
+{
+    if (c->recording) c->wall_mark = wall_now() - c->wall0;
+    return c->s.comm_now > c->s.now ? c->s.comm_now : c->s.now;
+}
+
+double tm__clock_send(tm_vclock *c, tm_link *l, size_t bytes, double *t)
+{
+    double hold, lat, *vfree = tm__link_vfree(l);
+    tm_clock_link(c->cfg, tm__link_src(l), tm__link_dst(l), bytes, &hold, &lat);
+    double start = *t > *vfree ? *t : *vfree;
+    *vfree = start + hold;
+    *t = start + hold;
+    c->s.comm_busy += hold;
+    return start + hold + lat;
+}
+
+static void comm_event(tm_vclock *c, int engine, double start, double end, double wall_start,
+                       const char *name, const char *comm, uint64_t bytes, uint64_t sent)
+{
+    double w = wall_now() - c->wall0;
+    c->wall_mark = w;
+    tm_event *e = push(c);
+    if (e == NULL) return;
+    *e = (tm_event){start, end, wall_start, w, bytes, sent, name, "", 0, (uint8_t)engine, -1, -1};
+    snprintf(e->comm, sizeof e->comm, "%s", comm);
+}
+
+void tm__clock_comm_end(tm_vclock *c, double start, double end, const char *name,
+                        const char *comm, uint64_t bytes, uint64_t sent)
+{
+    c->s.comm_now = end;
+    if (!c->async && end > c->s.now) {
+        c->s.comm_wait += end - c->s.now;
+        c->s.now = end;
+    }
+    if (c->recording) {
+        double w0 = c->wall_mark;
+        comm_event(c, TM_ENGINE_SEND, start, end, w0, name, comm, bytes, sent);
+    }
+}
+
+void tm__clock_send_end(tm_vclock *c, double start, double end, const char *comm, uint64_t bytes)
+{
+    c->s.comm_now = end;
+    if (c->recording) {
+        double w0 = c->wall_mark;
+        comm_event(c, TM_ENGINE_SEND, start, end, w0, "send", comm, bytes, bytes);
+    }
+}
+
+void tm__clock_recv(tm_vclock *c, int src, double arrival, const char *comm, uint64_t bytes)
+{
+    double hold, lat;
+    tm_clock_link(c->cfg, src, c->id, bytes, &hold, &lat);
+    if (arrival > c->s.now) {
+        double wait = arrival - c->s.now, transfer = hold + lat;
+        if (transfer > wait) transfer = wait;
+        c->s.comm_wait += transfer;
+        c->s.idle += wait - transfer;
+        c->s.now = arrival;
+    }
+    if (c->recording) {
+        double start = arrival - hold - lat;
+        if (start < c->recv_free) start = c->recv_free;
+        if (start > arrival) start = arrival;
+        comm_event(c, TM_ENGINE_RECV, start, arrival, c->wall_mark, "recv", comm, bytes, 0);
+        c->recv_free = arrival;
+    }
+}

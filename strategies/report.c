@@ -1,0 +1,167 @@
+#include "strategies/report.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void tm_report_bytes(double bytes, char *buf, size_t n)
+{
+    const char *unit[] = {"B", "KiB", "MiB", "GiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 3) bytes /= 1024, u++;
+    snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", bytes, unit[u]);
+}
+
+static void coords(const tm_device_report *d, char *buf, size_t n)
+{
+    snprintf(buf, n, "(%d,%d,%d)", d->d, d->p, d->t);
+}
+
+void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
+{
+    char b[32], c[32];
+    tm_report_bytes((double)cap, b, sizeof b);
+    fprintf(f, "peak memory per device (capacity %s):\n%-8s %-9s", b, "device", "(d,p,t)");
+    for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, " %11s", tm_tag_name((tm_tag)t));
+    fprintf(f, " %11s %11s\n", "total", "sent");
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        coords(d, c, sizeof c);
+        fprintf(f, "%-8d %-9s", d->id, c);
+        for (int t = 0; t < TM_TAG_COUNT; t++) {
+            tm_report_bytes((double)d->memory.tag_peak[t], b, sizeof b);
+            fprintf(f, " %11s", b);
+        }
+        tm_report_bytes((double)d->memory.peak, b, sizeof b);
+        fprintf(f, " %11s", b);
+        tm_report_bytes((double)d->sent_bytes, b, sizeof b);
+        fprintf(f, " %11s\n", b);
+    }
+}
+
+static double pct(double part, double whole) { return whole > 0 ? 100 * part / whole : 0; }
+
+void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    if (r->steps == 0) return;
+    fprintf(f, "modeled time: %.0f samples/s (step %.3f ms), wall %.0f samples/s (step %.3f ms)",
+            r->modeled_samples_per_s, 1e3 * r->modeled_seconds / r->steps, r->samples_per_s,
+            1e3 * r->train_seconds / r->steps);
+    if (r->bubble >= 0) fprintf(f, ", bubble %.1f%%", 100 * r->bubble);
+    fprintf(f, "\n%-8s %-9s %10s %8s %8s %8s %12s\n", "device", "(d,p,t)", "step ms", "compute",
+            "comm", "idle", "comm engine");
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        char c[32];
+        coords(d, c, sizeof c);
+        double s = d->modeled_s;
+        fprintf(f, "%-8d %-9s %10.3f %7.1f%% %7.1f%% %7.1f%% %11.1f%%\n", d->id, c,
+                1e3 * s / r->steps, pct(d->compute_s, s), pct(d->comm_s, s), pct(d->idle_s, s),
+                pct(d->comm_busy_s, s));
+    }
+    fprintf(f, "compute: kernels; comm: waiting for own transfers; idle: waiting for other "
+               "devices; comm engine: sending, overlapped or not (dp=%d pp=%d tp=%d)\n",
+            cfg->dp, cfg->pp, cfg->tp);
+}
+
+static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
+
+/* The mesh dimension a link runs along, or -1 (a world-communicator link). */
+static int link_dim(const tm_train_result *r, const tm_link_stats *l)
+{
+    const tm_device_report *a = &r->devices[l->src], *b = &r->devices[l->dst];
+    int dd = a->d != b->d, dp = a->p != b->p, dt = a->t != b->t;
+    if (dd + dp + dt != 1) return -1;
+    return dd ? TM_DIM_DP : dp ? TM_DIM_PP : TM_DIM_TP;
+}
+
+static void cell(FILE *f, uint64_t measured, double analytic)
+{
+    char a[32], b[32];
+    tm_report_bytes((double)measured, a, sizeof a);
+    tm_report_bytes(analytic, b, sizeof b);
+    fprintf(f, " %11s %11s", a, b);
+}
+
+void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    if (r->steps == 0) return;
+    long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
+    fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-9s", first,
+            "device", "(d,p,t)");
+    for (int k = 0; k < TM_DIMS; k++) fprintf(f, " %8s meas.  formula", dim_name[k]);
+    fputc('\n', f);
+    uint64_t tot[TM_DIMS] = {0};
+    double ana[TM_DIMS] = {0};
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        char c[32];
+        coords(d, c, sizeof c);
+        fprintf(f, "%-8d %-9s", d->id, c);
+        for (int k = 0; k < TM_DIMS; k++) {
+            cell(f, d->step_sent[k], d->step_analytic[k]);
+            tot[k] += d->step_sent[k];
+            ana[k] += d->step_analytic[k];
+        }
+        fputc('\n', f);
+    }
+    fprintf(f, "%-18s", "total");
+    for (int k = 0; k < TM_DIMS; k++) cell(f, tot[k], ana[k]);
+    fprintf(f, "\nformulas: dp: each gradient bucket once, ring 2(n-1)/n x bytes (direct, under "
+               "16 KiB: (n-1) x bytes), + the loss's all-gather; pp: every micro-batch's "
+               "activations forward and gradients back; tp: ring all-reduce 2(n-1)/n, all-gather "
+               "(n-1)/n of each collective's bytes\n");
+    int by_link = r->n_links <= 32;
+    fprintf(f, "links over the whole run (training and evaluation)%s:\n",
+            by_link ? "" : ", by mesh dimension");
+    fprintf(f, "%-14s %-6s %12s %10s\n", by_link ? "link" : "dimension", "dim", "bytes",
+            "messages");
+    uint64_t bytes[TM_DIMS + 1] = {0}, msgs[TM_DIMS + 1] = {0};
+    int links[TM_DIMS + 1] = {0};
+    for (int i = 0; i < r->n_links; i++) {
+        const tm_link_stats *l = &r->links[i];
+        int k = link_dim(r, l), slot = k < 0 ? TM_DIMS : k;
+        bytes[slot] += l->bytes;
+        msgs[slot] += l->messages;
+        links[slot]++;
+        if (!by_link) continue;
+        char name[32], b[32];
+        snprintf(name, sizeof name, "%d -> %d", l->src, l->dst);
+        tm_report_bytes((double)l->bytes, b, sizeof b);
+        fprintf(f, "%-14s %-6s %12s %10llu\n", name, k < 0 ? "world" : dim_name[k], b,
+                (unsigned long long)l->messages);
+    }
+    if (by_link) return;
+    for (int k = 0; k <= TM_DIMS; k++) {
+        char name[32], b[32];
+        snprintf(name, sizeof name, "%d links", links[k]);
+        tm_report_bytes((double)bytes[k], b, sizeof b);
+        fprintf(f, "%-14s %-6s %12s %10llu\n", name, k == TM_DIMS ? "world" : dim_name[k], b,
+                (unsigned long long)msgs[k]);
+    }
+}
+
+void tm_report_timeline(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    if (r->n_timeline == 0) return;
+    tm_schedule s;
+    if (tm_schedule_make(&s, cfg->schedule, cfg->pp, cfg->micro_batches) != 0) return;
+    tm_sched_event *ev = malloc(sizeof *ev * (size_t)r->n_timeline);
+    if (ev == NULL) {
+        tm_schedule_free(&s);
+        return;
+    }
+    for (int i = 0; i < r->n_timeline; i++) {
+        ev[i] = r->timeline[i];
+        ev[i].start *= 1e6;
+        ev[i].end *= 1e6;
+    }
+    double makespan = r->timeline_makespan * 1e6;
+    int width = tm_schedule_draw_width(ev, r->n_timeline, makespan);
+    if (width > 100) width = 100;
+    long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
+    fprintf(f, "pipeline timeline of training step %ld (modeled microseconds; replica 0, tp rank 0):\n",
+            first);
+    tm_schedule_draw(f, &s, ev, r->n_timeline, makespan, width);
+    free(ev);
+    tm_schedule_free(&s);
+}

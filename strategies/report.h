@@ -1,0 +1,26 @@
+/* Text tables of a finished training run (strategies/trainer.h): memory by
+ * tag, modeled time, traffic against the formulas, links, and the measured
+ * pipeline timeline. Thread-safety: plain functions of their arguments. */
+#ifndef TM_REPORT_H
+#define TM_REPORT_H
+
+#include <stdio.h>
+
+#include "strategies/trainer.h"
+
+/* Peak memory of every device by tag, and the bytes it sent. */
+void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap);
+/* Modeled against wall throughput, and each device's modeled step split
+ * into compute, communication and idle. */
+void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
+/* The first recorded step's bytes per device and mesh dimension against the
+ * formulas, then the links (each one up to 32 links, else by dimension). */
+void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
+/* The first recorded step's forward and backward passes per stage (modeled
+ * microseconds) with the measured bubble beside the theory. */
+void tm_report_timeline(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
+
+/* "1.50 MiB" style. */
+void tm_report_bytes(double bytes, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,83 @@
+/* What a training run's recorded events say: the first recorded step's
+ * pipeline timeline and each device's traffic in that step by mesh
+ * dimension, set against the formulas. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/status.h"
+#include "strategies/trainer_internal.h"
+
+static int dim_of(const char *comm)
+{
+    if (strcmp(comm, "dp") == 0) return TM_DIM_DP;
+    if (strcmp(comm, "pp") == 0) return TM_DIM_PP;
+    if (strcmp(comm, "tp") == 0) return TM_DIM_TP;
+    return -1;
+}
+
+/* Bytes a member of an n-device group sends for one collective of `bytes`
+ * (nccl-tests' count), by its algorithm. */
+static double formula(const char *op, int n, double bytes)
+{
+    if (strcmp(op, "allreduce") == 0) return 2.0 * (n - 1) / n * bytes;
+    if (strcmp(op, "allreduce (direct)") == 0) return (n - 1) * bytes;
+    if (strcmp(op, "allgather") == 0 || strcmp(op, "reduce_scatter") == 0)
+        return (double)(n - 1) / n * bytes;
+    return 0;
+}
+
+static int recorded(const tm_device_report *r) { return r->rec_end > r->rec_start; }
+
+static void traffic(const tm_world *w, const tm_train_config *cfg, tm_device_report *rep, int id)
+{
+    size_t n;
+    const tm_event *ev = tm_world_events(w, id, &n);
+    for (size_t i = 0; i < n; i++) {
+        const tm_event *e = &ev[i];
+        if (e->engine != TM_ENGINE_SEND || e->start < rep->rec_start || e->start >= rep->rec_end)
+            continue;
+        int dim = dim_of(e->comm);
+        if (dim < 0) continue;
+        rep->step_sent[dim] += e->sent;
+        if (dim == TM_DIM_TP) rep->step_analytic[dim] += formula(e->name, cfg->tp, (double)e->bytes);
+    }
+}
+
+/* Stage p's forward and backward passes on device (d 0, p, t 0). */
+static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_result *res)
+{
+    const tm_device_report *s0 = &res->devices[0];
+    size_t total = 0, n;
+    for (int p = 0; p < cfg->pp; p++) {
+        tm_world_events(w, p * cfg->tp, &n);
+        total += n;
+    }
+    res->timeline = malloc(sizeof *res->timeline * (total ? total : 1));
+    if (res->timeline == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the timeline");
+    double t0 = s0->rec_start;
+    for (int p = 0; p < cfg->pp; p++) {
+        const tm_device_report *r = &res->devices[p * cfg->tp];
+        const tm_event *ev = tm_world_events(w, p * cfg->tp, &n);
+        for (size_t i = 0; i < n; i++) {
+            const tm_event *e = &ev[i];
+            if (e->engine != TM_ENGINE_COMPUTE || (e->phase != 'F' && e->phase != 'B') ||
+                e->start < r->rec_start || e->end > r->rec_pipe_end)
+                continue;
+            res->timeline[res->n_timeline++] = (tm_sched_event){
+                p, e->phase == 'F' ? TM_SCHED_FWD : TM_SCHED_BWD, e->mb, e->start - t0,
+                e->end - t0};
+        }
+    }
+    res->timeline_makespan = s0->rec_pipe_end - t0;
+    return TM_OK;
+}
+
+int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res)
+{
+    for (int i = 0; i < res->n_devices; i++) {
+        tm_device_report *rep = &res->devices[i];
+        if (!recorded(rep)) return TM_OK;
+        traffic(w, cfg, rep, i);
+    }
+    return timeline(w, cfg, res);
+}
