@@ -9,15 +9,16 @@
 #include "runtime/status.h"
 #include "runtime/world.h"
 
-/* Measured on the development machine (README, "Modeled time"): the blocked
- * GEMM at the demo model's shapes runs at 80-95 GFLOP/s; copying a 1 MiB
- * working set (what a device's elementwise kernels and optimizer touch)
- * 40-50 GB/s; the 2-device ring all-reduce moves 12-15 GB/s per link at
- * 1 MiB, and a 4 KiB message takes about 1.5 us. */
-#define DEFAULT_GFLOPS 85.0
-#define DEFAULT_GBPS 45.0
-#define DEFAULT_LINK_GBPS 12.0
-#define DEFAULT_LINK_LAT_US 1.5
+/* Measured on the development machine by build/bench_clock (README,
+ * "Modeled time"): the GEMM-led kernel calls of the demo model's training
+ * step run at about 90 GFLOP/s, its bandwidth-bound ones (bias, ReLU, loss,
+ * SGD, on cache-resident data) move about 120 GB/s, and two devices
+ * exchange 1 MiB messages at about 15 GB/s per direction with a one-way
+ * latency of about 0.6 us. */
+#define DEFAULT_GFLOPS 90.0
+#define DEFAULT_GBPS 120.0
+#define DEFAULT_LINK_GBPS 15.0
+#define DEFAULT_LINK_LAT_US 0.6
 
 void tm_clock_config_default(tm_clock_config *cfg)
 {

@@ -32,10 +32,11 @@ typedef struct {
     double inter_node_latency_us;
 } tm_clock_config;
 
-/* Defaults measured on the development machine (see README, "Modeled
- * time"): GEMM rate at the demo's shapes, copy bandwidth of a device's
- * working set, and the 2-device all-reduce's link bandwidth and latency;
- * inter-node links 10x slower with 10x the latency. */
+/* Defaults measured on the development machine by build/bench_clock (see
+ * README, "Modeled time"): the rate of the demo model's GEMM-led kernels,
+ * the byte rate of its bandwidth-bound kernels, and a link's bandwidth and
+ * latency between two devices; inter-node links 10x slower with 10x the
+ * latency. */
 void tm_clock_config_default(tm_clock_config *cfg);
 /* TM_OK, or TM_EINVAL with a message naming the bad field. */
 int tm_clock_config_check(const tm_clock_config *cfg);
