@@ -107,7 +107,9 @@ void tm_world_clock_stats(const tm_world *world, int id, tm_clock_stats *out);
  * chrome://tracing): one pid per device named by tm_clock_set_name, one tid
  * per engine, "X" events in microseconds of modeled time, or of wall time
  * with `wall`. Written to a temporary file renamed over `path`, so a failed
- * write leaves no partial file. TM_OK or TM_EIO with a message. */
+ * write leaves no partial file. TM_OK, TM_EIO with a message, or
+ * TM_EHOSTMEM when a device lost events for want of host memory (nothing
+ * is written then). */
 int tm_world_trace_write(const tm_world *world, const char *path, int wall);
 
 #endif

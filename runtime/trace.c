@@ -85,12 +85,14 @@ int tm_world_trace_write(const tm_world *w, const char *path, int wall)
         return tm_error(TM_EIO, "trace path too long: %s", path);
     FILE *f = fopen(tmp, "w");
     if (f == NULL) return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
+    errno = 0;
     write_events(f, w, wall);
     int bad = ferror(f);
     bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {
-        int err = errno;
+        /* A stream error need not leave errno set: say EIO then. */
+        int err = errno != 0 ? errno : EIO;
         unlink(tmp);
         return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(err));
     }

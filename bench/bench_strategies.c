@@ -1,0 +1,477 @@
+/* bench_strategies: every way to spread one MLP over N emulated devices —
+ * each mesh dp x pp x tp = N, each pipeline schedule, each micro-batch
+ * count — trained for a few steps, ranked by modeled throughput, with the
+ * pipeline bubble, the traffic and the memory each one costs.
+ * bench/plot_strategies.sh draws the --csv output. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/arena.h"
+#include "runtime/status.h"
+#include "runtime/world.h"
+#include "strategies/idx.h"
+#include "strategies/report.h"
+#include "strategies/schedule.h"
+#include "strategies/trainer.h"
+
+static const char usage[] =
+    "usage: bench_strategies [--devices N] [--model W0,W1,...] [--batch B] [--steps N]\n"
+    "         [--micro-batches LIST] [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
+    "Trains the MLP for a few steps on every mesh dp x pp x tp = N devices, with\n"
+    "every pipeline schedule and micro-batch count, on synthetic data (input width\n"
+    "and classes from --model), and prints one row per configuration, best first by\n"
+    "modeled samples/s. With pp = 1 there is no pipeline and every schedule is the\n"
+    "same gradient-accumulation loop, so those meshes run 1f1b only.\n"
+    "  --devices N           devices in every mesh (8)\n"
+    "  --model W0,W1,...     layer widths, inputs first, classes (2..256) last\n"
+    "                        (256,256,256,256,256)\n"
+    "  --batch B             samples per optimizer step, the global batch (128)\n"
+    "  --steps N             optimizer steps per configuration (4)\n"
+    "  --micro-batches LIST  micro-batch counts per replica, each run where it\n"
+    "                        divides the replica's batch (1,2,4,8,16)\n"
+    "  --schedules LIST      pipeline schedules for pp > 1\n"
+    "                        (sequential,gpipe,1f1b,grouped,interleaved)\n"
+    "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
+    "  --csv                 print the columns below as CSV with a header row; the\n"
+    "                        footer goes to stderr; bubble is empty when pp = 1\n"
+    "modeled time (defaults measured on this machine, as build/train's):\n"
+    "  --device-gflops X     compute rate of a device, GFLOP/s (%g)\n"
+    "  --device-gbps X       memory bandwidth of a device, GB/s (%g)\n"
+    "  --link-gbps X         bandwidth of a link within a node, GB/s (%g)\n"
+    "  --link-latency-us X   latency of a link within a node (%g)\n"
+    "  --devices-per-node N  consecutive devices per emulated node; 0: one node (0)\n"
+    "  --inter-node-gbps X   bandwidth of a link between nodes, GB/s (%g)\n"
+    "  --inter-node-latency-us X  latency of a link between nodes (%g)\n"
+    "Columns:\n"
+    "  dp pp tp schedule micro_batches   the configuration\n"
+    "  modeled_samples_per_s  samples per second of modeled time (what real devices\n"
+    "                         would take; the slowest device's time; the sort key)\n"
+    "  wall_samples_per_s     samples per second of this machine's training time;\n"
+    "                         N device threads share its cores, so it ranks nothing\n"
+    "  bubble                 pp > 1: measured fraction of pipeline time not spent\n"
+    "                         computing; '-' when pp = 1\n"
+    "  comm_bytes_per_device  payload bytes a device sends in one step (mean over\n"
+    "                         devices; data, pipeline and tensor traffic together)\n"
+    "  peak_bytes_per_device  the largest device's arena high-water mark\n"
+    "  fits                   yes when the configuration runs with --mem-cap per\n"
+    "                         device. Every configuration runs to completion in\n"
+    "                         an arena grown as it needs, whatever the cap, so\n"
+    "                         every row has its peak; fits is no when the peak\n"
+    "                         is above the cap or an arena of the cap or more ran\n"
+    "                         out, yes when an arena of at most the cap was\n"
+    "                         enough, and otherwise decided by one more run in\n"
+    "                         exactly the cap (a run needs a little more than its\n"
+    "                         peak: the trainer's up-front activation probe)\n"
+    "Configurations whose replica batch the micro-batch count does not divide, or\n"
+    "that tm_train_check rejects (a stage without a layer, a width tp does not\n"
+    "divide, ...), are skipped and counted in the footer.\n"
+    "Exit status: 0 success, 1 a configuration failed to run, 2 bad usage.\n";
+
+static void die_usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_strategies: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see --help)\n");
+    va_end(ap);
+    exit(2);
+}
+
+static long parse_long(const char *flag, const char *v, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
+        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
+    return x;
+}
+
+static double parse_double(const char *flag, const char *v, double min, int strict)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (*v == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < min ||
+        (strict && x <= min))
+        die_usage("%s wants a finite number %s %g, not \"%s\"", flag, strict ? ">" : ">=", min, v);
+    return x;
+}
+
+enum { MAX_LIST = 16 };
+
+/* "1,2,4": distinct integers in 1..TM_SCHEDULE_MAX_MB. Returns the count. */
+static int parse_counts(const char *v, int *out)
+{
+    char buf[256];
+    if (strlen(v) >= sizeof buf) die_usage("--micro-batches \"%s\" is too long", v);
+    strcpy(buf, v);
+    int n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        if (n == MAX_LIST) die_usage("--micro-batches takes at most %d counts", MAX_LIST);
+        out[n] = (int)parse_long("--micro-batches", t, 1, TM_SCHEDULE_MAX_MB);
+        for (int i = 0; i < n; i++)
+            if (out[i] == out[n]) die_usage("--micro-batches names %d twice", out[n]);
+        n++;
+    }
+    if (n == 0) die_usage("--micro-batches wants a list like 1,2,4, not \"%s\"", v);
+    return n;
+}
+
+static int parse_schedules(const char *v, tm_schedule_kind *out)
+{
+    char buf[256];
+    if (strlen(v) >= sizeof buf) die_usage("--schedules \"%s\" is too long", v);
+    strcpy(buf, v);
+    int n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        if (n == TM_SCHEDULE_KINDS || tm_schedule_kind_parse(t, &out[n]) != TM_OK)
+            die_usage("--schedules takes distinct names of sequential, gpipe, 1f1b, grouped "
+                      "and interleaved, not \"%s\"", v);
+        for (int i = 0; i < n; i++)
+            if (out[i] == out[n]) die_usage("--schedules names %s twice", t);
+        n++;
+    }
+    if (n == 0) die_usage("--schedules wants a list like gpipe,1f1b, not \"%s\"", v);
+    return n;
+}
+
+typedef enum { RAN, SKIP_BATCH, SKIP_CHECK, FAILED } outcome;
+
+/* One configuration of the sweep and what it measured. */
+typedef struct {
+    int dp, pp, tp, m;
+    tm_schedule_kind schedule;
+    int order;             /* position in the sweep: the tie-break of the sort */
+    outcome how;
+    double modeled_sps, wall_sps;
+    double bubble;         /* -1 when pp = 1 */
+    double comm_bytes;     /* per device and step, mean over devices */
+    size_t peak;           /* max over devices */
+    int fits;              /* runs with arenas of --mem-cap */
+} config;
+
+/* The largest arena a configuration starts with. A world prefaults its
+ * arenas, which costs about 20 us per 4 KiB page on this VM (0.6 s for
+ * 8 x 64 MiB), so a configuration starts small and doubles its arena after
+ * each TM_ENOMEM: the retries cost at most what the final arena does, and
+ * the peak does not depend on the capacity the run had. */
+#define FIRST_ARENA ((size_t)4 << 20)
+
+/* Runs cfg (c's configuration) to completion into c, and decides whether it
+ * runs with arenas of cap bytes. Returns TM_OK, or the error with its
+ * message in error (TM_EHOSTMEM when the host cannot give the arena it
+ * needs). */
+static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_dataset *train,
+                      const tm_dataset *test, char *error, size_t error_size)
+{
+    tm_train_result r;
+    size_t short_of = 0; /* the largest arena that ran out */
+    int st;
+    cfg.mem_cap = cap < FIRST_ARENA ? cap : FIRST_ARENA;
+    while ((st = tm_train(&cfg, train, test, &r, error, error_size)) == TM_ENOMEM &&
+           cfg.mem_cap <= SIZE_MAX / 4) {
+        tm_train_result_free(&r);
+        short_of = cfg.mem_cap;
+        cfg.mem_cap *= 2;
+    }
+    if (st != TM_OK) {
+        tm_train_result_free(&r);
+        return st;
+    }
+    c->modeled_sps = r.modeled_samples_per_s;
+    c->wall_sps = r.samples_per_s;
+    c->bubble = r.bubble;
+    double sent = 0;
+    for (int i = 0; i < r.n_devices; i++) {
+        const tm_device_report *d = &r.devices[i];
+        for (int k = 0; k < TM_DIMS; k++) sent += (double)d->step_sent[k];
+        if (d->memory.peak > c->peak) c->peak = d->memory.peak;
+    }
+    c->comm_bytes = sent / r.n_devices;
+    tm_train_result_free(&r);
+    /* The peak is a lower bound of what a run needs, not the figure: the
+     * trainer probes the activation memory its schedule will hold before
+     * the first step and leaves the probe out of the peak, and free space
+     * can be fragmented. So a peak below cap proves nothing when the arena
+     * that worked was larger than cap; a run in exactly cap decides. */
+    if (c->peak > cap || short_of >= cap) {
+        c->fits = 0;
+    } else if (cfg.mem_cap <= cap) {
+        c->fits = 1;
+    } else {
+        cfg.mem_cap = cap;
+        st = tm_train(&cfg, train, test, &r, error, error_size);
+        tm_train_result_free(&r);
+        if (st != TM_OK && st != TM_ENOMEM) return st;
+        c->fits = st == TM_OK;
+    }
+    return TM_OK;
+}
+
+/* Every mesh (pp, then tp, ascending; dp takes the rest), every schedule
+ * (1f1b alone when pp = 1), every micro-batch count. Returns the count
+ * written into out (NULL: only counts). */
+static int sweep(int devices, const tm_schedule_kind *sched, int n_sched, const int *mbs,
+                 int n_mbs, config *out)
+{
+    int n = 0;
+    for (int pp = 1; pp <= devices; pp++) {
+        if (devices % pp != 0) continue;
+        for (int tp = 1; tp <= devices / pp; tp++) {
+            if (devices / pp % tp != 0) continue;
+            int kinds = pp == 1 ? 1 : n_sched;
+            for (int k = 0; k < kinds; k++)
+                for (int i = 0; i < n_mbs; i++, n++)
+                    if (out != NULL)
+                        out[n] = (config){.dp = devices / pp / tp, .pp = pp, .tp = tp,
+                                          .m = mbs[i], .order = n, .bubble = -1,
+                                          .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
+        }
+    }
+    return n;
+}
+
+static int by_modeled(const void *x, const void *y)
+{
+    const config *a = x, *b = y;
+    if (a->modeled_sps != b->modeled_sps) return a->modeled_sps < b->modeled_sps ? 1 : -1;
+    return (a->order > b->order) - (a->order < b->order);
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void print_row(const config *c, int csv)
+{
+    const char *name = tm_schedule_kind_name(c->schedule), *fits = c->fits ? "yes" : "no";
+    if (csv) {
+        printf("%d,%d,%d,%s,%d,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, c->modeled_sps,
+               c->wall_sps);
+        if (c->bubble >= 0) printf("%.4f", c->bubble);
+        printf(",%.0f,%zu,%s\n", c->comm_bytes, c->peak, fits);
+        return;
+    }
+    char bubble[16] = "-", comm[32], peak[32];
+    if (c->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", c->bubble);
+    tm_report_bytes(c->comm_bytes, comm, sizeof comm);
+    tm_report_bytes((double)c->peak, peak, sizeof peak);
+    printf("%3d %3d %3d  %-11s %4d %14.0f %11.0f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp, name,
+           c->m, c->modeled_sps, c->wall_sps, bubble, comm, peak, fits);
+}
+
+/* The distinct reasons tm_train_check gave, with how often. */
+typedef struct {
+    char text[256];
+    int count;
+} reason;
+
+static void note_reason(reason *rs, int *n, int max, const char *text)
+{
+    for (int i = 0; i < *n; i++)
+        if (strncmp(rs[i].text, text, sizeof rs[i].text - 1) == 0) {
+            rs[i].count++;
+            return;
+        }
+    if (*n == max) return;
+    snprintf(rs[*n].text, sizeof rs[*n].text, "%s", text);
+    rs[(*n)++].count = 1;
+}
+
+int main(int argc, char **argv)
+{
+    tm_train_config base = {0};
+    const char *model = "256,256,256,256,256", *why;
+    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 5;
+    tm_schedule_kind sched[TM_SCHEDULE_KINDS] = {TM_SCHED_SEQUENTIAL, TM_SCHED_GPIPE,
+                                                 TM_SCHED_1F1B, TM_SCHED_GROUPED,
+                                                 TM_SCHED_INTERLEAVED};
+    size_t cap = (size_t)64 << 20;
+    base.batch = 128;
+    base.max_steps = 4;
+    tm_clock_config_default(&base.clock);
+    enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
+           O_GFLOPS, O_GBPS, O_LINK_GBPS, O_LINK_LAT, O_PER_NODE, O_INTER_GBPS, O_INTER_LAT };
+    static const struct option opts[] = {
+        {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
+        {"batch", 1, 0, O_BATCH},          {"steps", 1, 0, O_STEPS},
+        {"micro-batches", 1, 0, O_MICRO},  {"schedules", 1, 0, O_SCHEDULES},
+        {"mem-cap", 1, 0, O_MEM},          {"csv", 0, 0, O_CSV},
+        {"device-gflops", 1, 0, O_GFLOPS}, {"device-gbps", 1, 0, O_GBPS},
+        {"link-gbps", 1, 0, O_LINK_GBPS},  {"link-latency-us", 1, 0, O_LINK_LAT},
+        {"devices-per-node", 1, 0, O_PER_NODE}, {"inter-node-gbps", 1, 0, O_INTER_GBPS},
+        {"inter-node-latency-us", 1, 0, O_INTER_LAT},
+        {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
+    tm_clock_config *clk = &base.clock;
+    opterr = 0;
+    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+        switch (c) {
+        case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
+        case O_MODEL: model = optarg; break;
+        case O_BATCH: base.batch = (int)parse_long("--batch", optarg, 1, INT_MAX / 2); break;
+        case O_STEPS: base.max_steps = parse_long("--steps", optarg, 1, 1000000); break;
+        case O_MICRO: n_mbs = parse_counts(optarg, mbs); break;
+        case O_SCHEDULES: n_sched = parse_schedules(optarg, sched); break;
+        case O_MEM:
+            if (tm_parse_size(optarg, &cap) != 0 || cap < ((size_t)64 << 10))
+                die_usage("--mem-cap wants a size of at least 64K, like 64M or 1G, not \"%s\"",
+                          optarg);
+            break;
+        case O_CSV: csv = 1; break;
+        case O_GFLOPS: clk->device_gflops = parse_double("--device-gflops", optarg, 0, 1); break;
+        case O_GBPS: clk->device_gbps = parse_double("--device-gbps", optarg, 0, 1); break;
+        case O_LINK_GBPS: clk->link_gbps = parse_double("--link-gbps", optarg, 0, 1); break;
+        case O_LINK_LAT:
+            clk->link_latency_us = parse_double("--link-latency-us", optarg, 0, 0);
+            break;
+        case O_PER_NODE:
+            clk->devices_per_node =
+                (int)parse_long("--devices-per-node", optarg, 0, TM_MAX_DEVICES);
+            break;
+        case O_INTER_GBPS:
+            clk->inter_node_gbps = parse_double("--inter-node-gbps", optarg, 0, 1);
+            break;
+        case O_INTER_LAT:
+            clk->inter_node_latency_us = parse_double("--inter-node-latency-us", optarg, 0, 0);
+            break;
+        case 'h':
+            printf(usage, clk->device_gflops, clk->device_gbps, clk->link_gbps,
+                   clk->link_latency_us, clk->inter_node_gbps, clk->inter_node_latency_us);
+            return 0;
+        default:
+            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
+            die_usage("unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (tm_mlp_parse(model, &base.model, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    const tm_mlp_config *m = &base.model;
+    int classes = m->widths[m->n_layers];
+    if (classes < 2 || classes > TM_SYNTHETIC_MAX_CLASSES)
+        die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d", model,
+                  classes, TM_SYNTHETIC_MAX_CLASSES);
+    if (tm_clock_config_check(clk) != TM_OK) die_usage("%s", tm_error_message());
+    /* One epoch longer than the run, so that no epoch ends inside it: the
+     * run's only evaluation is the final one, on a test set of one batch. */
+    if ((long)base.batch * (base.max_steps + 1) > INT_MAX)
+        die_usage("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
+                  base.max_steps);
+    base.epochs = 1;
+    base.optimizer = TM_OPT_SGD;
+    base.lr = 0.05;
+    base.lr_schedule = TM_LR_CONSTANT;
+    base.momentum = 0.9;
+    base.weight_decay = 5e-4;
+    base.seed = 1;
+    base.shuffle = 1;
+
+    tm_dataset train = {0}, test = {0};
+    int st = tm_dataset_synthetic(&train, (int)(base.batch * (base.max_steps + 1)),
+                                  m->widths[0], classes, base.seed, 0);
+    if (st == TM_OK)
+        st = tm_dataset_synthetic(&test, base.batch, m->widths[0], classes, base.seed, 1);
+    if (st != TM_OK) {
+        tm_dataset_free(&train);
+        fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
+        return 2;
+    }
+    int n = sweep(devices, sched, n_sched, mbs, n_mbs, NULL);
+    config *cs = calloc((size_t)n, sizeof *cs);
+    if (cs == NULL) {
+        fprintf(stderr, "bench_strategies: out of host memory\n");
+        return 1;
+    }
+    sweep(devices, sched, n_sched, mbs, n_mbs, cs);
+
+    enum { MAX_REASONS = 32 };
+    reason reasons[MAX_REASONS];
+    int n_reasons = 0, counts[FAILED + 1] = {0}, tty = isatty(STDERR_FILENO);
+    char error[2048];
+    double t0 = now();
+    for (int i = 0; i < n; i++) {
+        config *c = &cs[i];
+        if (tty)
+            fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d      ", i + 1, n, c->dp, c->pp,
+                    c->tp, tm_schedule_kind_name(c->schedule), c->m);
+        tm_train_config cfg = base;
+        cfg.dp = c->dp;
+        cfg.pp = c->pp;
+        cfg.tp = c->tp;
+        cfg.schedule = c->schedule;
+        cfg.micro_batches = c->m;
+        if (base.batch % (c->dp * c->m) != 0) {
+            c->how = SKIP_BATCH;
+        } else if (tm_train_check(&cfg, &train) != TM_OK) {
+            c->how = SKIP_CHECK;
+            note_reason(reasons, &n_reasons, MAX_REASONS, tm_error_message());
+        } else if (run_config(cfg, cap, c, &train, &test, error, sizeof error) != TM_OK) {
+            c->how = FAILED;
+            if (tty) fprintf(stderr, "\r%*s\r", 60, "");
+            fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d failed: %s\n", c->dp,
+                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, error);
+        }
+        counts[c->how]++;
+    }
+    double wall = now() - t0;
+    if (tty) fprintf(stderr, "\r%*s\r", 60, "");
+    tm_dataset_free(&train);
+    tm_dataset_free(&test);
+
+    /* The configurations that ran first, best first. */
+    int ran = 0;
+    for (int i = 0; i < n; i++)
+        if (cs[i].how == RAN) {
+            config t = cs[ran];
+            cs[ran++] = cs[i];
+            cs[i] = t;
+        }
+    qsort(cs, (size_t)ran, sizeof *cs, by_modeled);
+
+    char capb[32];
+    tm_report_bytes((double)cap, capb, sizeof capb);
+    if (csv) {
+        puts("dp,pp,tp,schedule,micro_batches,modeled_samples_per_s,wall_samples_per_s,bubble,"
+             "comm_bytes_per_device,peak_bytes_per_device,fits");
+    } else {
+        printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data\n"
+               "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
+               devices, model, base.batch, base.max_steps, clk->device_gflops, clk->device_gbps,
+               clk->link_gbps, clk->link_latency_us);
+        if (clk->devices_per_node > 0)
+            printf(", %d devices per node, %g GB/s + %g us between nodes", clk->devices_per_node,
+                   clk->inter_node_gbps, clk->inter_node_latency_us);
+        printf("\n# best first by modeled samples/s; pp = 1 rows ran 1f1b only (no pipeline: "
+               "every schedule is the same accumulation loop)\n"
+               "# comm = bytes a device sends per step (mean); peak = largest device's arena "
+               "peak; fits = runs in %s per device\n", capb);
+        printf("%3s %3s %3s  %-11s %4s %14s %11s %7s %13s %11s  %s\n", "dp", "pp", "tp",
+               "schedule", "mb", "modeled_sps", "wall_sps", "bubble", "comm/dev/step",
+               "peak/dev", "fits");
+    }
+    for (int i = 0; i < ran; i++) print_row(&cs[i], csv);
+    FILE *foot = csv ? stderr : stdout;
+    fprintf(foot, "# %d configurations in %.1f s: %d ran, %d skipped (%d batch not divisible by "
+                  "dp x micro-batches, %d rejected by tm_train_check), %d failed\n",
+            n, wall, counts[RAN], counts[SKIP_BATCH] + counts[SKIP_CHECK], counts[SKIP_BATCH],
+            counts[SKIP_CHECK], counts[FAILED]);
+    for (int i = 0; i < n_reasons; i++)
+        fprintf(foot, "#   rejected %d x: %s\n", reasons[i].count, reasons[i].text);
+    free(cs);
+    return counts[FAILED] != 0;
+}

@@ -1,0 +1,316 @@
+/* Modeled time of training runs: bitwise reproducible, proportional to the
+ * device rate when compute-bound, the pipeline bubble of GPipe and 1F1B
+ * against (p-1)/(m+p-1), every schedule's measured makespan against the
+ * schedule simulator replayed with the measured pass times, and each
+ * device's step traffic against the formulas, with its Chrome trace. Runs
+ * are a step or a few on synthetic data. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/status.h"
+#include "strategies/json.h"
+#include "strategies/trainer.h"
+
+/* Six equal-cost stages' worth of layers: the 1024 x 1024 GEMMs dominate
+ * every stage for pp 2 and 4 (the first and last layers are tiny). */
+#define UNIFORM "16,1024,1024,1024,1024,1024,16"
+#define MAX_PP 4
+#define MAX_MB 16
+
+static tm_dataset train_set, test_set;
+
+/* Samples of `dim` inputs and `classes` classes; the test set is small
+ * because every run ends with an evaluation. */
+static void make_data(int n, int dim, int classes)
+{
+    cr_assert_eq(tm_dataset_synthetic(&train_set, n, dim, classes, 11, 0), TM_OK, "%s",
+                 tm_error_message());
+    cr_assert_eq(tm_dataset_synthetic(&test_set, 32, dim, classes, 11, 1), TM_OK, "%s",
+                 tm_error_message());
+}
+
+static void free_data(void)
+{
+    tm_dataset_free(&train_set);
+    tm_dataset_free(&test_set);
+}
+
+static tm_train_config config(const char *model, int dp, int pp, int tp, int batch, int m,
+                              tm_schedule_kind kind)
+{
+    tm_train_config c = {0};
+    const char *why = "";
+    cr_assert_eq(tm_mlp_parse(model, &c.model, &why), 0, "model %s: %s", model, why);
+    c.dp = dp;
+    c.pp = pp;
+    c.tp = tp;
+    c.schedule = kind;
+    c.epochs = 1;
+    c.max_steps = 1;
+    c.batch = batch;
+    c.micro_batches = m;
+    c.optimizer = TM_OPT_SGD;
+    c.lr = 0.01;
+    c.lr_schedule = TM_LR_CONSTANT;
+    c.seed = 5;
+    c.shuffle = 1;
+    c.mem_cap = (size_t)48 << 20;
+    return c;
+}
+
+/* Free messages, the default device rates. */
+static void free_links(tm_train_config *c)
+{
+    tm_clock_config_default(&c->clock);
+    c->clock.link_gbps = 1e5;
+    c->clock.link_latency_us = 0;
+}
+
+static void train_ok(const tm_train_config *c, tm_train_result *r)
+{
+    char err[2048];
+    int st = tm_train(c, &train_set, &test_set, r, err, sizeof err);
+    cr_assert_eq(st, TM_OK, "dp=%d pp=%d tp=%d %s m=%d: %s: %s", c->dp, c->pp, c->tp,
+                 tm_schedule_kind_name(c->schedule), c->micro_batches, tm_err_name(st), err);
+}
+
+Test(modeled, times_are_bitwise_identical_run_to_run, .timeout = 120)
+{
+    make_data(256, 16, 8);
+    tm_train_config c = config("16,32,32,32,8", 2, 2, 2, 16, 2, TM_SCHED_1F1B);
+    c.max_steps = 3;
+    tm_train_result a, b;
+    train_ok(&c, &a);
+    train_ok(&c, &b);
+    cr_assert_eq(a.n_devices, 8);
+    cr_assert_eq(b.n_devices, 8);
+    cr_expect_gt(a.modeled_seconds, 0.0, "no modeled time");
+    cr_expect(memcmp(&a.modeled_seconds, &b.modeled_seconds, sizeof(double)) == 0,
+              "modeled_seconds %.17g then %.17g", a.modeled_seconds, b.modeled_seconds);
+    cr_expect(memcmp(&a.bubble, &b.bubble, sizeof(double)) == 0, "bubble %.17g then %.17g",
+              a.bubble, b.bubble);
+    for (int i = 0; i < a.n_devices; i++) {
+        const tm_device_report *x = &a.devices[i], *y = &b.devices[i];
+        double xs[] = {x->modeled_s, x->compute_s, x->comm_s, x->idle_s, x->comm_busy_s};
+        double ys[] = {y->modeled_s, y->compute_s, y->comm_s, y->idle_s, y->comm_busy_s};
+        cr_expect(memcmp(xs, ys, sizeof xs) == 0,
+                  "device %d: modeled/compute/comm/idle/busy %.17g %.17g %.17g %.17g %.17g then "
+                  "%.17g %.17g %.17g %.17g %.17g",
+                  i, xs[0], xs[1], xs[2], xs[3], xs[4], ys[0], ys[1], ys[2], ys[3], ys[4]);
+        cr_expect(fabs(x->modeled_s - (x->compute_s + x->comm_s + x->idle_s)) <=
+                      1e-9 * x->modeled_s,
+                  "device %d: modeled %.17g is not compute + comm + idle", i, x->modeled_s);
+    }
+    cr_expect_eq(a.n_timeline, b.n_timeline, "timeline lengths differ");
+    if (a.n_timeline == b.n_timeline)
+        cr_expect(memcmp(a.timeline, b.timeline, sizeof *a.timeline * (size_t)a.n_timeline) == 0,
+                  "timelines differ");
+    tm_train_result_free(&a);
+    tm_train_result_free(&b);
+    free_data();
+}
+
+static double total_compute(const tm_train_result *r)
+{
+    double s = 0;
+    for (int i = 0; i < r->n_devices; i++) s += r->devices[i].compute_s;
+    return s;
+}
+
+Test(modeled, halving_the_device_rate_doubles_compute_bound_time, .timeout = 120)
+{
+    make_data(1024, 64, 16);
+    /* GEMMs of 256 rows by 512: compute-bound by 10x at the default rates;
+     * the links are fast enough that the data-parallel all-reduce is noise. */
+    tm_train_config c = config("64,512,512,16", 2, 1, 1, 512, 1, TM_SCHED_1F1B);
+    c.max_steps = 2;
+    tm_clock_config_default(&c.clock);
+    c.clock.link_gbps = 1e4;
+    tm_train_result full, half;
+    train_ok(&c, &full);
+    c.clock.device_gflops /= 2;
+    train_ok(&c, &half);
+    double ratio = total_compute(&half) / total_compute(&full);
+    double modeled = half.modeled_seconds / full.modeled_seconds;
+    cr_log_info("compute %.6g s -> %.6g s (x%.4f), modeled x%.4f", total_compute(&full),
+                total_compute(&half), ratio, modeled);
+    cr_expect(ratio >= 1.9 && ratio <= 2.05, "half the GFLOP/s: compute x%.4f", ratio);
+    tm_train_result_free(&full);
+    tm_train_result_free(&half);
+    free_data();
+}
+
+Test(modeled, gpipe_and_1f1b_bubble_matches_theory, .timeout = 300)
+{
+    make_data(8 * MAX_MB * 2, 16, 16);
+    tm_schedule_kind kinds[] = {TM_SCHED_GPIPE, TM_SCHED_1F1B};
+    int pps[] = {2, 4}, ms[] = {4, 8, 16};
+    for (int k = 0; k < 2; k++)
+        for (int a = 0; a < 2; a++)
+            for (int b = 0; b < 3; b++) {
+                int p = pps[a], m = ms[b];
+                tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, kinds[k]);
+                free_links(&c);
+                tm_train_result r;
+                train_ok(&c, &r);
+                double theory = (double)(p - 1) / (m + p - 1);
+                cr_log_info("%s p=%d m=%d: bubble %.4f, theory %.4f",
+                            tm_schedule_kind_name(kinds[k]), p, m, r.bubble, theory);
+                cr_expect(fabs(r.bubble - theory) <= 0.1 * theory,
+                          "%s p=%d m=%d: bubble %.4f, theory %.4f", tm_schedule_kind_name(kinds[k]),
+                          p, m, r.bubble, theory);
+                tm_train_result_free(&r);
+            }
+    free_data();
+}
+
+/* Per stage, the mean forward and backward time of the run's timeline; a
+ * pass that waited inside is several events, summed per micro-batch. */
+static void pass_times(const tm_train_result *r, int pp, int m, double *fwd, double *bwd)
+{
+    double sum[MAX_PP][2][MAX_MB] = {{{0}}};
+    for (int i = 0; i < r->n_timeline; i++) {
+        const tm_sched_event *e = &r->timeline[i];
+        cr_assert(e->stage >= 0 && e->stage < pp && e->mb >= 0 && e->mb < m,
+                  "timeline event %d: stage %d mb %d", i, e->stage, e->mb);
+        cr_assert(e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD, "timeline event %d: %s", i,
+                  tm_sched_kind_name(e->kind));
+        sum[e->stage][e->kind == TM_SCHED_BWD][e->mb] += e->end - e->start;
+    }
+    for (int s = 0; s < pp; s++) {
+        fwd[s] = bwd[s] = 0;
+        for (int i = 0; i < m; i++) {
+            cr_expect(sum[s][0][i] > 0 && sum[s][1][i] > 0, "stage %d mb %d: no F or no B", s, i);
+            fwd[s] += sum[s][0][i] / m;
+            bwd[s] += sum[s][1][i] / m;
+        }
+    }
+}
+
+Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
+{
+    /* Smaller layers than UNIFORM: the comparison uses each stage's own
+     * measured times, so the stages need not be equal. */
+    make_data(8 * 8 * 2, 16, 16);
+    for (int k = 0; k < TM_SCHEDULE_KINDS; k++)
+        for (int p = 2; p <= 4; p += 2)
+            for (int m = 4; m <= 8; m += 4) {
+                tm_schedule_kind kind = (tm_schedule_kind)k;
+                const char *name = tm_schedule_kind_name(kind);
+                tm_train_config c = config("16,256,256,256,256,256,16", 1, p, 1, 8 * m, m, kind);
+                free_links(&c);
+                tm_train_result r;
+                train_ok(&c, &r);
+                double fwd[MAX_PP], bwd[MAX_PP];
+                pass_times(&r, p, m, fwd, bwd);
+                tm_schedule s;
+                cr_assert_eq(tm_schedule_make(&s, kind, p, m), TM_OK);
+                tm_sched_event *ev = NULL;
+                int n_ev = 0;
+                double sim = 0;
+                cr_assert_eq(tm_schedule_simulate(&s, fwd, bwd, 0, &ev, &n_ev, &sim), TM_OK,
+                             "%s", tm_error_message());
+                double got = r.timeline_makespan;
+                cr_log_info("%s p=%d m=%d: makespan %.6g s, simulated %.6g s (%+.2f%%)", name, p,
+                            m, got, sim, 100 * (got / sim - 1));
+                /* With free links the replay is exact up to rounding
+                 * (measured: within 0.001%), so 1% is already lenient. */
+                cr_expect(fabs(got - sim) <= 0.01 * sim,
+                          "%s p=%d m=%d: measured makespan %.6g s, simulator %.6g s", name, p, m,
+                          got, sim);
+                free(ev);
+                tm_schedule_free(&s);
+                tm_train_result_free(&r);
+            }
+    free_data();
+}
+
+/* Reads a trace file and returns how many distinct pids below `n` name a
+ * process; *bad counts events with a pid outside [0, n). */
+static int trace_pids(const char *path, int n, int *bad)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "no trace at %s: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)len + 1);
+    cr_assert_not_null(text);
+    cr_assert_eq(fread(text, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    tm_json_doc *doc = NULL;
+    cr_assert_eq(tm_json_parse(&doc, text, (size_t)len), TM_OK, "trace %s: %s", path,
+                 tm_error_message());
+    const tm_json *events = tm_json_get(tm_json_root(doc), "traceEvents");
+    cr_assert(events != NULL && events->type == TM_JSON_ARRAY, "%s: no traceEvents", path);
+    int seen[64] = {0}, distinct = 0;
+    *bad = 0;
+    for (const tm_json *e = events->child; e != NULL; e = e->next) {
+        const tm_json *pid = tm_json_get(e, "pid"), *name = tm_json_get(e, "name");
+        if (pid == NULL || !pid->is_uint || pid->uint >= (uint64_t)n) {
+            ++*bad;
+            continue;
+        }
+        if (name != NULL && name->type == TM_JSON_STRING &&
+            strcmp(name->str, "process_name") == 0 && seen[pid->uint]++ == 0)
+            distinct++;
+    }
+    tm_json_free(doc);
+    free(text);
+    return distinct;
+}
+
+/* measured within 0.5% of the formula (ring segments round); exact zero
+ * where the formula says nothing moves. */
+static int traffic_matches(uint64_t sent, double analytic)
+{
+    if (analytic == 0) return sent == 0;
+    return fabs((double)sent - analytic) <= 0.005 * analytic;
+}
+
+/* Odd widths: the 100 x 102 and 102 x 64 gradients take the ring
+ * all-reduce, whose segments do not divide evenly over 4 replicas; the
+ * smaller ones take the direct one. */
+#define TRAFFIC_MODEL "16,100,102,64,8"
+
+Test(modeled, step_traffic_matches_the_formulas, .timeout = 300)
+{
+    static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
+    make_data(256, 16, 8);
+    int meshes[][3] = {{2, 1, 1}, {1, 2, 1}, {2, 2, 1}, {4, 1, 1}, {2, 2, 2}};
+    char dir[] = "/tmp/tm_modeled_XXXXXX", path[256];
+    cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    snprintf(path, sizeof path, "%s/trace.json", dir);
+    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+        int dp = meshes[i][0], pp = meshes[i][1], tp = meshes[i][2], n = dp * pp * tp;
+        tm_train_config c = config(TRAFFIC_MODEL, dp, pp, tp, 32, 2, TM_SCHED_1F1B);
+        c.trace_path = path;
+        tm_train_result r;
+        train_ok(&c, &r);
+        cr_assert_eq(r.n_devices, n);
+        for (int d = 0; d < n; d++) {
+            const tm_device_report *rep = &r.devices[d];
+            for (int dim = 0; dim < TM_DIMS; dim++)
+                cr_expect(traffic_matches(rep->step_sent[dim], rep->step_analytic[dim]),
+                          "mesh (%d,%d,%d) device %d %s: sent %llu bytes, formula %.1f", dp, pp,
+                          tp, d, dim_name[dim], (unsigned long long)rep->step_sent[dim],
+                          rep->step_analytic[dim]);
+            /* The mesh dimensions that exist move something. */
+            if (dp > 1) cr_expect_gt(rep->step_sent[TM_DIM_DP], 0, "device %d sent no dp bytes", d);
+            if (pp > 1) cr_expect_gt(rep->step_sent[TM_DIM_PP], 0, "device %d sent no pp bytes", d);
+            if (tp > 1) cr_expect_gt(rep->step_sent[TM_DIM_TP], 0, "device %d sent no tp bytes", d);
+        }
+        int bad, pids = trace_pids(path, n, &bad);
+        cr_expect_eq(pids, n, "mesh (%d,%d,%d): %d named pids in the trace", dp, pp, tp, pids);
+        cr_expect_eq(bad, 0, "mesh (%d,%d,%d): %d trace events with a bad pid", dp, pp, tp, bad);
+        unlink(path);
+        tm_train_result_free(&r);
+    }
+    cr_expect_eq(rmdir(dir), 0, "%s: %s", dir, strerror(errno));
+    free_data();
+}
