@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char out_path[128], err_path[128], metrics[128], ckpt[128];
+static char out_path[128], err_path[128], metrics[128], ckpt[128], trace[128];
 
 static void paths(void)
 {
@@ -18,6 +18,7 @@ static void paths(void)
     snprintf(err_path, sizeof err_path, "/tmp/tm_cli_err_%ld", pid);
     snprintf(metrics, sizeof metrics, "/tmp/tm_cli_metrics_%ld.jsonl", pid);
     snprintf(ckpt, sizeof ckpt, "/tmp/tm_cli_ckpt_%ld.safetensors", pid);
+    snprintf(trace, sizeof trace, "/tmp/tm_cli_trace_%ld.json", pid);
 }
 
 static void cleanup(void)
@@ -26,6 +27,7 @@ static void cleanup(void)
     unlink(err_path);
     unlink(metrics);
     unlink(ckpt);
+    unlink(trace);
 }
 
 /* Runs build/train with args; returns its exit status. */
@@ -93,6 +95,21 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--dp 2 --micro-batches 3",
         "--dp 0",
         "--fail-device 9 --fail-step 2 --dp 2",
+        "--dataset imagenet",
+        "--dataset synthetic --model 16,32,300",
+        "--dataset synthetic --samples 64 --batch 128",
+        "--samples 3",
+        "--device-gflops 0",
+        "--device-gbps -5",
+        "--link-gbps nan",
+        "--link-latency-us -1",
+        "--devices-per-node -2",
+        "--inter-node-gbps 0",
+        "--inter-node-latency-us inf",
+        "--trace /nonexistent-tinymesh-dir/trace.json --steps 1",
+        "--trace-clock cpu",
+        "--trace-from 0",
+        "--trace-steps 0",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];
@@ -166,4 +183,32 @@ Test(train_cli, short_run_writes_metrics_and_checkpoint, .init = paths, .fini = 
     /* Resume from it for two more steps. */
     snprintf(args, sizeof args, "--steps 2 --load %s", ckpt);
     cr_expect_eq(train(args), 0);
+}
+
+Test(train_cli, pipeline_run_reports_modeled_time_timeline_and_trace, .init = paths,
+     .fini = cleanup, .timeout = 120)
+{
+    char args[1024], first[8192];
+    snprintf(args, sizeof args,
+             "--dataset synthetic --samples 1024 --model 64,64,64,64,8 --pp 2 --dp 2 "
+             "--micro-batches 4 --epochs 1 --trace %s --metrics %s", trace, metrics);
+    cr_assert_eq(train(args), 0);
+    cr_expect_eq(count_lines(metrics, "\"type\":\"epoch\"", first, sizeof first), 1);
+    cr_expect(strstr(first, "\"modeled_samples_per_s\":") != NULL, "%s", first);
+    cr_expect(strstr(first, "\"bubble\":0.") != NULL, "%s", first);
+    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    cr_expect(strstr(first, "\"bubble\":0.") != NULL, "%s", first);
+    cr_expect(strstr(first, "\"idle_s\":") != NULL, "%s", first);
+    cr_expect_eq(count_lines(out_path, "modeled time:", first, sizeof first), 1, "no modeled line");
+    cr_expect_eq(count_lines(out_path, "pipeline timeline", first, sizeof first), 1);
+    cr_expect_eq(count_lines(out_path, "stage 1 |", first, sizeof first), 1, "timeline row");
+    cr_expect_eq(count_lines(out_path, "% theory", first, sizeof first), 1, "bubble line");
+    cr_expect_eq(count_lines(out_path, "measured against the formula", first, sizeof first), 1);
+    /* Every device names itself in the trace with its mesh coordinates. */
+    for (int id = 0; id < 4; id++) {
+        char needle[64];
+        snprintf(needle, sizeof needle, "\"device %d (dp%d pp%d tp0)\"", id, id / 2, id % 2);
+        cr_expect_eq(count_lines(trace, needle, first, sizeof first), 1, "no %s", needle);
+    }
+    cr_expect_geq(count_lines(trace, "\"ph\":\"X\"", first, sizeof first), 8);
 }
