@@ -31,7 +31,10 @@
 #   scripts/tour.sh --update   run every command and write its output (and
 #                              "[exit status N]" when N != 0) into the tour,
 #                              replacing the old output; the file is written
-#                              to a temporary file and renamed over the tour
+#                              to a temporary file and renamed over the tour.
+#                              Prints "same" or "changed" (masked, as above)
+#                              per command. The prose quotes figures from the
+#                              outputs: reread it where an output changed.
 # Exit status: 0 all commands match (or the tour was updated), 1 some
 # command differs (or --update could not write the tour), 2 bad usage, no
 # tour, or the build failed.

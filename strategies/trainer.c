@@ -309,6 +309,35 @@ static void analytic_traffic(device *v, int rows)
     rep->step_analytic[TM_DIM_DP] = dp;
 }
 
+/* Allocates, block by block, what the pipeline executor holds at its peak
+ * (strategies/pipeline.c), then frees it: a model that does not fit fails
+ * before the first step, with the arena's report. The peak: the schedule's
+ * most micro-batches in flight, each one activation block, plus during a
+ * backward its scratch, the output gradient (and, on a middle stage, the
+ * next one already received) and the input gradient on its way down. */
+static int probe_activations(device *v, int rows)
+{
+    size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
+    size_t dy = (size_t)rows * v->stage.out_width * sizeof(float);
+    size_t dx = (size_t)rows * v->stage.in_width * sizeof(float);
+    size_t n = 0, size[4];
+    size[n++] = tm_stage_backward_bytes(&v->stage, rows);
+    size[n++] = dy;
+    if (!v->is_last && !v->is_first) size[n++] = dy;
+    if (!v->is_first) size[n++] = dx;
+    void **block = calloc(in_flight + n, sizeof *block);
+    if (block == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the memory probe");
+    int st = TM_OK;
+    for (size_t i = 0; i < in_flight + n && st == TM_OK; i++) {
+        size_t bytes = i < in_flight ? tm_stage_acts_bytes(&v->stage, rows) : size[i - in_flight];
+        block[i] = tm_device_alloc(v->dev, bytes, TM_TAG_ACTIVATION);
+        if (block[i] == NULL) st = TM_ENOMEM;
+    }
+    for (size_t i = 0; i < in_flight + n; i++) tm_device_free(v->dev, block[i]);
+    free(block);
+    return st;
+}
+
 static int setup(device *v)
 {
     job *j = v->j;
@@ -338,22 +367,12 @@ static int setup(device *v)
         v->order = malloc(sizeof(int) * (size_t)j->train->n);
         if (v->order == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the data order");
     }
-    /* What the schedule will hold at its peak, probed now so that a model
-     * that does not fit fails before the first step. */
-    size_t in_flight = (size_t)tm_schedule_max_in_flight(&j->sched, p);
-    size_t probe = in_flight * tm_stage_acts_bytes(&v->stage, rows) +
-                   tm_stage_backward_bytes(&v->stage, rows) +
-                   2 * (size_t)rows * (v->stage.in_width + v->stage.out_width) * sizeof(float);
-    void *block = tm_device_alloc(v->dev, probe, TM_TAG_ACTIVATION);
-    if (block == NULL) return TM_ENOMEM;
-    tm_device_free(v->dev, block);
+    TM_CHECK(probe_activations(v, rows));
     tm_arena_reset_peak(tm_device_arena(v->dev));
     analytic_traffic(v, rows);
     return TM_OK;
 }
 
-/* One optimizer step on this device. *step_loss: the global batch's mean
- * loss (known on the last stage). */
 /* Adds one step's modeled time to the device's accounts: s0 at its start,
  * s1 after the pipeline, s2 after the optimizer. */
 static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s1,
@@ -380,6 +399,8 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
     }
 }
 
+/* One optimizer step on this device, the run's `taken`-th (0-based).
+ * *step_loss: the global batch's mean loss (known on the last stage). */
 static int train_step(device *v, long epoch_step, double lr, long step, long taken,
                       double *step_loss)
 {
