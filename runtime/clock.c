@@ -226,13 +226,19 @@ void tm__clock_comm_end(tm_vclock *c, double start, double end, const char *name
     }
     if (c->recording) {
         double w0 = c->wall_mark;
-        comm_event(c, TM_ENGINE_SEND, start, end, w0, name, comm, bytes, sent);
+        comm_event(c, TM_ENGINE_COLLECTIVE, start, end, w0, name, comm, bytes, sent);
     }
+}
+
+double tm__clock_send_begin(tm_vclock *c)
+{
+    if (c->recording) c->wall_mark = wall_now() - c->wall0;
+    return c->s.p2p_now > c->s.now ? c->s.p2p_now : c->s.now;
 }
 
 void tm__clock_send_end(tm_vclock *c, double start, double end, const char *comm, uint64_t bytes)
 {
-    c->s.comm_now = end;
+    c->s.p2p_now = end;
     if (c->recording) {
         double w0 = c->wall_mark;
         comm_event(c, TM_ENGINE_SEND, start, end, w0, "send", comm, bytes, bytes);

@@ -9,7 +9,11 @@
  * duplex). A collective runs on the communication engine from the moment
  * the compute engine issues it; the compute engine waits for its end unless
  * the device is in asynchronous mode (data-parallel gradient buckets
- * overlapping the backward), and then waits in tm_clock_sync.
+ * overlapping the backward), and then waits in tm_clock_sync. A point-to-
+ * point send (a pipeline's activations and gradients) goes out through a
+ * copy engine of its own, as soon as the compute engine issues it and the
+ * previous send is out, so it never queues behind a gradient all-reduce;
+ * the compute engine does not wait for it.
  * Modeled times depend only on the program's order and the configuration,
  * never on the machine's timing: they are bitwise identical run to run.
  * Thread-safety: the device functions are called by the device's thread. */
@@ -51,11 +55,12 @@ void tm_clock_link(const tm_clock_config *cfg, int src, int dst, size_t bytes,
  * devices to produce what it receives. */
 typedef struct {
     double now;        /* compute engine clock */
-    double comm_now;   /* communication engine clock */
+    double comm_now;   /* communication engine clock (collectives) */
+    double p2p_now;    /* copy engine clock (point-to-point sends) */
     double compute;    /* kernels */
     double comm_wait;
     double idle;
-    double comm_busy;  /* communication engine sending (may overlap compute) */
+    double comm_busy;  /* both engines sending (may overlap compute) */
 } tm_clock_stats;
 
 void tm_clock_stats_get(tm_device *dev, tm_clock_stats *out);
@@ -75,9 +80,9 @@ void tm_clock_label(tm_device *dev, char phase, int stage, int mb);
 
 /* Trace events, recorded while a device's recording is on. Compute events
  * are runs of kernels with one label and no waiting in between; comm events
- * are collectives and sends on the communication engine (engine 1) and
- * receives (engine 2: the receiving side of the link). */
-enum { TM_ENGINE_COMPUTE, TM_ENGINE_SEND, TM_ENGINE_RECV, TM_ENGINES };
+ * are collectives on the communication engine, sends on the copy engine,
+ * and receives on the receiving side of the links. */
+enum { TM_ENGINE_COMPUTE, TM_ENGINE_COLLECTIVE, TM_ENGINE_SEND, TM_ENGINE_RECV, TM_ENGINES };
 
 typedef struct {
     double start, end;           /* modeled seconds */

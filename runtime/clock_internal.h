@@ -40,8 +40,10 @@ double tm__clock_send(tm_vclock *c, tm_link *l, size_t bytes, double *t);
  * waits for it unless asynchronous. */
 void tm__clock_comm_end(tm_vclock *c, double start, double end, const char *name,
                         const char *comm, uint64_t bytes, uint64_t sent);
-/* A send (point to point) that began at `start` ends at `end`: the compute
- * engine does not wait for it (the bytes are in the ring). */
+/* A point-to-point send begins on the copy engine: returns its start. */
+double tm__clock_send_begin(tm_vclock *c);
+/* The send that began at `start` ends at `end`: the compute engine does not
+ * wait for it (the bytes are in the ring). */
 void tm__clock_send_end(tm_vclock *c, double start, double end, const char *comm,
                         uint64_t bytes);
 /* The compute engine receives a message of `bytes` from src arriving at

@@ -685,7 +685,7 @@ int tm_send(tm_comm *c, const void *buf, size_t bytes, int peer)
     s.local = buf;
     s.bytes = bytes;
     tm_vclock *vc = tm__device_clock(c->dev);
-    double start = tm__clock_comm_begin(vc), t = start;
+    double start = tm__clock_send_begin(vc), t = start;
     TM_CHECK(run_step(c, OP_P2P, 0, &s, &t));
     tm__clock_send_end(vc, start, t, c->name, bytes);
     return TM_OK;
@@ -773,7 +773,7 @@ int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void
      * own). The messages are ordinary ones: the peer may use tm_send and
      * tm_recv. */
     tm_vclock *vc = tm__device_clock(c->dev);
-    double start = tm__clock_comm_begin(vc), t = start;
+    double start = tm__clock_send_begin(vc), t = start;
     TM_CHECK(send_header(c, OP_P2P, 0, &out, &t));
     size_t piece = tm_world_ring_bytes(c->world) / 4;
     for (size_t sent = 0; sent < sendbytes;) {

@@ -8,7 +8,7 @@
 #include "runtime/status.h"
 #include "runtime/world.h"
 
-static const char *engine_name[TM_ENGINES] = {"compute", "send", "recv"};
+static const char *engine_name[TM_ENGINES] = {"compute", "collectives", "send", "recv"};
 
 static const char *phase_arg(char phase)
 {

@@ -47,20 +47,20 @@ void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config 
             r->modeled_samples_per_s, 1e3 * r->modeled_seconds / r->steps, r->samples_per_s,
             1e3 * r->train_seconds / r->steps);
     if (r->bubble >= 0) fprintf(f, ", bubble %.1f%%", 100 * r->bubble);
-    fprintf(f, "\n%-8s %-9s %10s %8s %8s %8s %12s\n", "device", "(d,p,t)", "step ms", "compute",
-            "comm", "idle", "comm engine");
+    fprintf(f, "\n%-8s %-9s %10s %8s %8s %8s %8s\n", "device", "(d,p,t)", "step ms", "compute",
+            "comm", "idle", "sending");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         char c[32];
         coords(d, c, sizeof c);
         double s = d->modeled_s;
-        fprintf(f, "%-8d %-9s %10.3f %7.1f%% %7.1f%% %7.1f%% %11.1f%%\n", d->id, c,
+        fprintf(f, "%-8d %-9s %10.3f %7.1f%% %7.1f%% %7.1f%% %7.1f%%\n", d->id, c,
                 1e3 * s / r->steps, pct(d->compute_s, s), pct(d->comm_s, s), pct(d->idle_s, s),
                 pct(d->comm_busy_s, s));
     }
     fprintf(f, "compute: kernels; comm: waiting for own transfers; idle: waiting for other "
-               "devices; comm engine: sending, overlapped or not (dp=%d pp=%d tp=%d)\n",
-            cfg->dp, cfg->pp, cfg->tp);
+               "devices; sending: the communication and copy engines' time on links, "
+               "overlapped or not (dp=%d pp=%d tp=%d)\n", cfg->dp, cfg->pp, cfg->tp);
 }
 
 static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};

@@ -89,7 +89,7 @@ typedef struct {
     uint64_t sent_bytes;   /* payload bytes this device sent over links */
     /* Modeled time of the training steps, split as in tm_clock_stats:
      * modeled_s = compute_s + comm_s + idle_s; comm_busy_s is the
-     * communication engine's sending time, overlapped or not. */
+     * communication and copy engines' sending time, overlapped or not. */
     double modeled_s, compute_s, comm_s, idle_s, comm_busy_s;
     /* Payload bytes sent in the first recorded step, per mesh dimension,
      * against the formula's figure (see tm_train_analytic). */

@@ -34,8 +34,8 @@ static void traffic(const tm_world *w, const tm_train_config *cfg, tm_device_rep
     const tm_event *ev = tm_world_events(w, id, &n);
     for (size_t i = 0; i < n; i++) {
         const tm_event *e = &ev[i];
-        if (e->engine != TM_ENGINE_SEND || e->start < rep->rec_start || e->start >= rep->rec_end)
-            continue;
+        int sending = e->engine == TM_ENGINE_COLLECTIVE || e->engine == TM_ENGINE_SEND;
+        if (!sending || e->start < rep->rec_start || e->start >= rep->rec_end) continue;
         int dim = dim_of(e->comm);
         if (dim < 0) continue;
         rep->step_sent[dim] += e->sent;

@@ -113,8 +113,9 @@ Test(clock, one_send_arrives_after_transfer_and_latency, .timeout = 30)
     cr_expect_eq(r->idle, 0.0, "receiver idle %.12g s with a sender that started at once",
                  r->idle);
     cr_expect_eq(s->now, 0.0, "a send made the sender's compute engine wait: %.12g", s->now);
-    cr_expect(close_to(s->comm_now, hold(b)), "sender's comm engine at %.12g, want %.12g",
-              s->comm_now, hold(b));
+    cr_expect(close_to(s->p2p_now, hold(b)), "sender's copy engine at %.12g, want %.12g",
+              s->p2p_now, hold(b));
+    cr_expect_eq(s->comm_now, 0.0, "a send occupied the collective engine: %.12g", s->comm_now);
     cr_expect(close_to(s->comm_busy, hold(b)), "sender busy %.12g", s->comm_busy);
     /* The host sees what the device saw last. */
     for (int d = 0; d < 2; d++) {
@@ -136,8 +137,8 @@ Test(clock, back_to_back_sends_serialize_on_the_link, .timeout = 30)
               j.after[0][1].now);
     cr_expect(close_to(j.after[1][1].now, LAT + 2 * hold(b)), "second arrival %.12g, want %.12g",
               j.after[1][1].now, LAT + 2 * hold(b));
-    cr_expect(close_to(j.after[1][0].comm_now, 2 * hold(b)), "sender's comm engine %.12g",
-              j.after[1][0].comm_now);
+    cr_expect(close_to(j.after[1][0].p2p_now, 2 * hold(b)), "sender's copy engine %.12g",
+              j.after[1][0].p2p_now);
     cr_expect_eq(j.after[1][0].now, 0.0, "sends made the sender wait");
     const tm_clock_stats *r = &j.after[1][1];
     cr_expect(close_to(r->now, r->compute + r->comm_wait + r->idle),
@@ -157,8 +158,8 @@ Test(clock, waiting_for_a_late_sender_is_idle, .timeout = 30)
     cr_expect(close_to(r->now, lead + hold(b) + LAT), "receiver at %.12g", r->now);
     cr_expect(close_to(r->idle, lead), "idle %.12g, want the sender's 100 us", r->idle);
     cr_expect(close_to(r->comm_wait, hold(b) + LAT), "comm_wait %.12g", r->comm_wait);
-    cr_expect(close_to(j.after[0][0].comm_now, lead + hold(b)), "send left at %.12g",
-              j.after[0][0].comm_now - hold(b));
+    cr_expect(close_to(j.after[0][0].p2p_now, lead + hold(b)), "send left at %.12g",
+              j.after[0][0].p2p_now - hold(b));
     tm_world_destroy(w);
 }
 
@@ -309,6 +310,59 @@ Test(clock, async_allreduce_overlaps_compute_until_sync, .timeout = 30)
 }
 
 /* 0 -> 1 inside node 0, 1 -> 2 across nodes (2 devices per node). */
+/* Devices 0 and 1 run an asynchronous all-reduce of 6000 floats, then
+ * device 0 sends 4000 bytes to device 2 (another link): the send leaves
+ * through the copy engine at once, not after the all-reduce. */
+typedef struct {
+    tm_clock_stats sender, receiver;
+} overtake_job;
+
+static int overtake_fn(tm_device *dev, void *arg)
+{
+    overtake_job *j = arg;
+    tm_comm *world = tm_device_comm(dev), *pair = NULL;
+    int r = tm_device_id(dev);
+    TM_CHECK(tm_comm_split(world, r < 2 ? 0 : -1, r, &pair));
+    float *v = tm_device_alloc(dev, 6000 * sizeof(float), TM_TAG_WORKSPACE);
+    int st = v == NULL ? TM_ENOMEM : TM_OK;
+    if (st == TM_OK) memset(v, 0, 6000 * sizeof(float));
+    if (st == TM_OK && pair != NULL) {
+        tm_clock_async(dev, 1);
+        st = tm_allreduce(pair, v, v, 6000, TM_SUM);
+        tm_clock_async(dev, 0);
+    }
+    if (st == TM_OK && r == 0) {
+        st = tm_send(world, v, 4000, 2);
+        tm_clock_stats_get(dev, &j->sender);
+    } else if (st == TM_OK && r == 2) {
+        st = tm_recv(world, v, 4000, 0);
+        tm_clock_stats_get(dev, &j->receiver);
+    }
+    tm_comm_destroy(pair);
+    return st;
+}
+
+Test(clock, a_send_does_not_queue_behind_an_async_collective, .timeout = 30)
+{
+    tm_clock_config cc = clock_cfg();
+    tm_world *w = make_world(3, &cc);
+    tm_allreduce_set_algo(TM_ALGO_RING);
+    overtake_job j;
+    memset(&j, 0, sizeof j);
+    run_ok(w, overtake_fn, &j);
+    tm_allreduce_set_algo(TM_ALGO_AUTO);
+    /* The split took modeled time of its own: t0, where device 0's compute
+     * engine stands when it issues the all-reduce and the send. */
+    double ring = 2 * (LAT + hold(3000 * sizeof(float))), t0 = j.sender.now;
+    cr_expect(close_to(j.sender.comm_now - t0, ring), "all-reduce took %.12g, want %.12g",
+              j.sender.comm_now - t0, ring);
+    cr_expect(close_to(j.sender.p2p_now - t0, hold(4000)), "send took %.12g after %.12g, want %.12g",
+              j.sender.p2p_now - t0, t0, hold(4000));
+    cr_expect(close_to(j.receiver.now, j.sender.p2p_now + LAT),
+              "message arrived at %.12g, want %.12g", j.receiver.now, j.sender.p2p_now + LAT);
+    tm_world_destroy(w);
+}
+
 typedef struct {
     size_t bytes;
     tm_clock_stats st[MAXD];
@@ -346,8 +400,8 @@ Test(clock, inter_node_links_use_their_own_rate_and_latency, .timeout = 30)
               j.st[1].now, LAT + hold(b));
     cr_expect(close_to(j.st[2].now, inter), "1 -> 2 arrived at %.12g, want %.12g", j.st[2].now,
               inter);
-    cr_expect(close_to(j.st[1].comm_now, b / 0.5e9), "1 -> 2 held device 1 for %.12g",
-              j.st[1].comm_now);
+    cr_expect(close_to(j.st[1].p2p_now, b / 0.5e9), "1 -> 2 held device 1 for %.12g",
+              j.st[1].p2p_now);
     tm_world_destroy(w);
 
     /* The pure function, both ways and with one node. */
@@ -572,7 +626,7 @@ Test(clock, compute_events_merge_one_label_and_stop_at_waits, .timeout = 30)
         {TM_ENGINE_RECV, "recv", 0, 1e-4, arrival},
         {TM_ENGINE_COMPUTE, "forward", 'F', arrival, arrival + k},
         {TM_ENGINE_COMPUTE, "backward", 'B', arrival + k, arrival + 3 * k},
-        {TM_ENGINE_SEND, "allreduce", 0, arrival + 3 * k, -1},
+        {TM_ENGINE_COLLECTIVE, "allreduce", 0, arrival + 3 * k, -1},
         {TM_ENGINE_COMPUTE, "backward", 'B', -1, -1},
     };
     for (size_t i = 0; i < n; i++) {
