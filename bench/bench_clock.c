@@ -32,7 +32,9 @@ static const char usage[] =
     "           optimizer) in the forward, backward and SGD step of --model\n"
     "           (784,256,128,10) at --rows rows (64: the demo's batch 128 over\n"
     "           dp 2), each the median over 50 steps, FLOPs and bytes as the\n"
-    "           kernels count them for the modeled clock;\n"
+    "           kernels count them for the modeled clock; first on one thread,\n"
+    "           then on two devices at once (the mean of their medians: what\n"
+    "           each gets when both cores work, less if they are SMT siblings);\n"
     "  link     one-way latency (half a 32-byte ping-pong) and bandwidth (1 MiB\n"
     "           exchanged both ways at once) between two devices, medians;\n"
     "  tracking the demo model trained with dp 2 on 2 devices for --epochs (3)\n"
@@ -68,7 +70,7 @@ typedef struct {
     double bytes, bytes_s;         /* bandwidth-bound calls */
 } kernel_clock;
 
-static kernel_clock kc;
+static _Thread_local kernel_clock kc;
 
 static void on_kernel(void *ctx, double flops, double bytes)
 {
@@ -174,6 +176,25 @@ static int measure_kernels(const tm_mlp_config *m, int rows, double *gflops, dou
     return ok ? 0 : -1;
 }
 
+/* The same on both devices of a 2-device world at once: what each device
+ * gets when they share the machine (on an SMT pair, about half). */
+typedef struct {
+    const tm_mlp_config *m;
+    int rows;
+    double gflops[2], gbps[2];
+} pair_kernels;
+
+static int pair_body(tm_device *dev, void *arg)
+{
+    pair_kernels *p = arg;
+    int r = tm_device_id(dev);
+    tm_gemm_thread_init();
+    TM_CHECK(tm_barrier(tm_device_comm(dev)));
+    if (measure_kernels(p->m, p->rows, &p->gflops[r], &p->gbps[r]) != 0)
+        return tm_error(TM_EHOSTMEM, "out of host memory");
+    return TM_OK;
+}
+
 /* --- link: two devices. */
 typedef struct {
     double latency_us, gbps;
@@ -217,7 +238,7 @@ static int link_body(tm_device *dev, void *arg)
     return TM_OK;
 }
 
-static int measure_link(link_result *out)
+static int run_pair(tm_device_fn fn, void *arg)
 {
     tm_world_config wc;
     tm_world_config_default(&wc);
@@ -225,7 +246,7 @@ static int measure_link(link_result *out)
     wc.mem_cap = (size_t)8 << 20;
     tm_world *w;
     int st = tm_world_create(&w, &wc);
-    if (st == TM_OK) st = tm_world_run(w, link_body, out);
+    if (st == TM_OK) st = tm_world_run(w, fn, arg);
     if (st != TM_OK) fprintf(stderr, "bench_clock: %s\n", w ? tm_world_error(w) : tm_error_message());
     tm_world_destroy(w);
     return st;
@@ -343,12 +364,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_clock: out of host memory\n");
         return 1;
     }
+    pair_kernels pair = {&m, rows, {0, 0}, {0, 0}};
+    if (run_pair(pair_body, &pair) != TM_OK) return 1;
     link_result link = {0};
-    if (measure_link(&link) != TM_OK) return 1;
+    if (run_pair(link_body, &link) != TM_OK) return 1;
     printf("%-22s %12s %12s %8s\n", "quantity", "measured", "default", "ratio");
     printf("%-22s %12.1f %12.1f %8.2f\n", "device_gflops", gflops, def.device_gflops,
            gflops / def.device_gflops);
     printf("%-22s %12.1f %12.1f %8.2f\n", "device_gbps", gbps, def.device_gbps, gbps / def.device_gbps);
+    double pg = 0.5 * (pair.gflops[0] + pair.gflops[1]), pb = 0.5 * (pair.gbps[0] + pair.gbps[1]);
+    printf("%-22s %12.1f %12.1f %8.2f\n", "device_gflops, 2 busy", pg, def.device_gflops,
+           pg / def.device_gflops);
+    printf("%-22s %12.1f %12.1f %8.2f\n", "device_gbps, 2 busy", pb, def.device_gbps,
+           pb / def.device_gbps);
     printf("%-22s %12.1f %12.1f %8.2f\n", "link_gbps", link.gbps, def.link_gbps,
            link.gbps / def.link_gbps);
     printf("%-22s %12.2f %12.2f %8.2f\n", "link_latency_us", link.latency_us, def.link_latency_us,
