@@ -109,7 +109,8 @@ static void mlp_step(const tm_mlp_config *m, int rows, float *params, float *gra
 {
     int L = m->n_layers;
     for (int l = 0; l < L; l++) {
-        const float *w = params + tm_mlp_weight_offset(m, l), *b = params + tm_mlp_bias_offset(m, l);
+        const float *w = params + tm_mlp_weight_offset(m, l),
+                    *b = params + tm_mlp_bias_offset(m, l);
         if (l < L - 1)
             TIMED(tm_linear_relu_forward(acts[l + 1], acts[l], w, b, rows, m->widths[l],
                                          m->widths[l + 1]));
@@ -143,7 +144,8 @@ static int measure_kernels(const tm_mlp_config *m, int rows, double *gflops, dou
     float *params = malloc(np * sizeof(float)), *grads = calloc(np, sizeof(float));
     float *mom = calloc(np, sizeof(float)), *dy = malloc(rows * widest * sizeof(float));
     float *dx = malloc(rows * widest * sizeof(float)), *acts[TM_MAX_LAYERS + 1] = {0};
-    int *labels = malloc(sizeof(int) * (size_t)rows), ok = params && grads && mom && dy && dx && labels;
+    int *labels = malloc(sizeof(int) * (size_t)rows),
+        ok = params && grads && mom && dy && dx && labels;
     for (int l = 0; ok && l <= m->n_layers; l++) {
         acts[l] = malloc((size_t)rows * m->widths[l] * sizeof(float));
         ok = acts[l] != NULL;
@@ -247,7 +249,8 @@ static int run_pair(tm_device_fn fn, void *arg)
     tm_world *w;
     int st = tm_world_create(&w, &wc);
     if (st == TM_OK) st = tm_world_run(w, fn, arg);
-    if (st != TM_OK) fprintf(stderr, "bench_clock: %s\n", w ? tm_world_error(w) : tm_error_message());
+    if (st != TM_OK)
+        fprintf(stderr, "bench_clock: %s\n", w ? tm_world_error(w) : tm_error_message());
     tm_world_destroy(w);
     return st;
 }
@@ -271,7 +274,8 @@ static void on_epoch(void *ctx, const tm_epoch_info *e)
 static int track(const char *dir, int n_epochs)
 {
     tm_dataset train = {0}, test = {0};
-    if (tm_dataset_load(&train, dir, "train") != TM_OK || tm_dataset_load(&test, dir, "t10k") != TM_OK) {
+    if (tm_dataset_load(&train, dir, "train") != TM_OK ||
+        tm_dataset_load(&test, dir, "t10k") != TM_OK) {
         fprintf(stderr, "bench_clock: %s\n", tm_error_message());
         tm_dataset_free(&train);
         return 2;
@@ -340,15 +344,19 @@ int main(int argc, char **argv)
         case 'e': n_epochs = (int)strtol(optarg, &end, 10); break;
         case 'd': dir = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
-        default: fprintf(stderr, "bench_clock: bad option %s (see --help)\n", argv[optind - 1]); return 2;
+        default:
+            fprintf(stderr, "bench_clock: bad option %s (see --help)\n", argv[optind - 1]);
+            return 2;
         }
         if (end != NULL && (*end != '\0' || end == optarg)) {
-            fprintf(stderr, "bench_clock: %s wants a number, not \"%s\"\n", argv[optind - 2], optarg);
+            fprintf(stderr, "bench_clock: %s wants a number, not \"%s\"\n", argv[optind - 2],
+                    optarg);
             return 2;
         }
     }
     if (optind < argc || rows < 1 || rows > 1 << 16 || n_epochs < 1 || n_epochs > 64) {
-        fprintf(stderr, "bench_clock: bad arguments: --rows 1..65536, --epochs 1..64 (see --help)\n");
+        fprintf(stderr,
+                "bench_clock: bad arguments: --rows 1..65536, --epochs 1..64 (see --help)\n");
         return 2;
     }
     tm_mlp_config m;
@@ -371,7 +379,8 @@ int main(int argc, char **argv)
     printf("%-22s %12s %12s %8s\n", "quantity", "measured", "default", "ratio");
     printf("%-22s %12.1f %12.1f %8.2f\n", "device_gflops", gflops, def.device_gflops,
            gflops / def.device_gflops);
-    printf("%-22s %12.1f %12.1f %8.2f\n", "device_gbps", gbps, def.device_gbps, gbps / def.device_gbps);
+    printf("%-22s %12.1f %12.1f %8.2f\n", "device_gbps", gbps, def.device_gbps,
+           gbps / def.device_gbps);
     double pg = 0.5 * (pair.gflops[0] + pair.gflops[1]), pb = 0.5 * (pair.gbps[0] + pair.gbps[1]);
     printf("%-22s %12.1f %12.1f %8.2f\n", "device_gflops, 2 busy", pg, def.device_gflops,
            pg / def.device_gflops);

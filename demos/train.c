@@ -302,8 +302,9 @@ int main(int argc, char **argv)
         case O_DEVICES: devices = parse_long("--devices", optarg, 1); break;
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
-                die_usage("--schedule is sequential, gpipe, 1f1b, grouped or interleaved, not \"%s\"",
-                          optarg);
+                die_usage(
+                    "--schedule is sequential, gpipe, 1f1b, grouped or interleaved, not \"%s\"",
+                    optarg);
             break;
         case O_STAGES: cfg.stages = optarg; break;
         case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
@@ -314,7 +315,9 @@ int main(int argc, char **argv)
             dataset = optarg;
             break;
         case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
-        case O_GFLOPS: cfg.clock.device_gflops = parse_double("--device-gflops", optarg, 0, 1); break;
+        case O_GFLOPS:
+            cfg.clock.device_gflops = parse_double("--device-gflops", optarg, 0, 1);
+            break;
         case O_GBPS: cfg.clock.device_gbps = parse_double("--device-gbps", optarg, 0, 1); break;
         case O_LINK_GBPS: cfg.clock.link_gbps = parse_double("--link-gbps", optarg, 0, 1); break;
         case O_LINK_LAT:
@@ -402,8 +405,9 @@ int main(int argc, char **argv)
     cfg.on_epoch = on_epoch;
     printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
            "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
-           model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd",
-           cfg.lr, cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
+           model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch,
+           cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+           cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     if (mesh > 1)
         printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
                cfg.tp, tm_schedule_kind_name(cfg.schedule));

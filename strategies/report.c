@@ -159,8 +159,9 @@ void tm_report_timeline(FILE *f, const tm_train_result *r, const tm_train_config
     int width = tm_schedule_draw_width(ev, r->n_timeline, makespan);
     if (width > 100) width = 100;
     long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
-    fprintf(f, "pipeline timeline of training step %ld (modeled microseconds; replica 0, tp rank 0):\n",
-            first);
+    fprintf(
+        f, "pipeline timeline of training step %ld (modeled microseconds; replica 0, tp rank 0):\n",
+        first);
     tm_schedule_draw(f, &s, ev, r->n_timeline, makespan, width);
     free(ev);
     tm_schedule_free(&s);

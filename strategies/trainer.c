@@ -121,13 +121,15 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
     if (cfg->batch > train->n)
         return tm_error(TM_EINVAL, "--batch %d is larger than the %d training samples", cfg->batch,
                         train->n);
-    if (cfg->fail_step < 0 || (cfg->fail_step > 0 && (cfg->fail_device < 0 || cfg->fail_device >= n)))
+    if (cfg->fail_step < 0 ||
+        (cfg->fail_step > 0 && (cfg->fail_device < 0 || cfg->fail_device >= n)))
         return tm_error(TM_EINVAL, "--fail-device must name one of the %ld devices", n);
     int first[TM_MAX_LAYERS + 1];
     TM_CHECK(stage_split(cfg, first));
     tm_layer_plan plan[TM_MAX_LAYERS];
     size_t params;
-    for (int s = 0; s < cfg->pp; s++) TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
+    for (int s = 0; s < cfg->pp; s++)
+        TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
     return TM_OK;
 }
 
@@ -269,8 +271,12 @@ static int evaluate(device *v, double *loss_out, double *acc)
     for (int m = 0; m < n_mb; m++) rows[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
     feed f = {.dev = v->dev, .data = d, .rows = idx, .mb_rows = chunk, .eval_rows = rows,
               .labels = v->labels, .grad_scale = 1.0f};
-    tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm,
-                           .sched = &v->j->sched, .load_input = load_input, .loss = loss, .ctx = &f};
+    tm_pipeline_step ps = {.stage = &v->stage,
+                           .pp_comm = v->mesh.pp_comm,
+                           .sched = &v->j->sched,
+                           .load_input = load_input,
+                           .loss = loss,
+                           .ctx = &f};
     tm_clock_label(v->dev, 'E', v->mesh.p, -1);
     int st = tm_pipeline_infer(&ps, n_mb, rows);
     tm_clock_label(v->dev, 0, -1, -1);
@@ -417,9 +423,12 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     tm_clock_stats s0, s1, s2;
     tm_clock_stats_get(v->dev, &s0);
     memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
-    feed f = {.dev = v->dev, .data = j->train,
-              .rows = v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
-              .mb_rows = per_replica / cfg->micro_batches, .labels = v->labels,
+    feed f = {.dev = v->dev,
+              .data = j->train,
+              .rows =
+                  v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
+              .mb_rows = per_replica / cfg->micro_batches,
+              .labels = v->labels,
               .grad_scale = 1.0f / (float)cfg->batch};
     bucket_ctx b = {v->mesh.dp_comm, v->stage.grads};
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
@@ -478,7 +487,8 @@ static int train_loop(device *v)
     long per_epoch = j->train->n / cfg->batch, total = per_epoch * cfg->epochs, taken = 0;
     double train_time = 0, flops0 = tm_cost_totals().flops;
     int st = TM_OK;
-    while (st == TM_OK && pos.epoch < cfg->epochs && (cfg->max_steps == 0 || taken < cfg->max_steps)) {
+    while (st == TM_OK && pos.epoch < cfg->epochs &&
+           (cfg->max_steps == 0 || taken < cfg->max_steps)) {
         if (v->order) epoch_order(v->order, j->train->n, pos.data_seed, pos.epoch, cfg->shuffle);
         double epoch_loss = 0, epoch_time = 0;
         long epoch_steps = 0;

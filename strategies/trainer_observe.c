@@ -39,7 +39,8 @@ static void traffic(const tm_world *w, const tm_train_config *cfg, tm_device_rep
         int dim = dim_of(e->comm);
         if (dim < 0) continue;
         rep->step_sent[dim] += e->sent;
-        if (dim == TM_DIM_TP) rep->step_analytic[dim] += formula(e->name, cfg->tp, (double)e->bytes);
+        if (dim == TM_DIM_TP)
+            rep->step_analytic[dim] += formula(e->name, cfg->tp, (double)e->bytes);
     }
 }
 

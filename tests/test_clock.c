@@ -356,8 +356,8 @@ Test(clock, a_send_does_not_queue_behind_an_async_collective, .timeout = 30)
     double ring = 2 * (LAT + hold(3000 * sizeof(float))), t0 = j.sender.now;
     cr_expect(close_to(j.sender.comm_now - t0, ring), "all-reduce took %.12g, want %.12g",
               j.sender.comm_now - t0, ring);
-    cr_expect(close_to(j.sender.p2p_now - t0, hold(4000)), "send took %.12g after %.12g, want %.12g",
-              j.sender.p2p_now - t0, t0, hold(4000));
+    cr_expect(close_to(j.sender.p2p_now - t0, hold(4000)),
+              "send took %.12g after %.12g, want %.12g", j.sender.p2p_now - t0, t0, hold(4000));
     cr_expect(close_to(j.receiver.now, j.sender.p2p_now + LAT),
               "message arrived at %.12g, want %.12g", j.receiver.now, j.sender.p2p_now + LAT);
     tm_world_destroy(w);
