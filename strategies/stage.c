@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "kernels/ops.h"
+#include "runtime/clock.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 
@@ -167,6 +168,14 @@ static void activate(const tm_stage *s, float *out, const float *pre, size_t n)
     else tm_gelu_forward(out, pre, n);
 }
 
+/* The buffer clears and copies between kernels are device work too: the
+ * modeled clock charges their bytes (written, or read and written). */
+static void zero(const tm_stage *s, float *p, size_t n)
+{
+    memset(p, 0, n * sizeof(float));
+    tm_clock_charge(s->dev, 0, 4.0 * (double)n);
+}
+
 /* out (rows, out) from the tp ranks' shards gathered as [t][rows][local],
  * dropping the padding columns. */
 static void compact(float *out, const float *gathered, int rows, int tp, int local, int width)
@@ -210,7 +219,10 @@ int tm_stage_forward(tm_stage *s, tm_stage_acts *a)
             float *g = tm_device_alloc(s->dev, n * s->tp * sizeof(float), TM_TAG_ACTIVATION);
             if (g == NULL) return TM_ENOMEM;
             int st = tm_allgather(s->tp_comm, a->local[i], g, n);
-            if (st == TM_OK) compact(a->full[i], g, rows, s->tp, l->out_local, l->out);
+            if (st == TM_OK) {
+                compact(a->full[i], g, rows, s->tp, l->out_local, l->out);
+                tm_clock_charge(s->dev, 0, 8.0 * rows * l->out);
+            }
             tm_device_free(s->dev, g);
             TM_CHECK(st);
         }
@@ -245,7 +257,7 @@ static float *activation_backward(const tm_stage *s, float *d, float *into, cons
         tm_relu_backward_inplace(d, post, n);
         return d;
     }
-    memset(into, 0, n * sizeof(float));
+    zero(s, into, n);
     tm_gelu_backward(into, d, pre, n);
     return into;
 }
@@ -269,7 +281,7 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
             size_t n = (size_t)rows * l->out;
             if (l->activation) d = activation_backward(s, d, other(g, d, NULL), a->full[i], a->pre[i], n);
             float *dloc = other(g, d, NULL);
-            memset(dloc, 0, (size_t)rows * l->in_local * sizeof(float));
+            zero(s, dloc, (size_t)rows * l->in_local);
             /* The bias is whole on every rank and gets the same gradient
              * everywhere; the input gradient stays split (no comm). */
             tm_linear_backward(dloc, dw, db, d, x, w, rows, l->in_local, l->out);
@@ -282,17 +294,18 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
                 float *dl = other(g, d, NULL);
                 int cols = l->out - l->row0 < l->out_local ? l->out - l->row0 : l->out_local;
                 if (cols < 0) cols = 0;
-                memset(dl, 0, n * sizeof(float));
+                zero(s, dl, n);
                 for (int r = 0; r < rows; r++)
                     memcpy(dl + (size_t)r * l->out_local, d + (size_t)r * l->out + l->row0,
                            (size_t)cols * sizeof(float));
+                tm_clock_charge(s->dev, 0, 8.0 * rows * cols);
                 d = dl;
             }
             if (l->activation) d = activation_backward(s, d, other(g, d, NULL), a->local[i], a->pre[i], n);
             float *dinp = NULL;
             if (want_dx) {
                 dinp = i == 0 ? dx : other(g, d, NULL);
-                memset(dinp, 0, (size_t)rows * l->in * sizeof(float));
+                zero(s, dinp, (size_t)rows * l->in);
             }
             tm_linear_backward(dinp, dw, db, d, x, w, rows, l->in, l->out_local);
             /* Column split: each rank's input gradient is a partial sum over
@@ -303,8 +316,10 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
         }
         if (st == TM_OK && ready != NULL) st = ready(ctx, l->w_off, l->w_len + l->b_len);
     }
-    if (st == TM_OK && dx != NULL && !s->has_model_input && d != dx)
+    if (st == TM_OK && dx != NULL && !s->has_model_input && d != dx) {
         memcpy(dx, d, (size_t)rows * s->in_width * sizeof(float));
+        tm_clock_charge(s->dev, 0, 8.0 * rows * s->in_width);
+    }
     tm_device_free(s->dev, block);
     return st;
 }

@@ -380,13 +380,14 @@ static int setup(device *v)
 }
 
 /* Adds one step's modeled time to the device's accounts: s0 at its start,
- * s1 after the pipeline, s2 after the optimizer. */
-static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s1,
-                    const tm_clock_stats *s2, int first_recorded)
+ * sp as its pipeline starts (after zeroing the gradients), s1 after the
+ * pipeline, s2 after the optimizer. */
+static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *sp,
+                    const tm_clock_stats *s1, const tm_clock_stats *s2, int first_recorded)
 {
     tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
-    double busy = s1->compute - s0->compute;
-    double span = v->is_first ? v->mesh.pp * (s1->now - s0->now) : 0;
+    double busy = s1->compute - sp->compute;
+    double span = v->is_first ? v->mesh.pp * (s1->now - sp->now) : 0;
     v->last_step = s2->now - s0->now;
     v->ep_modeled += v->last_step;
     v->ep_busy += busy;
@@ -399,7 +400,7 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
     rep->idle_s += s2->idle - s0->idle;
     rep->comm_busy_s += s2->comm_busy - s0->comm_busy;
     if (first_recorded) {
-        rep->rec_start = s0->now;
+        rep->rec_start = sp->now;
         rep->rec_pipe_end = s1->now;
         rep->rec_end = s2->now;
     }
@@ -420,9 +421,11 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     if (cfg->fail_step > 0 && step == cfg->fail_step && tm_device_id(v->dev) == cfg->fail_device)
         return tm_error(TM_EFAIL, "injected failure at step %ld (--fail-device %d --fail-step %ld)",
                         step, cfg->fail_device, cfg->fail_step);
-    tm_clock_stats s0, s1, s2;
+    tm_clock_stats s0, sp, s1, s2;
     tm_clock_stats_get(v->dev, &s0);
     memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
+    tm_clock_charge(v->dev, 0, 4.0 * (double)v->stage.n_params);
+    tm_clock_stats_get(v->dev, &sp);
     feed f = {.dev = v->dev,
               .data = j->train,
               .rows =
@@ -450,7 +453,7 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
-    account(v, &s0, &s1, &s2, recorded == 1);
+    account(v, &s0, &sp, &s1, &s2, recorded == 1);
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
     if (ps.max_in_flight > rep->max_in_flight) rep->max_in_flight = ps.max_in_flight;
     return TM_OK;
