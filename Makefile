@@ -41,7 +41,7 @@ TSAN_SUITES ?= arena link world collectives clock parallel
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 
-.PHONY: all deps test asan tsan demo bench bench-peers clean
+.PHONY: all deps test asan tsan demo tour bench bench-peers clean
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)
 
 deps:
@@ -84,6 +84,10 @@ tsan:
 
 demo: $(BUILD)/train
 	$(BUILD)/train --dp 2 --pp 2 --tp 2 --micro-batches 4
+
+# Re-runs every command of docs/tour.md and compares the outputs.
+tour: all
+	@scripts/tour.sh
 
 bench: $(BENCH_BIN)
 
