@@ -67,6 +67,10 @@ void tm_clock_stats_get(tm_device *dev, tm_clock_stats *out);
 
 /* Advances the compute engine by one kernel's time. */
 void tm_clock_charge(tm_device *dev, double flops, double bytes);
+/* A copy of `bytes` from host memory into the device (a micro-batch staged
+ * in): it crosses a link like an intra-node one (the host's link, PCIe on a
+ * real accelerator), and the compute engine waits for it. */
+void tm_clock_host_copy(tm_device *dev, double bytes);
 /* on != 0: collectives issued from now on run beside the compute engine,
  * which does not wait for them (until tm_clock_sync). */
 void tm_clock_async(tm_device *dev, int on);

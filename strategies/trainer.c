@@ -158,7 +158,7 @@ static int load_input(void *ctx, int mb, float *x)
     size_t dim = (size_t)f->data->dim;
     for (int i = 0; i < rows; i++)
         memcpy(x + (size_t)i * dim, f->data->images + (size_t)idx[i] * dim, dim * sizeof(float));
-    tm_clock_charge(f->dev, 0, 2.0 * (double)rows * (double)dim * sizeof(float));
+    tm_clock_host_copy(f->dev, (double)rows * (double)dim * sizeof(float));
     return TM_OK;
 }
 
