@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,7 +22,7 @@
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...] [--batch B] [--steps N]\n"
     "         [--micro-batches LIST] [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
     "Trains the MLP for a few steps on every mesh dp x pp x tp = N devices, with\n"
@@ -43,14 +42,9 @@ static const char usage[] =
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
-    "modeled time (defaults measured on this machine, as build/train's):\n"
-    "  --device-gflops X     compute rate of a device, GFLOP/s (%g)\n"
-    "  --device-gbps X       memory bandwidth of a device, GB/s (%g)\n"
-    "  --link-gbps X         bandwidth of a link within a node, GB/s (%g)\n"
-    "  --link-latency-us X   latency of a link within a node (%g)\n"
-    "  --devices-per-node N  consecutive devices per emulated node; 0: one node (0)\n"
-    "  --inter-node-gbps X   bandwidth of a link between nodes, GB/s (%g)\n"
-    "  --inter-node-latency-us X  latency of a link between nodes (%g)\n"
+    "modeled time (defaults measured on this machine, as build/train's):\n";
+
+static const char usage_tail[] =
     "Columns:\n"
     "  dp pp tp schedule micro_batches   the configuration\n"
     "  modeled_samples_per_s  samples per second of modeled time (what real devices\n"
@@ -94,17 +88,6 @@ static long parse_long(const char *flag, const char *v, long min, long max)
     long x = strtol(v, &end, 10);
     if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
         die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
-static double parse_double(const char *flag, const char *v, double min, int strict)
-{
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (*v == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < min ||
-        (strict && x <= min))
-        die_usage("%s wants a finite number %s %g, not \"%s\"", flag, strict ? ">" : ">=", min, v);
     return x;
 }
 
@@ -307,20 +290,20 @@ int main(int argc, char **argv)
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_GFLOPS, O_GBPS, O_LINK_GBPS, O_LINK_LAT, O_PER_NODE, O_INTER_GBPS, O_INTER_LAT };
+           O_CLOCK };
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
         {"batch", 1, 0, O_BATCH},          {"steps", 1, 0, O_STEPS},
         {"micro-batches", 1, 0, O_MICRO},  {"schedules", 1, 0, O_SCHEDULES},
         {"mem-cap", 1, 0, O_MEM},          {"csv", 0, 0, O_CSV},
-        {"device-gflops", 1, 0, O_GFLOPS}, {"device-gbps", 1, 0, O_GBPS},
-        {"link-gbps", 1, 0, O_LINK_GBPS},  {"link-latency-us", 1, 0, O_LINK_LAT},
-        {"devices-per-node", 1, 0, O_PER_NODE}, {"inter-node-gbps", 1, 0, O_INTER_GBPS},
-        {"inter-node-latency-us", 1, 0, O_INTER_LAT},
+        {"device-gflops", 1, 0, O_CLOCK},  {"device-gbps", 1, 0, O_CLOCK},
+        {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
+        {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
+        {"inter-node-latency-us", 1, 0, O_CLOCK},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
         switch (c) {
         case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_MODEL: model = optarg; break;
@@ -334,25 +317,14 @@ int main(int argc, char **argv)
                           optarg);
             break;
         case O_CSV: csv = 1; break;
-        case O_GFLOPS: clk->device_gflops = parse_double("--device-gflops", optarg, 0, 1); break;
-        case O_GBPS: clk->device_gbps = parse_double("--device-gbps", optarg, 0, 1); break;
-        case O_LINK_GBPS: clk->link_gbps = parse_double("--link-gbps", optarg, 0, 1); break;
-        case O_LINK_LAT:
-            clk->link_latency_us = parse_double("--link-latency-us", optarg, 0, 0);
-            break;
-        case O_PER_NODE:
-            clk->devices_per_node =
-                (int)parse_long("--devices-per-node", optarg, 0, TM_MAX_DEVICES);
-            break;
-        case O_INTER_GBPS:
-            clk->inter_node_gbps = parse_double("--inter-node-gbps", optarg, 0, 1);
-            break;
-        case O_INTER_LAT:
-            clk->inter_node_latency_us = parse_double("--inter-node-latency-us", optarg, 0, 0);
+        case O_CLOCK:
+            if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
+                die_usage("%s", tm_error_message());
             break;
         case 'h':
-            printf(usage, clk->device_gflops, clk->device_gbps, clk->link_gbps,
-                   clk->link_latency_us, clk->inter_node_gbps, clk->inter_node_latency_us);
+            fputs(usage_head, stdout);
+            tm_clock_config_usage(stdout, clk);
+            fputs(usage_tail, stdout);
             return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);

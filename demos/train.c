@@ -18,7 +18,7 @@
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
-static const char usage[] =
+static const char usage_head[] =
     "usage: train [options]\n"
     "Trains an MLP on Fashion-MNIST (or synthetic data) on a mesh of emulated devices.\n"
     "\n"
@@ -59,14 +59,9 @@ static const char usage[] =
     "                        with the training set's mean and std (standard)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
-    "modeled time (what real devices would take; defaults measured on this machine):\n"
-    "  --device-gflops X     compute rate of a device, GFLOP/s (%g)\n"
-    "  --device-gbps X       memory bandwidth of a device, GB/s (%g)\n"
-    "  --link-gbps X         bandwidth of a link within a node, GB/s (%g)\n"
-    "  --link-latency-us X   latency of a link within a node (%g)\n"
-    "  --devices-per-node N  consecutive devices per emulated node; 0: one node (0)\n"
-    "  --inter-node-gbps X   bandwidth of a link between nodes, GB/s (%g)\n"
-    "  --inter-node-latency-us X  latency of a link between nodes (%g)\n"
+    "modeled time (what real devices would take; defaults measured on this machine):\n";
+
+static const char usage_tail[] =
     "  --trace FILE          write a Chrome trace (Perfetto, chrome://tracing) of the\n"
     "                        recorded steps\n"
     "  --trace-clock C       modeled | wall: the trace's time axis (modeled)\n"
@@ -233,8 +228,7 @@ int main(int argc, char **argv)
     enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
            O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
            O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
-           O_DATASET, O_SAMPLES, O_GFLOPS, O_GBPS, O_LINK_GBPS, O_LINK_LAT, O_PER_NODE,
-           O_INTER_GBPS, O_INTER_LAT, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS };
+           O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -251,15 +245,15 @@ int main(int argc, char **argv)
         {"schedule", 1, 0, O_SCHEDULE},    {"stages", 1, 0, O_STAGES},
         {"fail-device", 1, 0, O_FAILDEV},  {"fail-step", 1, 0, O_FAILSTEP},
         {"dataset", 1, 0, O_DATASET},      {"samples", 1, 0, O_SAMPLES},
-        {"device-gflops", 1, 0, O_GFLOPS}, {"device-gbps", 1, 0, O_GBPS},
-        {"link-gbps", 1, 0, O_LINK_GBPS},  {"link-latency-us", 1, 0, O_LINK_LAT},
-        {"devices-per-node", 1, 0, O_PER_NODE}, {"inter-node-gbps", 1, 0, O_INTER_GBPS},
-        {"inter-node-latency-us", 1, 0, O_INTER_LAT}, {"trace", 1, 0, O_TRACE},
+        {"device-gflops", 1, 0, O_CLOCK},  {"device-gbps", 1, 0, O_CLOCK},
+        {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
+        {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
+        {"inter-node-latency-us", 1, 0, O_CLOCK}, {"trace", 1, 0, O_TRACE},
         {"trace-clock", 1, 0, O_TRACE_CLOCK}, {"trace-from", 1, 0, O_TRACE_FROM},
         {"trace-steps", 1, 0, O_TRACE_STEPS},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
@@ -315,22 +309,9 @@ int main(int argc, char **argv)
             dataset = optarg;
             break;
         case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
-        case O_GFLOPS:
-            cfg.clock.device_gflops = parse_double("--device-gflops", optarg, 0, 1);
-            break;
-        case O_GBPS: cfg.clock.device_gbps = parse_double("--device-gbps", optarg, 0, 1); break;
-        case O_LINK_GBPS: cfg.clock.link_gbps = parse_double("--link-gbps", optarg, 0, 1); break;
-        case O_LINK_LAT:
-            cfg.clock.link_latency_us = parse_double("--link-latency-us", optarg, 0, 0);
-            break;
-        case O_PER_NODE:
-            cfg.clock.devices_per_node = (int)parse_long("--devices-per-node", optarg, 0);
-            break;
-        case O_INTER_GBPS:
-            cfg.clock.inter_node_gbps = parse_double("--inter-node-gbps", optarg, 0, 1);
-            break;
-        case O_INTER_LAT:
-            cfg.clock.inter_node_latency_us = parse_double("--inter-node-latency-us", optarg, 0, 0);
+        case O_CLOCK:
+            if (tm_clock_config_flag(&cfg.clock, opts[idx].name, optarg) < 0)
+                die_usage("%s", tm_error_message());
             break;
         case O_TRACE: cfg.trace_path = optarg; break;
         case O_TRACE_CLOCK:
@@ -341,9 +322,9 @@ int main(int argc, char **argv)
         case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1); break;
         case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1); break;
         case 'h':
-            printf(usage, cfg.clock.device_gflops, cfg.clock.device_gbps, cfg.clock.link_gbps,
-                   cfg.clock.link_latency_us, cfg.clock.inter_node_gbps,
-                   cfg.clock.inter_node_latency_us);
+            fputs(usage_head, stdout);
+            tm_clock_config_usage(stdout, &cfg.clock);
+            fputs(usage_tail, stdout);
             return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);

@@ -1,5 +1,6 @@
 #include "runtime/clock_internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,71 @@ int tm_clock_config_check(const tm_clock_config *cfg)
     if (cfg->devices_per_node < 0)
         return tm_error(TM_EINVAL, "--devices-per-node must not be negative");
     return TM_OK;
+}
+
+/* The flags: name, field, and whether 0 is allowed (latencies). */
+static const struct {
+    const char *name;
+    size_t offset;
+    int zero_ok;
+    const char *help;
+} flags[] = {
+    {"device-gflops", offsetof(tm_clock_config, device_gflops), 0,
+     "compute rate of a device, GFLOP/s"},
+    {"device-gbps", offsetof(tm_clock_config, device_gbps), 0,
+     "memory bandwidth of a device, GB/s"},
+    {"link-gbps", offsetof(tm_clock_config, link_gbps), 0,
+     "bandwidth of a link within a node, GB/s"},
+    {"link-latency-us", offsetof(tm_clock_config, link_latency_us), 1,
+     "latency of a link within a node"},
+    {"inter-node-gbps", offsetof(tm_clock_config, inter_node_gbps), 0,
+     "bandwidth of a link between nodes, GB/s"},
+    {"inter-node-latency-us", offsetof(tm_clock_config, inter_node_latency_us), 1,
+     "latency of a link between nodes"},
+};
+
+int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *value)
+{
+    char *end;
+    errno = 0;
+    if (strcmp(name, "devices-per-node") == 0) {
+        long x = strtol(value, &end, 10);
+        if (*value == '\0' || *end != '\0' || errno != 0 || x < 0 || x > 1048576)
+        {
+            tm_error(TM_EINVAL, "--devices-per-node wants an integer in 0..1048576, not \"%s\"",
+                     value);
+            return -1;
+        }
+        cfg->devices_per_node = (int)x;
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        if (strcmp(name, flags[i].name) != 0) continue;
+        double x = strtod(value, &end);
+        if (*value == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < 0 ||
+            (x == 0 && !flags[i].zero_ok))
+        {
+            tm_error(TM_EINVAL, "--%s wants a %s finite number, not \"%s\"", name,
+                     flags[i].zero_ok ? "non-negative" : "positive", value);
+            return -1;
+        }
+        *(double *)((char *)cfg + flags[i].offset) = x;
+        return 1;
+    }
+    return 0;
+}
+
+void tm_clock_config_usage(FILE *f, const tm_clock_config *d)
+{
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s X", flags[i].name);
+        fprintf(f, "  %-21s %s (%g)\n", left, flags[i].help,
+                *(const double *)((const char *)d + flags[i].offset));
+        if (strcmp(flags[i].name, "link-latency-us") == 0)
+            fprintf(f, "  %-21s consecutive devices per emulated node; 0: one node (%d)\n",
+                    "--devices-per-node N", d->devices_per_node);
+    }
 }
 
 void tm_clock_link(const tm_clock_config *cfg, int src, int dst, size_t bytes, double *hold_s,

@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct tm_device tm_device;
 
@@ -44,6 +45,18 @@ typedef struct {
 void tm_clock_config_default(tm_clock_config *cfg);
 /* TM_OK, or TM_EINVAL with a message naming the bad field. */
 int tm_clock_config_check(const tm_clock_config *cfg);
+/* The configuration as command-line flags, for the programs that take them
+ * (build/train, bench_strategies): name is the flag without its dashes
+ * ("device-gflops", "device-gbps", "link-gbps", "link-latency-us",
+ * "devices-per-node", "inter-node-gbps", "inter-node-latency-us"). Returns 1
+ * when it set the field, 0 when name is not one of these, -1 with a
+ * one-line message (tm_error) for a bad value: rates must be positive,
+ * latencies non-negative, finite numbers; devices-per-node an integer
+ * in 0 .. 1048576. */
+int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *value);
+/* Those flags' usage lines, with the values of `defaults`. */
+void tm_clock_config_usage(FILE *f, const tm_clock_config *defaults);
+
 /* Seconds a message of `bytes` holds the link src -> dst, and its latency. */
 void tm_clock_link(const tm_clock_config *cfg, int src, int dst, size_t bytes,
                    double *hold_s, double *latency_s);
