@@ -193,9 +193,12 @@ static const char *phase_name(char phase)
 static void compute_event(tm_vclock *c, double start, double end)
 {
     double w = wall_now() - c->wall0;
-    tm_event *last = c->n_events ? &c->events[c->n_events - 1] : NULL;
-    if (last != NULL && last->engine == TM_ENGINE_COMPUTE && last->end == start &&
-        last->phase == c->phase && last->stage == c->stage && last->mb == c->mb) {
+    /* Extends the compute engine's last event when this kernel follows it
+     * without a wait and with the same label, even if events of the other
+     * engines were recorded in between (an overlapped gradient bucket). */
+    tm_event *last = c->last_compute ? &c->events[c->last_compute - 1] : NULL;
+    if (last != NULL && last->end == start && last->phase == c->phase &&
+        last->stage == c->stage && last->mb == c->mb) {
         last->end = end;
         last->wall_end = w;
     } else {
@@ -203,6 +206,7 @@ static void compute_event(tm_vclock *c, double start, double end)
         if (e != NULL) {
             *e = (tm_event){start, end, c->wall_mark, w, 0, 0, phase_name(c->phase), "", c->phase,
                             TM_ENGINE_COMPUTE, (int16_t)c->stage, (int16_t)c->mb};
+            c->last_compute = c->n_events;
         }
     }
     c->wall_mark = w;
@@ -252,6 +256,7 @@ void tm_clock_record(tm_device *dev, int on)
 {
     tm_vclock *c = tm__device_clock(dev);
     c->recording = on != 0;
+    c->last_compute = 0; /* never extend an event across a pause */
     if (on) c->wall_mark = wall_now() - c->wall0;
 }
 

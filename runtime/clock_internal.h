@@ -20,6 +20,7 @@ typedef struct {
     double recv_free;      /* receive engine: end of the last receive event */
     tm_event *events;
     size_t n_events, cap_events;
+    size_t last_compute;   /* index + 1 of the last compute event, 0: none */
     size_t dropped;        /* events lost for want of host memory */
     char name[48];
 } tm_vclock;

@@ -669,6 +669,48 @@ Test(clock, compute_events_merge_one_label_and_stop_at_waits, .timeout = 30)
 }
 
 /* The whole file, NUL-terminated. */
+/* A kernel, an overlapped all-reduce, a kernel: one compute event, since
+ * the compute engine never waited. */
+static int overlap_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    tm_comm *c = tm_device_comm(dev);
+    float *v = tm_device_alloc(dev, 6000 * sizeof(float), TM_TAG_WORKSPACE);
+    if (v == NULL) return TM_ENOMEM;
+    memset(v, 0, 6000 * sizeof(float));
+    tm_clock_record(dev, 1);
+    tm_clock_label(dev, 'B', 0, 3);
+    tm_clock_charge(dev, 1e5, 0);
+    tm_clock_async(dev, 1);
+    TM_CHECK(tm_allreduce(c, v, v, 6000, TM_SUM));
+    tm_clock_async(dev, 0);
+    tm_clock_charge(dev, 1e5, 0);
+    tm_clock_record(dev, 0);
+    return TM_OK;
+}
+
+Test(clock, an_overlapped_collective_does_not_split_a_compute_event, .timeout = 30)
+{
+    tm_clock_config cc = clock_cfg();
+    tm_world *w = make_world(2, &cc);
+    run_ok(w, overlap_fn, NULL);
+    for (int d = 0; d < 2; d++) {
+        size_t n;
+        const tm_event *e = tm_world_events(w, d, &n);
+        size_t compute = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (e[i].engine != TM_ENGINE_COMPUTE) continue;
+            compute++;
+            cr_expect(close_to(e[i].end - e[i].start, 2e-5),
+                      "device %d: backward lasts %.12g, want both kernels' 2e-5", d,
+                      e[i].end - e[i].start);
+        }
+        cr_expect_eq(compute, 1, "device %d: %zu compute events, want 1", d, compute);
+        cr_expect_eq(n, 2, "device %d: %zu events, want the backward and the all-reduce", d, n);
+    }
+    tm_world_destroy(w);
+}
+
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
