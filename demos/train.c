@@ -436,10 +436,13 @@ int main(int argc, char **argv)
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
     tm_report_traffic(stdout, &res, &cfg);
-    if (cfg.trace_path != NULL)
-        printf("trace of %ld step(s) in %s time written to %s\n",
-               cfg.trace_steps > 0 ? cfg.trace_steps : 1, cfg.trace_wall ? "wall" : "modeled",
-               cfg.trace_path);
+    if (cfg.trace_path != NULL) {
+        long first = cfg.trace_first > 0 ? cfg.trace_first : 1;
+        long count = cfg.trace_steps > 0 ? cfg.trace_steps : 1;
+        long recorded = res.steps - first + 1 < count ? res.steps - first + 1 : count;
+        printf("trace of %ld step(s) in %s time written to %s\n", recorded > 0 ? recorded : 0,
+               cfg.trace_wall ? "wall" : "modeled", cfg.trace_path);
+    }
     tm_train_result_free(&res);
     return 0;
 }

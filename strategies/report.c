@@ -82,10 +82,9 @@ static void cell(FILE *f, uint64_t measured, double analytic)
     fprintf(f, " %11s %11s", a, b);
 }
 
-void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+/* The recorded step's bytes per device and dimension against the formulas. */
+static void step_traffic(FILE *f, const tm_train_result *r, long first)
 {
-    if (r->steps == 0) return;
-    long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
     fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-9s", first,
             "device", "(d,p,t)");
     for (int k = 0; k < TM_DIMS; k++) fprintf(f, " %8s meas.  formula", dim_name[k]);
@@ -110,6 +109,16 @@ void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config 
                "16 KiB: (n-1) x bytes), + the loss's all-gather; pp: every micro-batch's "
                "activations forward and gradients back; tp: ring all-reduce 2(n-1)/n, all-gather "
                "(n-1)/n of each collective's bytes\n");
+}
+
+void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
+    if (r->recorded)
+        step_traffic(f, r, first);
+    else
+        fprintf(f, "no step recorded: --trace-from %ld is past this run's %ld step%s\n", first,
+                r->steps, r->steps == 1 ? "" : "s");
     int by_link = r->n_links <= 32;
     fprintf(f, "links over the whole run (training and evaluation)%s:\n",
             by_link ? "" : ", by mesh dimension");

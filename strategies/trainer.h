@@ -121,6 +121,8 @@ typedef struct {
     tm_device_report *devices; /* (n_devices), freed by tm_train_result_free */
     tm_link_stats *links;      /* (n_links) every link the run used, whole run */
     int n_links;
+    int recorded;              /* the run reached its first recorded step (else
+                                  the timeline and step traffic are empty) */
     /* The first recorded step's forward and backward passes on replica 0,
      * tp rank 0, in modeled seconds from stage 0's first forward; makespan
      * to stage 0's last backward (tm_schedule_draw draws them). */

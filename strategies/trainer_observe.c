@@ -75,10 +75,9 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
 
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res)
 {
-    for (int i = 0; i < res->n_devices; i++) {
-        tm_device_report *rep = &res->devices[i];
-        if (!recorded(rep)) return TM_OK;
-        traffic(w, cfg, rep, i);
-    }
+    for (int i = 0; i < res->n_devices; i++)
+        if (!recorded(&res->devices[i])) return TM_OK;
+    res->recorded = 1;
+    for (int i = 0; i < res->n_devices; i++) traffic(w, cfg, &res->devices[i], i);
     return timeline(w, cfg, res);
 }
