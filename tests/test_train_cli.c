@@ -219,8 +219,8 @@ Test(train_cli, a_recorded_step_past_the_run_is_said_not_faked, .init = paths, .
     char args[1024], first[8192];
     snprintf(args, sizeof args, "--dp 2 --steps 3 --trace-from 5 --trace %s", trace);
     cr_assert_eq(train(args), 0);
-    cr_expect_eq(count_lines(out_path, "no step recorded: --trace-from 5 is past this run's 3 steps",
-                             first, sizeof first), 1, "no notice");
+    const char *notice = "no step recorded: --trace-from 5 is past this run's 3 steps";
+    cr_expect_eq(count_lines(out_path, notice, first, sizeof first), 1, "no notice");
     cr_expect_eq(count_lines(out_path, "measured against the formula", first, sizeof first), 0,
                  "a traffic table for a step that did not run");
     cr_expect_eq(count_lines(out_path, "trace of 0 step(s)", first, sizeof first), 1);
