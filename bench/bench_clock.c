@@ -208,7 +208,8 @@ static int link_body(tm_device *dev, void *arg)
     tm_comm *c = tm_device_comm(dev);
     int r = tm_comm_rank(c), peer = 1 - r;
     enum { PINGS = 2000, EXCHANGES = 200 };
-    static double ping[PINGS], xchg[EXCHANGES];
+    /* Each device its own samples; rank 0's are the ones reported. */
+    static double ping[2][PINGS], xchg[2][EXCHANGES];
     size_t big = (size_t)1 << 20;
     char small[32] = {0};
     float *a = tm_device_alloc(dev, big, TM_TAG_COMM), *b = tm_device_alloc(dev, big, TM_TAG_COMM);
@@ -223,17 +224,17 @@ static int link_body(tm_device *dev, void *arg)
             TM_CHECK(tm_recv(c, small, sizeof small, peer));
             TM_CHECK(tm_send(c, small, sizeof small, peer));
         }
-        ping[i] = (now() - t0) / 2;
+        ping[r][i] = (now() - t0) / 2;
     }
     for (int i = 0; i < EXCHANGES; i++) {
         TM_CHECK(tm_barrier(c));
         double t0 = now();
         TM_CHECK(tm_sendrecv(c, a, big, peer, b, big, peer));
-        xchg[i] = now() - t0;
+        xchg[r][i] = now() - t0;
     }
     if (r == 0) {
-        out->latency_us = 1e6 * median(ping, PINGS);
-        out->gbps = (double)big / median(xchg, EXCHANGES) * 1e-9;
+        out->latency_us = 1e6 * median(ping[0], PINGS);
+        out->gbps = (double)big / median(xchg[0], EXCHANGES) * 1e-9;
     }
     tm_device_free(dev, a);
     tm_device_free(dev, b);

@@ -372,11 +372,10 @@ int main(int argc, char **argv)
         }
     }
 
-    if (cfg.trace_path != NULL) {
-        /* Fail now rather than after training if the trace cannot be written. */
-        out_file probe;
-        out_open(&probe, cfg.trace_path);
-        out_abandon(&probe);
+    /* Fail now rather than after training if the trace cannot be written. */
+    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
+        fprintf(stderr, "train: %s\n", tm_error_message());
+        return 2;
     }
     out_file metrics = {0};
     if (metrics_path != NULL) out_open(&metrics, metrics_path);

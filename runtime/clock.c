@@ -205,7 +205,7 @@ static void compute_event(tm_vclock *c, double start, double end)
         tm_event *e = push(c);
         if (e != NULL) {
             *e = (tm_event){start, end, c->wall_mark, w, 0, 0, phase_name(c->phase), "", c->phase,
-                            TM_ENGINE_COMPUTE, (int16_t)c->stage, (int16_t)c->mb};
+                            TM_ENGINE_COMPUTE, c->stage, c->mb, 0};
             c->last_compute = c->n_events;
         }
     }
@@ -222,13 +222,21 @@ void tm_clock_charge(tm_device *dev, double flops, double bytes)
     if (c->recording) compute_event(c, start, c->s.now);
 }
 
+static void comm_event(tm_vclock *c, int engine, double start, double end, double wall_start,
+                       const char *name, const char *comm, uint64_t bytes, uint64_t sent);
+
 void tm_clock_host_copy(tm_device *dev, double bytes)
 {
     tm_vclock *c = tm__device_clock(dev);
     double dt = bytes / (c->cfg->link_gbps * 1e9), start = c->s.now;
     c->s.now += dt;
-    c->s.compute += dt;
-    if (c->recording) compute_event(c, start, c->s.now);
+    c->s.comm_wait += dt;
+    if (c->recording) {
+        size_t before = c->n_events;
+        comm_event(c, TM_ENGINE_RECV, start, c->s.now, c->wall_mark, "host copy", "host",
+                   (uint64_t)bytes, 0);
+        if (c->n_events > before) c->events[c->n_events - 1].peer = -1;
+    }
 }
 
 void tm_clock_async(tm_device *dev, int on) { tm__device_clock(dev)->async = on != 0; }
@@ -251,6 +259,8 @@ void tm_clock_label(tm_device *dev, char phase, int stage, int mb)
     c->mb = mb;
     if (c->recording) c->wall_mark = wall_now() - c->wall0;
 }
+
+size_t tm_clock_event_count(tm_device *dev) { return tm__device_clock(dev)->n_events; }
 
 void tm_clock_record(tm_device *dev, int on)
 {
@@ -292,7 +302,7 @@ static void comm_event(tm_vclock *c, int engine, double start, double end, doubl
     c->wall_mark = w;
     tm_event *e = push(c);
     if (e == NULL) return;
-    *e = (tm_event){start, end, wall_start, w, bytes, sent, name, "", 0, (uint8_t)engine, -1, -1};
+    *e = (tm_event){start, end, wall_start, w, bytes, sent, name, "", 0, (uint8_t)engine, -1, -1, 0};
     snprintf(e->comm, sizeof e->comm, "%s", comm);
 }
 
@@ -337,10 +347,11 @@ void tm__clock_recv(tm_vclock *c, int src, double arrival, const char *comm, uin
         c->s.now = arrival;
     }
     if (c->recording) {
-        double start = arrival - hold - lat;
-        if (start < c->recv_free) start = c->recv_free;
-        if (start > arrival) start = arrival;
-        comm_event(c, TM_ENGINE_RECV, start, arrival, c->wall_mark, "recv", comm, bytes, 0);
-        c->recv_free = arrival;
+        /* The bytes come in over [arrival - hold, arrival]: one link carries
+         * one message at a time, so a peer's track never overlaps itself. */
+        size_t before = c->n_events;
+        comm_event(c, TM_ENGINE_RECV, arrival - hold, arrival, c->wall_mark, "recv", comm, bytes,
+                   0);
+        if (c->n_events > before) c->events[c->n_events - 1].peer = src;
     }
 }

@@ -6,7 +6,9 @@
  * is free at f starts at s = max(t, f), holds the link (and the sender's
  * engine) for bytes / bandwidth, and arrives at s + bytes / bandwidth +
  * latency; receiving takes no engine time of its own (links are full
- * duplex). A collective runs on the communication engine from the moment
+ * duplex). A device forwards a message once it has arrived whole (store and
+ * forward, one step of an algorithm after the other), so a chain broadcast
+ * costs (n-1) message times where the wall-clock one pipelines its pieces. A collective runs on the communication engine from the moment
  * the compute engine issues it; the compute engine waits for its end unless
  * the device is in asynchronous mode (data-parallel gradient buckets
  * overlapping the backward), and then waits in tm_clock_sync. A point-to-
@@ -82,7 +84,8 @@ void tm_clock_stats_get(tm_device *dev, tm_clock_stats *out);
 void tm_clock_charge(tm_device *dev, double flops, double bytes);
 /* A copy of `bytes` from host memory into the device (a micro-batch staged
  * in): it crosses a link like an intra-node one (the host's link, PCIe on a
- * real accelerator), and the compute engine waits for it. */
+ * real accelerator), and the compute engine waits for it (as comm: a wait
+ * for the device's own transfer). */
 void tm_clock_host_copy(tm_device *dev, double bytes);
 /* on != 0: collectives issued from now on run beside the compute engine,
  * which does not wait for them (until tm_clock_sync). */
@@ -98,7 +101,9 @@ void tm_clock_label(tm_device *dev, char phase, int stage, int mb);
 /* Trace events, recorded while a device's recording is on. Compute events
  * are runs of kernels with one label and no waiting in between; comm events
  * are collectives on the communication engine, sends on the copy engine,
- * and receives on the receiving side of the links. */
+ * and receives: each message as its bytes come in, [arrival - transfer,
+ * arrival], on the receiving side of its link (one track per peer; peer -1
+ * is the host's link). */
 enum { TM_ENGINE_COMPUTE, TM_ENGINE_COLLECTIVE, TM_ENGINE_SEND, TM_ENGINE_RECV, TM_ENGINES };
 
 typedef struct {
@@ -112,11 +117,15 @@ typedef struct {
     char comm[16];               /* comm: communicator name */
     char phase;                  /* compute: see tm_clock_label */
     uint8_t engine;
-    int16_t stage, mb;
+    int32_t stage, mb;
+    int32_t peer;                /* recv: the sending device, -1 the host */
 } tm_event;
 
 /* Starts (on != 0) or stops recording on the calling device. */
 void tm_clock_record(tm_device *dev, int on);
+/* Events the calling device has recorded so far in this run: the index the
+ * next one will have in tm_world_events. */
+size_t tm_clock_event_count(tm_device *dev);
 /* Names the device in traces (e.g. its mesh coordinates). */
 void tm_clock_set_name(tm_device *dev, const char *name);
 
@@ -133,5 +142,9 @@ void tm_world_clock_stats(const tm_world *world, int id, tm_clock_stats *out);
  * TM_EHOSTMEM when a device lost events for want of host memory (nothing
  * is written then). */
 int tm_world_trace_write(const tm_world *world, const char *path, int wall);
+/* Checks before a run that tm_world_trace_write could write `path`: not a
+ * directory, and its temporary file can be created (it is removed again).
+ * TM_OK or TM_EIO with a message. */
+int tm_trace_path_check(const char *path);
 
 #endif

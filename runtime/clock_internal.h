@@ -17,7 +17,6 @@ typedef struct {
     int recording;
     double wall0;          /* wall time the run started */
     double wall_mark;      /* wall time the next compute event starts */
-    double recv_free;      /* receive engine: end of the last receive event */
     tm_event *events;
     size_t n_events, cap_events;
     size_t last_compute;   /* index + 1 of the last compute event, 0: none */

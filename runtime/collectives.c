@@ -347,7 +347,9 @@ int tm_broadcast(tm_comm *c, float *buf, size_t count, int root)
         return tm_error(TM_EINVAL, "broadcast root %d outside communicator '%s' of %d", root,
                         c->name, n);
     if (n == 1) return TM_OK;
-    /* A chain root -> root+1 -> ... streams through every link at once. */
+    /* A chain root -> root+1 -> ...: in wall time the pieces stream through
+     * every link at once; the modeled clock, like every step, forwards a
+     * message once it has arrived whole (store and forward). */
     int pos = (r - root + n) % n;
     step s;
     memset(&s, 0, sizeof s);

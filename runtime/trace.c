@@ -1,14 +1,23 @@
 /* Chrome Trace Event JSON from the devices' recorded events. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "runtime/clock_internal.h"
 #include "runtime/status.h"
+#include "runtime/utf8.h"
 #include "runtime/world.h"
 
-static const char *engine_name[TM_ENGINES] = {"compute", "collectives", "send", "recv"};
+/* Tracks: one per engine; receives get one per sending peer, after them. */
+static const char *engine_name[TM_ENGINE_RECV] = {"compute", "collectives", "send"};
+
+static int tid_of(const tm_event *e)
+{
+    return e->engine == TM_ENGINE_RECV ? TM_ENGINE_RECV + 1 + e->peer : e->engine;
+}
 
 static const char *phase_arg(char phase)
 {
@@ -21,22 +30,52 @@ static const char *phase_arg(char phase)
     }
 }
 
-/* Writes a JSON string body (the names are ours, but a user's path or
- * communicator name could hold a quote). */
-static void json_str(FILE *f, const char *s)
+/* Writes a JSON string body: quotes, backslashes and control characters
+ * escaped, and a byte that does not start well-formed UTF-8 (a name cut
+ * inside a character) as U+FFFD, so the file always parses. */
+static void json_str(FILE *f, const char *str)
 {
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
+    const unsigned char *s = (const unsigned char *)str;
+    size_t left = strlen(str);
+    while (*s) {
+        size_t n = tm_utf8_seq(s, left);
+        if (n == 0) {
+            fputs("\\ufffd", f);
+            n = 1;
+        } else if (*s == '"' || *s == '\\') {
+            fprintf(f, "\\%c", *s);
+        } else if (*s < 0x20) {
+            fprintf(f, "\\u%04x", *s);
+        } else {
+            fwrite(s, 1, n, f);
+        }
+        s += n;
+        left -= n;
     }
 }
 
-static void write_events(FILE *f, const tm_world *w, int wall)
+/* Names device d's tracks: the engines', then one per peer it received
+ * from (seen: n + 1 flags, [0] the host). */
+static void thread_names(FILE *f, int d, const tm_vclock *c, int n, char *seen)
+{
+    for (int e = 0; e < TM_ENGINE_RECV; e++)
+        fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,"
+                   "\"args\":{\"name\":\"%s\"}}", d, e, engine_name[e]);
+    memset(seen, 0, (size_t)n + 1);
+    for (size_t i = 0; i < c->n_events; i++)
+        if (c->events[i].engine == TM_ENGINE_RECV) seen[c->events[i].peer + 1] = 1;
+    for (int p = -1; p < n; p++) {
+        if (!seen[p + 1]) continue;
+        fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,"
+                   "\"args\":{\"name\":\"", d, TM_ENGINE_RECV + 1 + p);
+        if (p < 0)
+            fputs("recv from host\"}}", f);
+        else
+            fprintf(f, "recv from device %d\"}}", p);
+    }
+}
+
+static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
 {
     int n = tm_world_size(w), first = 1;
     fputs("{\"traceEvents\":[\n", f);
@@ -49,16 +88,14 @@ static void write_events(FILE *f, const tm_world *w, int wall)
         fprintf(f, ",\n{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":%d,"
                    "\"args\":{\"sort_index\":%d}}", d, d);
         first = 0;
-        for (int e = 0; e < TM_ENGINES; e++)
-            fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,"
-                       "\"args\":{\"name\":\"%s\"}}", d, e, engine_name[e]);
+        thread_names(f, d, c, n, seen);
         for (size_t i = 0; i < c->n_events; i++) {
             const tm_event *ev = &c->events[i];
             double t0 = wall ? ev->wall_start : ev->start, t1 = wall ? ev->wall_end : ev->end;
             fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,"
                        "\"ts\":%.4f,\"dur\":%.4f,\"args\":{",
                     ev->name, ev->engine == TM_ENGINE_COMPUTE ? "compute" : "comm", d,
-                    ev->engine, t0 * 1e6, (t1 - t0) * 1e6);
+                    tid_of(ev), t0 * 1e6, (t1 - t0) * 1e6);
             if (ev->engine == TM_ENGINE_COMPUTE) {
                 fprintf(f, "\"stage\":%d,\"mb\":%d,\"phase\":\"%s\"}}", ev->stage, ev->mb,
                         phase_arg(ev->phase));
@@ -74,6 +111,28 @@ static void write_events(FILE *f, const tm_world *w, int wall)
             wall ? "wall" : "modeled");
 }
 
+/* The temporary file the trace is written to before it is renamed. */
+static int tmp_path(const char *path, char *tmp, size_t n)
+{
+    if (snprintf(tmp, n, "%s.tmp", path) >= (int)n)
+        return tm_error(TM_EIO, "trace path too long: %s", path);
+    return TM_OK;
+}
+
+int tm_trace_path_check(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return tm_error(TM_EIO, "cannot write trace %s: it is a directory", path);
+    char tmp[4096];
+    TM_CHECK(tmp_path(path, tmp, sizeof tmp));
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL) return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
+    fclose(f);
+    unlink(tmp);
+    return TM_OK;
+}
+
 int tm_world_trace_write(const tm_world *w, const char *path, int wall)
 {
     for (int d = 0; d < tm_world_size(w); d++)
@@ -81,12 +140,17 @@ int tm_world_trace_write(const tm_world *w, const char *path, int wall)
             return tm_error(TM_EHOSTMEM, "trace incomplete: device %d lost %zu events for want "
                             "of host memory", d, tm__world_clock(w, d)->dropped);
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return tm_error(TM_EIO, "trace path too long: %s", path);
+    TM_CHECK(tmp_path(path, tmp, sizeof tmp));
+    char *seen = malloc((size_t)tm_world_size(w) + 1);
+    if (seen == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the trace's track table");
     FILE *f = fopen(tmp, "w");
-    if (f == NULL) return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
+    if (f == NULL) {
+        free(seen);
+        return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
+    }
     errno = 0;
-    write_events(f, w, wall);
+    write_events(f, w, wall, seen);
+    free(seen);
     int bad = ferror(f);
     bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
     bad |= fclose(f) != 0;

@@ -110,8 +110,8 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
     tm_clock_config clock;
     clock_of(cfg, &clock);
     TM_CHECK(tm_clock_config_check(&clock));
-    if (cfg->trace_first < 0 || cfg->trace_steps < 0)
-        return tm_error(TM_EINVAL, "--trace-steps must name positive steps");
+    if (cfg->trace_first < 0) return tm_error(TM_EINVAL, "--trace-from must be positive");
+    if (cfg->trace_steps < 0) return tm_error(TM_EINVAL, "--trace-steps must be positive");
     if (m->widths[0] != train->dim)
         return tm_error(TM_EINVAL, "--model starts with %d inputs but the data has %d",
                         m->widths[0], train->dim);
@@ -289,30 +289,47 @@ static int evaluate(device *v, double *loss_out, double *acc)
     return st;
 }
 
-/* What one training step should send, by the formulas: pipeline stages
- * pass each micro-batch's activations forward and its gradients back;
- * data parallelism all-reduces every gradient bucket once (ring: 2(n-1)/n
- * x bytes per member, direct: (n-1) x bytes) plus the loss's all-gather on
- * the last stage. Tensor parallelism's share is set from its collectives'
- * sizes after the run (trainer_observe.c). */
+/* Bytes a member of comm sends for an all-reduce of count floats: ring
+ * 2(n-1)/n x bytes, direct (n-1) x bytes. */
+static double allreduce_bytes(tm_comm *comm, size_t count)
+{
+    int n = tm_comm_size(comm);
+    double bytes = (double)count * sizeof(float);
+    if (n == 1 || count == 0) return 0;
+    return tm_allreduce_algo_for(comm, count) == TM_ALGO_DIRECT ? (n - 1) * bytes
+                                                                : 2.0 * (n - 1) / n * bytes;
+}
+
+/* What one training step should send, by the formulas, from the plan:
+ * pipeline stages pass each micro-batch's activations forward and its
+ * gradients back; data parallelism all-reduces every gradient bucket once,
+ * plus the loss's all-gather on the last stage; tensor parallelism, per
+ * micro-batch, all-reduces the output of every row-split layer and
+ * all-gathers that of every gathered layer in the forward, and all-reduces
+ * the input gradient of every column-split layer that passes one down in
+ * the backward (Megatron's f and g). */
 static void analytic_traffic(device *v, int rows)
 {
     const tm_train_config *cfg = v->j->cfg;
     tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
     double width = (v->is_last ? 0 : v->stage.out_width) + (v->is_first ? 0 : v->stage.in_width);
     rep->step_analytic[TM_DIM_PP] = (double)cfg->micro_batches * rows * width * sizeof(float);
-    int n = cfg->dp;
-    if (n == 1) return;
-    double dp = 0;
+    int t = cfg->tp;
+    double dp = 0, tp = 0;
     for (int i = 0; i < v->stage.n; i++) {
-        size_t count = v->stage.layer[i].w_len + v->stage.layer[i].b_len;
-        double bytes = (double)count * sizeof(float);
-        dp += tm_allreduce_algo_for(v->mesh.dp_comm, count) == TM_ALGO_DIRECT
-                  ? (n - 1) * bytes
-                  : 2.0 * (n - 1) / n * bytes;
+        const tm_layer_plan *l = &v->stage.layer[i];
+        dp += allreduce_bytes(v->mesh.dp_comm, l->w_len + l->b_len);
+        if (t == 1) continue;
+        if (l->split == TM_SPLIT_ROW) {
+            tp += allreduce_bytes(v->mesh.tp_comm, (size_t)rows * l->out);
+            continue;
+        }
+        if (l->gather) tp += (double)(t - 1) * rows * l->out_local * sizeof(float);
+        if (i > 0 || !v->is_first) tp += allreduce_bytes(v->mesh.tp_comm, (size_t)rows * l->in);
     }
-    if (v->is_last) dp += (n - 1) * sizeof(double);
+    if (v->is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
     rep->step_analytic[TM_DIM_DP] = dp;
+    rep->step_analytic[TM_DIM_TP] = (double)cfg->micro_batches * tp;
 }
 
 /* Allocates, block by block, what the pipeline executor holds at its peak
@@ -383,7 +400,8 @@ static int setup(device *v)
  * sp as its pipeline starts (after zeroing the gradients), s1 after the
  * pipeline, s2 after the optimizer. */
 static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *sp,
-                    const tm_clock_stats *s1, const tm_clock_stats *s2, int first_recorded)
+                    const tm_clock_stats *s1, const tm_clock_stats *s2, int first_recorded,
+                    size_t ev0, size_t ev1)
 {
     tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
     double busy = s1->compute - sp->compute;
@@ -401,6 +419,8 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
     rep->comm_busy_s += s2->comm_busy - s0->comm_busy;
     if (first_recorded) {
         rep->rec_start = sp->now;
+        rep->rec_ev0 = ev0;
+        rep->rec_ev1 = ev1;
         rep->rec_pipe_end = s1->now;
         rep->rec_end = s2->now;
     }
@@ -417,7 +437,8 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     /* 1 for the first recorded step, 2 for the others, 0 when not recorded. */
     long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
     long count = cfg->trace_steps > 0 ? cfg->trace_steps : 1;
-    int recorded = taken + 1 < first || taken + 1 >= first + count ? 0 : taken + 1 == first ? 1 : 2;
+    long k = taken + 1 - first; /* this step's place in the recorded window */
+    int recorded = k < 0 || k >= count ? 0 : k == 0 ? 1 : 2;
     if (cfg->fail_step > 0 && step == cfg->fail_step && tm_device_id(v->dev) == cfg->fail_device)
         return tm_error(TM_EFAIL, "injected failure at step %ld (--fail-device %d --fail-step %ld)",
                         step, cfg->fail_device, cfg->fail_step);
@@ -438,6 +459,7 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
                            .rows = f.mb_rows, .load_input = load_input, .loss = loss, .ctx = &f,
                            .ready = cfg->dp > 1 ? grads_ready : NULL, .ready_ctx = &b};
     if (recorded) tm_clock_record(v->dev, 1);
+    size_t ev0 = tm_clock_event_count(v->dev);
     int st = tm_pipeline_run(&ps);
     if (st != TM_OK) {
         tm_clock_record(v->dev, 0);
@@ -453,7 +475,7 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
-    account(v, &s0, &sp, &s1, &s2, recorded == 1);
+    account(v, &s0, &sp, &s1, &s2, recorded == 1, ev0, tm_clock_event_count(v->dev));
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
     if (ps.max_in_flight > rep->max_in_flight) rep->max_in_flight = ps.max_in_flight;
     return TM_OK;
@@ -661,12 +683,15 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
         out->gflops = out->train_seconds > 0 ? out->gflops / out->train_seconds * 1e-9 : 0;
         summarize(cfg, out);
         if (st == TM_OK) st = tm__train_observe(w, cfg, out);
-        if (st == TM_OK && cfg->trace_path != NULL) st = tm_world_trace_write(w, cfg->trace_path,
-                                                                             cfg->trace_wall);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
     }
     if (st == TM_OK && cfg->save_path != NULL) {
         st = tm_checkpoint_save(cfg->save_path, &state);
+        if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
+    }
+    /* After the checkpoint: a trace that cannot be written loses no state. */
+    if (st == TM_OK && cfg->trace_path != NULL) {
+        st = tm_world_trace_write(w, cfg->trace_path, cfg->trace_wall);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
     tm_world_destroy(w);

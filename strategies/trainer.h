@@ -92,14 +92,16 @@ typedef struct {
      * communication and copy engines' sending time, overlapped or not. */
     double modeled_s, compute_s, comm_s, idle_s, comm_busy_s;
     /* Payload bytes sent in the first recorded step, per mesh dimension,
-     * against the formula's figure (strategies/report.h prints both; the
-     * formulas are in README, "Modeled time, traces and timelines"). */
+     * against the formula's figure, worked out from the plan before the run
+     * (strategies/report.h prints both; the formulas are in README,
+     * "Modeled time, traces and timelines"). */
     uint64_t step_sent[TM_DIMS];
     double step_analytic[TM_DIMS];
     /* The first recorded step in modeled time: its pipeline's start (after
      * zeroing the gradients), the end of its pipeline part (this device's
      * last backward) and its end (after the optimizer). */
     double rec_start, rec_pipe_end, rec_end;
+    size_t rec_ev0, rec_ev1;   /* its events: [rec_ev0, rec_ev1) of tm_world_events */
     /* Pipeline bubble accounting: forward/backward compute time, and on
      * stage 0 pp x the time from its first forward to its last backward
      * (the pipeline's makespan); bubble = 1 - sum(busy) / sum(span). */

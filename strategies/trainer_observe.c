@@ -15,32 +15,20 @@ static int dim_of(const char *comm)
     return -1;
 }
 
-/* Bytes a member of an n-device group sends for one collective of `bytes`
- * (nccl-tests' count), by its algorithm. */
-static double formula(const char *op, int n, double bytes)
-{
-    if (strcmp(op, "allreduce") == 0) return 2.0 * (n - 1) / n * bytes;
-    if (strcmp(op, "allreduce (direct)") == 0) return (n - 1) * bytes;
-    if (strcmp(op, "allgather") == 0 || strcmp(op, "reduce_scatter") == 0)
-        return (double)(n - 1) / n * bytes;
-    return 0;
-}
+static int recorded(const tm_device_report *r) { return r->rec_ev1 > r->rec_ev0; }
 
-static int recorded(const tm_device_report *r) { return r->rec_end > r->rec_start; }
-
-static void traffic(const tm_world *w, const tm_train_config *cfg, tm_device_report *rep, int id)
+/* The recorded step's events are those its device recorded between the
+ * step's start and end (in program order: a send that leaves late, behind
+ * earlier ones, still belongs to its step). */
+static void traffic(const tm_world *w, tm_device_report *rep, int id)
 {
     size_t n;
     const tm_event *ev = tm_world_events(w, id, &n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = rep->rec_ev0; i < rep->rec_ev1 && i < n; i++) {
         const tm_event *e = &ev[i];
-        int sending = e->engine == TM_ENGINE_COLLECTIVE || e->engine == TM_ENGINE_SEND;
-        if (!sending || e->start < rep->rec_start || e->start >= rep->rec_end) continue;
         int dim = dim_of(e->comm);
-        if (dim < 0) continue;
-        rep->step_sent[dim] += e->sent;
-        if (dim == TM_DIM_TP)
-            rep->step_analytic[dim] += formula(e->name, cfg->tp, (double)e->bytes);
+        if ((e->engine == TM_ENGINE_COLLECTIVE || e->engine == TM_ENGINE_SEND) && dim >= 0)
+            rep->step_sent[dim] += e->sent;
     }
 }
 
@@ -59,11 +47,9 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
     for (int p = 0; p < cfg->pp; p++) {
         const tm_device_report *r = &res->devices[p * cfg->tp];
         const tm_event *ev = tm_world_events(w, p * cfg->tp, &n);
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = r->rec_ev0; i < r->rec_ev1 && i < n; i++) {
             const tm_event *e = &ev[i];
-            if (e->engine != TM_ENGINE_COMPUTE || (e->phase != 'F' && e->phase != 'B') ||
-                e->start < r->rec_start || e->end > r->rec_pipe_end)
-                continue;
+            if (e->engine != TM_ENGINE_COMPUTE || (e->phase != 'F' && e->phase != 'B')) continue;
             res->timeline[res->n_timeline++] = (tm_sched_event){
                 p, e->phase == 'F' ? TM_SCHED_FWD : TM_SCHED_BWD, e->mb, e->start - t0,
                 e->end - t0};
@@ -78,6 +64,6 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
     for (int i = 0; i < res->n_devices; i++)
         if (!recorded(&res->devices[i])) return TM_OK;
     res->recorded = 1;
-    for (int i = 0; i < res->n_devices; i++) traffic(w, cfg, &res->devices[i], i);
+    for (int i = 0; i < res->n_devices; i++) traffic(w, &res->devices[i], i);
     return timeline(w, cfg, res);
 }

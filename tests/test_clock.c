@@ -623,7 +623,8 @@ Test(clock, compute_events_merge_one_label_and_stop_at_waits, .timeout = 30)
         double start, end; /* < 0: not checked here */
     } want[] = {
         {TM_ENGINE_COMPUTE, "forward", 'F', 0, 2 * k},
-        {TM_ENGINE_RECV, "recv", 0, 1e-4, arrival},
+        /* The message's bytes come in over the transfer before its arrival. */
+        {TM_ENGINE_RECV, "recv", 0, 1e-4 + LAT, arrival},
         {TM_ENGINE_COMPUTE, "forward", 'F', arrival, arrival + k},
         {TM_ENGINE_COMPUTE, "backward", 'B', arrival + k, arrival + 3 * k},
         {TM_ENGINE_COLLECTIVE, "allreduce", 0, arrival + 3 * k, -1},
@@ -785,7 +786,9 @@ static void check_trace(const tm_world *w, const char *path, int wall)
         cr_expect(ts != NULL && ts->type == TM_JSON_NUMBER && dur != NULL &&
                       dur->type == TM_JSON_NUMBER,
                   "X event without ts and dur");
-        cr_expect(tid != NULL && tid->is_uint && tid->uint < TM_ENGINES, "X event tid");
+        /* Engines 0-2, then a receive track per peer (tid 3: the host). */
+        cr_expect(tid != NULL && tid->is_uint && tid->uint < (uint64_t)TM_ENGINE_RECV + 1 + n,
+                  "X event tid");
         x_events++;
         x_per[pid->uint]++;
     }
@@ -878,4 +881,46 @@ Test(clock, config_check_rejects_bad_rates)
     tm_world *w = NULL;
     cr_expect_eq(tm_world_create(&w, &wc), TM_EINVAL, "world with a free-speed link created");
     cr_expect_null(w);
+}
+
+/* A name cut inside a UTF-8 character and a micro-batch number past 32767
+ * still make a valid trace with the right numbers. */
+static int odd_names_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    char name[64];
+    /* 30 two-byte characters: the 47 bytes a name keeps end mid-character. */
+    name[0] = '\0';
+    for (int i = 0; i < 30; i++) strcat(name, "\xc3\xa9");
+    tm_clock_set_name(dev, name);
+    tm_clock_record(dev, 1);
+    tm_clock_label(dev, 'F', 0, 40000);
+    tm_clock_charge(dev, 1e3, 0);
+    tm_clock_record(dev, 0);
+    return TM_OK;
+}
+
+Test(clock, a_cut_name_and_a_large_micro_batch_make_a_valid_trace, .timeout = 30)
+{
+    tm_clock_config cc = clock_cfg();
+    tm_world *w = make_world(1, &cc);
+    run_ok(w, odd_names_fn, NULL);
+    size_t n;
+    const tm_event *e = tm_world_events(w, 0, &n);
+    cr_assert_eq(n, 1);
+    cr_expect_eq(e[0].mb, 40000, "micro-batch %d", (int)e[0].mb);
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tm_clock_utf8_%ld.json", (long)getpid());
+    cr_assert_eq(tm_world_trace_write(w, path, 0), TM_OK, "%s", tm_error_message());
+    size_t len;
+    char *text = slurp(path, &len);
+    unlink(path);
+    cr_assert(text != NULL);
+    tm_json_doc *doc = NULL;
+    cr_expect_eq(tm_json_parse(&doc, text, len), TM_OK, "trace does not parse: %s",
+                 tm_error_message());
+    cr_expect(strstr(text, "\"mb\":40000") != NULL, "mb not written as 40000");
+    tm_json_free(doc);
+    free(text);
+    tm_world_destroy(w);
 }

@@ -282,13 +282,22 @@ Test(modeled, step_traffic_matches_the_formulas, .timeout = 300)
 {
     static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
     make_data(256, 16, 8);
-    int meshes[][3] = {{2, 1, 1}, {1, 2, 1}, {2, 2, 1}, {4, 1, 1}, {2, 2, 2}};
+    /* dp, pp, tp, and a slow link (pipeline sends queue behind each other
+     * and leave after their step's compute: they still count for it). */
+    int meshes[][4] = {{2, 1, 1, 0}, {1, 2, 1, 0}, {2, 2, 1, 0}, {4, 1, 1, 0},
+                       {2, 2, 2, 0}, {1, 1, 2, 0}, {1, 3, 1, 1}};
     char dir[] = "/tmp/tm_modeled_XXXXXX", path[256];
     cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/trace.json", dir);
     for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
         int dp = meshes[i][0], pp = meshes[i][1], tp = meshes[i][2], n = dp * pp * tp;
-        tm_train_config c = config(TRAFFIC_MODEL, dp, pp, tp, 32, 2, TM_SCHED_1F1B);
+        int slow = meshes[i][3];
+        tm_train_config c = config(TRAFFIC_MODEL, dp, pp, tp, slow ? 64 : 32, slow ? 8 : 2,
+                                   slow ? TM_SCHED_GPIPE : TM_SCHED_1F1B);
+        if (slow) {
+            tm_clock_config_default(&c.clock);
+            c.clock.link_gbps = 0.05;
+        }
         c.trace_path = path;
         tm_train_result r;
         train_ok(&c, &r);
