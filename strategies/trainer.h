@@ -103,8 +103,9 @@ typedef struct {
     double rec_start, rec_pipe_end, rec_end;
     size_t rec_ev0, rec_ev1;   /* its events: [rec_ev0, rec_ev1) of tm_world_events */
     /* Pipeline bubble accounting: forward/backward compute time, and on
-     * stage 0 pp x the time from its first forward to its last backward
-     * (the pipeline's makespan); bubble = 1 - sum(busy) / sum(span). */
+     * stage 0 pp x the time from the start of its pipeline part (its first
+     * micro-batch's copy from the host, then its first forward) to its last
+     * backward: the pipeline's makespan; bubble = 1 - sum(busy) / sum(span). */
     double bubble_busy_s, bubble_span_s;
 } tm_device_report;
 
@@ -126,8 +127,9 @@ typedef struct {
     int recorded;              /* the run reached its first recorded step (else
                                   the timeline and step traffic are empty) */
     /* The first recorded step's forward and backward passes on replica 0,
-     * tp rank 0, in modeled seconds from stage 0's first forward; makespan
-     * to stage 0's last backward (tm_schedule_draw draws them). */
+     * tp rank 0, in modeled seconds from the start of stage 0's pipeline
+     * part (before its first micro-batch's copy from the host); makespan to
+     * stage 0's last backward (tm_schedule_draw draws them). */
     tm_sched_event *timeline;
     int n_timeline;
     double timeline_makespan;
