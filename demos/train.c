@@ -345,6 +345,11 @@ int main(int argc, char **argv)
                   cfg.tp, mesh);
 
     if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
+    /* Fail now rather than after training if the trace cannot be written. */
+    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
+        fprintf(stderr, "train: %s\n", tm_error_message());
+        return 2;
+    }
     tm_dataset train = {0}, test = {0};
     int synthetic = strcmp(dataset, "synthetic") == 0;
     const tm_mlp_config *m = &cfg.model;
@@ -372,11 +377,6 @@ int main(int argc, char **argv)
         }
     }
 
-    /* Fail now rather than after training if the trace cannot be written. */
-    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
-        fprintf(stderr, "train: %s\n", tm_error_message());
-        return 2;
-    }
     out_file metrics = {0};
     if (metrics_path != NULL) out_open(&metrics, metrics_path);
     report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch};
