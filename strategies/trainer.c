@@ -289,49 +289,6 @@ static int evaluate(device *v, double *loss_out, double *acc)
     return st;
 }
 
-/* Bytes a member of comm sends for an all-reduce of count floats: ring
- * 2(n-1)/n x bytes, direct (n-1) x bytes. */
-static double allreduce_bytes(tm_comm *comm, size_t count)
-{
-    int n = tm_comm_size(comm);
-    double bytes = (double)count * sizeof(float);
-    if (n == 1 || count == 0) return 0;
-    return tm_allreduce_algo_for(comm, count) == TM_ALGO_DIRECT ? (n - 1) * bytes
-                                                                : 2.0 * (n - 1) / n * bytes;
-}
-
-/* What one training step should send, by the formulas, from the plan:
- * pipeline stages pass each micro-batch's activations forward and its
- * gradients back; data parallelism all-reduces every gradient bucket once,
- * plus the loss's all-gather on the last stage; tensor parallelism, per
- * micro-batch, all-reduces the output of every row-split layer and
- * all-gathers that of every gathered layer in the forward, and all-reduces
- * the input gradient of every column-split layer that passes one down in
- * the backward (Megatron's f and g). */
-static void analytic_traffic(device *v, int rows)
-{
-    const tm_train_config *cfg = v->j->cfg;
-    tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
-    double width = (v->is_last ? 0 : v->stage.out_width) + (v->is_first ? 0 : v->stage.in_width);
-    rep->step_analytic[TM_DIM_PP] = (double)cfg->micro_batches * rows * width * sizeof(float);
-    int t = cfg->tp;
-    double dp = 0, tp = 0;
-    for (int i = 0; i < v->stage.n; i++) {
-        const tm_layer_plan *l = &v->stage.layer[i];
-        dp += allreduce_bytes(v->mesh.dp_comm, l->w_len + l->b_len);
-        if (t == 1) continue;
-        if (l->split == TM_SPLIT_ROW) {
-            tp += allreduce_bytes(v->mesh.tp_comm, (size_t)rows * l->out);
-            continue;
-        }
-        if (l->gather) tp += (double)(t - 1) * rows * l->out_local * sizeof(float);
-        if (i > 0 || !v->is_first) tp += allreduce_bytes(v->mesh.tp_comm, (size_t)rows * l->in);
-    }
-    if (v->is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
-    rep->step_analytic[TM_DIM_DP] = dp;
-    rep->step_analytic[TM_DIM_TP] = (double)cfg->micro_batches * tp;
-}
-
 /* Allocates, block by block, what the pipeline executor holds at its peak
  * (strategies/pipeline.c), then frees it: a model that does not fit fails
  * before the first step, with the arena's report. The peak: the schedule's
@@ -392,7 +349,8 @@ static int setup(device *v)
     }
     TM_CHECK(probe_activations(v, rows));
     tm_arena_reset_peak(tm_device_arena(v->dev));
-    analytic_traffic(v, rows);
+    tm__train_formulas(cfg, &v->stage, &v->mesh, rows,
+                       &j->result->devices[tm_device_id(v->dev)]);
     return TM_OK;
 }
 
@@ -626,21 +584,6 @@ void tm_train_result_free(tm_train_result *r)
     r->n_devices = r->n_timeline = r->n_links = 0;
 }
 
-/* The run's modeled figures from the device reports. */
-static void summarize(const tm_train_config *cfg, tm_train_result *r)
-{
-    double busy = 0, span = 0;
-    for (int i = 0; i < r->n_devices; i++) {
-        const tm_device_report *d = &r->devices[i];
-        if (d->modeled_s > r->modeled_seconds) r->modeled_seconds = d->modeled_s;
-        busy += d->bubble_busy_s;
-        span += d->bubble_span_s;
-    }
-    r->modeled_samples_per_s =
-        r->modeled_seconds > 0 ? (double)r->steps * cfg->batch / r->modeled_seconds : 0;
-    r->bubble = cfg->pp > 1 && span > 0 ? 1 - busy / span : -1;
-}
-
 int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
              tm_train_result *out, char *error, size_t error_size)
 {
@@ -681,7 +624,7 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
         out->memory = out->devices[0].memory;
         for (int i = 0; i < n; i++) out->gflops += out->devices[i].flops;
         out->gflops = out->train_seconds > 0 ? out->gflops / out->train_seconds * 1e-9 : 0;
-        summarize(cfg, out);
+        tm__train_summarize(cfg, out);
         if (st == TM_OK) st = tm__train_observe(w, cfg, out);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
     }

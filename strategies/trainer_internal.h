@@ -1,4 +1,5 @@
-/* Between trainer.c and trainer_observe.c only. */
+/* Between trainer.c and trainer_observe.c only: the accounts of a run that
+ * trainer_observe.c keeps (formulas, timeline, traffic, summary). */
 #ifndef TM_TRAINER_INTERNAL_H
 #define TM_TRAINER_INTERNAL_H
 
@@ -9,5 +10,13 @@
  * res->recorded and each device's measured step traffic. TM_OK or
  * TM_EHOSTMEM. */
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res);
+
+/* What one training step of this device should send per mesh dimension, by
+ * the formulas, into rep->step_analytic (before the run, from the plan). */
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
+                        int rows, tm_device_report *rep);
+/* The run's modeled figures (time, samples/s, bubble) from the device
+ * reports, after the run. */
+void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
 
 #endif

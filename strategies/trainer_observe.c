@@ -1,9 +1,11 @@
-/* What a training run's recorded events say: the first recorded step's
- * pipeline timeline and each device's traffic in that step by mesh
- * dimension, set against the formulas. */
+/* A training run's accounts: the traffic formulas of a step (before the
+ * run), and after it what the recorded events say (the first recorded
+ * step's pipeline timeline and each device's traffic in that step by mesh
+ * dimension) and the run's modeled figures. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/collectives.h"
 #include "runtime/status.h"
 #include "strategies/trainer_internal.h"
 
@@ -66,4 +68,62 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
     res->recorded = 1;
     for (int i = 0; i < res->n_devices; i++) traffic(w, &res->devices[i], i);
     return timeline(w, cfg, res);
+}
+
+/* Bytes a member of comm sends for an all-reduce of count floats: ring
+ * 2(n-1)/n x bytes, direct (n-1) x bytes. */
+static double allreduce_bytes(tm_comm *comm, size_t count)
+{
+    int n = tm_comm_size(comm);
+    double bytes = (double)count * sizeof(float);
+    if (n == 1 || count == 0) return 0;
+    return tm_allreduce_algo_for(comm, count) == TM_ALGO_DIRECT ? (n - 1) * bytes
+                                                                : 2.0 * (n - 1) / n * bytes;
+}
+
+/* What one training step should send, by the formulas, from the plan:
+ * pipeline stages pass each micro-batch's activations forward and its
+ * gradients back; data parallelism all-reduces every gradient bucket once,
+ * plus the loss's all-gather on the last stage; tensor parallelism, per
+ * micro-batch, all-reduces the output of every row-split layer and
+ * all-gathers that of every gathered layer in the forward, and all-reduces
+ * the input gradient of every column-split layer that passes one down in
+ * the backward (Megatron's f and g). */
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
+                        int rows, tm_device_report *rep)
+{
+    int is_first = mesh->p == 0, is_last = mesh->p == mesh->pp - 1;
+    double width = (is_last ? 0 : stage->out_width) + (is_first ? 0 : stage->in_width);
+    rep->step_analytic[TM_DIM_PP] = (double)cfg->micro_batches * rows * width * sizeof(float);
+    int t = cfg->tp;
+    double dp = 0, tp = 0;
+    for (int i = 0; i < stage->n; i++) {
+        const tm_layer_plan *l = &stage->layer[i];
+        dp += allreduce_bytes(mesh->dp_comm, l->w_len + l->b_len);
+        if (t == 1) continue;
+        if (l->split == TM_SPLIT_ROW) {
+            tp += allreduce_bytes(mesh->tp_comm, (size_t)rows * l->out);
+            continue;
+        }
+        if (l->gather) tp += (double)(t - 1) * rows * l->out_local * sizeof(float);
+        if (i > 0 || !is_first) tp += allreduce_bytes(mesh->tp_comm, (size_t)rows * l->in);
+    }
+    if (is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
+    rep->step_analytic[TM_DIM_DP] = dp;
+    rep->step_analytic[TM_DIM_TP] = (double)cfg->micro_batches * tp;
+}
+
+/* The run's modeled figures from the device reports. */
+void tm__train_summarize(const tm_train_config *cfg, tm_train_result *r)
+{
+    double busy = 0, span = 0;
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        if (d->modeled_s > r->modeled_seconds) r->modeled_seconds = d->modeled_s;
+        busy += d->bubble_busy_s;
+        span += d->bubble_span_s;
+    }
+    r->modeled_samples_per_s =
+        r->modeled_seconds > 0 ? (double)r->steps * cfg->batch / r->modeled_seconds : 0;
+    r->bubble = cfg->pp > 1 && span > 0 ? 1 - busy / span : -1;
 }
