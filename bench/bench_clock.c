@@ -21,7 +21,7 @@
 #include "runtime/status.h"
 #include "runtime/world.h"
 #include "strategies/idx.h"
-#include "strategies/model.h"
+#include "strategies/mlp.h"
 #include "strategies/trainer.h"
 
 static const char usage[] =
@@ -288,7 +288,16 @@ static int track(const char *dir, int n_epochs)
     epochs x = {0};
     tm_train_config cfg = {0};
     const char *why;
-    tm_mlp_parse("784,256,128,10", &cfg.model, &why);
+    tm_mlp_config mlp;
+    tm_model net;
+    tm_mlp_parse("784,256,128,10", &mlp, &why);
+    if (tm_mlp_model(&net, &mlp) != TM_OK) {
+        fprintf(stderr, "bench_clock: %s\n", tm_error_message());
+        return 1;
+    }
+    cfg.model = &net;
+    cfg.beta1 = 0.9;
+    cfg.beta2 = 0.999;
     cfg.dp = 2;
     cfg.pp = cfg.tp = 1;
     cfg.schedule = TM_SCHED_1F1B;
@@ -308,9 +317,13 @@ static int track(const char *dir, int n_epochs)
     cfg.on_epoch = on_epoch;
     tm_train_result res;
     char err[2048];
-    int st = tm_train(&cfg, &train, &test, &res, err, sizeof err);
+    tm_data train_data, test_data;
+    tm_data_images(&train_data, &train);
+    tm_data_images(&test_data, &test);
+    int st = tm_train(&cfg, &train_data, &test_data, &res, err, sizeof err);
     tm_dataset_free(&train);
     tm_dataset_free(&test);
+    tm_model_destroy(&net);
     if (st != TM_OK) {
         fprintf(stderr, "bench_clock: %s\n", err);
         tm_train_result_free(&res);

@@ -18,6 +18,7 @@
 #include "runtime/status.h"
 #include "runtime/world.h"
 #include "strategies/idx.h"
+#include "strategies/mlp.h"
 #include "strategies/report.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
@@ -157,8 +158,8 @@ typedef struct {
  * runs with arenas of cap bytes. Returns TM_OK, or the error with its
  * message in error (TM_EHOSTMEM when the host cannot give the arena it
  * needs). */
-static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_dataset *train,
-                      const tm_dataset *test, char *error, size_t error_size)
+static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_data *train,
+                      const tm_data *test, char *error, size_t error_size)
 {
     tm_train_result r;
     size_t short_of = 0; /* the largest arena that ran out */
@@ -332,8 +333,9 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (tm_mlp_parse(model, &base.model, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    const tm_mlp_config *m = &base.model;
+    tm_mlp_config mlp;
+    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    const tm_mlp_config *m = &mlp;
     int classes = m->widths[m->n_layers];
     if (classes < 2 || classes > TM_SYNTHETIC_MAX_CLASSES)
         die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d", model,
@@ -349,20 +351,32 @@ int main(int argc, char **argv)
     base.lr = 0.05;
     base.lr_schedule = TM_LR_CONSTANT;
     base.momentum = 0.9;
+    base.beta1 = 0.9;
+    base.beta2 = 0.999;
     base.weight_decay = 5e-4;
     base.seed = 1;
     base.shuffle = 1;
 
-    tm_dataset train = {0}, test = {0};
-    int st = tm_dataset_synthetic(&train, (int)(base.batch * (base.max_steps + 1)),
+    tm_model net;
+    if (tm_mlp_model(&net, &mlp) != TM_OK) {
+        fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
+        return 1;
+    }
+    base.model = &net;
+    tm_dataset train_images = {0}, test_images = {0};
+    int st = tm_dataset_synthetic(&train_images, (int)(base.batch * (base.max_steps + 1)),
                                   m->widths[0], classes, base.seed, 0);
     if (st == TM_OK)
-        st = tm_dataset_synthetic(&test, base.batch, m->widths[0], classes, base.seed, 1);
+        st = tm_dataset_synthetic(&test_images, base.batch, m->widths[0], classes, base.seed, 1);
     if (st != TM_OK) {
-        tm_dataset_free(&train);
+        tm_dataset_free(&train_images);
+        tm_model_destroy(&net);
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 2;
     }
+    tm_data train, test;
+    tm_data_images(&train, &train_images);
+    tm_data_images(&test, &test_images);
     int n = sweep(devices, sched, n_sched, mbs, n_mbs, NULL);
     config *cs = calloc((size_t)n, sizeof *cs);
     if (cs == NULL) {
@@ -402,8 +416,8 @@ int main(int argc, char **argv)
     }
     double wall = now() - t0;
     if (tty) fprintf(stderr, "\r%*s\r", 60, "");
-    tm_dataset_free(&train);
-    tm_dataset_free(&test);
+    tm_dataset_free(&train_images);
+    tm_dataset_free(&test_images);
 
     /* The configurations that ran first, best first. */
     int ran = 0;
@@ -445,5 +459,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_reasons; i++)
         fprintf(foot, "#   rejected %d x: %s\n", reasons[i].count, reasons[i].text);
     free(cs);
+    tm_model_destroy(&net);
     return counts[FAILED] != 0;
 }

@@ -13,6 +13,7 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
+#include "strategies/mlp.h"
 #include "strategies/plan.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
@@ -91,8 +92,8 @@ static void on_step(void *ctx, const tm_step_info *info)
     ph->n_loss = info->step;
 }
 
-static void run_phase(phase *ph, const tm_train_config *base, const tm_dataset *train,
-                      const tm_dataset *test)
+static void run_phase(phase *ph, const tm_train_config *base, const tm_data *train,
+                      const tm_data *test)
 {
     tm_train_config cfg = *base;
     cfg.pp = ph->pp;
@@ -189,8 +190,8 @@ static int report_training(const phase *ph)
 /* Phase 1's second half: the same model on one device without a cap (the
  * cap doubles until it fits), one step, to measure what it would need.
  * Returns the peak bytes, or 0 when the measurement failed. */
-static size_t measure_one_device(const tm_train_config *base, const tm_dataset *train,
-                               const tm_dataset *test, size_t cap, size_t param_bytes)
+static size_t measure_one_device(const tm_train_config *base, const tm_data *train,
+                               const tm_data *test, size_t cap, size_t param_bytes)
 {
     phase m = {.pp = 1, .tp = 1, .micro_batches = 1, .steps = 1};
     double loss;
@@ -229,10 +230,10 @@ static void summary_line(const char *name, const phase *ph)
 }
 
 /* Phase 2's layout: which layers each stage holds. */
-static void describe_stages(const tm_mlp_config *model)
+static void describe_stages(const tm_model *net, const tm_mlp_config *model)
 {
     int first[TM_MAX_LAYERS + 1];
-    if (tm_stages_balance(model, WAYS, first) != TM_OK) return;
+    if (tm_stages_balance(net, WAYS, first) != TM_OK) return;
     for (int s = 0; s < WAYS; s++) {
         size_t n = 0;
         printf("  stage %d (device %d): layer%s", s, s, first[s + 1] - first[s] > 1 ? "s" : "");
@@ -246,20 +247,22 @@ static void describe_stages(const tm_mlp_config *model)
 }
 
 /* Phase 3's layout: how every layer is split over the four ranks. */
-static void describe_shards(const tm_mlp_config *model)
+static void describe_shards(const tm_model *net)
 {
     tm_layer_plan plan[TM_MAX_LAYERS];
     size_t n;
-    if (tm_stage_plan(model, 0, model->n_layers, WAYS, 0, plan, &n) != TM_OK) return;
-    for (int i = 0; i < model->n_layers; i++) {
+    if (tm_stage_plan(net, 0, net->n_layers, WAYS, 0, plan, &n) != TM_OK) return;
+    for (int i = 0; i < net->n_layers; i++) {
         const tm_layer_plan *l = &plan[i];
-        printf("  layer %d (%d -> %d): ", l->layer, l->in, l->out);
-        if (l->split == TM_SPLIT_ROW)
+        int in = l->layer->in_width, out = l->layer->out_width;
+        const tm_shard *w = &l->shard[0]; /* the weight, (out, in) */
+        printf("  layer %d (%d -> %d): ", l->layer->index, in, out);
+        if (w->dim == TM_SHARD_COLS)
             printf("row split, each rank multiplies %d of the %d inputs; outputs all-reduced\n",
-                   l->in_local, l->in);
+                   w->len, in);
         else
-            printf("column split, each rank computes %d of the %d outputs%s\n", l->out_local,
-                   l->out, l->gather ? ", then all-gathered" : "");
+            printf("column split, each rank computes %d of the %d outputs%s\n", w->len, out,
+                   l->out_w == out ? ", then all-gathered" : "");
     }
     printf("  each rank holds %.2f MiB of weights\n", mib(n * sizeof(float)));
 }
@@ -316,13 +319,26 @@ int main(int argc, char **argv)
                             .batch = (int)batch, .micro_batches = 1, .optimizer = TM_OPT_SGD,
                             .lr = 0.02, .lr_schedule = TM_LR_CONSTANT, .momentum = 0.9,
                             .weight_decay = 5e-4, .seed = 1, .shuffle = 1};
-    if (tm_mlp_parse(model, &base.model, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    tm_dataset train = {0}, test = {0};
-    if (tm_dataset_load(&train, data_dir, "train") != TM_OK ||
-        tm_dataset_load(&test, data_dir, "t10k") != TM_OK) {
+    tm_mlp_config mlp;
+    tm_model net;
+    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    if (tm_mlp_model(&net, &mlp) != TM_OK) {
         fprintf(stderr, "fit: %s\n", tm_error_message());
+        return 1;
+    }
+    base.model = &net;
+    base.beta1 = 0.9;
+    base.beta2 = 0.999;
+    tm_dataset train_images = {0}, test_images = {0};
+    if (tm_dataset_load(&train_images, data_dir, "train") != TM_OK ||
+        tm_dataset_load(&test_images, data_dir, "t10k") != TM_OK) {
+        fprintf(stderr, "fit: %s\n", tm_error_message());
+        tm_model_destroy(&net);
         return 2;
     }
+    tm_data train, test;
+    tm_data_images(&train, &train_images);
+    tm_data_images(&test, &test_images);
     /* The learning rate is constant, so the schedule's length only has to
      * cover the steps. */
     long per_epoch = train.n / batch > 0 ? train.n / batch : 1;
@@ -338,8 +354,8 @@ int main(int argc, char **argv)
         c.tp = all[i]->tp;
         c.micro_batches = all[i]->micro_batches;
         if (tm_train_check(&c, &train) != TM_OK) {
-            tm_dataset_free(&train);
-            tm_dataset_free(&test);
+            tm_dataset_free(&train_images);
+            tm_dataset_free(&test_images);
             die_usage("%s: %s", names[i], tm_error_message());
         }
     }
@@ -351,14 +367,14 @@ int main(int argc, char **argv)
         }
     }
     double mean, std;
-    tm_dataset_stats(&train, &mean, &std);
-    if (tm_dataset_standardize(&train, mean, std) != TM_OK ||
-        tm_dataset_standardize(&test, mean, std) != TM_OK) {
+    tm_dataset_stats(&train_images, &mean, &std);
+    if (tm_dataset_standardize(&train_images, mean, std) != TM_OK ||
+        tm_dataset_standardize(&test_images, mean, std) != TM_OK) {
         fprintf(stderr, "fit: %s\n", tm_error_message());
         return 2;
     }
 
-    size_t param_bytes = tm_mlp_param_count(&base.model) * sizeof(float);
+    size_t param_bytes = tm_mlp_param_count(&mlp) * sizeof(float);
     printf("Does %s (%.2f M parameters, %.2f MiB as float32) train on a %.0f MiB device?\n"
            "SGD with momentum keeps three copies of it: the weights, their gradients and the\n"
            "momentum buffer, %.2f MiB before any activation.\n",
@@ -385,14 +401,14 @@ int main(int argc, char **argv)
     printf("\n== phase 2: pipeline parallel, pp=4, 1F1B schedule, %d micro-batches, %.0f MiB per "
            "device ==\n", pipe.micro_batches, mib(cap));
     printf("  every device keeps only its stage's weights, gradients and momentum:\n");
-    describe_stages(&base.model);
+    describe_stages(&net, &mlp);
     fflush(stdout);
     run_phase(&pipe, &base, &train, &test);
     int pipe_ok = report_training(&pipe);
 
     printf("\n== phase 3: tensor parallel, tp=4 (Megatron), %.0f MiB per device ==\n", mib(cap));
     printf("  every device keeps a quarter of every layer:\n");
-    describe_shards(&base.model);
+    describe_shards(&net);
     fflush(stdout);
     run_phase(&tens, &base, &train, &test);
     int tens_ok = report_training(&tens);
@@ -414,7 +430,8 @@ int main(int argc, char **argv)
         tm_train_result_free(&all[i]->res);
         free(all[i]->loss);
     }
-    tm_dataset_free(&train);
-    tm_dataset_free(&test);
+    tm_dataset_free(&train_images);
+    tm_dataset_free(&test_images);
+    tm_model_destroy(&net);
     return oom && pipe_ok && tens_ok ? 0 : 1;
 }

@@ -14,6 +14,7 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
+#include "strategies/mlp.h"
 #include "strategies/report.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
@@ -219,6 +220,8 @@ int main(int argc, char **argv)
     long devices = 0;
     cfg.warmup_steps = 200;
     cfg.momentum = 0.9;
+    cfg.beta1 = 0.9;
+    cfg.beta2 = 0.999;
     cfg.seed = 1;
     cfg.shuffle = 1;
     cfg.mem_cap = (size_t)64 << 20;
@@ -332,8 +335,9 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (tm_mlp_parse(model, &cfg.model, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    if (tm_activation_parse(act, &cfg.model.act) != 0)
+    tm_mlp_config mlp;
+    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    if (tm_activation_parse(act, &mlp.act) != 0)
         die_usage("--activation is relu or gelu, not \"%s\"", act);
     int adamw = cfg.optimizer == TM_OPT_ADAMW;
     cfg.lr = lr > 0 ? lr : adamw ? 1e-3 : 0.05;
@@ -350,9 +354,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 2;
     }
+    tm_model net;
+    if (tm_mlp_model(&net, &mlp) != TM_OK) {
+        fprintf(stderr, "train: %s\n", tm_error_message());
+        return 1;
+    }
+    cfg.model = &net;
     tm_dataset train = {0}, test = {0};
     int synthetic = strcmp(dataset, "synthetic") == 0;
-    const tm_mlp_config *m = &cfg.model;
+    const tm_mlp_config *m = &mlp;
     int st = synthetic
                  ? tm_dataset_synthetic(&train, (int)samples, m->widths[0],
                                         m->widths[m->n_layers], cfg.seed, 0)
@@ -364,16 +374,21 @@ int main(int argc, char **argv)
     if (st != TM_OK) {
         tm_dataset_free(&train);
         fprintf(stderr, "train: %s\n", tm_error_message());
+        tm_model_destroy(&net);
         return 2;
     }
-    if (tm_train_check(&cfg, &train) != TM_OK) die_usage("%s", tm_error_message());
+    tm_data train_data, test_data;
+    tm_data_images(&train_data, &train);
+    tm_data_images(&test_data, &test);
+    if (tm_train_check(&cfg, &train_data) != TM_OK) die_usage("%s", tm_error_message());
     if (normalize && !synthetic) {
         double mean, std;
         tm_dataset_stats(&train, &mean, &std);
         if (tm_dataset_standardize(&train, mean, std) != TM_OK ||
             tm_dataset_standardize(&test, mean, std) != TM_OK) {
             fprintf(stderr, "train: %s\n", tm_error_message());
-            return 2;
+            tm_model_destroy(&net);
+        return 2;
         }
     }
 
@@ -394,7 +409,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     tm_train_result res;
     char error[2048];
-    st = tm_train(&cfg, &train, &test, &res, error, sizeof error);
+    st = tm_train(&cfg, &train_data, &test_data, &res, error, sizeof error);
     if (rep.tty) fprintf(stderr, "\r%*s\r", 100, "");
     tm_dataset_free(&train);
     tm_dataset_free(&test);
@@ -402,6 +417,7 @@ int main(int argc, char **argv)
         out_abandon(&metrics);
         tm_train_result_free(&res);
         fprintf(stderr, "train: %s\n", error);
+        tm_model_destroy(&net);
         return st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO ? 2 : 1;
     }
     if (metrics.f != NULL) {
@@ -426,6 +442,7 @@ int main(int argc, char **argv)
         fprintf(metrics.f, "]}\n");
         if (out_commit(&metrics) != 0) {
             tm_train_result_free(&res);
+            tm_model_destroy(&net);
             return 1;
         }
     }
@@ -443,5 +460,6 @@ int main(int argc, char **argv)
                cfg.trace_wall ? "wall" : "modeled", cfg.trace_path);
     }
     tm_train_result_free(&res);
+    tm_model_destroy(&net);
     return 0;
 }

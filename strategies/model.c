@@ -1,102 +1,122 @@
 #include "strategies/model.h"
 
-#include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "strategies/rng.h"
+#include "kernels/ops.h"
+#include "runtime/status.h"
 
-int tm_mlp_parse(const char *spec, tm_mlp_config *out, const char **why)
+int tm_model_begin(tm_model *m, const char *family, int max_tensors)
 {
-    memset(out, 0, sizeof *out);
-    const char *p = spec;
-    int n = 0;
-    for (;;) {
-        if (*p < '0' || *p > '9') {
-            *why = "widths must be positive integers separated by commas, e.g. 784,256,128,10";
-            return -1;
-        }
-        errno = 0;
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (errno != 0 || v < 1 || v > (1L << 20)) {
-            *why = "each width must be between 1 and 1048576";
-            return -1;
-        }
-        if (n > TM_MAX_LAYERS) {
-            *why = "too many layers (at most 32 linear layers)";
-            return -1;
-        }
-        out->widths[n++] = (int)v;
-        p = end;
-        if (*p == '\0') break;
-        if (*p != ',') {
-            *why = "widths must be positive integers separated by commas, e.g. 784,256,128,10";
-            return -1;
-        }
-        p++;
-    }
-    if (n < 2) {
-        *why = "a model needs at least two widths (inputs and classes)";
-        return -1;
-    }
-    out->n_layers = n - 1;
-    return 0;
+    memset(m, 0, sizeof *m);
+    m->family = family;
+    m->tensors = calloc((size_t)max_tensors, sizeof *m->tensors);
+    if (m->tensors == NULL)
+        return tm_error(TM_EHOSTMEM, "cannot allocate a table of %d tensors", max_tensors);
+    m->loss = tm_loss_softmax_xent;
+    return TM_OK;
 }
 
-void tm_mlp_format(const tm_mlp_config *cfg, char *buf, size_t size)
+int tm_model_tensor(tm_model *m, const char *name, int ndim, int rows, int cols, int groups,
+                    int decay)
 {
-    size_t len = 0;
-    buf[0] = '\0';
-    for (int i = 0; i <= cfg->n_layers && len < size; i++)
-        len += (size_t)snprintf(buf + len, size - len, "%s%d", i ? "," : "", cfg->widths[i]);
+    tm_tensor *t = &m->tensors[m->n_tensors];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = rows;
+    t->shape[1] = ndim == 2 ? cols : 1;
+    t->groups = groups;
+    t->decay = decay;
+    t->layer = -1;
+    return m->n_tensors++;
 }
 
-int tm_activation_parse(const char *name, tm_activation *out)
+tm_layer *tm_model_layer(tm_model *m, const tm_layer_kind *kind, int in_width, int out_width,
+                         const int *tensors, int n_tensors)
 {
-    if (strcmp(name, "relu") == 0) *out = TM_ACT_RELU;
-    else if (strcmp(name, "gelu") == 0) *out = TM_ACT_GELU;
-    else return -1;
-    return 0;
+    tm_layer *l = &m->layers[m->n_layers];
+    memset(l, 0, sizeof *l);
+    l->kind = kind;
+    l->index = m->n_layers++;
+    l->in_width = in_width;
+    l->out_width = out_width;
+    l->n_tensors = n_tensors;
+    memcpy(l->tensor, tensors, sizeof(int) * (size_t)n_tensors);
+    return l;
 }
 
-const char *tm_activation_name(tm_activation act) { return act == TM_ACT_GELU ? "gelu" : "relu"; }
-
-size_t tm_mlp_weight_offset(const tm_mlp_config *cfg, int l)
+int tm_model_finish(tm_model *m)
 {
     size_t off = 0;
-    for (int i = 0; i < l; i++)
-        off += (size_t)cfg->widths[i + 1] * ((size_t)cfg->widths[i] + 1);
-    return off;
-}
-
-size_t tm_mlp_bias_offset(const tm_mlp_config *cfg, int l)
-{
-    return tm_mlp_weight_offset(cfg, l) + (size_t)cfg->widths[l + 1] * (size_t)cfg->widths[l];
-}
-
-size_t tm_mlp_param_count(const tm_mlp_config *cfg)
-{
-    return tm_mlp_weight_offset(cfg, cfg->n_layers);
-}
-
-void tm_mlp_init(const tm_mlp_config *cfg, float *params, uint64_t seed)
-{
-    for (int l = 0; l < cfg->n_layers; l++) {
-        tm_rng r = tm_rng_seed(seed, (uint64_t)l);
-        int in = cfg->widths[l], out = cfg->widths[l + 1];
-        float bound = 1.0f / sqrtf((float)in);
-        float *w = params + tm_mlp_weight_offset(cfg, l), *b = params + tm_mlp_bias_offset(cfg, l);
-        for (size_t i = 0; i < (size_t)out * in; i++) w[i] = (2.0f * tm_rng_float(&r) - 1.0f) * bound;
-        for (int i = 0; i < out; i++) b[i] = (2.0f * tm_rng_float(&r) - 1.0f) * bound;
+    for (int l = 0; l < m->n_layers; l++) {
+        const tm_layer *ly = &m->layers[l];
+        if (l > 0 && m->layers[l - 1].out_width != ly->in_width)
+            return tm_error(TM_EINVAL, "layer %d takes %d inputs but layer %d gives %d", l,
+                            ly->in_width, l - 1, m->layers[l - 1].out_width);
+        for (int k = 0; k < ly->n_tensors; k++) {
+            tm_tensor *t = &m->tensors[ly->tensor[k]];
+            if (t->layer >= 0) continue; /* tied: stored by an earlier layer */
+            t->layer = l;
+            t->off = off;
+            off += (size_t)t->shape[0] * (size_t)t->shape[1];
+        }
     }
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].layer < 0)
+            return tm_error(TM_EINVAL, "tensor %s belongs to no layer", m->tensors[i].name);
+    m->n_params = off;
+    return TM_OK;
 }
 
-double tm_mlp_flops_per_sample(const tm_mlp_config *cfg)
+void tm_model_destroy(tm_model *m)
+{
+    free(m->tensors);
+    free(m->cfg);
+    memset(m, 0, sizeof *m);
+}
+
+int tm_model_find(const tm_model *m, const char *name)
+{
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i].name, name) == 0) return i;
+    return -1;
+}
+
+int tm_model_units(const tm_model *m, int *unit)
+{
+    int n = 0;
+    for (int l = 0; l < m->n_layers; l++)
+        if (m->layers[l].attach == TM_ATTACH_NONE) unit[l] = n++;
+    /* An attached layer takes the unit of its neighbour: forwards for
+     * ATTACH_NEXT (the next unit layer), backwards for ATTACH_PREV. */
+    for (int l = m->n_layers - 1, next = n - 1; l >= 0; l--) {
+        if (m->layers[l].attach == TM_ATTACH_NONE) next = unit[l];
+        else if (m->layers[l].attach == TM_ATTACH_NEXT) unit[l] = next;
+    }
+    for (int l = 0, prev = 0; l < m->n_layers; l++) {
+        if (m->layers[l].attach == TM_ATTACH_NONE) prev = unit[l];
+        else if (m->layers[l].attach == TM_ATTACH_PREV) unit[l] = prev;
+    }
+    return n;
+}
+
+double tm_model_flops_per_sample(const tm_model *m)
 {
     double f = 0;
-    for (int l = 0; l < cfg->n_layers; l++) f += 2.0 * cfg->widths[l] * cfg->widths[l + 1];
-    return 3.0 * f;
+    for (int l = 0; l < m->n_layers; l++)
+        f += m->layers[l].kind->flops(&m->layers[l], m->rows_per_sample);
+    return f;
+}
+
+int tm_loss_softmax_xent(const tm_layer_ctx *c, float *dlogits, const float *logits,
+                         const int *targets, int rows, int classes, float grad_scale,
+                         double *loss_sum, double *correct)
+{
+    (void)c;
+    float mean = tm_softmax_xent_forward_backward(dlogits, NULL, logits, targets, rows, classes,
+                                                  grad_scale);
+    *loss_sum += (double)mean * rows;
+    if (dlogits == NULL && correct != NULL) *correct += tm_accuracy(logits, targets, rows, classes);
+    return TM_OK;
 }

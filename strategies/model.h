@@ -1,45 +1,86 @@
-/* The model: a multi-layer perceptron described by its widths, with all
- * parameters in one flat buffer (llm.c style) laid out layer by layer as
- * weight (OUT, IN) then bias (OUT) — PyTorch's nn.Linear layout.
- * Thread-safety: pure functions of their arguments. */
+/* A model as data: its tensors and layers (strategies/layer.h) with the full
+ * flat layout — every parameter in one buffer, tensor after tensor in the
+ * order the layers first use them, tied tensors once (llm.c's layout) — and
+ * the few functions that only the model knows: initialisation, the loss and
+ * the checkpoint metadata that identifies it. strategies/mlp.h and gpt.h
+ * build models; everything else reads them.
+ * Thread-safety: built by one thread, then read-only and shared. */
 #ifndef TM_MODEL_H
 #define TM_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define TM_MAX_LAYERS 32
+#include "strategies/layer.h"
 
-typedef enum { TM_ACT_RELU, TM_ACT_GELU } tm_activation;
+#define TM_MODEL_META 8 /* checkpoint metadata entries a model writes at most */
 
 typedef struct {
-    int n_layers;                     /* linear layers */
-    int widths[TM_MAX_LAYERS + 1];    /* widths[0] inputs ... widths[n] classes */
-    tm_activation act;                /* between linear layers, not after the last */
-} tm_mlp_config;
+    char key[24];
+    char value[232];
+} tm_model_meta;
 
-/* Parses "784,256,128,10" (2 to TM_MAX_LAYERS + 1 positive widths, each at
- * most 1<<20). Returns 0, or -1 with a reason in *why. */
-int tm_mlp_parse(const char *spec, tm_mlp_config *out, const char **why);
-/* "784,256,128,10" into buf. */
-void tm_mlp_format(const tm_mlp_config *cfg, char *buf, size_t size);
-/* Parses "relu" / "gelu"; returns 0 or -1. */
-int tm_activation_parse(const char *name, tm_activation *out);
-const char *tm_activation_name(tm_activation act);
+/* The loss over the model's output rows (rows, n_classes) against integer
+ * targets, scaled by grad_scale into dlogits (OVERWRITTEN; NULL in
+ * evaluation). Adds the rows' summed loss to *loss_sum and, in evaluation,
+ * the rows predicted right to *correct. */
+typedef int (*tm_loss_fn)(const tm_layer_ctx *c, float *dlogits, const float *logits,
+                          const int *targets, int rows, int classes, float grad_scale,
+                          double *loss_sum, double *correct);
 
-/* Number of floats in the flat parameter buffer. */
-size_t tm_mlp_param_count(const tm_mlp_config *cfg);
-/* Offsets (in floats) of layer l's weight and bias in the flat buffer. */
-size_t tm_mlp_weight_offset(const tm_mlp_config *cfg, int l);
-size_t tm_mlp_bias_offset(const tm_mlp_config *cfg, int l);
+struct tm_model {
+    const char *family;         /* "mlp" or "gpt": the checkpoints' "model" family */
+    int n_tensors;
+    tm_tensor *tensors;         /* (n_tensors) */
+    int n_layers;
+    tm_layer layers[TM_MAX_LAYERS];
+    size_t n_params;            /* floats of the full flat layout */
+    int rows_per_sample;        /* rows one sample adds: 1 (an image), T (a sequence) */
+    int in_width;               /* elements per input row: pixels, or one token id */
+    int tokens;                 /* input rows hold int32 token ids, not floats */
+    int n_classes;              /* output width: classes, or the vocabulary */
+    void *cfg;                  /* the builder's own configuration */
+    tm_loss_fn loss;
+    /* Fills the full flat buffer from seed: the same seed, the same model. */
+    void (*init)(const tm_model *m, float *params, uint64_t seed);
+    /* The metadata that identifies the model in a checkpoint; returns the
+     * entry count (at most TM_MODEL_META). */
+    int (*meta)(const tm_model *m, tm_model_meta *out);
+    /* Non-zero for a tensor name that files from the model's reference
+     * implementation carry and loading skips (nanoGPT's tied lm_head.weight
+     * and causal-mask buffers); NULL: none. */
+    int (*ignores)(const char *name);
+};
 
-/* PyTorch's nn.Linear default initialisation: every weight and bias of
- * layer l drawn from U(-1/sqrt(IN_l), 1/sqrt(IN_l)) (kaiming_uniform with
- * a = sqrt(5)), from PCG32 stream l of `seed`, weights row by row, then the
- * bias: the same seed gives the same model everywhere. */
-void tm_mlp_init(const tm_mlp_config *cfg, float *params, uint64_t seed);
+/* Starts an empty model of the given family; add tensors and layers, then
+ * tm_model_finish. TM_EHOSTMEM. */
+int tm_model_begin(tm_model *m, const char *family, int max_tensors);
+/* Appends a tensor; returns its index. shape[1] is 1 for a 1-D tensor. */
+int tm_model_tensor(tm_model *m, const char *name, int ndim, int rows, int cols, int groups,
+                    int decay);
+/* Appends a layer using the given tensors; returns it for further fields. */
+tm_layer *tm_model_layer(tm_model *m, const tm_layer_kind *kind, int in_width, int out_width,
+                         const int *tensors, int n_tensors);
+/* Works out each tensor's storing layer and its offset in the full layout.
+ * TM_EINVAL when the tables are inconsistent (a bug in a builder). */
+int tm_model_finish(tm_model *m);
+/* Frees what the builder allocated; a zeroed model is fine. */
+void tm_model_destroy(tm_model *m);
 
-/* FLOPs of forward (F) and backward (2F) for one sample: the GEMMs only. */
-double tm_mlp_flops_per_sample(const tm_mlp_config *cfg);
+/* Index of the tensor called name, or -1. */
+int tm_model_find(const tm_model *m, const char *name);
+
+/* The pipeline's units: layers that do not attach to a neighbour. unit[l]
+ * is layer l's unit (attached layers take their neighbour's); returns the
+ * unit count. */
+int tm_model_units(const tm_model *m, int *unit);
+
+/* Forward FLOPs of the whole model for one sample. */
+double tm_model_flops_per_sample(const tm_model *m);
+
+/* Softmax cross-entropy over whole output rows (the default loss). */
+int tm_loss_softmax_xent(const tm_layer_ctx *c, float *dlogits, const float *logits,
+                         const int *targets, int rows, int classes, float grad_scale,
+                         double *loss_sum, double *correct);
 
 #endif

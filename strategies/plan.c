@@ -5,106 +5,132 @@
 
 #include "runtime/status.h"
 
-static double layer_cost(const tm_mlp_config *cfg, int l)
+/* The FLOPs of each unit (its attached layers included), per row. */
+static int unit_costs(const tm_model *m, double *cost, int *unit)
 {
-    return (double)cfg->widths[l] * cfg->widths[l + 1];
+    int n = tm_model_units(m, unit);
+    for (int u = 0; u < n; u++) cost[u] = 0;
+    for (int l = 0; l < m->n_layers; l++) cost[unit[l]] += m->layers[l].kind->flops(&m->layers[l], 1);
+    return n;
 }
 
-int tm_stages_balance(const tm_mlp_config *cfg, int pp, int *first)
+/* first[] over units into first[] over layers: stage s starts at the first
+ * layer whose unit is ufirst[s]. */
+static void units_to_layers(const tm_model *m, const int *unit, int pp, const int *ufirst,
+                            int *first)
 {
-    int n = cfg->n_layers;
+    for (int s = 0; s < pp; s++) {
+        int l = 0;
+        while (l < m->n_layers && unit[l] < ufirst[s]) l++;
+        first[s] = l;
+    }
+    first[pp] = m->n_layers;
+}
+
+int tm_stages_balance(const tm_model *m, int pp, int *first)
+{
+    double cost[TM_MAX_LAYERS];
+    int unit[TM_MAX_LAYERS], ufirst[TM_MAX_LAYERS + 1];
+    int n = unit_costs(m, cost, unit);
     if (pp < 1 || pp > n)
-        return tm_error(TM_EINVAL, "--pp %d needs between 1 and %d stages (one per layer at most)",
-                        pp, n);
-    /* best[s][l]: the smallest possible largest-stage cost when the first l
-     * layers form s stages; cut[s][l] where the last of them starts. Ties
+        return tm_error(TM_EINVAL, "--pp %d needs between 1 and %d stages (one per %s at most)",
+                        pp, n, m->layers[0].attach == TM_ATTACH_NONE ? "layer" : "block");
+    /* best[s][u]: the smallest possible largest-stage cost when the first u
+     * units form s stages; cut[s][u] where the last of them starts. Ties
      * keep the earliest cut, so the split is deterministic. */
-    double best[TM_MAX_LAYERS + 1][TM_MAX_LAYERS + 1];
-    int cut[TM_MAX_LAYERS + 1][TM_MAX_LAYERS + 1];
-    for (int l = 0; l <= n; l++) best[0][l] = l == 0 ? 0 : 1e300;
+    static _Thread_local double best[TM_MAX_LAYERS + 1][TM_MAX_LAYERS + 1];
+    static _Thread_local int cut[TM_MAX_LAYERS + 1][TM_MAX_LAYERS + 1];
+    for (int u = 0; u <= n; u++) best[0][u] = u == 0 ? 0 : 1e300;
     for (int s = 1; s <= pp; s++) {
-        for (int l = 0; l <= n; l++) {
-            best[s][l] = 1e300;
-            cut[s][l] = -1;
+        for (int u = 0; u <= n; u++) {
+            best[s][u] = 1e300;
+            cut[s][u] = -1;
             double tail = 0;
-            for (int j = l - 1; j >= s - 1; j--) {
-                tail += layer_cost(cfg, j);
+            for (int j = u - 1; j >= s - 1; j--) {
+                tail += cost[j];
                 double worst = best[s - 1][j] > tail ? best[s - 1][j] : tail;
-                if (worst < best[s][l] || (worst == best[s][l] && j < cut[s][l])) {
-                    best[s][l] = worst;
-                    cut[s][l] = j;
+                if (worst < best[s][u] || (worst == best[s][u] && j < cut[s][u])) {
+                    best[s][u] = worst;
+                    cut[s][u] = j;
                 }
             }
         }
     }
-    first[pp] = n;
-    for (int s = pp, l = n; s >= 1; s--) {
-        l = cut[s][l];
-        first[s - 1] = l;
+    ufirst[pp] = n;
+    for (int s = pp, u = n; s >= 1; s--) {
+        u = cut[s][u];
+        ufirst[s - 1] = u;
     }
+    units_to_layers(m, unit, pp, ufirst, first);
     return TM_OK;
 }
 
-int tm_stages_parse(const char *spec, const tm_mlp_config *cfg, int pp, int *first)
+int tm_stages_parse(const char *spec, const tm_model *m, int pp, int *first)
 {
+    double cost[TM_MAX_LAYERS];
+    int unit[TM_MAX_LAYERS], ufirst[TM_MAX_LAYERS + 1];
+    int n = unit_costs(m, cost, unit);
+    const char *what = m->layers[0].attach == TM_ATTACH_NONE ? "layer" : "block";
     const char *p = spec;
     int s = 0, total = 0;
-    first[0] = 0;
+    ufirst[0] = 0;
     while (*p != '\0') {
         char *end;
         long k = strtol(p, &end, 10);
         if (end == p || k < 1 || k > TM_MAX_LAYERS || (*end != ',' && *end != '\0'))
-            return tm_error(TM_EINVAL, "--stages \"%s\": want positive layer counts like 2,1,1",
-                            spec);
+            return tm_error(TM_EINVAL, "--stages \"%s\": want positive %s counts like 2,1,1",
+                            spec, what);
         if (s == pp)
             return tm_error(TM_EINVAL, "--stages \"%s\" lists more than --pp %d stages", spec, pp);
         total += (int)k;
-        first[++s] = total > TM_MAX_LAYERS ? TM_MAX_LAYERS : total;
+        ufirst[++s] = total > TM_MAX_LAYERS ? TM_MAX_LAYERS : total;
         p = *end == ',' ? end + 1 : end;
     }
     if (s != pp)
         return tm_error(TM_EINVAL, "--stages \"%s\" lists %d stages but --pp is %d", spec, s, pp);
-    if (total != cfg->n_layers)
-        return tm_error(TM_EINVAL, "--stages \"%s\" adds up to %d layers but the model has %d",
-                        spec, total, cfg->n_layers);
+    if (total != n)
+        return tm_error(TM_EINVAL, "--stages \"%s\" adds up to %d %ss but the model has %d", spec,
+                        total, what, n);
+    units_to_layers(m, unit, pp, ufirst, first);
     return TM_OK;
 }
 
-int tm_stage_plan(const tm_mlp_config *cfg, int l0, int l1, int tp, int t, tm_layer_plan *out,
+int tm_stage_plan(const tm_model *m, int l0, int l1, int tp, int t, tm_layer_plan *out,
                   size_t *n_params)
 {
     size_t off = 0;
     for (int l = l0; l < l1; l++) {
         tm_layer_plan *p = &out[l - l0];
+        const tm_layer *ly = &m->layers[l];
         memset(p, 0, sizeof *p);
-        p->layer = l;
-        p->in = p->in_local = cfg->widths[l];
-        p->out = p->out_local = p->out_padded = cfg->widths[l + 1];
-        p->activation = l < cfg->n_layers - 1;
-        if (tp > 1) {
-            if (l > l0 && out[l - l0 - 1].split == TM_SPLIT_COLUMN && !out[l - l0 - 1].gather) {
-                /* The row half of a pair: its inputs are the column half's
-                 * outputs, already split. */
-                p->split = TM_SPLIT_ROW;
-                p->in_local = p->in / tp;
-                p->row0 = t * p->in_local;
-            } else {
-                p->split = TM_SPLIT_COLUMN;
-                p->gather = l + 1 == l1; /* no partner left in this stage */
-                if (!p->gather && p->out % tp != 0)
-                    return tm_error(TM_EINVAL,
-                                    "layer %d has %d outputs, which tp=%d does not divide (a "
-                                    "column/row pair splits them evenly)", l, p->out, tp);
-                p->out_padded = (p->out + tp - 1) / tp * tp;
-                p->out_local = p->out_padded / tp;
-                p->row0 = t * p->out_local;
+        p->model = m;
+        p->layer = ly;
+        p->tp = tp;
+        p->t = t;
+        TM_CHECK(ly->kind->plan(p, l > l0 ? &out[l - l0 - 1] : NULL, l + 1 == l1));
+        p->own_off = off;
+        for (int k = 0; k < ly->n_tensors; k++) {
+            tm_shard *s = &p->shard[k];
+            const tm_tensor *ten = &m->tensors[ly->tensor[k]];
+            s->count = tm_shard_count(ten, s);
+            /* A tensor an earlier layer of this stage uses (tied) shares
+             * that layer's copy, cut the same way. */
+            const tm_shard *earlier = NULL;
+            for (int e = l0; e < l && earlier == NULL; e++)
+                for (int j = 0; j < m->layers[e].n_tensors; j++)
+                    if (m->layers[e].tensor[j] == ly->tensor[k]) earlier = &out[e - l0].shard[j];
+            if (earlier != NULL) {
+                if (earlier->dim != s->dim || earlier->lo != s->lo || earlier->len != s->len)
+                    return tm_error(TM_EINVAL, "tied tensor %s is split differently by layers",
+                                    ten->name);
+                s->off = earlier->off;
+                continue;
             }
+            s->owned = 1;
+            s->off = off;
+            off += s->count;
         }
-        p->w_off = off;
-        p->w_len = (size_t)p->out_local * p->in_local;
-        p->b_off = off + p->w_len;
-        p->b_len = (size_t)p->out_local;
-        off = p->b_off + p->b_len;
+        p->own_len = off - p->own_off;
     }
     *n_params = off;
     return TM_OK;

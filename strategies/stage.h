@@ -1,50 +1,46 @@
-/* A device's share of the model: the layers of its pipeline stage, as its
+/* A device's share of the model: the layers of its pipeline stage as its
  * tensor-parallel rank holds them (strategies/plan.h), with parameters,
  * gradients and optimizer state in its arena, and the forward and backward
- * of a micro-batch through them, all-reducing / all-gathering over the tp
- * group where Megatron's recipe does. Thread-safety: owned by its device. */
+ * of a micro-batch through them — each layer's kind does its own work and
+ * its own tensor-parallel collectives. Thread-safety: owned by its device. */
 #ifndef TM_STAGE_H
 #define TM_STAGE_H
 
 #include "runtime/comm.h"
+#include "strategies/optimizer.h"
 #include "strategies/plan.h"
 
-typedef enum { TM_OPT_SGD, TM_OPT_ADAMW } tm_optimizer;
-
-typedef struct {
+typedef struct tm_stage {
     tm_device *dev;
     tm_comm *tp_comm;        /* the tensor-parallel group (size tp) */
+    const tm_model *model;
     int tp, t;
-    tm_activation act;
-    int n;                   /* layers in this stage */
+    int l0, n;               /* layers l0 .. l0 + n - 1 of the model */
     tm_layer_plan layer[TM_MAX_LAYERS];
-    int in_width, out_width; /* full widths entering and leaving the stage */
+    int in_width, out_width; /* elements per row entering and leaving the stage */
     int has_model_input;     /* holds layer 0: no input gradient to compute */
+    int grad_w;              /* floats per row of a backward gradient buffer */
     size_t n_params;
     float *params;           /* (n_params) tag param: the rank's shards */
     float *grads;            /* (n_params) tag grad, same layout */
-    float *opt_state[2];     /* SGD momentum, or AdamW exp_avg / exp_avg_sq */
+    float *opt_state[TM_OPT_MAX_STATE]; /* tag optimizer, same layout */
     int n_opt_state;
 } tm_stage;
 
-/* Layers [l0, l1) of cfg on this device, tp rank tm_comm_rank(tp_comm).
- * Allocates parameters, gradients and optimizer state (momentum buffers
- * only when momentum != 0). TM_ENOMEM carries the arena's report. */
-int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_mlp_config *cfg,
-                    int l0, int l1, tm_optimizer opt, double momentum);
+/* Layers [l0, l1) of m on this device, tp rank tm_comm_rank(tp_comm).
+ * Allocates parameters, gradients and n_opt_state optimizer buffers
+ * (zeroed). TM_ENOMEM carries the arena's report. */
+int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
+                    int l1, int n_opt_state);
 void tm_stage_destroy(tm_stage *s);
 
 /* Copies this rank's shard of a full single-device flat buffer (the
- * layout of strategies/model.h) into shard (n_params floats): column
- * shards take their output rows (padding rows are zero), row shards their
- * input columns and the whole bias. */
-void tm_stage_shard_from(const tm_stage *s, const tm_mlp_config *cfg, const float *full,
-                         float *shard);
-/* The reverse, into the full buffer. Parts held whole on several tp ranks
- * (a row layer's bias) are written only when write_shared is set, so that
- * one rank writes them. */
-void tm_stage_shard_to(const tm_stage *s, const tm_mlp_config *cfg, const float *shard,
-                       float *full, int write_shared);
+ * layout of strategies/model.h) into shard (n_params floats): each tensor's
+ * rows or columns, padding rows zero. */
+void tm_stage_shard_from(const tm_stage *s, const float *full, float *shard);
+/* The reverse, into the full buffer. Tensors held whole on every tp rank
+ * are written only when write_shared is set, so that one rank writes them. */
+void tm_stage_shard_to(const tm_stage *s, const float *shard, float *full, int write_shared);
 
 /* The saved activations of one micro-batch between its forward and its
  * backward: one arena block (tag activation). */
@@ -52,10 +48,8 @@ typedef struct {
     int rows;
     void *block;
     float *input;                /* (rows, in_width): staged or received */
-    float *local[TM_MAX_LAYERS]; /* activated output of this rank's shard */
-    float *pre[TM_MAX_LAYERS];   /* pre-activation (when the backward needs it) */
-    float *full[TM_MAX_LAYERS];  /* (rows, out) whole output, NULL for the
-                                    column half of a pair */
+    float *out[TM_MAX_LAYERS];   /* each layer's output (rows, out_w) */
+    float *saved[TM_MAX_LAYERS]; /* what each layer keeps for its backward */
     float *output;               /* (rows, out_width): the stage's output */
 } tm_stage_acts;
 
@@ -80,5 +74,8 @@ typedef int (*tm_grads_ready_fn)(void *ctx, size_t off, size_t len);
  * or the stage holds the model's input. ready may be NULL. */
 int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
                       tm_grads_ready_fn ready, void *ctx);
+
+/* The layer context for this stage and a micro-batch of rows rows. */
+tm_layer_ctx tm_stage_ctx(const tm_stage *s, int rows);
 
 #endif

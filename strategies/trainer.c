@@ -9,8 +9,6 @@
 
 #include "kernels/cost.h"
 #include "kernels/gemm.h"
-#include "kernels/ops.h"
-#include "kernels/optim.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
@@ -24,7 +22,7 @@
  * except each device's own report slot and the shard copies at the end. */
 typedef struct {
     const tm_train_config *cfg;
-    const tm_dataset *train, *test;
+    const tm_data *train, *test;
     tm_model_state *state;   /* initial weights in, final weights out */
     int resumed;             /* state holds optimizer state and position */
     int first[TM_MAX_LAYERS + 1]; /* stage s holds layers first[s] .. first[s+1]-1 */
@@ -35,11 +33,13 @@ typedef struct {
 /* One device's view of a step's data. */
 typedef struct {
     tm_device *dev;
-    const tm_dataset *data;
-    const int *rows;          /* sample indices of this replica's batch */
-    int mb_rows;              /* rows of a micro-batch (the last may be short) */
-    const int *eval_rows;     /* evaluation: the rows of each micro-batch */
-    int *labels;              /* (mb_rows) device buffer */
+    const tm_stage *stage;
+    const tm_data *data;
+    const int *idx;           /* sample indices of this replica's batch */
+    int mb_samples;           /* samples of a micro-batch (evaluation: the
+                                 last may be short) */
+    const int *eval_samples;  /* evaluation: the samples of each micro-batch */
+    int *targets;             /* (rows of a micro-batch) device buffer */
     float grad_scale;
     double loss_sum;          /* summed over the rows this device's loss saw */
     double correct;
@@ -56,18 +56,31 @@ double tm_lr_at(const tm_train_config *cfg, long s, long total)
 {
     if (cfg->lr_schedule == TM_LR_CONSTANT) return cfg->lr;
     if (s < cfg->warmup_steps) return cfg->lr * (double)(s + 1) / (double)cfg->warmup_steps;
-    long span = total - cfg->warmup_steps;
-    if (span <= 0) return cfg->lr;
+    long end = cfg->lr_decay_steps > 0 ? cfg->lr_decay_steps : total;
+    long span = end - cfg->warmup_steps;
+    if (span <= 0) return s < end ? cfg->lr : cfg->min_lr;
     double progress = (double)(s - cfg->warmup_steps) / (double)span;
     if (progress > 1) progress = 1;
-    return cfg->lr * 0.5 * (1.0 + cos(M_PI * progress));
+    return cfg->min_lr + (cfg->lr - cfg->min_lr) * 0.5 * (1.0 + cos(M_PI * progress));
 }
 
 /* Layers per stage: the user's --stages or balanced by FLOPs. */
 static int stage_split(const tm_train_config *cfg, int *first)
 {
-    if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, &cfg->model, cfg->pp, first);
-    return tm_stages_balance(&cfg->model, cfg->pp, first);
+    if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, cfg->model, cfg->pp, first);
+    return tm_stages_balance(cfg->model, cfg->pp, first);
+}
+
+static tm_optim_config optim_of(const tm_train_config *cfg)
+{
+    return (tm_optim_config){cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
+                             cfg->beta2, 1e-8};
+}
+
+/* Rows of one micro-batch: its samples' rows (a sequence's tokens). */
+static int mb_rows(const tm_train_config *cfg)
+{
+    return cfg->batch / cfg->dp / cfg->micro_batches * cfg->model->rows_per_sample;
 }
 
 static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
@@ -81,9 +94,9 @@ static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
         *out = cfg->clock;
 }
 
-int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
+int tm_train_check(const tm_train_config *cfg, const tm_data *train)
 {
-    const tm_mlp_config *m = &cfg->model;
+    const tm_model *m = cfg->model;
     if (cfg->dp < 1 || cfg->pp < 1 || cfg->tp < 1)
         return tm_error(TM_EINVAL, "--dp, --pp and --tp must be positive");
     long n = (long)cfg->dp * cfg->pp * cfg->tp;
@@ -102,22 +115,27 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train)
     if (cfg->max_steps < 0) return tm_error(TM_EINVAL, "--steps must be positive");
     if (!(cfg->lr > 0) || !isfinite(cfg->lr))
         return tm_error(TM_EINVAL, "--lr must be a positive finite number");
-    if (!(cfg->weight_decay >= 0) || !isfinite(cfg->weight_decay))
-        return tm_error(TM_EINVAL, "--weight-decay must be a non-negative finite number");
-    if (!(cfg->momentum >= 0) || !(cfg->momentum < 1))
-        return tm_error(TM_EINVAL, "--momentum must be in [0, 1)");
+    tm_optim_config opt = optim_of(cfg);
+    const char *why = tm_optimizer_check(&opt);
+    if (why != NULL) return tm_error(TM_EINVAL, "%s", why);
     if (cfg->warmup_steps < 0) return tm_error(TM_EINVAL, "--warmup-steps must not be negative");
+    if (!(cfg->min_lr >= 0) || !(cfg->min_lr <= cfg->lr))
+        return tm_error(TM_EINVAL, "--min-lr must be between 0 and --lr");
+    if (cfg->lr_decay_steps < 0) return tm_error(TM_EINVAL, "--lr-decay-steps must be positive");
+    if (!(cfg->clip_grad >= 0) || !isfinite(cfg->clip_grad))
+        return tm_error(TM_EINVAL, "--clip-grad must be a non-negative finite number");
+    if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
     TM_CHECK(tm_clock_config_check(&clock));
     if (cfg->trace_first < 0) return tm_error(TM_EINVAL, "--trace-from must be positive");
     if (cfg->trace_steps < 0) return tm_error(TM_EINVAL, "--trace-steps must be positive");
-    if (m->widths[0] != train->dim)
+    if (m->in_width != train->width || m->rows_per_sample != train->rows)
         return tm_error(TM_EINVAL, "--model starts with %d inputs but the data has %d",
-                        m->widths[0], train->dim);
-    if (m->widths[m->n_layers] != train->n_classes)
+                        m->in_width * m->rows_per_sample, train->width * train->rows);
+    if (m->n_classes != train->n_classes)
         return tm_error(TM_EINVAL, "--model ends with %d outputs but the data has %d classes",
-                        m->widths[m->n_layers], train->n_classes);
+                        m->n_classes, train->n_classes);
     if (cfg->batch > train->n)
         return tm_error(TM_EINVAL, "--batch %d is larger than the %d training samples", cfg->batch,
                         train->n);
@@ -148,35 +166,33 @@ static void epoch_order(int *order, int n, uint64_t seed, int epoch, int shuffle
     }
 }
 
-/* The first stage's input: rows copied from host memory into the device
- * (the host-to-device copy of a real accelerator). */
+/* The first stage's input: the micro-batch's samples copied from host
+ * memory into the device (the host-to-device copy of a real accelerator). */
 static int load_input(void *ctx, int mb, float *x)
 {
     feed *f = ctx;
-    int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
-    const int *idx = f->rows + (size_t)mb * f->mb_rows;
-    size_t dim = (size_t)f->data->dim;
-    for (int i = 0; i < rows; i++)
-        memcpy(x + (size_t)i * dim, f->data->images + (size_t)idx[i] * dim, dim * sizeof(float));
-    tm_clock_host_copy(f->dev, (double)rows * (double)dim * sizeof(float));
+    int n = f->eval_samples ? f->eval_samples[mb] : f->mb_samples;
+    const int *idx = f->idx + (size_t)mb * f->mb_samples;
+    size_t per = (size_t)f->data->rows * (size_t)f->data->width;
+    for (int i = 0; i < n; i++) tm_data_input(f->data, idx[i], x + (size_t)i * per);
+    tm_clock_host_copy(f->dev, (double)n * (double)per * sizeof(float));
     return TM_OK;
 }
 
-/* The last stage's loss: labels staged the same way, softmax cross-entropy
- * scaled by 1 / global batch, so gradients summed over micro-batches and
- * replicas are those of the global batch's mean loss. */
+/* The last stage's loss: targets staged the same way, the model's loss
+ * scaled by 1 / (global batch rows), so gradients summed over micro-batches
+ * and replicas are those of the global batch's mean loss. */
 static int loss(void *ctx, int mb, const float *logits, float *dlogits)
 {
     feed *f = ctx;
-    int rows = f->eval_rows ? f->eval_rows[mb] : f->mb_rows;
-    const int *idx = f->rows + (size_t)mb * f->mb_rows;
-    int classes = f->data->n_classes;
-    for (int i = 0; i < rows; i++) f->labels[i] = f->data->labels[idx[i]];
-    float mean = tm_softmax_xent_forward_backward(dlogits, NULL, logits, f->labels, rows, classes,
-                                                  f->grad_scale);
-    f->loss_sum += (double)mean * rows;
-    if (dlogits == NULL) f->correct += tm_accuracy(logits, f->labels, rows, classes);
-    return TM_OK;
+    int n = f->eval_samples ? f->eval_samples[mb] : f->mb_samples;
+    const int *idx = f->idx + (size_t)mb * f->mb_samples;
+    int per = f->data->rows;
+    for (int i = 0; i < n; i++) tm_data_targets(f->data, idx[i], f->targets + (size_t)i * per);
+    const tm_model *m = f->stage->model;
+    tm_layer_ctx c = tm_stage_ctx(f->stage, n * per);
+    return m->loss(&c, dlogits, logits, f->targets, n * per, m->n_classes, f->grad_scale,
+                   &f->loss_sum, &f->correct);
 }
 
 /* Data-parallel gradient buckets: each layer's gradients are all-reduced
@@ -203,20 +219,6 @@ static int grads_ready(void *ctx, size_t off, size_t len)
 /* Kernels charge the device's modeled clock. */
 static void charge(void *ctx, double flops, double bytes) { tm_clock_charge(ctx, flops, bytes); }
 
-static void optimizer_step(const tm_train_config *cfg, tm_stage *s, double lr, long step)
-{
-    if (cfg->optimizer == TM_OPT_ADAMW) {
-        tm_adamw_params hp = TM_ADAMW_DEFAULTS;
-        hp.lr = lr;
-        hp.weight_decay = cfg->weight_decay;
-        tm_adamw_step(s->params, s->grads, s->opt_state[0], s->opt_state[1], s->n_params, hp, step);
-    } else {
-        tm_sgd_params hp = {lr, cfg->momentum, cfg->weight_decay};
-        tm_sgd_step(s->params, s->grads, s->n_opt_state ? s->opt_state[0] : NULL, s->n_params, hp,
-                    step);
-    }
-}
-
 /* A device's whole run state. */
 typedef struct {
     job *j;
@@ -224,36 +226,36 @@ typedef struct {
     tm_mesh mesh;
     tm_stage stage;
     int *order;        /* epoch order (host memory), stage 0 and last stage */
-    int *labels;       /* device buffer for the loss's labels */
+    int *targets;      /* device buffer for the loss's targets */
     int is_first, is_last, reporter;
     /* This epoch's modeled training time and bubble accounts. */
     double ep_modeled, ep_busy, ep_span;
     double last_step;  /* the last step's modeled time */
 } device;
 
-/* Sums a few doubles over the replicas exactly and in rank order: the
+/* Sums a few doubles over a group exactly and in rank order: the
  * all-gather moves their bytes, every member adds them up the same way. */
-static int sum_over_replicas(device *v, double *vals, int n)
+static int sum_over(tm_comm *comm, double *vals, int n)
 {
-    int dp = v->mesh.dp;
-    if (dp == 1) return TM_OK;
-    double all[2 * 64];
-    if (n * dp > (int)(sizeof all / sizeof all[0]))
-        return tm_error(TM_EINVAL, "too many replicas to sum (%d)", dp);
-    TM_CHECK(tm_allgather(v->mesh.dp_comm, (const float *)vals, (float *)all,
-                          (size_t)n * sizeof(double) / sizeof(float)));
-    for (int i = 0; i < n; i++) {
+    int size = tm_comm_size(comm);
+    if (size == 1) return TM_OK;
+    double *all = malloc(sizeof(double) * (size_t)n * (size_t)size);
+    if (all == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate a sum over %d devices", size);
+    int st = tm_allgather(comm, (const float *)vals, (float *)all,
+                          (size_t)n * sizeof(double) / sizeof(float));
+    for (int i = 0; st == TM_OK && i < n; i++) {
         vals[i] = 0;
-        for (int d = 0; d < dp; d++) vals[i] += all[d * n + i];
+        for (int d = 0; d < size; d++) vals[i] += all[d * n + i];
     }
-    return TM_OK;
+    free(all);
+    return st;
 }
 
 /* Pipelined inference over this replica's share of the test set; on the
  * last stage, *loss and *acc are the whole test set's. */
 static int evaluate(device *v, double *loss_out, double *acc)
 {
-    const tm_dataset *d = v->j->test;
+    const tm_data *d = v->j->test;
     int dp = v->mesh.dp, lo = (int)((long)d->n * v->mesh.d / dp),
         hi = (int)((long)d->n * (v->mesh.d + 1) / dp), n = hi - lo;
     /* Evaluation moves micro-batches of the training size, so that the
@@ -261,16 +263,21 @@ static int evaluate(device *v, double *loss_out, double *acc)
     int chunk = v->j->cfg->batch / dp / v->j->cfg->micro_batches;
     int n_mb = (n + chunk - 1) / chunk;
     int *idx = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    int *samples = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
     int *rows = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
-    if (idx == NULL || rows == NULL) {
+    if (idx == NULL || samples == NULL || rows == NULL) {
         free(idx);
+        free(samples);
         free(rows);
         return tm_error(TM_EHOSTMEM, "cannot allocate the evaluation order");
     }
     for (int i = 0; i < n; i++) idx[i] = lo + i;
-    for (int m = 0; m < n_mb; m++) rows[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
-    feed f = {.dev = v->dev, .data = d, .rows = idx, .mb_rows = chunk, .eval_rows = rows,
-              .labels = v->labels, .grad_scale = 1.0f};
+    for (int m = 0; m < n_mb; m++) {
+        samples[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
+        rows[m] = samples[m] * d->rows;
+    }
+    feed f = {.dev = v->dev, .stage = &v->stage, .data = d, .idx = idx, .mb_samples = chunk,
+              .eval_samples = samples, .targets = v->targets, .grad_scale = 1.0f};
     tm_pipeline_step ps = {.stage = &v->stage,
                            .pp_comm = v->mesh.pp_comm,
                            .sched = &v->j->sched,
@@ -281,10 +288,11 @@ static int evaluate(device *v, double *loss_out, double *acc)
     int st = tm_pipeline_infer(&ps, n_mb, rows);
     tm_clock_label(v->dev, 0, -1, -1);
     double vals[2] = {f.loss_sum, f.correct};
-    if (st == TM_OK && v->is_last) st = sum_over_replicas(v, vals, 2);
-    *loss_out = vals[0] / d->n;
-    *acc = vals[1] / d->n;
+    if (st == TM_OK && v->is_last) st = sum_over(v->mesh.dp_comm, vals, 2);
+    *loss_out = vals[0] / ((double)d->n * d->rows);
+    *acc = vals[1] / ((double)d->n * d->rows);
     free(idx);
+    free(samples);
     free(rows);
     return st;
 }
@@ -333,15 +341,16 @@ static int setup(device *v)
     snprintf(name, sizeof name, "device %d (dp%d pp%d tp%d)", tm_device_id(v->dev), v->mesh.d, p,
              v->mesh.t);
     tm_clock_set_name(v->dev, name);
-    TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, &cfg->model, j->first[p],
-                             j->first[p + 1], cfg->optimizer, cfg->momentum));
-    tm_stage_shard_from(&v->stage, &cfg->model, j->state->params, v->stage.params);
+    tm_optim_config opt = optim_of(cfg);
+    TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model, j->first[p],
+                             j->first[p + 1], tm_optimizer_state_count(&opt)));
+    tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
     for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
-        tm_stage_shard_from(&v->stage, &cfg->model, j->state->opt_state[i], v->stage.opt_state[i]);
-    int rows = cfg->batch / cfg->dp / cfg->micro_batches;
+        tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
+    int rows = mb_rows(cfg);
     if (v->is_last) {
-        v->labels = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
-        if (v->labels == NULL) return TM_ENOMEM;
+        v->targets = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
+        if (v->targets == NULL) return TM_ENOMEM;
     }
     if (v->is_first || v->is_last) {
         v->order = malloc(sizeof(int) * (size_t)j->train->n);
@@ -384,10 +393,27 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
     }
 }
 
+/* Clips the gradients to the global norm cfg->clip_grad, PyTorch's
+ * clip_grad_norm_: every device sums the squares of the parameters it
+ * counts (tm_stage_grad_sq), the sums are added over the tensor- and
+ * pipeline-parallel groups (replicas hold the same gradients), and every
+ * device scales by the same factor. *norm: the norm before clipping. */
+static int clip_grads(device *v, double *norm)
+{
+    double sq = tm_stage_grad_sq(&v->stage);
+    TM_CHECK(sum_over(v->mesh.tp_comm, &sq, 1));
+    TM_CHECK(sum_over(v->mesh.pp_comm, &sq, 1));
+    *norm = sqrt(sq);
+    float f = tm_clip_factor(*norm, v->j->cfg->clip_grad);
+    if (f < 1.0f) tm_stage_grad_scale(&v->stage, f);
+    return TM_OK;
+}
+
 /* One optimizer step on this device, the run's `taken`-th (0-based).
- * *step_loss: the global batch's mean loss (known on the last stage). */
+ * *step_loss: the global batch's mean loss (known on the last stage);
+ * *grad_norm: the global gradient norm when clipping, else -1. */
 static int train_step(device *v, long epoch_step, double lr, long step, long taken,
-                      double *step_loss)
+                      double *step_loss, double *grad_norm)
 {
     job *j = v->j;
     const tm_train_config *cfg = j->cfg;
@@ -405,17 +431,19 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
     tm_clock_charge(v->dev, 0, 4.0 * (double)v->stage.n_params);
     tm_clock_stats_get(v->dev, &sp);
+    int per_sample = cfg->model->rows_per_sample;
     feed f = {.dev = v->dev,
+              .stage = &v->stage,
               .data = j->train,
-              .rows =
-                  v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
-              .mb_rows = per_replica / cfg->micro_batches,
-              .labels = v->labels,
-              .grad_scale = 1.0f / (float)cfg->batch};
+              .idx = v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
+              .mb_samples = per_replica / cfg->micro_batches,
+              .targets = v->targets,
+              .grad_scale = 1.0f / (float)((double)cfg->batch * per_sample)};
     bucket_ctx b = {v->mesh.dp_comm, v->stage.grads};
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
-                           .rows = f.mb_rows, .load_input = load_input, .loss = loss, .ctx = &f,
-                           .ready = cfg->dp > 1 ? grads_ready : NULL, .ready_ctx = &b};
+                           .rows = mb_rows(cfg), .load_input = load_input, .loss = loss,
+                           .ctx = &f, .ready = cfg->dp > 1 ? grads_ready : NULL,
+                           .ready_ctx = &b};
     if (recorded) tm_clock_record(v->dev, 1);
     size_t ev0 = tm_clock_event_count(v->dev);
     int st = tm_pipeline_run(&ps);
@@ -425,11 +453,14 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     }
     tm_clock_stats_get(v->dev, &s1);
     double l = f.loss_sum;
-    if (v->is_last) TM_CHECK(sum_over_replicas(v, &l, 1));
-    *step_loss = l / cfg->batch;
+    if (v->is_last) TM_CHECK(sum_over(v->mesh.dp_comm, &l, 1));
+    *step_loss = l / ((double)cfg->batch * per_sample);
     tm_clock_sync(v->dev);
     tm_clock_label(v->dev, 'O', v->mesh.p, -1);
-    optimizer_step(cfg, &v->stage, lr, step);
+    *grad_norm = -1;
+    if (cfg->clip_grad > 0) TM_CHECK(clip_grads(v, grad_norm));
+    tm_optim_config opt = optim_of(cfg);
+    tm_optimizer_step(&opt, &v->stage, lr, step);
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
@@ -477,8 +508,8 @@ static int train_loop(device *v)
         long epoch_steps = 0;
         while (st == TM_OK && pos.epoch_step < per_epoch &&
                (cfg->max_steps == 0 || taken < cfg->max_steps)) {
-            double t0 = now_s(), l = 0, lr = tm_lr_at(cfg, pos.step, total);
-            st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l);
+            double t0 = now_s(), l = 0, norm = -1, lr = tm_lr_at(cfg, pos.step, total);
+            st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l, &norm);
             if (st != TM_OK) break;
             pos.step++;
             pos.epoch_step++;
@@ -490,9 +521,16 @@ static int train_loop(device *v)
             epoch_loss += l;
             if (v->reporter && cfg->on_step != NULL) {
                 tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total, l, lr,
-                                     (double)taken * cfg->batch / train_time,
+                                     norm, (double)taken * cfg->batch / train_time,
                                      v->last_step};
                 cfg->on_step(cfg->ctx, &info);
+            }
+            /* Evaluations between epochs; the epoch's end has its own. */
+            if (cfg->eval_every > 0 && pos.step % cfg->eval_every == 0 &&
+                pos.epoch_step < per_epoch) {
+                tm_eval_info e = {pos.step, 0, 0};
+                st = evaluate(v, &e.loss, &e.acc);
+                if (st == TM_OK && v->reporter && cfg->on_eval != NULL) cfg->on_eval(cfg->ctx, &e);
             }
         }
         if (st != TM_OK || pos.epoch_step < per_epoch) break;
@@ -501,6 +539,10 @@ static int train_loop(device *v)
                               0, -1};
         st = epoch_modeled(v, &info.modeled_samples_per_s, &info.bubble, epoch_steps);
         if (st == TM_OK) st = evaluate(v, &info.test_loss, &info.test_acc);
+        if (st == TM_OK && v->reporter && cfg->on_eval != NULL) {
+            tm_eval_info e = {pos.step, info.test_loss, info.test_acc};
+            cfg->on_eval(cfg->ctx, &e);
+        }
         if (st == TM_OK && v->reporter && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
         pos.epoch++;
         pos.epoch_step = 0;
@@ -535,11 +577,10 @@ static int store(device *v)
     /* Every device has read its initial shard before any writes back. */
     TM_CHECK(tm_barrier(tm_device_comm(v->dev)));
     if (v->mesh.d != 0) return TM_OK;
-    const tm_mlp_config *cfg = &j->cfg->model;
     int shared = v->mesh.t == 0;
-    tm_stage_shard_to(&v->stage, cfg, v->stage.params, j->state->params, shared);
+    tm_stage_shard_to(&v->stage, v->stage.params, j->state->params, shared);
     for (int i = 0; i < v->stage.n_opt_state; i++)
-        tm_stage_shard_to(&v->stage, cfg, v->stage.opt_state[i], j->state->opt_state[i], shared);
+        tm_stage_shard_to(&v->stage, v->stage.opt_state[i], j->state->opt_state[i], shared);
     return TM_OK;
 }
 
@@ -548,14 +589,14 @@ static int run(tm_device *dev, void *arg)
     device v = {.j = arg, .dev = dev};
     int st = setup(&v);
     if (st == TM_OK) st = train_loop(&v);
-    if (st == TM_OK && v.j->cfg->save_path != NULL) st = store(&v);
+    if (st == TM_OK && (v.j->cfg->save_path != NULL || v.j->cfg->keep_params)) st = store(&v);
     tm_device_report *rep = &v.j->result->devices[tm_device_id(dev)];
     rep->id = tm_device_id(dev);
     rep->d = v.mesh.d;
     rep->p = v.mesh.p;
     rep->t = v.mesh.t;
     free(v.order);
-    tm_device_free(dev, v.labels);
+    tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
     tm_stage_destroy(&v.stage);
     tm_mesh_destroy(&v.mesh);
@@ -578,13 +619,15 @@ void tm_train_result_free(tm_train_result *r)
     free(r->devices);
     free(r->timeline);
     free(r->links);
+    free(r->params);
     r->devices = NULL;
     r->timeline = NULL;
     r->links = NULL;
+    r->params = NULL;
     r->n_devices = r->n_timeline = r->n_links = 0;
 }
 
-int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
+int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *test,
              tm_train_result *out, char *error, size_t error_size)
 {
     memset(out, 0, sizeof *out);
@@ -596,11 +639,16 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     if (st == TM_OK) st = stage_split(cfg, j.first);
     if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
-    if (st == TM_OK) st = tm_model_state_init(&state, &cfg->model, cfg->optimizer, cfg->momentum);
+    tm_optim_config opt = optim_of(cfg);
+    if (st == TM_OK) st = tm_model_state_init(&state, cfg->model, &opt);
+    state.n_data = cfg->n_data_meta;
+    memcpy(state.data, cfg->data_meta, sizeof state.data);
     if (st == TM_OK && cfg->load_path != NULL) {
-        st = tm_checkpoint_load(cfg->load_path, &state, &j.resumed);
+        st = tm_checkpoint_load(cfg->load_path, &state,
+                                cfg->load_weights ? TM_LOAD_WEIGHTS : TM_LOAD_RESUME, &j.resumed);
+        if (st == TM_OK && cfg->on_load != NULL) cfg->on_load(cfg->ctx, &state.pos, j.resumed);
     } else if (st == TM_OK) {
-        tm_mlp_init(&cfg->model, state.params, cfg->seed);
+        cfg->model->init(cfg->model, state.params, cfg->seed);
     }
     if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
     j.state = &state;
@@ -631,6 +679,10 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     if (st == TM_OK && cfg->save_path != NULL) {
         st = tm_checkpoint_save(cfg->save_path, &state);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
+    }
+    if (st == TM_OK && cfg->keep_params) {
+        out->params = state.params;
+        state.params = NULL;
     }
     /* After the checkpoint: a trace that cannot be written loses no state. */
     if (st == TM_OK && cfg->trace_path != NULL) {

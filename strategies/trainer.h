@@ -1,6 +1,7 @@
 /* Training: the loop over epochs and optimizer steps (micro-batches with
- * gradient accumulation, learning-rate schedule, evaluation, checkpoints) on
- * an emulated device, reporting through callbacks.
+ * gradient accumulation, learning-rate schedule, clipping, evaluation,
+ * checkpoints) of any model (strategies/model.h) on a mesh of emulated
+ * devices, reporting through callbacks.
  * Thread-safety: tm_train is called from one host thread; the callbacks run
  * on the device thread, one at a time. */
 #ifndef TM_TRAINER_H
@@ -12,7 +13,8 @@
 #include "runtime/arena.h"
 #include "runtime/clock.h"
 #include "runtime/world.h"
-#include "strategies/idx.h"
+#include "strategies/checkpoint.h"
+#include "strategies/data.h"
 #include "strategies/schedule.h"
 #include "strategies/stage.h"
 
@@ -24,8 +26,11 @@ typedef struct tm_step_info {
     long epoch_step;       /* 1-based step within the epoch */
     long steps_per_epoch;
     long total_steps;      /* epochs * steps_per_epoch */
-    double loss;           /* mean loss over the step's batch, before the update */
+    double loss;           /* mean loss over the step's batch (per row: a token
+                              of the GPT), before the update */
     double lr;
+    double grad_norm;      /* global gradient norm before clipping; -1 when
+                              not clipping */
     double samples_per_s;  /* this run so far, training time only */
     double modeled_step_s; /* this step in modeled time (the reporting device's) */
 } tm_step_info;
@@ -33,15 +38,22 @@ typedef struct tm_step_info {
 typedef struct tm_epoch_info {
     int epoch;             /* 0-based epoch just finished */
     double train_loss;     /* mean of the epoch's step losses (this run's part) */
-    double test_loss;
-    double test_acc;       /* fraction in [0, 1] */
+    double test_loss;      /* mean over the evaluation set's rows */
+    double test_acc;       /* fraction of samples in [0, 1] (one-row samples) */
     double samples_per_s;  /* the epoch's training steps only */
     double modeled_samples_per_s; /* the same in modeled time (slowest device) */
     double bubble;         /* pp > 1: measured pipeline bubble fraction; else -1 */
 } tm_epoch_info;
 
+/* An evaluation between epochs (every eval_every steps). */
+typedef struct tm_eval_info {
+    long step;             /* optimizer steps taken so far */
+    double loss;           /* mean over the evaluation set's rows */
+    double acc;            /* as tm_epoch_info.test_acc */
+} tm_eval_info;
+
 typedef struct {
-    tm_mlp_config model;
+    const tm_model *model;
     int dp, pp, tp;        /* the mesh: dp * pp * tp devices */
     const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs */
     tm_schedule_kind schedule; /* pipeline schedule (any, also for pp = 1) */
@@ -55,12 +67,23 @@ typedef struct {
     double lr;
     tm_lr_schedule lr_schedule;
     long warmup_steps;     /* linear warm-up (cosine schedule only) */
+    double min_lr;         /* cosine: the rate it decays to */
+    long lr_decay_steps;   /* cosine: steps from 0 to the end of the decay
+                              (0: the length of the epochs) */
     double momentum;       /* SGD */
-    double weight_decay;
+    double beta1, beta2;   /* AdamW */
+    double weight_decay;   /* on the tensors the model marks for decay */
+    double clip_grad;      /* clip the global gradient norm to this (0: off) */
+    long eval_every;       /* also evaluate every N steps (0: epochs only) */
     uint64_t seed;         /* initialisation and data order */
     int shuffle;           /* 0: the files' own order */
     size_t mem_cap;        /* device arena bytes */
     const char *load_path; /* checkpoint to start from, or NULL */
+    int load_weights;      /* take only its weights: step 0, fresh optimizer */
+    tm_model_meta data_meta[TM_DATA_META]; /* identifies the training data in
+                              checkpoints; a resume on other data is refused */
+    int n_data_meta;
+    int keep_params;       /* return the final weights in the result */
     const char *save_path; /* checkpoint written at the end, or NULL */
     tm_clock_config clock; /* modeled device and link rates; all zero: the
                               defaults (tm_clock_config_default) */
@@ -74,6 +97,9 @@ typedef struct {
     void *ctx;             /* passed to the callbacks */
     void (*on_step)(void *ctx, const tm_step_info *info);
     void (*on_epoch)(void *ctx, const tm_epoch_info *info);
+    void (*on_eval)(void *ctx, const tm_eval_info *info);
+    /* After loading a checkpoint: what it resumed (NULL: say nothing). */
+    void (*on_load)(void *ctx, const tm_train_position *pos, int resumed);
 } tm_train_config;
 
 /* Mesh dimensions, for traffic. */
@@ -114,6 +140,7 @@ typedef struct {
     double samples_per_s;  /* this run, training time only */
     double test_acc;       /* after the run */
     double test_loss;
+    float *params;         /* keep_params: the final weights, full layout */
     double train_seconds;
     double gflops;         /* GEMM and elementwise FLOPs / training time */
     tm_arena_stats memory; /* device 0's arena, peaks included */
@@ -140,7 +167,7 @@ void tm_train_result_free(tm_train_result *r);
 /* Checks a configuration before anything starts; returns TM_OK or TM_EINVAL
  * with a one-line message naming the constraint (batch divisibility, mesh
  * versus layers and widths, schedule, stages). */
-int tm_train_check(const tm_train_config *cfg, const tm_dataset *train);
+int tm_train_check(const tm_train_config *cfg, const tm_data *train);
 
 /* Trains on `train` on dp * pp * tp emulated devices, evaluating on `test`
  * after every epoch and at the end. Every mesh computes what one device
@@ -149,10 +176,12 @@ int tm_train_check(const tm_train_config *cfg, const tm_dataset *train);
  * the OOM report): TM_ENOMEM when the model does not fit (found before the
  * first step), TM_EFORMAT / TM_EIO for checkpoints, TM_EINVAL for a
  * checkpoint that does not match the model. */
-int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_dataset *test,
+int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *test,
              tm_train_result *out, char *error, size_t error_size);
 
-/* The learning rate at 0-based step s of total. */
+/* The learning rate at 0-based step s of a run of total steps: linear
+ * warm-up, then cosine decay from lr to min_lr at lr_decay_steps (or
+ * total), min_lr after it. */
 double tm_lr_at(const tm_train_config *cfg, long s, long total);
 
 #endif

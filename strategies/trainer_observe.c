@@ -70,47 +70,33 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
     return timeline(w, cfg, res);
 }
 
-/* Bytes a member of comm sends for an all-reduce of count floats: ring
- * 2(n-1)/n x bytes, direct (n-1) x bytes. */
-static double allreduce_bytes(tm_comm *comm, size_t count)
-{
-    int n = tm_comm_size(comm);
-    double bytes = (double)count * sizeof(float);
-    if (n == 1 || count == 0) return 0;
-    return tm_allreduce_algo_for(comm, count) == TM_ALGO_DIRECT ? (n - 1) * bytes
-                                                                : 2.0 * (n - 1) / n * bytes;
-}
-
 /* What one training step should send, by the formulas, from the plan:
  * pipeline stages pass each micro-batch's activations forward and its
- * gradients back; data parallelism all-reduces every gradient bucket once,
- * plus the loss's all-gather on the last stage; tensor parallelism, per
- * micro-batch, all-reduces the output of every row-split layer and
- * all-gathers that of every gathered layer in the forward, and all-reduces
- * the input gradient of every column-split layer that passes one down in
- * the backward (Megatron's f and g). */
+ * gradients back; data parallelism all-reduces every layer's gradient
+ * bucket once, plus the loss's all-gather on the last stage; tensor
+ * parallelism sends what each layer's kind says it does per micro-batch
+ * (the MLP: Megatron's f and g, see strategies/mlp.c); clipping sums one
+ * double over the tp and pp groups by an all-gather. */
 void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
                         int rows, tm_device_report *rep)
 {
     int is_first = mesh->p == 0, is_last = mesh->p == mesh->pp - 1;
     double width = (is_last ? 0 : stage->out_width) + (is_first ? 0 : stage->in_width);
-    rep->step_analytic[TM_DIM_PP] = (double)cfg->micro_batches * rows * width * sizeof(float);
-    int t = cfg->tp;
-    double dp = 0, tp = 0;
+    double dp = 0, tp = 0, pp = (double)cfg->micro_batches * rows * width * sizeof(float);
     for (int i = 0; i < stage->n; i++) {
         const tm_layer_plan *l = &stage->layer[i];
-        dp += allreduce_bytes(mesh->dp_comm, l->w_len + l->b_len);
-        if (t == 1) continue;
-        if (l->split == TM_SPLIT_ROW) {
-            tp += allreduce_bytes(mesh->tp_comm, (size_t)rows * l->out);
-            continue;
-        }
-        if (l->gather) tp += (double)(t - 1) * rows * l->out_local * sizeof(float);
-        if (i > 0 || !is_first) tp += allreduce_bytes(mesh->tp_comm, (size_t)rows * l->in);
+        dp += tm_allreduce_send_bytes(mesh->dp_comm, l->own_len);
+        tp += l->layer->kind->tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
     }
     if (is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
+    tp *= cfg->micro_batches;
+    if (cfg->clip_grad > 0) {
+        tp += (cfg->tp - 1) * sizeof(double);
+        pp += (cfg->pp - 1) * sizeof(double);
+    }
     rep->step_analytic[TM_DIM_DP] = dp;
-    rep->step_analytic[TM_DIM_TP] = (double)cfg->micro_batches * tp;
+    rep->step_analytic[TM_DIM_PP] = pp;
+    rep->step_analytic[TM_DIM_TP] = tp;
 }
 
 /* The run's modeled figures from the device reports. */

@@ -15,6 +15,7 @@
 #include "runtime/status.h"
 #include "strategies/json.h"
 #include "strategies/trainer.h"
+#include "tests/models.h"
 
 /* Six equal-cost stages' worth of layers: the 1024 x 1024 GEMMs dominate
  * every stage for pp 2 and 4 (the first and last layers are tiny). */
@@ -22,30 +23,32 @@
 #define MAX_PP 4
 #define MAX_MB 16
 
-static tm_dataset train_set, test_set;
+static tm_dataset train_images, test_images;
+static tm_data train_set, test_set;
 
 /* Samples of `dim` inputs and `classes` classes; the test set is small
  * because every run ends with an evaluation. */
 static void make_data(int n, int dim, int classes)
 {
-    cr_assert_eq(tm_dataset_synthetic(&train_set, n, dim, classes, 11, 0), TM_OK, "%s",
+    cr_assert_eq(tm_dataset_synthetic(&train_images, n, dim, classes, 11, 0), TM_OK, "%s",
                  tm_error_message());
-    cr_assert_eq(tm_dataset_synthetic(&test_set, 32, dim, classes, 11, 1), TM_OK, "%s",
+    cr_assert_eq(tm_dataset_synthetic(&test_images, 32, dim, classes, 11, 1), TM_OK, "%s",
                  tm_error_message());
+    tm_data_images(&train_set, &train_images);
+    tm_data_images(&test_set, &test_images);
 }
 
 static void free_data(void)
 {
-    tm_dataset_free(&train_set);
-    tm_dataset_free(&test_set);
+    tm_dataset_free(&train_images);
+    tm_dataset_free(&test_images);
 }
 
 static tm_train_config config(const char *model, int dp, int pp, int tp, int batch, int m,
                               tm_schedule_kind kind)
 {
     tm_train_config c = {0};
-    const char *why = "";
-    cr_assert_eq(tm_mlp_parse(model, &c.model, &why), 0, "model %s: %s", model, why);
+    c.model = mlp_model(model, TM_ACT_RELU);
     c.dp = dp;
     c.pp = pp;
     c.tp = tp;

@@ -15,6 +15,7 @@
 #include "strategies/rng.h"
 #include "strategies/safetensors.h"
 #include "strategies/trainer.h"
+#include "tests/models.h"
 
 #define DIM 12
 #define CLASSES 10
@@ -37,18 +38,21 @@ static void make_data(tm_dataset *d, int n, uint64_t seed)
     for (int i = 0; i < n; i++) d->labels[i] = (uint8_t)tm_rng_below(&r, CLASSES);
 }
 
-static tm_dataset train_set, test_set;
+static tm_dataset train_images, test_images;
+static tm_data train_set, test_set;
 
 static void setup(void)
 {
-    make_data(&train_set, 1024, 1);
-    make_data(&test_set, 200, 2);
+    make_data(&train_images, 1024, 1);
+    make_data(&test_images, 200, 2);
+    tm_data_images(&train_set, &train_images);
+    tm_data_images(&test_set, &test_images);
 }
 
 static void teardown(void)
 {
-    tm_dataset_free(&train_set);
-    tm_dataset_free(&test_set);
+    tm_dataset_free(&train_images);
+    tm_dataset_free(&test_images);
 }
 
 typedef struct {
@@ -65,8 +69,7 @@ static void record(void *ctx, const tm_step_info *s)
 static tm_train_config config(losses *l, int dp, int pp, int tp, int m, tm_schedule_kind k)
 {
     tm_train_config c = {0};
-    const char *why;
-    tm_mlp_parse(MODEL, &c.model, &why);
+    c.model = mlp_model(MODEL, TM_ACT_RELU);
     c.dp = dp;
     c.pp = pp;
     c.tp = tp;
@@ -80,6 +83,8 @@ static tm_train_config config(losses *l, int dp, int pp, int tp, int m, tm_sched
     c.lr_schedule = TM_LR_COSINE;
     c.warmup_steps = 5;
     c.momentum = 0.9;
+    c.beta1 = 0.9;
+    c.beta2 = 0.999;
     c.weight_decay = 1e-4;
     c.seed = 7;
     c.shuffle = 1;
@@ -183,14 +188,14 @@ Test(parallel, adamw_and_gelu_with_padded_classes, .init = setup, .fini = teardo
     tm_train_config c = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
     c.optimizer = TM_OPT_ADAMW;
     c.lr = 3e-3;
-    c.model.act = TM_ACT_GELU;
+    c.model = mlp_model(MODEL, TM_ACT_GELU);
     tm_train_result r;
     cr_assert_eq(train(&c, &r), TM_OK);
     tm_train_result_free(&r);
     tm_train_config m = config(&got, 2, 1, 4, 2, TM_SCHED_1F1B);
     m.optimizer = TM_OPT_ADAMW;
     m.lr = 3e-3;
-    m.model.act = TM_ACT_GELU;
+    m.model = mlp_model(MODEL, TM_ACT_GELU);
     cr_assert_eq(train(&m, &r), TM_OK);
     tm_train_result_free(&r);
     for (int i = 0; i < STEPS; i++)
@@ -295,8 +300,7 @@ Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tm_train_config c = config(&l, cases[i].dp, cases[i].pp, cases[i].tp, cases[i].m,
                                    TM_SCHED_1F1B);
-        const char *why;
-        tm_mlp_parse(cases[i].model, &c.model, &why);
+        c.model = mlp_model(cases[i].model, TM_ACT_RELU);
         c.stages = cases[i].stages;
         cr_expect_eq(tm_train_check(&c, &train_set), TM_EINVAL, "case %zu accepted", i);
         cr_expect(strstr(tm_error_message(), cases[i].expect) != NULL, "case %zu: %s", i,

@@ -13,6 +13,7 @@
 #include "strategies/rng.h"
 #include "strategies/safetensors.h"
 #include "strategies/trainer.h"
+#include "tests/models.h"
 
 #define DIM 20
 #define CLASSES 4
@@ -59,8 +60,7 @@ static void record(void *ctx, const tm_step_info *s)
 static tm_train_config base_config(losses *l)
 {
     tm_train_config c = {0};
-    const char *why;
-    tm_mlp_parse("20,32,16,4", &c.model, &why);
+    c.model = mlp_model("20,32,16,4", TM_ACT_RELU);
     c.epochs = 4;
     c.batch = 32;
     c.micro_batches = 1;
@@ -71,6 +71,8 @@ static tm_train_config base_config(losses *l)
     c.schedule = TM_SCHED_1F1B;
     c.warmup_steps = 5;
     c.momentum = 0.9;
+    c.beta1 = 0.9;
+    c.beta2 = 0.999;
     c.weight_decay = 1e-4;
     c.seed = 42;
     c.shuffle = 1;
@@ -80,18 +82,21 @@ static tm_train_config base_config(losses *l)
     return c;
 }
 
-static tm_dataset train_set, test_set;
+static tm_dataset train_images, test_images;
+static tm_data train_set, test_set;
 
 static void setup(void)
 {
-    make_data(&train_set, N, 1);
-    make_data(&test_set, 256, 2);
+    make_data(&train_images, N, 1);
+    make_data(&test_images, 256, 2);
+    tm_data_images(&train_set, &train_images);
+    tm_data_images(&test_set, &test_images);
 }
 
 static void teardown(void)
 {
-    tm_dataset_free(&train_set);
-    tm_dataset_free(&test_set);
+    tm_dataset_free(&train_images);
+    tm_dataset_free(&test_images);
 }
 
 static int run(tm_train_config *c, tm_train_result *res)
@@ -128,7 +133,7 @@ Test(trainer, same_seed_is_bitwise_identical, .init = setup, .fini = teardown, .
         tm_train_config ca = base_config(&a), cb = base_config(&b);
         ca.optimizer = cb.optimizer = o ? TM_OPT_ADAMW : TM_OPT_SGD;
         ca.lr = cb.lr = o ? 1e-2 : 0.1;
-        ca.model.act = cb.model.act = o ? TM_ACT_GELU : TM_ACT_RELU;
+        ca.model = cb.model = mlp_model("20,32,16,4", o ? TM_ACT_GELU : TM_ACT_RELU);
         tm_train_result r;
         cr_assert_eq(run(&ca, &r), TM_OK);
         cr_assert_eq(run(&cb, &r), TM_OK);
@@ -234,9 +239,9 @@ static void write_weights(const char *p, const char *model, int drop, int wrong_
     const char *why;
     tm_mlp_parse(model, &cfg, &why);
     float *data = calloc(tm_mlp_param_count(&cfg), sizeof(float));
-    tm_st_tensor t[2 * TM_MAX_LAYERS];
-    uint64_t shapes[2 * TM_MAX_LAYERS][2];
-    char names[2 * TM_MAX_LAYERS][32];
+    tm_st_tensor t[2 * TM_MLP_MAX_LAYERS];
+    uint64_t shapes[2 * TM_MLP_MAX_LAYERS][2];
+    char names[2 * TM_MLP_MAX_LAYERS][32];
     int n = 0;
     for (int l = 0; l < cfg.n_layers; l++) {
         for (int b = 0; b < 2; b++) {
@@ -317,8 +322,7 @@ Test(trainer, model_too_big_fails_before_training, .init = setup, .fini = teardo
 {
     losses l = {0};
     tm_train_config c = base_config(&l);
-    const char *why;
-    tm_mlp_parse("20,1024,1024,4", &c.model, &why);
+    c.model = mlp_model("20,1024,1024,4", TM_ACT_RELU);
     c.mem_cap = 8 << 20;
     tm_train_result r;
     char err[2048];
@@ -341,7 +345,7 @@ Test(trainer, bad_configs_are_refused, .init = setup, .fini = teardown)
     c.lr = NAN;
     cr_expect_eq(tm_train_check(&c, &train_set), TM_EINVAL);
     c = base_config(&l);
-    c.model.widths[0] = 21;
+    c.model = mlp_model("21,32,16,4", TM_ACT_RELU);
     cr_expect_eq(tm_train_check(&c, &train_set), TM_EINVAL);
     c = base_config(&l);
     c.batch = N + 1;
