@@ -1,6 +1,8 @@
-/* build/train: trains an MLP on Fashion-MNIST (or synthetic data) on a mesh
- * of emulated devices and reports accuracy, wall and modeled throughput,
- * the pipeline timeline, memory by tag and traffic by link. */
+/* build/train: trains a model — an MLP on Fashion-MNIST or a byte-level GPT
+ * on text, either on synthetic data — on a mesh of emulated devices and
+ * reports accuracy or validation loss, wall and modeled throughput, the
+ * pipeline timeline, memory by tag and traffic by link; the GPT ends with a
+ * generated sample. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -13,6 +15,9 @@
 
 #include "runtime/arena.h"
 #include "runtime/status.h"
+#include "strategies/data.h"
+#include "strategies/generate.h"
+#include "strategies/gpt.h"
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/report.h"
@@ -21,7 +26,8 @@
 
 static const char usage_head[] =
     "usage: train [options]\n"
-    "Trains an MLP on Fashion-MNIST (or synthetic data) on a mesh of emulated devices.\n"
+    "Trains a model on a mesh of emulated devices: an MLP on Fashion-MNIST, or a\n"
+    "byte-level GPT (nanoGPT's architecture) on text; either on synthetic data.\n"
     "\n"
     "parallelism (devices = dp x pp x tp; every mesh trains like one device):\n"
     "  --dp N                data-parallel replicas, each takes batch / dp samples (1)\n"
@@ -29,37 +35,59 @@ static const char usage_head[] =
     "  --tp N                tensor-parallel ranks per stage (1)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
-    "  --stages L1,L2,...    layers per stage (default: balanced by FLOPs)\n"
+    "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
+    "                        by FLOPs)\n"
     "  --fail-device D       test hook: device D fails ...\n"
     "  --fail-step S         ... at optimizer step S\n"
     "\n"
-    "model and optimisation:\n"
-    "  --model W0,W1,...     layer widths, inputs first, classes last (784,256,128,10)\n"
-    "  --activation A        relu | gelu between linear layers (relu)\n"
-    "  --epochs N            length of the run and of the schedule, in epochs (10)\n"
+    "model:\n"
+    "  --model M             gpt, or the MLP's layer widths, inputs first, classes\n"
+    "                        last (784,256,128,10)\n"
+    "  --activation A        MLP: relu | gelu between linear layers (relu)\n"
+    "  --layers L            GPT: transformer blocks (4)\n"
+    "  --heads H             GPT: attention heads per block (4)\n"
+    "  --d-model C           GPT: channels, a multiple of --heads (128)\n"
+    "  --context T           GPT: positions per sequence (128)\n"
+    "optimisation (defaults: the model's recipe, MLP / GPT):\n"
+    "  --epochs N            length of the run and of the schedule, in epochs (10; GPT:\n"
+    "                        1, or as many as --steps needs)\n"
     "  --steps N             stop after N optimizer steps of this run (no limit)\n"
-    "  --batch B             samples per optimizer step (128)\n"
+    "  --batch B             samples (GPT: sequences) per optimizer step (128 / 32)\n"
     "  --micro-batches M     split each replica's batch (B / dp) into M micro-batches\n"
     "                        whose gradients accumulate before one step; with\n"
     "                        pipelining, the pipeline's micro-batches (1)\n"
-    "  --optimizer O         sgd | adamw (sgd)\n"
-    "  --lr X                peak learning rate (0.05 for sgd, 0.001 for adamw)\n"
+    "  --optimizer O         sgd | adamw (sgd / adamw)\n"
+    "  --lr X                peak learning rate (0.05 for sgd, 0.001 for adamw / 0.001)\n"
     "  --lr-schedule S       constant (same rate every step, no warm-up) |\n"
-    "                        cosine (linear warm-up, then cosine decay to 0) (cosine)\n"
-    "  --warmup-steps N      warm-up length for cosine (200)\n"
+    "                        cosine (linear warm-up, then cosine decay to --min-lr) (cosine)\n"
+    "  --warmup-steps N      warm-up length for cosine (200 / 100)\n"
+    "  --min-lr X            where cosine decays to (0 / lr / 10)\n"
+    "  --lr-decay-steps N    steps from 0 to the end of the decay, --min-lr after it\n"
+    "                        (the length of --epochs)\n"
     "  --momentum X          SGD momentum (0.9)\n"
-    "  --weight-decay X      SGD: L2 penalty; AdamW: decoupled decay (5e-4 sgd, 1e-4 adamw)\n"
+    "  --beta1 X, --beta2 X  AdamW's moment decays (0.9, 0.999 / 0.9, 0.99)\n"
+    "  --weight-decay X      SGD: L2 penalty; AdamW: decoupled decay (5e-4 sgd, 1e-4\n"
+    "                        adamw / 0.1 on 2-D tensors only)\n"
+    "  --clip-grad X         clip the global gradient norm to X; 0 is off (0 / 1.0)\n"
     "  --seed S              initialisation and data order (1)\n"
-    "  --no-shuffle          train in the files' own order\n"
+    "  --no-shuffle          train in the data's own order\n"
     "data:\n"
-    "  --dataset D           fashion-mnist | synthetic: seeded random inputs of the\n"
-    "                        model's input width, labels from a random linear teacher\n"
-    "                        with the model's class count (fashion-mnist)\n"
-    "  --samples N           synthetic: training samples; the test set has N/8 (16384)\n"
-    "  --normalize N         none: pixels in [0,1]; standard: also (x - mean) / std\n"
-    "                        with the training set's mean and std (standard)\n"
-    "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
+    "  --dataset D           fashion-mnist (MLP) | text (GPT) | synthetic: seeded\n"
+    "                        inputs of the model's shape (MLP: labels from a random\n"
+    "                        linear teacher; GPT: bytes from a random order-1 Markov\n"
+    "                        source) (fashion-mnist / text)\n"
+    "  --samples N           synthetic: training samples (GPT: windows); the test or\n"
+    "                        validation set has N/8 (16384)\n"
+    "  --normalize N         MLP: none: pixels in [0,1]; standard: also (x - mean) /\n"
+    "                        std with the training set's mean and std (standard)\n"
+    "  --data-dir DIR        MLP: where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
+    "  --text F1,F2,...      GPT: text files, concatenated (default: the files of\n"
+    "                        /usr/share/games/fortunes, Debian's fortunes package)\n"
+    "  --val-fraction X      GPT: the last X of the text validates (0.1)\n"
+    "  --eval-every N        GPT: evaluate every N steps too (each epoch)\n"
+    "  --eval-sequences N    GPT: validate on the first N windows (all)\n"
+    "  --sample-tokens N     GPT: bytes generated at the end, 0 for none (200)\n"
     "modeled time (what real devices would take; defaults measured on this machine):\n";
 
 static const char usage_tail[] =
@@ -70,11 +98,13 @@ static const char usage_tail[] =
     "                        traffic table show it (1)\n"
     "  --trace-steps N       steps recorded into the trace (1)\n"
     "device and files:\n"
-    "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M)\n"
+    "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M / 512M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
     "  --load FILE           start from a checkpoint (resumes exactly when it holds\n"
     "                        optimizer state; weights only otherwise)\n"
-    "  --metrics FILE        write JSON lines: step, epoch and summary records\n"
+    "  --load-weights FILE   start a new run (step 0, fresh optimizer, any data)\n"
+    "                        from a checkpoint's weights\n"
+    "  --metrics FILE        write JSON lines: step, eval, epoch and summary records\n"
     "  -h, --help            this text\n"
     "Exit status: 0 success, 1 training failed (e.g. out of device memory),\n"
     "2 bad usage or unreadable input files.\n";
@@ -151,27 +181,60 @@ typedef struct {
     FILE *metrics;   /* or NULL */
     int tty;         /* progress bar instead of log lines */
     int batch;
+    int rows;        /* rows per sample: 1, or the GPT's context */
+    int gpt;         /* report tokens and validation loss */
+    const char *load_path;
 } report;
+
+/* "key":value, or "key":null for a number JSON cannot hold. */
+static void json_num(FILE *f, const char *key, const char *fmt, double v)
+{
+    fprintf(f, ",\"%s\":", key);
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fputs("null", f);
+}
 
 static void on_step(void *ctx, const tm_step_info *s)
 {
     report *r = ctx;
-    if (r->metrics)
-        fprintf(r->metrics,
-                "{\"type\":\"step\",\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
-                "\"modeled_step_s\":%.9g}\n",
-                s->step, s->loss, s->lr, s->modeled_step_s);
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld", s->step);
+        json_num(r->metrics, "loss", "%.9g", s->loss);
+        json_num(r->metrics, "lr", "%.9g", s->lr);
+        if (s->grad_norm >= 0 || isnan(s->grad_norm))
+            json_num(r->metrics, "grad_norm", "%.9g", s->grad_norm);
+        json_num(r->metrics, "modeled_step_s", "%.9g", s->modeled_step_s);
+        fputs("}\n", r->metrics);
+    }
     long left = s->total_steps - s->step;
     double eta = s->samples_per_s > 0 ? (double)left * r->batch / s->samples_per_s : 0;
+    const char *unit = r->gpt ? "tokens/s" : "samples/s";
+    double rate = s->samples_per_s * r->rows;
     if (r->tty) {
         int width = 30, done = (int)(width * s->epoch_step / s->steps_per_epoch);
-        fprintf(stderr, "\repoch %d [%.*s%*s] step %ld/%ld loss %.4f %6.0f samples/s ETA %3.0fs ",
+        fprintf(stderr, "\repoch %d [%.*s%*s] step %ld/%ld loss %.4f %6.0f %s ETA %3.0fs ",
                 s->epoch + 1, done, "==============================", width - done, "", s->step,
-                s->total_steps, s->loss, s->samples_per_s, eta);
+                s->total_steps, s->loss, rate, unit, eta);
     } else if (s->step % 100 == 0) {
-        printf("step %ld/%ld epoch %d loss %.4f lr %.4g %.0f samples/s\n", s->step, s->total_steps,
-               s->epoch + 1, s->loss, s->lr, s->samples_per_s);
+        printf("step %ld/%ld epoch %d loss %.4f lr %.4g %.0f %s\n", s->step, s->total_steps,
+               s->epoch + 1, s->loss, s->lr, rate, unit);
         fflush(stdout);
+    }
+}
+
+/* Validation of the GPT: nats per byte and bits per byte. */
+static void on_eval(void *ctx, const tm_eval_info *e)
+{
+    report *r = ctx;
+    if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
+    printf("step %ld: val loss %.4f nats/byte, %.4f bits/byte\n", e->step, e->loss,
+           e->loss / M_LN2);
+    fflush(stdout);
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"type\":\"eval\",\"step\":%ld", e->step);
+        json_num(r->metrics, "val_loss", "%.9g", e->loss);
+        json_num(r->metrics, "val_bpb", "%.9g", e->loss / M_LN2);
+        fputs("}\n", r->metrics);
     }
 }
 
@@ -179,21 +242,44 @@ static void on_epoch(void *ctx, const tm_epoch_info *e)
 {
     report *r = ctx;
     if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
-    printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s "
-           "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc,
-           e->samples_per_s, e->modeled_samples_per_s);
+    if (r->gpt)
+        printf("epoch %d: train loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s "
+               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, e->test_loss / M_LN2,
+               e->samples_per_s * r->rows, e->modeled_samples_per_s * r->rows);
+    else
+        printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s "
+               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc,
+               e->samples_per_s, e->modeled_samples_per_s);
     if (e->bubble >= 0) printf(", bubble %.1f%%", 100 * e->bubble);
     printf(")\n");
     fflush(stdout);
     if (r->metrics) {
-        fprintf(r->metrics,
-                "{\"type\":\"epoch\",\"epoch\":%d,\"train_loss\":%.9g,\"test_loss\":%.9g,"
-                "\"test_acc\":%.6f,\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f",
-                e->epoch + 1, e->train_loss, e->test_loss, e->test_acc, e->samples_per_s,
-                e->modeled_samples_per_s);
-        if (e->bubble >= 0) fprintf(r->metrics, ",\"bubble\":%.6f", e->bubble);
+        fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%d", e->epoch + 1);
+        json_num(r->metrics, "train_loss", "%.9g", e->train_loss);
+        if (r->gpt) {
+            json_num(r->metrics, "val_loss", "%.9g", e->test_loss);
+            json_num(r->metrics, "val_bpb", "%.9g", e->test_loss / M_LN2);
+            json_num(r->metrics, "tokens_per_s", "%.1f", e->samples_per_s * r->rows);
+        } else {
+            json_num(r->metrics, "test_loss", "%.9g", e->test_loss);
+            json_num(r->metrics, "test_acc", "%.6f", e->test_acc);
+        }
+        json_num(r->metrics, "samples_per_s", "%.1f", e->samples_per_s);
+        json_num(r->metrics, "modeled_samples_per_s", "%.1f", e->modeled_samples_per_s);
+        if (e->bubble >= 0) json_num(r->metrics, "bubble", "%.6f", e->bubble);
         fprintf(r->metrics, "}\n");
     }
+}
+
+static void on_load(void *ctx, const tm_train_position *pos, int resumed)
+{
+    report *r = ctx;
+    if (resumed)
+        printf("resumed %s at step %ld (epoch %d, step %ld of it)\n", r->load_path, pos->step,
+               pos->epoch + 1, pos->epoch_step);
+    else
+        printf("loaded the weights of %s; step 0 with a fresh optimizer\n", r->load_path);
+    fflush(stdout);
 }
 
 static void json_peaks(FILE *f, const tm_arena_stats *m)
@@ -203,35 +289,109 @@ static void json_peaks(FILE *f, const tm_arena_stats *m)
     fputc('}', f);
 }
 
+/* The training and validation data of the GPT: text (the corpus split at
+ * 1 - val_fraction) or synthetic windows. Exits 2 on bad input. */
+typedef struct {
+    tm_corpus train, val;  /* val: a split of train's bytes, or its own */
+    int split;             /* val's bytes are train's tail (not owned) */
+    tm_data train_data, val_data;
+} text_data;
+
+static void load_text(text_data *t, const char *files, int synthetic, long samples, int T,
+                      double val_fraction, uint64_t seed)
+{
+    memset(t, 0, sizeof *t);
+    int st;
+    if (synthetic) {
+        st = tm_corpus_synthetic(&t->train, (size_t)samples * T + 1, seed, 0);
+        if (st == TM_OK) st = tm_corpus_synthetic(&t->val, (size_t)(samples / 8) * T + 1, seed, 1);
+    } else {
+        st = tm_corpus_load(&t->train, files);
+    }
+    if (st != TM_OK) {
+        fprintf(stderr, "train: %s\n", tm_error_message());
+        exit(2);
+    }
+    const uint8_t *val = t->val.bytes;
+    size_t train_len = t->train.len, val_len = t->val.len;
+    if (!synthetic) {
+        train_len = (size_t)floor((1.0 - val_fraction) * (double)t->train.len);
+        val = t->train.bytes + train_len;
+        val_len = t->train.len - train_len;
+    }
+    if (tm_data_text(&t->train_data, t->train.bytes, train_len, T, "training split") != TM_OK ||
+        tm_data_text(&t->val_data, val, val_len, T, "validation split") != TM_OK) {
+        fprintf(stderr, "train: %s (--text %s)\n", tm_error_message(),
+                files ? files : TM_CORPUS_DEFAULT_DIR);
+        exit(2);
+    }
+}
+
+static void free_text(text_data *t)
+{
+    tm_corpus_free(&t->train);
+    tm_corpus_free(&t->val);
+}
+
+typedef struct {
+    FILE *out;
+    tm_escaper esc;
+} sample_out;
+
+static void emit_byte(void *ctx, uint8_t b)
+{
+    sample_out *o = ctx;
+    tm_escaper_put(&o->esc, b, o->out);
+}
+
+/* The closing sample of a GPT run: a newline as the prompt, then n bytes
+ * at temperature 0.8. */
+static void print_sample(const tm_model *m, const float *params, int n, uint64_t seed,
+                         size_t cap)
+{
+    static const uint8_t prompt[] = "\n";
+    sample_out o = {stdout, {{0}, 0, 0}};
+    tm_generate_config g = {.model = m, .params = params, .prompt = prompt, .prompt_len = 1,
+                            .tokens = n, .temperature = 0.8, .top_k = 0, .seed = seed,
+                            .mem_cap = cap, .emit = emit_byte, .ctx = &o};
+    tm_generate_stats stats;
+    char error[2048];
+    printf("sample (%d bytes, temperature 0.8):\n", n);
+    int st = tm_generate(&g, &stats, error, sizeof error);
+    tm_escaper_flush(&o.esc, stdout);
+    printf("\n");
+    if (st != TM_OK) fprintf(stderr, "train: the sample failed: %s\n", error);
+}
+
+/* Flags given on the command line, by option index. */
+enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
+       O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
+       O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
+       O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
+       O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY, O_CLIP,
+       O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_END };
+
 int main(int argc, char **argv)
 {
     tm_train_config cfg = {0};
     const char *model = "784,256,128,10", *act = "relu", *why;
-    const char *data_dir = TM_DATASET_DEFAULT_DIR, *metrics_path = NULL;
-    double lr = -1, wd = -1;
-    int normalize = 1;
+    const char *data_dir = TM_DATASET_DEFAULT_DIR, *metrics_path = NULL, *text = NULL;
+    const char *dataset = NULL;
+    double lr = -1, wd = -1, val_fraction = 0.1;
+    int normalize = 1, sample_tokens = 200;
+    long devices = 0, samples = 16384, eval_sequences = 0;
+    tm_gpt_config gc = {4, 4, 128, 128};
+    char given[O_END] = {0};
     cfg.epochs = 10;
-    cfg.batch = 128;
     cfg.micro_batches = 1;
-    cfg.optimizer = TM_OPT_SGD;
     cfg.lr_schedule = TM_LR_COSINE;
     cfg.dp = cfg.pp = cfg.tp = 1;
     cfg.schedule = TM_SCHED_1F1B;
-    long devices = 0;
-    cfg.warmup_steps = 200;
     cfg.momentum = 0.9;
     cfg.beta1 = 0.9;
-    cfg.beta2 = 0.999;
     cfg.seed = 1;
     cfg.shuffle = 1;
-    cfg.mem_cap = (size_t)64 << 20;
     tm_clock_config_default(&cfg.clock);
-    const char *dataset = "fashion-mnist";
-    long samples = 16384;
-    enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
-           O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
-           O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
-           O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -253,10 +413,18 @@ int main(int argc, char **argv)
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"trace", 1, 0, O_TRACE},
         {"trace-clock", 1, 0, O_TRACE_CLOCK}, {"trace-from", 1, 0, O_TRACE_FROM},
-        {"trace-steps", 1, 0, O_TRACE_STEPS},
+        {"trace-steps", 1, 0, O_TRACE_STEPS}, {"layers", 1, 0, O_LAYERS},
+        {"heads", 1, 0, O_HEADS},          {"d-model", 1, 0, O_DMODEL},
+        {"context", 1, 0, O_CONTEXT},      {"beta1", 1, 0, O_BETA1},
+        {"beta2", 1, 0, O_BETA2},          {"min-lr", 1, 0, O_MINLR},
+        {"lr-decay-steps", 1, 0, O_DECAY}, {"clip-grad", 1, 0, O_CLIP},
+        {"text", 1, 0, O_TEXT},            {"val-fraction", 1, 0, O_VALFRAC},
+        {"eval-every", 1, 0, O_EVALEVERY}, {"eval-sequences", 1, 0, O_EVALSEQ},
+        {"sample-tokens", 1, 0, O_SAMPLETOK}, {"load-weights", 1, 0, O_LOADW},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
+        if (c >= O_MODEL && c < O_END) given[c] = 1;
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
@@ -265,9 +433,8 @@ int main(int argc, char **argv)
         case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1); break;
         case O_MICRO: cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1); break;
         case O_OPT:
-            if (strcmp(optarg, "sgd") == 0) cfg.optimizer = TM_OPT_SGD;
-            else if (strcmp(optarg, "adamw") == 0) cfg.optimizer = TM_OPT_ADAMW;
-            else die_usage("--optimizer is sgd or adamw, not \"%s\"", optarg);
+            if (tm_optimizer_parse(optarg, &cfg.optimizer) != 0)
+                die_usage("--optimizer is sgd or adamw, not \"%s\"", optarg);
             break;
         case O_LR: lr = parse_double("--lr", optarg, 0, 1); break;
         case O_SCHED:
@@ -292,6 +459,10 @@ int main(int argc, char **argv)
             break;
         case O_SAVE: cfg.save_path = optarg; break;
         case O_LOAD: cfg.load_path = optarg; break;
+        case O_LOADW:
+            cfg.load_path = optarg;
+            cfg.load_weights = 1;
+            break;
         case O_METRICS: metrics_path = optarg; break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1); break;
@@ -307,8 +478,9 @@ int main(int argc, char **argv)
         case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
         case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1); break;
         case O_DATASET:
-            if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0)
-                die_usage("--dataset is fashion-mnist or synthetic, not \"%s\"", optarg);
+            if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0 &&
+                strcmp(optarg, "text") != 0)
+                die_usage("--dataset is fashion-mnist, text or synthetic, not \"%s\"", optarg);
             dataset = optarg;
             break;
         case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
@@ -324,6 +496,20 @@ int main(int argc, char **argv)
             break;
         case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1); break;
         case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1); break;
+        case O_LAYERS: gc.n_layer = (int)parse_long("--layers", optarg, 1); break;
+        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1); break;
+        case O_DMODEL: gc.n_embd = (int)parse_long("--d-model", optarg, 1); break;
+        case O_CONTEXT: gc.block_size = (int)parse_long("--context", optarg, 1); break;
+        case O_BETA1: cfg.beta1 = parse_double("--beta1", optarg, 0, 0); break;
+        case O_BETA2: cfg.beta2 = parse_double("--beta2", optarg, 0, 0); break;
+        case O_MINLR: cfg.min_lr = parse_double("--min-lr", optarg, 0, 0); break;
+        case O_DECAY: cfg.lr_decay_steps = parse_long("--lr-decay-steps", optarg, 1); break;
+        case O_CLIP: cfg.clip_grad = parse_double("--clip-grad", optarg, 0, 0); break;
+        case O_TEXT: text = optarg; break;
+        case O_VALFRAC: val_fraction = parse_double("--val-fraction", optarg, 0, 1); break;
+        case O_EVALEVERY: cfg.eval_every = parse_long("--eval-every", optarg, 1); break;
+        case O_EVALSEQ: eval_sequences = parse_long("--eval-sequences", optarg, 1); break;
+        case O_SAMPLETOK: sample_tokens = (int)parse_long("--sample-tokens", optarg, 0); break;
         case 'h':
             fputs(usage_head, stdout);
             tm_clock_config_usage(stdout, &cfg.clock);
@@ -335,74 +521,155 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    tm_mlp_config mlp;
-    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    if (tm_activation_parse(act, &mlp.act) != 0)
-        die_usage("--activation is relu or gelu, not \"%s\"", act);
+    if (given[O_LOAD] && given[O_LOADW]) die_usage("--load and --load-weights exclude each other");
+    int gpt = strcmp(model, "gpt") == 0;
+    static const struct { int flag; const char *name; } gpt_only[] = {
+        {O_LAYERS, "--layers"}, {O_HEADS, "--heads"}, {O_DMODEL, "--d-model"},
+        {O_CONTEXT, "--context"}, {O_TEXT, "--text"}, {O_VALFRAC, "--val-fraction"},
+        {O_EVALSEQ, "--eval-sequences"}, {O_SAMPLETOK, "--sample-tokens"}};
+    static const struct { int flag; const char *name; } mlp_only[] = {
+        {O_ACT, "--activation"}, {O_NORM, "--normalize"}, {O_DATA, "--data-dir"}};
+    for (size_t i = 0; !gpt && i < sizeof gpt_only / sizeof gpt_only[0]; i++)
+        if (given[gpt_only[i].flag]) die_usage("%s goes with --model gpt", gpt_only[i].name);
+    for (size_t i = 0; gpt && i < sizeof mlp_only / sizeof mlp_only[0]; i++)
+        if (given[mlp_only[i].flag]) die_usage("%s goes with an MLP --model", mlp_only[i].name);
+    if (dataset == NULL) dataset = gpt ? "text" : "fashion-mnist";
+    int synthetic = strcmp(dataset, "synthetic") == 0;
+    if (gpt && strcmp(dataset, "fashion-mnist") == 0)
+        die_usage("--dataset fashion-mnist is for the MLP; the GPT takes text or synthetic");
+    if (!gpt && strcmp(dataset, "text") == 0)
+        die_usage("--dataset text is for --model gpt");
+    if (given[O_TEXT] && synthetic) die_usage("--text goes with --dataset text");
+    if (given[O_SAMPLES] && !synthetic) die_usage("--samples goes with --dataset synthetic");
+
+    /* The model's recipe for what the command leaves out. */
+    if (!given[O_OPT]) cfg.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
     int adamw = cfg.optimizer == TM_OPT_ADAMW;
-    cfg.lr = lr > 0 ? lr : adamw ? 1e-3 : 0.05;
-    cfg.weight_decay = wd >= 0 ? wd : adamw ? 1e-4 : 5e-4;
+    cfg.lr = lr > 0 ? lr : gpt || adamw ? 1e-3 : 0.05;
+    cfg.weight_decay = wd >= 0 ? wd : gpt ? 0.1 : adamw ? 1e-4 : 5e-4;
+    if (!given[O_BETA2]) cfg.beta2 = gpt ? 0.99 : 0.999;
+    if (!given[O_WARMUP]) cfg.warmup_steps = gpt ? 100 : 200;
+    if (!given[O_MINLR]) cfg.min_lr = gpt ? cfg.lr / 10 : 0;
+    if (!given[O_CLIP]) cfg.clip_grad = gpt ? 1.0 : 0;
+    if (!given[O_BATCH]) cfg.batch = gpt ? 32 : 128;
+    if (!given[O_MEM]) cfg.mem_cap = (size_t)(gpt ? 512 : 64) << 20;
     if (cfg.momentum >= 1) die_usage("--momentum must be below 1");
+    if (cfg.beta1 >= 1 || cfg.beta2 >= 1) die_usage("--beta1 and --beta2 must be below 1");
+    if (val_fraction >= 1) die_usage("--val-fraction must be below 1");
+    if (cfg.min_lr > cfg.lr) die_usage("--min-lr %g is above --lr %g", cfg.min_lr, cfg.lr);
     long mesh = (long)cfg.dp * cfg.pp * cfg.tp;
     if (devices != 0 && devices != mesh)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
-
     if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
-    /* Fail now rather than after training if the trace cannot be written. */
-    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
-        fprintf(stderr, "train: %s\n", tm_error_message());
-        return 2;
-    }
+
     tm_model net;
-    if (tm_mlp_model(&net, &mlp) != TM_OK) {
+    tm_mlp_config mlp;
+    if (gpt) {
+        if ((why = tm_gpt_check(&gc)) != NULL) die_usage("%s", why);
+        if ((long)gc.block_size * samples > (long)INT_MAX)
+            die_usage("--samples %ld windows of --context %d are too many bytes", samples,
+                      gc.block_size);
+    } else {
+        if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+        if (tm_activation_parse(act, &mlp.act) != 0)
+            die_usage("--activation is relu or gelu, not \"%s\"", act);
+    }
+    if ((gpt ? tm_gpt_model(&net, &gc) : tm_mlp_model(&net, &mlp)) != TM_OK) {
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 1;
     }
     cfg.model = &net;
-    tm_dataset train = {0}, test = {0};
-    int synthetic = strcmp(dataset, "synthetic") == 0;
-    const tm_mlp_config *m = &mlp;
-    int st = synthetic
-                 ? tm_dataset_synthetic(&train, (int)samples, m->widths[0],
-                                        m->widths[m->n_layers], cfg.seed, 0)
-                 : tm_dataset_load(&train, data_dir, "train");
-    if (st == TM_OK)
-        st = synthetic ? tm_dataset_synthetic(&test, (int)(samples / 8), m->widths[0],
-                                              m->widths[m->n_layers], cfg.seed, 1)
-                       : tm_dataset_load(&test, data_dir, "t10k");
-    if (st != TM_OK) {
-        tm_dataset_free(&train);
+
+    /* Fail now rather than after training if the trace cannot be written. */
+    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
         fprintf(stderr, "train: %s\n", tm_error_message());
         tm_model_destroy(&net);
         return 2;
     }
+    tm_dataset train = {0}, test = {0};
+    text_data td;
     tm_data train_data, test_data;
-    tm_data_images(&train_data, &train);
-    tm_data_images(&test_data, &test);
+    int st = TM_OK;
+    if (gpt) {
+        load_text(&td, text, synthetic, samples, gc.block_size, val_fraction, cfg.seed);
+        train_data = td.train_data;
+        test_data = td.val_data;
+        if (eval_sequences > 0) test_data = tm_data_head(&test_data, (int)eval_sequences);
+        const tm_corpus *c = &td.train;
+        snprintf(cfg.data_meta[0].key, sizeof cfg.data_meta[0].key, "corpus_files");
+        snprintf(cfg.data_meta[0].value, sizeof cfg.data_meta[0].value, "%s", c->files);
+        snprintf(cfg.data_meta[1].key, sizeof cfg.data_meta[1].key, "corpus_bytes");
+        snprintf(cfg.data_meta[1].value, sizeof cfg.data_meta[1].value, "%zu", c->len);
+        snprintf(cfg.data_meta[2].key, sizeof cfg.data_meta[2].key, "corpus_hash");
+        snprintf(cfg.data_meta[2].value, sizeof cfg.data_meta[2].value, "%016llx",
+                 (unsigned long long)c->hash);
+        cfg.n_data_meta = 3;
+        /* The GPT's run is as long as --steps asks, unless --epochs says. */
+        long per_epoch = train_data.n / (cfg.batch > 0 ? cfg.batch : 1);
+        if (!given[O_EPOCHS])
+            cfg.epochs = cfg.max_steps > 0 && per_epoch > 0
+                             ? (int)((cfg.max_steps + per_epoch - 1) / per_epoch) : 1;
+    } else {
+        const tm_mlp_config *m = &mlp;
+        st = synthetic ? tm_dataset_synthetic(&train, (int)samples, m->widths[0],
+                                              m->widths[m->n_layers], cfg.seed, 0)
+                       : tm_dataset_load(&train, data_dir, "train");
+        if (st == TM_OK)
+            st = synthetic ? tm_dataset_synthetic(&test, (int)(samples / 8), m->widths[0],
+                                                  m->widths[m->n_layers], cfg.seed, 1)
+                           : tm_dataset_load(&test, data_dir, "t10k");
+        if (st != TM_OK) {
+            tm_dataset_free(&train);
+            tm_model_destroy(&net);
+            fprintf(stderr, "train: %s\n", tm_error_message());
+            return 2;
+        }
+        tm_data_images(&train_data, &train);
+        tm_data_images(&test_data, &test);
+    }
     if (tm_train_check(&cfg, &train_data) != TM_OK) die_usage("%s", tm_error_message());
-    if (normalize && !synthetic) {
+    if (normalize && !synthetic && !gpt) {
         double mean, std;
         tm_dataset_stats(&train, &mean, &std);
         if (tm_dataset_standardize(&train, mean, std) != TM_OK ||
             tm_dataset_standardize(&test, mean, std) != TM_OK) {
             fprintf(stderr, "train: %s\n", tm_error_message());
             tm_model_destroy(&net);
-        return 2;
+            return 2;
         }
     }
 
     out_file metrics = {0};
     if (metrics_path != NULL) out_open(&metrics, metrics_path);
-    report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch};
+    report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch, net.rows_per_sample, gpt,
+                  cfg.load_path};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
-    printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
-           "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
-           model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch,
-           cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
-           cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
+    cfg.on_load = on_load;
+    cfg.on_eval = gpt ? on_eval : NULL;
+    cfg.keep_params = gpt && sample_tokens > 0;
+    if (gpt) {
+        long decay = cfg.lr_decay_steps > 0 ? cfg.lr_decay_steps
+                                            : (long)(train_data.n / cfg.batch) * cfg.epochs;
+        printf("training gpt (layers %d, heads %d, d_model %d, context %d; %.2f M parameters) on "
+               "%s: %d train / %d validation windows of %d bytes, batch %d sequences (%d tokens) "
+               "in %d micro-batch(es), %s lr %g, %s schedule to %g over %ld steps, device "
+               "memory %zu MiB\n",
+               gc.n_layer, gc.n_head, gc.n_embd, gc.block_size, 1e-6 * (double)net.n_params,
+               synthetic ? "synthetic text" : text ? text : "the fortunes corpus", train_data.n,
+               test_data.n, gc.block_size + 1, cfg.batch, cfg.batch * gc.block_size,
+               cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+               cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.min_lr, decay,
+               cfg.mem_cap >> 20);
+    } else {
+        printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
+               "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
+               model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n,
+               cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+               cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
+    }
     if (mesh > 1)
         printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
                cfg.tp, tm_schedule_kind_name(cfg.schedule));
@@ -416,16 +683,25 @@ int main(int argc, char **argv)
     if (st != TM_OK) {
         out_abandon(&metrics);
         tm_train_result_free(&res);
-        fprintf(stderr, "train: %s\n", error);
+        if (gpt) free_text(&td);
         tm_model_destroy(&net);
+        fprintf(stderr, "train: %s\n", error);
         return st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO ? 2 : 1;
     }
+    double rows = net.rows_per_sample;
     if (metrics.f != NULL) {
-        fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
-                           "\"modeled_samples_per_s\":%.1f,",
-                res.steps, res.samples_per_s, res.modeled_samples_per_s);
-        if (res.bubble >= 0) fprintf(metrics.f, "\"bubble\":%.6f,", res.bubble);
-        fprintf(metrics.f, "\"test_acc\":%.6f,\"peak_bytes\":", res.test_acc);
+        fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld", res.steps);
+        json_num(metrics.f, "samples_per_s", "%.1f", res.samples_per_s);
+        json_num(metrics.f, "modeled_samples_per_s", "%.1f", res.modeled_samples_per_s);
+        if (res.bubble >= 0) json_num(metrics.f, "bubble", "%.6f", res.bubble);
+        if (gpt) {
+            json_num(metrics.f, "tokens_per_s", "%.1f", res.samples_per_s * rows);
+            json_num(metrics.f, "val_loss", "%.9g", res.test_loss);
+            json_num(metrics.f, "val_bpb", "%.9g", res.test_loss / M_LN2);
+        } else {
+            json_num(metrics.f, "test_acc", "%.6f", res.test_acc);
+        }
+        fprintf(metrics.f, ",\"peak_bytes\":");
         json_peaks(metrics.f, &res.memory);
         fprintf(metrics.f, ",\"devices\":[");
         for (int i = 0; i < res.n_devices; i++) {
@@ -442,12 +718,18 @@ int main(int argc, char **argv)
         fprintf(metrics.f, "]}\n");
         if (out_commit(&metrics) != 0) {
             tm_train_result_free(&res);
+            if (gpt) free_text(&td);
             tm_model_destroy(&net);
             return 1;
         }
     }
-    printf("test accuracy %.2f%% after %ld steps; %.0f samples/s; %.1f GFLOP/s\n",
-           100 * res.test_acc, res.steps, res.samples_per_s, res.gflops);
+    if (gpt)
+        printf("val loss %.4f nats/byte (%.4f bits/byte) after %ld steps; %.0f tokens/s; "
+               "%.1f GFLOP/s\n", res.test_loss, res.test_loss / M_LN2, res.steps,
+               res.samples_per_s * rows, res.gflops);
+    else
+        printf("test accuracy %.2f%% after %ld steps; %.0f samples/s; %.1f GFLOP/s\n",
+               100 * res.test_acc, res.steps, res.samples_per_s, res.gflops);
     tm_report_modeled(stdout, &res, &cfg);
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
@@ -459,7 +741,12 @@ int main(int argc, char **argv)
         printf("trace of %ld step(s) in %s time written to %s\n", recorded > 0 ? recorded : 0,
                cfg.trace_wall ? "wall" : "modeled", cfg.trace_path);
     }
+    if (res.params != NULL) {
+        fflush(stdout);
+        print_sample(&net, res.params, sample_tokens, cfg.seed, cfg.mem_cap);
+    }
     tm_train_result_free(&res);
+    if (gpt) free_text(&td);
     tm_model_destroy(&net);
     return 0;
 }

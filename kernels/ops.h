@@ -131,4 +131,51 @@ int tm_accuracy(const float *logits, /* (B, C) */
                 const int *labels,   /* (B) */
                 int B, int C);
 
+/* ---- transformer layers (llm.c's names: B sequences of T positions,
+ * C channels, NH heads of hs = C / NH channels, V vocabulary rows) ---- */
+
+/* Token plus position embedding: out[b, t] = wte[tokens[b, t] - v0] +
+ * wpe[t] for a token in [v0, v0 + V) — the rows this caller holds (the
+ * whole vocabulary: v0 = 0) — and wpe[t] alone for any other (a
+ * vocabulary-parallel rank's share). wpe may be NULL (no positions). */
+void tm_embedding_forward(float *out,        /* (B*T, C) */
+                          const int *tokens, /* (B*T) */
+                          const float *wte,  /* (V, C) */
+                          const float *wpe,  /* (T, C) or NULL */
+                          int BT, int T, int C, int v0, int V);
+/* dwte[tokens - v0] += dout for the rows held, dwpe[t] += dout (dwpe may be
+ * NULL). Rows are added in order, so repeated tokens sum deterministically. */
+void tm_embedding_backward(float *dwte,       /* (V, C) */
+                           float *dwpe,       /* (T, C) or NULL */
+                           const float *dout, /* (B*T, C) */
+                           const int *tokens, /* (B*T) */
+                           int BT, int T, int C, int v0, int V);
+
+/* Causal self-attention. qkv holds each position's q, k and v side by
+ * side, (B, T, 3C): q in channels [0, C), k in [C, 2C), v in [2C, 3C),
+ * head h in channels [h hs, (h + 1) hs) of each. att receives the softmax
+ * weights softmax(q kᵀ / sqrt(hs)) over the positions up to each row's own
+ * (zeros after it); out = att v per head, heads side by side. */
+void tm_attention_forward(float *out,       /* (B, T, C) */
+                          float *att,       /* (B, NH, T, T) */
+                          const float *qkv, /* (B, T, 3C) */
+                          int B, int T, int C, int NH);
+/* dqkv += the gradients of q, k and v. scratch holds one head's score
+ * gradients. */
+void tm_attention_backward(float *dqkv,       /* (B, T, 3C) */
+                           float *scratch,    /* (T, T) */
+                           const float *dout, /* (B, T, C) */
+                           const float *qkv,  /* (B, T, 3C) */
+                           const float *att,  /* (B, NH, T, T) */
+                           int B, int T, int C, int NH);
+
+/* In place: out[b, c] += bias[c] + res[b, c] (a projection's bias and the
+ * residual stream it joins; bias may be NULL). */
+void tm_bias_residual_forward(float *out,       /* (B, C), in place */
+                              const float *res,  /* (B, C) */
+                              const float *bias, /* (C) or NULL */
+                              int B, int C);
+/* d += dout elementwise (a gradient reaching a tensor along two paths). */
+void tm_add_inplace(float *d, const float *dout, size_t n);
+
 #endif

@@ -17,7 +17,7 @@
 
 typedef struct {
     char key[24];
-    char value[232];
+    char value[1024];
 } tm_model_meta;
 
 /* The loss over the model's output rows (rows, n_classes) against integer

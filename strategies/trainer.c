@@ -148,6 +148,17 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     size_t params;
     for (int s = 0; s < cfg->pp; s++)
         TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
+    /* A tensor two stages use (a tied embedding) would need its gradients
+     * summed between them every step; the trainer does not do that yet. */
+    for (int s = 0; s < cfg->pp; s++)
+        for (int l = first[s]; l < first[s + 1]; l++)
+            for (int k = 0; k < m->layers[l].n_tensors; k++) {
+                const tm_tensor *t = &m->tensors[m->layers[l].tensor[k]];
+                if (t->layer < first[s])
+                    return tm_error(TM_EINVAL, "--pp %d puts %s (tied) on two stages; the "
+                                    "pipeline does not sum a tied tensor's gradients yet",
+                                    cfg->pp, t->name);
+            }
     return TM_OK;
 }
 

@@ -1,0 +1,120 @@
+/* Causal self-attention, forward and backward, head by head with the GEMM
+ * (llm.c's attention_forward / attention_backward, with the T x T score
+ * matrix materialised per head). Causality is used to skip work: rows are
+ * taken in blocks of RB, and a block of rows only multiplies against the
+ * positions up to its last row, so about half of the score matrix is never
+ * computed. The upper triangle of att holds exact zeros, which is what the
+ * backward's transposed products rely on. */
+#include "kernels/ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cost.h"
+#include "kernels/gemm.h"
+
+/* Rows per block: the blocks' skipped columns save work, their GEMMs must
+ * stay large enough to run at speed. */
+#define RB 32
+
+/* Softmax of one row of scores over positions 0..t, zeros after. */
+static void softmax_causal_row(float *row, int t, int T)
+{
+    float max = row[0];
+    for (int j = 1; j <= t; j++) max = row[j] > max ? row[j] : max;
+    double sum = 0.0;
+    for (int j = 0; j <= t; j++) {
+        row[j] = expf(row[j] - max);
+        sum += row[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int j = 0; j <= t; j++) row[j] *= inv;
+    memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+}
+
+void tm_attention_forward(float *out, float *att, const float *qkv, int B,
+                          int T, int C, int NH)
+{
+    int hs = C / NH, ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * ld + (size_t)h * hs;
+            const float *k = q + C, *v = q + 2 * C;
+            float *a = att + ((size_t)b * NH + h) * T * T;
+            float *o = out + (size_t)b * T * C + (size_t)h * hs;
+            for (int r0 = 0; r0 < T; r0 += RB) {
+                int r1 = r0 + RB < T ? r0 + RB : T;
+                tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld,
+                         0.0f, a + (size_t)r0 * T, T);
+            }
+            for (int t = 0; t < T; t++) softmax_causal_row(a + (size_t)t * T, t, T);
+            for (int r0 = 0; r0 < T; r0 += RB) {
+                int r1 = r0 + RB < T ? r0 + RB : T;
+                tm_sgemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
+                         o + (size_t)r0 * C, C);
+            }
+        }
+    }
+    /* The softmax: per kept score a max, a subtraction, an exp, a sum and
+     * a multiply; every score is read and written. */
+    double kept = (double)B * NH * T * (T + 1) / 2, all = (double)B * NH * T * T;
+    tm__cost_charge(5.0 * kept, 8.0 * all);
+}
+
+/* The softmax's backward in place: d (the gradient of the weights a)
+ * becomes the gradient of the scores, a (d - sum(a d)) up to position t,
+ * zeros after. */
+static void softmax_causal_backward_row(float *d, const float *a, int t, int T)
+{
+    /* In exact arithmetic each row of the result sums to zero (a softmax
+     * does not see a constant added to its scores), so the keys' bias has
+     * no gradient; a double dot keeps the rounding left over small. */
+    double sum = 0.0;
+    for (int j = 0; j <= t; j++) sum += (double)a[j] * d[j];
+    float dot = (float)sum;
+    for (int j = 0; j <= t; j++) d[j] = a[j] * (d[j] - dot);
+    memset(d + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+}
+
+void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
+                           const float *qkv, const float *att, int B, int T,
+                           int C, int NH)
+{
+    int hs = C / NH, ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    float *d = scratch;
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            size_t off = (size_t)b * T * ld + (size_t)h * hs;
+            const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+            const float *a = att + ((size_t)b * NH + h) * T * T;
+            const float *g = dout + (size_t)b * T * C + (size_t)h * hs;
+            /* d = dout vᵀ on the kept block columns. */
+            for (int r0 = 0; r0 < T; r0 += RB) {
+                int r1 = r0 + RB < T ? r0 + RB : T;
+                tm_sgemm('N', 'T', r1 - r0, r1, hs, 1.0f, g + (size_t)r0 * C, C, v, ld, 0.0f,
+                         d + (size_t)r0 * T, T);
+            }
+            /* dv += aᵀ dout: position j gathers from the rows t >= j. */
+            for (int c0 = 0; c0 < T; c0 += RB) {
+                int c1 = c0 + RB < T ? c0 + RB : T;
+                tm_sgemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
+                         g + (size_t)c0 * C, C, 1.0f, dv + (size_t)c0 * ld, ld);
+            }
+            for (int t = 0; t < T; t++)
+                softmax_causal_backward_row(d + (size_t)t * T, a + (size_t)t * T, t, T);
+            /* dq += scale d k, dk += scale dᵀ q. */
+            for (int r0 = 0; r0 < T; r0 += RB) {
+                int r1 = r0 + RB < T ? r0 + RB : T;
+                tm_sgemm('N', 'N', r1 - r0, hs, r1, scale, d + (size_t)r0 * T, T, k, ld, 1.0f,
+                         dq + (size_t)r0 * ld, ld);
+                tm_sgemm('T', 'N', r1 - r0, hs, T - r0, scale, d + (size_t)r0 * T + r0, T,
+                         q + (size_t)r0 * ld, ld, 1.0f, dk + (size_t)r0 * ld, ld);
+            }
+        }
+    }
+    double kept = (double)B * NH * T * (T + 1) / 2, all = (double)B * NH * T * T;
+    tm__cost_charge(4.0 * kept, 12.0 * all);
+}
