@@ -3,8 +3,10 @@
 #include "kernels/ops.h"
 
 #include <math.h>
+#include <pthread.h>
 
 #include "kernels/cost.h"
+#include "kernels/gelu_simd.h"
 
 /* gcc -O2 vectorises a loop only when its trip count is a known multiple of
  * the vector width (the "very cheap" cost model), so each loop lives in a
@@ -69,21 +71,20 @@ void tm_relu_backward_inplace(float *restrict d, const float *restrict out,
     tm__cost_charge((double)n, 12.0 * n);
 }
 
-/* tanhf is a library call, so the GELU loops stay scalar. The formulas follow
- * PyTorch's CPU kernel term by term, so the two round alike everywhere but in
- * tanh itself. */
-void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
+/* The reference loops: tanhf is a library call, so they stay scalar. The
+ * formulas follow PyTorch's CPU kernel term by term, so the two round alike
+ * everywhere but in tanh itself. */
+static void gelu_forward_ref(float *restrict out, const float *restrict inp, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
         out[i] = 0.5f * x * (1.0f + tanhf(inner));
     }
-    tm__cost_charge(9.0 * n, 8.0 * n);
 }
 
-void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
-                      const float *restrict inp, size_t n)
+static void gelu_backward_ref(float *restrict dinp, const float *restrict dout,
+                              const float *restrict inp, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -97,6 +98,41 @@ void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
         dinp[i] += dout[i] *
                    (left_derivative + right_derivative * inner_derivative);
     }
+}
+
+/* The vector loops this CPU runs, chosen once by cpuid (a transformer
+ * spends a third of its step in GELU with libm's tanhf). */
+typedef struct {
+    void (*forward)(float *, const float *, size_t);
+    void (*backward)(float *, const float *, const float *, size_t);
+} gelu_loops;
+
+static gelu_loops gelu_pick(void)
+{
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+        return (gelu_loops){tm__gelu_forward_avx512, tm__gelu_backward_avx512};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return (gelu_loops){tm__gelu_forward_avx2, tm__gelu_backward_avx2};
+    return (gelu_loops){gelu_forward_ref, gelu_backward_ref};
+}
+
+static gelu_loops gelu_impl;
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_init(void) { gelu_impl = gelu_pick(); }
+
+void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
+{
+    pthread_once(&gelu_once, gelu_init);
+    gelu_impl.forward(out, inp, n);
+    tm__cost_charge(9.0 * n, 8.0 * n);
+}
+
+void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
+                      const float *restrict inp, size_t n)
+{
+    pthread_once(&gelu_once, gelu_init);
+    gelu_impl.backward(dinp, dout, inp, n);
     tm__cost_charge(20.0 * n, 16.0 * n);
 }
 

@@ -7,6 +7,11 @@ checkpoint format, on one thread.
 Subcommands:
   init   write nanoGPT-initialised weights as a safetensors checkpoint (no
          tinymesh metadata: build/train loads it as weights, step 0)
+  compare  the per-step losses (build/train's --metrics against train's
+         --losses) and every tensor of two checkpoints, max|a - b| / max|b|,
+         and each against a float64 run's (--ref); exits 1 past --tol,
+         except for a tensor where the float64 run shows that PyTorch's
+         float32 run is the one that strayed (listed as such)
   train  train from such a checkpoint (or from its own initialisation) on the
          same windows as build/train, print one line per step, and write the
          per-step losses (--losses, JSON), the final weights (--save) and the
@@ -331,9 +336,71 @@ def cmd_train(a):
           f"{step} steps; {tps:.0f} tokens/s; {tps * flops_per_token * 1e-9:.1f} GFLOP/s")
 
 
+def cmd_compare(a):
+    ours_losses = []
+    with open(a.ours_metrics) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("type") == "step":
+                ours_losses.append(r["loss"])
+    with open(a.torch_losses) as f:
+        torch_losses = json.load(f)
+    bad = 0
+    if len(ours_losses) != len(torch_losses):
+        print(f"steps: ours {len(ours_losses)}, torch {len(torch_losses)}")
+        bad += 1
+    print(f"{'step':>4} {'ours':>12} {'torch':>12} {'rel diff':>10}")
+    for i, (o, t) in enumerate(zip(ours_losses, torch_losses)):
+        d = abs(o - t) / abs(t)
+        bad += d > a.tol
+        print(f"{i + 1:4d} {o:12.7f} {t:12.7f} {d:10.2e}{'  FAIL' if d > a.tol else ''}")
+    ours = {k: v for k, v in st_read(a.ours)[0].items() if not k.startswith("optimizer.")}
+    theirs, _ = st_read(a.torch)
+    ref = st_read(a.ref)[0] if a.ref else None
+    if set(ours) != set(theirs):
+        print(f"tensors differ: only ours {sorted(set(ours) - set(theirs))}, "
+              f"only torch {sorted(set(theirs) - set(ours))}")
+        bad += 1
+    head = f"{'tensor':<36} {'ours vs torch':>14}"
+    if ref is not None:
+        head += f" {'ours vs f64':>12} {'torch vs f64':>13}"
+    print(head)
+    worst = 0.0
+
+    def dist(x, y):
+        return (x.double() - y.double()).abs().max().item() / max(y.double().abs().max().item(), 1e-30)
+
+    arbitrated = 0
+    for name in sorted(set(ours) & set(theirs)):
+        d = dist(ours[name], theirs[name])
+        worst = max(worst, d)
+        line, mark = f"{name:<36} {d:14.2e}", ""
+        if ref is not None:
+            o64, t64 = dist(ours[name], ref[name]), dist(theirs[name], ref[name])
+            line += f" {o64:12.2e} {t64:13.2e}"
+            # Two float32 runs that disagree past the limit: the float64 run
+            # says which of them strayed.
+            if d > a.tol and o64 < t64:
+                mark, arbitrated = "  torch strays (ours is nearer float64)", arbitrated + 1
+        if d > a.tol and not mark:
+            mark, bad = "  FAIL", bad + 1
+        print(line + mark)
+    print(f"worst tensor {worst:.2e}; limit {a.tol:g} on every step's loss and every tensor"
+          f"{f', {arbitrated} past it where PyTorch is the one off float64' if arbitrated else ''}"
+          f": {'ok' if bad == 0 else f'{bad} FAILED'}")
+    sys.exit(1 if bad else 0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("compare")
+    q.add_argument("--ours-metrics", required=True)
+    q.add_argument("--torch-losses", required=True)
+    q.add_argument("--ours", required=True)
+    q.add_argument("--torch", required=True)
+    q.add_argument("--ref", help="a float64 run's checkpoint")
+    q.add_argument("--tol", type=float, default=1e-4)
     for name in ("init", "train"):
         q = sub.add_parser(name)
         q.add_argument("--layers", type=int, default=4)
@@ -368,6 +435,8 @@ def main():
     q.add_argument("--double", action="store_true",
                    help="compute in float64 (a reference for both float32 runs)")
     a = p.parse_args()
+    if a.cmd == "compare":
+        return cmd_compare(a)
     if a.d_model % a.heads:
         die("--d-model must be a multiple of --heads")
     if a.cmd == "train" and a.min_lr is None:

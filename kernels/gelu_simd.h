@@ -1,0 +1,19 @@
+/* GELU's vector loops, one file per instruction set (kernels/gelu_avx2.c,
+ * gelu_avx512.c), chosen at run time by kernels/ops_act.c; its scalar
+ * loops with libm's tanhf are the reference. Thread-safe: pure loops. */
+#ifndef TM_GELU_SIMD_H
+#define TM_GELU_SIMD_H
+
+#include <stddef.h>
+
+/* The same contract as tm_gelu_forward / tm_gelu_backward, on n elements,
+ * without charging the cost hook. With e = exp(-2|u|) from a degree-6
+ * polynomial after range reduction (Cephes' expf) and d = 1 / (1 + e), the
+ * factor (1 + tanh u) / 2 is d or e d and 1 - tanh² u is 4 e d²: no
+ * cancellation, so GELU keeps exp's relative accuracy everywhere. */
+void tm__gelu_forward_avx2(float *out, const float *inp, size_t n);
+void tm__gelu_backward_avx2(float *dinp, const float *dout, const float *inp, size_t n);
+void tm__gelu_forward_avx512(float *out, const float *inp, size_t n);
+void tm__gelu_backward_avx512(float *dinp, const float *dout, const float *inp, size_t n);
+
+#endif
