@@ -1,6 +1,7 @@
-/* GELU's vector loops, one file per instruction set (kernels/gelu_avx2.c,
- * gelu_avx512.c), chosen at run time by kernels/ops_act.c; its scalar
- * loops with libm's tanhf are the reference. Thread-safe: pure loops. */
+/* GELU's vector loops (kernels/gelu_avx2.c), chosen at run time by
+ * kernels/ops_act.c where the CPU has AVX2 and FMA; its scalar loops with
+ * libm's tanhf are the reference and the fallback. Thread-safe: pure
+ * loops. */
 #ifndef TM_GELU_SIMD_H
 #define TM_GELU_SIMD_H
 
@@ -13,7 +14,5 @@
  * cancellation, so GELU keeps exp's relative accuracy everywhere. */
 void tm__gelu_forward_avx2(float *out, const float *inp, size_t n);
 void tm__gelu_backward_avx2(float *dinp, const float *dout, const float *inp, size_t n);
-void tm__gelu_forward_avx512(float *out, const float *inp, size_t n);
-void tm__gelu_backward_avx512(float *dinp, const float *dout, const float *inp, size_t n);
 
 #endif

@@ -160,8 +160,9 @@ void tm_attention_forward(float *out,       /* (B, T, C) */
                           float *att,       /* (B, NH, T, T) */
                           const float *qkv, /* (B, T, 3C) */
                           int B, int T, int C, int NH);
-/* dqkv += the gradients of q, k and v. scratch holds one head's score
- * gradients. */
+/* dqkv receives the gradients of q, k and v: OVERWRITTEN, unlike the
+ * other backwards (every element is written once, so the caller need not
+ * clear it). scratch holds one head's score gradients. */
 void tm_attention_backward(float *dqkv,       /* (B, T, 3C) */
                            float *scratch,    /* (T, T) */
                            const float *dout, /* (B, T, C) */

@@ -109,8 +109,6 @@ typedef struct {
 
 static gelu_loops gelu_pick(void)
 {
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
-        return (gelu_loops){tm__gelu_forward_avx512, tm__gelu_backward_avx512};
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return (gelu_loops){tm__gelu_forward_avx2, tm__gelu_backward_avx2};
     return (gelu_loops){gelu_forward_ref, gelu_backward_ref};

@@ -8,8 +8,10 @@
 #include "kernels/ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
+#include "kernels/attn_simd.h"
 #include "kernels/cost.h"
 #include "kernels/gemm.h"
 
@@ -17,19 +19,56 @@
  * stay large enough to run at speed. */
 #define RB 32
 
-/* Softmax of one row of scores over positions 0..t, zeros after. */
-static void softmax_causal_row(float *row, int t, int T)
+/* The reference loops, row by row: softmax over positions 0..t, zeros
+ * after; sums in double. */
+static void softmax_causal_ref(float *att, int T)
 {
-    float max = row[0];
-    for (int j = 1; j <= t; j++) max = row[j] > max ? row[j] : max;
-    double sum = 0.0;
-    for (int j = 0; j <= t; j++) {
-        row[j] = expf(row[j] - max);
-        sum += row[j];
+    for (int t = 0; t < T; t++) {
+        float *row = att + (size_t)t * T;
+        float max = row[0];
+        for (int j = 1; j <= t; j++) max = row[j] > max ? row[j] : max;
+        double sum = 0.0;
+        for (int j = 0; j <= t; j++) {
+            row[j] = expf(row[j] - max);
+            sum += row[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int j = 0; j <= t; j++) row[j] *= inv;
+        memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
     }
-    float inv = (float)(1.0 / sum);
-    for (int j = 0; j <= t; j++) row[j] *= inv;
-    memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+}
+
+/* The softmax's backward in place: d (the gradient of the weights a)
+ * becomes the gradient of the scores, a (d - sum(a d)) up to position t,
+ * zeros after. In exact arithmetic each row of the result sums to zero. */
+static void softmax_causal_backward_ref(float *d, const float *a, int T)
+{
+    for (int t = 0; t < T; t++) {
+        float *g = d + (size_t)t * T;
+        const float *w = a + (size_t)t * T;
+        double sum = 0.0;
+        for (int j = 0; j <= t; j++) sum += (double)w[j] * g[j];
+        float dot = (float)sum;
+        for (int j = 0; j <= t; j++) g[j] = w[j] * (g[j] - dot);
+        memset(g + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+    }
+}
+
+/* The loops this CPU runs, chosen once by cpuid. */
+typedef struct {
+    void (*softmax)(float *att, int T);
+    void (*backward)(float *d, const float *att, int T);
+} softmax_loops;
+
+static softmax_loops loops;
+static pthread_once_t loops_once = PTHREAD_ONCE_INIT;
+
+static void loops_init(void)
+{
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        loops = (softmax_loops){tm__softmax_causal_avx2, tm__softmax_causal_backward_avx2};
+    else
+        loops = (softmax_loops){softmax_causal_ref, softmax_causal_backward_ref};
 }
 
 void tm_attention_forward(float *out, float *att, const float *qkv, int B,
@@ -37,6 +76,7 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
 {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
+    pthread_once(&loops_once, loops_init);
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * ld + (size_t)h * hs;
@@ -48,7 +88,7 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
                 tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld,
                          0.0f, a + (size_t)r0 * T, T);
             }
-            for (int t = 0; t < T; t++) softmax_causal_row(a + (size_t)t * T, t, T);
+            loops.softmax(a, T);
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
                 tm_sgemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
@@ -62,21 +102,6 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
     tm__cost_charge(5.0 * kept, 8.0 * all);
 }
 
-/* The softmax's backward in place: d (the gradient of the weights a)
- * becomes the gradient of the scores, a (d - sum(a d)) up to position t,
- * zeros after. */
-static void softmax_causal_backward_row(float *d, const float *a, int t, int T)
-{
-    /* In exact arithmetic each row of the result sums to zero (a softmax
-     * does not see a constant added to its scores), so the keys' bias has
-     * no gradient; a double dot keeps the rounding left over small. */
-    double sum = 0.0;
-    for (int j = 0; j <= t; j++) sum += (double)a[j] * d[j];
-    float dot = (float)sum;
-    for (int j = 0; j <= t; j++) d[j] = a[j] * (d[j] - dot);
-    memset(d + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-}
-
 void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
                            const float *qkv, const float *att, int B, int T,
                            int C, int NH)
@@ -84,6 +109,7 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     float *d = scratch;
+    pthread_once(&loops_once, loops_init);
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             size_t off = (size_t)b * T * ld + (size_t)h * hs;
@@ -97,21 +123,20 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
                 tm_sgemm('N', 'T', r1 - r0, r1, hs, 1.0f, g + (size_t)r0 * C, C, v, ld, 0.0f,
                          d + (size_t)r0 * T, T);
             }
-            /* dv += aᵀ dout: position j gathers from the rows t >= j. */
+            /* dv = aᵀ dout: position j gathers from the rows t >= j. */
             for (int c0 = 0; c0 < T; c0 += RB) {
                 int c1 = c0 + RB < T ? c0 + RB : T;
                 tm_sgemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
-                         g + (size_t)c0 * C, C, 1.0f, dv + (size_t)c0 * ld, ld);
+                         g + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * ld, ld);
             }
-            for (int t = 0; t < T; t++)
-                softmax_causal_backward_row(d + (size_t)t * T, a + (size_t)t * T, t, T);
-            /* dq += scale d k, dk += scale dᵀ q. */
+            loops.backward(d, a, T);
+            /* dq = scale d k, dk = scale dᵀ q: each block of rows once. */
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
-                tm_sgemm('N', 'N', r1 - r0, hs, r1, scale, d + (size_t)r0 * T, T, k, ld, 1.0f,
+                tm_sgemm('N', 'N', r1 - r0, hs, r1, scale, d + (size_t)r0 * T, T, k, ld, 0.0f,
                          dq + (size_t)r0 * ld, ld);
                 tm_sgemm('T', 'N', r1 - r0, hs, T - r0, scale, d + (size_t)r0 * T + r0, T,
-                         q + (size_t)r0 * ld, ld, 1.0f, dk + (size_t)r0 * ld, ld);
+                         q + (size_t)r0 * ld, ld, 0.0f, dk + (size_t)r0 * ld, ld);
             }
         }
     }

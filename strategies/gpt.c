@@ -9,9 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/gemm.h"
 #include "kernels/ops.h"
 #include "runtime/status.h"
 #include "strategies/rng.h"
+#include "strategies/safetensors.h"
 
 #define LN_EPS 1e-5f
 
@@ -160,6 +162,15 @@ static size_t block_saved(const tm_layer_plan *p, int rows)
     return block_layout(cfg_of(p), rows, NULL, &a);
 }
 
+/* A linear layer's backward that writes its input gradient (beta 0)
+ * instead of adding to it, so that the buffer needs no clearing first. */
+static void linear_backward_into(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, int B, int IN, int OUT)
+{
+    tm_sgemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 0.0f, dinp, IN);
+    tm_linear_backward(NULL, dweight, dbias, dout, inp, weight, B, IN, OUT);
+}
+
 /* Two (rows, 4C) gradient buffers and one head's score gradients. */
 static size_t block_scratch(const tm_layer_plan *p, int rows)
 {
@@ -204,27 +215,22 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
     block_layout(g, rows, saved, &a);
     float *s1 = scratch, *s2 = scratch + n4, *dscores = scratch + 2 * n4;
     /* The MLP: dout reaches mlp.c_proj, GELU, c_fc, then ln_2. */
-    tm_layer_zero(c, s1, n4);
-    tm_linear_backward(s1, grad(p, c, FCP_W), grad(p, c, FCP_B), dout, a.fch_gelu,
-                       param(p, c, FCP_W), rows, 4 * C, C);
+    linear_backward_into(s1, grad(p, c, FCP_W), grad(p, c, FCP_B), dout, a.fch_gelu,
+                         param(p, c, FCP_W), rows, 4 * C, C);
     tm_layer_zero(c, s2, n4);
     tm_gelu_backward(s2, s1, a.fch, n4);
-    tm_layer_zero(c, s1, n);
-    tm_linear_backward(s1, grad(p, c, FC_W), grad(p, c, FC_B), s2, a.ln2, param(p, c, FC_W),
-                       rows, C, 4 * C);
+    linear_backward_into(s1, grad(p, c, FC_W), grad(p, c, FC_B), s2, a.ln2, param(p, c, FC_W),
+                         rows, C, 4 * C);
     /* The residual stream after attention: dout directly, plus ln_2's. */
     tm_layer_copy(c, din, dout, n);
     tm_layernorm_backward(din, grad(p, c, LN2_W), grad(p, c, LN2_B), s1, a.res2,
                           param(p, c, LN2_W), a.mean2, a.rstd2, rows, C);
     /* Attention: attn.c_proj, the heads, c_attn, then ln_1. */
-    tm_layer_zero(c, s1, n);
-    tm_linear_backward(s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), din, a.atty,
-                       param(p, c, PROJ_W), rows, C, C);
-    tm_layer_zero(c, s2, 3 * n);
+    linear_backward_into(s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), din, a.atty,
+                         param(p, c, PROJ_W), rows, C, C);
     tm_attention_backward(s2, dscores, s1, a.qkv, a.att, B, T, C, g->n_head);
-    tm_layer_zero(c, s1, n);
-    tm_linear_backward(s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s2, a.ln1,
-                       param(p, c, ATTN_W), rows, C, 3 * C);
+    linear_backward_into(s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s2, a.ln1,
+                         param(p, c, ATTN_W), rows, C, 3 * C);
     /* The keys' bias adds the same q.b to every score of a row, which the
      * softmax does not see: its gradient is exactly zero. The sum above
      * leaves rounding noise of about 1e-12 there, which AdamW (eps 1e-8)
@@ -286,9 +292,8 @@ static int head_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const fl
     int rows = c->rows, C = cfg_of(p)->n_embd;
     size_t n = (size_t)rows * C;
     float *lnf = saved, *mean = lnf + n, *rstd = mean + rows, *dlnf = scratch;
-    tm_layer_zero(c, dlnf, n);
-    tm_linear_backward(dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
-                       TM_GPT_VOCAB);
+    linear_backward_into(dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
+                         TM_GPT_VOCAB);
     if (din == NULL) return TM_OK;
     tm_layer_zero(c, din, n);
     tm_layernorm_backward(din, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf, x, param(p, c, LNF_W),
@@ -419,4 +424,70 @@ int tm_gpt_model(tm_model *m, const tm_gpt_config *g)
     int st = tm_model_finish(m);
     if (st != TM_OK) tm_model_destroy(m);
     return st;
+}
+
+/* A positive count from our metadata, or -1 when absent or malformed. */
+static int meta_int(const tm_st_file *f, const char *key)
+{
+    const char *v = tm_st_meta_get(f, key);
+    char *end;
+    if (v == NULL) return -1;
+    long x = strtol(v, &end, 10);
+    return *v != '\0' && *end == '\0' && x > 0 && x <= TM_GPT_MAX_WIDTH ? (int)x : -1;
+}
+
+static int shape_of(const tm_st_file *f, const char *path, const char *name, int dim)
+{
+    const tm_st_info *t = tm_st_find(f, name);
+    if (t == NULL || t->ndim != 2)
+        return tm_error(TM_EINVAL, "%s: no 2-D tensor %s: not a GPT checkpoint", path, name);
+    return (int)t->shape[dim];
+}
+
+int tm_gpt_config_from_file(const char *path, int heads, tm_gpt_config *out)
+{
+    tm_st_file *f;
+    TM_CHECK(tm_safetensors_open(&f, path));
+    int st = TM_OK;
+    tm_gpt_config g = {0};
+    const char *model = tm_st_meta_get(f, "model");
+    if (model != NULL && strcmp(model, "gpt") != 0) {
+        st = tm_error(TM_EINVAL, "%s: holds a model %s, not a GPT", path, model);
+    } else if (model != NULL) {
+        g = (tm_gpt_config){meta_int(f, "layers"), meta_int(f, "heads"), meta_int(f, "d_model"),
+                            meta_int(f, "context")};
+        if (g.n_layer < 0 || g.n_head < 0 || g.n_embd < 0 || g.block_size < 0)
+            st = tm_error(TM_EFORMAT, "%s: __metadata__ lacks a valid layers, heads, d_model or "
+                          "context", path);
+        else if (heads > 0 && heads != g.n_head)
+            st = tm_error(TM_EINVAL, "%s: saved with heads %d, but --heads is %d", path, g.n_head,
+                          heads);
+    } else {
+        int vocab = shape_of(f, path, "transformer.wte.weight", 0);
+        g.n_embd = vocab > 0 ? shape_of(f, path, "transformer.wte.weight", 1) : vocab;
+        g.block_size = g.n_embd > 0 ? shape_of(f, path, "transformer.wpe.weight", 0) : g.n_embd;
+        if (g.block_size < 0) {
+            st = g.block_size;
+        } else if (vocab != TM_GPT_VOCAB) {
+            st = tm_error(TM_EINVAL, "%s: transformer.wte.weight has %d rows; a byte-level GPT "
+                          "has 256", path, vocab);
+        } else if (heads <= 0) {
+            st = tm_error(TM_EINVAL, "%s: has no tinymesh metadata, and shapes do not tell the "
+                          "head count: give --heads", path);
+        } else {
+            for (;;) {
+                char name[TM_NAME_LEN];
+                snprintf(name, sizeof name, "transformer.h.%d.ln_1.weight", g.n_layer);
+                if (g.n_layer > TM_GPT_MAX_LAYERS || tm_st_find(f, name) == NULL) break;
+                g.n_layer++;
+            }
+            g.n_head = heads;
+        }
+    }
+    tm_safetensors_close(f);
+    if (st != TM_OK) return st;
+    const char *why = tm_gpt_check(&g);
+    if (why != NULL) return tm_error(TM_EINVAL, "%s: %s", path, why);
+    *out = g;
+    return TM_OK;
 }

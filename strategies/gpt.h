@@ -34,6 +34,14 @@ int tm_gpt_model(tm_model *m, const tm_gpt_config *cfg);
 /* The GPT configuration of a built model, or NULL for another family. */
 const tm_gpt_config *tm_gpt_of(const tm_model *m);
 
+/* The configuration of the GPT a checkpoint holds: from our metadata, or
+ * (a file from nanoGPT) from its tensors' shapes — wte (256, C), wpe (T,
+ * C), L blocks — with the head count from heads, which shapes cannot tell
+ * (0: not given). TM_EINVAL when heads is needed and missing or differs
+ * from the metadata's, or the file is not a byte-level GPT; TM_EIO,
+ * TM_EFORMAT from reading it. */
+int tm_gpt_config_from_file(const char *path, int heads, tm_gpt_config *out);
+
 /* nanoGPT's initialisation into the full flat buffer: every Linear and
  * Embedding weight ~ N(0, 0.02), the blocks' attn.c_proj and mlp.c_proj
  * weights ~ N(0, 0.02 / sqrt(2 L)), biases 0, LayerNorm weights 1 and
