@@ -5,7 +5,7 @@
 # Exits 0 when everything needed is present, 1 otherwise.
 set -u
 
-core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist"
+core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist fortunes"
 peers="openmpi-bin libopenmpi-dev python3-torch gnuplot-nox"
 
 missing=""
@@ -16,6 +16,7 @@ have_pc criterion || missing="$missing libcriterion-dev"
 have_pc zlib      || missing="$missing zlib1g-dev"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
+[ -f /usr/share/games/fortunes/fortunes ] || missing="$missing fortunes"
 if [ "${1:-}" = peers ]; then
     command -v mpicc >/dev/null 2>&1 || missing="$missing openmpi-bin libopenmpi-dev"
     /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing="$missing python3-torch"
