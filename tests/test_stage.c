@@ -374,16 +374,13 @@ Test(stage, activation_and_backward_bytes_are_the_kinds_sums, .timeout = 60)
     const tm_layer_plan *p = j->plan[0];
     cr_expect_eq(p[0].layer->kind->saved_floats(&p[0], R), 0, "the embedding keeps nothing");
     cr_expect_eq(p[1].layer->kind->saved_floats(&p[1], R), (size_t)15 * R * C + 4 * R + B * H * T * T);
-    cr_expect_eq(p[1].layer->kind->scratch_floats(&p[1], R), (size_t)8 * R * C + T * T);
-    cr_expect_eq(p[L + 1].layer->kind->saved_floats(&p[L + 1], R), (size_t)R * (C + 2));
-    cr_expect_eq(p[L + 1].layer->kind->scratch_floats(&p[L + 1], R), (size_t)R * C);
+    cr_expect_eq(p[L + 1].layer->kind->saved_floats(&p[L + 1], R), (size_t)R * (C + 2),
+                 "the head keeps ln_f's output, mean and rstd");
     /* The stage's own sum: the token ids, each layer's output, what the
-     * kinds keep; two gradient rows of the widest (the logits) and the
-     * largest scratch. */
+     * kinds keep. */
     size_t want = (size_t)R * (1 + C + L * (C + 15 * C + 4) + 256) + (size_t)L * B * H * T * T +
                   (size_t)R * (C + 2);
     cr_expect_eq(o.acts_bytes[0], want * 4, "gpt acts %zu, want %zu", o.acts_bytes[0], want * 4);
-    cr_expect_eq(o.backward_bytes[0], (2 * (size_t)R * 256 + 8 * (size_t)R * C + T * T) * 4);
     pass_free(j, &o);
 }
 
