@@ -568,10 +568,12 @@ Test(gpt, greedy_generation_with_the_cache_equals_the_uncached_argmax, .timeout 
     tm_model m = make_gpt(NL, NH, NC, NT);
     float *params = alloc(m.n_params * 4), logits[V];
     spread_params(&m, params);
-    /* A short prompt (the cache fills, then the window slides past T) and
-     * one longer than T (only its last T bytes condition). */
-    const char *prompts[] = {"abc", "a prompt past T"};
-    for (int p = 0; p < 2; p++) {
+    /* A short prompt (the cache fills, then the window slides past T), one
+     * of T - 1 bytes (one cached step, then the slide), one of exactly T
+     * (the slide at once) and one longer than T (only its last T bytes
+     * condition). */
+    const char *prompts[] = {"abc", "1234567", "12345678", "a prompt past T"};
+    for (int p = 0; p < 4; p++) {
         sink s = generate(&m, params, prompts[p], 24, 0.0, 0, 1);
         int clear = 0;
         for (int i = 0; i < s.n; i++) {

@@ -374,6 +374,24 @@ Test(gpt_cli, bad_input_is_one_line_and_status_2)
     }
 }
 
+Test(gpt_cli, a_model_that_does_not_fit_exits_1_before_training)
+{
+    /* Parameters, gradients and AdamW's state fit in 300 KiB; a micro-batch's
+     * activations and its backward do not: refused before the first step. */
+    char args[1024];
+    snprintf(args, sizeof args, SYNTH " --steps 2 --mem-cap 300K --metrics %s --save %s",
+             metrics, ckpt);
+    cr_expect_eq(train(args), 1);
+    char *err = slurp(err_path, NULL), *out = slurp(out_path, NULL);
+    cr_expect(strstr(err, "out of memory") && strstr(err, "by tag") && strstr(err, "activation"),
+              "%s", err);
+    cr_expect(strstr(out, "loss") == NULL && strstr(out, "sample (") == NULL, "it trained: %s",
+              out);
+    cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+    free(err);
+    free(out);
+}
+
 /* Whether s holds only what a terminal may be given: valid UTF-8, no C0
  * control but newline and tab, no DEL, no C1 control. */
 static int terminal_safe(const char *s, size_t n, size_t *bad)
