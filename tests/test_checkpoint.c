@@ -28,8 +28,6 @@ static void make_path(void)
 
 static void remove_path(void) { unlink(path); }
 
-TestSuite(checkpoint, .init = make_path, .fini = remove_path);
-
 static uint32_t seed_ = 12345;
 
 static float next_float(void)
@@ -139,7 +137,7 @@ static void expect_meta(const tm_st_file *f, const char *key, const char *want)
 
 /* ---- round trips ---------------------------------------------------------- */
 
-Test(checkpoint, mlp_round_trip_for_every_optimizer)
+Test(checkpoint, mlp_round_trip_for_every_optimizer, .init = make_path, .fini = remove_path)
 {
     const tm_model *m = mlp_model("12,16,8,10", TM_ACT_GELU);
     tm_optim_config opts[3] = {sgd(0.9), sgd(0), adamw()};
@@ -175,7 +173,7 @@ Test(checkpoint, mlp_round_trip_for_every_optimizer)
     }
 }
 
-Test(checkpoint, gpt_round_trip_with_nanogpt_names)
+Test(checkpoint, gpt_round_trip_with_nanogpt_names, .init = make_path, .fini = remove_path)
 {
     const tm_model *m = gpt_model(2, 2, 8, 5);
     tm_model_state s = random_state(m, adamw(), "art,cookie"), e = empty_like(&s, adamw());
@@ -213,7 +211,8 @@ Test(checkpoint, gpt_round_trip_with_nanogpt_names)
                              {"vocab", "256"}, {"optimizer", "adamw"}, {"step", "1234"},
                              {"corpus_files", "art,cookie"}, {"corpus_bytes", "2600000"},
                              {"corpus_hash", "0123456789abcdef"}};
-    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) expect_meta(f, meta[i][0], meta[i][1]);
+    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++)
+        expect_meta(f, meta[i][0], meta[i][1]);
     tm_safetensors_close(f);
     tm_model_state_free(&s);
     tm_model_state_free(&e);
@@ -249,7 +248,7 @@ static void write_state_dict(const tm_model *m, const float *params, const extra
     free(shapes);
 }
 
-Test(checkpoint, nanogpt_state_dict_loads_as_weights)
+Test(checkpoint, nanogpt_state_dict_loads_as_weights, .init = make_path, .fini = remove_path)
 {
     enum { L = 2, C = 8, T = 5 };
     const tm_model *m = gpt_model(L, 2, C, T);
@@ -275,7 +274,8 @@ Test(checkpoint, nanogpt_state_dict_loads_as_weights)
     tm_model_state_free(&e);
 }
 
-Test(checkpoint, unknown_tensors_of_the_model_are_refused_by_name)
+Test(checkpoint, unknown_tensors_of_the_model_are_refused_by_name,
+     .init = make_path, .fini = remove_path)
 {
     const tm_model *gpt = gpt_model(2, 2, 8, 5), *mlp = mlp_model("12,16,8,10", TM_ACT_RELU);
     float *junk = calloc(1024, sizeof(float));
@@ -333,7 +333,7 @@ static void mismatch(const tm_model *from, tm_optim_config opt_from, const tm_mo
     tm_model_state_free(&e);
 }
 
-Test(checkpoint, mismatches_are_refused_naming_both_values)
+Test(checkpoint, mismatches_are_refused_naming_both_values, .init = make_path, .fini = remove_path)
 {
     const tm_model *relu = mlp_model("12,16,8,10", TM_ACT_RELU);
     const tm_model *gelu = mlp_model("12,16,8,10", TM_ACT_GELU);
@@ -360,7 +360,7 @@ Test(checkpoint, mismatches_are_refused_naming_both_values)
     mismatch(relu, adamw(), g, adamw(), TM_LOAD_WEIGHTS, "12,16,8,10", "gpt");
 }
 
-Test(checkpoint, a_missing_or_broken_file_fails_cleanly)
+Test(checkpoint, a_missing_or_broken_file_fails_cleanly, .init = make_path, .fini = remove_path)
 {
     const tm_model *m = mlp_model("12,16,8,10", TM_ACT_RELU);
     tm_model_state e;
@@ -379,7 +379,8 @@ Test(checkpoint, a_missing_or_broken_file_fails_cleanly)
 
 /* ---- the corpus ----------------------------------------------------------- */
 
-Test(checkpoint, resuming_on_other_data_points_to_load_weights)
+Test(checkpoint, resuming_on_other_data_points_to_load_weights,
+     .init = make_path, .fini = remove_path)
 {
     const tm_model *m = gpt_model(1, 2, 8, 5);
     tm_model_state s = random_state(m, adamw(), "art,cookie");
@@ -459,7 +460,8 @@ static int train_text(const tm_model *m, uint64_t corpus_seed, const char *load,
     return st;
 }
 
-Test(checkpoint, load_weights_starts_a_new_run_at_step_0, .timeout = 60)
+Test(checkpoint, load_weights_starts_a_new_run_at_step_0,
+     .init = make_path, .fini = remove_path, .timeout = 60)
 {
     const tm_model *m = gpt_model(1, 2, 8, 5);
     run_log a = {0}, b = {0}, c = {0}, d = {0};

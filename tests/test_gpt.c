@@ -187,7 +187,8 @@ static double ref_forward(ref_gpt *r)
     int C = r->C, T = r->T, BT = r->B * T, hs = C / r->H;
     for (int i = 0; i < BT; i++)
         for (int j = 0; j < C; j++)
-            r->x[(size_t)i * C + j] = r->wte[(size_t)r->tokens[i] * C + j] + r->wpe[(i % T) * C + j];
+            r->x[(size_t)i * C + j] =
+                r->wte[(size_t)r->tokens[i] * C + j] + r->wpe[(i % T) * C + j];
     for (int l = 0; l < r->L; l++) {
         const ref_block *b = &r->blk[l];
         layernorm(r->ln, r->x, b->ln1w, b->ln1b, BT, C);
@@ -206,8 +207,10 @@ static double ref_forward(ref_gpt *r)
                     for (int j = 0; j <= t; j++) sum += a[j] = exp(a[j] - max);
                     for (int i = 0; i < hs; i++) {
                         double y = 0;
-                        for (int j = 0; j <= t; j++)
-                            y += a[j] / sum * r->qkv[((size_t)s * T + j) * 3 * C + 2 * C + h * hs + i];
+                        for (int j = 0; j <= t; j++) {
+                            const double *v = r->qkv + ((size_t)s * T + j) * 3 * C + 2 * C;
+                            y += a[j] / sum * v[h * hs + i];
+                        }
                         r->atty[((size_t)s * T + t) * C + h * hs + i] = y;
                     }
                 }
@@ -727,14 +730,18 @@ Test(gpt, escaper_passes_printable_utf8_and_escapes_the_rest)
         {"plain text\n\twith tab", "plain text\n\twith tab"},
         {"bell\a cr\r esc\x1b[31m nul", "bell\\x07 cr\\x0d esc\\x1b[31m nul"},
         {"del\x7f", "del\\x7f"},
-        {"\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
-        {"c1 \xc2\x80 \xc2\x9b \xc2\x9f nbsp \xc2\xa0", "c1 \\xc2\\x80 \\xc2\\x9b \\xc2\\x9f nbsp \xc2\xa0"},
+        {"\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+         "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
+        {"c1 \xc2\x80 \xc2\x9b \xc2\x9f nbsp \xc2\xa0",
+         "c1 \\xc2\\x80 \\xc2\\x9b \\xc2\\x9f nbsp \xc2\xa0"},
         {"overlong \xc0\xaf \xc1\xbf \xe0\x80\xaf \xf0\x80\x80\xaf",
          "overlong \\xc0\\xaf \\xc1\\xbf \\xe0\\x80\\xaf \\xf0\\x80\\x80\\xaf"},
-        {"surrogate \xed\xa0\x80 last-before \xed\x9f\xbf", "surrogate \\xed\\xa0\\x80 last-before \xed\x9f\xbf"},
+        {"surrogate \xed\xa0\x80 last-before \xed\x9f\xbf",
+         "surrogate \\xed\\xa0\\x80 last-before \xed\x9f\xbf"},
         {"max \xf4\x8f\xbf\xbf past \xf4\x90\x80\x80 \xf5\x80\x80\x80",
          "max \xf4\x8f\xbf\xbf past \\xf4\\x90\\x80\\x80 \\xf5\\x80\\x80\\x80"},
-        {"stray \x80\xbf lead-then-ascii \xe2\x82z", "stray \\x80\\xbf lead-then-ascii \\xe2\\x82z"},
+        {"stray \x80\xbf lead-then-ascii \xe2\x82z",
+         "stray \\x80\\xbf lead-then-ascii \\xe2\\x82z"},
         {"lead-then-lead \xe2\xe2\x82\xac", "lead-then-lead \\xe2\xe2\x82\xac"},
         {"\xff\xfe", "\\xff\\xfe"},
     };

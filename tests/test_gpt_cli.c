@@ -364,7 +364,8 @@ Test(gpt_cli, bad_input_is_one_line_and_status_2)
         char *err = slurp(err_path, NULL);
         char want[512];
         snprintf(want, sizeof want, "%s", cases[i].says);
-        if (strncmp(want, "DIR", 3) == 0) snprintf(want, sizeof want, "%s%s", dir, cases[i].says + 3);
+        if (strncmp(want, "DIR", 3) == 0)
+            snprintf(want, sizeof want, "%s%s", dir, cases[i].says + 3);
         cr_expect_eq(st, 2, "\"%s\": exit %d", with_dir, st);
         cr_expect(strncmp(err, "train: ", 7) == 0 && strchr(err, '\n') == err + strlen(err) - 1,
                   "\"%s\": not one line: %s", with_dir, err);

@@ -138,7 +138,10 @@ static long full_index(const tm_tensor *t, const tm_shard *s, size_t k)
 {
     size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
     if (s->dim == TM_SHARD_WHOLE) return (long)k;
-    if (s->dim == TM_SHARD_COLS) return (long)(k / (size_t)s->len * cols + (size_t)s->lo + k % (size_t)s->len);
+    if (s->dim == TM_SHARD_COLS) {
+        size_t len = (size_t)s->len;
+        return (long)(k / len * cols + (size_t)s->lo + k % len);
+    }
     size_t block = rows / (size_t)t->groups, per = (size_t)s->len * cols;
     size_t g = k / per, r = k % per / cols, c = k % cols;
     if ((size_t)s->lo + r >= block) return -1;
@@ -373,7 +376,8 @@ Test(stage, activation_and_backward_bytes_are_the_kinds_sums, .timeout = 60)
     expect_bytes(j, &o, "gpt");
     const tm_layer_plan *p = j->plan[0];
     cr_expect_eq(p[0].layer->kind->saved_floats(&p[0], R), 0, "the embedding keeps nothing");
-    cr_expect_eq(p[1].layer->kind->saved_floats(&p[1], R), (size_t)15 * R * C + 4 * R + B * H * T * T);
+    cr_expect_eq(p[1].layer->kind->saved_floats(&p[1], R),
+                 (size_t)15 * R * C + 4 * R + B * H * T * T);
     cr_expect_eq(p[L + 1].layer->kind->saved_floats(&p[L + 1], R), (size_t)R * (C + 2),
                  "the head keeps ln_f's output, mean and rstd");
     /* The stage's own sum: the token ids, each layer's output, what the
