@@ -137,22 +137,32 @@ static void expect_meta(const tm_st_file *f, const char *key, const char *want)
 
 /* ---- round trips ---------------------------------------------------------- */
 
+/* Saves s, resumes it into a fresh state (which must equal s), and returns
+ * the file opened, its tensors checked. */
+static tm_st_file *round_trip(const tm_model_state *s, tm_optim_config opt)
+{
+    tm_model_state e = empty_like(s, opt);
+    cr_assert_eq(tm_checkpoint_save(path, s), TM_OK, "%s", tm_error_message());
+    int resumed = -1;
+    cr_assert_eq(tm_checkpoint_load(path, &e, TM_LOAD_RESUME, &resumed), TM_OK, "%s",
+                 tm_error_message());
+    cr_expect_eq(resumed, 1);
+    expect_same_state(s, &e);
+    tm_model_state_free(&e);
+    tm_st_file *f;
+    cr_assert_eq(tm_safetensors_open(&f, path), TM_OK);
+    expect_tensors(f, s->model, opt.kind, s->n_opt_state);
+    return f;
+}
+
 Test(checkpoint, mlp_round_trip_for_every_optimizer, .init = make_path, .fini = remove_path)
 {
     const tm_model *m = mlp_model("12,16,8,10", TM_ACT_GELU);
     tm_optim_config opts[3] = {sgd(0.9), sgd(0), adamw()};
     const char *states[3] = {"momentum_buffer", NULL, "exp_avg_sq"};
     for (int o = 0; o < 3; o++) {
-        tm_model_state s = random_state(m, opts[o], NULL), e = empty_like(&s, opts[o]);
-        cr_assert_eq(tm_checkpoint_save(path, &s), TM_OK, "%s", tm_error_message());
-        int resumed = -1;
-        cr_assert_eq(tm_checkpoint_load(path, &e, TM_LOAD_RESUME, &resumed), TM_OK, "%s",
-                     tm_error_message());
-        cr_expect_eq(resumed, 1);
-        expect_same_state(&s, &e);
-        tm_st_file *f;
-        cr_assert_eq(tm_safetensors_open(&f, path), TM_OK);
-        expect_tensors(f, m, opts[o].kind, s.n_opt_state);
+        tm_model_state s = random_state(m, opts[o], NULL);
+        tm_st_file *f = round_trip(&s, opts[o]);
         cr_expect_not_null(tm_st_find(f, "layers.2.bias"));
         if (states[o] != NULL) {
             char name[96];
@@ -169,24 +179,14 @@ Test(checkpoint, mlp_round_trip_for_every_optimizer, .init = make_path, .fini = 
         expect_meta(f, "data_seed", "9007199254740993");
         tm_safetensors_close(f);
         tm_model_state_free(&s);
-        tm_model_state_free(&e);
     }
 }
 
 Test(checkpoint, gpt_round_trip_with_nanogpt_names, .init = make_path, .fini = remove_path)
 {
     const tm_model *m = gpt_model(2, 2, 8, 5);
-    tm_model_state s = random_state(m, adamw(), "art,cookie"), e = empty_like(&s, adamw());
-    cr_assert_eq(tm_checkpoint_save(path, &s), TM_OK, "%s", tm_error_message());
-    int resumed = -1;
-    cr_assert_eq(tm_checkpoint_load(path, &e, TM_LOAD_RESUME, &resumed), TM_OK, "%s",
-                 tm_error_message());
-    cr_expect_eq(resumed, 1);
-    expect_same_state(&s, &e);
-
-    tm_st_file *f;
-    cr_assert_eq(tm_safetensors_open(&f, path), TM_OK);
-    expect_tensors(f, m, TM_OPT_ADAMW, 2);
+    tm_model_state s = random_state(m, adamw(), "art,cookie");
+    tm_st_file *f = round_trip(&s, adamw());
     /* PyTorch's Linear layout and 1-D vectors, nanoGPT's keys. */
     const struct { const char *name; int ndim; uint64_t rows, cols; } some[] = {
         {"transformer.wte.weight", 2, 256, 8},
@@ -215,7 +215,6 @@ Test(checkpoint, gpt_round_trip_with_nanogpt_names, .init = make_path, .fini = r
         expect_meta(f, meta[i][0], meta[i][1]);
     tm_safetensors_close(f);
     tm_model_state_free(&s);
-    tm_model_state_free(&e);
 }
 
 /* ---- files from elsewhere ---------------------------------------------- */
