@@ -91,6 +91,47 @@ Test(text, listed_files_are_concatenated_in_order)
     tm_corpus_free(&corpus);
 }
 
+/* FNV-1a, 64 bits, as its authors define it: offset basis
+ * 14695981039346656037, prime 2^40 + 2^8 + 0xb3. */
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3u;
+    }
+    return h;
+}
+
+Test(text, hash_is_fnv1a_64)
+{
+    /* The published test vectors of FNV-1a 64 (data.h promises that
+     * hash), then a corpus of two files. */
+    struct { const char *text; uint64_t hash; } cases[] = {
+        {"a", 0xaf63dc4c8601ec8cu},
+        {"foobar", 0x85944171f73967e8u},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tm_corpus c;
+        cr_assert_eq(tm_corpus_load(&c, put_file("v", cases[i].text, strlen(cases[i].text))),
+                     TM_OK);
+        cr_expect_eq(c.hash, cases[i].hash, "\"%s\": %016llx, FNV-1a is %016llx", cases[i].text,
+                     (unsigned long long)c.hash, (unsigned long long)cases[i].hash);
+        tm_corpus_free(&c);
+    }
+    char spec[1200];
+    snprintf(spec, sizeof spec, "%s,", put_file("one", "first\n", 6));
+    snprintf(spec + strlen(spec), sizeof spec - strlen(spec), "%s", put_file("two", "second", 6));
+    tm_corpus c;
+    cr_assert_eq(tm_corpus_load(&c, spec), TM_OK, "%s", tm_error_message());
+    cr_expect_eq(c.hash, fnv1a((const uint8_t *)"first\nsecond", 12));
+    tm_corpus_free(&c);
+    tm_corpus synth;
+    cr_assert_eq(tm_corpus_synthetic(&synth, 1000, 1, 0), TM_OK);
+    cr_expect_eq(synth.hash, fnv1a(synth.bytes, synth.len));
+    tm_corpus_free(&synth);
+}
+
 static int by_bytes(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
