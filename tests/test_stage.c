@@ -430,6 +430,70 @@ Test(stage, grads_ready_once_per_layer_last_first_with_its_range, .timeout = 60)
     pass_free(j, &o);
 }
 
+/* A stage asked for no input gradient (dx NULL) still adds every parameter
+ * gradient (strategies/layer.h: din may be NULL, the parameters' are added
+ * regardless). The GPT's head alone in a stage: its ln_f and wte
+ * gradients with and without dx. */
+typedef struct {
+    int rows;
+    const float *x;       /* (rows, C) the head's input */
+    float *grads[2];      /* without dx, with dx */
+} head_out;
+
+static int head_body(tm_device *dev, tm_stage *s, void *job)
+{
+    head_out *o = ((stage_job *)job)->ctx;
+    int rows = o->rows, targets[64];
+    float *dy = tm_device_alloc(dev, (size_t)rows * s->out_width * sizeof(float), TM_TAG_WORKSPACE);
+    float *dx = tm_device_alloc(dev, (size_t)rows * s->in_width * sizeof(float), TM_TAG_WORKSPACE);
+    if (dy == NULL || dx == NULL || rows > 64) return TM_ENOMEM;
+    for (int r = 0; r < rows; r++) targets[r] = (r * 29 + 3) % 256;
+    for (int pass = 0; pass < 2; pass++) {
+        tm_stage_acts a;
+        TM_CHECK(tm_stage_acts_alloc(s, rows, &a));
+        memcpy(a.input, o->x, (size_t)rows * s->in_width * sizeof(float));
+        memset(s->grads, 0, s->n_params * sizeof(float));
+        int st = tm_stage_forward(s, &a);
+        tm_layer_ctx c = tm_stage_ctx(s, rows);
+        double sum = 0;
+        if (st == TM_OK)
+            st = s->model->loss(&c, dy, a.output, targets, rows, 256, 1.0f / rows, &sum, NULL);
+        if (st == TM_OK) st = tm_stage_backward(s, &a, dy, pass ? dx : NULL, NULL, NULL);
+        memcpy(o->grads[pass], s->grads, s->n_params * sizeof(float));
+        tm_stage_acts_free(s, &a);
+        TM_CHECK(st);
+    }
+    tm_device_free(dev, dx);
+    tm_device_free(dev, dy);
+    return TM_OK;
+}
+
+Test(stage, no_input_gradient_still_adds_the_parameter_gradients, .timeout = 60)
+{
+    enum { L = 2, C = 8, T = 5, ROWS = 2 * T };
+    const tm_model *m = gpt_model(L, C, T);
+    float *full = random_floats(m->n_params, 0.5), *x = random_floats(ROWS * C, 1.0);
+    head_out o = {ROWS, x, {nan_floats(m->n_params), nan_floats(m->n_params)}};
+    stage_job *j = calloc(1, sizeof *j);
+    *j = (stage_job){.m = m, .tp = 1, .l0 = L + 1, .l1 = L + 2, .full = full, .body = head_body,
+                     .ctx = &o};
+    run_world(1, stage_dev, j);
+    const tm_layer_plan *p = &j->plan[0][0];
+    const char *names[3] = {"ln_f.weight", "ln_f.bias", "wte"};
+    for (int k = 0; k < 3; k++) {
+        const tm_shard *s = &p->shard[k];
+        int nonzero = 0, differ = 0;
+        for (size_t e = 0; e < s->count; e++) {
+            nonzero += o.grads[1][s->off + e] != 0;
+            differ += o.grads[0][s->off + e] != o.grads[1][s->off + e];
+        }
+        cr_expect_gt(nonzero, 0, "%s has no gradient even with dx", names[k]);
+        cr_expect_eq(differ, 0, "%s: %d of %zu gradients differ without dx", names[k], differ,
+                     s->count);
+    }
+    free(full), free(x), free(o.grads[0]), free(o.grads[1]), free(j);
+}
+
 /* ---- optimizer --------------------------------------------------------- */
 
 typedef struct {
