@@ -62,7 +62,7 @@ void tm_data_targets(const tm_data *d, int i, int *dst)
 
 static uint64_t fnv1a(const uint8_t *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
     return h;
 }

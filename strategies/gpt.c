@@ -268,9 +268,11 @@ static size_t head_saved(const tm_layer_plan *p, int rows)
     return (size_t)rows * (cfg_of(p)->n_embd + 2);
 }
 
+/* ln_f's output gradient, and its input gradient when the caller wants
+ * none (ln_f's parameters still need the LayerNorm backward). */
 static size_t head_scratch(const tm_layer_plan *p, int rows)
 {
-    return (size_t)rows * cfg_of(p)->n_embd;
+    return 2 * (size_t)rows * cfg_of(p)->n_embd;
 }
 
 static int head_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
@@ -292,11 +294,11 @@ static int head_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const fl
     int rows = c->rows, C = cfg_of(p)->n_embd;
     size_t n = (size_t)rows * C;
     float *lnf = saved, *mean = lnf + n, *rstd = mean + rows, *dlnf = scratch;
+    float *dx = din != NULL ? din : scratch + n;
     linear_backward_into(dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
                          TM_GPT_VOCAB);
-    if (din == NULL) return TM_OK;
-    tm_layer_zero(c, din, n);
-    tm_layernorm_backward(din, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf, x, param(p, c, LNF_W),
+    tm_layer_zero(c, dx, n);
+    tm_layernorm_backward(dx, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf, x, param(p, c, LNF_W),
                           mean, rstd, rows, C);
     return TM_OK;
 }

@@ -1,12 +1,17 @@
-/* Test helpers shared by the training suites: MLP models built from a
- * width list, kept in a pool for the life of the test process (tm_train
- * reads the model for as long as the configuration lives). */
+/* Test helpers shared by the suites: models (MLPs from a width list, GPTs
+ * from their sizes) kept in a pool for the life of the test process
+ * (tm_train reads the model for as long as the configuration lives), a
+ * seeded uniform source, and an allocation that cannot fail silently. */
 #ifndef TM_TEST_MODELS_H
 #define TM_TEST_MODELS_H
 
 #include <criterion/criterion.h>
 
+#include <stdint.h>
+#include <stdlib.h>
+
 #include "runtime/status.h"
+#include "strategies/gpt.h"
 #include "strategies/mlp.h"
 
 #define TEST_MODELS 64
@@ -25,6 +30,37 @@ static inline const tm_model *mlp_model(const char *spec, tm_activation act)
     tm_model *m = &test_model_pool[test_model_count++];
     cr_assert_eq(tm_mlp_model(m, &c), TM_OK, "%s", tm_error_message());
     return m;
+}
+
+/* The GPT of L blocks, H heads, C channels and context T. */
+static inline const tm_model *gpt_model(int L, int H, int C, int T)
+{
+    tm_gpt_config g = {L, H, C, T};
+    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
+    tm_model *m = &test_model_pool[test_model_count++];
+    cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
+    return m;
+}
+
+/* The suite's random stream; a suite may set the state to its own seed. */
+static uint64_t test_rng_state = 0x5eed;
+
+/* splitmix64 -> uniform in [-1, 1). */
+static inline double test_uniform(void)
+{
+    uint64_t z = (test_rng_state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1p-52 - 1.0;
+}
+
+/* bytes of zeroed memory (at least one), or the test stops. */
+static inline void *test_alloc(size_t bytes)
+{
+    void *p = calloc(1, bytes ? bytes : 1);
+    cr_assert_not_null(p);
+    return p;
 }
 
 #endif

@@ -36,15 +36,6 @@ static float next_float(void)
     return (float)(seed_ >> 8) * 0x1p-24f - 0.5f;
 }
 
-static const tm_model *gpt_model(int L, int H, int C, int T)
-{
-    tm_gpt_config g = {L, H, C, T};
-    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
-    tm_model *m = &test_model_pool[test_model_count++];
-    cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
-    return m;
-}
-
 static tm_optim_config sgd(double momentum)
 {
     return (tm_optim_config){TM_OPT_SGD, momentum, 5e-4, 0.9, 0.999, 1e-8};

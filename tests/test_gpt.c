@@ -19,6 +19,7 @@
 #include "strategies/generate.h"
 #include "strategies/gpt.h"
 #include "strategies/stage.h"
+#include "tests/models.h"
 
 /* A whole model in fp32 against exact double math: the logits come out of
  * some twenty chained kernels (two LayerNorms per block amplify the
@@ -29,24 +30,6 @@
 /* Central differences in double: truncation ~h², rounding ~1e-16/h. */
 #define FD_STEP 1e-5
 #define V TM_GPT_VOCAB
-
-static uint64_t seed_ = 0x697;
-
-static double uniform(void) /* splitmix64 -> [-1, 1) */
-{
-    uint64_t z = (seed_ += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1p-52 - 1.0;
-}
-
-static void *alloc(size_t bytes)
-{
-    void *p = calloc(1, bytes ? bytes : 1);
-    cr_assert_not_null(p);
-    return p;
-}
 
 static tm_model make_gpt(int L, int H, int C, int T)
 {
@@ -74,7 +57,7 @@ static void spread_params(const tm_model *m, float *p)
         int ln = strstr(t->name, "ln_") != NULL, bias = ends_with(t->name, ".bias");
         int embedding = strstr(t->name, ".wte.") || strstr(t->name, ".wpe.");
         for (size_t j = 0; j < n; j++) {
-            double u = uniform();
+            double u = test_uniform();
             p[t->off + j] = (float)(embedding ? u
                                     : bias    ? 0.2 * u
                                     : ln      ? 1 + 0.3 * u
@@ -117,7 +100,7 @@ static void ref_init(ref_gpt *r, const tm_model *m, const float *params, int B, 
     size_t BT = (size_t)B * g->block_size, C = (size_t)g->n_embd;
     *r = (ref_gpt){.L = g->n_layer, .H = g->n_head, .C = g->n_embd, .T = g->block_size, .B = B,
                    .tokens = tokens, .targets = targets};
-    r->p = alloc(m->n_params * sizeof(double));
+    r->p = test_alloc(m->n_params * sizeof(double));
     for (size_t i = 0; i < m->n_params; i++) r->p[i] = params[i];
     r->wte = ref_tensor(r, m, "wte.weight", -1);
     r->wpe = ref_tensor(r, m, "wpe.weight", -1);
@@ -138,12 +121,12 @@ static void ref_init(ref_gpt *r, const tm_model *m, const float *params, int B, 
         b->fcpw = ref_tensor(r, m, "mlp.c_proj.weight", l);
         b->fcpb = ref_tensor(r, m, "mlp.c_proj.bias", l);
     }
-    r->x = alloc(BT * C * 8);
-    r->ln = alloc(BT * C * 8);
-    r->qkv = alloc(BT * 3 * C * 8);
-    r->atty = alloc(BT * C * 8);
-    r->fc = alloc(BT * 4 * C * 8);
-    r->logits = alloc(BT * V * 8);
+    r->x = test_alloc(BT * C * 8);
+    r->ln = test_alloc(BT * C * 8);
+    r->qkv = test_alloc(BT * 3 * C * 8);
+    r->atty = test_alloc(BT * C * 8);
+    r->fc = test_alloc(BT * 4 * C * 8);
+    r->logits = test_alloc(BT * V * 8);
 }
 
 static void ref_free(ref_gpt *r)
@@ -318,9 +301,9 @@ enum { GL = 2, GH = 2, GC = 8, GT = 5, GB = 2, GBT = GB * GT };
 Test(gpt, loss_and_every_gradient_match_a_double_reference, .timeout = 120)
 {
     tm_model m = make_gpt(GL, GH, GC, GT);
-    float *params = alloc(m.n_params * 4), *grads = alloc(m.n_params * 4);
-    float *logits = alloc((size_t)GBT * V * 4), *window = alloc((size_t)GT * V * 4);
-    double *fd = alloc(m.n_params * 8);
+    float *params = test_alloc(m.n_params * 4), *grads = test_alloc(m.n_params * 4);
+    float *logits = test_alloc((size_t)GBT * V * 4), *window = test_alloc((size_t)GT * V * 4);
+    double *fd = test_alloc(m.n_params * 8);
     spread_params(&m, params);
     /* Token 7 repeats within and across sequences; 255 and 0 too. */
     const int tokens[GBT] = {7, 200, 7, 0, 255, 13, 7, 7, 99, 42};
@@ -388,7 +371,7 @@ Test(gpt, init_follows_nanogpt)
 {
     enum { L = 3, C = 64, T = 64 };
     tm_model m = make_gpt(L, 4, C, T);
-    float *a = alloc(m.n_params * 4), *b = alloc(m.n_params * 4), *c = alloc(m.n_params * 4);
+    float *a = test_alloc(m.n_params * 4), *b = test_alloc(m.n_params * 4), *c = test_alloc(m.n_params * 4);
     tm_gpt_init(&m, a, 5);
     tm_gpt_init(&m, b, 5);
     tm_gpt_init(&m, c, 6);
@@ -453,7 +436,7 @@ Test(gpt, names_shapes_and_parameter_count_are_nanogpts)
             {"mlp.c_fc.weight", 2, 4 * C, C}, {"mlp.c_fc.bias", 1, 4 * C, 1},
             {"mlp.c_proj.weight", 2, C, 4 * C}, {"mlp.c_proj.bias", 1, C, 1}};
         for (int k = 0; k < 12; k++) {
-            char *name = alloc(TM_NAME_LEN);
+            char *name = test_alloc(TM_NAME_LEN);
             snprintf(name, TM_NAME_LEN, "transformer.h.%d.%s", l, block[k].suffix);
             want[n++] = (spec){name, block[k].ndim, block[k].rows, block[k].cols};
         }
@@ -569,7 +552,7 @@ static int rank_of(const float *logits, int b, float tol)
 Test(gpt, greedy_generation_with_the_cache_equals_the_uncached_argmax, .timeout = 60)
 {
     tm_model m = make_gpt(NL, NH, NC, NT);
-    float *params = alloc(m.n_params * 4), logits[V];
+    float *params = test_alloc(m.n_params * 4), logits[V];
     spread_params(&m, params);
     /* A short prompt (the cache fills, then the window slides past T), one
      * of T - 1 bytes (one cached step, then the slide), one of exactly T
@@ -605,7 +588,7 @@ Test(gpt, greedy_generation_with_the_cache_equals_the_uncached_argmax, .timeout 
 Test(gpt, sampling_is_seeded_and_top_k_keeps_the_k_largest, .timeout = 60)
 {
     tm_model m = make_gpt(NL, NH, NC, NT);
-    float *params = alloc(m.n_params * 4), logits[V];
+    float *params = test_alloc(m.n_params * 4), logits[V];
     /* nanoGPT's initialisation: logits close together, so sampling at
      * temperature 1 spreads over many bytes. */
     tm_gpt_init(&m, params, 3);
@@ -640,7 +623,7 @@ Test(gpt, sampling_is_seeded_and_top_k_keeps_the_k_largest, .timeout = 60)
 Test(gpt, generation_refuses_bad_configurations, .timeout = 60)
 {
     tm_model m = make_gpt(1, 1, 4, 4);
-    float *params = alloc(m.n_params * 4);
+    float *params = test_alloc(m.n_params * 4);
     tm_gpt_init(&m, params, 1);
     sink s = {.n = 0};
     struct { int tokens; double temperature; int top_k; size_t prompt_len; const char *says; }
@@ -705,7 +688,7 @@ static int utf8_valid_len(const uint8_t *s, size_t n)
  * no valid character as \xNN. */
 static char *escape_ref(const uint8_t *s, size_t n)
 {
-    char *out = alloc(4 * n + 1);
+    char *out = test_alloc(4 * n + 1);
     size_t k = 0;
     for (size_t i = 0; i < n;) {
         int len = s[i] < 0x80 ? 1 : utf8_valid_len(s + i, n - i);
@@ -789,9 +772,9 @@ Test(gpt, escaper_agrees_with_a_reference_on_random_bytes)
     int mismatches = 0;
     for (int trial = 0; trial < 20000; trial++) {
         uint8_t s[12];
-        size_t n = 1 + (size_t)((uniform() + 1) * 5.99);
+        size_t n = 1 + (size_t)((test_uniform() + 1) * 5.99);
         for (size_t i = 0; i < n; i++) {
-            double u = (uniform() + 1) / 2;
+            double u = (test_uniform() + 1) / 2;
             s[i] = u < 0.8 ? pool[(size_t)(u / 0.8 * sizeof pool)] : (uint8_t)(u * 1e6);
         }
         char *got = escape(s, n, 1), *want = escape_ref(s, n);

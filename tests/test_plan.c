@@ -13,15 +13,6 @@
 #include "strategies/plan.h"
 #include "tests/models.h"
 
-static const tm_model *gpt_model(int L, int C, int T)
-{
-    tm_gpt_config g = {L, 2, C, T};
-    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
-    tm_model *m = &test_model_pool[test_model_count++];
-    cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
-    return m;
-}
-
 static void expect_first(const int *got, const int *want, int pp, const char *what)
 {
     for (int s = 0; s <= pp; s++)
@@ -40,7 +31,7 @@ Test(plan, mlp_units_are_its_layers)
 
 Test(plan, gpt_units_are_its_blocks)
 {
-    const tm_model *m = gpt_model(3, 8, 4);
+    const tm_model *m = gpt_model(3, 2, 8, 4);
     int unit[TM_MAX_LAYERS];
     /* embedding, h.0, h.1, h.2, head: the embedding joins the first
      * block's unit, the head the last's. */
@@ -133,7 +124,7 @@ Test(plan, gpt_balance_counts_blocks_with_embedding_first_and_head_last)
     /* C 16, T 16: a block costs 24 C² + 4 T C = 7168 FLOPs a row, the
      * head 2 C 256 = 8192, the embedding C = 16. With the head the last
      * unit weighs 15360, so two stages cut 3 + 1 blocks. */
-    const tm_model *m = gpt_model(4, 16, 16);
+    const tm_model *m = gpt_model(4, 2, 16, 16);
     int first[TM_MAX_LAYERS + 1];
     cr_assert_eq(tm_stages_balance(m, 2, first), TM_OK, "%s", tm_error_message());
     expect_first(first, (int[]){0, 4, 6}, 2, "gpt pp 2");
@@ -162,7 +153,7 @@ Test(plan, gpt_balance_counts_blocks_with_embedding_first_and_head_last)
 
 Test(plan, stages_parse_counts_layers_or_blocks)
 {
-    const tm_model *mlp = mlp_model("12,16,16,16,10", TM_ACT_RELU), *gpt = gpt_model(4, 8, 4);
+    const tm_model *mlp = mlp_model("12,16,16,16,10", TM_ACT_RELU), *gpt = gpt_model(4, 2, 8, 4);
     int first[TM_MAX_LAYERS + 1];
     cr_assert_eq(tm_stages_parse("2,1,1", mlp, 3, first), TM_OK, "%s", tm_error_message());
     expect_first(first, (int[]){0, 2, 3, 4}, 3, "mlp 2,1,1");
@@ -320,7 +311,7 @@ Test(plan, mlp_stage_boundaries_decide_the_pairs)
 
 Test(plan, gpt_tied_wte_is_stored_once_per_stage)
 {
-    const tm_model *m = gpt_model(2, 8, 5);
+    const tm_model *m = gpt_model(2, 2, 8, 5);
     tm_layer_plan p[4];
     size_t n;
     cr_assert_eq(tm_stage_plan(m, 0, 4, 1, 0, p, &n), TM_OK, "%s", tm_error_message());
@@ -351,7 +342,7 @@ Test(plan, gpt_tied_wte_is_stored_once_per_stage)
 
 Test(plan, gpt_refuses_tensor_parallelism_clearly)
 {
-    const tm_model *m = gpt_model(2, 8, 5);
+    const tm_model *m = gpt_model(2, 2, 8, 5);
     tm_layer_plan p[4];
     size_t n;
     int tps[2] = {2, 4};

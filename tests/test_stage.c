@@ -23,22 +23,11 @@
 
 #define MAX_TP 4
 
-static uint64_t seed_ = 0x57a9e;
-
-static double uniform(void) /* splitmix64 -> [-1, 1) */
-{
-    uint64_t z = (seed_ += 0x9e3779b97f4a7c15u);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1p-52 - 1.0;
-}
-
 static float *random_floats(size_t n, double scale)
 {
     float *a = malloc((n ? n : 1) * sizeof(float));
     cr_assert_not_null(a);
-    for (size_t i = 0; i < n; i++) a[i] = (float)(scale * uniform());
+    for (size_t i = 0; i < n; i++) a[i] = (float)(scale * test_uniform());
     return a;
 }
 
@@ -48,15 +37,6 @@ static float *nan_floats(size_t n)
     cr_assert_not_null(a);
     for (size_t i = 0; i < n; i++) a[i] = NAN;
     return a;
-}
-
-static const tm_model *gpt_model(int L, int C, int T)
-{
-    tm_gpt_config g = {L, 2, C, T};
-    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
-    tm_model *m = &test_model_pool[test_model_count++];
-    cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
-    return m;
 }
 
 static void run_world(int n, tm_device_fn fn, void *arg)
@@ -210,7 +190,7 @@ Test(stage, shards_round_trip_for_every_tp_rank, .timeout = 60)
     for (int tp = 1; tp <= 4; tp *= 2) shard_case(mlp, tp, 0, 3);
     /* A stage starting mid-model: a column/row pair then a lone layer. */
     shard_case(mlp_model("12,16,16,16,10", TM_ACT_RELU), 2, 1, 4);
-    const tm_model *gpt = gpt_model(2, 8, 5);
+    const tm_model *gpt = gpt_model(2, 2, 8, 5);
     shard_case(gpt, 1, 0, 4);
     /* The last block and the head: this stage stores its own wte. */
     shard_case(gpt, 1, 2, 4);
@@ -373,7 +353,7 @@ Test(stage, activation_and_backward_bytes_are_the_kinds_sums, .timeout = 60)
      * the residual, ln_2 with mean and rstd, c_fc before and after GELU:
      * 15 rC + 4 r + (r / T) H T² floats. */
     enum { L = 2, H = 2, C = 8, T = 5, B = 3, R = B * T };
-    const tm_model *m = gpt_model(L, C, T);
+    const tm_model *m = gpt_model(L, 2, C, T);
     j = pass_case(m, 1, 0, L + 2, R, &o);
     expect_bytes(j, &o, "gpt");
     const tm_layer_plan *p = j->plan[0];
@@ -418,7 +398,7 @@ static void expect_ready(stage_job *j, pass_out *o, const char *what)
 Test(stage, grads_ready_once_per_layer_last_first_with_its_range, .timeout = 60)
 {
     pass_out o;
-    stage_job *j = pass_case(gpt_model(2, 8, 5), 1, 0, 4, 10, &o);
+    stage_job *j = pass_case(gpt_model(2, 2, 8, 5), 1, 0, 4, 10, &o);
     /* The head stores ln_f only (wte is the embedding's), and reports
      * first; the embedding's wte comes last, with the head's part in it. */
     expect_ready(j, &o, "gpt");
@@ -471,7 +451,7 @@ static int head_body(tm_device *dev, tm_stage *s, void *job)
 Test(stage, no_input_gradient_still_adds_the_parameter_gradients, .timeout = 60)
 {
     enum { L = 2, C = 8, T = 5, ROWS = 2 * T };
-    const tm_model *m = gpt_model(L, C, T);
+    const tm_model *m = gpt_model(L, 2, C, T);
     float *full = random_floats(m->n_params, 0.5), *x = random_floats(ROWS * C, 1.0);
     head_out o = {ROWS, x, {nan_floats(m->n_params), nan_floats(m->n_params)}};
     stage_job *j = calloc(1, sizeof *j);
@@ -565,7 +545,7 @@ Test(stage, optimizer_decays_only_the_tensors_marked_for_it, .timeout = 60)
 {
     /* The GPT: AdamW's decay on wte, wpe and the Linear weights, none on
      * biases and LayerNorm parameters. */
-    optimizer_case(gpt_model(2, 8, 5),
+    optimizer_case(gpt_model(2, 2, 8, 5),
                    (tm_optim_config){TM_OPT_ADAMW, 0, 0.1, 0.9, 0.99, 1e-8}, "gpt adamw");
     /* The MLP decays every tensor, biases too (PyTorch's default). */
     const tm_model *mlp = mlp_model("12,16,8,10", TM_ACT_RELU);
@@ -629,7 +609,7 @@ Test(stage, grad_sq_counts_every_parameter_once, .timeout = 60)
         snprintf(what, sizeof what, "mlp tp %d", tp);
         norm_case(mlp, tp, 0, 3, what);
     }
-    const tm_model *gpt = gpt_model(2, 8, 5);
+    const tm_model *gpt = gpt_model(2, 2, 8, 5);
     norm_case(gpt, 1, 0, 4, "gpt");
     /* A stage holding the head without the embedding keeps a copy of wte
      * that the embedding's stage counts. */
