@@ -20,7 +20,9 @@
 #   1. a number directly before " samples/s" becomes "#", except the one
 #      after "modeled time: " (the modeled figure);
 #   2. a number directly before " GFLOP/s" becomes "#" (achieved rate);
-#   3. in "wall # samples/s (step N ms)" the N becomes "#" (wall step time).
+#   3. in "wall # samples/s (step N ms)" the N becomes "#" (wall step time);
+#   4. a number directly before " tokens/s" becomes "#" (the GPT's wall
+#      throughput; its modeled figures are printed as samples/s).
 # (The modeled figure of an epoch line, "(modeled N", has no "samples/s"
 # after it and is compared as is.)
 #
@@ -77,6 +79,7 @@ mask() {
            -e 's|samples/@|samples/s|g' \
            -e 's/(^|[^0-9.])[0-9]+(\.[0-9]+)? GFLOP\/s/\1# GFLOP\/s/g' \
            -e 's/wall # samples\/s \(step [0-9]+(\.[0-9]+)? ms\)/wall # samples\/s (step # ms)/g' \
+           -e 's/(^|[^0-9.])[0-9]+(\.[0-9]+)? tokens\/s/\1# tokens\/s/g' \
            "$1"
 }
 
