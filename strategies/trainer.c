@@ -511,6 +511,10 @@ static int train_loop(device *v)
     tm_train_position pos = j->state->pos;
     long per_epoch = j->train->n / cfg->batch, total = per_epoch * cfg->epochs, taken = 0;
     double train_time = 0, flops0 = tm_cost_totals().flops;
+    /* The last evaluation, so that one right before the end serves as the
+     * run's final one. */
+    long eval_step = -1;
+    double eval_loss = 0, eval_acc = 0;
     int st = TM_OK;
     while (st == TM_OK && pos.epoch < cfg->epochs &&
            (cfg->max_steps == 0 || taken < cfg->max_steps)) {
@@ -541,6 +545,9 @@ static int train_loop(device *v)
                 pos.epoch_step < per_epoch) {
                 tm_eval_info e = {pos.step, 0, 0};
                 st = evaluate(v, &e.loss, &e.acc);
+                eval_step = pos.step;
+                eval_loss = e.loss;
+                eval_acc = e.acc;
                 if (st == TM_OK && v->reporter && cfg->on_eval != NULL) cfg->on_eval(cfg->ctx, &e);
             }
         }
@@ -550,6 +557,9 @@ static int train_loop(device *v)
                               0, -1};
         st = epoch_modeled(v, &info.modeled_samples_per_s, &info.bubble, epoch_steps);
         if (st == TM_OK) st = evaluate(v, &info.test_loss, &info.test_acc);
+        eval_step = pos.step;
+        eval_loss = info.test_loss;
+        eval_acc = info.test_acc;
         if (st == TM_OK && v->reporter && cfg->on_eval != NULL) {
             tm_eval_info e = {pos.step, info.test_loss, info.test_acc};
             cfg->on_eval(cfg->ctx, &e);
@@ -570,11 +580,13 @@ static int train_loop(device *v)
         res->samples_per_s = train_time > 0 ? (double)taken * cfg->batch / train_time : 0;
     }
     if (st != TM_OK) return st;
-    double test_loss, test_acc;
-    TM_CHECK(evaluate(v, &test_loss, &test_acc));
+    if (eval_step != pos.step) {
+        TM_CHECK(evaluate(v, &eval_loss, &eval_acc));
+        eval_step = pos.step;
+    }
     if (v->reporter) {
-        j->result->test_loss = test_loss;
-        j->result->test_acc = test_acc;
+        j->result->test_loss = eval_loss;
+        j->result->test_acc = eval_acc;
         j->state->pos = pos;
     }
     return TM_OK;
