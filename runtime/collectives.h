@@ -14,7 +14,8 @@
 typedef enum { TM_SUM, TM_AVG } tm_reduce_op;
 
 typedef enum {
-    TM_ALGO_AUTO,   /* direct for small messages on small groups, else ring */
+    TM_ALGO_AUTO,   /* direct for messages up to 16 KiB where it can run
+                       (see tm_allreduce_algo_for), else ring */
     TM_ALGO_RING,   /* reduce-scatter + all-gather around the ring */
     TM_ALGO_DIRECT, /* everyone sends to everyone, sums in rank order */
 } tm_allreduce_algo;
