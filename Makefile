@@ -36,8 +36,9 @@ DEMO_SRC  := $(wildcard demos/*.c)
 DEMO_BIN  := $(DEMO_SRC:demos/%.c=$(BUILD)/%)
 LIB       := $(BUILD)/libtinymesh.a
 
-# Suites that exercise threads talking to each other: the TSan set.
-TSAN_SUITES ?= arena link world collectives clock parallel
+# Suites that run threads at once: the TSan set (devices talking to each
+# other, and gemm's eight threads calling tm_sgemm together).
+TSAN_SUITES ?= arena link world collectives clock gemm parallel
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 

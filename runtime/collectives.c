@@ -84,6 +84,7 @@ static int ring_allreduce(tm_comm *c, uint32_t seq, const float *send, float *re
 {
     int n = c->size, r = c->rank;
     step proto, s;
+    c->allreduce_runs[TM_ALGO_RING]++;
     TM_CHECK(ring_links(c, &proto));
     size_t chunk = ring_chunk(c), round = chunk * (size_t)n;
     for (size_t base = 0; base < count; base += round) {
@@ -152,6 +153,7 @@ static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *
     int n = c->size, r = c->rank;
     size_t bytes = count * sizeof(float);
     step s;
+    c->allreduce_runs[TM_ALGO_DIRECT]++;
     for (int j = 1; j < n; j++) {
         int to = (r + j) % n;
         memset(&s, 0, sizeof s);
@@ -236,6 +238,13 @@ tm_allreduce_algo tm_allreduce_algo_for(const tm_comm *c, size_t count)
     if (algo == TM_ALGO_AUTO)
         return direct_fits && bytes <= DIRECT_MAX_BYTES ? TM_ALGO_DIRECT : TM_ALGO_RING;
     return algo;
+}
+
+uint64_t tm_allreduce_runs(const tm_comm *c, tm_allreduce_algo algo)
+{
+    if (algo == TM_ALGO_AUTO)
+        return c->allreduce_runs[TM_ALGO_RING] + c->allreduce_runs[TM_ALGO_DIRECT];
+    return c->allreduce_runs[algo];
 }
 
 int tm_allreduce(tm_comm *c, const float *send, float *recv, size_t count, tm_reduce_op op)

@@ -7,13 +7,15 @@
 #define TM_COLLECTIVES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "runtime/comm.h"
 
 typedef enum { TM_SUM, TM_AVG } tm_reduce_op;
 
 typedef enum {
-    TM_ALGO_AUTO,   /* direct for small messages on small groups, else ring */
+    TM_ALGO_AUTO,   /* direct for messages up to 16 KiB where it can run
+                       (see tm_allreduce_algo_for), else ring */
     TM_ALGO_RING,   /* reduce-scatter + all-gather around the ring */
     TM_ALGO_DIRECT, /* everyone sends to everyone, sums in rank order */
 } tm_allreduce_algo;
@@ -27,8 +29,16 @@ int tm_allreduce_algo_parse(const char *name, tm_allreduce_algo *out);
 
 /* The algorithm tm_allreduce uses for count floats on comm (ring or direct),
  * under the current override. Its traffic per member: ring 2(n-1)/n x
- * bytes, direct (n-1) x bytes. */
+ * bytes, direct (n-1) x bytes. A forced direct falls back to the ring on
+ * groups of more than 8 or for messages larger than half a ring (less two
+ * TM_LINK_ALIGN units), which it could not send in one piece. */
 tm_allreduce_algo tm_allreduce_algo_for(const tm_comm *comm, size_t count);
+/* How many all-reduces on comm ran with algo (TM_ALGO_RING or
+ * TM_ALGO_DIRECT; TM_ALGO_AUTO: both together) since comm was created,
+ * counted by the algorithm itself as it starts, so a caller sees what
+ * really ran. Calls that move nothing (a group of one, count 0) count
+ * under neither. */
+uint64_t tm_allreduce_runs(const tm_comm *comm, tm_allreduce_algo algo);
 
 /* All functions return TM_OK, TM_EABORTED (another device failed),
  * TM_EDEADLOCK, TM_EINVAL (mismatched call, with a message naming both

@@ -22,6 +22,8 @@ struct tm_comm {
                              all-reduce, allocated on first need */
     size_t scratch_bytes;
     uint64_t sent;        /* payload bytes sent by the current collective */
+    uint64_t allreduce_runs[3]; /* all-reduces run, by tm_allreduce_algo
+                              (counted by the algorithm that ran) */
 };
 
 /* Link towards / from group rank r. */

@@ -2,8 +2,10 @@
  * device rate when compute-bound, the pipeline bubble of GPipe and 1F1B
  * against (p-1)/(m+p-1), every schedule's measured makespan against the
  * schedule simulator replayed with the measured pass times, and each
- * device's step traffic against the formulas, with its Chrome trace. Runs
- * are a step or a few on synthetic data. */
+ * device's step traffic, and the formula the run reports, against the
+ * bytes worked out here from the model and the algorithms (with both
+ * all-reduce algorithms), with its Chrome trace. Runs are a step or a few
+ * on synthetic data. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
@@ -12,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runtime/collectives.h"
 #include "runtime/status.h"
 #include "strategies/json.h"
 #include "strategies/trainer.h"
@@ -268,61 +271,148 @@ static int trace_pids(const char *path, int n, int *bad)
     return distinct;
 }
 
-/* measured within 0.5% of the formula (ring segments round); exact zero
- * where the formula says nothing moves. */
-static int traffic_matches(uint64_t sent, double analytic)
+/* The model of the traffic test and its layer widths, inputs first. */
+#define TRAFFIC_MODEL "16,100,102,64,8"
+static const int traffic_widths[] = {16, 100, 102, 64, 8};
+
+/* What one device should send in one training step, per mesh dimension,
+ * worked out here from the widths and the definitions of the algorithms,
+ * and how far a correct run may be from it: a ring all-reduce cuts its
+ * vector into n segments of whole floats and a member sends all but one in
+ * each half, so it sends 2(n-1)/n x the bytes give or take less than two
+ * floats (exactly when n = 2: all but one of two segments twice is the
+ * whole vector). */
+typedef struct {
+    double bytes[TM_DIMS];
+    double slack[TM_DIMS];
+} traffic;
+
+static void add_allreduce(traffic *e, int dim, int n, double count, tm_allreduce_algo algo)
 {
-    if (analytic == 0) return sent == 0;
-    return fabs((double)sent - analytic) <= 0.005 * analytic;
+    if (n == 1 || count == 0) return;
+    double bytes = count * sizeof(float);
+    if (algo == TM_ALGO_DIRECT) {
+        /* One hop: the whole vector to each of the n - 1 others. */
+        e->bytes[dim] += (n - 1) * bytes;
+        return;
+    }
+    e->bytes[dim] += 2.0 * (n - 1) / n * bytes;
+    if (n > 2) e->slack[dim] += 2 * sizeof(float);
 }
 
-/* Odd widths: the 100 x 102 and 102 x 64 gradients take the ring
- * all-reduce, whose segments do not divide evenly over 4 replicas; the
- * smaller ones take the direct one. */
-#define TRAFFIC_MODEL "16,100,102,64,8"
+typedef struct {
+    int dp, pp, tp;
+    const char *stages; /* layers per stage */
+    int slow;           /* a slow link: pipeline sends queue behind each
+                           other and leave after their step's compute */
+} traffic_mesh;
+
+/* Device (d, p, t) of mesh m, `mb` micro-batches of `rows` rows, every
+ * all-reduce run with `algo`. Pipeline: per micro-batch, the stage's output
+ * activations go up and its input gradient down, whole on every tp rank.
+ * Tensor parallelism (Megatron): within a stage layers pair up as column
+ * split then row split; a layer left alone is column split (padded to a
+ * multiple of tp) and its output all-gathered. Per micro-batch, a row-split
+ * layer all-reduces its output; a column-split layer all-reduces its input
+ * gradient unless it is the model's first layer. Data parallelism: every
+ * layer's gradient shard is all-reduced once, and the last stage
+ * all-gathers the step's loss (a double). */
+static traffic expected_traffic(const traffic_mesh *m, int p, int mb, int rows,
+                                tm_allreduce_algo algo)
+{
+    traffic e = {{0}, {0}};
+    int l0 = 0, len = 0;
+    const char *spec = m->stages;
+    for (int s = 0; s <= p; s++) {
+        l0 += len;
+        len = (int)strtol(spec, (char **)&spec, 10);
+        if (*spec == ',') spec++;
+    }
+    int l1 = l0 + len, tp = m->tp;
+    if (p < m->pp - 1) e.bytes[TM_DIM_PP] += (double)mb * rows * traffic_widths[l1] * sizeof(float);
+    if (p > 0) e.bytes[TM_DIM_PP] += (double)mb * rows * traffic_widths[l0] * sizeof(float);
+    for (int l = l0; l < l1; l++) {
+        int in = traffic_widths[l], out = traffic_widths[l + 1], k = l - l0;
+        double shard = (double)in * out + out;
+        if (tp > 1 && k % 2 == 1) {
+            shard = (double)out * (in / tp) + out;
+            for (int i = 0; i < mb; i++) add_allreduce(&e, TM_DIM_TP, tp, (double)rows * out, algo);
+        } else if (tp > 1) {
+            int local = (out + tp - 1) / tp;
+            shard = (double)local * in + local;
+            if (k == len - 1)
+                e.bytes[TM_DIM_TP] += (double)mb * (tp - 1) * rows * local * sizeof(float);
+            for (int i = 0; l > 0 && i < mb; i++)
+                add_allreduce(&e, TM_DIM_TP, tp, (double)rows * in, algo);
+        }
+        add_allreduce(&e, TM_DIM_DP, m->dp, shard, algo);
+    }
+    if (p == m->pp - 1) e.bytes[TM_DIM_DP] += (m->dp - 1) * sizeof(double);
+    return e;
+}
 
 Test(modeled, step_traffic_matches_the_formulas, .timeout = 300)
 {
     static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
     make_data(256, 16, 8);
-    /* dp, pp, tp, and a slow link (pipeline sends queue behind each other
-     * and leave after their step's compute: they still count for it). */
-    int meshes[][4] = {{2, 1, 1, 0}, {1, 2, 1, 0}, {2, 2, 1, 0}, {4, 1, 1, 0},
-                       {2, 2, 2, 0}, {1, 1, 2, 0}, {1, 3, 1, 1}};
+    /* Stages given, so that the expectation does not depend on the FLOP
+     * balancing; the "1,3" splits leave a layer alone in a stage (gathered,
+     * padded on tp = 3: 100 -> 3 x 34 and 8 -> 3 x 3). Odd widths: the ring
+     * segments do not divide evenly. */
+    static const traffic_mesh meshes[] = {
+        {2, 1, 1, "4", 0},   {1, 2, 1, "2,2", 0}, {2, 2, 1, "2,2", 0},   {4, 1, 1, "4", 0},
+        {2, 2, 2, "2,2", 0}, {1, 1, 2, "4", 0},   {1, 2, 3, "1,3", 0},   {2, 2, 2, "1,3", 0},
+        {1, 3, 1, "1,1,2", 1}};
+    /* Every message of this model fits the default rings (1 MiB up to 16
+     * devices), so a forced direct all-reduce runs direct throughout. */
+    static const tm_allreduce_algo algos[] = {TM_ALGO_RING, TM_ALGO_DIRECT};
     char dir[] = "/tmp/tm_modeled_XXXXXX", path[256];
     cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/trace.json", dir);
-    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
-        int dp = meshes[i][0], pp = meshes[i][1], tp = meshes[i][2], n = dp * pp * tp;
-        int slow = meshes[i][3];
-        tm_train_config c = config(TRAFFIC_MODEL, dp, pp, tp, slow ? 64 : 32, slow ? 8 : 2,
-                                   slow ? TM_SCHED_GPIPE : TM_SCHED_1F1B);
-        if (slow) {
-            tm_clock_config_default(&c.clock);
-            c.clock.link_gbps = 0.05;
+    for (size_t a = 0; a < sizeof algos / sizeof algos[0]; a++)
+        for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+            const traffic_mesh *m = &meshes[i];
+            int n = m->dp * m->pp * m->tp, batch = m->slow ? 64 : 32, mb = m->slow ? 8 : 2;
+            tm_allreduce_set_algo(algos[a]);
+            tm_train_config c = config(TRAFFIC_MODEL, m->dp, m->pp, m->tp, batch, mb,
+                                       m->slow ? TM_SCHED_GPIPE : TM_SCHED_1F1B);
+            c.stages = m->stages;
+            if (m->slow) {
+                tm_clock_config_default(&c.clock);
+                c.clock.link_gbps = 0.05;
+            }
+            c.trace_path = path;
+            tm_train_result r;
+            train_ok(&c, &r);
+            cr_assert_eq(r.n_devices, n);
+            for (int d = 0; d < n; d++) {
+                const tm_device_report *rep = &r.devices[d];
+                traffic e = expected_traffic(m, rep->p, mb, batch / m->dp / mb, algos[a]);
+                for (int dim = 0; dim < TM_DIMS; dim++) {
+                    double want = e.bytes[dim], sent = (double)rep->step_sent[dim];
+                    cr_expect(fabs(sent - want) <= e.slack[dim],
+                              "%s mesh (%d,%d,%d) stages %s device %d %s: sent %.0f bytes, "
+                              "expected %.1f +- %.0f",
+                              algos[a] == TM_ALGO_RING ? "ring" : "direct", m->dp, m->pp, m->tp,
+                              m->stages, d, dim_name[dim], sent, want, e.slack[dim]);
+                    /* The formula the run reports (README) is the same
+                     * expectation, before rounding to whole floats. */
+                    cr_expect(fabs(rep->step_analytic[dim] - want) <= 1e-9 * want,
+                              "%s mesh (%d,%d,%d) stages %s device %d %s: reported formula "
+                              "%.1f, expected %.1f",
+                              algos[a] == TM_ALGO_RING ? "ring" : "direct", m->dp, m->pp, m->tp,
+                              m->stages, d, dim_name[dim], rep->step_analytic[dim], want);
+                }
+            }
+            int bad, pids = trace_pids(path, n, &bad);
+            cr_expect_eq(pids, n, "mesh (%d,%d,%d): %d named pids in the trace", m->dp, m->pp,
+                         m->tp, pids);
+            cr_expect_eq(bad, 0, "mesh (%d,%d,%d): %d trace events with a bad pid", m->dp, m->pp,
+                         m->tp, bad);
+            unlink(path);
+            tm_train_result_free(&r);
         }
-        c.trace_path = path;
-        tm_train_result r;
-        train_ok(&c, &r);
-        cr_assert_eq(r.n_devices, n);
-        for (int d = 0; d < n; d++) {
-            const tm_device_report *rep = &r.devices[d];
-            for (int dim = 0; dim < TM_DIMS; dim++)
-                cr_expect(traffic_matches(rep->step_sent[dim], rep->step_analytic[dim]),
-                          "mesh (%d,%d,%d) device %d %s: sent %llu bytes, formula %.1f", dp, pp,
-                          tp, d, dim_name[dim], (unsigned long long)rep->step_sent[dim],
-                          rep->step_analytic[dim]);
-            /* The mesh dimensions that exist move something. */
-            if (dp > 1) cr_expect_gt(rep->step_sent[TM_DIM_DP], 0, "device %d sent no dp bytes", d);
-            if (pp > 1) cr_expect_gt(rep->step_sent[TM_DIM_PP], 0, "device %d sent no pp bytes", d);
-            if (tp > 1) cr_expect_gt(rep->step_sent[TM_DIM_TP], 0, "device %d sent no tp bytes", d);
-        }
-        int bad, pids = trace_pids(path, n, &bad);
-        cr_expect_eq(pids, n, "mesh (%d,%d,%d): %d named pids in the trace", dp, pp, tp, pids);
-        cr_expect_eq(bad, 0, "mesh (%d,%d,%d): %d trace events with a bad pid", dp, pp, tp, bad);
-        unlink(path);
-        tm_train_result_free(&r);
-    }
+    tm_allreduce_set_algo(TM_ALGO_AUTO);
     cr_expect_eq(rmdir(dir), 0, "%s: %s", dir, strerror(errno));
     free_data();
 }

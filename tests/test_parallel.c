@@ -1,6 +1,8 @@
 /* The core guarantee: every mesh dp x pp x tp (each in {1, 2, 4}, at most 8
  * devices) and every schedule trains to the same losses and parameters as
- * one device with the same global batch, initialisation and data order.
+ * one device with the same global batch, initialisation and data order, to
+ * within tolerances sized to the measured rounding error (with SGD, and
+ * with AdamW and GELU on several meshes).
  * Also: 1F1B's activation memory bound against GPipe's, checkpoints moving
  * between meshes, an injected device failure, and bad meshes. */
 #include <criterion/criterion.h>
@@ -22,6 +24,15 @@
 #define MODEL "12,16,16,16,10"
 #define STEPS 50
 #define BATCH 32
+#define WEIGHT_DECAY 0.05
+/* Tolerances sized to the rounding error. Measured here (AVX2 kernels,
+ * weight decay 0.05, 50 steps), the largest relative loss difference from
+ * the one-device run was 1.01e-7 over the 53 SGD meshes, 7.8e-8 over the
+ * AdamW + GELU meshes and 5.2e-8 across a checkpoint moved between meshes;
+ * the largest parameter distance was 5.4e-7 (SGD) and 4.9e-7 (AdamW). The
+ * limits are about four times those. */
+#define LOSS_TOL 4e-7
+#define PARAM_TOL 2e-6
 
 static void make_data(tm_dataset *d, int n, uint64_t seed)
 {
@@ -85,7 +96,10 @@ static tm_train_config config(losses *l, int dp, int pp, int tp, int m, tm_sched
     c.momentum = 0.9;
     c.beta1 = 0.9;
     c.beta2 = 0.999;
-    c.weight_decay = 1e-4;
+    /* Large enough to matter at the tolerances below: a mesh that dropped
+     * or doubled the decay on one replica moves the parameters by far more
+     * than rounding does. */
+    c.weight_decay = WEIGHT_DECAY;
     c.seed = 7;
     c.shuffle = 1;
     c.mem_cap = 4 << 20;
@@ -102,7 +116,8 @@ static int train(tm_train_config *c, tm_train_result *r)
     return st;
 }
 
-/* max over tensors of max|a - b| / max|b|. */
+/* max over tensors of max|a - b| / max|b|; a tensor that is all zeros in
+ * b counts max|a - b| itself, so it must be zero in a too. */
 static double param_distance(const char *a_path, const char *b_path)
 {
     tm_st_file *a, *b;
@@ -122,7 +137,8 @@ static double param_distance(const char *a_path, const char *b_path)
             if (fabs(xv - yv) > diff) diff = fabs(xv - yv);
             if (fabs(yv) > scale) scale = fabs(yv);
         }
-        if (scale > 0 && diff / scale > worst) worst = diff / scale;
+        double d = scale > 0 ? diff / scale : diff;
+        if (d > worst) worst = d;
     }
     tm_safetensors_close(a);
     tm_safetensors_close(b);
@@ -131,20 +147,73 @@ static double param_distance(const char *a_path, const char *b_path)
 
 static char ref_path[128], mesh_path[128];
 
-Test(parallel, every_mesh_and_schedule_equals_one_device, .init = setup, .fini = teardown,
-     .timeout = 600)
+static void temp_paths(void)
 {
     snprintf(ref_path, sizeof ref_path, "/tmp/tm_par_ref_%ld.safetensors", (long)getpid());
     snprintf(mesh_path, sizeof mesh_path, "/tmp/tm_par_mesh_%ld.safetensors", (long)getpid());
-    losses ref = {0};
-    tm_train_config c = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
+}
+
+/* The one-device run of c, its losses in *ref and its checkpoint at
+ * ref_path. */
+static void reference(tm_train_config c, losses *ref)
+{
+    c.dp = c.pp = c.tp = c.micro_batches = 1;
+    c.ctx = ref;
     c.save_path = ref_path;
     tm_train_result r;
     cr_assert_eq(train(&c, &r), TM_OK);
     tm_train_result_free(&r);
-    cr_assert_eq(ref.n, STEPS);
+    cr_assert_eq(ref->n, STEPS);
+}
+
+/* How far a mesh's run is from the one-device run: the largest relative
+ * loss difference over the steps, and param_distance of the checkpoints. */
+typedef struct {
+    double loss, params;
+} distance;
+
+/* Trains mc and measures it against the reference; false if it failed. */
+static int distance_to_reference(tm_train_config mc, const losses *ref, distance *d)
+{
+    losses got = {0};
+    mc.ctx = &got;
+    mc.save_path = mesh_path;
+    tm_train_result r;
+    int st = train(&mc, &r);
+    tm_train_result_free(&r);
+    cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d %s failed", mc.dp, mc.pp, mc.tp,
+                 tm_schedule_kind_name(mc.schedule));
+    if (st != TM_OK) return 0;
+    cr_expect_eq(got.n, ref->n);
+    d->loss = 0;
+    for (int i = 0; i < got.n && i < ref->n; i++) {
+        double rel = fabs(got.loss[i] - ref->loss[i]) / fabs(ref->loss[i]);
+        if (rel > d->loss) d->loss = rel;
+    }
+    d->params = param_distance(mesh_path, ref_path);
+    return 1;
+}
+
+static void expect_close(const tm_train_config *mc, const distance *d)
+{
+    const char *name = tm_schedule_kind_name(mc->schedule);
+    cr_expect_leq(d->loss, LOSS_TOL, "dp=%d pp=%d tp=%d %s: loss differs by %.3g", mc->dp, mc->pp,
+                  mc->tp, name, d->loss);
+    cr_expect_leq(d->params, PARAM_TOL, "dp=%d pp=%d tp=%d %s: parameters differ by %.3g",
+                  mc->dp, mc->pp, mc->tp, name, d->params);
+    cr_log_info("dp=%d pp=%d tp=%d %s: loss %.3g parameters %.3g", mc->dp, mc->pp, mc->tp, name,
+                d->loss, d->params);
+}
+
+Test(parallel, every_mesh_and_schedule_equals_one_device, .init = setup, .fini = teardown,
+     .timeout = 600)
+{
+    temp_paths();
+    losses ref = {0};
+    reference(config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B), &ref);
     const int ways[] = {1, 2, 4};
     int meshes = 0;
+    distance worst = {0, 0};
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
             for (int e = 0; e < 3; e++) {
@@ -152,55 +221,57 @@ Test(parallel, every_mesh_and_schedule_equals_one_device, .init = setup, .fini =
                 if (dp * pp * tp > 8) continue;
                 for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
                     if (pp == 1 && k != TM_SCHED_1F1B) continue;
-                    int m = pp > 1 ? 4 : 2;
-                    losses got = {0};
-                    tm_train_config mc = config(&got, dp, pp, tp, m, (tm_schedule_kind)k);
-                    mc.save_path = mesh_path;
-                    int st = train(&mc, &r);
-                    tm_train_result_free(&r);
-                    const char *name = tm_schedule_kind_name((tm_schedule_kind)k);
-                    cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d %s failed", dp, pp, tp, name);
-                    if (st != TM_OK) continue;
+                    tm_train_config mc = config(NULL, dp, pp, tp, pp > 1 ? 4 : 2,
+                                                (tm_schedule_kind)k);
+                    distance d;
+                    if (!distance_to_reference(mc, &ref, &d)) continue;
                     meshes++;
-                    cr_expect_eq(got.n, STEPS);
-                    double worst = 0;
-                    for (int i = 0; i < got.n; i++) {
-                        double rel = fabs(got.loss[i] - ref.loss[i]) / fabs(ref.loss[i]);
-                        if (rel > worst) worst = rel;
-                    }
-                    cr_expect_leq(worst, 1e-4, "dp=%d pp=%d tp=%d %s: loss differs by %.3g", dp,
-                                  pp, tp, name, worst);
-                    double dist = param_distance(mesh_path, ref_path);
-                    cr_expect_leq(dist, 1e-3, "dp=%d pp=%d tp=%d %s: parameters differ by %.3g",
-                                  dp, pp, tp, name, dist);
+                    expect_close(&mc, &d);
+                    worst.loss = fmax(worst.loss, d.loss);
+                    worst.params = fmax(worst.params, d.params);
                 }
             }
     /* pp = 1: 8 (dp, tp) pairs; pp = 2: 6 and pp = 4: 3, with every schedule. */
     cr_expect_eq(meshes, 8 + 9 * TM_SCHEDULE_KINDS, "%d configurations ran", meshes);
+    cr_log_info("worst of %d meshes: loss %.3g, parameters %.3g", meshes, worst.loss,
+                worst.params);
     unlink(ref_path);
     unlink(mesh_path);
 }
 
-Test(parallel, adamw_and_gelu_with_padded_classes, .init = setup, .fini = teardown, .timeout = 120)
+Test(parallel, adamw_and_gelu_on_several_meshes, .init = setup, .fini = teardown, .timeout = 300)
 {
-    /* tp = 4 splits the 10 classes as 3 + 3 + 3 + 1 (two padding rows). */
-    losses ref = {0}, got = {0};
+    temp_paths();
+    losses ref = {0};
     tm_train_config c = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
     c.optimizer = TM_OPT_ADAMW;
     c.lr = 3e-3;
     c.model = mlp_model(MODEL, TM_ACT_GELU);
-    tm_train_result r;
-    cr_assert_eq(train(&c, &r), TM_OK);
-    tm_train_result_free(&r);
-    tm_train_config m = config(&got, 2, 1, 4, 2, TM_SCHED_1F1B);
-    m.optimizer = TM_OPT_ADAMW;
-    m.lr = 3e-3;
-    m.model = mlp_model(MODEL, TM_ACT_GELU);
-    cr_assert_eq(train(&m, &r), TM_OK);
-    tm_train_result_free(&r);
-    for (int i = 0; i < STEPS; i++)
-        cr_expect_leq(fabs(got.loss[i] - ref.loss[i]), 1e-4 * fabs(ref.loss[i]), "step %d: %.8f vs %.8f",
-                      i + 1, got.loss[i], ref.loss[i]);
+    reference(c, &ref);
+    /* tp = 4 splits the 10 classes as 3 + 3 + 3 + 1 (two padding rows). */
+    static const struct {
+        int dp, pp, tp, m;
+        tm_schedule_kind kind;
+    } meshes[] = {{2, 1, 4, 2, TM_SCHED_1F1B},        {4, 2, 1, 2, TM_SCHED_1F1B},
+                  {2, 2, 2, 4, TM_SCHED_INTERLEAVED}, {1, 4, 2, 4, TM_SCHED_GPIPE},
+                  {1, 2, 4, 4, TM_SCHED_GROUPED}};
+    distance worst = {0, 0};
+    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+        tm_train_config mc = c;
+        mc.dp = meshes[i].dp;
+        mc.pp = meshes[i].pp;
+        mc.tp = meshes[i].tp;
+        mc.micro_batches = meshes[i].m;
+        mc.schedule = meshes[i].kind;
+        distance d;
+        if (!distance_to_reference(mc, &ref, &d)) continue;
+        expect_close(&mc, &d);
+        worst.loss = fmax(worst.loss, d.loss);
+        worst.params = fmax(worst.params, d.params);
+    }
+    cr_log_info("worst: loss %.3g, parameters %.3g", worst.loss, worst.params);
+    unlink(ref_path);
+    unlink(mesh_path);
 }
 
 Test(parallel, one_f_one_b_holds_at_most_pp_micro_batches, .init = setup, .fini = teardown,
@@ -254,7 +325,7 @@ Test(parallel, checkpoint_moves_between_meshes, .init = setup, .fini = teardown,
     cr_assert_eq(first.n + second.n, 30);
     for (int i = 0; i < 30; i++) {
         double got = i < 20 ? first.loss[i] : second.loss[i - 20];
-        cr_expect_leq(fabs(got - straight.loss[i]), 1e-4 * fabs(straight.loss[i]),
+        cr_expect_leq(fabs(got - straight.loss[i]), LOSS_TOL * fabs(straight.loss[i]),
                       "step %d: %.8f vs %.8f", i + 1, got, straight.loss[i]);
     }
     unlink(path);

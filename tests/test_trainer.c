@@ -139,11 +139,15 @@ Test(trainer, same_seed_is_bitwise_identical, .init = setup, .fini = teardown, .
         cr_assert_eq(run(&cb, &r), TM_OK);
         cr_assert_eq(a.n, b.n);
         cr_expect(memcmp(a.loss, b.loss, sizeof a.loss) == 0, "%s: losses differ", opts[o]);
+        /* The same run but for the seed must differ, so the seed is used. */
         losses c = {0};
-        tm_train_config cc = base_config(&c);
-        cc.seed = 43;
+        tm_train_config cc = ca;
+        cc.ctx = &c;
+        cc.seed = ca.seed + 1;
         cr_assert_eq(run(&cc, &r), TM_OK);
-        cr_expect(memcmp(a.loss, c.loss, sizeof a.loss) != 0, "another seed, same losses");
+        cr_assert_eq(c.n, a.n);
+        cr_expect(memcmp(a.loss, c.loss, sizeof a.loss) != 0, "%s: another seed, same losses",
+                  opts[o]);
     }
 }
 

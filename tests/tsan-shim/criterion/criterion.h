@@ -3,7 +3,10 @@
  * fixed addresses inside TSan's shadow memory and aborts at start-up
  * ("Could not initialize inheritable arena", upstream issue #274). The same
  * test sources compile against this header; tests run in-process, one after
- * another, and the binary exits non-zero if any check failed.
+ * another, and the binary exits non-zero if any check failed. A test that
+ * would end the process (.signal, .exit_code) is reported as skipped with
+ * the reason; a test past its .timeout fails, and the summary line is
+ * printed before the process exits.
  * Thread-safety: checks may fail from any thread (the counters are atomic);
  * fatal asserts must be called from the test's own thread. */
 #ifndef TM_TSAN_SHIM_CRITERION_H
@@ -17,11 +20,11 @@
 
 struct criterion_test_extra_data {
     int timeout;        /* seconds; enforced with alarm() */
-    int disabled;
+    int disabled;       /* reported as skipped */
     const char *description;
     void (*init)(void);
     void (*fini)(void);
-    int signal;         /* unsupported here: a test expecting one is skipped */
+    int signal;         /* unsupported here: the test is reported as skipped */
     int exit_code;      /* unsupported here likewise */
 };
 
