@@ -12,6 +12,58 @@
  * elements and once on the tail. */
 static size_t vec_floor(size_t n) { return n & ~(size_t)15; }
 
+/* The row sums in double, in four independent lanes: a single chain of
+ * dependent adds would make them, not the arithmetic, the cost of a row. */
+static double sum_double(const float *x, int C)
+{
+    double l[4] = {0, 0, 0, 0};
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+        for (int k = 0; k < 4; k++) l[k] += x[c + k];
+    for (; c < C; c++) l[0] += x[c];
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+static double sum_sq_dev_double(const float *x, float m, int C)
+{
+    double l[4] = {0, 0, 0, 0};
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+        for (int k = 0; k < 4; k++) {
+            double d = x[c + k] - m;
+            l[k] += d * d;
+        }
+    for (; c < C; c++) {
+        double d = x[c] - m;
+        l[0] += d * d;
+    }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+/* The backward's two row sums: of dnorm = weight dout, and of dnorm x the
+ * normalised input. */
+static void dnorm_sums(const float *x, const float *dy, const float *weight, float m, float s,
+                       int C, double *dnorm_sum, double *dnorm_norm_sum)
+{
+    double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+    int c = 0;
+    for (; c + 4 <= C; c += 4)
+        for (int k = 0; k < 4; k++) {
+            float norm = (x[c + k] - m) * s;
+            float dnorm = weight[c + k] * dy[c + k];
+            a[k] += dnorm;
+            b[k] += (double)dnorm * norm;
+        }
+    for (; c < C; c++) {
+        float norm = (x[c] - m) * s;
+        float dnorm = weight[c] * dy[c];
+        a[0] += dnorm;
+        b[0] += (double)dnorm * norm;
+    }
+    *dnorm_sum = (a[0] + a[1]) + (a[2] + a[3]);
+    *dnorm_norm_sum = (b[0] + b[1]) + (b[2] + b[3]);
+}
+
 static inline void normalize_span(float *restrict out, const float *restrict x,
                                   const float *restrict weight,
                                   const float *restrict bias, float m, float s,
@@ -30,16 +82,9 @@ void tm_layernorm_forward(float *out, float *mean, float *rstd,
         const float *x = inp + (size_t)b * C;
         float *y = out + (size_t)b * C;
         /* The moments are summed in double: a float sum over a wide row
-         * drifts by about sqrt(C) ulps, and the row sums are not the cost. */
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += x[c];
-        float m = (float)(sum / C);
-        double sq = 0.0;
-        for (int c = 0; c < C; c++) {
-            double d = x[c] - m;
-            sq += d * d;
-        }
-        float s = 1.0f / sqrtf((float)(sq / C) + eps);
+         * drifts by about sqrt(C) ulps. */
+        float m = (float)(sum_double(x, C) / C);
+        float s = 1.0f / sqrtf((float)(sum_sq_dev_double(x, m, C) / C) + eps);
         normalize_span(y, x, weight, bias, m, s, nv);
         normalize_span(y + nv, x + nv, weight + nv, bias + nv, m, s,
                        (size_t)C - nv);
@@ -80,13 +125,8 @@ void tm_layernorm_backward(float *dinp, float *dweight, float *dbias,
         const float *dy = dout + (size_t)b * C;
         float *dx = dinp + (size_t)b * C;
         float m = mean[b], s = rstd[b];
-        double dnorm_sum = 0.0, dnorm_norm_sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            float norm = (x[c] - m) * s;
-            float dnorm = weight[c] * dy[c];
-            dnorm_sum += dnorm;
-            dnorm_norm_sum += (double)dnorm * norm;
-        }
+        double dnorm_sum, dnorm_norm_sum;
+        dnorm_sums(x, dy, weight, m, s, C, &dnorm_sum, &dnorm_norm_sum);
         float dnorm_mean = (float)(dnorm_sum / C);
         float dnorm_norm_mean = (float)(dnorm_norm_sum / C);
         layernorm_backward_span(dx, dweight, dbias, dy, x, weight, m, s,
