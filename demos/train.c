@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "runtime/arena.h"
+#include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
 #include "strategies/report.h"
@@ -110,40 +111,13 @@ static double parse_double(const char *flag, const char *v, double min, int stri
     return x;
 }
 
-/* Output written to FILE.tmp.PID and renamed on success, so that a failed
- * run leaves no partial file behind. */
-typedef struct {
-    const char *path;
-    char tmp[4096];
-    FILE *f;
-} out_file;
-
-static void out_open(out_file *o, const char *path)
+/* A path an output flag names, checked before anything starts: one that
+ * cannot be written is bad usage, like a bad flag. */
+static void check_output(const char *flag, const char *path)
 {
-    o->path = path;
-    snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", path, (long)getpid());
-    o->f = fopen(o->tmp, "w");
-    if (o->f == NULL) {
-        fprintf(stderr, "train: cannot write %s: %s\n", path, strerror(errno));
-        exit(2);
-    }
-}
-
-static int out_commit(out_file *o)
-{
-    int ok = fflush(o->f) == 0 && fsync(fileno(o->f)) == 0;
-    ok = fclose(o->f) == 0 && ok;
-    if (ok && rename(o->tmp, o->path) == 0) return 0;
-    fprintf(stderr, "train: cannot write %s: %s\n", o->path, strerror(errno));
-    unlink(o->tmp);
-    return -1;
-}
-
-static void out_abandon(out_file *o)
-{
-    if (o->f == NULL) return;
-    fclose(o->f);
-    unlink(o->tmp);
+    if (path == NULL || tm_outfile_check(path) == TM_OK) return;
+    fprintf(stderr, "train: %s: %s\n", flag, tm_error_message());
+    exit(2);
 }
 
 typedef struct {
@@ -345,11 +319,10 @@ int main(int argc, char **argv)
                   cfg.tp, mesh);
 
     if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
-    /* Fail now rather than after training if the trace cannot be written. */
-    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
-        fprintf(stderr, "train: %s\n", tm_error_message());
-        return 2;
-    }
+    /* Fail now rather than after training if an output cannot be written. */
+    check_output("--metrics", metrics_path);
+    check_output("--save", cfg.save_path);
+    check_output("--trace", cfg.trace_path);
     tm_dataset train = {0}, test = {0};
     int synthetic = strcmp(dataset, "synthetic") == 0;
     const tm_mlp_config *m = &cfg.model;
@@ -377,9 +350,18 @@ int main(int argc, char **argv)
         }
     }
 
-    out_file metrics = {0};
-    if (metrics_path != NULL) out_open(&metrics, metrics_path);
-    report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch};
+    tm_outfile *metrics = NULL;
+    FILE *mf = NULL;
+    if (metrics_path != NULL &&
+        (tm_outfile_open(&metrics, metrics_path) != TM_OK ||
+         (mf = tm_outfile_stream(metrics)) == NULL)) {
+        fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
+        tm_outfile_abandon(metrics);
+        tm_dataset_free(&train);
+        tm_dataset_free(&test);
+        return 2;
+    }
+    report rep = {mf, isatty(STDERR_FILENO), cfg.batch};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
@@ -399,32 +381,36 @@ int main(int argc, char **argv)
     tm_dataset_free(&train);
     tm_dataset_free(&test);
     if (st != TM_OK) {
-        out_abandon(&metrics);
-        tm_train_result_free(&res);
+        tm_outfile_abandon(metrics);
         fprintf(stderr, "train: %s\n", error);
-        return st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO ? 2 : 1;
+        /* Before the devices ran, a bad input file is bad usage; after, a
+         * failure to write an output is the run's failure. */
+        int usage = !res.ran && (st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO);
+        tm_train_result_free(&res);
+        return usage ? 2 : 1;
     }
-    if (metrics.f != NULL) {
-        fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
+    if (mf != NULL) {
+        fprintf(mf, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
                            "\"modeled_samples_per_s\":%.1f,",
                 res.steps, res.samples_per_s, res.modeled_samples_per_s);
-        if (res.bubble >= 0) fprintf(metrics.f, "\"bubble\":%.6f,", res.bubble);
-        fprintf(metrics.f, "\"test_acc\":%.6f,\"peak_bytes\":", res.test_acc);
-        json_peaks(metrics.f, &res.memory);
-        fprintf(metrics.f, ",\"devices\":[");
+        if (res.bubble >= 0) fprintf(mf, "\"bubble\":%.6f,", res.bubble);
+        fprintf(mf, "\"test_acc\":%.6f,\"peak_bytes\":", res.test_acc);
+        json_peaks(mf, &res.memory);
+        fprintf(mf, ",\"devices\":[");
         for (int i = 0; i < res.n_devices; i++) {
             const tm_device_report *d = &res.devices[i];
-            fprintf(metrics.f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
+            fprintf(mf, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
                     i ? "," : "", d->id, d->d, d->p, d->t);
-            json_peaks(metrics.f, &d->memory);
-            fprintf(metrics.f,
+            json_peaks(mf, &d->memory);
+            fprintf(mf,
                     ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
                     "\"comm_s\":%.9g,\"idle_s\":%.9g}",
                     (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
                     d->idle_s);
         }
-        fprintf(metrics.f, "]}\n");
-        if (out_commit(&metrics) != 0) {
+        fprintf(mf, "]}\n");
+        if (tm_outfile_commit(metrics) != TM_OK) {
+            fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
             tm_train_result_free(&res);
             return 1;
         }

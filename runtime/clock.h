@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "runtime/outfile.h"
+
 typedef struct tm_device tm_device;
 
 typedef struct {
@@ -135,16 +137,12 @@ typedef struct tm_world tm_world;
 const tm_event *tm_world_events(const tm_world *world, int id, size_t *n);
 void tm_world_clock_stats(const tm_world *world, int id, tm_clock_stats *out);
 /* Writes the last run's events as Chrome Trace Event JSON (Perfetto,
- * chrome://tracing): one pid per device named by tm_clock_set_name, one tid
- * per engine, "X" events in microseconds of modeled time, or of wall time
- * with `wall`. Written to a temporary file renamed over `path`, so a failed
- * write leaves no partial file. TM_OK, TM_EIO with a message, or
- * TM_EHOSTMEM when a device lost events for want of host memory (nothing
+ * chrome://tracing) into out (runtime/outfile.h; the caller commits it, and
+ * the commit reports write errors): one pid per device named by
+ * tm_clock_set_name, one tid per engine, "X" events in microseconds of
+ * modeled time, or of wall time with `wall`. TM_OK, TM_EIO with a message,
+ * or TM_EHOSTMEM when a device lost events for want of host memory (nothing
  * is written then). */
-int tm_world_trace_write(const tm_world *world, const char *path, int wall);
-/* Checks before a run that tm_world_trace_write could write `path`: not a
- * directory, and its temporary file can be created (it is removed again).
- * TM_OK or TM_EIO with a message. */
-int tm_trace_path_check(const char *path);
+int tm_world_trace_write(const tm_world *world, tm_outfile *out, int wall);
 
 #endif

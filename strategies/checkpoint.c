@@ -81,8 +81,9 @@ static int entries(const tm_model_state *r, entry **out)
     return n;
 }
 
-int tm_checkpoint_save(const char *path, const tm_model_state *r)
+int tm_checkpoint_save(tm_outfile *out, const tm_model_state *r)
 {
+    const char *path = tm_outfile_path(out);
     const tm_train_position *pos = &r->pos;
     entry *e;
     int n = entries(r, &e);
@@ -110,7 +111,7 @@ int tm_checkpoint_save(const char *path, const tm_model_state *r)
         {"epoch_step", epoch_step},
         {"data_seed", seed},
     };
-    int st = tm_safetensors_write(path, t, n, meta, (int)(sizeof meta / sizeof meta[0]));
+    int st = tm_safetensors_write_to(out, t, n, meta, (int)(sizeof meta / sizeof meta[0]));
     free(t);
     free(e);
     return st;

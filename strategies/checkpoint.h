@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 
+#include "runtime/outfile.h"
 #include "strategies/stage.h"
 
 typedef struct {
@@ -35,8 +36,8 @@ int tm_model_state_init(tm_model_state *m, const tm_mlp_config *cfg, tm_optimize
                         double momentum);
 void tm_model_state_free(tm_model_state *m);
 
-/* Writes everything. TM_OK, TM_EIO. */
-int tm_checkpoint_save(const char *path, const tm_model_state *m);
+/* Writes everything into out, which the caller commits. TM_OK, TM_EIO. */
+int tm_checkpoint_save(tm_outfile *out, const tm_model_state *m);
 
 /* Reads parameters (checking names and shapes against m's model) and, when
  * the file has them, the optimizer state and position (*resumed = 1); a

@@ -592,7 +592,12 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     job j = {.cfg = cfg, .train = train, .test = test, .result = out};
     tm_model_state state = {0};
     tm_world *w = NULL;
+    tm_outfile *save = NULL, *trace = NULL;
     int n = cfg->dp * cfg->pp * cfg->tp, st = tm_train_check(cfg, train);
+    /* Outputs first: a path that cannot be written fails before any work,
+     * and a device or FIFO is opened once, now, and written at the end. */
+    if (st == TM_OK && cfg->save_path != NULL) st = tm_outfile_open(&save, cfg->save_path);
+    if (st == TM_OK && cfg->trace_path != NULL) st = tm_outfile_open(&trace, cfg->trace_path);
     if (st == TM_OK) st = stage_split(cfg, j.first);
     if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
@@ -618,6 +623,7 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {
+        out->ran = 1;
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
         tm_world_links(w, add_link, out);
@@ -628,15 +634,23 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
         if (st == TM_OK) st = tm__train_observe(w, cfg, out);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
     }
-    if (st == TM_OK && cfg->save_path != NULL) {
-        st = tm_checkpoint_save(cfg->save_path, &state);
+    if (st == TM_OK && save != NULL) {
+        st = tm_checkpoint_save(save, &state);
+        if (st == TM_OK) st = tm_outfile_commit(save);
+        else tm_outfile_abandon(save);
+        save = NULL;
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
     /* After the checkpoint: a trace that cannot be written loses no state. */
-    if (st == TM_OK && cfg->trace_path != NULL) {
-        st = tm_world_trace_write(w, cfg->trace_path, cfg->trace_wall);
+    if (st == TM_OK && trace != NULL) {
+        st = tm_world_trace_write(w, trace, cfg->trace_wall);
+        if (st == TM_OK) st = tm_outfile_commit(trace);
+        else tm_outfile_abandon(trace);
+        trace = NULL;
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
+    tm_outfile_abandon(save);
+    tm_outfile_abandon(trace);
     tm_world_destroy(w);
     tm_model_state_free(&state);
     tm_schedule_free(&j.sched);

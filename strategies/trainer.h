@@ -110,6 +110,8 @@ typedef struct {
 } tm_device_report;
 
 typedef struct {
+    int ran;               /* the devices started: an error after this is the
+                              run's, not its configuration's or inputs' */
     long steps;            /* optimizer steps taken in this run */
     double samples_per_s;  /* this run, training time only */
     double test_acc;       /* after the run */

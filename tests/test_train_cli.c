@@ -1,65 +1,25 @@
 /* build/train from the outside: bad input is a one-line error with exit
  * status 2, a model that does not fit exits 1 with the OOM report, and no
- * failure leaves a partial output file; a short good run writes its files.
- * The binary is found in $TM_BIN_DIR (set by the test runner). */
+ * failure leaves a partial output file; a short good run writes its files. */
 #include <criterion/criterion.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-static char out_path[128], err_path[128], metrics[128], ckpt[128], trace[128];
+#include "tests/cli.h"
+
+static char metrics[128], ckpt[128], trace[128];
 
 static void paths(void)
 {
-    long pid = (long)getpid();
-    snprintf(out_path, sizeof out_path, "/tmp/tm_cli_out_%ld", pid);
-    snprintf(err_path, sizeof err_path, "/tmp/tm_cli_err_%ld", pid);
-    snprintf(metrics, sizeof metrics, "/tmp/tm_cli_metrics_%ld.jsonl", pid);
-    snprintf(ckpt, sizeof ckpt, "/tmp/tm_cli_ckpt_%ld.safetensors", pid);
-    snprintf(trace, sizeof trace, "/tmp/tm_cli_trace_%ld.json", pid);
+    cli_setup();
+    cli_path(metrics, sizeof metrics, "metrics.jsonl");
+    cli_path(ckpt, sizeof ckpt, "ckpt.safetensors");
+    cli_path(trace, sizeof trace, "trace.json");
 }
 
-static void cleanup(void)
-{
-    unlink(out_path);
-    unlink(err_path);
-    unlink(metrics);
-    unlink(ckpt);
-    unlink(trace);
-}
+static void cleanup(void) { cli_teardown(); }
 
-/* Runs build/train with args; returns its exit status. */
-static int train(const char *args)
-{
-    const char *dir = getenv("TM_BIN_DIR");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/train %s >%s 2>%s", dir ? dir : "build", args, out_path,
-             err_path);
-    int st = system(cmd);
-    cr_assert(WIFEXITED(st), "train did not exit normally: %s", cmd);
-    return WEXITSTATUS(st);
-}
-
-static int count_lines(const char *path, const char *needle, char *first, size_t n)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return -1;
-    char line[8192];
-    int lines = 0;
-    first[0] = '\0';
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (needle == NULL || strstr(line, needle) != NULL) {
-            if (lines == 0) snprintf(first, n, "%.*s", (int)(n - 1), line);
-            lines++;
-        }
-    }
-    fclose(f);
-    return lines;
-}
-
-static int exists(const char *p) { return access(p, F_OK) == 0; }
+static int train(const char *args) { return cli_run("train", args); }
 
 Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = cleanup, .timeout = 120)
 {
@@ -115,11 +75,11 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         char args[1024], first[8192];
         snprintf(args, sizeof args, "%s --metrics %s --save %s", cases[i], metrics, ckpt);
         int st = train(args);
-        int lines = count_lines(err_path, NULL, first, sizeof first);
+        int lines = cli_lines(cli_err, NULL, first, sizeof first);
         cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
         cr_expect_eq(lines, 1, "\"%s\": %d lines on stderr", cases[i], lines);
         cr_expect(strncmp(first, "train: ", 7) == 0, "\"%s\": %s", cases[i], first);
-        cr_expect(!exists(metrics) && !exists(ckpt), "\"%s\" left a file behind", cases[i]);
+        cr_expect(!cli_exists(metrics) && !cli_exists(ckpt), "\"%s\" left a file behind", cases[i]);
     }
 }
 
@@ -130,10 +90,10 @@ Test(train_cli, model_that_does_not_fit_exits_1_with_oom_report, .init = paths, 
     snprintf(args, sizeof args, "--mem-cap 1M --metrics %s --save %s", metrics, ckpt);
     int st = train(args);
     cr_expect_eq(st, 1, "exit %d", st);
-    cr_expect_geq(count_lines(err_path, "out of memory", first, sizeof first), 1);
-    cr_expect_geq(count_lines(err_path, "by tag", first, sizeof first), 1);
-    cr_expect_eq(count_lines(out_path, "step ", first, sizeof first), 0, "it trained");
-    cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+    cr_expect_geq(cli_lines(cli_err, "out of memory", first, sizeof first), 1);
+    cr_expect_geq(cli_lines(cli_err, "by tag", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "step ", first, sizeof first), 0, "it trained");
+    cr_expect(!cli_exists(metrics) && !cli_exists(ckpt), "a file was left behind");
 }
 
 Test(train_cli, injected_failure_exits_1_naming_device_and_step, .init = paths, .fini = cleanup,
@@ -145,9 +105,9 @@ Test(train_cli, injected_failure_exits_1_naming_device_and_step, .init = paths, 
              "--save %s", metrics, ckpt);
     int st = train(args);
     cr_expect_eq(st, 1, "exit %d", st);
-    cr_expect_eq(count_lines(err_path, "device 5", first, sizeof first), 1, "%s", first);
+    cr_expect_eq(cli_lines(cli_err, "device 5", first, sizeof first), 1, "%s", first);
     cr_expect(strstr(first, "step 3") != NULL, "%s", first);
-    cr_expect(!exists(metrics) && !exists(ckpt), "a file was left behind");
+    cr_expect(!cli_exists(metrics) && !cli_exists(ckpt), "a file was left behind");
 }
 
 Test(train_cli, mesh_run_reports_every_device, .init = paths, .fini = cleanup, .timeout = 120)
@@ -155,7 +115,7 @@ Test(train_cli, mesh_run_reports_every_device, .init = paths, .fini = cleanup, .
     char args[1024], first[8192];
     snprintf(args, sizeof args, "--dp 2 --tp 2 --steps 3 --metrics %s", metrics);
     cr_assert_eq(train(args), 0);
-    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
     for (int id = 0; id < 4; id++) {
         char needle[64];
         snprintf(needle, sizeof needle, "{\"id\":%d,\"dp\":%d,\"pp\":0,\"tp\":%d,", id, id / 2,
@@ -163,7 +123,7 @@ Test(train_cli, mesh_run_reports_every_device, .init = paths, .fini = cleanup, .
         cr_expect(strstr(first, needle) != NULL, "no %s in %s", needle, first);
     }
     /* One row each in the modeled-time, memory and traffic tables. */
-    cr_expect_eq(count_lines(out_path, "(1,0,1)", first, sizeof first), 3, "table rows");
+    cr_expect_eq(cli_lines(cli_out, "(1,0,1)", first, sizeof first), 3, "table rows");
 }
 
 Test(train_cli, short_run_writes_metrics_and_checkpoint, .init = paths, .fini = cleanup,
@@ -173,13 +133,13 @@ Test(train_cli, short_run_writes_metrics_and_checkpoint, .init = paths, .fini = 
     snprintf(args, sizeof args, "--steps 5 --metrics %s --save %s", metrics, ckpt);
     int st = train(args);
     cr_assert_eq(st, 0, "exit %d", st);
-    cr_expect_eq(count_lines(metrics, "\"type\":\"step\"", first, sizeof first), 5);
+    cr_expect_eq(cli_lines(metrics, "\"type\":\"step\"", first, sizeof first), 5);
     cr_expect(strstr(first, "\"step\":1,") != NULL, "%s", first);
-    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
     cr_expect(strstr(first, "\"steps\":5") != NULL, "%s", first);
     cr_expect(strstr(first, "\"peak_bytes\":{\"param\":") != NULL, "%s", first);
-    cr_expect(exists(ckpt));
-    cr_expect_geq(count_lines(out_path, "test accuracy", first, sizeof first), 1);
+    cr_expect(cli_exists(ckpt));
+    cr_expect_geq(cli_lines(cli_out, "test accuracy", first, sizeof first), 1);
     /* Resume from it for two more steps. */
     snprintf(args, sizeof args, "--steps 2 --load %s", ckpt);
     cr_expect_eq(train(args), 0);
@@ -193,24 +153,24 @@ Test(train_cli, pipeline_run_reports_modeled_time_timeline_and_trace, .init = pa
              "--dataset synthetic --samples 1024 --model 64,64,64,64,8 --pp 2 --dp 2 "
              "--micro-batches 4 --epochs 1 --trace %s --metrics %s", trace, metrics);
     cr_assert_eq(train(args), 0);
-    cr_expect_eq(count_lines(metrics, "\"type\":\"epoch\"", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(metrics, "\"type\":\"epoch\"", first, sizeof first), 1);
     cr_expect(strstr(first, "\"modeled_samples_per_s\":") != NULL, "%s", first);
     cr_expect(strstr(first, "\"bubble\":0.") != NULL, "%s", first);
-    cr_expect_eq(count_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
     cr_expect(strstr(first, "\"bubble\":0.") != NULL, "%s", first);
     cr_expect(strstr(first, "\"idle_s\":") != NULL, "%s", first);
-    cr_expect_eq(count_lines(out_path, "modeled time:", first, sizeof first), 1, "no modeled line");
-    cr_expect_eq(count_lines(out_path, "pipeline timeline", first, sizeof first), 1);
-    cr_expect_eq(count_lines(out_path, "stage 1 |", first, sizeof first), 1, "timeline row");
-    cr_expect_eq(count_lines(out_path, "% theory", first, sizeof first), 1, "bubble line");
-    cr_expect_eq(count_lines(out_path, "measured against the formula", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "modeled time:", first, sizeof first), 1, "no modeled line");
+    cr_expect_eq(cli_lines(cli_out, "pipeline timeline", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "stage 1 |", first, sizeof first), 1, "timeline row");
+    cr_expect_eq(cli_lines(cli_out, "% theory", first, sizeof first), 1, "bubble line");
+    cr_expect_eq(cli_lines(cli_out, "measured against the formula", first, sizeof first), 1);
     /* Every device names itself in the trace with its mesh coordinates. */
     for (int id = 0; id < 4; id++) {
         char needle[64];
         snprintf(needle, sizeof needle, "\"device %d (dp%d pp%d tp0)\"", id, id / 2, id % 2);
-        cr_expect_eq(count_lines(trace, needle, first, sizeof first), 1, "no %s", needle);
+        cr_expect_eq(cli_lines(trace, needle, first, sizeof first), 1, "no %s", needle);
     }
-    cr_expect_geq(count_lines(trace, "\"ph\":\"X\"", first, sizeof first), 8);
+    cr_expect_geq(cli_lines(trace, "\"ph\":\"X\"", first, sizeof first), 8);
 }
 
 Test(train_cli, a_recorded_step_past_the_run_is_said_not_faked, .init = paths, .fini = cleanup,
@@ -220,9 +180,9 @@ Test(train_cli, a_recorded_step_past_the_run_is_said_not_faked, .init = paths, .
     snprintf(args, sizeof args, "--dp 2 --steps 3 --trace-from 5 --trace %s", trace);
     cr_assert_eq(train(args), 0);
     const char *notice = "no step recorded: --trace-from 5 is past this run's 3 steps";
-    cr_expect_eq(count_lines(out_path, notice, first, sizeof first), 1, "no notice");
-    cr_expect_eq(count_lines(out_path, "measured against the formula", first, sizeof first), 0,
+    cr_expect_eq(cli_lines(cli_out, notice, first, sizeof first), 1, "no notice");
+    cr_expect_eq(cli_lines(cli_out, "measured against the formula", first, sizeof first), 0,
                  "a traffic table for a step that did not run");
-    cr_expect_eq(count_lines(out_path, "trace of 0 step(s)", first, sizeof first), 1);
-    cr_expect_eq(count_lines(out_path, "0 -> 1         dp", first, sizeof first), 1, "link table");
+    cr_expect_eq(cli_lines(cli_out, "trace of 0 step(s)", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "0 -> 1         dp", first, sizeof first), 1, "link table");
 }
