@@ -1,4 +1,5 @@
 /* Chrome Trace Event JSON from the devices' recorded events. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,13 @@ static void thread_names(FILE *f, int d, const tm_vclock *c, int n, char *seen)
     }
 }
 
+/* Seconds as ticks of 0.1 ns, the trace's resolution (microseconds with
+ * four decimals). Each span's end is rounded once, like its start, and its
+ * duration is their difference, so a span that ends where the next begins
+ * has ts + dur equal to the next one's ts, never past it (rounding ts and
+ * dur apart made such spans overlap by a tick, which viewers flag). */
+static long long ticks(double seconds) { return llround(seconds * 1e10); }
+
 static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
 {
     int n = tm_world_size(w), first = 1;
@@ -89,11 +97,12 @@ static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
         thread_names(f, d, c, n, seen);
         for (size_t i = 0; i < c->n_events; i++) {
             const tm_event *ev = &c->events[i];
-            double t0 = wall ? ev->wall_start : ev->start, t1 = wall ? ev->wall_end : ev->end;
+            long long t0 = ticks(wall ? ev->wall_start : ev->start);
+            long long t1 = ticks(wall ? ev->wall_end : ev->end);
             fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,"
-                       "\"ts\":%.4f,\"dur\":%.4f,\"args\":{",
+                       "\"ts\":%lld.%04lld,\"dur\":%lld.%04lld,\"args\":{",
                     ev->name, ev->engine == TM_ENGINE_COMPUTE ? "compute" : "comm", d,
-                    tid_of(ev), t0 * 1e6, (t1 - t0) * 1e6);
+                    tid_of(ev), t0 / 10000, t0 % 10000, (t1 - t0) / 10000, (t1 - t0) % 10000);
             if (ev->engine == TM_ENGINE_COMPUTE) {
                 fprintf(f, "\"stage\":%d,\"mb\":%d,\"phase\":\"%s\"}}", ev->stage, ev->mb,
                         phase_arg(ev->phase));

@@ -935,3 +935,62 @@ Test(clock, a_cut_name_and_a_large_micro_batch_make_a_valid_trace, .timeout = 30
     free(text);
     tm_world_destroy(w);
 }
+
+/* Kernels of odd lengths (a few thousandths of a microsecond, no decimal
+ * spells them) under alternating labels: spans that follow each other on
+ * the compute track, each ending where the next starts. */
+static int thirds_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    tm_clock_record(dev, 1);
+    for (int i = 0; i < 300; i++) {
+        double us = (1 + i * 7919 % 997) / 3001.0;
+        tm_clock_label(dev, i % 2 ? 'B' : 'F', 0, i);
+        tm_clock_charge(dev, GFLOPS * 1e3 * us, 0);
+    }
+    tm_clock_record(dev, 0);
+    return TM_OK;
+}
+
+/* A "key":123.4567 number of the trace as ticks of 0.1 ns, exactly. */
+static long long ticks_at(const char *p)
+{
+    long long whole = 0, frac = 0;
+    for (; *p >= '0' && *p <= '9'; p++) whole = whole * 10 + (*p - '0');
+    cr_assert_eq(*p, '.', "not 4 decimals: %.20s", p);
+    int digits = 0;
+    for (p++; *p >= '0' && *p <= '9'; p++, digits++) frac = frac * 10 + (*p - '0');
+    cr_assert_eq(digits, 4, "not 4 decimals");
+    return whole * 10000 + frac;
+}
+
+Test(clock, spans_that_follow_each_other_never_overlap_in_the_trace, .timeout = 30)
+{
+    tm_clock_config cc = clock_cfg();
+    tm_world *w = make_world(1, &cc);
+    run_ok(w, thirds_fn, NULL);
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tm_clock_thirds_%ld.json", (long)getpid());
+    cr_assert_eq(write_trace(w, path, 0), TM_OK, "%s", tm_error_message());
+    size_t len;
+    char *text = slurp(path, &len);
+    unlink(path);
+    cr_assert(text != NULL);
+    long long prev_end = -1;
+    int spans = 0, overlaps = 0;
+    for (const char *p = strstr(text, "\"ts\":"); p != NULL; p = strstr(p + 1, "\"ts\":")) {
+        long long ts = ticks_at(p + 5);
+        const char *d = strstr(p, "\"dur\":");
+        cr_assert_not_null(d);
+        long long end = ts + ticks_at(d + 6);
+        overlaps += prev_end > ts;
+        cr_expect_leq(prev_end, ts, "span %d starts at %lld, before the last ended at %lld",
+                      spans, ts, prev_end);
+        prev_end = end;
+        spans++;
+    }
+    cr_expect_eq(spans, 300, "%d spans", spans);
+    cr_expect_eq(overlaps, 0, "%d of %d spans overlap the one before", overlaps, spans);
+    free(text);
+    tm_world_destroy(w);
+}
