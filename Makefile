@@ -37,7 +37,7 @@ DEMO_BIN  := $(DEMO_SRC:demos/%.c=$(BUILD)/%)
 LIB       := $(BUILD)/libtinymesh.a
 
 # Suites that exercise threads talking to each other: the TSan set.
-TSAN_SUITES ?= arena link world collectives clock parallel
+TSAN_SUITES ?= arena link world collectives clock stop parallel
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 

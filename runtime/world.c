@@ -1,6 +1,7 @@
 #include "runtime/world.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,12 +354,25 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
     w->status = TM_OK;
     atomic_store(&w->failed, -1);
     atomic_store(&w->abort, 0);
+    /* Device threads start with the signals that end a process blocked
+     * (they inherit the creator's mask), so a program's handlers for them
+     * run on its host thread, where a handler that ends the process at once
+     * can tidy up what the host thread was doing; on a device thread it
+     * would race the host. A pipe that breaks under a device thread's write
+     * then gives that write EPIPE instead of a signal. */
+    sigset_t ending, old_mask;
+    sigemptyset(&ending);
+    int ending_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE};
+    for (size_t i = 0; i < sizeof ending_signals / sizeof ending_signals[0]; i++)
+        sigaddset(&ending, ending_signals[i]);
+    pthread_sigmask(SIG_BLOCK, &ending, &old_mask);
     int started = 0;
     for (; started < w->n; started++) {
         tm_device *d = &w->devices[started];
         atomic_store(&d->done, 0);
         if (pthread_create(&d->thread, NULL, device_main, d) != 0) break;
     }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     if (started < w->n) {
         fail(w, -2, TM_ESYS, "cannot start a thread for every device");
         pthread_mutex_lock(&w->done_lock);

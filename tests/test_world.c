@@ -2,6 +2,9 @@
  * host-memory refusal, OOM reports, and scale (64 and 256 devices on a
  * 2-core machine). */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -94,6 +97,31 @@ typedef struct {
     atomic_int aborted;
     atomic_int finished;
 } fail_job;
+
+/* Counts the devices on which the signals that end a process are blocked. */
+static int mask_fn(tm_device *dev, void *arg)
+{
+    (void)dev;
+    sigset_t now;
+    pthread_sigmask(SIG_BLOCK, NULL, &now);
+    int all = sigismember(&now, SIGINT) && sigismember(&now, SIGTERM) &&
+              sigismember(&now, SIGHUP) && sigismember(&now, SIGPIPE);
+    atomic_fetch_add((atomic_int *)arg, all);
+    return TM_OK;
+}
+
+Test(world, signals_that_end_a_process_reach_the_host_thread_only, .timeout = 30)
+{
+    tm_world *w = make_world(4, 1 << 20, 0);
+    atomic_int blocked = 0;
+    cr_assert_eq(tm_world_run(w, mask_fn, &blocked), TM_OK, "%s", tm_world_error(w));
+    cr_expect_eq(atomic_load(&blocked), 4, "%d of 4 devices block them", atomic_load(&blocked));
+    sigset_t host;
+    pthread_sigmask(SIG_BLOCK, NULL, &host);
+    cr_expect(!sigismember(&host, SIGINT) && !sigismember(&host, SIGTERM),
+              "the host thread's mask changed");
+    tm_world_destroy(w);
+}
 
 static int fail_fn(tm_device *dev, void *arg)
 {
