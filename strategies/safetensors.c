@@ -132,7 +132,9 @@ static int write_file(tm_outfile *out, const tm_json_out *header, const tm_st_te
     for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)header->len >> (8 * i));
     fwrite(len, 1, 8, f);
     fwrite(header->data, 1, header->len, f);
-    for (int i = 0; i < n; i++) fwrite(t[order[i]].data, 1, (size_t)nbytes[order[i]], f);
+    /* An empty tensor may have no data pointer at all: write nothing. */
+    for (int i = 0; i < n; i++)
+        if (nbytes[order[i]] > 0) fwrite(t[order[i]].data, 1, (size_t)nbytes[order[i]], f);
     return TM_OK;
 }
 
