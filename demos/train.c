@@ -5,7 +5,9 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,20 +122,81 @@ static void check_output(const char *flag, const char *path)
     exit(2);
 }
 
+/* The first SIGINT or SIGTERM asks every device to stop after the step in
+ * flight (tm_train_config.stop_request): the run then saves its checkpoint
+ * and metrics and exits 128 + the signal. A second one, a hang-up or a
+ * broken pipe ends the process at once, its unfinished outputs' temporary
+ * files removed first. The handler runs on the host thread (device threads
+ * block these signals) and only touches a lock-free atomic and unlink(2). */
+static atomic_int stop_signal;
+
+static void on_signal(int sig)
+{
+    int none = 0;
+    if ((sig == SIGINT || sig == SIGTERM) &&
+        atomic_compare_exchange_strong(&stop_signal, &none, sig))
+        return;
+    tm_outfile_discard_temps();
+    signal(sig, SIG_DFL);
+    raise(sig); /* delivered, and fatal, as the handler returns */
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    /* Interrupted system calls resume: the first signal only sets a flag. */
+    sa.sa_flags = SA_RESTART;
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+}
+
 typedef struct {
     FILE *metrics;   /* or NULL */
     int tty;         /* progress bar instead of log lines */
     int batch;
+    long step;       /* the last step reported (the start's after a resume) */
+    const char *load; /* --load, for on_start */
 } report;
+
+/* Says what --load brought back, before the first step. */
+static void on_start(void *ctx, const tm_start_info *s)
+{
+    report *r = ctx;
+    r->step = s->step;
+    if (s->resumed)
+        printf("resumed from %s at step %ld (epoch %d, %ld of its %ld steps done): weights, "
+               "optimizer state and data order\n",
+               r->load, s->step, s->epoch + 1, s->epoch_step, s->steps_per_epoch);
+    else if (s->loaded)
+        printf("loaded weights from %s (no optimizer state or position in it): starting at "
+               "step 0 with a fresh optimizer\n", r->load);
+    fflush(stdout);
+}
+
+/* A JSON number, or null for NaN and the infinities, which JSON cannot
+ * spell (a diverged run's loss). */
+static void num(FILE *f, const char *fmt, double x)
+{
+    if (isfinite(x)) fprintf(f, fmt, x);
+    else fputs("null", f);
+}
 
 static void on_step(void *ctx, const tm_step_info *s)
 {
     report *r = ctx;
-    if (r->metrics)
-        fprintf(r->metrics,
-                "{\"type\":\"step\",\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,"
-                "\"modeled_step_s\":%.9g}\n",
-                s->step, s->loss, s->lr, s->modeled_step_s);
+    r->step = s->step;
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld,\"loss\":", s->step);
+        num(r->metrics, "%.9g", s->loss);
+        fputs(",\"lr\":", r->metrics);
+        num(r->metrics, "%.9g", s->lr);
+        fputs(",\"modeled_step_s\":", r->metrics);
+        num(r->metrics, "%.9g", s->modeled_step_s);
+        fputs("}\n", r->metrics);
+    }
     long left = s->total_steps - s->step;
     double eta = s->samples_per_s > 0 ? (double)left * r->batch / s->samples_per_s : 0;
     if (r->tty) {
@@ -158,15 +221,18 @@ static void on_epoch(void *ctx, const tm_epoch_info *e)
     if (e->bubble >= 0) printf(", bubble %.1f%%", 100 * e->bubble);
     printf(")\n");
     fflush(stdout);
-    if (r->metrics) {
-        fprintf(r->metrics,
-                "{\"type\":\"epoch\",\"epoch\":%d,\"train_loss\":%.9g,\"test_loss\":%.9g,"
-                "\"test_acc\":%.6f,\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f",
-                e->epoch + 1, e->train_loss, e->test_loss, e->test_acc, e->samples_per_s,
-                e->modeled_samples_per_s);
-        if (e->bubble >= 0) fprintf(r->metrics, ",\"bubble\":%.6f", e->bubble);
-        fprintf(r->metrics, "}\n");
-    }
+    FILE *f = r->metrics;
+    if (f == NULL) return;
+    fprintf(f, "{\"type\":\"epoch\",\"epoch\":%d,\"train_loss\":", e->epoch + 1);
+    num(f, "%.9g", e->train_loss);
+    fputs(",\"test_loss\":", f);
+    num(f, "%.9g", e->test_loss);
+    fputs(",\"test_acc\":", f);
+    num(f, "%.6f", e->test_acc);
+    fprintf(f, ",\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f", e->samples_per_s,
+            e->modeled_samples_per_s);
+    if (e->bubble >= 0) fprintf(f, ",\"bubble\":%.6f", e->bubble);
+    fputs("}\n", f);
 }
 
 static void json_peaks(FILE *f, const tm_arena_stats *m)
@@ -176,8 +242,36 @@ static void json_peaks(FILE *f, const tm_arena_stats *m)
     fputc('}', f);
 }
 
+/* The metrics' last line. An interrupted run says so and has no test
+ * accuracy (it stopped before the final evaluation). */
+static void write_summary(FILE *f, const tm_train_result *res, int interrupted)
+{
+    fprintf(f, "{\"type\":\"summary\",\"steps\":%ld,", res->steps);
+    if (interrupted) fputs("\"interrupted\":true,", f);
+    fprintf(f, "\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f,", res->samples_per_s,
+            res->modeled_samples_per_s);
+    if (res->bubble >= 0) fprintf(f, "\"bubble\":%.6f,", res->bubble);
+    fputs("\"test_acc\":", f);
+    num(f, "%.6f", res->stopped ? NAN : res->test_acc);
+    fputs(",\"peak_bytes\":", f);
+    json_peaks(f, &res->memory);
+    fprintf(f, ",\"devices\":[");
+    for (int i = 0; i < res->n_devices; i++) {
+        const tm_device_report *d = &res->devices[i];
+        fprintf(f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":", i ? "," : "",
+                d->id, d->d, d->p, d->t);
+        json_peaks(f, &d->memory);
+        fprintf(f, ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
+                   "\"comm_s\":%.9g,\"idle_s\":%.9g}",
+                (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
+                d->idle_s);
+    }
+    fprintf(f, "]}\n");
+}
+
 int main(int argc, char **argv)
 {
+    catch_signals();
     tm_train_config cfg = {0};
     const char *model = "784,256,128,10", *act = "relu", *why;
     const char *data_dir = TM_DATASET_DEFAULT_DIR, *metrics_path = NULL;
@@ -361,10 +455,11 @@ int main(int argc, char **argv)
         tm_dataset_free(&test);
         return 2;
     }
-    report rep = {mf, isatty(STDERR_FILENO), cfg.batch};
+    report rep = {mf, isatty(STDERR_FILENO), cfg.batch, 0, cfg.load_path};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
+    cfg.on_start = on_start;
     printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
            "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
            model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch,
@@ -376,12 +471,25 @@ int main(int argc, char **argv)
     fflush(stdout);
     tm_train_result res;
     char error[2048];
+    cfg.stop_request = &stop_signal;
+    if (atomic_load(&stop_signal) != 0) {
+        fprintf(stderr, "train: interrupted before training; nothing written\n");
+        tm_outfile_abandon(metrics);
+        tm_dataset_free(&train);
+        tm_dataset_free(&test);
+        return 128 + atomic_load(&stop_signal);
+    }
     st = tm_train(&cfg, &train, &test, &res, error, sizeof error);
     if (rep.tty) fprintf(stderr, "\r%*s\r", 100, "");
     tm_dataset_free(&train);
     tm_dataset_free(&test);
     if (st != TM_OK) {
-        tm_outfile_abandon(metrics);
+        /* A diverged run's metrics are kept: every step up to the failing
+         * one, whose non-finite values are null. */
+        if (st == TM_ENONFINITE && metrics != NULL && tm_outfile_commit(metrics) != TM_OK)
+            fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
+        else if (st != TM_ENONFINITE)
+            tm_outfile_abandon(metrics);
         fprintf(stderr, "train: %s\n", error);
         /* Before the devices ran, a bad input file is bad usage; after, a
          * failure to write an output is the run's failure. */
@@ -389,31 +497,24 @@ int main(int argc, char **argv)
         tm_train_result_free(&res);
         return usage ? 2 : 1;
     }
+    int sig = atomic_load(&stop_signal);
     if (mf != NULL) {
-        fprintf(mf, "{\"type\":\"summary\",\"steps\":%ld,\"samples_per_s\":%.1f,"
-                           "\"modeled_samples_per_s\":%.1f,",
-                res.steps, res.samples_per_s, res.modeled_samples_per_s);
-        if (res.bubble >= 0) fprintf(mf, "\"bubble\":%.6f,", res.bubble);
-        fprintf(mf, "\"test_acc\":%.6f,\"peak_bytes\":", res.test_acc);
-        json_peaks(mf, &res.memory);
-        fprintf(mf, ",\"devices\":[");
-        for (int i = 0; i < res.n_devices; i++) {
-            const tm_device_report *d = &res.devices[i];
-            fprintf(mf, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
-                    i ? "," : "", d->id, d->d, d->p, d->t);
-            json_peaks(mf, &d->memory);
-            fprintf(mf,
-                    ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
-                    "\"comm_s\":%.9g,\"idle_s\":%.9g}",
-                    (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
-                    d->idle_s);
-        }
-        fprintf(mf, "]}\n");
+        write_summary(mf, &res, sig != 0);
         if (tm_outfile_commit(metrics) != TM_OK) {
             fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
             tm_train_result_free(&res);
             return 1;
         }
+    }
+    if (sig != 0) {
+        if (cfg.save_path != NULL)
+            fprintf(stderr, "interrupted at step %ld; checkpoint written to %s\n", rep.step,
+                    cfg.save_path);
+        else
+            fprintf(stderr, "interrupted at step %ld; no checkpoint written (no --save)\n",
+                    rep.step);
+        tm_train_result_free(&res);
+        return 128 + sig;
     }
     printf("test accuracy %.2f%% after %ld steps; %.0f samples/s; %.1f GFLOP/s\n",
            100 * res.test_acc, res.steps, res.samples_per_s, res.gflops);

@@ -30,6 +30,7 @@ typedef struct {
     int first[TM_MAX_LAYERS + 1]; /* stage s holds layers first[s] .. first[s+1]-1 */
     tm_schedule sched;
     tm_train_result *result;
+    tm_stop *stop;           /* where every device stops early (runtime/stop.h) */
 } job;
 
 /* One device's view of a step's data. */
@@ -469,7 +470,7 @@ static int train_loop(device *v)
     tm_train_position pos = j->state->pos;
     long per_epoch = j->train->n / cfg->batch, total = per_epoch * cfg->epochs, taken = 0;
     double train_time = 0, flops0 = tm_cost_totals().flops;
-    int st = TM_OK;
+    int st = TM_OK, stopped = 0;
     while (st == TM_OK && pos.epoch < cfg->epochs &&
            (cfg->max_steps == 0 || taken < cfg->max_steps)) {
         if (v->order) epoch_order(v->order, j->train->n, pos.data_seed, pos.epoch, cfg->shuffle);
@@ -477,9 +478,15 @@ static int train_loop(device *v)
         long epoch_steps = 0;
         while (st == TM_OK && pos.epoch_step < per_epoch &&
                (cfg->max_steps == 0 || taken < cfg->max_steps)) {
+            if (!tm_stop_begin(j->stop, pos.step + 1)) {
+                stopped = 1;
+                break;
+            }
             double t0 = now_s(), l = 0, lr = tm_lr_at(cfg, pos.step, total);
             st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l);
             if (st != TM_OK) break;
+            tm__train_guard(j->stop, pos.step + 1, v->is_last, l, v->stage.grads,
+                            v->stage.n_params, tm_device_id(v->dev));
             pos.step++;
             pos.epoch_step++;
             taken++;
@@ -488,7 +495,10 @@ static int train_loop(device *v)
             train_time += dt;
             epoch_time += dt;
             epoch_loss += l;
-            if (v->reporter && cfg->on_step != NULL) {
+            /* Steps past a divergence still run (all devices stop after
+             * the same step) but are not reported. */
+            long failed = tm_stop_failed(j->stop, NULL, 0);
+            if (v->reporter && cfg->on_step != NULL && (failed == 0 || pos.step <= failed)) {
                 tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total, l, lr,
                                      (double)taken * cfg->batch / train_time,
                                      v->last_step};
@@ -501,7 +511,9 @@ static int train_loop(device *v)
                               0, -1};
         st = epoch_modeled(v, &info.modeled_samples_per_s, &info.bubble, epoch_steps);
         if (st == TM_OK) st = evaluate(v, &info.test_loss, &info.test_acc);
-        if (st == TM_OK && v->reporter && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
+        if (st == TM_OK && v->reporter && cfg->on_epoch != NULL &&
+            tm_stop_failed(j->stop, NULL, 0) == 0)
+            cfg->on_epoch(cfg->ctx, &info);
         pos.epoch++;
         pos.epoch_step = 0;
     }
@@ -517,6 +529,14 @@ static int train_loop(device *v)
         res->samples_per_s = train_time > 0 ? (double)taken * cfg->batch / train_time : 0;
     }
     if (st != TM_OK) return st;
+    /* A stop ends the run at once: the state is its last step's. */
+    if (stopped) {
+        if (v->reporter) {
+            j->result->stopped = 1;
+            j->state->pos = pos;
+        }
+        return TM_OK;
+    }
     double test_loss, test_acc;
     TM_CHECK(evaluate(v, &test_loss, &test_acc));
     if (v->reporter) {
@@ -609,6 +629,12 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     }
     if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
     j.state = &state;
+    if (st == TM_OK) st = tm_stop_create(&j.stop, state.pos.step, cfg->stop_request);
+    if (st == TM_OK && cfg->on_start != NULL) {
+        tm_start_info info = {state.pos.step, state.pos.epoch, state.pos.epoch_step,
+                              train->n / cfg->batch, cfg->load_path != NULL, j.resumed};
+        cfg->on_start(cfg->ctx, &info);
+    }
     if (st == TM_OK) {
         out->devices = calloc((size_t)n, sizeof *out->devices);
         out->n_devices = n;
@@ -633,6 +659,13 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
         tm__train_summarize(cfg, out);
         if (st == TM_OK) st = tm__train_observe(w, cfg, out);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
+        char why[256];
+        long failed = st == TM_OK ? tm_stop_failed(j.stop, why, sizeof why) : 0;
+        if (failed > 0) {
+            st = TM_ENONFINITE;
+            snprintf(error, error_size, "training diverged at step %ld: %s; no checkpoint written",
+                     failed, why);
+        }
     }
     if (st == TM_OK && save != NULL) {
         st = tm_checkpoint_save(save, &state);
@@ -652,6 +685,7 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     tm_outfile_abandon(save);
     tm_outfile_abandon(trace);
     tm_world_destroy(w);
+    tm_stop_destroy(j.stop);
     tm_model_state_free(&state);
     tm_schedule_free(&j.sched);
     return st;
