@@ -77,9 +77,31 @@ static const char usage_tail[] =
     "  --load FILE           start from a checkpoint (resumes exactly when it holds\n"
     "                        optimizer state; weights only otherwise)\n"
     "  --metrics FILE        write JSON lines: step, epoch and summary records\n"
-    "  -h, --help            this text\n"
-    "Exit status: 0 success, 1 training failed (e.g. out of device memory),\n"
-    "2 bad usage or unreadable input files.\n";
+    "                        (non-finite numbers as null)\n"
+    "  -h, --help            this text\n";
+
+static const char usage_end[] =
+    "Output files are checked before anything starts; a regular file (or a\n"
+    "symlink's target) is replaced whole at the end, a device or FIFO is written\n"
+    "in place. Ctrl-C (SIGINT) or SIGTERM: every device finishes its step, the\n"
+    "checkpoint and metrics of that step are written, exit 130 / 143; a second\n"
+    "signal stops at once.\n"
+    "Exit status: 0 success, 1 training failed (out of device memory, diverged to\n"
+    "NaN or infinity, an output that could not be written), 2 bad usage,\n"
+    "unreadable input or unwritable output paths, 130 / 143 interrupted.\n";
+
+/* The limits, from the constants that set them. */
+static void print_limits(FILE *f)
+{
+    fprintf(f,
+            "limits: dp x pp x tp <= %d devices and pp <= the model's layers; at most\n"
+            "%d linear layers of widths 1..%d; --micro-batches <= %d and\n"
+            "pp x micro-batches <= %d; --seed 0..%ld;\n"
+            "each device's parameters, gradients and optimizer state within --mem-cap,\n"
+            "and devices x --mem-cap within the host's available memory.\n",
+            TM_MAX_DEVICES, TM_MAX_LAYERS, TM_MAX_WIDTH, TM_SCHEDULE_MAX_MB,
+            TM_SCHEDULE_MAX_WORK, LONG_MAX);
+}
 
 static void die_usage(const char *fmt, ...)
 {
@@ -92,13 +114,14 @@ static void die_usage(const char *fmt, ...)
     exit(2);
 }
 
-static long parse_long(const char *flag, const char *v, long min)
+/* An integer flag in min..max; the message names the real range. */
+static long parse_long(const char *flag, const char *v, long min, long max)
 {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min)
-        die_usage("%s wants an integer >= %ld, not \"%s\"", flag, min, v);
+    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
+        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
     return x;
 }
 
@@ -325,10 +348,12 @@ int main(int argc, char **argv)
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
-        case O_EPOCHS: cfg.epochs = (int)parse_long("--epochs", optarg, 1); break;
-        case O_STEPS: cfg.max_steps = parse_long("--steps", optarg, 1); break;
-        case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1); break;
-        case O_MICRO: cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1); break;
+        case O_EPOCHS: cfg.epochs = (int)parse_long("--epochs", optarg, 1, INT_MAX); break;
+        case O_STEPS: cfg.max_steps = parse_long("--steps", optarg, 1, LONG_MAX); break;
+        case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1, INT_MAX); break;
+        case O_MICRO:
+            cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB);
+            break;
         case O_OPT:
             if (strcmp(optarg, "sgd") == 0) cfg.optimizer = TM_OPT_SGD;
             else if (strcmp(optarg, "adamw") == 0) cfg.optimizer = TM_OPT_ADAMW;
@@ -340,10 +365,10 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "cosine") == 0) cfg.lr_schedule = TM_LR_COSINE;
             else die_usage("--lr-schedule is constant or cosine, not \"%s\"", optarg);
             break;
-        case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0); break;
+        case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0, LONG_MAX); break;
         case O_MOM: cfg.momentum = parse_double("--momentum", optarg, 0, 0); break;
         case O_WD: wd = parse_double("--weight-decay", optarg, 0, 0); break;
-        case O_SEED: cfg.seed = (uint64_t)parse_long("--seed", optarg, 0); break;
+        case O_SEED: cfg.seed = (uint64_t)parse_long("--seed", optarg, 0, LONG_MAX); break;
         case O_NOSHUF: cfg.shuffle = 0; break;
         case O_NORM:
             if (strcmp(optarg, "none") == 0) normalize = 0;
@@ -358,10 +383,10 @@ int main(int argc, char **argv)
         case O_SAVE: cfg.save_path = optarg; break;
         case O_LOAD: cfg.load_path = optarg; break;
         case O_METRICS: metrics_path = optarg; break;
-        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1); break;
-        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1); break;
-        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1); break;
-        case O_DEVICES: devices = parse_long("--devices", optarg, 1); break;
+        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_DEVICES: devices = parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 die_usage(
@@ -369,14 +394,16 @@ int main(int argc, char **argv)
                     optarg);
             break;
         case O_STAGES: cfg.stages = optarg; break;
-        case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
-        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1); break;
+        case O_FAILDEV:
+            cfg.fail_device = (int)parse_long("--fail-device", optarg, 0, TM_MAX_DEVICES - 1);
+            break;
+        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1, LONG_MAX); break;
         case O_DATASET:
             if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0)
                 die_usage("--dataset is fashion-mnist or synthetic, not \"%s\"", optarg);
             dataset = optarg;
             break;
-        case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
+        case O_SAMPLES: samples = parse_long("--samples", optarg, 8, INT_MAX); break;
         case O_CLOCK:
             if (tm_clock_config_flag(&cfg.clock, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
@@ -387,12 +414,14 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "wall") == 0) cfg.trace_wall = 1;
             else die_usage("--trace-clock is modeled or wall, not \"%s\"", optarg);
             break;
-        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1); break;
-        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1); break;
+        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1, LONG_MAX); break;
+        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1, LONG_MAX); break;
         case 'h':
             fputs(usage_head, stdout);
             tm_clock_config_usage(stdout, &cfg.clock);
             fputs(usage_tail, stdout);
+            print_limits(stdout);
+            fputs(usage_end, stdout);
             return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -412,7 +441,6 @@ int main(int argc, char **argv)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
 
-    if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
     /* Fail now rather than after training if an output cannot be written. */
     check_output("--metrics", metrics_path);
     check_output("--save", cfg.save_path);

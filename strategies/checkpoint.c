@@ -33,8 +33,10 @@ int tm_model_state_init(tm_model_state *m, const tm_mlp_config *cfg, tm_optimize
         ok = ok && m->opt_state[i] != NULL;
     }
     if (ok) return TM_OK;
+    size_t n = m->n_params; /* the free below clears it */
     tm_model_state_free(m);
-    return tm_error(TM_EHOSTMEM, "cannot allocate %zu parameters in host memory", m->n_params);
+    return tm_error(TM_EHOSTMEM, "cannot allocate %zu parameters (and the optimizer's state) in "
+                    "host memory", n);
 }
 
 void tm_model_state_free(tm_model_state *m)

@@ -21,7 +21,7 @@ int tm_mlp_parse(const char *spec, tm_mlp_config *out, const char **why)
         errno = 0;
         char *end;
         long v = strtol(p, &end, 10);
-        if (errno != 0 || v < 1 || v > (1L << 20)) {
+        if (errno != 0 || v < 1 || v > TM_MAX_WIDTH) {
             *why = "each width must be between 1 and 1048576";
             return -1;
         }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #define TM_MAX_LAYERS 32
+#define TM_MAX_WIDTH (1 << 20)
 
 typedef enum { TM_ACT_RELU, TM_ACT_GELU } tm_activation;
 
@@ -19,7 +20,7 @@ typedef struct {
 } tm_mlp_config;
 
 /* Parses "784,256,128,10" (2 to TM_MAX_LAYERS + 1 positive widths, each at
- * most 1<<20). Returns 0, or -1 with a reason in *why. */
+ * most TM_MAX_WIDTH). Returns 0, or -1 with a reason in *why. */
 int tm_mlp_parse(const char *spec, tm_mlp_config *out, const char **why);
 /* "784,256,128,10" into buf. */
 void tm_mlp_format(const tm_mlp_config *cfg, char *buf, size_t size);

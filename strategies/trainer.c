@@ -238,16 +238,16 @@ static int sum_over_replicas(device *v, double *vals, int n)
 {
     int dp = v->mesh.dp;
     if (dp == 1) return TM_OK;
-    double all[2 * 64];
-    if (n * dp > (int)(sizeof all / sizeof all[0]))
-        return tm_error(TM_EINVAL, "too many replicas to sum (%d)", dp);
-    TM_CHECK(tm_allgather(v->mesh.dp_comm, (const float *)vals, (float *)all,
-                          (size_t)n * sizeof(double) / sizeof(float)));
-    for (int i = 0; i < n; i++) {
+    double *all = malloc(sizeof(double) * (size_t)n * (size_t)dp);
+    if (all == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the sum over %d replicas", dp);
+    int st = tm_allgather(v->mesh.dp_comm, (const float *)vals, (float *)all,
+                          (size_t)n * sizeof(double) / sizeof(float));
+    for (int i = 0; st == TM_OK && i < n; i++) {
         vals[i] = 0;
         for (int d = 0; d < dp; d++) vals[i] += all[d * n + i];
     }
-    return TM_OK;
+    free(all);
+    return st;
 }
 
 /* Pipelined inference over this replica's share of the test set; on the
@@ -621,6 +621,8 @@ int tm_train(const tm_train_config *cfg, const tm_dataset *train, const tm_datas
     if (st == TM_OK) st = stage_split(cfg, j.first);
     if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
+    /* Before the host spends memory and time on the model's state. */
+    if (st == TM_OK) st = tm__train_fits(cfg, j.first);
     if (st == TM_OK) st = tm_model_state_init(&state, &cfg->model, cfg->optimizer, cfg->momentum);
     if (st == TM_OK && cfg->load_path != NULL) {
         st = tm_checkpoint_load(cfg->load_path, &state, &j.resumed);
