@@ -145,6 +145,53 @@ static void check_output(const char *flag, const char *path)
     exit(2);
 }
 
+/* Long options (getopt_long's values) and which ones this command gave. */
+enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
+       O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
+       O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
+       O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
+       O_END };
+static int given[O_END - O_MODEL];
+static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
+#define GIVEN(o) given[(o) - O_MODEL]
+
+static void warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "train: warning: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* A flag that would do nothing in the command's combination is bad usage,
+ * or a warning where a sweep may give it on purpose (a schedule for a
+ * pipeline of one stage), never silent. */
+static void check_combination(const tm_train_config *cfg, int synthetic)
+{
+    if (GIVEN(O_FAILDEV) != GIVEN(O_FAILSTEP))
+        die_usage("--fail-device and --fail-step go together: device D fails at step S");
+    if (!synthetic && GIVEN(O_SAMPLES))
+        die_usage("--samples is for --dataset synthetic (Fashion-MNIST has its own 60000)");
+    if (synthetic && GIVEN(O_DATA)) die_usage("--data-dir is for --dataset fashion-mnist");
+    if (synthetic && GIVEN(O_NORM))
+        die_usage("--normalize is for --dataset fashion-mnist (synthetic inputs are standard "
+                  "already)");
+    if (cfg->optimizer == TM_OPT_ADAMW && GIVEN(O_MOM))
+        die_usage("--momentum is for --optimizer sgd (adamw has betas 0.9, 0.999)");
+    if (cfg->lr_schedule == TM_LR_CONSTANT && GIVEN(O_WARMUP))
+        die_usage("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
+    if (cfg->trace_path == NULL && (GIVEN(O_TRACE_CLOCK) || GIVEN(O_TRACE_STEPS)))
+        die_usage("--trace-clock and --trace-steps are for --trace");
+    if (cfg->pp == 1 && GIVEN(O_SCHEDULE))
+        warn("--schedule does nothing with --pp 1 (one stage: every schedule is the same "
+             "accumulation loop)");
+    if (given_inter_node && !given_nodes)
+        warn("--inter-node-gbps and --inter-node-latency-us do nothing without "
+             "--devices-per-node (all devices are in one node)");
+}
+
 /* The first SIGINT or SIGTERM asks every device to stop after the step in
  * flight (tm_train_config.stop_request): the run then saves its checkpoint
  * and metrics and exits 128 + the signal. A second one, a hang-up or a
@@ -193,6 +240,10 @@ static void on_start(void *ctx, const tm_start_info *s)
         printf("resumed from %s at step %ld (epoch %d, %ld of its %ld steps done): weights, "
                "optimizer state and data order\n",
                r->load, s->step, s->epoch + 1, s->epoch_step, s->steps_per_epoch);
+    fflush(stdout);
+    if (s->resumed && GIVEN(O_SEED))
+        warn("--seed does nothing when resuming: the weights and the data order are the "
+             "checkpoint's");
     else if (s->loaded)
         printf("loaded weights from %s (no optimizer state or position in it): starting at "
                "step 0 with a fresh optimizer\n", r->load);
@@ -316,10 +367,6 @@ int main(int argc, char **argv)
     tm_clock_config_default(&cfg.clock);
     const char *dataset = "fashion-mnist";
     long samples = 16384;
-    enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
-           O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
-           O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
-           O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -345,6 +392,7 @@ int main(int argc, char **argv)
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
+        if (c >= O_MODEL && c < O_END) GIVEN(c) = 1;
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
@@ -407,6 +455,8 @@ int main(int argc, char **argv)
         case O_CLOCK:
             if (tm_clock_config_flag(&cfg.clock, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
+            given_nodes |= strcmp(opts[idx].name, "devices-per-node") == 0;
+            given_inter_node |= strncmp(opts[idx].name, "inter-node-", 11) == 0;
             break;
         case O_TRACE: cfg.trace_path = optarg; break;
         case O_TRACE_CLOCK:
@@ -441,12 +491,13 @@ int main(int argc, char **argv)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
 
+    int synthetic = strcmp(dataset, "synthetic") == 0;
+    check_combination(&cfg, synthetic);
     /* Fail now rather than after training if an output cannot be written. */
     check_output("--metrics", metrics_path);
     check_output("--save", cfg.save_path);
     check_output("--trace", cfg.trace_path);
     tm_dataset train = {0}, test = {0};
-    int synthetic = strcmp(dataset, "synthetic") == 0;
     const tm_mlp_config *m = &cfg.model;
     int st = synthetic
                  ? tm_dataset_synthetic(&train, (int)samples, m->widths[0],

@@ -70,6 +70,16 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--trace-clock cpu",
         "--trace-from 0",
         "--trace-steps 0",
+        /* Flags that would do nothing in the combination. */
+        "--fail-device 1",
+        "--fail-step 2",
+        "--samples 100",
+        "--dataset synthetic --data-dir /tmp",
+        "--dataset synthetic --normalize none",
+        "--optimizer adamw --momentum 0.5",
+        "--lr-schedule constant --warmup-steps 3",
+        "--trace-clock wall",
+        "--trace-steps 2",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];
@@ -185,4 +195,26 @@ Test(train_cli, a_recorded_step_past_the_run_is_said_not_faked, .init = paths, .
                  "a traffic table for a step that did not run");
     cr_expect_eq(cli_lines(cli_out, "trace of 0 step(s)", first, sizeof first), 1);
     cr_expect_eq(cli_lines(cli_out, "0 -> 1         dp", first, sizeof first), 1, "link table");
+}
+
+Test(train_cli, flags_that_do_nothing_here_are_warned_about, .init = paths, .fini = cleanup,
+     .timeout = 120)
+{
+    char args[1024], first[1024];
+    const char *tiny = "--dataset synthetic --samples 256 --model 16,16,4 --batch 32";
+    snprintf(args, sizeof args, "%s --steps 1 --schedule gpipe --inter-node-gbps 3 --save %s",
+             tiny, ckpt);
+    cr_assert_eq(train(args), 0);
+    cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 2, "%s", first);
+    cr_expect_eq(cli_lines(cli_err, "train: warning: --schedule does nothing with --pp 1", first,
+                           sizeof first),
+                 1);
+    cr_expect_eq(cli_lines(cli_err, "train: warning: --inter-node-gbps", first, sizeof first), 1);
+    /* Resuming takes the checkpoint's seed, so --seed would do nothing. */
+    snprintf(args, sizeof args, "%s --steps 1 --load %s --seed 5", tiny, ckpt);
+    cr_assert_eq(train(args), 0);
+    cr_expect_eq(cli_lines(cli_err, "train: warning: --seed does nothing when resuming", first,
+                           sizeof first),
+                 1, "%s", first);
+    cr_expect_eq(cli_lines(cli_out, "resumed from ", first, sizeof first), 1);
 }
