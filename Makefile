@@ -71,7 +71,7 @@ $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 $(BUILD)/%: demos/%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
 
-test: $(TEST_RUN) $(DEMO_BIN)
+test: $(TEST_RUN) $(DEMO_BIN) $(BENCH_BIN)
 	@scripts/run-tests.sh $(BUILD) $(SUITES)
 
 asan:

@@ -36,7 +36,6 @@
 
 #define TM__SEG_INITIAL 64
 #define TM__REPORT_MAX 512
-#define TM__HUMAN_MAX 24
 
 /* One piece of the region: either a live block or free space. The segments
  * live on the host heap, not in the region (as a GPU caching allocator keeps
@@ -82,7 +81,7 @@ const char *tm_tag_name(tm_tag tag)
 
 /* Formats a byte count the way CUDA's OOM message does ("12.00 MiB"), so
  * reports read at a glance; exact counts appear next to it where needed. */
-static const char *human(char buf[TM__HUMAN_MAX], size_t bytes)
+const char *tm__human(char buf[TM__HUMAN_MAX], size_t bytes)
 {
     static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
     if (bytes < 1024) {
@@ -115,7 +114,7 @@ int tm_arena_create(tm_arena **out, size_t capacity, int device)
     if (page <= 0) page = 4096;
     if (capacity > SIZE_MAX - (size_t)page)
         return tm_error(TM_EHOSTMEM, "device %d: cannot map a %s arena",
-                        device, human(hbuf, capacity));
+                        device, tm__human(hbuf, capacity));
 
     tm_arena *a = calloc(1, sizeof *a);
     if (!a) goto err_host;
@@ -132,7 +131,7 @@ int tm_arena_create(tm_arena **out, size_t capacity, int device)
         free(a->seg);
         free(a);
         return tm_error(TM_EHOSTMEM, "device %d: cannot map a %s arena: %s",
-                        device, human(hbuf, capacity), strerror(err));
+                        device, tm__human(hbuf, capacity), strerror(err));
     }
     /* Huge pages make the prefault cheap: for 64 MiB on the development VM,
      * touching 4 KiB pages took 170-320 ms and 2 MiB pages 3-6 ms, which
@@ -240,13 +239,13 @@ static void record_oom(tm_arena *a, size_t bytes, tm_tag tag)
         a->oom, sizeof a->oom,
         "device %d: out of memory: tried to allocate %s (%zu bytes, tag %s); "
         "capacity %s, %s in use, %s free, largest free block %s\n  by tag:",
-        a->device, human(asked, bytes), bytes, tm_tag_name(tag),
-        human(cap, a->capacity), human(used, a->in_use),
-        human(avail, a->capacity - a->in_use), human(largest, largest_free(a)));
+        a->device, tm__human(asked, bytes), bytes, tm_tag_name(tag),
+        tm__human(cap, a->capacity), tm__human(used, a->in_use),
+        tm__human(avail, a->capacity - a->in_use), tm__human(largest, largest_free(a)));
     for (int k = 0; k < TM_TAG_COUNT && n < sizeof a->oom; k++)
         n += (size_t)snprintf(a->oom + n, sizeof a->oom - n, "%s %s %s",
                               k ? "," : "", tm_tag_name((tm_tag)k),
-                              human(t, a->tag_in_use[k]));
+                              tm__human(t, a->tag_in_use[k]));
     tm_error(TM_ENOMEM, "%s", a->oom);
 }
 
@@ -279,7 +278,7 @@ void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
             snprintf(arena->oom, sizeof arena->oom,
                      "device %d: no host memory for the arena's block list "
                      "while allocating %s (tag %s)",
-                     arena->device, human(hbuf, bytes), tm_tag_name(tag));
+                     arena->device, tm__human(hbuf, bytes), tm_tag_name(tag));
             tm_error(TM_EHOSTMEM, "%s", arena->oom);
             return NULL;
         }

@@ -73,4 +73,8 @@ const char *tm_tag_name(tm_tag tag);
  * -1 (TM_EINVAL, with a message) on a malformed or too large value. */
 int tm_parse_size(const char *text, size_t *out);
 
+/* For the runtime's own messages: "1.50 MiB", "512 B" (binary units). */
+#define TM__HUMAN_MAX 24
+const char *tm__human(char buf[TM__HUMAN_MAX], size_t bytes);
+
 #endif

@@ -124,3 +124,15 @@ Test(train_limits, help_lists_the_limits, .init = cli_setup, .fini = cli_teardow
         cr_expect_eq(cli_lines(cli_out, limits[i], first, sizeof first), 1, "--help lacks \"%s\"",
                      limits[i]);
 }
+
+Test(train_limits, a_device_too_large_for_the_host_is_told_in_figures, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
+{
+    char first[1024];
+    int st = cli_run("train", "--dataset synthetic --model 16,16,4 --steps 1 --mem-cap 1T");
+    cr_expect_eq(st, 1, "exit %d", st);
+    cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1);
+    cr_expect(strstr(first, "1 device x 1.00 TiB of device memory") != NULL, "%s", first);
+    cr_expect(strstr(first, "--devices") == NULL, "one device is told to lower --devices: %s",
+              first);
+}

@@ -88,6 +88,11 @@ Test(world, refuses_more_memory_than_the_host_has)
     cr_expect_eq(st, TM_EHOSTMEM, "%s", tm_err_name(st));
     cr_expect_null(w);
     cr_expect(strstr(tm_error_message(), "available") != NULL, "%s", tm_error_message());
+    /* The runtime serves several programs: it gives the figures and names
+     * no program's flags. */
+    cr_expect(strstr(tm_error_message(), "--") == NULL, "%s", tm_error_message());
+    cr_expect(strstr(tm_error_message(), "256 devices x 1.00 TiB of device memory") != NULL, "%s",
+              tm_error_message());
 }
 
 /* Device 3 fails in the middle of a stream of all-reduces; the others are
