@@ -47,16 +47,18 @@ typedef struct {
  * latency between two devices; inter-node links 10x slower with 10x the
  * latency. */
 void tm_clock_config_default(tm_clock_config *cfg);
-/* TM_OK, or TM_EINVAL with a message naming the bad field. */
+/* TM_OK, or TM_EINVAL with a message naming the bad field and its range
+ * (those of tm_clock_config_flag). */
 int tm_clock_config_check(const tm_clock_config *cfg);
 /* The configuration as command-line flags, for the programs that take them
  * (build/train, bench_strategies): name is the flag without its dashes
  * ("device-gflops", "device-gbps", "link-gbps", "link-latency-us",
  * "devices-per-node", "inter-node-gbps", "inter-node-latency-us"). Returns 1
  * when it set the field, 0 when name is not one of these, -1 with a
- * one-line message (tm_error) for a bad value: rates must be positive,
- * latencies non-negative, finite numbers; devices-per-node an integer
- * in 0 .. 1048576. */
+ * one-line message (tm_error) naming the range for a bad value: rates from
+ * 0.001 to 1e7 GFLOP/s (1e6 GB/s for bandwidths), latencies 0 to 1e6 us
+ * (ranges that keep modeled times finite and meaningful), devices-per-node
+ * an integer in 0 .. 1048576. */
 int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *value);
 /* Those flags' usage lines, with the values of `defaults`. */
 void tm_clock_config_usage(FILE *f, const tm_clock_config *defaults);

@@ -861,10 +861,11 @@ Test(clock, config_check_rejects_bad_rates)
                             offsetof(tm_clock_config, inter_node_gbps)};
     const size_t lats[] = {offsetof(tm_clock_config, link_latency_us),
                            offsetof(tm_clock_config, inter_node_latency_us)};
-    const double bad_rates[] = {0, -1, NAN, INFINITY};
-    const double bad_lats[] = {-1e-3, NAN, INFINITY};
+    /* Absurd figures too: a rate of 1e-300 made every kernel take forever. */
+    const double bad_rates[] = {0, -1, NAN, INFINITY, 1e-300, 1e-4, 1e300};
+    const double bad_lats[] = {-1e-3, NAN, INFINITY, 1e7, 1e300};
     for (size_t f = 0; f < 4; f++)
-        for (size_t v = 0; v < 4; v++) {
+        for (size_t v = 0; v < 7; v++) {
             tm_clock_config c = good;
             memcpy((char *)&c + rates[f], &bad_rates[v], sizeof(double));
             cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "rate %zu = %g accepted", f,
@@ -873,12 +874,20 @@ Test(clock, config_check_rejects_bad_rates)
                       tm_error_message());
         }
     for (size_t f = 0; f < 2; f++)
-        for (size_t v = 0; v < 3; v++) {
+        for (size_t v = 0; v < 5; v++) {
             tm_clock_config c = good;
             memcpy((char *)&c + lats[f], &bad_lats[v], sizeof(double));
             cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "latency %zu = %g accepted", f,
                          bad_lats[v]);
         }
+    /* The flags say the range they want. */
+    tm_clock_config parsed = good;
+    cr_expect_eq(tm_clock_config_flag(&parsed, "device-gflops", "1e-300"), -1);
+    cr_expect(strstr(tm_error_message(), "--device-gflops wants a number in 0.001..1e+07") != NULL,
+              "%s", tm_error_message());
+    cr_expect_eq(tm_clock_config_flag(&parsed, "link-latency-us", "2e6"), -1);
+    cr_expect_eq(tm_clock_config_flag(&parsed, "device-gflops", "1e7"), 1, "the bound itself");
+    cr_expect_eq(parsed.device_gflops, 1e7);
     tm_clock_config c = good;
     c.devices_per_node = -1;
     cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "negative devices_per_node accepted");
