@@ -71,6 +71,8 @@ static const char usage_tail[] =
     "  --trace-from S        first recorded step of this run; the timeline and the\n"
     "                        traffic table show it (1)\n"
     "  --trace-steps N       steps recorded into the trace (1)\n"
+    "  --links               list every link's traffic (default: sums by mesh\n"
+    "                        dimension beyond 8 links)\n"
     "device and files:\n"
     "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
@@ -150,7 +152,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
        O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
-       O_END };
+       O_LINKS, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -359,6 +361,7 @@ int main(int argc, char **argv)
     cfg.dp = cfg.pp = cfg.tp = 1;
     cfg.schedule = TM_SCHED_1F1B;
     long devices = 0;
+    int every_link = 0;
     cfg.warmup_steps = 200;
     cfg.momentum = 0.9;
     cfg.seed = 1;
@@ -388,7 +391,7 @@ int main(int argc, char **argv)
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"trace", 1, 0, O_TRACE},
         {"trace-clock", 1, 0, O_TRACE_CLOCK}, {"trace-from", 1, 0, O_TRACE_FROM},
-        {"trace-steps", 1, 0, O_TRACE_STEPS},
+        {"trace-steps", 1, 0, O_TRACE_STEPS}, {"links", 0, 0, O_LINKS},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -465,6 +468,7 @@ int main(int argc, char **argv)
             else die_usage("--trace-clock is modeled or wall, not \"%s\"", optarg);
             break;
         case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1, LONG_MAX); break;
+        case O_LINKS: every_link = 1; break;
         case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1, LONG_MAX); break;
         case 'h':
             fputs(usage_head, stdout);
@@ -539,10 +543,16 @@ int main(int argc, char **argv)
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
     cfg.on_start = on_start;
-    printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
-           "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
+    /* "batch 128 (64 per replica) in 4 micro-batches": each part only when
+     * it says something. */
+    char replica[48] = "", micro[48] = "";
+    if (cfg.dp > 1) snprintf(replica, sizeof replica, " (%d per replica)", cfg.batch / cfg.dp);
+    if (cfg.micro_batches > 1)
+        snprintf(micro, sizeof micro, " in %d micro-batches", cfg.micro_batches);
+    printf("training %s (%s) on %s: %d train / %d test samples, batch %d%s%s, %s lr %g, %s "
+           "schedule, device memory %zu MiB\n",
            model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n, cfg.batch,
-           cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+           replica, micro, adamw ? "adamw" : "sgd", cfg.lr,
            cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     if (mesh > 1)
         printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
@@ -600,7 +610,9 @@ int main(int argc, char **argv)
     tm_report_modeled(stdout, &res, &cfg);
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
-    tm_report_traffic(stdout, &res, &cfg);
+    tm_report_traffic(stdout, &res, &cfg, every_link);
+    if (!every_link && res.n_links > 8)
+        printf("(--links lists each of the %d links)\n", res.n_links);
     if (cfg.trace_path != NULL) {
         long first = cfg.trace_first > 0 ? cfg.trace_first : 1;
         long count = cfg.trace_steps > 0 ? cfg.trace_steps : 1;

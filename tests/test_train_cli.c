@@ -221,3 +221,30 @@ Test(train_cli, flags_that_do_nothing_here_are_warned_about, .init = paths, .fin
                  1, "%s", first);
     cr_expect_eq(cli_lines(cli_out, "resumed from ", first, sizeof first), 1);
 }
+
+Test(train_cli, the_demo_mesh_prints_what_a_newcomer_reads, .init = paths, .fini = cleanup,
+     .timeout = 120)
+{
+    char first[1024];
+    const char *demo = "--dp 2 --pp 2 --tp 2 --micro-batches 4 --steps 3";
+    cr_assert_eq(train(demo), 0);
+    cr_expect_eq(cli_lines(cli_out, "batch 128 (64 per replica) in 4 micro-batches,", first,
+                           sizeof first),
+                 1, "%s", first);
+    /* 24 links are summed by dimension, with a pointer to the full list. */
+    cr_expect_eq(cli_lines(cli_out, " -> ", first, sizeof first), 0, "a link row: %s", first);
+    cr_expect_eq(cli_lines(cli_out, "8 links        dp", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "(--links lists each of the 24 links)", first, sizeof first),
+                 1);
+    int lines = cli_lines(cli_out, NULL, first, sizeof first);
+    cr_expect_leq(lines, 55, "%d lines", lines);
+    char args[256];
+    snprintf(args, sizeof args, "%s --links", demo);
+    cr_assert_eq(train(args), 0);
+    cr_expect_eq(cli_lines(cli_out, " -> ", first, sizeof first), 24);
+    cr_expect_eq(cli_lines(cli_out, "--links lists", first, sizeof first), 0);
+    /* One replica, one micro-batch: just the batch. */
+    cr_assert_eq(train("--dataset synthetic --samples 256 --model 16,16,4 --batch 32 --steps 1"),
+                 0);
+    cr_expect_eq(cli_lines(cli_out, "batch 32, sgd", first, sizeof first), 1, "%s", first);
+}
