@@ -6,6 +6,8 @@
 #define TM_TESTS_CLI_H
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,5 +83,51 @@ static inline int cli_lines(const char *path, const char *needle, char *first, s
 }
 
 static inline int cli_exists(const char *p) { return access(p, F_OK) == 0; }
+
+/* The start of a file (at most n - 1 bytes) into buf; "" when it cannot be
+ * read. */
+static inline void cli_slurp(const char *path, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return;
+    size_t got = fread(buf, 1, n - 1, f);
+    buf[got] = '\0';
+    fclose(f);
+}
+
+/* Files in the test's directory whose name holds ".tmp.": what an output
+ * left unfinished would leave behind. */
+static inline int cli_temps_left(void)
+{
+    DIR *d = opendir(cli_dir);
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) n += strstr(e->d_name, ".tmp.") != NULL;
+    closedir(d);
+    return n;
+}
+
+/* A thread that reads a FIFO from one open to its end of file. */
+typedef struct {
+    char path[128];
+    char got[1 << 16]; /* what it read, NUL-terminated */
+    size_t len;
+    int opened;        /* it got the FIFO open */
+} cli_reader;
+
+static inline void *cli_read_fifo(void *arg)
+{
+    cli_reader *r = arg;
+    int fd = open(r->path, O_RDONLY);
+    if (fd < 0) return NULL;
+    r->opened = 1;
+    for (ssize_t k; r->len < sizeof r->got - 1 &&
+                    (k = read(fd, r->got + r->len, sizeof r->got - 1 - r->len)) > 0;)
+        r->len += (size_t)k;
+    r->got[r->len] = '\0';
+    close(fd);
+    return NULL;
+}
 
 #endif

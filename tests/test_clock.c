@@ -818,6 +818,19 @@ static int write_trace(tm_world *w, const char *path, int wall)
     return tm_outfile_commit(o);
 }
 
+/* The last run's trace as text (freed by the caller; its length in *len),
+ * through a file named after `what` that is removed again. */
+static char *trace_text(tm_world *w, const char *what, size_t *len)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tm_clock_%s_%ld.json", what, (long)getpid());
+    cr_assert_eq(write_trace(w, path, 0), TM_OK, "%s", tm_error_message());
+    char *text = slurp(path, len);
+    unlink(path);
+    cr_assert(text != NULL);
+    return text;
+}
+
 Test(clock, trace_is_chrome_json_and_a_failed_write_leaves_no_file, .timeout = 30)
 {
     tm_clock_config cc = clock_cfg();
@@ -929,13 +942,8 @@ Test(clock, a_cut_name_and_a_large_micro_batch_make_a_valid_trace, .timeout = 30
     const tm_event *e = tm_world_events(w, 0, &n);
     cr_assert_eq(n, 1);
     cr_expect_eq(e[0].mb, 40000, "micro-batch %d", (int)e[0].mb);
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/tm_clock_utf8_%ld.json", (long)getpid());
-    cr_assert_eq(write_trace(w, path, 0), TM_OK, "%s", tm_error_message());
     size_t len;
-    char *text = slurp(path, &len);
-    unlink(path);
-    cr_assert(text != NULL);
+    char *text = trace_text(w, "utf8", &len);
     tm_json_doc *doc = NULL;
     cr_expect_eq(tm_json_parse(&doc, text, len), TM_OK, "trace does not parse: %s",
                  tm_error_message());
@@ -978,13 +986,8 @@ Test(clock, spans_that_follow_each_other_never_overlap_in_the_trace, .timeout = 
     tm_clock_config cc = clock_cfg();
     tm_world *w = make_world(1, &cc);
     run_ok(w, thirds_fn, NULL);
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/tm_clock_thirds_%ld.json", (long)getpid());
-    cr_assert_eq(write_trace(w, path, 0), TM_OK, "%s", tm_error_message());
     size_t len;
-    char *text = slurp(path, &len);
-    unlink(path);
-    cr_assert(text != NULL);
+    char *text = trace_text(w, "thirds", &len);
     long long prev_end = -1;
     int spans = 0, overlaps = 0;
     for (const char *p = strstr(text, "\"ts\":"); p != NULL; p = strstr(p + 1, "\"ts\":")) {

@@ -2,9 +2,8 @@
  * atomically; device nodes and FIFOs are written in place, never replaced;
  * bad paths (empty, missing directory, a directory, a directory this process
  * cannot write) are refused with a message; no temporary file outlives an
- * outfile. Every case works in a fresh directory under /tmp. */
+ * outfile. Every case works in a fresh directory under /tmp (tests/cli.h). */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -19,25 +18,7 @@
 
 #include "runtime/outfile.h"
 #include "runtime/status.h"
-
-static char dir[64];
-
-static void make_dir(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/tm_outfile_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    /* Readable by the unprivileged user of the read-only-directory test. */
-    chmod(dir, 0755);
-}
-
-static void remove_dir(void)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "chmod -R u+w %s 2>/dev/null; rm -rf %s", dir, dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
-
-static void in_dir(char *out, size_t n, const char *name) { snprintf(out, n, "%s/%s", dir, name); }
+#include "tests/cli.h"
 
 static void put(const char *path, const char *text)
 {
@@ -45,27 +26,6 @@ static void put(const char *path, const char *text)
     cr_assert_not_null(f, "%s: %s", path, strerror(errno));
     fputs(text, f);
     fclose(f);
-}
-
-static void get(const char *path, char *buf, size_t n)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return;
-    size_t got = fread(buf, 1, n - 1, f);
-    buf[got] = '\0';
-    fclose(f);
-}
-
-/* Files in dir whose name holds ".tmp.": what a crash would leave. */
-static int temps_left(void)
-{
-    DIR *d = opendir(dir);
-    cr_assert_not_null(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
 }
 
 static int write_text(const char *path, const char *text)
@@ -79,11 +39,11 @@ static int write_text(const char *path, const char *text)
     return tm_outfile_commit(o);
 }
 
-Test(outfile, regular_file_is_replaced_whole_and_only_at_commit, .init = make_dir,
-     .fini = remove_dir)
+Test(outfile, regular_file_is_replaced_whole_and_only_at_commit, .init = cli_setup,
+     .fini = cli_teardown)
 {
     char path[128], text[256];
-    in_dir(path, sizeof path, "metrics.jsonl");
+    cli_path(path, sizeof path, "metrics.jsonl");
     put(path, "old\n");
     tm_outfile *o;
     cr_assert_eq(tm_outfile_open(&o, path), TM_OK, "%s", tm_error_message());
@@ -91,22 +51,22 @@ Test(outfile, regular_file_is_replaced_whole_and_only_at_commit, .init = make_di
     cr_assert_not_null(f);
     fputs("new line 1\n", f);
     fflush(f);
-    get(path, text, sizeof text);
+    cli_slurp(path, text, sizeof text);
     cr_expect_str_eq(text, "old\n", "the target changed before the commit");
-    cr_expect_eq(temps_left(), 1, "the temporary file is beside the target");
+    cr_expect_eq(cli_temps_left(), 1, "the temporary file is beside the target");
     fputs("new line 2\n", f);
     cr_assert_eq(tm_outfile_commit(o), TM_OK, "%s", tm_error_message());
-    get(path, text, sizeof text);
+    cli_slurp(path, text, sizeof text);
     cr_expect_str_eq(text, "new line 1\nnew line 2\n");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
-Test(outfile, abandoned_file_leaves_the_target_and_no_temporary, .init = make_dir,
-     .fini = remove_dir)
+Test(outfile, abandoned_file_leaves_the_target_and_no_temporary, .init = cli_setup,
+     .fini = cli_teardown)
 {
     char path[128], fresh[128], text[64];
-    in_dir(path, sizeof path, "ckpt");
-    in_dir(fresh, sizeof fresh, "never");
+    cli_path(path, sizeof path, "ckpt");
+    cli_path(fresh, sizeof fresh, "never");
     put(path, "kept");
     tm_outfile *o, *p;
     cr_assert_eq(tm_outfile_open(&o, path), TM_OK);
@@ -116,20 +76,20 @@ Test(outfile, abandoned_file_leaves_the_target_and_no_temporary, .init = make_di
     tm_outfile_abandon(o);
     tm_outfile_abandon(p);
     tm_outfile_abandon(NULL);
-    get(path, text, sizeof text);
+    cli_slurp(path, text, sizeof text);
     cr_expect_str_eq(text, "kept");
     cr_expect_eq(access(fresh, F_OK), -1, "an abandoned new file exists");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
-Test(outfile, symlink_is_written_through_to_its_target, .init = make_dir, .fini = remove_dir)
+Test(outfile, symlink_is_written_through_to_its_target, .init = cli_setup, .fini = cli_teardown)
 {
     char real[128], link[128], chain[128], dangling[128], made[128], text[64];
-    in_dir(real, sizeof real, "real.json");
-    in_dir(link, sizeof link, "link.json");
-    in_dir(chain, sizeof chain, "chain.json");
-    in_dir(dangling, sizeof dangling, "dangling.json");
-    in_dir(made, sizeof made, "made-by-link.json");
+    cli_path(real, sizeof real, "real.json");
+    cli_path(link, sizeof link, "link.json");
+    cli_path(chain, sizeof chain, "chain.json");
+    cli_path(dangling, sizeof dangling, "dangling.json");
+    cli_path(made, sizeof made, "made-by-link.json");
     put(real, "old");
     cr_assert_eq(symlink("real.json", link), 0); /* relative, resolved against dir */
     cr_assert_eq(symlink(link, chain), 0);       /* a link to a link */
@@ -140,14 +100,14 @@ Test(outfile, symlink_is_written_through_to_its_target, .init = make_dir, .fini 
     cr_expect(S_ISLNK(st.st_mode), "the link was replaced by a file");
     cr_assert_eq(lstat(chain, &st), 0);
     cr_expect(S_ISLNK(st.st_mode), "the link to the link was replaced by a file");
-    get(real, text, sizeof text);
+    cli_slurp(real, text, sizeof text);
     cr_expect_str_eq(text, "new");
     cr_assert_eq(write_text(dangling, "created"), TM_OK, "%s", tm_error_message());
     cr_assert_eq(lstat(dangling, &st), 0);
     cr_expect(S_ISLNK(st.st_mode));
-    get(made, text, sizeof text);
+    cli_slurp(made, text, sizeof text);
     cr_expect_str_eq(text, "created");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 /* A character device node in dir: a copy of /dev/null (1, 3) or /dev/full
@@ -155,14 +115,14 @@ Test(outfile, symlink_is_written_through_to_its_target, .init = make_dir, .fini 
  * system's own node. */
 static void device_node(char *path, size_t n, const char *name, unsigned minor)
 {
-    in_dir(path, n, name);
+    cli_path(path, n, name);
     if (mknod(path, S_IFCHR | 0666, makedev(1, minor)) == 0) return;
     cr_assert_eq(errno, EPERM, "mknod %s: %s", path, strerror(errno));
     snprintf(path, n, "/dev/%s", minor == 3 ? "null" : "full");
 }
 
-Test(outfile, device_node_is_written_in_place_never_replaced, .init = make_dir,
-     .fini = remove_dir)
+Test(outfile, device_node_is_written_in_place_never_replaced, .init = cli_setup,
+     .fini = cli_teardown)
 {
     char null[128], full[128];
     device_node(null, sizeof null, "null", 3);
@@ -181,45 +141,23 @@ Test(outfile, device_node_is_written_in_place_never_replaced, .init = make_dir,
               tm_error_message());
     cr_assert_eq(lstat(full, &st), 0);
     cr_expect(S_ISCHR(st.st_mode), "%s is no longer a device node", full);
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
-typedef struct {
-    const char *path;
-    char got[1 << 16];
-    size_t len;
-    int opens;
-} reader;
-
-/* Reads the FIFO to its end of file, then counts whether a writer comes
- * back (an early end of file would show as a second open). */
-static void *read_fifo(void *arg)
-{
-    reader *r = arg;
-    int fd = open(r->path, O_RDONLY);
-    if (fd < 0) return NULL;
-    r->opens = 1;
-    for (ssize_t k; (k = read(fd, r->got + r->len, sizeof r->got - 1 - r->len)) > 0;)
-        r->len += (size_t)k;
-    r->got[r->len] = '\0';
-    close(fd);
-    return NULL;
-}
-
-Test(outfile, fifo_gets_every_line_in_order_through_one_open, .init = make_dir,
-     .fini = remove_dir, .timeout = 60)
+Test(outfile, fifo_gets_every_line_in_order_through_one_open, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
 {
     char fifo[128];
-    in_dir(fifo, sizeof fifo, "pipe");
+    cli_path(fifo, sizeof fifo, "pipe");
     cr_assert_eq(mkfifo(fifo, 0666), 0);
     /* Checking opens nothing: with no reader an open for writing would
      * block here, and the timeout would fail the test. */
     cr_expect_eq(tm_outfile_check(fifo), TM_OK, "%s", tm_error_message());
-    static reader r;
+    static cli_reader r;
     memset(&r, 0, sizeof r);
-    r.path = fifo;
+    snprintf(r.path, sizeof r.path, "%s", fifo);
     pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, read_fifo, &r), 0);
+    cr_assert_eq(pthread_create(&t, NULL, cli_read_fifo, &r), 0);
     tm_outfile *o;
     cr_assert_eq(tm_outfile_open(&o, fifo), TM_OK, "%s", tm_error_message());
     FILE *f = tm_outfile_stream(o);
@@ -229,7 +167,7 @@ Test(outfile, fifo_gets_every_line_in_order_through_one_open, .init = make_dir,
     }
     cr_assert_eq(tm_outfile_commit(o), TM_OK, "%s", tm_error_message());
     pthread_join(t, NULL);
-    cr_expect_eq(r.opens, 1);
+    cr_expect(r.opened);
     int expect = 0, ok = 1;
     for (char *line = r.got; *line; line = strchr(line, '\n') + 1, expect++) {
         int k;
@@ -242,14 +180,14 @@ Test(outfile, fifo_gets_every_line_in_order_through_one_open, .init = make_dir,
     struct stat st;
     cr_assert_eq(lstat(fifo, &st), 0);
     cr_expect(S_ISFIFO(st.st_mode), "the FIFO was replaced");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
-Test(outfile, bad_paths_are_refused_with_a_message, .init = make_dir, .fini = remove_dir)
+Test(outfile, bad_paths_are_refused_with_a_message, .init = cli_setup, .fini = cli_teardown)
 {
     char missing[128], sub[128];
-    in_dir(missing, sizeof missing, "no-such-dir/x.json");
-    in_dir(sub, sizeof sub, "sub");
+    cli_path(missing, sizeof missing, "no-such-dir/x.json");
+    cli_path(sub, sizeof sub, "sub");
     cr_assert_eq(mkdir(sub, 0755), 0);
     tm_outfile *o = (tm_outfile *)&o;
     cr_expect_eq(tm_outfile_check(""), TM_EINVAL);
@@ -262,7 +200,7 @@ Test(outfile, bad_paths_are_refused_with_a_message, .init = make_dir, .fini = re
     cr_expect_eq(tm_outfile_check(sub), TM_EIO);
     cr_expect(strstr(tm_error_message(), "is a directory") != NULL, "%s", tm_error_message());
     cr_expect_eq(tm_outfile_open(&o, sub), TM_EIO);
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 /* Runs tm_outfile_check(path) in a child process without root's power to
@@ -284,13 +222,13 @@ static int check_unprivileged(const char *path)
     return WEXITSTATUS(status) == 100 ? -100 : -WEXITSTATUS(status);
 }
 
-Test(outfile, read_only_directory_and_file_are_refused, .init = make_dir, .fini = remove_dir)
+Test(outfile, read_only_directory_and_file_are_refused, .init = cli_setup, .fini = cli_teardown)
 {
     char ro[128], in_ro[128], ro_file[128], ok[128];
-    in_dir(ro, sizeof ro, "ro");
-    in_dir(in_ro, sizeof in_ro, "ro/x.safetensors");
-    in_dir(ro_file, sizeof ro_file, "read-only.json");
-    in_dir(ok, sizeof ok, "writable");
+    cli_path(ro, sizeof ro, "ro");
+    cli_path(in_ro, sizeof in_ro, "ro/x.safetensors");
+    cli_path(ro_file, sizeof ro_file, "read-only.json");
+    cli_path(ok, sizeof ok, "writable");
     cr_assert_eq(mkdir(ro, 0555), 0);
     chmod(ro, 0555); /* whatever the umask */
     put(ro_file, "{}");
@@ -302,23 +240,23 @@ Test(outfile, read_only_directory_and_file_are_refused, .init = make_dir, .fini 
     char in_ok[160];
     snprintf(in_ok, sizeof in_ok, "%s/x.json", ok);
     cr_expect_eq(check_unprivileged(in_ok), TM_OK, "a writable directory was refused");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
-Test(outfile, discard_removes_every_live_temporary, .init = make_dir, .fini = remove_dir)
+Test(outfile, discard_removes_every_live_temporary, .init = cli_setup, .fini = cli_teardown)
 {
     char a[128], b[128];
-    in_dir(a, sizeof a, "a.json");
-    in_dir(b, sizeof b, "b.json");
+    cli_path(a, sizeof a, "a.json");
+    cli_path(b, sizeof b, "b.json");
     tm_outfile *oa, *ob;
     cr_assert_eq(tm_outfile_open(&oa, a), TM_OK);
     cr_assert_eq(tm_outfile_open(&ob, b), TM_OK);
     fputs("a", tm_outfile_stream(oa));
     fputs("b", tm_outfile_stream(ob));
     fflush(NULL);
-    cr_expect_eq(temps_left(), 2);
+    cr_expect_eq(cli_temps_left(), 2);
     tm_outfile_discard_temps();
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
     tm_outfile_abandon(oa);
     tm_outfile_abandon(ob);
     cr_expect_eq(access(a, F_OK), -1);

@@ -3,7 +3,6 @@
  * cannot be written is bad usage (exit 2, one line) before anything starts,
  * whichever flag names it; no temporary file is left behind. */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -19,17 +18,6 @@
 
 /* A run of a few seconds at most: synthetic data, a tiny model, 3 steps. */
 #define SHORT "--dataset synthetic --samples 256 --model 16,16,4 --batch 32 --steps 3 "
-
-/* Files in the test's directory whose name holds ".tmp.". */
-static int temps_left(void)
-{
-    DIR *d = opendir(cli_dir);
-    cr_assert_not_null(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
 
 /* A copy of /dev/null (minor 3) or /dev/full (minor 7) in the test's
  * directory, made with mknod; where that is not allowed (not root), the
@@ -60,7 +48,7 @@ Test(train_files, device_node_is_written_never_replaced, .init = cli_setup,
     cr_expect_eq(st, 0, "exit %d", st);
     cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 0, "stderr: %s", first);
     expect_device(null, 3);
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 Test(train_files, a_full_device_fails_the_run_and_stays_a_device, .init = cli_setup,
@@ -77,7 +65,7 @@ Test(train_files, a_full_device_fails_the_run_and_stays_a_device, .init = cli_se
     expect_device(full, 7);
     /* The checkpoint is written before the trace, so it is not lost. */
     cr_expect(cli_exists(ckpt), "the checkpoint was lost with the trace");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 Test(train_files, symlinks_are_written_through, .init = cli_setup, .fini = cli_teardown,
@@ -98,33 +86,13 @@ Test(train_files, symlinks_are_written_through, .init = cli_setup, .fini = cli_t
     cr_expect_eq(cli_lines(real, "\"type\":\"step\"", first, sizeof first), 3);
     cr_expect(lstat(ckpt_real, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0,
               "the link's target holds no checkpoint");
-    cr_expect_eq(temps_left(), 0);
-}
-
-typedef struct {
-    char path[128];
-    char got[1 << 16];
-    size_t len;
-} reader;
-
-/* Reads a FIFO from one open to its end of file. */
-static void *read_fifo(void *arg)
-{
-    reader *r = arg;
-    int fd = open(r->path, O_RDONLY);
-    if (fd < 0) return NULL;
-    for (ssize_t k; r->len < sizeof r->got - 1 &&
-                    (k = read(fd, r->got + r->len, sizeof r->got - 1 - r->len)) > 0;)
-        r->len += (size_t)k;
-    r->got[r->len] = '\0';
-    close(fd);
-    return NULL;
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 Test(train_files, fifos_with_readers_get_everything_in_order, .init = cli_setup,
      .fini = cli_teardown, .timeout = 120)
 {
-    static reader m, c;
+    static cli_reader m, c;
     memset(&m, 0, sizeof m);
     memset(&c, 0, sizeof c);
     cli_path(m.path, sizeof m.path, "metrics.fifo");
@@ -132,8 +100,8 @@ Test(train_files, fifos_with_readers_get_everything_in_order, .init = cli_setup,
     cr_assert_eq(mkfifo(m.path, 0666), 0);
     cr_assert_eq(mkfifo(c.path, 0666), 0);
     pthread_t tm, tc;
-    cr_assert_eq(pthread_create(&tm, NULL, read_fifo, &m), 0);
-    cr_assert_eq(pthread_create(&tc, NULL, read_fifo, &c), 0);
+    cr_assert_eq(pthread_create(&tm, NULL, cli_read_fifo, &m), 0);
+    cr_assert_eq(pthread_create(&tc, NULL, cli_read_fifo, &c), 0);
     char args[1024];
     snprintf(args, sizeof args, SHORT "--metrics %s --save %s", m.path, c.path);
     int st = cli_run("train", args);
@@ -153,7 +121,7 @@ Test(train_files, fifos_with_readers_get_everything_in_order, .init = cli_setup,
     struct stat sb;
     cr_expect(lstat(m.path, &sb) == 0 && S_ISFIFO(sb.st_mode), "--metrics replaced the FIFO");
     cr_expect(lstat(c.path, &sb) == 0 && S_ISFIFO(sb.st_mode), "--save replaced the FIFO");
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 Test(train_files, bad_output_paths_are_usage_errors_before_anything_starts,
@@ -180,7 +148,7 @@ Test(train_files, bad_output_paths_are_usage_errors_before_anything_starts,
             cr_expect_eq(cli_lines(cli_out, NULL, first, sizeof first), 0,
                          "%s %s: something started: %s", flags[f], paths[p], first);
         }
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 /* Runs build/train as the unprivileged user nobody (65534) when this is

@@ -6,7 +6,6 @@
  * keeps metrics that are valid JSON up to the failing step. No temporary
  * file is left behind in any case. */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,16 +23,6 @@
 #define MESH                                                                                    \
     "--dataset synthetic --samples 4096 --model 32,64,64,8 --batch 32 --dp 2 --pp 2 --tp 2 "   \
     "--micro-batches 2 --lr-schedule constant --lr 0.05 "
-
-static int temps_left(void)
-{
-    DIR *d = opendir(cli_dir);
-    cr_assert_not_null(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
 
 /* Starts build/train with args in the background, stdout and stderr into
  * cli_out and cli_err; returns its pid. */
@@ -64,6 +53,19 @@ static void wait_for_output(pid_t pid, const char *line)
         nanosleep(&t, NULL);
     }
     cr_assert_fail("train never printed %s", line);
+}
+
+/* Starts build/train with args, sends it `sig` (twice with `twice`) once
+ * it has printed `line`, and returns its wait status. */
+static int interrupt_train(const char *args, const char *line, int sig, int twice)
+{
+    pid_t pid = start_train(args);
+    wait_for_output(pid, line);
+    cr_assert_eq(kill(pid, sig), 0);
+    if (twice) cr_assert_eq(kill(pid, sig), 0);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return status;
 }
 
 /* The step of "interrupted at step S; ..." on stderr, or -1. */
@@ -115,11 +117,7 @@ Test(train_stop, sigint_mid_run_saves_a_checkpoint_that_resumes_exactly, .init =
     cli_path(resumed, sizeof resumed, "resumed.jsonl");
     cli_path(straight, sizeof straight, "straight.jsonl");
     snprintf(args, sizeof args, MESH "--epochs 50 --save %s --metrics %s", ckpt, metrics);
-    pid_t pid = start_train(args);
-    wait_for_output(pid, "step 200/");
-    cr_assert_eq(kill(pid, SIGINT), 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    int status = interrupt_train(args, "step 200/", SIGINT, 0);
     cr_assert(WIFEXITED(status), "train died of signal %d", WTERMSIG(status));
     cr_expect_eq(WEXITSTATUS(status), 130, "exit %d", WEXITSTATUS(status));
     cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "stderr: %s", first);
@@ -137,7 +135,7 @@ Test(train_stop, sigint_mid_run_saves_a_checkpoint_that_resumes_exactly, .init =
     char steps[64];
     snprintf(steps, sizeof steps, "{\"type\":\"summary\",\"steps\":%ld,\"interrupted\":true,", s);
     cr_expect(strncmp(first, steps, strlen(steps)) == 0, "%s", first);
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 
     /* Resumed for 3 steps, it computes what a run straight through does. */
     snprintf(args, sizeof args, MESH "--epochs 50 --load %s --steps 3 --metrics %s", ckpt,
@@ -162,11 +160,7 @@ Test(train_stop, sigterm_exits_143_without_a_save, .init = cli_setup, .fini = cl
     char metrics[128], args[2048];
     cli_path(metrics, sizeof metrics, "metrics.jsonl");
     snprintf(args, sizeof args, MESH "--epochs 50 --metrics %s", metrics);
-    pid_t pid = start_train(args);
-    wait_for_output(pid, "step 100/");
-    cr_assert_eq(kill(pid, SIGTERM), 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    int status = interrupt_train(args, "step 100/", SIGTERM, 0);
     cr_assert(WIFEXITED(status), "train died of signal %d", WTERMSIG(status));
     cr_expect_eq(WEXITSTATUS(status), 143);
     long s = interrupted_step();
@@ -175,7 +169,7 @@ Test(train_stop, sigterm_exits_143_without_a_save, .init = cli_setup, .fini = cl
     cr_expect(cli_lines(cli_err, "no checkpoint written (no --save)", first, sizeof first) == 1,
               "stderr: %s", first);
     cr_expect_eq(valid_json_lines(metrics), s + s / 128 + 1);
-    cr_expect_eq(temps_left(), 0);
+    cr_expect_eq(cli_temps_left(), 0);
 }
 
 Test(train_stop, a_second_signal_ends_the_run_at_once_and_leaves_no_temporary,
@@ -185,18 +179,13 @@ Test(train_stop, a_second_signal_ends_the_run_at_once_and_leaves_no_temporary,
     cli_path(ckpt, sizeof ckpt, "ckpt.safetensors");
     cli_path(metrics, sizeof metrics, "metrics.jsonl");
     snprintf(args, sizeof args, MESH "--epochs 50 --save %s --metrics %s", ckpt, metrics);
-    pid_t pid = start_train(args);
-    wait_for_output(pid, "step 100/");
-    cr_assert_eq(kill(pid, SIGINT), 0);
-    cr_assert_eq(kill(pid, SIGINT), 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    int status = interrupt_train(args, "step 100/", SIGINT, 1);
     /* Either the second signal ended it, or the run was quicker and
      * finished with 130; never a half-written file. */
     cr_expect((WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) ||
                   (WIFEXITED(status) && WEXITSTATUS(status) == 130),
               "status %#x", status);
-    cr_expect_eq(temps_left(), 0, "a temporary file was left behind");
+    cr_expect_eq(cli_temps_left(), 0, "a temporary file was left behind");
     if (WIFSIGNALED(status)) cr_expect(!cli_exists(metrics), "a metrics file appeared");
 }
 
@@ -233,7 +222,7 @@ Test(train_stop, a_diverging_run_stops_naming_the_step_and_saves_nothing, .init 
         cr_expect_eq(cli_lines(metrics, last, first, sizeof first), 1, "no step %ld", s);
         if (strstr(what, "loss") != NULL)
             cr_expect(strstr(first, "\"loss\":null") != NULL, "--lr %s: %s", lr[i], first);
-        cr_expect_eq(temps_left(), 0);
+        cr_expect_eq(cli_temps_left(), 0);
         unlink(metrics);
     }
 }
