@@ -98,6 +98,12 @@ const char *tm__human(char buf[TM__HUMAN_MAX], size_t bytes)
     return buf;
 }
 
+static int capacity_error(int device, size_t capacity)
+{
+    return tm_error(TM_EINVAL, "device %d: arena capacity of %zu bytes is below the minimum of %d "
+                    "bytes", device, capacity, TM_ARENA_ALIGN);
+}
+
 int tm_arena_create(tm_arena **out, size_t capacity, int device)
 {
     char hbuf[TM__HUMAN_MAX];
@@ -105,11 +111,7 @@ int tm_arena_create(tm_arena **out, size_t capacity, int device)
     *out = NULL;
     /* Rounding down keeps every block aligned and never exceeds the cap. */
     size_t usable = capacity / TM_ARENA_ALIGN * TM_ARENA_ALIGN;
-    if (usable == 0)
-        return tm_error(TM_EINVAL,
-                        "device %d: arena capacity of %zu bytes is below the "
-                        "minimum of %d bytes",
-                        device, capacity, TM_ARENA_ALIGN);
+    if (usable == 0) return capacity_error(device, capacity);
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) page = 4096;
     if (capacity > SIZE_MAX - (size_t)page)
@@ -231,22 +233,57 @@ static size_t best_fit(const tm_arena *a, size_t need)
     return best;
 }
 
-static void record_oom(tm_arena *a, size_t bytes, tm_tag tag)
+/* The out-of-memory report for `bytes` of `tag` asked of an arena of
+ * `capacity` with `in_use` bytes live (tag_in_use of them by tag) and a
+ * largest free block of `largest`. */
+static void format_oom(char out[TM__REPORT_MAX], int device, size_t bytes, tm_tag tag,
+                       size_t capacity, size_t in_use, size_t largest, const size_t *tag_in_use)
 {
     char asked[TM__HUMAN_MAX], cap[TM__HUMAN_MAX], used[TM__HUMAN_MAX];
-    char avail[TM__HUMAN_MAX], largest[TM__HUMAN_MAX], t[TM__HUMAN_MAX];
+    char avail[TM__HUMAN_MAX], big[TM__HUMAN_MAX], t[TM__HUMAN_MAX];
     size_t n = (size_t)snprintf(
-        a->oom, sizeof a->oom,
+        out, TM__REPORT_MAX,
         "device %d: out of memory: tried to allocate %s (%zu bytes, tag %s); "
         "capacity %s, %s in use, %s free, largest free block %s\n  by tag:",
-        a->device, tm__human(asked, bytes), bytes, tm_tag_name(tag),
-        tm__human(cap, a->capacity), tm__human(used, a->in_use),
-        tm__human(avail, a->capacity - a->in_use), tm__human(largest, largest_free(a)));
-    for (int k = 0; k < TM_TAG_COUNT && n < sizeof a->oom; k++)
-        n += (size_t)snprintf(a->oom + n, sizeof a->oom - n, "%s %s %s",
-                              k ? "," : "", tm_tag_name((tm_tag)k),
-                              tm__human(t, a->tag_in_use[k]));
+        device, tm__human(asked, bytes), bytes, tm_tag_name(tag), tm__human(cap, capacity),
+        tm__human(used, in_use), tm__human(avail, capacity - in_use), tm__human(big, largest));
+    for (int k = 0; k < TM_TAG_COUNT && n < TM__REPORT_MAX; k++)
+        n += (size_t)snprintf(out + n, TM__REPORT_MAX - n, "%s %s %s", k ? "," : "",
+                              tm_tag_name((tm_tag)k), tm__human(t, tag_in_use[k]));
+}
+
+static void record_oom(tm_arena *a, size_t bytes, tm_tag tag)
+{
+    format_oom(a->oom, a->device, bytes, tag, a->capacity, a->in_use, largest_free(a),
+               a->tag_in_use);
     tm_error(TM_ENOMEM, "%s", a->oom);
+}
+
+/* A block's size in the arena: whole alignment units, at least one. The
+ * caller has checked bytes <= capacity, so this cannot overflow. */
+static size_t block_size(size_t bytes)
+{
+    return bytes ? (bytes + TM_ARENA_ALIGN - 1) / TM_ARENA_ALIGN * TM_ARENA_ALIGN : TM_ARENA_ALIGN;
+}
+
+int tm_arena_fits(size_t capacity, int device, const size_t *bytes, const tm_tag *tags, int n)
+{
+    size_t usable = capacity / TM_ARENA_ALIGN * TM_ARENA_ALIGN, in_use = 0;
+    size_t by_tag[TM_TAG_COUNT] = {0};
+    if (usable == 0) return capacity_error(device, capacity);
+    for (int i = 0; i < n; i++) {
+        /* In a fresh arena blocks lie end to end (best fit has one free
+         * block to choose from), so what is left is one free block. */
+        size_t left = usable - in_use;
+        if (bytes[i] > left || block_size(bytes[i]) > left) {
+            char report[TM__REPORT_MAX];
+            format_oom(report, device, bytes[i], tags[i], usable, in_use, left, by_tag);
+            return tm_error(TM_ENOMEM, "%s", report);
+        }
+        in_use += block_size(bytes[i]);
+        by_tag[tags[i]] += block_size(bytes[i]);
+    }
+    return TM_OK;
 }
 
 void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
@@ -265,8 +302,7 @@ void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
      * the rounding below from overflowing near SIZE_MAX. */
     size_t need = 0, i = arena->nseg;
     if (bytes <= arena->capacity) {
-        need = bytes ? (bytes + TM_ARENA_ALIGN - 1) / TM_ARENA_ALIGN * TM_ARENA_ALIGN
-                     : TM_ARENA_ALIGN;
+        need = block_size(bytes);
         i = best_fit(arena, need);
     }
     if (i == arena->nseg) {

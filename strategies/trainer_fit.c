@@ -15,16 +15,9 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
             tm_layer_plan plan[TM_MAX_LAYERS];
             size_t n;
             TM_CHECK(tm_stage_plan(&cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
-            /* The arena reserves address space only (nothing is touched),
-             * so trying the allocations costs no memory; its report is the
-             * one the device itself would give. */
-            tm_arena *a;
-            TM_CHECK(tm_arena_create(&a, cfg->mem_cap, p * cfg->tp + t));
-            int fits = 1;
-            for (int i = 0; i < 2 + n_state && fits; i++)
-                fits = tm_arena_alloc(a, n * sizeof(float), tags[i]) != NULL;
-            tm_arena_destroy(a);
-            if (!fits) return TM_ENOMEM;
+            size_t bytes[4];
+            for (int i = 0; i < 4; i++) bytes[i] = n * sizeof(float);
+            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
         }
     return TM_OK;
 }

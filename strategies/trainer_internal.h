@@ -22,9 +22,10 @@ void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
 
 /* Whether every device's shard of the model (parameters, gradients and
  * optimizer state, as tm_stage_create allocates them) fits cfg->mem_cap,
- * tried in a scratch arena per (stage, tp rank) before the host allocates
- * anything for the model: TM_OK, or TM_ENOMEM with the arena's report for
- * the first device (replica 0) that would run out. first: layers per stage. */
+ * decided per (stage, tp rank) by tm_arena_fits, which reserves nothing, so
+ * before the host allocates anything for the model: TM_OK, or TM_ENOMEM
+ * with the arena's report for the first device (replica 0) that would run
+ * out. first: layers per stage. */
 int tm__train_fits(const tm_train_config *cfg, const int *first);
 
 /* After this device's step `step`: a non-finite loss (has_loss: the last
