@@ -242,14 +242,13 @@ static void on_start(void *ctx, const tm_start_info *s)
         printf("resumed from %s at step %ld (epoch %d, %ld of its %ld steps done): weights, "
                "optimizer state and data order\n",
                r->load, s->step, s->epoch + 1, s->epoch_step, s->steps_per_epoch);
-    fflush(stdout);
-    if (s->resumed && GIVEN(O_SEED))
-        warn("--seed does nothing when resuming: the weights and the data order are the "
-             "checkpoint's");
     else if (s->loaded)
         printf("loaded weights from %s (no optimizer state or position in it): starting at "
                "step 0 with a fresh optimizer\n", r->load);
     fflush(stdout);
+    if (s->resumed && GIVEN(O_SEED))
+        warn("--seed does nothing when resuming: the weights and the data order are the "
+             "checkpoint's");
 }
 
 /* A JSON number, or null for NaN and the infinities, which JSON cannot

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "runtime/status.h"
+#include "strategies/safetensors.h"
 #include "tests/cli.h"
 
 static char metrics[128], ckpt[128], trace[128];
@@ -220,6 +222,7 @@ Test(train_cli, flags_that_do_nothing_here_are_warned_about, .init = paths, .fin
                            sizeof first),
                  1, "%s", first);
     cr_expect_eq(cli_lines(cli_out, "resumed from ", first, sizeof first), 1);
+    cr_expect_eq(cli_lines(cli_out, "loaded weights from ", first, sizeof first), 0, "%s", first);
 }
 
 Test(train_cli, the_demo_mesh_prints_what_a_newcomer_reads, .init = paths, .fini = cleanup,
@@ -247,4 +250,29 @@ Test(train_cli, the_demo_mesh_prints_what_a_newcomer_reads, .init = paths, .fini
     cr_assert_eq(train("--dataset synthetic --samples 256 --model 16,16,4 --batch 32 --steps 1"),
                  0);
     cr_expect_eq(cli_lines(cli_out, "batch 32, sgd", first, sizeof first), 1, "%s", first);
+}
+
+Test(train_cli, load_says_what_it_brought_back, .init = paths, .fini = cleanup, .timeout = 120)
+{
+    /* A file with weights only, as PyTorch would write for 16,16,4. */
+    static float w0[16 * 16], b0[16], w1[4 * 16], b1[4];
+    const tm_st_tensor t[] = {
+        {"layers.0.weight", TM_ST_F32, 2, (uint64_t[]){16, 16}, w0},
+        {"layers.0.bias", TM_ST_F32, 1, (uint64_t[]){16}, b0},
+        {"layers.1.weight", TM_ST_F32, 2, (uint64_t[]){4, 16}, w1},
+        {"layers.1.bias", TM_ST_F32, 1, (uint64_t[]){4}, b1},
+    };
+    cr_assert_eq(tm_safetensors_write(ckpt, t, 4, NULL, 0), TM_OK, "%s", tm_error_message());
+    char args[1024], first[1024], want[512];
+    snprintf(args, sizeof args,
+             "--dataset synthetic --samples 256 --model 16,16,4 --batch 32 --steps 1 --load %s",
+             ckpt);
+    cr_assert_eq(train(args), 0);
+    snprintf(want, sizeof want,
+             "loaded weights from %s (no optimizer state or position in it): starting at step 0 "
+             "with a fresh optimizer\n",
+             ckpt);
+    cr_expect_eq(cli_lines(cli_out, "loaded weights from", first, sizeof first), 1);
+    cr_expect_str_eq(first, want);
+    cr_expect_eq(cli_lines(cli_out, "resumed from", first, sizeof first), 0);
 }
