@@ -37,8 +37,8 @@ DEMO_BIN  := $(DEMO_SRC:demos/%.c=$(BUILD)/%)
 LIB       := $(BUILD)/libtinymesh.a
 
 # Suites that run threads at once: the TSan set (devices talking to each
-# other, and gemm's eight threads calling tm_sgemm together).
-TSAN_SUITES ?= arena link world collectives clock gemm parallel
+# other, gemm's eight threads calling tm_sgemm together, the stop protocol).
+TSAN_SUITES ?= arena link world collectives clock gemm stop parallel
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 
@@ -72,7 +72,7 @@ $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 $(BUILD)/%: demos/%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
 
-test: $(TEST_RUN) $(DEMO_BIN)
+test: $(TEST_RUN) $(DEMO_BIN) $(BENCH_BIN)
 	@scripts/run-tests.sh $(BUILD) $(SUITES)
 
 asan:

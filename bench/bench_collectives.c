@@ -294,8 +294,12 @@ static long bench_devices(const options *o, int n)
     cfg.mem_cap = p.send_bytes + p.recv_bytes + 6 * TM_ARENA_ALIGN;
     cfg.pin = o->pin;
     cfg.ring_bytes = o->ring_bytes;
-    if (tm_world_create(&world, &cfg) != TM_OK) {
-        fprintf(stderr, "bench_collectives: %d devices: %s\n", n, tm_error_message());
+    int st = tm_world_create(&world, &cfg);
+    if (st != TM_OK) {
+        /* Device memory here is the size of the messages; what this tool
+         * lets the user lower is the rings and the device counts. */
+        fprintf(stderr, "bench_collectives: %d devices: %s%s\n", n, tm_error_message(),
+                st == TM_EHOSTMEM ? "; lower --ring-bytes, --devices or --sizes" : "");
         goto out;
     }
     if (tm_world_run(world, device_main, &p) != TM_OK) {

@@ -266,8 +266,25 @@ typedef struct {
     int count;
 } reason;
 
+/* tm_train_check names build/train's --dp, --pp and --tp; here those are
+ * the sweep's coordinates, not flags of this program, so they lose their
+ * dashes ("--pp 8 needs ..." reads "pp 8 needs ..."). */
+static void drop_mesh_dashes(char *text)
+{
+    for (char *p = text; (p = strstr(p, "--")) != NULL;) {
+        if ((p[2] == 'd' || p[2] == 'p' || p[2] == 't') && p[3] == 'p' && p[4] == ' ')
+            memmove(p, p + 2, strlen(p + 2) + 1);
+        else
+            p += 2;
+    }
+}
+
 static void note_reason(reason *rs, int *n, int max, const char *text)
 {
+    char plain[sizeof rs->text];
+    snprintf(plain, sizeof plain, "%s", text);
+    drop_mesh_dashes(plain);
+    text = plain;
     for (int i = 0; i < *n; i++)
         if (strncmp(rs[i].text, text, sizeof rs[i].text - 1) == 0) {
             rs[i].count++;

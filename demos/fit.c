@@ -267,6 +267,22 @@ static void describe_shards(const tm_model *net)
     printf("  each rank holds %.2f MiB of weights\n", mib(n * sizeof(float)));
 }
 
+/* What the three phases need of fit's own flags, said in their terms (the
+ * trainer's checks would name build/train's --pp and --tp, which fit sets
+ * itself). */
+static void check_story(const tm_mlp_config *m, const char *model, long batch, long micro)
+{
+    if (m->n_layers < WAYS)
+        die_usage("--model \"%s\" has %d layers; the pipeline phase needs at least %d, one "
+                  "per stage", model, m->n_layers, WAYS);
+    for (int l = 1; l < m->n_layers; l++)
+        if (m->widths[l] % WAYS != 0)
+            die_usage("--model \"%s\": hidden width %d does not divide by %d, as the tensor-"
+                      "parallel phase needs", model, m->widths[l], WAYS);
+    if (batch % micro != 0)
+        die_usage("--batch %ld is not divisible by --micro-batches %ld", batch, micro);
+}
+
 /* Largest relative difference of two loss curves over their common steps. */
 static double max_rel_diff(const phase *a, const phase *b)
 {
@@ -322,6 +338,7 @@ int main(int argc, char **argv)
     tm_mlp_config mlp;
     tm_model net;
     if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    check_story(&mlp, model, batch, micro);
     if (tm_mlp_model(&net, &mlp) != TM_OK) {
         fprintf(stderr, "fit: %s\n", tm_error_message());
         return 1;

@@ -26,8 +26,8 @@ static const char usage[] =
     "                       stage or one per stage (1)\n"
     "  --bwd-time Y[,Y...]  backward time, likewise (2)\n"
     "  --comm-time Z        time of one message between neighbouring stages (0)\n"
-    "  --width N            timeline columns (enough for every label, at most\n"
-    "                       the terminal's width)\n"
+    "  --width N            timeline columns, 10..4096 (enough for every label, up\n"
+    "                       to 4096; on a terminal at most its width)\n"
     "  --list               also print each stage's action list\n"
     "  -h, --help           this text\n"
     "Exit status: 0 success, 1 the schedule failed to build or validate, 2 bad usage.\n";
@@ -111,12 +111,13 @@ static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const d
     }
     if (width <= 0) {
         width = tm_schedule_draw_width(ev, n, makespan);
+        /* A terminal gets a timeline as wide as it is; a pipe or a file
+         * gets every label, however wide the lines. */
         struct winsize ws;
-        int cols = isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col
-                       ? ws.ws_col
-                       : 160;
-        int room = cols - 10 - snprintf(NULL, 0, "%d", pp - 1);
-        if (width > room) width = room > 20 ? room : 20;
+        if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col) {
+            int room = ws.ws_col - 10 - snprintf(NULL, 0, "%d", pp - 1);
+            if (width > room) width = room > 20 ? room : 20;
+        }
     }
     tm_schedule_draw(stdout, &s, ev, n, makespan, width);
     double ideal = 0;
@@ -167,7 +168,9 @@ int main(int argc, char **argv)
         case O_FWD: fwd_arg = optarg; break;
         case O_BWD: bwd_arg = optarg; break;
         case O_COMM: comm = parse_time("--comm-time", optarg); break;
-        case O_WIDTH: width = (int)parse_long("--width", optarg, 10, 1000); break;
+        case O_WIDTH:
+            width = (int)parse_long("--width", optarg, 10, TM_SCHEDULE_DRAW_MAX_WIDTH);
+            break;
         case O_LIST: list = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         default:

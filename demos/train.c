@@ -7,13 +7,16 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "runtime/arena.h"
+#include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
 #include "strategies/generate.h"
@@ -97,6 +100,8 @@ static const char usage_tail[] =
     "  --trace-from S        first recorded step of this run; the timeline and the\n"
     "                        traffic table show it (1)\n"
     "  --trace-steps N       steps recorded into the trace (1)\n"
+    "  --links               list every link's traffic (default: sums by mesh\n"
+    "                        dimension beyond 8 links)\n"
     "device and files:\n"
     "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M / 512M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
@@ -105,9 +110,32 @@ static const char usage_tail[] =
     "  --load-weights FILE   start a new run (step 0, fresh optimizer, any data)\n"
     "                        from a checkpoint's weights\n"
     "  --metrics FILE        write JSON lines: step, eval, epoch and summary records\n"
-    "  -h, --help            this text\n"
-    "Exit status: 0 success, 1 training failed (e.g. out of device memory),\n"
-    "2 bad usage or unreadable input files.\n";
+    "                        (non-finite numbers as null)\n"
+    "  -h, --help            this text\n";
+
+static const char usage_end[] =
+    "Output files are checked before anything starts; a regular file (or a\n"
+    "symlink's target) is replaced whole at the end, a device or FIFO is written\n"
+    "in place. Ctrl-C (SIGINT) or SIGTERM: every device finishes its step, the\n"
+    "checkpoint and metrics of that step are written, exit 130 / 143; a second\n"
+    "signal stops at once.\n"
+    "Exit status: 0 success, 1 training failed (out of device memory, diverged to\n"
+    "NaN or infinity, an output that could not be written), 2 bad usage,\n"
+    "unreadable input or unwritable output paths, 130 / 143 interrupted.\n";
+
+/* The limits, from the constants that set them. */
+static void print_limits(FILE *f)
+{
+    fprintf(f,
+            "limits: dp x pp x tp <= %d devices and pp <= the model's layers (the GPT's\n"
+            "blocks); an MLP of at most %d linear layers of widths 1..%d; a GPT of 1..%d\n"
+            "blocks, d_model and context 1..%d; --micro-batches <= %d and\n"
+            "pp x micro-batches <= %d; --seed 0..%ld;\n"
+            "each device's parameters, gradients and optimizer state within --mem-cap,\n"
+            "and devices x --mem-cap within the host's available memory.\n",
+            TM_MAX_DEVICES, TM_MLP_MAX_LAYERS, TM_MLP_MAX_WIDTH, TM_GPT_MAX_LAYERS,
+            TM_GPT_MAX_WIDTH, TM_SCHEDULE_MAX_MB, TM_SCHEDULE_MAX_WORK, LONG_MAX);
+}
 
 static void die_usage(const char *fmt, ...)
 {
@@ -120,13 +148,14 @@ static void die_usage(const char *fmt, ...)
     exit(2);
 }
 
-static long parse_long(const char *flag, const char *v, long min)
+/* An integer flag in min..max; the message names the real range. */
+static long parse_long(const char *flag, const char *v, long min, long max)
 {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min)
-        die_usage("%s wants an integer >= %ld, not \"%s\"", flag, min, v);
+    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
+        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
     return x;
 }
 
@@ -141,152 +170,13 @@ static double parse_double(const char *flag, const char *v, double min, int stri
     return x;
 }
 
-/* Output written to FILE.tmp.PID and renamed on success, so that a failed
- * run leaves no partial file behind. */
-typedef struct {
-    const char *path;
-    char tmp[4096];
-    FILE *f;
-} out_file;
-
-static void out_open(out_file *o, const char *path)
+/* A path an output flag names, checked before anything starts: one that
+ * cannot be written is bad usage, like a bad flag. */
+static void check_output(const char *flag, const char *path)
 {
-    o->path = path;
-    snprintf(o->tmp, sizeof o->tmp, "%s.tmp.%ld", path, (long)getpid());
-    o->f = fopen(o->tmp, "w");
-    if (o->f == NULL) {
-        fprintf(stderr, "train: cannot write %s: %s\n", path, strerror(errno));
-        exit(2);
-    }
-}
-
-static int out_commit(out_file *o)
-{
-    int ok = fflush(o->f) == 0 && fsync(fileno(o->f)) == 0;
-    ok = fclose(o->f) == 0 && ok;
-    if (ok && rename(o->tmp, o->path) == 0) return 0;
-    fprintf(stderr, "train: cannot write %s: %s\n", o->path, strerror(errno));
-    unlink(o->tmp);
-    return -1;
-}
-
-static void out_abandon(out_file *o)
-{
-    if (o->f == NULL) return;
-    fclose(o->f);
-    unlink(o->tmp);
-}
-
-typedef struct {
-    FILE *metrics;   /* or NULL */
-    int tty;         /* progress bar instead of log lines */
-    int batch;
-    int rows;        /* rows per sample: 1, or the GPT's context */
-    int gpt;         /* report tokens and validation loss */
-    const char *load_path;
-} report;
-
-/* "key":value, or "key":null for a number JSON cannot hold. */
-static void json_num(FILE *f, const char *key, const char *fmt, double v)
-{
-    fprintf(f, ",\"%s\":", key);
-    if (isfinite(v)) fprintf(f, fmt, v);
-    else fputs("null", f);
-}
-
-static void on_step(void *ctx, const tm_step_info *s)
-{
-    report *r = ctx;
-    if (r->metrics) {
-        fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld", s->step);
-        json_num(r->metrics, "loss", "%.9g", s->loss);
-        json_num(r->metrics, "lr", "%.9g", s->lr);
-        if (s->grad_norm >= 0 || isnan(s->grad_norm))
-            json_num(r->metrics, "grad_norm", "%.9g", s->grad_norm);
-        json_num(r->metrics, "modeled_step_s", "%.9g", s->modeled_step_s);
-        fputs("}\n", r->metrics);
-    }
-    long left = s->total_steps - s->step;
-    double eta = s->samples_per_s > 0 ? (double)left * r->batch / s->samples_per_s : 0;
-    const char *unit = r->gpt ? "tokens/s" : "samples/s";
-    double rate = s->samples_per_s * r->rows;
-    if (r->tty) {
-        int width = 30, done = (int)(width * s->epoch_step / s->steps_per_epoch);
-        fprintf(stderr, "\repoch %d [%.*s%*s] step %ld/%ld loss %.4f %6.0f %s ETA %3.0fs ",
-                s->epoch + 1, done, "==============================", width - done, "", s->step,
-                s->total_steps, s->loss, rate, unit, eta);
-    } else if (s->step % 100 == 0) {
-        printf("step %ld/%ld epoch %d loss %.4f lr %.4g %.0f %s\n", s->step, s->total_steps,
-               s->epoch + 1, s->loss, s->lr, rate, unit);
-        fflush(stdout);
-    }
-}
-
-/* Validation of the GPT: nats per byte and bits per byte. */
-static void on_eval(void *ctx, const tm_eval_info *e)
-{
-    report *r = ctx;
-    if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
-    printf("step %ld: val loss %.4f nats/byte, %.4f bits/byte\n", e->step, e->loss,
-           e->loss / M_LN2);
-    fflush(stdout);
-    if (r->metrics) {
-        fprintf(r->metrics, "{\"type\":\"eval\",\"step\":%ld", e->step);
-        json_num(r->metrics, "val_loss", "%.9g", e->loss);
-        json_num(r->metrics, "val_bpb", "%.9g", e->loss / M_LN2);
-        fputs("}\n", r->metrics);
-    }
-}
-
-static void on_epoch(void *ctx, const tm_epoch_info *e)
-{
-    report *r = ctx;
-    if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
-    if (r->gpt)
-        printf("epoch %d: train loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s "
-               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, e->test_loss / M_LN2,
-               e->samples_per_s * r->rows, e->modeled_samples_per_s * r->rows);
-    else
-        printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s "
-               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc,
-               e->samples_per_s, e->modeled_samples_per_s);
-    if (e->bubble >= 0) printf(", bubble %.1f%%", 100 * e->bubble);
-    printf(")\n");
-    fflush(stdout);
-    if (r->metrics) {
-        fprintf(r->metrics, "{\"type\":\"epoch\",\"epoch\":%d", e->epoch + 1);
-        json_num(r->metrics, "train_loss", "%.9g", e->train_loss);
-        if (r->gpt) {
-            json_num(r->metrics, "val_loss", "%.9g", e->test_loss);
-            json_num(r->metrics, "val_bpb", "%.9g", e->test_loss / M_LN2);
-            json_num(r->metrics, "tokens_per_s", "%.1f", e->samples_per_s * r->rows);
-        } else {
-            json_num(r->metrics, "test_loss", "%.9g", e->test_loss);
-            json_num(r->metrics, "test_acc", "%.6f", e->test_acc);
-        }
-        json_num(r->metrics, "samples_per_s", "%.1f", e->samples_per_s);
-        json_num(r->metrics, "modeled_samples_per_s", "%.1f", e->modeled_samples_per_s);
-        if (e->bubble >= 0) json_num(r->metrics, "bubble", "%.6f", e->bubble);
-        fprintf(r->metrics, "}\n");
-    }
-}
-
-static void on_load(void *ctx, const tm_train_position *pos, int resumed)
-{
-    report *r = ctx;
-    if (resumed)
-        printf("resumed %s at step %ld (epoch %d, step %ld of it)\n", r->load_path, pos->step,
-               pos->epoch + 1, pos->epoch_step);
-    else
-        printf("loaded the weights of %s; step 0 with a fresh optimizer\n", r->load_path);
-    fflush(stdout);
-}
-
-static void json_peaks(FILE *f, const tm_arena_stats *m)
-{
-    for (int t = 0; t < TM_TAG_COUNT; t++)
-        fprintf(f, "%s\"%s\":%zu", t ? "," : "{", tm_tag_name((tm_tag)t), m->tag_peak[t]);
-    fputc('}', f);
+    if (path == NULL || tm_outfile_check(path) == TM_OK) return;
+    fprintf(stderr, "train: %s: %s\n", flag, tm_error_message());
+    exit(2);
 }
 
 /* The training and validation data of the GPT: text (the corpus split at
@@ -327,10 +217,14 @@ static void load_text(text_data *t, const char *files, int synthetic, long sampl
     }
 }
 
-static void free_text(text_data *t)
+/* Everything main holds at its end, whichever model and data it had. */
+static void release(text_data *t, tm_dataset *train, tm_dataset *test, tm_model *net)
 {
     tm_corpus_free(&t->train);
     tm_corpus_free(&t->val);
+    tm_dataset_free(train);
+    tm_dataset_free(test);
+    tm_model_destroy(net);
 }
 
 typedef struct {
@@ -363,35 +257,277 @@ static void print_sample(const tm_model *m, const float *params, int n, uint64_t
     if (st != TM_OK) fprintf(stderr, "train: the sample failed: %s\n", error);
 }
 
-/* Flags given on the command line, by option index. */
+/* Long options (getopt_long's values) and which ones this command gave. */
 enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O_SCHED,
        O_WARMUP, O_MOM, O_WD, O_SEED, O_NOSHUF, O_NORM, O_DATA, O_MEM, O_SAVE, O_LOAD,
        O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
-       O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY, O_CLIP,
-       O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_END };
+       O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
+       O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_END };
+static int given[O_END - O_MODEL];
+static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
+#define GIVEN(o) given[(o) - O_MODEL]
+
+static void warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "train: warning: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* A flag that would do nothing in the command's combination is bad usage,
+ * or a warning where a sweep may give it on purpose (a schedule for a
+ * pipeline of one stage), never silent. */
+static void check_combination(const tm_train_config *cfg, int synthetic)
+{
+    if (GIVEN(O_FAILDEV) != GIVEN(O_FAILSTEP))
+        die_usage("--fail-device and --fail-step go together: device D fails at step S");
+    if (!synthetic && GIVEN(O_SAMPLES))
+        die_usage("--samples is for --dataset synthetic (the real data has its own size)");
+    if (synthetic && GIVEN(O_DATA)) die_usage("--data-dir is for --dataset fashion-mnist");
+    if (synthetic && GIVEN(O_NORM))
+        die_usage("--normalize is for --dataset fashion-mnist (synthetic inputs are standard "
+                  "already)");
+    if (cfg->optimizer == TM_OPT_ADAMW && GIVEN(O_MOM))
+        die_usage("--momentum is for --optimizer sgd (adamw has --beta1 and --beta2)");
+    if (cfg->optimizer == TM_OPT_SGD && (GIVEN(O_BETA1) || GIVEN(O_BETA2)))
+        die_usage("--beta1 and --beta2 are for --optimizer adamw");
+    if (cfg->lr_schedule == TM_LR_CONSTANT && (GIVEN(O_MINLR) || GIVEN(O_DECAY)))
+        die_usage("--min-lr and --lr-decay-steps are for --lr-schedule cosine");
+    if (cfg->lr_schedule == TM_LR_CONSTANT && GIVEN(O_WARMUP))
+        die_usage("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
+    if (cfg->trace_path == NULL && (GIVEN(O_TRACE_CLOCK) || GIVEN(O_TRACE_STEPS)))
+        die_usage("--trace-clock and --trace-steps are for --trace");
+    if (cfg->pp == 1 && GIVEN(O_SCHEDULE))
+        warn("--schedule does nothing with --pp 1 (one stage: every schedule is the same "
+             "accumulation loop)");
+    if (given_inter_node && !given_nodes)
+        warn("--inter-node-gbps and --inter-node-latency-us do nothing without "
+             "--devices-per-node (all devices are in one node)");
+}
+
+/* The first SIGINT or SIGTERM asks every device to stop after the step in
+ * flight (tm_train_config.stop_request): the run then saves its checkpoint
+ * and metrics and exits 128 + the signal. A second one, a hang-up or a
+ * broken pipe ends the process at once, its unfinished outputs' temporary
+ * files removed first. The handler runs on the host thread (device threads
+ * block these signals) and only touches a lock-free atomic and unlink(2). */
+static atomic_int stop_signal;
+
+static void on_signal(int sig)
+{
+    int none = 0;
+    if ((sig == SIGINT || sig == SIGTERM) &&
+        atomic_compare_exchange_strong(&stop_signal, &none, sig))
+        return;
+    tm_outfile_discard_temps();
+    signal(sig, SIG_DFL);
+    raise(sig); /* delivered, and fatal, as the handler returns */
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    /* Interrupted system calls resume: the first signal only sets a flag. */
+    sa.sa_flags = SA_RESTART;
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+typedef struct {
+    FILE *metrics;   /* or NULL */
+    int tty;         /* progress bar instead of log lines */
+    int batch;
+    long step;       /* the last step reported (the start's after a resume) */
+    const char *load; /* --load, for on_start */
+    int rows;        /* rows per sample: 1, or the GPT's context */
+    int gpt;         /* report tokens and validation loss */
+} report;
+
+/* Says what --load brought back, before the first step. */
+static void on_start(void *ctx, const tm_start_info *s)
+{
+    report *r = ctx;
+    r->step = s->step;
+    if (s->resumed)
+        printf("resumed from %s at step %ld (epoch %d, %ld of its %ld steps done): weights, "
+               "optimizer state and data order\n",
+               r->load, s->step, s->epoch + 1, s->epoch_step, s->steps_per_epoch);
+    else if (s->loaded)
+        printf("loaded weights from %s (no optimizer state or position in it): starting at "
+               "step 0 with a fresh optimizer\n", r->load);
+    fflush(stdout);
+    if (s->resumed && GIVEN(O_SEED))
+        warn("--seed does nothing when resuming: the weights and the data order are the "
+             "checkpoint's");
+}
+
+/* A JSON number, or null for NaN and the infinities, which JSON cannot
+ * spell (a diverged run's loss). */
+static void num(FILE *f, const char *fmt, double x)
+{
+    if (isfinite(x)) fprintf(f, fmt, x);
+    else fputs("null", f);
+}
+
+static void on_step(void *ctx, const tm_step_info *s)
+{
+    report *r = ctx;
+    r->step = s->step;
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld,\"loss\":", s->step);
+        num(r->metrics, "%.9g", s->loss);
+        fputs(",\"lr\":", r->metrics);
+        num(r->metrics, "%.9g", s->lr);
+        if (s->grad_norm >= 0 || isnan(s->grad_norm)) {
+            fputs(",\"grad_norm\":", r->metrics);
+            num(r->metrics, "%.9g", s->grad_norm);
+        }
+        fputs(",\"modeled_step_s\":", r->metrics);
+        num(r->metrics, "%.9g", s->modeled_step_s);
+        fputs("}\n", r->metrics);
+    }
+    long left = s->total_steps - s->step;
+    double eta = s->samples_per_s > 0 ? (double)left * r->batch / s->samples_per_s : 0;
+    const char *unit = r->gpt ? "tokens/s" : "samples/s";
+    double rate = s->samples_per_s * r->rows;
+    if (r->tty) {
+        int width = 30, done = (int)(width * s->epoch_step / s->steps_per_epoch);
+        fprintf(stderr, "\repoch %d [%.*s%*s] step %ld/%ld loss %.4f %6.0f %s ETA %3.0fs ",
+                s->epoch + 1, done, "==============================", width - done, "", s->step,
+                s->total_steps, s->loss, rate, unit, eta);
+    } else if (s->step % 100 == 0) {
+        printf("step %ld/%ld epoch %d loss %.4f lr %.4g %.0f %s\n", s->step, s->total_steps,
+               s->epoch + 1, s->loss, s->lr, rate, unit);
+        fflush(stdout);
+    }
+}
+
+/* Validation of the GPT: nats per byte and bits per byte. */
+static void on_eval(void *ctx, const tm_eval_info *e)
+{
+    report *r = ctx;
+    if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
+    printf("step %ld: val loss %.4f nats/byte, %.4f bits/byte\n", e->step, e->loss,
+           e->loss / M_LN2);
+    fflush(stdout);
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"type\":\"eval\",\"step\":%ld,\"val_loss\":", e->step);
+        num(r->metrics, "%.9g", e->loss);
+        fputs(",\"val_bpb\":", r->metrics);
+        num(r->metrics, "%.9g", e->loss / M_LN2);
+        fputs("}\n", r->metrics);
+    }
+}
+
+static void on_epoch(void *ctx, const tm_epoch_info *e)
+{
+    report *r = ctx;
+    if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
+    if (r->gpt)
+        printf("epoch %d: train loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s "
+               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, e->test_loss / M_LN2,
+               e->samples_per_s * r->rows, e->modeled_samples_per_s * r->rows);
+    else
+        printf("epoch %d: train loss %.4f, test loss %.4f, test accuracy %.2f%%, %.0f samples/s "
+               "(modeled %.0f", e->epoch + 1, e->train_loss, e->test_loss, 100 * e->test_acc,
+               e->samples_per_s, e->modeled_samples_per_s);
+    if (e->bubble >= 0) printf(", bubble %.1f%%", 100 * e->bubble);
+    printf(")\n");
+    fflush(stdout);
+    FILE *f = r->metrics;
+    if (f == NULL) return;
+    fprintf(f, "{\"type\":\"epoch\",\"epoch\":%d,\"train_loss\":", e->epoch + 1);
+    num(f, "%.9g", e->train_loss);
+    if (r->gpt) {
+        fputs(",\"val_loss\":", f);
+        num(f, "%.9g", e->test_loss);
+        fputs(",\"val_bpb\":", f);
+        num(f, "%.9g", e->test_loss / M_LN2);
+        fprintf(f, ",\"tokens_per_s\":%.1f", e->samples_per_s * r->rows);
+    } else {
+        fputs(",\"test_loss\":", f);
+        num(f, "%.9g", e->test_loss);
+        fputs(",\"test_acc\":", f);
+        num(f, "%.6f", e->test_acc);
+    }
+    fprintf(f, ",\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f", e->samples_per_s,
+            e->modeled_samples_per_s);
+    if (e->bubble >= 0) fprintf(f, ",\"bubble\":%.6f", e->bubble);
+    fputs("}\n", f);
+}
+
+static void json_peaks(FILE *f, const tm_arena_stats *m)
+{
+    for (int t = 0; t < TM_TAG_COUNT; t++)
+        fprintf(f, "%s\"%s\":%zu", t ? "," : "{", tm_tag_name((tm_tag)t), m->tag_peak[t]);
+    fputc('}', f);
+}
+
+/* The metrics' last line. An interrupted run says so and has no test
+ * accuracy (it stopped before the final evaluation). */
+static void write_summary(FILE *f, const tm_train_result *res, int interrupted, const report *r)
+{
+    fprintf(f, "{\"type\":\"summary\",\"steps\":%ld,", res->steps);
+    if (interrupted) fputs("\"interrupted\":true,", f);
+    fprintf(f, "\"samples_per_s\":%.1f,\"modeled_samples_per_s\":%.1f,", res->samples_per_s,
+            res->modeled_samples_per_s);
+    if (res->bubble >= 0) fprintf(f, "\"bubble\":%.6f,", res->bubble);
+    if (r->gpt) {
+        fprintf(f, "\"tokens_per_s\":%.1f,\"val_loss\":", res->samples_per_s * r->rows);
+        num(f, "%.9g", res->stopped ? NAN : res->test_loss);
+        fputs(",\"val_bpb\":", f);
+        num(f, "%.9g", res->stopped ? NAN : res->test_loss / M_LN2);
+    } else {
+        fputs("\"test_acc\":", f);
+        num(f, "%.6f", res->stopped ? NAN : res->test_acc);
+    }
+    fputs(",\"peak_bytes\":", f);
+    json_peaks(f, &res->memory);
+    fprintf(f, ",\"devices\":[");
+    for (int i = 0; i < res->n_devices; i++) {
+        const tm_device_report *d = &res->devices[i];
+        fprintf(f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":", i ? "," : "",
+                d->id, d->d, d->p, d->t);
+        json_peaks(f, &d->memory);
+        fprintf(f, ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
+                   "\"comm_s\":%.9g,\"idle_s\":%.9g}",
+                (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
+                d->idle_s);
+    }
+    fprintf(f, "]}\n");
+}
 
 int main(int argc, char **argv)
 {
+    catch_signals();
     tm_train_config cfg = {0};
     const char *model = "784,256,128,10", *act = "relu", *why;
     const char *data_dir = TM_DATASET_DEFAULT_DIR, *metrics_path = NULL, *text = NULL;
-    const char *dataset = NULL;
     double lr = -1, wd = -1, val_fraction = 0.1;
     int normalize = 1, sample_tokens = 200;
-    long devices = 0, samples = 16384, eval_sequences = 0;
+    long eval_sequences = 0;
     tm_gpt_config gc = {4, 4, 128, 128};
-    char given[O_END] = {0};
     cfg.epochs = 10;
     cfg.micro_batches = 1;
     cfg.lr_schedule = TM_LR_COSINE;
     cfg.dp = cfg.pp = cfg.tp = 1;
     cfg.schedule = TM_SCHED_1F1B;
+    long devices = 0;
+    int every_link = 0;
     cfg.momentum = 0.9;
     cfg.beta1 = 0.9;
     cfg.seed = 1;
     cfg.shuffle = 1;
     tm_clock_config_default(&cfg.clock);
+    const char *dataset = NULL;
+    long samples = 16384;
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},          {"activation", 1, 0, O_ACT},
         {"epochs", 1, 0, O_EPOCHS},        {"steps", 1, 0, O_STEPS},
@@ -413,25 +549,28 @@ int main(int argc, char **argv)
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"trace", 1, 0, O_TRACE},
         {"trace-clock", 1, 0, O_TRACE_CLOCK}, {"trace-from", 1, 0, O_TRACE_FROM},
-        {"trace-steps", 1, 0, O_TRACE_STEPS}, {"layers", 1, 0, O_LAYERS},
-        {"heads", 1, 0, O_HEADS},          {"d-model", 1, 0, O_DMODEL},
-        {"context", 1, 0, O_CONTEXT},      {"beta1", 1, 0, O_BETA1},
-        {"beta2", 1, 0, O_BETA2},          {"min-lr", 1, 0, O_MINLR},
-        {"lr-decay-steps", 1, 0, O_DECAY}, {"clip-grad", 1, 0, O_CLIP},
-        {"text", 1, 0, O_TEXT},            {"val-fraction", 1, 0, O_VALFRAC},
-        {"eval-every", 1, 0, O_EVALEVERY}, {"eval-sequences", 1, 0, O_EVALSEQ},
-        {"sample-tokens", 1, 0, O_SAMPLETOK}, {"load-weights", 1, 0, O_LOADW},
+        {"trace-steps", 1, 0, O_TRACE_STEPS}, {"links", 0, 0, O_LINKS},
+        {"layers", 1, 0, O_LAYERS},        {"heads", 1, 0, O_HEADS},
+        {"d-model", 1, 0, O_DMODEL},       {"context", 1, 0, O_CONTEXT},
+        {"beta1", 1, 0, O_BETA1},          {"beta2", 1, 0, O_BETA2},
+        {"min-lr", 1, 0, O_MINLR},         {"lr-decay-steps", 1, 0, O_DECAY},
+        {"clip-grad", 1, 0, O_CLIP},       {"text", 1, 0, O_TEXT},
+        {"val-fraction", 1, 0, O_VALFRAC}, {"eval-every", 1, 0, O_EVALEVERY},
+        {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
+        {"load-weights", 1, 0, O_LOADW},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
-        if (c >= O_MODEL && c < O_END) given[c] = 1;
+        if (c >= O_MODEL && c < O_END) GIVEN(c) = 1;
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
-        case O_EPOCHS: cfg.epochs = (int)parse_long("--epochs", optarg, 1); break;
-        case O_STEPS: cfg.max_steps = parse_long("--steps", optarg, 1); break;
-        case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1); break;
-        case O_MICRO: cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1); break;
+        case O_EPOCHS: cfg.epochs = (int)parse_long("--epochs", optarg, 1, INT_MAX); break;
+        case O_STEPS: cfg.max_steps = parse_long("--steps", optarg, 1, LONG_MAX); break;
+        case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1, INT_MAX); break;
+        case O_MICRO:
+            cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB);
+            break;
         case O_OPT:
             if (tm_optimizer_parse(optarg, &cfg.optimizer) != 0)
                 die_usage("--optimizer is sgd or adamw, not \"%s\"", optarg);
@@ -442,10 +581,10 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "cosine") == 0) cfg.lr_schedule = TM_LR_COSINE;
             else die_usage("--lr-schedule is constant or cosine, not \"%s\"", optarg);
             break;
-        case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0); break;
+        case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0, LONG_MAX); break;
         case O_MOM: cfg.momentum = parse_double("--momentum", optarg, 0, 0); break;
         case O_WD: wd = parse_double("--weight-decay", optarg, 0, 0); break;
-        case O_SEED: cfg.seed = (uint64_t)parse_long("--seed", optarg, 0); break;
+        case O_SEED: cfg.seed = (uint64_t)parse_long("--seed", optarg, 0, LONG_MAX); break;
         case O_NOSHUF: cfg.shuffle = 0; break;
         case O_NORM:
             if (strcmp(optarg, "none") == 0) normalize = 0;
@@ -464,10 +603,10 @@ int main(int argc, char **argv)
             cfg.load_weights = 1;
             break;
         case O_METRICS: metrics_path = optarg; break;
-        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1); break;
-        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1); break;
-        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1); break;
-        case O_DEVICES: devices = parse_long("--devices", optarg, 1); break;
+        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_DEVICES: devices = parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 die_usage(
@@ -475,18 +614,22 @@ int main(int argc, char **argv)
                     optarg);
             break;
         case O_STAGES: cfg.stages = optarg; break;
-        case O_FAILDEV: cfg.fail_device = (int)parse_long("--fail-device", optarg, 0); break;
-        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1); break;
+        case O_FAILDEV:
+            cfg.fail_device = (int)parse_long("--fail-device", optarg, 0, TM_MAX_DEVICES - 1);
+            break;
+        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1, LONG_MAX); break;
         case O_DATASET:
             if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0 &&
                 strcmp(optarg, "text") != 0)
                 die_usage("--dataset is fashion-mnist, text or synthetic, not \"%s\"", optarg);
             dataset = optarg;
             break;
-        case O_SAMPLES: samples = parse_long("--samples", optarg, 8); break;
+        case O_SAMPLES: samples = parse_long("--samples", optarg, 8, INT_MAX); break;
         case O_CLOCK:
             if (tm_clock_config_flag(&cfg.clock, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
+            given_nodes |= strcmp(opts[idx].name, "devices-per-node") == 0;
+            given_inter_node |= strncmp(opts[idx].name, "inter-node-", 11) == 0;
             break;
         case O_TRACE: cfg.trace_path = optarg; break;
         case O_TRACE_CLOCK:
@@ -494,26 +637,39 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "wall") == 0) cfg.trace_wall = 1;
             else die_usage("--trace-clock is modeled or wall, not \"%s\"", optarg);
             break;
-        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1); break;
-        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1); break;
-        case O_LAYERS: gc.n_layer = (int)parse_long("--layers", optarg, 1); break;
-        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1); break;
-        case O_DMODEL: gc.n_embd = (int)parse_long("--d-model", optarg, 1); break;
-        case O_CONTEXT: gc.block_size = (int)parse_long("--context", optarg, 1); break;
+        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1, LONG_MAX); break;
+        case O_LINKS: every_link = 1; break;
+        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1, LONG_MAX); break;
+        case O_LAYERS:
+            gc.n_layer = (int)parse_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
+            break;
+        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_DMODEL:
+            gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH);
+            break;
+        case O_CONTEXT:
+            gc.block_size = (int)parse_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
+            break;
         case O_BETA1: cfg.beta1 = parse_double("--beta1", optarg, 0, 0); break;
         case O_BETA2: cfg.beta2 = parse_double("--beta2", optarg, 0, 0); break;
         case O_MINLR: cfg.min_lr = parse_double("--min-lr", optarg, 0, 0); break;
-        case O_DECAY: cfg.lr_decay_steps = parse_long("--lr-decay-steps", optarg, 1); break;
+        case O_DECAY:
+            cfg.lr_decay_steps = parse_long("--lr-decay-steps", optarg, 1, LONG_MAX);
+            break;
         case O_CLIP: cfg.clip_grad = parse_double("--clip-grad", optarg, 0, 0); break;
         case O_TEXT: text = optarg; break;
         case O_VALFRAC: val_fraction = parse_double("--val-fraction", optarg, 0, 1); break;
-        case O_EVALEVERY: cfg.eval_every = parse_long("--eval-every", optarg, 1); break;
-        case O_EVALSEQ: eval_sequences = parse_long("--eval-sequences", optarg, 1); break;
-        case O_SAMPLETOK: sample_tokens = (int)parse_long("--sample-tokens", optarg, 0); break;
+        case O_EVALEVERY: cfg.eval_every = parse_long("--eval-every", optarg, 1, LONG_MAX); break;
+        case O_EVALSEQ: eval_sequences = parse_long("--eval-sequences", optarg, 1, INT_MAX); break;
+        case O_SAMPLETOK:
+            sample_tokens = (int)parse_long("--sample-tokens", optarg, 0, 100000000);
+            break;
         case 'h':
             fputs(usage_head, stdout);
             tm_clock_config_usage(stdout, &cfg.clock);
             fputs(usage_tail, stdout);
+            print_limits(stdout);
+            fputs(usage_end, stdout);
             return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -521,7 +677,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (given[O_LOAD] && given[O_LOADW]) die_usage("--load and --load-weights exclude each other");
+    if (GIVEN(O_LOAD) && GIVEN(O_LOADW)) die_usage("--load and --load-weights exclude each other");
     int gpt = strcmp(model, "gpt") == 0;
     static const struct { int flag; const char *name; } gpt_only[] = {
         {O_LAYERS, "--layers"}, {O_HEADS, "--heads"}, {O_DMODEL, "--d-model"},
@@ -530,29 +686,27 @@ int main(int argc, char **argv)
     static const struct { int flag; const char *name; } mlp_only[] = {
         {O_ACT, "--activation"}, {O_NORM, "--normalize"}, {O_DATA, "--data-dir"}};
     for (size_t i = 0; !gpt && i < sizeof gpt_only / sizeof gpt_only[0]; i++)
-        if (given[gpt_only[i].flag]) die_usage("%s goes with --model gpt", gpt_only[i].name);
+        if (GIVEN(gpt_only[i].flag)) die_usage("%s goes with --model gpt", gpt_only[i].name);
     for (size_t i = 0; gpt && i < sizeof mlp_only / sizeof mlp_only[0]; i++)
-        if (given[mlp_only[i].flag]) die_usage("%s goes with an MLP --model", mlp_only[i].name);
+        if (GIVEN(mlp_only[i].flag)) die_usage("%s goes with an MLP --model", mlp_only[i].name);
     if (dataset == NULL) dataset = gpt ? "text" : "fashion-mnist";
     int synthetic = strcmp(dataset, "synthetic") == 0;
     if (gpt && strcmp(dataset, "fashion-mnist") == 0)
         die_usage("--dataset fashion-mnist is for the MLP; the GPT takes text or synthetic");
-    if (!gpt && strcmp(dataset, "text") == 0)
-        die_usage("--dataset text is for --model gpt");
-    if (given[O_TEXT] && synthetic) die_usage("--text goes with --dataset text");
-    if (given[O_SAMPLES] && !synthetic) die_usage("--samples goes with --dataset synthetic");
+    if (!gpt && strcmp(dataset, "text") == 0) die_usage("--dataset text is for --model gpt");
+    if (GIVEN(O_TEXT) && synthetic) die_usage("--text goes with --dataset text");
 
     /* The model's recipe for what the command leaves out. */
-    if (!given[O_OPT]) cfg.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
+    if (!GIVEN(O_OPT)) cfg.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
     int adamw = cfg.optimizer == TM_OPT_ADAMW;
     cfg.lr = lr > 0 ? lr : gpt || adamw ? 1e-3 : 0.05;
     cfg.weight_decay = wd >= 0 ? wd : gpt ? 0.1 : adamw ? 1e-4 : 5e-4;
-    if (!given[O_BETA2]) cfg.beta2 = gpt ? 0.99 : 0.999;
-    if (!given[O_WARMUP]) cfg.warmup_steps = gpt ? 100 : 200;
-    if (!given[O_MINLR]) cfg.min_lr = gpt ? cfg.lr / 10 : 0;
-    if (!given[O_CLIP]) cfg.clip_grad = gpt ? 1.0 : 0;
-    if (!given[O_BATCH]) cfg.batch = gpt ? 32 : 128;
-    if (!given[O_MEM]) cfg.mem_cap = (size_t)(gpt ? 512 : 64) << 20;
+    if (!GIVEN(O_BETA2)) cfg.beta2 = gpt ? 0.99 : 0.999;
+    if (!GIVEN(O_WARMUP)) cfg.warmup_steps = gpt ? 100 : 200;
+    if (!GIVEN(O_MINLR)) cfg.min_lr = gpt ? cfg.lr / 10 : 0;
+    if (!GIVEN(O_CLIP)) cfg.clip_grad = gpt ? 1.0 : 0;
+    if (!GIVEN(O_BATCH)) cfg.batch = gpt ? 32 : 128;
+    if (!GIVEN(O_MEM)) cfg.mem_cap = (size_t)(gpt ? 512 : 64) << 20;
     if (cfg.momentum >= 1) die_usage("--momentum must be below 1");
     if (cfg.beta1 >= 1 || cfg.beta2 >= 1) die_usage("--beta1 and --beta2 must be below 1");
     if (val_fraction >= 1) die_usage("--val-fraction must be below 1");
@@ -561,7 +715,6 @@ int main(int argc, char **argv)
     if (devices != 0 && devices != mesh)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
-    if (samples > INT_MAX) die_usage("--samples %ld is too many", samples);
 
     tm_model net;
     tm_mlp_config mlp;
@@ -575,20 +728,18 @@ int main(int argc, char **argv)
         if (tm_activation_parse(act, &mlp.act) != 0)
             die_usage("--activation is relu or gelu, not \"%s\"", act);
     }
+    check_combination(&cfg, synthetic);
+    /* Fail now rather than after training if an output cannot be written. */
+    check_output("--metrics", metrics_path);
+    check_output("--save", cfg.save_path);
+    check_output("--trace", cfg.trace_path);
     if ((gpt ? tm_gpt_model(&net, &gc) : tm_mlp_model(&net, &mlp)) != TM_OK) {
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 1;
     }
     cfg.model = &net;
-
-    /* Fail now rather than after training if the trace cannot be written. */
-    if (cfg.trace_path != NULL && tm_trace_path_check(cfg.trace_path) != TM_OK) {
-        fprintf(stderr, "train: %s\n", tm_error_message());
-        tm_model_destroy(&net);
-        return 2;
-    }
     tm_dataset train = {0}, test = {0};
-    text_data td;
+    text_data td = {0};
     tm_data train_data, test_data;
     int st = TM_OK;
     if (gpt) {
@@ -606,8 +757,8 @@ int main(int argc, char **argv)
                  (unsigned long long)c->hash);
         cfg.n_data_meta = 3;
         /* The GPT's run is as long as --steps asks, unless --epochs says. */
-        long per_epoch = train_data.n / (cfg.batch > 0 ? cfg.batch : 1);
-        if (!given[O_EPOCHS])
+        long per_epoch = train_data.n / cfg.batch;
+        if (!GIVEN(O_EPOCHS))
             cfg.epochs = cfg.max_steps > 0 && per_epoch > 0
                              ? (int)((cfg.max_steps + per_epoch - 1) / per_epoch) : 1;
     } else {
@@ -635,39 +786,51 @@ int main(int argc, char **argv)
         if (tm_dataset_standardize(&train, mean, std) != TM_OK ||
             tm_dataset_standardize(&test, mean, std) != TM_OK) {
             fprintf(stderr, "train: %s\n", tm_error_message());
-            tm_model_destroy(&net);
             return 2;
         }
     }
 
-    out_file metrics = {0};
-    if (metrics_path != NULL) out_open(&metrics, metrics_path);
-    report rep = {metrics.f, isatty(STDERR_FILENO), cfg.batch, net.rows_per_sample, gpt,
-                  cfg.load_path};
+    tm_outfile *metrics = NULL;
+    FILE *mf = NULL;
+    if (metrics_path != NULL &&
+        (tm_outfile_open(&metrics, metrics_path) != TM_OK ||
+         (mf = tm_outfile_stream(metrics)) == NULL)) {
+        fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
+        tm_outfile_abandon(metrics);
+        release(&td, &train, &test, &net);
+        return 2;
+    }
+    report rep = {mf, isatty(STDERR_FILENO), cfg.batch, 0, cfg.load_path, net.rows_per_sample,
+                  gpt};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
-    cfg.on_load = on_load;
     cfg.on_eval = gpt ? on_eval : NULL;
+    cfg.on_start = on_start;
     cfg.keep_params = gpt && sample_tokens > 0;
+    /* "batch 128 (64 per replica) in 4 micro-batches": each part only when
+     * it says something. */
+    char replica[48] = "", micro[48] = "";
+    if (cfg.dp > 1) snprintf(replica, sizeof replica, " (%d per replica)", cfg.batch / cfg.dp);
+    if (cfg.micro_batches > 1)
+        snprintf(micro, sizeof micro, " in %d micro-batches", cfg.micro_batches);
     if (gpt) {
         long decay = cfg.lr_decay_steps > 0 ? cfg.lr_decay_steps
                                             : (long)(train_data.n / cfg.batch) * cfg.epochs;
         printf("training gpt (layers %d, heads %d, d_model %d, context %d; %.2f M parameters) on "
-               "%s: %d train / %d validation windows of %d bytes, batch %d sequences (%d tokens) "
-               "in %d micro-batch(es), %s lr %g, %s schedule to %g over %ld steps, device "
-               "memory %zu MiB\n",
+               "%s: %d train / %d validation windows of %d bytes, batch %d sequences (%d tokens)"
+               "%s%s, %s lr %g, %s schedule to %g over %ld steps, device memory %zu MiB\n",
                gc.n_layer, gc.n_head, gc.n_embd, gc.block_size, 1e-6 * (double)net.n_params,
                synthetic ? "synthetic text" : text ? text : "the fortunes corpus", train_data.n,
-               test_data.n, gc.block_size + 1, cfg.batch, cfg.batch * gc.block_size,
-               cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+               test_data.n, gc.block_size + 1, cfg.batch, cfg.batch * gc.block_size, replica,
+               micro, adamw ? "adamw" : "sgd", cfg.lr,
                cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.min_lr, decay,
                cfg.mem_cap >> 20);
     } else {
-        printf("training %s (%s) on %s: %d train / %d test samples, batch %d in %d "
-               "micro-batch(es), %s lr %g, %s schedule, device memory %zu MiB\n",
+        printf("training %s (%s) on %s: %d train / %d test samples, batch %d%s%s, %s lr %g, %s "
+               "schedule, device memory %zu MiB\n",
                model, act, synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n,
-               cfg.batch, cfg.micro_batches, adamw ? "adamw" : "sgd", cfg.lr,
+               cfg.batch, replica, micro, adamw ? "adamw" : "sgd", cfg.lr,
                cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     }
     if (mesh > 1)
@@ -676,53 +839,52 @@ int main(int argc, char **argv)
     fflush(stdout);
     tm_train_result res;
     char error[2048];
+    cfg.stop_request = &stop_signal;
+    if (atomic_load(&stop_signal) != 0) {
+        fprintf(stderr, "train: interrupted before training; nothing written\n");
+        tm_outfile_abandon(metrics);
+        release(&td, &train, &test, &net);
+        return 128 + atomic_load(&stop_signal);
+    }
     st = tm_train(&cfg, &train_data, &test_data, &res, error, sizeof error);
     if (rep.tty) fprintf(stderr, "\r%*s\r", 100, "");
-    tm_dataset_free(&train);
-    tm_dataset_free(&test);
     if (st != TM_OK) {
-        out_abandon(&metrics);
-        tm_train_result_free(&res);
-        if (gpt) free_text(&td);
-        tm_model_destroy(&net);
+        /* A diverged run's metrics are kept: every step up to the failing
+         * one, whose non-finite values are null. */
+        if (st == TM_ENONFINITE && metrics != NULL && tm_outfile_commit(metrics) != TM_OK)
+            fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
+        else if (st != TM_ENONFINITE)
+            tm_outfile_abandon(metrics);
         fprintf(stderr, "train: %s\n", error);
-        return st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO ? 2 : 1;
+        /* Before the devices ran, a bad input file is bad usage; after, a
+         * failure to write an output is the run's failure. */
+        int usage = !res.ran && (st == TM_EINVAL || st == TM_EFORMAT || st == TM_EIO);
+        tm_train_result_free(&res);
+        release(&td, &train, &test, &net);
+        return usage ? 2 : 1;
     }
-    double rows = net.rows_per_sample;
-    if (metrics.f != NULL) {
-        fprintf(metrics.f, "{\"type\":\"summary\",\"steps\":%ld", res.steps);
-        json_num(metrics.f, "samples_per_s", "%.1f", res.samples_per_s);
-        json_num(metrics.f, "modeled_samples_per_s", "%.1f", res.modeled_samples_per_s);
-        if (res.bubble >= 0) json_num(metrics.f, "bubble", "%.6f", res.bubble);
-        if (gpt) {
-            json_num(metrics.f, "tokens_per_s", "%.1f", res.samples_per_s * rows);
-            json_num(metrics.f, "val_loss", "%.9g", res.test_loss);
-            json_num(metrics.f, "val_bpb", "%.9g", res.test_loss / M_LN2);
-        } else {
-            json_num(metrics.f, "test_acc", "%.6f", res.test_acc);
-        }
-        fprintf(metrics.f, ",\"peak_bytes\":");
-        json_peaks(metrics.f, &res.memory);
-        fprintf(metrics.f, ",\"devices\":[");
-        for (int i = 0; i < res.n_devices; i++) {
-            const tm_device_report *d = &res.devices[i];
-            fprintf(metrics.f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
-                    i ? "," : "", d->id, d->d, d->p, d->t);
-            json_peaks(metrics.f, &d->memory);
-            fprintf(metrics.f,
-                    ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
-                    "\"comm_s\":%.9g,\"idle_s\":%.9g}",
-                    (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
-                    d->idle_s);
-        }
-        fprintf(metrics.f, "]}\n");
-        if (out_commit(&metrics) != 0) {
+    int sig = atomic_load(&stop_signal);
+    if (mf != NULL) {
+        write_summary(mf, &res, sig != 0, &rep);
+        if (tm_outfile_commit(metrics) != TM_OK) {
+            fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
             tm_train_result_free(&res);
-            if (gpt) free_text(&td);
-            tm_model_destroy(&net);
+            release(&td, &train, &test, &net);
             return 1;
         }
     }
+    if (sig != 0) {
+        if (cfg.save_path != NULL)
+            fprintf(stderr, "interrupted at step %ld; checkpoint written to %s\n", rep.step,
+                    cfg.save_path);
+        else
+            fprintf(stderr, "interrupted at step %ld; no checkpoint written (no --save)\n",
+                    rep.step);
+        tm_train_result_free(&res);
+        release(&td, &train, &test, &net);
+        return 128 + sig;
+    }
+    double rows = net.rows_per_sample;
     if (gpt)
         printf("val loss %.4f nats/byte (%.4f bits/byte) after %ld steps; %.0f tokens/s; "
                "%.1f GFLOP/s\n", res.test_loss, res.test_loss / M_LN2, res.steps,
@@ -733,7 +895,9 @@ int main(int argc, char **argv)
     tm_report_modeled(stdout, &res, &cfg);
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
-    tm_report_traffic(stdout, &res, &cfg);
+    tm_report_traffic(stdout, &res, &cfg, every_link);
+    if (!every_link && res.n_links > 8)
+        printf("(--links lists each of the %d links)\n", res.n_links);
     if (cfg.trace_path != NULL) {
         long first = cfg.trace_first > 0 ? cfg.trace_first : 1;
         long count = cfg.trace_steps > 0 ? cfg.trace_steps : 1;
@@ -746,7 +910,6 @@ int main(int argc, char **argv)
         print_sample(&net, res.params, sample_tokens, cfg.seed, cfg.mem_cap);
     }
     tm_train_result_free(&res);
-    if (gpt) free_text(&td);
-    tm_model_destroy(&net);
+    release(&td, &train, &test, &net);
     return 0;
 }

@@ -36,7 +36,6 @@
 
 #define TM__SEG_INITIAL 64
 #define TM__REPORT_MAX 512
-#define TM__HUMAN_MAX 24
 
 /* One piece of the region: either a live block or free space. The segments
  * live on the host heap, not in the region (as a GPU caching allocator keeps
@@ -82,7 +81,7 @@ const char *tm_tag_name(tm_tag tag)
 
 /* Formats a byte count the way CUDA's OOM message does ("12.00 MiB"), so
  * reports read at a glance; exact counts appear next to it where needed. */
-static const char *human(char buf[TM__HUMAN_MAX], size_t bytes)
+const char *tm__human(char buf[TM__HUMAN_MAX], size_t bytes)
 {
     static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
     if (bytes < 1024) {
@@ -99,6 +98,12 @@ static const char *human(char buf[TM__HUMAN_MAX], size_t bytes)
     return buf;
 }
 
+static int capacity_error(int device, size_t capacity)
+{
+    return tm_error(TM_EINVAL, "device %d: arena capacity of %zu bytes is below the minimum of %d "
+                    "bytes", device, capacity, TM_ARENA_ALIGN);
+}
+
 int tm_arena_create(tm_arena **out, size_t capacity, int device)
 {
     char hbuf[TM__HUMAN_MAX];
@@ -106,16 +111,12 @@ int tm_arena_create(tm_arena **out, size_t capacity, int device)
     *out = NULL;
     /* Rounding down keeps every block aligned and never exceeds the cap. */
     size_t usable = capacity / TM_ARENA_ALIGN * TM_ARENA_ALIGN;
-    if (usable == 0)
-        return tm_error(TM_EINVAL,
-                        "device %d: arena capacity of %zu bytes is below the "
-                        "minimum of %d bytes",
-                        device, capacity, TM_ARENA_ALIGN);
+    if (usable == 0) return capacity_error(device, capacity);
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) page = 4096;
     if (capacity > SIZE_MAX - (size_t)page)
         return tm_error(TM_EHOSTMEM, "device %d: cannot map a %s arena",
-                        device, human(hbuf, capacity));
+                        device, tm__human(hbuf, capacity));
 
     tm_arena *a = calloc(1, sizeof *a);
     if (!a) goto err_host;
@@ -132,7 +133,7 @@ int tm_arena_create(tm_arena **out, size_t capacity, int device)
         free(a->seg);
         free(a);
         return tm_error(TM_EHOSTMEM, "device %d: cannot map a %s arena: %s",
-                        device, human(hbuf, capacity), strerror(err));
+                        device, tm__human(hbuf, capacity), strerror(err));
     }
     /* Huge pages make the prefault cheap: for 64 MiB on the development VM,
      * touching 4 KiB pages took 170-320 ms and 2 MiB pages 3-6 ms, which
@@ -232,22 +233,57 @@ static size_t best_fit(const tm_arena *a, size_t need)
     return best;
 }
 
-static void record_oom(tm_arena *a, size_t bytes, tm_tag tag)
+/* The out-of-memory report for `bytes` of `tag` asked of an arena of
+ * `capacity` with `in_use` bytes live (tag_in_use of them by tag) and a
+ * largest free block of `largest`. */
+static void format_oom(char out[TM__REPORT_MAX], int device, size_t bytes, tm_tag tag,
+                       size_t capacity, size_t in_use, size_t largest, const size_t *tag_in_use)
 {
     char asked[TM__HUMAN_MAX], cap[TM__HUMAN_MAX], used[TM__HUMAN_MAX];
-    char avail[TM__HUMAN_MAX], largest[TM__HUMAN_MAX], t[TM__HUMAN_MAX];
+    char avail[TM__HUMAN_MAX], big[TM__HUMAN_MAX], t[TM__HUMAN_MAX];
     size_t n = (size_t)snprintf(
-        a->oom, sizeof a->oom,
+        out, TM__REPORT_MAX,
         "device %d: out of memory: tried to allocate %s (%zu bytes, tag %s); "
         "capacity %s, %s in use, %s free, largest free block %s\n  by tag:",
-        a->device, human(asked, bytes), bytes, tm_tag_name(tag),
-        human(cap, a->capacity), human(used, a->in_use),
-        human(avail, a->capacity - a->in_use), human(largest, largest_free(a)));
-    for (int k = 0; k < TM_TAG_COUNT && n < sizeof a->oom; k++)
-        n += (size_t)snprintf(a->oom + n, sizeof a->oom - n, "%s %s %s",
-                              k ? "," : "", tm_tag_name((tm_tag)k),
-                              human(t, a->tag_in_use[k]));
+        device, tm__human(asked, bytes), bytes, tm_tag_name(tag), tm__human(cap, capacity),
+        tm__human(used, in_use), tm__human(avail, capacity - in_use), tm__human(big, largest));
+    for (int k = 0; k < TM_TAG_COUNT && n < TM__REPORT_MAX; k++)
+        n += (size_t)snprintf(out + n, TM__REPORT_MAX - n, "%s %s %s", k ? "," : "",
+                              tm_tag_name((tm_tag)k), tm__human(t, tag_in_use[k]));
+}
+
+static void record_oom(tm_arena *a, size_t bytes, tm_tag tag)
+{
+    format_oom(a->oom, a->device, bytes, tag, a->capacity, a->in_use, largest_free(a),
+               a->tag_in_use);
     tm_error(TM_ENOMEM, "%s", a->oom);
+}
+
+/* A block's size in the arena: whole alignment units, at least one. The
+ * caller has checked bytes <= capacity, so this cannot overflow. */
+static size_t block_size(size_t bytes)
+{
+    return bytes ? (bytes + TM_ARENA_ALIGN - 1) / TM_ARENA_ALIGN * TM_ARENA_ALIGN : TM_ARENA_ALIGN;
+}
+
+int tm_arena_fits(size_t capacity, int device, const size_t *bytes, const tm_tag *tags, int n)
+{
+    size_t usable = capacity / TM_ARENA_ALIGN * TM_ARENA_ALIGN, in_use = 0;
+    size_t by_tag[TM_TAG_COUNT] = {0};
+    if (usable == 0) return capacity_error(device, capacity);
+    for (int i = 0; i < n; i++) {
+        /* In a fresh arena blocks lie end to end (best fit has one free
+         * block to choose from), so what is left is one free block. */
+        size_t left = usable - in_use;
+        if (bytes[i] > left || block_size(bytes[i]) > left) {
+            char report[TM__REPORT_MAX];
+            format_oom(report, device, bytes[i], tags[i], usable, in_use, left, by_tag);
+            return tm_error(TM_ENOMEM, "%s", report);
+        }
+        in_use += block_size(bytes[i]);
+        by_tag[tags[i]] += block_size(bytes[i]);
+    }
+    return TM_OK;
 }
 
 void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
@@ -266,8 +302,7 @@ void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
      * the rounding below from overflowing near SIZE_MAX. */
     size_t need = 0, i = arena->nseg;
     if (bytes <= arena->capacity) {
-        need = bytes ? (bytes + TM_ARENA_ALIGN - 1) / TM_ARENA_ALIGN * TM_ARENA_ALIGN
-                     : TM_ARENA_ALIGN;
+        need = block_size(bytes);
         i = best_fit(arena, need);
     }
     if (i == arena->nseg) {
@@ -279,7 +314,7 @@ void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag)
             snprintf(arena->oom, sizeof arena->oom,
                      "device %d: no host memory for the arena's block list "
                      "while allocating %s (tag %s)",
-                     arena->device, human(hbuf, bytes), tm_tag_name(tag));
+                     arena->device, tm__human(hbuf, bytes), tm_tag_name(tag));
             tm_error(TM_EHOSTMEM, "%s", arena->oom);
             return NULL;
         }

@@ -53,6 +53,12 @@ void tm_arena_prefault(tm_arena *arena);
  * a unique non-NULL pointer), or NULL when it does not fit; then the OOM
  * report (tm_arena_oom_report) describes the failure. Never aborts. */
 void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag);
+/* Whether blocks of bytes[i] with tags[i], allocated in this order, fit a
+ * fresh arena of `capacity` for `device`, decided without reserving any
+ * memory: TM_OK, or TM_ENOMEM with the report tm_arena_alloc would record
+ * for the first block that does not (the blocks before it in use);
+ * TM_EINVAL as tm_arena_create for a capacity below TM_ARENA_ALIGN. */
+int tm_arena_fits(size_t capacity, int device, const size_t *bytes, const tm_tag *tags, int n);
 /* Returns a block to the arena; NULL is a no-op. A pointer the arena did not
  * hand out (or a double free) is a bug and aborts. */
 void tm_arena_free(tm_arena *arena, void *ptr);
@@ -72,5 +78,9 @@ const char *tm_tag_name(tm_tag tag);
  * a unit and is rounded down to whole bytes); returns 0 and sets *out, or
  * -1 (TM_EINVAL, with a message) on a malformed or too large value. */
 int tm_parse_size(const char *text, size_t *out);
+
+/* For the runtime's own messages: "1.50 MiB", "512 B" (binary units). */
+#define TM__HUMAN_MAX 24
+const char *tm__human(char buf[TM__HUMAN_MAX], size_t bytes);
 
 #endif

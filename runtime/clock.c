@@ -32,47 +32,50 @@ void tm_clock_config_default(tm_clock_config *cfg)
     cfg->inter_node_latency_us = DEFAULT_LINK_LAT_US * 10;
 }
 
+/* The flags: name, field, the range a value must fall in, and help. The
+ * ranges keep every modeled time finite and meaningful: from a millionth
+ * of today's device or link (1 MFLOP/s, 1 MB/s) to well past any real one
+ * (10 PFLOP/s, 1 PB/s), and latencies from free to one second. Beyond
+ * them times overflow to infinity or drown in rounding (a 1e-300 GFLOP/s
+ * device took an infinite time for every kernel). */
+static const struct {
+    const char *name;
+    size_t offset;
+    double min, max;
+    const char *help;
+} flags[] = {
+    {"device-gflops", offsetof(tm_clock_config, device_gflops), 1e-3, 1e7,
+     "compute rate of a device, GFLOP/s"},
+    {"device-gbps", offsetof(tm_clock_config, device_gbps), 1e-3, 1e6,
+     "memory bandwidth of a device, GB/s"},
+    {"link-gbps", offsetof(tm_clock_config, link_gbps), 1e-3, 1e6,
+     "bandwidth of a link within a node, GB/s"},
+    {"link-latency-us", offsetof(tm_clock_config, link_latency_us), 0, 1e6,
+     "latency of a link within a node"},
+    {"inter-node-gbps", offsetof(tm_clock_config, inter_node_gbps), 1e-3, 1e6,
+     "bandwidth of a link between nodes, GB/s"},
+    {"inter-node-latency-us", offsetof(tm_clock_config, inter_node_latency_us), 0, 1e6,
+     "latency of a link between nodes"},
+};
+#define N_FLAGS (sizeof flags / sizeof flags[0])
+
+static double field(const tm_clock_config *cfg, size_t i)
+{
+    return *(const double *)((const char *)cfg + flags[i].offset);
+}
+
+static int in_range(size_t i, double v) { return v >= flags[i].min && v <= flags[i].max; }
+
 int tm_clock_config_check(const tm_clock_config *cfg)
 {
-    struct {
-        const char *flag;
-        double v;
-        int zero_ok;
-    } f[] = {{"--device-gflops", cfg->device_gflops, 0},
-             {"--device-gbps", cfg->device_gbps, 0},
-             {"--link-gbps", cfg->link_gbps, 0},
-             {"--link-latency-us", cfg->link_latency_us, 1},
-             {"--inter-node-gbps", cfg->inter_node_gbps, 0},
-             {"--inter-node-latency-us", cfg->inter_node_latency_us, 1}};
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        if (!isfinite(f[i].v) || f[i].v < 0 || (f[i].v == 0 && !f[i].zero_ok))
-            return tm_error(TM_EINVAL, "%s must be a %s finite number", f[i].flag,
-                            f[i].zero_ok ? "non-negative" : "positive");
+    for (size_t i = 0; i < N_FLAGS; i++)
+        if (!in_range(i, field(cfg, i)))
+            return tm_error(TM_EINVAL, "--%s must be a number in %g..%g, not %g", flags[i].name,
+                            flags[i].min, flags[i].max, field(cfg, i));
     if (cfg->devices_per_node < 0)
         return tm_error(TM_EINVAL, "--devices-per-node must not be negative");
     return TM_OK;
 }
-
-/* The flags: name, field, and whether 0 is allowed (latencies). */
-static const struct {
-    const char *name;
-    size_t offset;
-    int zero_ok;
-    const char *help;
-} flags[] = {
-    {"device-gflops", offsetof(tm_clock_config, device_gflops), 0,
-     "compute rate of a device, GFLOP/s"},
-    {"device-gbps", offsetof(tm_clock_config, device_gbps), 0,
-     "memory bandwidth of a device, GB/s"},
-    {"link-gbps", offsetof(tm_clock_config, link_gbps), 0,
-     "bandwidth of a link within a node, GB/s"},
-    {"link-latency-us", offsetof(tm_clock_config, link_latency_us), 1,
-     "latency of a link within a node"},
-    {"inter-node-gbps", offsetof(tm_clock_config, inter_node_gbps), 0,
-     "bandwidth of a link between nodes, GB/s"},
-    {"inter-node-latency-us", offsetof(tm_clock_config, inter_node_latency_us), 1,
-     "latency of a link between nodes"},
-};
 
 int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *value)
 {
@@ -89,14 +92,12 @@ int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *val
         cfg->devices_per_node = (int)x;
         return 1;
     }
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    for (size_t i = 0; i < N_FLAGS; i++) {
         if (strcmp(name, flags[i].name) != 0) continue;
         double x = strtod(value, &end);
-        if (*value == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < 0 ||
-            (x == 0 && !flags[i].zero_ok))
-        {
-            tm_error(TM_EINVAL, "--%s wants a %s finite number, not \"%s\"", name,
-                     flags[i].zero_ok ? "non-negative" : "positive", value);
+        if (*value == '\0' || *end != '\0' || errno != 0 || !in_range(i, x)) {
+            tm_error(TM_EINVAL, "--%s wants a number in %g..%g, not \"%s\"", name, flags[i].min,
+                     flags[i].max, value);
             return -1;
         }
         *(double *)((char *)cfg + flags[i].offset) = x;
@@ -107,11 +108,11 @@ int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *val
 
 void tm_clock_config_usage(FILE *f, const tm_clock_config *d)
 {
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    for (size_t i = 0; i < N_FLAGS; i++) {
         char left[64];
         snprintf(left, sizeof left, "--%s X", flags[i].name);
-        fprintf(f, "  %-21s %s (%g)\n", left, flags[i].help,
-                *(const double *)((const char *)d + flags[i].offset));
+        fprintf(f, "  %-21s %s, %g..%g (%g)\n", left, flags[i].help, flags[i].min,
+                flags[i].max, field(d, i));
         if (strcmp(flags[i].name, "link-latency-us") == 0)
             fprintf(f, "  %-21s consecutive devices per emulated node; 0: one node (%d)\n",
                     "--devices-per-node N", d->devices_per_node);

@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "runtime/outfile.h"
+
 typedef struct tm_device tm_device;
 
 typedef struct {
@@ -45,16 +47,18 @@ typedef struct {
  * latency between two devices; inter-node links 10x slower with 10x the
  * latency. */
 void tm_clock_config_default(tm_clock_config *cfg);
-/* TM_OK, or TM_EINVAL with a message naming the bad field. */
+/* TM_OK, or TM_EINVAL with a message naming the bad field and its range
+ * (those of tm_clock_config_flag). */
 int tm_clock_config_check(const tm_clock_config *cfg);
 /* The configuration as command-line flags, for the programs that take them
  * (build/train, bench_strategies): name is the flag without its dashes
  * ("device-gflops", "device-gbps", "link-gbps", "link-latency-us",
  * "devices-per-node", "inter-node-gbps", "inter-node-latency-us"). Returns 1
  * when it set the field, 0 when name is not one of these, -1 with a
- * one-line message (tm_error) for a bad value: rates must be positive,
- * latencies non-negative, finite numbers; devices-per-node an integer
- * in 0 .. 1048576. */
+ * one-line message (tm_error) naming the range for a bad value: rates from
+ * 0.001 to 1e7 GFLOP/s (1e6 GB/s for bandwidths), latencies 0 to 1e6 us
+ * (ranges that keep modeled times finite and meaningful), devices-per-node
+ * an integer in 0 .. 1048576. */
 int tm_clock_config_flag(tm_clock_config *cfg, const char *name, const char *value);
 /* Those flags' usage lines, with the values of `defaults`. */
 void tm_clock_config_usage(FILE *f, const tm_clock_config *defaults);
@@ -135,16 +139,12 @@ typedef struct tm_world tm_world;
 const tm_event *tm_world_events(const tm_world *world, int id, size_t *n);
 void tm_world_clock_stats(const tm_world *world, int id, tm_clock_stats *out);
 /* Writes the last run's events as Chrome Trace Event JSON (Perfetto,
- * chrome://tracing): one pid per device named by tm_clock_set_name, one tid
- * per engine, "X" events in microseconds of modeled time, or of wall time
- * with `wall`. Written to a temporary file renamed over `path`, so a failed
- * write leaves no partial file. TM_OK, TM_EIO with a message, or
- * TM_EHOSTMEM when a device lost events for want of host memory (nothing
+ * chrome://tracing) into out (runtime/outfile.h; the caller commits it, and
+ * the commit reports write errors): one pid per device named by
+ * tm_clock_set_name, one tid per engine, "X" events in microseconds of
+ * modeled time, or of wall time with `wall`. TM_OK, TM_EIO with a message,
+ * or TM_EHOSTMEM when a device lost events for want of host memory (nothing
  * is written then). */
-int tm_world_trace_write(const tm_world *world, const char *path, int wall);
-/* Checks before a run that tm_world_trace_write could write `path`: not a
- * directory, and its temporary file can be created (it is removed again).
- * TM_OK or TM_EIO with a message. */
-int tm_trace_path_check(const char *path);
+int tm_world_trace_write(const tm_world *world, tm_outfile *out, int wall);
 
 #endif

@@ -15,7 +15,8 @@
     X(ESYS, -6, "system call failed")                                          \
     X(EIO, -7, "input/output error")                                           \
     X(EFORMAT, -8, "malformed or corrupt file")                                \
-    X(EFAIL, -9, "device failed")
+    X(EFAIL, -9, "device failed")                                             \
+    X(ENONFINITE, -10, "a value became NaN or infinite")
 
 typedef enum {
 #define TM__STATUS_ENUM(name, value, desc) TM_##name = value,

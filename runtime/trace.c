@@ -1,12 +1,11 @@
 /* Chrome Trace Event JSON from the devices' recorded events. */
-#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "runtime/clock_internal.h"
+#include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "runtime/utf8.h"
 #include "runtime/world.h"
@@ -75,6 +74,13 @@ static void thread_names(FILE *f, int d, const tm_vclock *c, int n, char *seen)
     }
 }
 
+/* Seconds as ticks of 0.1 ns, the trace's resolution (microseconds with
+ * four decimals). Each span's end is rounded once, like its start, and its
+ * duration is their difference, so a span that ends where the next begins
+ * has ts + dur equal to the next one's ts, never past it (rounding ts and
+ * dur apart made such spans overlap by a tick, which viewers flag). */
+static long long ticks(double seconds) { return llround(seconds * 1e10); }
+
 static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
 {
     int n = tm_world_size(w), first = 1;
@@ -91,11 +97,12 @@ static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
         thread_names(f, d, c, n, seen);
         for (size_t i = 0; i < c->n_events; i++) {
             const tm_event *ev = &c->events[i];
-            double t0 = wall ? ev->wall_start : ev->start, t1 = wall ? ev->wall_end : ev->end;
+            long long t0 = ticks(wall ? ev->wall_start : ev->start);
+            long long t1 = ticks(wall ? ev->wall_end : ev->end);
             fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,"
-                       "\"ts\":%.4f,\"dur\":%.4f,\"args\":{",
+                       "\"ts\":%lld.%04lld,\"dur\":%lld.%04lld,\"args\":{",
                     ev->name, ev->engine == TM_ENGINE_COMPUTE ? "compute" : "comm", d,
-                    tid_of(ev), t0 * 1e6, (t1 - t0) * 1e6);
+                    tid_of(ev), t0 / 10000, t0 % 10000, (t1 - t0) / 10000, (t1 - t0) % 10000);
             if (ev->engine == TM_ENGINE_COMPUTE) {
                 fprintf(f, "\"stage\":%d,\"mb\":%d,\"phase\":\"%s\"}}", ev->stage, ev->mb,
                         phase_arg(ev->phase));
@@ -111,54 +118,16 @@ static void write_events(FILE *f, const tm_world *w, int wall, char *seen)
             wall ? "wall" : "modeled");
 }
 
-/* The temporary file the trace is written to before it is renamed. */
-static int tmp_path(const char *path, char *tmp, size_t n)
-{
-    if (snprintf(tmp, n, "%s.tmp", path) >= (int)n)
-        return tm_error(TM_EIO, "trace path too long: %s", path);
-    return TM_OK;
-}
-
-int tm_trace_path_check(const char *path)
-{
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        return tm_error(TM_EIO, "cannot write trace %s: it is a directory", path);
-    char tmp[4096];
-    TM_CHECK(tmp_path(path, tmp, sizeof tmp));
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL) return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
-    fclose(f);
-    unlink(tmp);
-    return TM_OK;
-}
-
-int tm_world_trace_write(const tm_world *w, const char *path, int wall)
+int tm_world_trace_write(const tm_world *w, tm_outfile *out, int wall)
 {
     for (int d = 0; d < tm_world_size(w); d++)
         if (tm__world_clock(w, d)->dropped > 0)
             return tm_error(TM_EHOSTMEM, "trace incomplete: device %d lost %zu events for want "
                             "of host memory", d, tm__world_clock(w, d)->dropped);
-    char tmp[4096];
-    TM_CHECK(tmp_path(path, tmp, sizeof tmp));
     char *seen = malloc((size_t)tm_world_size(w) + 1);
     if (seen == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the trace's track table");
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL) {
-        free(seen);
-        return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(errno));
-    }
-    errno = 0;
-    write_events(f, w, wall, seen);
+    FILE *f = tm_outfile_stream(out);
+    if (f != NULL) write_events(f, w, wall, seen);
     free(seen);
-    int bad = ferror(f);
-    bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        /* A stream error need not leave errno set: say EIO then. */
-        int err = errno != 0 ? errno : EIO;
-        unlink(tmp);
-        return tm_error(TM_EIO, "cannot write trace %s: %s", path, strerror(err));
-    }
-    return TM_OK;
+    return f != NULL ? TM_OK : TM_EIO;
 }

@@ -1,6 +1,7 @@
 #include "runtime/world.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,13 +93,23 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
      * as the expected link memory. */
     size_t n = (size_t)cfg->n_devices, logn = 1;
     while (((size_t)1 << logn) < n) logn++;
-    size_t need = n * cfg->mem_cap + 2 * n * logn * ring;
+    size_t rings = 2 * n * logn * ring;
+    int too_big = cfg->mem_cap > (SIZE_MAX - rings) / n;
+    size_t need = too_big ? SIZE_MAX : n * cfg->mem_cap + rings;
     size_t avail = tm_host_available_memory();
-    if (cfg->mem_cap > SIZE_MAX / n || (avail > 0 && need > avail / 10 * 9))
+    if (too_big || (avail > 0 && need > avail / 10 * 9)) {
+        /* The figures only: which flag sets each is the program's to say. */
+        char cap[TM__HUMAN_MAX], ring_b[TM__HUMAN_MAX], rings_b[TM__HUMAN_MAX];
+        char need_b[TM__HUMAN_MAX], avail_b[TM__HUMAN_MAX];
         return tm_error(TM_EHOSTMEM,
-                        "%d devices x %zu MiB (+ link rings) need %zu MiB but the host has "
-                        "only %zu MiB available; lower --devices or --mem-cap",
-                        cfg->n_devices, cfg->mem_cap >> 20, need >> 20, avail >> 20);
+                        "%d device%s x %s of device memory + %s of link rings (%s each) need "
+                        "%s of host memory, but %s is available (at most 90%% of it is used)",
+                        cfg->n_devices, cfg->n_devices == 1 ? "" : "s",
+                        tm__human(cap, cfg->mem_cap), tm__human(rings_b, rings),
+                        tm__human(ring_b, ring),
+                        too_big ? "more than the address space" : tm__human(need_b, need),
+                        tm__human(avail_b, avail));
+    }
 
     tm_world *w = calloc(1, sizeof *w);
     if (w == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the world");
@@ -353,12 +364,25 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
     w->status = TM_OK;
     atomic_store(&w->failed, -1);
     atomic_store(&w->abort, 0);
+    /* Device threads start with the signals that end a process blocked
+     * (they inherit the creator's mask), so a program's handlers for them
+     * run on its host thread, where a handler that ends the process at once
+     * can tidy up what the host thread was doing; on a device thread it
+     * would race the host. A pipe that breaks under a device thread's write
+     * then gives that write EPIPE instead of a signal. */
+    sigset_t ending, old_mask;
+    sigemptyset(&ending);
+    int ending_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE};
+    for (size_t i = 0; i < sizeof ending_signals / sizeof ending_signals[0]; i++)
+        sigaddset(&ending, ending_signals[i]);
+    pthread_sigmask(SIG_BLOCK, &ending, &old_mask);
     int started = 0;
     for (; started < w->n; started++) {
         tm_device *d = &w->devices[started];
         atomic_store(&d->done, 0);
         if (pthread_create(&d->thread, NULL, device_main, d) != 0) break;
     }
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     if (started < w->n) {
         fail(w, -2, TM_ESYS, "cannot start a thread for every device");
         pthread_mutex_lock(&w->done_lock);

@@ -24,9 +24,10 @@ int tm_model_state_init(tm_model_state *m, const tm_model *model, const tm_optim
         ok = ok && m->opt_state[i] != NULL;
     }
     if (ok) return TM_OK;
-    size_t n = m->n_params;
+    size_t n = m->n_params; /* the free below clears it */
     tm_model_state_free(m);
-    return tm_error(TM_EHOSTMEM, "cannot allocate %zu parameters in host memory", n);
+    return tm_error(TM_EHOSTMEM, "cannot allocate %zu parameters (and the optimizer's state) in "
+                    "host memory", n);
 }
 
 void tm_model_state_free(tm_model_state *m)
@@ -72,8 +73,9 @@ static int entries(const tm_model_state *r, entry **out)
     return n;
 }
 
-int tm_checkpoint_save(const char *path, const tm_model_state *r)
+int tm_checkpoint_save(tm_outfile *out, const tm_model_state *r)
 {
+    const char *path = tm_outfile_path(out);
     const tm_train_position *pos = &r->pos;
     entry *e;
     int n = entries(r, &e);
@@ -102,7 +104,7 @@ int tm_checkpoint_save(const char *path, const tm_model_state *r)
     meta[k++] = (tm_st_meta){"epoch_step", epoch_step};
     meta[k++] = (tm_st_meta){"data_seed", seed};
     for (int i = 0; i < r->n_data; i++) meta[k++] = (tm_st_meta){r->data[i].key, r->data[i].value};
-    int st = tm_safetensors_write(path, t, n, meta, k);
+    int st = tm_safetensors_write_to(out, t, n, meta, k);
     free(t);
     free(e);
     return st;

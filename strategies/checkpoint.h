@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "runtime/outfile.h"
 #include "strategies/model.h"
 #include "strategies/optimizer.h"
 
@@ -41,8 +42,8 @@ typedef struct {
 int tm_model_state_init(tm_model_state *m, const tm_model *model, const tm_optim_config *opt);
 void tm_model_state_free(tm_model_state *m);
 
-/* Writes everything. TM_OK, TM_EIO. */
-int tm_checkpoint_save(const char *path, const tm_model_state *m);
+/* Writes everything into out, which the caller commits. TM_OK, TM_EIO. */
+int tm_checkpoint_save(tm_outfile *out, const tm_model_state *m);
 
 typedef enum {
     TM_LOAD_RESUME,  /* parameters, and optimizer state and position when present */

@@ -111,7 +111,8 @@ static void step_traffic(FILE *f, const tm_train_result *r, long first)
                "(n-1)/n of each collective's bytes\n");
 }
 
-void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg,
+                       int every_link)
 {
     long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
     if (r->recorded)
@@ -119,7 +120,9 @@ void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config 
     else
         fprintf(f, "no step recorded: --trace-from %ld is past this run's %ld step%s\n", first,
                 r->steps, r->steps == 1 ? "" : "s");
-    int by_link = r->n_links <= 32;
+    /* A few links read at a glance; more (8 devices of 3D already use 28)
+     * are summed by dimension unless every one is asked for. */
+    int by_link = every_link || r->n_links <= 8;
     fprintf(f, "links over the whole run (training and evaluation)%s:\n",
             by_link ? "" : ", by mesh dimension");
     fprintf(f, "%-14s %-6s %12s %10s\n", by_link ? "link" : "dimension", "dim", "bytes",
@@ -141,6 +144,7 @@ void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config 
     }
     if (by_link) return;
     for (int k = 0; k <= TM_DIMS; k++) {
+        if (links[k] == 0) continue;
         char name[32], b[32];
         snprintf(name, sizeof name, "%d links", links[k]);
         tm_report_bytes((double)bytes[k], b, sizeof b);

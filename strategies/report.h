@@ -14,8 +14,10 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap);
  * into compute, communication and idle. */
 void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
 /* The first recorded step's bytes per device and mesh dimension against the
- * formulas, then the links (each one up to 32 links, else by dimension). */
-void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
+ * formulas, then the links: each one when every_link or when there are at
+ * most 8, else their sums by mesh dimension. */
+void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg,
+                       int every_link);
 /* The first recorded step's forward and backward passes per stage (modeled
  * microseconds) with the measured bubble beside the theory. */
 void tm_report_timeline(FILE *f, const tm_train_result *r, const tm_train_config *cfg);

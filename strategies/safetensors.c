@@ -122,76 +122,40 @@ static int check_args(const char *path, const tm_st_tensor *t, int n, const tm_s
     return st;
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return -1;
-        if (k == 0) {
-            errno = EIO; /* no progress and no reason given: do not spin */
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* Writes the prepared header and the data to a temporary file, then renames
- * it over path. */
-static int write_file(const char *path, const tm_json_out *header, const tm_st_tensor *t,
+/* Writes the prepared header and the data into out's stream. */
+static int write_file(tm_outfile *out, const tm_json_out *header, const tm_st_tensor *t,
                       const int *order, const int64_t *nbytes, int n)
 {
-    char *tmp = malloc(strlen(path) + 32);
-    if (tmp == NULL) return tm_error(TM_EHOSTMEM, "%s: out of host memory", path);
-    sprintf(tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        int st = tm_error(TM_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        return st;
-    }
+    FILE *f = tm_outfile_stream(out);
+    if (f == NULL) return TM_EIO;
     unsigned char len[8];
     for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)header->len >> (8 * i));
-    const char *what = "write";
-    bool ok = write_all(fd, len, 8) == 0 && write_all(fd, header->data, header->len) == 0;
-    for (int i = 0; ok && i < n; i++)
-        ok = write_all(fd, t[order[i]].data, (size_t)nbytes[order[i]]) == 0;
-    if (ok && fsync(fd) != 0) ok = false, what = "fsync";
-    int err = errno;
-    if (close(fd) != 0 && ok) ok = false, what = "close", err = errno;
-    if (ok && rename(tmp, path) != 0) ok = false, what = "rename", err = errno;
-    if (!ok) {
-        unlink(tmp);
-        int st = tm_error(TM_EIO, "%s: %s failed: %s", path, what, strerror(err));
-        free(tmp);
-        return st;
-    }
-    free(tmp);
-    /* Make the rename itself durable. Best effort: the new file is already in
-     * place and complete, so failing here would misreport the write. */
-    char *dir = strdup(path);
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        if (slash == NULL)
-            strcpy(dir, ".");
-        else
-            slash[slash == dir] = '\0'; /* keep the root's own slash */
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
+    fwrite(len, 1, 8, f);
+    fwrite(header->data, 1, header->len, f);
+    /* An empty tensor may have no data pointer at all: write nothing. */
+    for (int i = 0; i < n; i++)
+        if (nbytes[order[i]] > 0) fwrite(t[order[i]].data, 1, (size_t)nbytes[order[i]], f);
     return TM_OK;
 }
 
 int tm_safetensors_write(const char *path, const tm_st_tensor *t, int n, const tm_st_meta *m,
                          int n_meta)
 {
+    if (path == NULL) return tm_error(TM_EINVAL, "safetensors write: bad arguments");
+    tm_outfile *out;
+    TM_CHECK(tm_outfile_open(&out, path));
+    int st = tm_safetensors_write_to(out, t, n, m, n_meta);
+    if (st != TM_OK) {
+        tm_outfile_abandon(out);
+        return st;
+    }
+    return tm_outfile_commit(out);
+}
+
+int tm_safetensors_write_to(tm_outfile *out, const tm_st_tensor *t, int n, const tm_st_meta *m,
+                            int n_meta)
+{
+    const char *path = out != NULL ? tm_outfile_path(out) : NULL;
     int64_t *nbytes = malloc((size_t)(n > 0 ? n : 1) * sizeof *nbytes);
     int *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
     uint64_t *offset = malloc((size_t)(n > 0 ? n : 1) * sizeof *offset);
@@ -254,7 +218,7 @@ int tm_safetensors_write(const char *path, const tm_st_tensor *t, int n, const t
                       TM_ST_MAX_HEADER);
         goto done;
     }
-    st = write_file(path, &h, t, order, nbytes, n);
+    st = write_file(out, &h, t, order, nbytes, n);
 done:
     tm_json_out_free(&h);
     free(nbytes);

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "runtime/outfile.h"
+
 /* The reference implementation's limit on the JSON header. */
 #define TM_ST_MAX_HEADER 100000000u
 
@@ -63,15 +65,19 @@ typedef struct {
     const char *value; /* UTF-8 */
 } tm_st_meta;
 
-/* Writes tensors and metadata to path atomically: into "<path>.tmp.<pid>"
- * beside it, flushed to disk, then renamed over path, so path holds either its
- * old content or the complete new file, never a partial one. Tensors are
+/* Writes tensors and metadata into out (runtime/outfile.h), which the caller
+ * then commits: a regular file is replaced whole or not at all. Tensors are
  * listed in the header in the given order; their data is laid out by
  * decreasing element size (stable), which with the header padded to 8 bytes
- * keeps every tensor naturally aligned, as the reference writer does. Not for
- * two threads of one process writing the same path at once.
- * Returns TM_EINVAL for bad arguments (nothing touched), TM_EIO if any file
- * operation fails (temporary file removed, path untouched), TM_EHOSTMEM. */
+ * keeps every tensor naturally aligned, as the reference writer does.
+ * Returns TM_EINVAL for bad arguments (nothing written), TM_EIO if the
+ * stream cannot be made (write errors are the commit's), TM_EHOSTMEM. */
+int tm_safetensors_write_to(tm_outfile *out, const tm_st_tensor *tensors, int n_tensors,
+                            const tm_st_meta *meta, int n_meta);
+/* The same into path, opened and committed here (tm_outfile_open's checks
+ * and messages): path holds either its old content or the complete new
+ * file, never a partial one. TM_EIO if any file operation fails (temporary
+ * file removed, path untouched). */
 int tm_safetensors_write(const char *path, const tm_st_tensor *tensors, int n_tensors,
                          const tm_st_meta *meta, int n_meta);
 

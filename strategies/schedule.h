@@ -226,8 +226,11 @@ double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
  * the events may come from tm_schedule_simulate or from a measured run. */
 void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
                       int n, double makespan, int width);
+/* The widest timeline drawn: lines of a few thousand columns still go
+ * through a pipe or into a file whole. */
+#define TM_SCHEDULE_DRAW_MAX_WIDTH 4096
 /* The width that gives the shortest forward or backward room for its label
- * and a space, at most 1000 columns. */
+ * and a space, at most TM_SCHEDULE_DRAW_MAX_WIDTH columns. */
 int tm_schedule_draw_width(const tm_sched_event *ev, int n, double makespan);
 
 #endif

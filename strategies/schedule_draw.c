@@ -53,7 +53,7 @@ int tm_schedule_draw_width(const tm_sched_event *ev, int n, double makespan)
     if (!(makespan > 0) || shortest == 0) return 80;
     /* The slack keeps an exact ratio like 33.0000001 from adding a column. */
     double w = ceil(makespan / shortest * (widest + 1) - 1e-6);
-    return w > 1000 ? 1000 : (int)w;
+    return w > TM_SCHEDULE_DRAW_MAX_WIDTH ? TM_SCHEDULE_DRAW_MAX_WIDTH : (int)w;
 }
 
 static int column(double t, double scale) { return (int)floor(t * scale + 0.5); }

@@ -28,6 +28,7 @@ typedef struct {
     int first[TM_MAX_LAYERS + 1]; /* stage s holds layers first[s] .. first[s+1]-1 */
     tm_schedule sched;
     tm_train_result *result;
+    tm_stop *stop;           /* where every device stops early (runtime/stop.h) */
 } job;
 
 /* One device's view of a step's data. */
@@ -515,7 +516,7 @@ static int train_loop(device *v)
      * run's final one. */
     long eval_step = -1;
     double eval_loss = 0, eval_acc = 0;
-    int st = TM_OK;
+    int st = TM_OK, stopped = 0;
     while (st == TM_OK && pos.epoch < cfg->epochs &&
            (cfg->max_steps == 0 || taken < cfg->max_steps)) {
         if (v->order) epoch_order(v->order, j->train->n, pos.data_seed, pos.epoch, cfg->shuffle);
@@ -523,9 +524,15 @@ static int train_loop(device *v)
         long epoch_steps = 0;
         while (st == TM_OK && pos.epoch_step < per_epoch &&
                (cfg->max_steps == 0 || taken < cfg->max_steps)) {
+            if (!tm_stop_begin(j->stop, pos.step + 1)) {
+                stopped = 1;
+                break;
+            }
             double t0 = now_s(), l = 0, norm = -1, lr = tm_lr_at(cfg, pos.step, total);
             st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l, &norm);
             if (st != TM_OK) break;
+            tm__train_guard(j->stop, pos.step + 1, v->is_last, l, v->stage.grads,
+                            v->stage.n_params, tm_device_id(v->dev));
             pos.step++;
             pos.epoch_step++;
             taken++;
@@ -534,7 +541,10 @@ static int train_loop(device *v)
             train_time += dt;
             epoch_time += dt;
             epoch_loss += l;
-            if (v->reporter && cfg->on_step != NULL) {
+            /* Steps past a divergence still run (all devices stop after
+             * the same step) but are not reported. */
+            long failed = tm_stop_failed(j->stop, NULL, 0);
+            if (v->reporter && cfg->on_step != NULL && (failed == 0 || pos.step <= failed)) {
                 tm_step_info info = {pos.step, pos.epoch, pos.epoch_step, per_epoch, total, l, lr,
                                      norm, (double)taken * cfg->batch / train_time,
                                      v->last_step};
@@ -548,7 +558,9 @@ static int train_loop(device *v)
                 eval_step = pos.step;
                 eval_loss = e.loss;
                 eval_acc = e.acc;
-                if (st == TM_OK && v->reporter && cfg->on_eval != NULL) cfg->on_eval(cfg->ctx, &e);
+                if (st == TM_OK && v->reporter && cfg->on_eval != NULL &&
+                    tm_stop_failed(j->stop, NULL, 0) == 0)
+                    cfg->on_eval(cfg->ctx, &e);
             }
         }
         if (st != TM_OK || pos.epoch_step < per_epoch) break;
@@ -560,11 +572,12 @@ static int train_loop(device *v)
         eval_step = pos.step;
         eval_loss = info.test_loss;
         eval_acc = info.test_acc;
-        if (st == TM_OK && v->reporter && cfg->on_eval != NULL) {
+        int reported = st == TM_OK && v->reporter && tm_stop_failed(j->stop, NULL, 0) == 0;
+        if (reported && cfg->on_eval != NULL) {
             tm_eval_info e = {pos.step, info.test_loss, info.test_acc};
             cfg->on_eval(cfg->ctx, &e);
         }
-        if (st == TM_OK && v->reporter && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
+        if (reported && cfg->on_epoch != NULL) cfg->on_epoch(cfg->ctx, &info);
         pos.epoch++;
         pos.epoch_step = 0;
     }
@@ -580,6 +593,14 @@ static int train_loop(device *v)
         res->samples_per_s = train_time > 0 ? (double)taken * cfg->batch / train_time : 0;
     }
     if (st != TM_OK) return st;
+    /* A stop ends the run at once: the state is its last step's. */
+    if (stopped) {
+        if (v->reporter) {
+            j->result->stopped = 1;
+            j->state->pos = pos;
+        }
+        return TM_OK;
+    }
     if (eval_step != pos.step) {
         TM_CHECK(evaluate(v, &eval_loss, &eval_acc));
         eval_step = pos.step;
@@ -658,23 +679,35 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     job j = {.cfg = cfg, .train = train, .test = test, .result = out};
     tm_model_state state = {0};
     tm_world *w = NULL;
+    tm_outfile *save = NULL, *trace = NULL;
     int n = cfg->dp * cfg->pp * cfg->tp, st = tm_train_check(cfg, train);
+    /* Outputs first: a path that cannot be written fails before any work,
+     * and a device or FIFO is opened once, now, and written at the end. */
+    if (st == TM_OK && cfg->save_path != NULL) st = tm_outfile_open(&save, cfg->save_path);
+    if (st == TM_OK && cfg->trace_path != NULL) st = tm_outfile_open(&trace, cfg->trace_path);
     if (st == TM_OK) st = stage_split(cfg, j.first);
     if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
     tm_optim_config opt = optim_of(cfg);
+    /* Before the host spends memory and time on the model's state. */
+    if (st == TM_OK) st = tm__train_fits(cfg, j.first);
     if (st == TM_OK) st = tm_model_state_init(&state, cfg->model, &opt);
     state.n_data = cfg->n_data_meta;
     memcpy(state.data, cfg->data_meta, sizeof state.data);
     if (st == TM_OK && cfg->load_path != NULL) {
         st = tm_checkpoint_load(cfg->load_path, &state,
                                 cfg->load_weights ? TM_LOAD_WEIGHTS : TM_LOAD_RESUME, &j.resumed);
-        if (st == TM_OK && cfg->on_load != NULL) cfg->on_load(cfg->ctx, &state.pos, j.resumed);
     } else if (st == TM_OK) {
         cfg->model->init(cfg->model, state.params, cfg->seed);
     }
     if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
     j.state = &state;
+    if (st == TM_OK) st = tm_stop_create(&j.stop, state.pos.step, cfg->stop_request);
+    if (st == TM_OK && cfg->on_start != NULL) {
+        tm_start_info info = {state.pos.step, state.pos.epoch, state.pos.epoch_step,
+                              train->n / cfg->batch, cfg->load_path != NULL, j.resumed};
+        cfg->on_start(cfg->ctx, &info);
+    }
     if (st == TM_OK) {
         out->devices = calloc((size_t)n, sizeof *out->devices);
         out->n_devices = n;
@@ -689,6 +722,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {
+        out->ran = 1;
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
         tm_world_links(w, add_link, out);
@@ -698,9 +732,19 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
         tm__train_summarize(cfg, out);
         if (st == TM_OK) st = tm__train_observe(w, cfg, out);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
+        char why[256];
+        long failed = st == TM_OK ? tm_stop_failed(j.stop, why, sizeof why) : 0;
+        if (failed > 0) {
+            st = TM_ENONFINITE;
+            snprintf(error, error_size, "training diverged at step %ld: %s; no checkpoint written",
+                     failed, why);
+        }
     }
-    if (st == TM_OK && cfg->save_path != NULL) {
-        st = tm_checkpoint_save(cfg->save_path, &state);
+    if (st == TM_OK && save != NULL) {
+        st = tm_checkpoint_save(save, &state);
+        if (st == TM_OK) st = tm_outfile_commit(save);
+        else tm_outfile_abandon(save);
+        save = NULL;
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
     if (st == TM_OK && cfg->keep_params) {
@@ -708,11 +752,17 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
         state.params = NULL;
     }
     /* After the checkpoint: a trace that cannot be written loses no state. */
-    if (st == TM_OK && cfg->trace_path != NULL) {
-        st = tm_world_trace_write(w, cfg->trace_path, cfg->trace_wall);
+    if (st == TM_OK && trace != NULL) {
+        st = tm_world_trace_write(w, trace, cfg->trace_wall);
+        if (st == TM_OK) st = tm_outfile_commit(trace);
+        else tm_outfile_abandon(trace);
+        trace = NULL;
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
+    tm_outfile_abandon(save);
+    tm_outfile_abandon(trace);
     tm_world_destroy(w);
+    tm_stop_destroy(j.stop);
     tm_model_state_free(&state);
     tm_schedule_free(&j.sched);
     return st;

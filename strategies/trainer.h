@@ -7,6 +7,7 @@
 #ifndef TM_TRAINER_H
 #define TM_TRAINER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -52,6 +53,15 @@ typedef struct tm_eval_info {
     double acc;            /* as tm_epoch_info.test_acc */
 } tm_eval_info;
 
+typedef struct tm_start_info {
+    long step;             /* steps already taken (a resumed checkpoint's) */
+    int epoch;             /* 0-based epoch of the next step */
+    long epoch_step;       /* steps already taken in that epoch */
+    long steps_per_epoch;
+    int loaded;            /* a checkpoint was loaded (load_path) ... */
+    int resumed;           /* ... with its optimizer state and position */
+} tm_start_info;
+
 typedef struct {
     const tm_model *model;
     int dp, pp, tp;        /* the mesh: dp * pp * tp devices */
@@ -94,12 +104,15 @@ typedef struct {
                               traffic table come from the first of them */
     int fail_device;       /* test hook: this device fails ... */
     long fail_step;        /* ... at this step (1-based); 0: never */
+    const atomic_int *stop_request; /* non-zero (set by a signal handler)
+                              stops every device after the step in flight,
+                              the same step for all; NULL: never */
     void *ctx;             /* passed to the callbacks */
     void (*on_step)(void *ctx, const tm_step_info *info);
     void (*on_epoch)(void *ctx, const tm_epoch_info *info);
     void (*on_eval)(void *ctx, const tm_eval_info *info);
-    /* After loading a checkpoint: what it resumed (NULL: say nothing). */
-    void (*on_load)(void *ctx, const tm_train_position *pos, int resumed);
+    /* Where the run starts, once, on the calling thread, before any step. */
+    void (*on_start)(void *ctx, const tm_start_info *info);
 } tm_train_config;
 
 /* Mesh dimensions, for traffic. */
@@ -136,6 +149,11 @@ typedef struct {
 } tm_device_report;
 
 typedef struct {
+    int ran;               /* the devices started: an error after this is the
+                              run's, not its configuration's or inputs' */
+    int stopped;           /* ended early at cfg->stop_request: the state
+                              (and checkpoint) is its last step's, with no
+                              final evaluation (test_acc, test_loss 0) */
     long steps;            /* optimizer steps taken in this run */
     double samples_per_s;  /* this run, training time only */
     double test_acc;       /* after the run */
@@ -175,7 +193,10 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train);
  * Returns TM_OK, or an error with its message in *error (the world's, e.g.
  * the OOM report): TM_ENOMEM when the model does not fit (found before the
  * first step), TM_EFORMAT / TM_EIO for checkpoints, TM_EINVAL for a
- * checkpoint that does not match the model. */
+ * checkpoint that does not match the model, TM_ENONFINITE when the loss or
+ * a gradient became NaN or infinite (every device stops after the same
+ * step; no checkpoint is written; on_step saw every step up to the failing
+ * one). */
 int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *test,
              tm_train_result *out, char *error, size_t error_size);
 

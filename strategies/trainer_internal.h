@@ -3,6 +3,7 @@
 #ifndef TM_TRAINER_INTERNAL_H
 #define TM_TRAINER_INTERNAL_H
 
+#include "runtime/stop.h"
 #include "runtime/world.h"
 #include "strategies/trainer.h"
 
@@ -18,5 +19,19 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const
 /* The run's modeled figures (time, samples/s, bubble) from the device
  * reports, after the run. */
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
+
+/* Whether every device's shard of the model (parameters, gradients and
+ * optimizer state, as tm_stage_create allocates them) fits cfg->mem_cap,
+ * decided per (stage, tp rank) by tm_arena_fits, which reserves nothing, so
+ * before the host allocates anything for the model: TM_OK, or TM_ENOMEM
+ * with the arena's report for the first device (replica 0) that would run
+ * out. first: layers per stage. */
+int tm__train_fits(const tm_train_config *cfg, const int *first);
+
+/* After this device's step `step`: a non-finite loss (has_loss: the last
+ * stage, which knows it) or gradient asks every device to stop, with the
+ * step and the value as the reason (runtime/stop.h). */
+void tm__train_guard(tm_stop *stop, long step, int has_loss, double loss, const float *grads,
+                     size_t n, int device);
 
 #endif

@@ -670,3 +670,39 @@ Test(arena, one_arena_per_thread, .timeout = 60)
                   run[d].message);
     }
 }
+
+/* tm_arena_fits answers, without reserving memory, what a fresh arena
+ * would: the same verdict and, when a block does not fit, the same report. */
+Test(arena, fits_says_what_a_fresh_arena_would)
+{
+    const size_t caps[] = {4096, 1000, (size_t)1 << 20};
+    const size_t sizes[][4] = {{1000, 1000, 1000, 1000},
+                               {1, 0, 63, 64},
+                               {500000, 500000, 100, 1},
+                               {2000, 2000, 100, 1}}; /* the third finds the arena full */
+    const tm_tag tags[4] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER, TM_TAG_OPTIMIZER};
+    int failures = 0;
+    for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++)
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            tm_arena *a;
+            cr_assert_eq(tm_arena_create(&a, caps[c], 3), TM_OK);
+            int want = TM_OK;
+            for (int i = 0; i < 4 && want == TM_OK; i++)
+                if (tm_arena_alloc(a, sizes[k][i], tags[i]) == NULL) want = TM_ENOMEM;
+            char real[2048];
+            snprintf(real, sizeof real, "%s", tm_arena_oom_report(a));
+            tm_arena_destroy(a);
+            failures += want != TM_OK;
+            int got = tm_arena_fits(caps[c], 3, sizes[k], tags, 4);
+            cr_expect_eq(got, want, "capacity %zu, case %zu", caps[c], k);
+            if (want != TM_OK)
+                cr_expect_str_eq(tm_error_message(), real, "capacity %zu, case %zu", caps[c], k);
+        }
+    cr_expect_geq(failures, 3, "only %d cases compared reports", failures);
+    /* A cap no host could map is answered all the same, at once. */
+    size_t huge[2] = {(size_t)3 << 40, (size_t)3 << 40};
+    cr_expect_eq(tm_arena_fits((size_t)4 << 40, 0, huge, tags, 2), TM_ENOMEM);
+    cr_expect(strstr(tm_error_message(), "tried to allocate 3.00 TiB") != NULL, "%s",
+              tm_error_message());
+    cr_expect_eq(tm_arena_fits(10, 0, huge, tags, 0), TM_EINVAL);
+}

@@ -28,6 +28,19 @@ static void make_path(void)
 
 static void remove_path(void) { unlink(path); }
 
+/* A checkpoint at p, written as build/train writes one (tm_outfile). */
+static int save(const char *p, const tm_model_state *m)
+{
+    tm_outfile *o;
+    TM_CHECK(tm_outfile_open(&o, p));
+    int st = tm_checkpoint_save(o, m);
+    if (st != TM_OK) {
+        tm_outfile_abandon(o);
+        return st;
+    }
+    return tm_outfile_commit(o);
+}
+
 static uint32_t seed_ = 12345;
 
 static float next_float(void)
@@ -133,7 +146,7 @@ static void expect_meta(const tm_st_file *f, const char *key, const char *want)
 static tm_st_file *round_trip(const tm_model_state *s, tm_optim_config opt)
 {
     tm_model_state e = empty_like(s, opt);
-    cr_assert_eq(tm_checkpoint_save(path, s), TM_OK, "%s", tm_error_message());
+    cr_assert_eq(save(path, s), TM_OK, "%s", tm_error_message());
     int resumed = -1;
     cr_assert_eq(tm_checkpoint_load(path, &e, TM_LOAD_RESUME, &resumed), TM_OK, "%s",
                  tm_error_message());
@@ -306,7 +319,7 @@ static void mismatch(const tm_model *from, tm_optim_config opt_from, const tm_mo
                      const char *want_b)
 {
     tm_model_state s = random_state(from, opt_from, NULL), e;
-    cr_assert_eq(tm_checkpoint_save(path, &s), TM_OK);
+    cr_assert_eq(save(path, &s), TM_OK);
     cr_assert_eq(tm_model_state_init(&e, to, &opt_to), TM_OK);
     int resumed = -1, st = tm_checkpoint_load(path, &e, mode, &resumed);
     const char *msg = tm_error_message();
@@ -363,7 +376,7 @@ Test(checkpoint, a_missing_or_broken_file_fails_cleanly, .init = make_path, .fin
     fputs("not a safetensors file", f);
     fclose(f);
     cr_expect_eq(tm_checkpoint_load(path, &e, TM_LOAD_RESUME, &resumed), TM_EFORMAT);
-    cr_expect_eq(tm_checkpoint_save("/nonexistent/dir/ckpt.safetensors", &e), TM_EIO);
+    cr_expect_eq(save("/nonexistent/dir/ckpt.safetensors", &e), TM_EIO);
     tm_model_state_free(&e);
 }
 
@@ -374,7 +387,7 @@ Test(checkpoint, resuming_on_other_data_points_to_load_weights,
 {
     const tm_model *m = gpt_model(1, 2, 8, 5);
     tm_model_state s = random_state(m, adamw(), "art,cookie");
-    cr_assert_eq(tm_checkpoint_save(path, &s), TM_OK);
+    cr_assert_eq(save(path, &s), TM_OK);
     const char *keys[3] = {"corpus_files", "corpus_bytes", "corpus_hash"};
     const char *other[3] = {"art", "2599999", "fedcba9876543210"};
     for (int k = 0; k < 3; k++) {
@@ -410,12 +423,11 @@ static void on_step(void *ctx, const tm_step_info *s)
     if (l->first_step == 0) l->first_step = s->step;
 }
 
-static void on_load(void *ctx, const tm_train_position *pos, int resumed)
+static void on_start(void *ctx, const tm_start_info *info)
 {
-    (void)pos;
     run_log *l = ctx;
-    l->loads++;
-    l->resumed = resumed;
+    l->loads += info->loaded;
+    l->resumed = info->resumed;
 }
 
 static int train_text(const tm_model *m, uint64_t corpus_seed, const char *load, int weights,
@@ -433,7 +445,7 @@ static int train_text(const tm_model *m, uint64_t corpus_seed, const char *load,
                            .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1, .clip_grad = 1,
                            .seed = 1, .shuffle = 1, .mem_cap = 16 << 20, .load_path = load,
                            .load_weights = weights, .save_path = save, .ctx = log,
-                           .on_step = on_step, .on_load = on_load};
+                           .on_step = on_step, .on_start = on_start};
     set_meta(&cfg.data_meta[0], "corpus_files", c.files);
     snprintf(cfg.data_meta[1].key, sizeof cfg.data_meta[1].key, "corpus_bytes");
     snprintf(cfg.data_meta[1].value, sizeof cfg.data_meta[1].value, "%zu", c.len);

@@ -805,24 +805,48 @@ static void check_trace(const tm_world *w, const char *path, int wall)
     free(text);
 }
 
+/* Writes the last run's trace to path through an outfile, as a program does. */
+static int write_trace(tm_world *w, const char *path, int wall)
+{
+    tm_outfile *o;
+    TM_CHECK(tm_outfile_open(&o, path));
+    int st = tm_world_trace_write(w, o, wall);
+    if (st != TM_OK) {
+        tm_outfile_abandon(o);
+        return st;
+    }
+    return tm_outfile_commit(o);
+}
+
+/* The last run's trace as text (freed by the caller; its length in *len),
+ * through a file named after `what` that is removed again. */
+static char *trace_text(tm_world *w, const char *what, size_t *len)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/tm_clock_%s_%ld.json", what, (long)getpid());
+    cr_assert_eq(write_trace(w, path, 0), TM_OK, "%s", tm_error_message());
+    char *text = slurp(path, len);
+    unlink(path);
+    cr_assert(text != NULL);
+    return text;
+}
+
 Test(clock, trace_is_chrome_json_and_a_failed_write_leaves_no_file, .timeout = 30)
 {
     tm_clock_config cc = clock_cfg();
     tm_world *w = make_world(2, &cc);
     run_ok(w, events_fn, NULL);
-    char dir[] = "/tmp/tm_clock_XXXXXX", path[256], tmp[300], missing[300];
+    char dir[] = "/tmp/tm_clock_XXXXXX", path[256], missing[300];
     cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/trace.json", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     for (int wall = 0; wall < 2; wall++) {
-        int st = tm_world_trace_write(w, path, wall);
+        int st = write_trace(w, path, wall);
         cr_assert_eq(st, TM_OK, "trace_write (wall %d): %s", wall, tm_error_message());
         check_trace(w, path, wall);
-        cr_expect_neq(access(tmp, F_OK), 0, "the temporary file %s was left behind", tmp);
     }
     unlink(path);
     snprintf(missing, sizeof missing, "%s/no/such/dir/trace.json", dir);
-    int st = tm_world_trace_write(w, missing, 0);
+    int st = write_trace(w, missing, 0);
     cr_expect_eq(st, TM_EIO, "writing into a missing directory: %s", tm_err_name(st));
     cr_expect(strstr(tm_error_message(), missing) != NULL, "message does not name the path: %s",
               tm_error_message());
@@ -850,10 +874,11 @@ Test(clock, config_check_rejects_bad_rates)
                             offsetof(tm_clock_config, inter_node_gbps)};
     const size_t lats[] = {offsetof(tm_clock_config, link_latency_us),
                            offsetof(tm_clock_config, inter_node_latency_us)};
-    const double bad_rates[] = {0, -1, NAN, INFINITY};
-    const double bad_lats[] = {-1e-3, NAN, INFINITY};
+    /* Absurd figures too: a rate of 1e-300 made every kernel take forever. */
+    const double bad_rates[] = {0, -1, NAN, INFINITY, 1e-300, 1e-4, 1e300};
+    const double bad_lats[] = {-1e-3, NAN, INFINITY, 1e7, 1e300};
     for (size_t f = 0; f < 4; f++)
-        for (size_t v = 0; v < 4; v++) {
+        for (size_t v = 0; v < 7; v++) {
             tm_clock_config c = good;
             memcpy((char *)&c + rates[f], &bad_rates[v], sizeof(double));
             cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "rate %zu = %g accepted", f,
@@ -862,12 +887,20 @@ Test(clock, config_check_rejects_bad_rates)
                       tm_error_message());
         }
     for (size_t f = 0; f < 2; f++)
-        for (size_t v = 0; v < 3; v++) {
+        for (size_t v = 0; v < 5; v++) {
             tm_clock_config c = good;
             memcpy((char *)&c + lats[f], &bad_lats[v], sizeof(double));
             cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "latency %zu = %g accepted", f,
                          bad_lats[v]);
         }
+    /* The flags say the range they want. */
+    tm_clock_config parsed = good;
+    cr_expect_eq(tm_clock_config_flag(&parsed, "device-gflops", "1e-300"), -1);
+    cr_expect(strstr(tm_error_message(), "--device-gflops wants a number in 0.001..1e+07") != NULL,
+              "%s", tm_error_message());
+    cr_expect_eq(tm_clock_config_flag(&parsed, "link-latency-us", "2e6"), -1);
+    cr_expect_eq(tm_clock_config_flag(&parsed, "device-gflops", "1e7"), 1, "the bound itself");
+    cr_expect_eq(parsed.device_gflops, 1e7);
     tm_clock_config c = good;
     c.devices_per_node = -1;
     cr_expect_eq(tm_clock_config_check(&c), TM_EINVAL, "negative devices_per_node accepted");
@@ -909,18 +942,67 @@ Test(clock, a_cut_name_and_a_large_micro_batch_make_a_valid_trace, .timeout = 30
     const tm_event *e = tm_world_events(w, 0, &n);
     cr_assert_eq(n, 1);
     cr_expect_eq(e[0].mb, 40000, "micro-batch %d", (int)e[0].mb);
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/tm_clock_utf8_%ld.json", (long)getpid());
-    cr_assert_eq(tm_world_trace_write(w, path, 0), TM_OK, "%s", tm_error_message());
     size_t len;
-    char *text = slurp(path, &len);
-    unlink(path);
-    cr_assert(text != NULL);
+    char *text = trace_text(w, "utf8", &len);
     tm_json_doc *doc = NULL;
     cr_expect_eq(tm_json_parse(&doc, text, len), TM_OK, "trace does not parse: %s",
                  tm_error_message());
     cr_expect(strstr(text, "\"mb\":40000") != NULL, "mb not written as 40000");
     tm_json_free(doc);
+    free(text);
+    tm_world_destroy(w);
+}
+
+/* Kernels of odd lengths (a few thousandths of a microsecond, no decimal
+ * spells them) under alternating labels: spans that follow each other on
+ * the compute track, each ending where the next starts. */
+static int thirds_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    tm_clock_record(dev, 1);
+    for (int i = 0; i < 300; i++) {
+        double us = (1 + i * 7919 % 997) / 3001.0;
+        tm_clock_label(dev, i % 2 ? 'B' : 'F', 0, i);
+        tm_clock_charge(dev, GFLOPS * 1e3 * us, 0);
+    }
+    tm_clock_record(dev, 0);
+    return TM_OK;
+}
+
+/* A "key":123.4567 number of the trace as ticks of 0.1 ns, exactly. */
+static long long ticks_at(const char *p)
+{
+    long long whole = 0, frac = 0;
+    for (; *p >= '0' && *p <= '9'; p++) whole = whole * 10 + (*p - '0');
+    cr_assert_eq(*p, '.', "not 4 decimals: %.20s", p);
+    int digits = 0;
+    for (p++; *p >= '0' && *p <= '9'; p++, digits++) frac = frac * 10 + (*p - '0');
+    cr_assert_eq(digits, 4, "not 4 decimals");
+    return whole * 10000 + frac;
+}
+
+Test(clock, spans_that_follow_each_other_never_overlap_in_the_trace, .timeout = 30)
+{
+    tm_clock_config cc = clock_cfg();
+    tm_world *w = make_world(1, &cc);
+    run_ok(w, thirds_fn, NULL);
+    size_t len;
+    char *text = trace_text(w, "thirds", &len);
+    long long prev_end = -1;
+    int spans = 0, overlaps = 0;
+    for (const char *p = strstr(text, "\"ts\":"); p != NULL; p = strstr(p + 1, "\"ts\":")) {
+        long long ts = ticks_at(p + 5);
+        const char *d = strstr(p, "\"dur\":");
+        cr_assert_not_null(d);
+        long long end = ts + ticks_at(d + 6);
+        overlaps += prev_end > ts;
+        cr_expect_leq(prev_end, ts, "span %d starts at %lld, before the last ended at %lld",
+                      spans, ts, prev_end);
+        prev_end = end;
+        spans++;
+    }
+    cr_expect_eq(spans, 300, "%d spans", spans);
+    cr_expect_eq(overlaps, 0, "%d of %d spans overlap the one before", overlaps, spans);
     free(text);
     tm_world_destroy(w);
 }

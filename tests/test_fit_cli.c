@@ -1,56 +1,26 @@
 /* build/fit from the outside: with a small model and cap the story plays
  * out (phase 1 prints the arena's OOM report, phases 2 and 3 train and print
  * a memory table of four devices under the cap) and exits 0; a model that
- * fits one device exits 1; bad usage is one line on stderr and exit 2.
- * The binary is found in $TM_BIN_DIR (set by the test runner). */
+ * fits one device exits 1; bad usage is one line on stderr and exit 2. */
 #include <criterion/criterion.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
+
+#include "tests/cli.h"
 
 /* Small enough to run in seconds: one device needs about 9.8 MiB, each
  * device of pp=4 or tp=4 about 6.5 MiB (mostly evaluation activations). */
 #define SMALL "--model 784,256,256,256,10 --steps 3 --batch 32 --micro-batches 4"
 
-static char out_path[128], err_path[128];
 static char out[1 << 16], err[1 << 12];
-
-static void paths(void)
-{
-    long pid = (long)getpid();
-    snprintf(out_path, sizeof out_path, "/tmp/tm_fit_out_%ld", pid);
-    snprintf(err_path, sizeof err_path, "/tmp/tm_fit_err_%ld", pid);
-}
-
-static void cleanup(void)
-{
-    unlink(out_path);
-    unlink(err_path);
-}
-
-static void slurp(const char *path, char *buf, size_t n)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (f == NULL) return;
-    size_t got = fread(buf, 1, n - 1, f);
-    buf[got] = '\0';
-    fclose(f);
-}
 
 /* Runs build/fit with args; returns its exit status, output in out / err. */
 static int fit(const char *args)
 {
-    const char *dir = getenv("TM_BIN_DIR");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/fit %s >%s 2>%s", dir ? dir : "build", args, out_path, err_path);
-    int st = system(cmd);
-    cr_assert(WIFEXITED(st), "fit did not exit normally: %s", cmd);
-    slurp(out_path, out, sizeof out);
-    slurp(err_path, err, sizeof err);
-    return WEXITSTATUS(st);
+    int st = cli_run("fit", args);
+    cli_slurp(cli_out, out, sizeof out);
+    cli_slurp(cli_err, err, sizeof err);
+    return st;
 }
 
 /* The text of out from the line holding `from` up to `to` (or the end),
@@ -96,7 +66,7 @@ static void expect_table(const char *name, const char *text, int pipeline)
     cr_expect_eq(rows, 4, "%s: %d device rows:\n%s", name, rows, text);
 }
 
-Test(fit_cli, story_plays_out_and_exits_0, .init = paths, .fini = cleanup, .timeout = 300)
+Test(fit_cli, story_plays_out_and_exits_0, .init = cli_setup, .fini = cli_teardown, .timeout = 300)
 {
     int st = fit(SMALL " --mem-cap 4M");
     cr_expect_eq(st, 0, "exit %d\n%s%s", st, out, err);
@@ -114,7 +84,7 @@ Test(fit_cli, story_plays_out_and_exits_0, .init = paths, .fini = cleanup, .time
     cr_expect(strstr(out, "trained the same model") != NULL, "%s", out);
 }
 
-Test(fit_cli, model_that_fits_one_device_exits_1, .init = paths, .fini = cleanup, .timeout = 300)
+Test(fit_cli, model_that_fits_one_device_exits_1, .init = cli_setup, .fini = cli_teardown, .timeout = 300)
 {
     int st = fit(SMALL " --mem-cap 16M");
     cr_expect_eq(st, 1, "exit %d\n%s%s", st, out, err);
@@ -122,7 +92,7 @@ Test(fit_cli, model_that_fits_one_device_exits_1, .init = paths, .fini = cleanup
     cr_expect(strstr(out, "device 0: out of memory") == NULL, "%s", out);
 }
 
-Test(fit_cli, cap_too_small_for_the_split_exits_1, .init = paths, .fini = cleanup, .timeout = 300)
+Test(fit_cli, cap_too_small_for_the_split_exits_1, .init = cli_setup, .fini = cli_teardown, .timeout = 300)
 {
     int st = fit(SMALL " --mem-cap 2M");
     cr_expect_eq(st, 1, "exit %d\n%s%s", st, out, err);
@@ -132,7 +102,7 @@ Test(fit_cli, cap_too_small_for_the_split_exits_1, .init = paths, .fini = cleanu
     cr_expect(strstr(p2, "out of memory") != NULL, "phase 2:\n%s", p2);
 }
 
-Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = cleanup, .timeout = 120)
+Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli_teardown, .timeout = 120)
 {
     const char *cases[] = {
         "--frobnicate",
@@ -161,11 +131,15 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = cleanup
         cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
                   err);
         cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
+        /* fit sets the mesh itself: its messages name only its own flags. */
+        cr_expect(strstr(err, "--pp") == NULL && strstr(err, "--tp") == NULL &&
+                      strstr(err, "--dp") == NULL,
+                  "\"%s\" names a flag fit does not have: %s", cases[i], err);
         cr_expect_eq(out[0], '\0', "\"%s\" printed: %s", cases[i], out);
     }
 }
 
-Test(fit_cli, help_documents_every_flag, .init = paths, .fini = cleanup, .timeout = 60)
+Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown, .timeout = 60)
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",

@@ -507,7 +507,7 @@ Test(safetensors, write_into_missing_directory_leaves_nothing)
     char path[512], sub[512];
     in_dir(path, "nodir/ckpt.safetensors");
     cr_expect_eq(tm_safetensors_write(path, &t, 1, NULL, 0), TM_EIO);
-    cr_expect_not_null(strstr(tm_error_message(), "No such file or directory"), "%s",
+    cr_expect_not_null(strstr(tm_error_message(), "nodir does not exist"), "%s",
                        tm_error_message());
     struct stat sb;
     cr_expect_neq(stat(in_dir(sub, "nodir"), &sb), 0);
@@ -522,7 +522,7 @@ Test(safetensors, write_onto_a_directory_fails_cleanly)
     in_dir(path, "adir");
     cr_assert_eq(mkdir(path, 0755), 0);
     cr_expect_eq(tm_safetensors_write(path, &t, 1, NULL, 0), TM_EIO);
-    cr_expect_not_null(strstr(tm_error_message(), "rename failed"), "%s", tm_error_message());
+    cr_expect_not_null(strstr(tm_error_message(), "is a directory"), "%s", tm_error_message());
     struct stat sb;
     cr_expect(stat(path, &sb) == 0 && S_ISDIR(sb.st_mode), "the directory is still there");
     cr_expect_eq(leftovers(dir), 0);
@@ -547,8 +547,7 @@ Test(safetensors, failed_write_keeps_the_old_file)
     struct rlimit lim = {64 << 10, 64 << 10};
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
     cr_expect_eq(tm_safetensors_write(path, &large, 1, NULL, 0), TM_EIO);
-    cr_expect_not_null(strstr(tm_error_message(), "write failed: File too large"), "%s",
-                       tm_error_message());
+    cr_expect_not_null(strstr(tm_error_message(), ": File too large"), "%s", tm_error_message());
     cr_expect_eq(leftovers(dir), 0);
 
     unsigned char *after;

@@ -3,6 +3,9 @@
  * 2-core machine). Every element of every all-reduce output is checked,
  * and the outputs are fenced by guards that must come back untouched. */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -87,6 +90,11 @@ Test(world, refuses_more_memory_than_the_host_has)
     cr_expect_eq(st, TM_EHOSTMEM, "%s", tm_err_name(st));
     cr_expect_null(w);
     cr_expect(strstr(tm_error_message(), "available") != NULL, "%s", tm_error_message());
+    /* The runtime serves several programs: it gives the figures and names
+     * no program's flags. */
+    cr_expect(strstr(tm_error_message(), "--") == NULL, "%s", tm_error_message());
+    cr_expect(strstr(tm_error_message(), "256 devices x 1.00 TiB of device memory") != NULL, "%s",
+              tm_error_message());
 }
 
 /* Device 3 fails in the middle of a stream of all-reduces; the others are
@@ -99,6 +107,31 @@ typedef struct {
 } fail_job;
 
 #define FAIL_COUNT ((size_t)(1 << 18) / sizeof(float))
+
+/* Counts the devices on which the signals that end a process are blocked. */
+static int mask_fn(tm_device *dev, void *arg)
+{
+    (void)dev;
+    sigset_t now;
+    pthread_sigmask(SIG_BLOCK, NULL, &now);
+    int all = sigismember(&now, SIGINT) && sigismember(&now, SIGTERM) &&
+              sigismember(&now, SIGHUP) && sigismember(&now, SIGPIPE);
+    atomic_fetch_add((atomic_int *)arg, all);
+    return TM_OK;
+}
+
+Test(world, signals_that_end_a_process_reach_the_host_thread_only, .timeout = 30)
+{
+    tm_world *w = make_world(4, 1 << 20, 0);
+    atomic_int blocked = 0;
+    cr_assert_eq(tm_world_run(w, mask_fn, &blocked), TM_OK, "%s", tm_world_error(w));
+    cr_expect_eq(atomic_load(&blocked), 4, "%d of 4 devices block them", atomic_load(&blocked));
+    sigset_t host;
+    pthread_sigmask(SIG_BLOCK, NULL, &host);
+    cr_expect(!sigismember(&host, SIGINT) && !sigismember(&host, SIGTERM),
+              "the host thread's mask changed");
+    tm_world_destroy(w);
+}
 
 static int fail_fn(tm_device *dev, void *arg)
 {

@@ -74,6 +74,11 @@ flags_of() {
     shakespeare) echo "--layers 6 --heads 6 --d-model 384 --context 256 --batch 8" ;;
     esac
 }
+# Ours only: the device's memory (the larger size keeps about 600 MiB of
+# activations; PyTorch has no cap).
+cap_of() {
+    case "$1" in default) echo 512M ;; shakespeare) echo 1G ;; esac
+}
 steps_of() {
     if [ -n "$steps" ]; then echo "$steps"; return; fi
     case "$1" in default) echo 60 ;; shakespeare) echo 20 ;; esac
@@ -90,7 +95,7 @@ rows="$tmp/rows"
 run_ours() {
     # shellcheck disable=SC2046
     "$ours_bin" --model gpt $(flags_of "$1") --steps "$2" --eval-sequences 8 \
-        --sample-tokens 0 --metrics "$tmp/metrics" >"$tmp/out" 2>&1 || {
+        --sample-tokens 0 --mem-cap "$(cap_of "$1")" --metrics "$tmp/metrics" >"$tmp/out" 2>&1 || {
         echo "compare_gpt.sh: build/train failed:" >&2; cat "$tmp/out" >&2; return 1; }
     res=$(parse_result "$tmp/out")
     loss=$(sed -n 's/.*"type":"step".*"loss":\([0-9.e+-]*\).*/\1/p' "$tmp/metrics" | tail -1)

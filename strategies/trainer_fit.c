@@ -1,0 +1,25 @@
+/* The up-front check that the model fits the devices
+ * (strategies/trainer_internal.h). */
+#include "runtime/arena.h"
+#include "runtime/status.h"
+#include "strategies/trainer_internal.h"
+
+int tm__train_fits(const tm_train_config *cfg, const int *first)
+{
+    /* What tm_stage_create allocates, in its order: the shard's parameters,
+     * their gradients, then each optimizer state buffer, all of one size. */
+    tm_optim_config opt = {cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
+                           cfg->beta2, 1e-8};
+    int n_state = tm_optimizer_state_count(&opt);
+    tm_tag tags[4] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER, TM_TAG_OPTIMIZER};
+    for (int p = 0; p < cfg->pp; p++)
+        for (int t = 0; t < cfg->tp; t++) {
+            tm_layer_plan plan[TM_MAX_LAYERS];
+            size_t n;
+            TM_CHECK(tm_stage_plan(cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
+            size_t bytes[4];
+            for (int i = 0; i < 4; i++) bytes[i] = n * sizeof(float);
+            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
+        }
+    return TM_OK;
+}

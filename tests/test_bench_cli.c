@@ -1,0 +1,32 @@
+/* The benchmark programs from the outside: their messages name their own
+ * flags, never another program's (bench_collectives once suggested
+ * lowering --mem-cap, which it does not have; bench_strategies' footer
+ * named build/train's --pp for the configurations it swept). */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "tests/cli.h"
+
+Test(bench_cli, bench_collectives_too_large_a_ring_names_its_own_flags, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
+{
+    char first[1024];
+    int st = cli_run("bench_collectives", "--ring-bytes 1G --devices 64 --sizes 4K --iters 1");
+    cr_expect_neq(st, 0);
+    cr_expect_eq(cli_lines(cli_err, "bench_collectives: 64 devices:", first, sizeof first), 1);
+    cr_expect(strstr(first, "of link rings (1.00 GiB each)") != NULL, "%s", first);
+    cr_expect(strstr(first, "--ring-bytes") != NULL, "%s", first);
+    cr_expect(strstr(first, "--mem-cap") == NULL, "%s", first);
+}
+
+Test(bench_cli, bench_strategies_footer_names_no_flag_it_lacks, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 120)
+{
+    char first[1024];
+    /* Four layers: the pp = 8 meshes are rejected. */
+    int st = cli_run("bench_strategies", "--devices 8 --micro-batches 1 --schedules 1f1b");
+    cr_expect_eq(st, 0);
+    cr_expect_eq(cli_lines(cli_out, "rejected 1 x: pp 8 needs", first, sizeof first), 1, "%s",
+                 first);
+    cr_expect_eq(cli_lines(cli_out, "--pp", first, sizeof first), 0, "%s", first);
+}
