@@ -159,7 +159,7 @@ Test(gpt_cli, trains_and_the_loss_falls)
 {
     char args[1024];
     snprintf(args, sizeof args,
-             TINY " --dataset synthetic --samples 256 --batch 8 --steps 30 --warmup-steps 0 "
+             TINY " --dataset synthetic --samples 256 --batch 8 --steps 30 "
                   "--lr 1e-2 --lr-schedule constant --metrics %s", metrics);
     cr_assert_eq(train(args), 0, "%s", slurp(err_path, NULL));
     lines l = read_metrics();
