@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
@@ -332,6 +333,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    char isa_msg[160];
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
     if (tm_mlp_parse(model, &cfg.model, &why) != 0) die_usage("--model \"%s\": %s", model, why);
     if (tm_activation_parse(act, &cfg.model.act) != 0)
         die_usage("--activation is relu or gelu, not \"%s\"", act);
