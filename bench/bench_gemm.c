@@ -68,83 +68,39 @@ static double median(double *v, int n)
                          "+" t(a12), "+" t(a13));                             \
     } while (0)
 
-/* Returns GFLOP/s of iters rounds of 14 eight-wide FMAs. The empty asm
- * statements keep the compiler from folding or reordering the chains. */
-__attribute__((target("avx2,fma"))) static double fma_loop_avx2(long iters)
-{
-    __m256 a0 = _mm256_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m256 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-6f);
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(_mm256_fmadd_ps, "x");
-    t = now() - t;
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
-    s = _mm256_add_ps(s, _mm256_add_ps(a12, a13));
-    float out[8];
-    _mm256_storeu_ps(out, s);
-    if (out[0] == 42.0f) puts(""); /* keeps the result alive */
-    return (double)iters * 14 * 16 / t * 1e-9;
-}
-
-__attribute__((target("avx512f,fma"))) static double fma_loop_avx512(long iters)
-{
-    __m512 a0 = _mm512_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m512 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-6f);
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(_mm512_fmadd_ps, "v");
-    t = now() - t;
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    s = _mm512_add_ps(s, _mm512_add_ps(a12, a13));
-    if (_mm512_reduce_add_ps(s) == 42.0f) puts("");
-    return (double)iters * 14 * 32 / t * 1e-9;
-}
-
-/* vdpbf16ps: each instruction is 16 lanes of two bf16 products and their
- * sums, 64 FLOPs. */
-__attribute__((target("avx512f,avx512bf16"))) static double dp_loop_avx512bf16(long iters)
-{
-    __m512 a0 = _mm512_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m512 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x33803380);
-#define DPBF16(acc, p, q) _mm512_dpbf16_ps(acc, p, q)
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(DPBF16, "v");
-#undef DPBF16
-    t = now() - t;
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    s = _mm512_add_ps(s, _mm512_add_ps(a12, a13));
-    if (_mm512_reduce_add_ps(s) == 42.0f) puts("");
-    return (double)iters * 14 * 64 / t * 1e-9;
-}
+/* name(iters) runs iters rounds of 14 independent chains of op (an FMA, or
+ * what the kernels use instead of one) on vectors of type vec, with
+ * operands x and y of type arg, and returns GFLOP/s at flops per op. The
+ * empty asm statements keep the compiler from folding, reordering or
+ * dropping the chains. */
+#define PEAK_LOOP(name, isa, vec, arg, one, xv, yv, op, t, flops)             \
+    __attribute__((target(isa))) static double name(long iters)               \
+    {                                                                         \
+        vec a0 = one, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0;   \
+        vec a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0; \
+        arg x = xv, y = yv;                                                   \
+        (void)y;                                                              \
+        double t0 = now();                                                    \
+        for (long i = 0; i < iters; i++) FMA14(op, t);                        \
+        return (double)iters * 14 * (flops) / (now() - t0) * 1e-9;            \
+    }
 
 /* The portable kernels are compiled for baseline x86-64: SSE multiplies
- * and adds, no FMA. */
-#define MULADD(acc, p, q) _mm_add_ps(_mm_mul_ps(acc, p), q)
-static double muladd_loop_sse(long iters)
-{
-    __m128 a0 = _mm_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m128 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m128 x = _mm_set1_ps(0.999999f), y = _mm_set1_ps(1e-6f);
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(MULADD, "x");
-    t = now() - t;
-    __m128 s = _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3));
-    s = _mm_add_ps(s, _mm_add_ps(_mm_add_ps(a4, a5), _mm_add_ps(a6, a7)));
-    s = _mm_add_ps(s, _mm_add_ps(_mm_add_ps(a8, a9), _mm_add_ps(a10, a11)));
-    s = _mm_add_ps(s, _mm_add_ps(a12, a13));
-    float out[4];
-    _mm_storeu_ps(out, s);
-    if (out[0] == 42.0f) puts("");
-    return (double)iters * 14 * 8 / t * 1e-9;
-}
-#undef MULADD
+ * and adds, no FMA. With 14 accumulators in the 16 xmm registers there is
+ * room for one operand and the product only (with two, one accumulator
+ * lived on the stack and the loop ran at a third of its speed). */
+#define MULADD(acc, p, q) _mm_add_ps(_mm_mul_ps(acc, p), p)
+PEAK_LOOP(muladd_loop_sse, "sse2", __m128, __m128, _mm_set1_ps(1.0f), _mm_set1_ps(1e-6f),
+          _mm_set1_ps(1e-6f), MULADD, "x", 8)
+PEAK_LOOP(fma_loop_avx2, "avx2,fma", __m256, __m256, _mm256_set1_ps(1.0f),
+          _mm256_set1_ps(0.999999f), _mm256_set1_ps(1e-6f), _mm256_fmadd_ps, "x", 16)
+PEAK_LOOP(fma_loop_avx512, "avx512f,fma", __m512, __m512, _mm512_set1_ps(1.0f),
+          _mm512_set1_ps(0.999999f), _mm512_set1_ps(1e-6f), _mm512_fmadd_ps, "v", 32)
+/* vdpbf16ps: 16 lanes of two bf16 products and their sums, 64 FLOPs. */
+#define DPBF16(acc, p, q) _mm512_dpbf16_ps(acc, p, q)
+PEAK_LOOP(dp_loop_avx512bf16, "avx512f,avx512bf16", __m512, __m512bh, _mm512_set1_ps(1.0f),
+          (__m512bh)_mm512_set1_epi32(0x3f803f80), (__m512bh)_mm512_set1_epi32(0x33803380),
+          DPBF16, "v", 64)
 
 /* --- shapes ------------------------------------------------------------ */
 
