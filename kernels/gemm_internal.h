@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "kernels/bf16.h"
+
 /* Dimension letters: m = rows of C, n = columns of C, k = the reduced
  * dimension. "op(A)" is A or its transpose as transa says, always (m, k).
  * A packed A sliver holds MR rows of op(A) as (k, MR): element (i, p) at
@@ -115,15 +117,19 @@ void tm__gemm_blocked(const tm__gemm_kernels *ks, int transa, int transb, int m,
                       const float *b, ptrdiff_t ldb, float beta, float *c,
                       ptrdiff_t ldc);
 
-/* The bf16 GEMM. A converting packer packs rows [0, rows) of a matrix
- * whose element (i, p) is src[i * rs + p * cs], fp32 or bf16, into slivers
- * of `tile` rows, tile * k floats' room apart, zero-padded. */
-typedef void (*tm__gemm_pack_cvt)(int tile, int src_bf16, int rows, int k, const void *src,
-                                  ptrdiff_t rs, ptrdiff_t cs, float *dst);
+/* The bf16 GEMM. fp32 operands are packed by the base set's fp32 packers
+ * and then finished in place, `slivers` slivers of `tile` rows and k steps
+ * at dst; bf16 operands are packed by a converting packer: rows [0, rows)
+ * of a matrix whose element (i, p) is src[i * rs + p * cs], into slivers of
+ * `tile` rows, tile * k floats' room apart, zero-padded. */
+typedef void (*tm__gemm_pack_bf16)(int tile, int rows, int k, const tm_bf16 *src,
+                                   ptrdiff_t rs, ptrdiff_t cs, float *dst);
+typedef void (*tm__gemm_finish)(int tile, int k, int slivers, float *dst);
 typedef struct {
     const char *isa;              /* the instruction set it runs on */
-    const tm__gemm_kernels *base; /* micro-kernel, tile and block sizes */
-    tm__gemm_pack_cvt pack;       /* packs both operands for base's kernel */
+    const tm__gemm_kernels *base; /* micro-kernel, fp32 packers, tile and block sizes */
+    tm__gemm_finish finish;       /* turns fp32-packed slivers into the kernel's */
+    tm__gemm_pack_bf16 pack;      /* packs bf16 operands for the kernel */
     int k_unit;                   /* k panels are multiples of it (pairs: 2) */
 } tm__gemm_bf16_kernels;
 
@@ -134,12 +140,14 @@ extern const tm__gemm_kernels tm__gemm_kernels_avx512bf16;
 extern const tm__gemm_bf16_kernels tm__gemm_bf16_kernels_avx512bf16;
 /* The bf16 set for an instruction set (tm_isa). */
 const tm__gemm_bf16_kernels *tm__gemm_bf16_kernels_for(int isa);
-/* Packers: pairs of bf16 in 32-bit words (pairs of k), and bf16-rounded
- * floats. */
-void tm__gemm_pack_bf16_pairs(int tile, int src_bf16, int rows, int k, const void *src,
-                              ptrdiff_t rs, ptrdiff_t cs, float *dst);
-void tm__gemm_pack_bf16_rounded(int tile, int src_bf16, int rows, int k, const void *src,
-                                ptrdiff_t rs, ptrdiff_t cs, float *dst);
+/* Finishers: fp32 slivers to pairs of bf16 in 32-bit words (pairs of k),
+ * and to bf16-rounded floats. Packers from bf16 likewise. */
+void tm__gemm_finish_pairs(int tile, int k, int slivers, float *dst);
+void tm__gemm_finish_rounded(int tile, int k, int slivers, float *dst);
+void tm__gemm_pack_bf16_pairs(int tile, int rows, int k, const tm_bf16 *src, ptrdiff_t rs,
+                              ptrdiff_t cs, float *dst);
+void tm__gemm_pack_bf16_widened(int tile, int rows, int k, const tm_bf16 *src, ptrdiff_t rs,
+                                ptrdiff_t cs, float *dst);
 /* The five loops for the bf16 GEMM (validated arguments, real product). */
 void tm__gemm_bf16_blocked(const tm__gemm_bf16_kernels *ks, int transa, int transb, int m,
                            int n, int k, float alpha, const void *a, int a_bf16,
