@@ -71,28 +71,34 @@ void tm__gemm_finish_rounded(int tile, int k, int slivers, float *dst)
 }
 
 /* Word (q, i) of a sliver holds steps 2q (low half) and 2q + 1 (high half)
- * of row i, as vdpbf16ps pairs them: every float is rounded first (above),
- * then row q of the result is made from rows 2q and 2q + 1, in place (row
- * q is written only after rows up to 2q + 1 have been read), an odd k's
- * last row paired with 0. Four words at a time, so that the loop
- * vectorises whatever the tile. */
+ * of row i, as vdpbf16ps pairs them, an odd k's last step paired with 0.
+ * Row q of the result is made from rows 2q and 2q + 1 in place, four words
+ * at a time, each chunk read before it is written: row q's chunk i lies in
+ * rows already read (q < 2q) or, for q = 0, is the chunk just read. Fixed
+ * four-word copies keep the loop free of calls and let it vectorise. */
 void tm__gemm_finish_pairs(int tile, int k, int slivers, float *dst)
 {
-    tm__gemm_finish_rounded(tile, k, slivers, dst);
-    uint32_t lo[MAX_TILE], hi[MAX_TILE];
     for (int s = 0; s < slivers; s++) {
         float *d = dst + (size_t)s * tile * k;
         for (int q = 0; 2 * q < k; q++) {
-            memcpy(lo, d + 2 * q * tile, tile * sizeof *lo);
-            if (2 * q + 1 < k)
-                memcpy(hi, d + (2 * q + 1) * tile, tile * sizeof *hi);
-            else
-                memset(hi, 0, tile * sizeof *hi);
+            const float *even = d + 2 * q * tile, *odd = even + tile;
+            int has_odd = 2 * q + 1 < k;
             int i = 0;
-            for (; i + 4 <= tile; i += 4)
-                for (int j = 0; j < 4; j++) lo[i + j] = lo[i + j] >> 16 | hi[i + j];
-            for (; i < tile; i++) lo[i] = lo[i] >> 16 | hi[i];
-            memcpy(d + q * tile, lo, tile * sizeof *lo);
+            for (; i + 4 <= tile; i += 4) {
+                uint32_t e[4], o[4] = {0, 0, 0, 0};
+                memcpy(e, even + i, sizeof e);
+                if (has_odd) memcpy(o, odd + i, sizeof o);
+                for (int j = 0; j < 4; j++)
+                    e[j] = round_hi(e[j]) >> 16 | (round_hi(o[j]) & 0xffff0000u);
+                memcpy(d + q * tile + i, e, sizeof e);
+            }
+            for (; i < tile; i++) {
+                uint32_t e, o = 0;
+                memcpy(&e, even + i, sizeof e);
+                if (has_odd) memcpy(&o, odd + i, sizeof o);
+                e = round_hi(e) >> 16 | (round_hi(o) & 0xffff0000u);
+                memcpy(d + q * tile + i, &e, sizeof e);
+            }
         }
     }
 }
