@@ -40,7 +40,7 @@ typedef int (*tm__gemm_skinny)(int transa, int transb, int m, int n, int k,
                                float *c, ptrdiff_t ldc);
 
 /* One ISA's kernels and block sizes; the sets form the block-size table in
- * gemm_blocked.c. */
+ * gemm_blocked.c (the bf16 kernel's row is in gemm_bf16.c). */
 typedef struct {
     const char *isa;         /* "generic", "avx2", "avx512", "avx512_bf16" */
     int mr, nr;              /* micro-tile */
