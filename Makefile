@@ -49,22 +49,37 @@ deps:
 	@scripts/deps.sh
 
 # Per-ISA micro-kernels get their instruction set; everything else stays
-# portable and dispatches at run time.
-# (a file whose name holds "avx2" or "avx512").
-AVX2_OBJ   := $(foreach o,$(LIB_OBJ),$(if $(findstring avx2,$(notdir $o)),$o))
-AVX512_OBJ := $(foreach o,$(LIB_OBJ),$(if $(findstring avx512,$(notdir $o)),$o))
+# portable and dispatches at run time (kernels/isa.h): a file whose name
+# holds "avx2", "avx512" or "avx512bf16" (which also holds "avx512").
+AVX2_OBJ     := $(foreach o,$(LIB_OBJ),$(if $(findstring avx2,$(notdir $o)),$o))
+AVX512BF_OBJ := $(foreach o,$(LIB_OBJ),$(if $(findstring avx512bf16,$(notdir $o)),$o))
+AVX512_OBJ   := $(filter-out $(AVX512BF_OBJ),\
+                  $(foreach o,$(LIB_OBJ),$(if $(findstring avx512,$(notdir $o)),$o)))
+AVX512_FLAGS := -mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma
 $(AVX2_OBJ): ISA = -mavx2 -mfma
-$(AVX512_OBJ): ISA = -mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma
+$(AVX512_OBJ): ISA = $(AVX512_FLAGS)
+$(AVX512BF_OBJ): ISA = $(AVX512_FLAGS) -mavx512bf16
 $(BUILD)/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(TM_CFLAGS) $(ISA) $(PKG_CFLAGS) -c $< -o $@
+
+# The AVX-512 micro-kernels built a second time for AVX2 (kernels/simd16.h),
+# under other names, for the GEMM tests: so that their logic is tested on
+# every machine, AVX-512 or not.
+TWIN_SRC := $(wildcard kernels/ukr_avx512*.c)
+TWIN_OBJ := $(TWIN_SRC:%.c=$(BUILD)/obj/twin/%.o)
+$(TWIN_OBJ): $(BUILD)/obj/twin/%.o: %.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(TM_CFLAGS) -mavx2 -mfma -DTM_SIMD16_TWIN $(PKG_CFLAGS) -c $< -o $@
+$(BUILD)/test_gemm $(BUILD)/test_bf16: TEST_OBJ = $(TWIN_OBJ)
+$(BUILD)/test_gemm $(BUILD)/test_bf16: $(TWIN_OBJ)
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
 $(BUILD)/test_%: tests/test_%.c $(LIB) $(TEST_EXTRA) | deps
-	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $(CR_CFLAGS) $< $(TEST_EXTRA) -o $@ $(LIB) $(TM_LDFLAGS) $(CR_LIBS) $(PKG_LIBS) -lm
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $(CR_CFLAGS) $< $(TEST_EXTRA) $(TEST_OBJ) -o $@ $(LIB) $(TM_LDFLAGS) $(CR_LIBS) $(PKG_LIBS) -lm
 
 $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
@@ -107,4 +122,4 @@ bench-peers:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)

@@ -14,6 +14,7 @@
 
 #include "kernels/cost.h"
 #include "kernels/gemm.h"
+#include "kernels/isa.h"
 #include "kernels/ops.h"
 #include "kernels/optim.h"
 #include "runtime/clock.h"
@@ -371,6 +372,11 @@ int main(int argc, char **argv)
     if (optind < argc || rows < 1 || rows > 1 << 16 || n_epochs < 1 || n_epochs > 64) {
         fprintf(stderr,
                 "bench_clock: bad arguments: --rows 1..65536, --epochs 1..64 (see --help)\n");
+        return 2;
+    }
+    char isa_msg[160];
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) {
+        fprintf(stderr, "bench_clock: %s\n", isa_msg);
         return 2;
     }
     tm_mlp_config m;

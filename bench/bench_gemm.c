@@ -1,6 +1,9 @@
 /* bench_gemm: tm_sgemm's backends side by side (ours, OpenBLAS, the
- * reference) on square and MLP shapes, against the FMA peak measured in the
- * same run. Usage: build/bench_gemm [--csv] [--reps N] [--quick]. */
+ * reference) and tm_gemm_bf16, on square, MLP, GPT-layer and attention
+ * shapes, each against the peak of the instruction set it ran, measured in
+ * the same run. Usage: build/bench_gemm [--csv] [--reps N] [--quick]. */
+#include <cblas.h>
+#include <ctype.h>
 #include <getopt.h>
 #include <immintrin.h>
 #include <stdio.h>
@@ -8,20 +11,27 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/bf16.h"
 #include "kernels/gemm.h"
+#include "kernels/isa.h"
 
 static const char usage[] =
     "usage: bench_gemm [--csv] [--reps N] [--quick] [--help]\n"
-    "Times tm_sgemm's backends (blocked = ours, openblas, ref) on square\n"
-    "shapes 128..2048 and the MLP shapes of a 784-256-128-10 network at batch\n"
-    "128 (forward NT, backward NN and TN), interleaved per shape, warm, median\n"
-    "of N repetitions (default 7), against the AVX2 FMA peak of the same run\n"
-    "(the fastest run of an FMA-throughput loop, sampled between shapes).\n"
-    "  --csv     print 'backend,layout,m,n,k,gflops,pct_peak' rows only\n"
+    "Times tm_sgemm's backends (blocked = ours, openblas, ref) and the bf16\n"
+    "GEMM (backend bf16: tm_gemm_bf16 on bf16 A and B) on square shapes\n"
+    "128..2048, the layers of a 784-256-128-10 MLP at batch 128, GPT layers\n"
+    "at 1024 and 4096 rows, and per-head attention products (forward NT,\n"
+    "backward NN and TN), interleaved per shape, warm, median of N\n"
+    "repetitions (default 7). Each runs on the active instruction set (the\n"
+    "best of this CPU; TM_ISA=avx2 etc. picks another), and pct_peak is\n"
+    "against the peak of the set that ran: the fastest run of an FMA (or\n"
+    "vdpbf16ps) throughput loop, sampled between shapes.\n"
+    "  --csv     print 'backend,layout,m,n,k,gflops,pct_peak,isa' rows only\n"
     "  --reps N  repetitions per backend and shape (1..1000)\n"
-    "  --quick   squares up to 512 only, and 3 repetitions unless --reps\n"
+    "  --quick   squares up to 512 and the MLP only, 3 repetitions unless --reps\n"
     "The reference backend is naive and slow: it is timed only where\n"
-    "2*m*n*k <= 2^25 (e.g. 256^3 and the smaller MLP layers).\n";
+    "2*m*n*k <= 2^25 (e.g. 256^3 and the smaller MLP layers).\n"
+    "Exit status 2 on bad usage or a TM_ISA this CPU does not have.\n";
 
 static double now(void)
 {
@@ -58,55 +68,39 @@ static double median(double *v, int n)
                          "+" t(a12), "+" t(a13));                             \
     } while (0)
 
-/* Returns GFLOP/s of iters rounds of 14 eight-wide FMAs. The empty asm
- * statements keep the compiler from folding or reordering the chains. */
-__attribute__((target("avx2,fma"))) static double fma_loop_avx2(long iters)
-{
-    __m256 a0 = _mm256_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m256 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-6f);
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(_mm256_fmadd_ps, "x");
-    t = now() - t;
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
-    s = _mm256_add_ps(s, _mm256_add_ps(a12, a13));
-    float out[8];
-    _mm256_storeu_ps(out, s);
-    if (out[0] == 42.0f) puts(""); /* keeps the result alive */
-    return (double)iters * 14 * 16 / t * 1e-9;
-}
-
-__attribute__((target("avx512f,fma"))) static double fma_loop_avx512(long iters)
-{
-    __m512 a0 = _mm512_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m512 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0;
-    __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-6f);
-    double t = now();
-    for (long i = 0; i < iters; i++) FMA14(_mm512_fmadd_ps, "v");
-    t = now() - t;
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    s = _mm512_add_ps(s, _mm512_add_ps(a12, a13));
-    if (_mm512_reduce_add_ps(s) == 42.0f) puts("");
-    return (double)iters * 14 * 32 / t * 1e-9;
-}
-
-/* The fastest of reps runs of about 50 ms each: other load can only slow an
- * FMA loop down, so the fastest run is the closest to the hardware's peak
- * (a median on a busy machine would put GEMMs above 100%). */
-static double peak(double (*loop)(long), int reps)
-{
-    double best = 0.0;
-    loop(1000000); /* let the clock ramp up */
-    for (int r = 0; r < reps; r++) {
-        double g = loop(10000000);
-        if (g > best) best = g;
+/* name(iters) runs iters rounds of 14 independent chains of op (an FMA, or
+ * what the kernels use instead of one) on vectors of type vec, with
+ * operands x and y of type arg, and returns GFLOP/s at flops per op. The
+ * empty asm statements keep the compiler from folding, reordering or
+ * dropping the chains. */
+#define PEAK_LOOP(name, isa, vec, arg, one, xv, yv, op, t, flops)             \
+    __attribute__((target(isa))) static double name(long iters)               \
+    {                                                                         \
+        vec a0 = one, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0;   \
+        vec a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0; \
+        arg x = xv, y = yv;                                                   \
+        (void)y;                                                              \
+        double t0 = now();                                                    \
+        for (long i = 0; i < iters; i++) FMA14(op, t);                        \
+        return (double)iters * 14 * (flops) / (now() - t0) * 1e-9;            \
     }
-    return best;
-}
+
+/* The portable kernels are compiled for baseline x86-64: SSE multiplies
+ * and adds, no FMA. With 14 accumulators in the 16 xmm registers there is
+ * room for one operand and the product only (with two, one accumulator
+ * lived on the stack and the loop ran at a third of its speed). */
+#define MULADD(acc, p, q) _mm_add_ps(_mm_mul_ps(acc, p), p)
+PEAK_LOOP(muladd_loop_sse, "sse2", __m128, __m128, _mm_set1_ps(1.0f), _mm_set1_ps(1e-6f),
+          _mm_set1_ps(1e-6f), MULADD, "x", 8)
+PEAK_LOOP(fma_loop_avx2, "avx2,fma", __m256, __m256, _mm256_set1_ps(1.0f),
+          _mm256_set1_ps(0.999999f), _mm256_set1_ps(1e-6f), _mm256_fmadd_ps, "x", 16)
+PEAK_LOOP(fma_loop_avx512, "avx512f,fma", __m512, __m512, _mm512_set1_ps(1.0f),
+          _mm512_set1_ps(0.999999f), _mm512_set1_ps(1e-6f), _mm512_fmadd_ps, "v", 32)
+/* vdpbf16ps: 16 lanes of two bf16 products and their sums, 64 FLOPs. */
+#define DPBF16(acc, p, q) _mm512_dpbf16_ps(acc, p, q)
+PEAK_LOOP(dp_loop_avx512bf16, "avx512f,avx512bf16", __m512, __m512bh, _mm512_set1_ps(1.0f),
+          (__m512bh)_mm512_set1_epi32(0x3f803f80), (__m512bh)_mm512_set1_epi32(0x33803380),
+          DPBF16, "v", 64)
 
 /* --- shapes ------------------------------------------------------------ */
 
@@ -115,25 +109,29 @@ typedef struct {
     int m, n, k;
 } shape;
 
-/* A linear layer (in -> out) at batch 128, weights stored (out, in) as
- * PyTorch does: forward y = x·W^T is NT (128, out, in); backward dX = dY·W
- * is NN (128, in, out) and dW = dY^T·X is TN (out, in, 128). */
-static int mlp_shapes(shape *s)
+/* A linear layer (in -> out) at `rows` rows, weights stored (out, in) as
+ * PyTorch does: forward y = x·W^T is NT (rows, out, in); backward dX = dY·W
+ * is NN (rows, in, out) and dW = dY^T·X is TN (out, in, rows). */
+static int layer_shapes(shape *s, int rows, int in, int out)
 {
-    static const int layers[3][2] = {{784, 256}, {256, 128}, {128, 10}};
-    int n = 0;
-    for (int l = 0; l < 3; l++) {
-        int in = layers[l][0], out = layers[l][1];
-        s[n++] = (shape){'N', 'T', 128, out, in};
-        s[n++] = (shape){'N', 'N', 128, in, out};
-        s[n++] = (shape){'T', 'N', out, in, 128};
-    }
-    return n;
+    s[0] = (shape){'N', 'T', rows, out, in};
+    s[1] = (shape){'N', 'N', rows, in, out};
+    s[2] = (shape){'T', 'N', out, in, rows};
+    return 3;
 }
 
+/* The 784-256-128-10 MLP at batch 128; GPT layers (width 384 with its
+ * 1536-wide MLP, width 512, the 256-wide head) at 1024 and 4096 rows
+ * (tokens); one head's attention at sequence 128 and head size 32: scores
+ * S = Q·K^T and dP = dO·V^T (NT 128x128x32), O = P·V and dQ = dS·K (NN
+ * 128x32x128), dV = P^T·dO and dK = dS^T·Q (TN 128x32x128). */
 static int all_shapes(shape *s, int quick)
 {
     static const int squares[] = {128, 256, 512, 1024, 2048};
+    static const int mlp[3][2] = {{784, 256}, {256, 128}, {128, 10}};
+    static const int gpt[][3] = {{1024, 384, 1536}, {1024, 1536, 384}, {1024, 384, 384},
+                                 {1024, 384, 256},  {4096, 512, 512},  {4096, 512, 1536},
+                                 {128, 128, 128}};
     int n = 0, count = quick ? 3 : 5;
     for (int i = 0; i < count; i++) {
         int d = squares[i];
@@ -141,50 +139,69 @@ static int all_shapes(shape *s, int quick)
         s[n++] = (shape){'N', 'T', d, d, d};
         s[n++] = (shape){'T', 'N', d, d, d};
     }
-    return n + mlp_shapes(s + n);
+    for (int l = 0; l < 3; l++) n += layer_shapes(s + n, 128, mlp[l][0], mlp[l][1]);
+    if (quick) return n;
+    for (size_t l = 0; l < sizeof gpt / sizeof gpt[0]; l++)
+        n += layer_shapes(s + n, gpt[l][0], gpt[l][1], gpt[l][2]);
+    s[n++] = (shape){'N', 'T', 128, 128, 32};  /* S = Q·K^T */
+    s[n++] = (shape){'N', 'N', 128, 32, 128};  /* O = P·V, dQ = dS·K */
+    s[n++] = (shape){'T', 'N', 128, 32, 128};  /* dV = P^T·dO, dK = dS^T·Q */
+    return n;
 }
 
 /* --- timing ------------------------------------------------------------ */
 
+/* What a row times: a tm_sgemm backend, or the bf16 GEMM. */
+enum { B_BLOCKED, B_OPENBLAS, B_BF16, B_REF, B_COUNT };
+static const char *const b_names[B_COUNT] = {"blocked", "openblas", "bf16", "ref"};
+
 typedef struct {
     const float *a, *b;
+    const tm_bf16 *ah, *bh; /* a and b rounded to bf16 */
     float *c;
 } operands;
 
-static void run(tm_gemm_backend be, const shape *s, const operands *o, int calls)
+static void run(int be, const shape *s, const operands *o, int calls)
 {
+    static const tm_gemm_backend backend[B_COUNT] = {
+        [B_BLOCKED] = TM_GEMM_BLOCKED, [B_OPENBLAS] = TM_GEMM_OPENBLAS, [B_REF] = TM_GEMM_REF};
     int lda = s->ta == 'N' ? s->k : s->m, ldb = s->tb == 'N' ? s->n : s->k;
-    for (int i = 0; i < calls; i++)
-        tm_sgemm_backend(be, s->ta, s->tb, s->m, s->n, s->k, 1.0f, o->a, lda,
-                         o->b, ldb, 0.0f, o->c, s->n);
+    for (int i = 0; i < calls; i++) {
+        if (be == B_BF16)
+            tm_gemm_bf16(s->ta, s->tb, s->m, s->n, s->k, 1.0f, o->ah, TM_DTYPE_BF16, lda, o->bh,
+                         TM_DTYPE_BF16, ldb, 0.0f, o->c, s->n);
+        else
+            tm_sgemm_backend(backend[be], s->ta, s->tb, s->m, s->n, s->k, 1.0f, o->a, lda,
+                             o->b, ldb, 0.0f, o->c, s->n);
+    }
 }
 
-enum { MAX_BACKENDS = 3, MAX_REPS = 1000, MAX_SHAPES = 32 };
+enum { MAX_REPS = 1000, MAX_SHAPES = 64 };
 
-/* blocked and openblas everywhere, ref too where it finishes quickly. */
+/* blocked, openblas and bf16 everywhere, ref too where it finishes
+ * quickly. */
 static int backends_for(const shape *s)
 {
-    return 2.0 * s->m * s->n * s->k <= (double)(1 << 25) ? 3 : 2;
+    return 2.0 * s->m * s->n * s->k <= (double)(1 << 25) ? B_COUNT : B_COUNT - 1;
 }
 
 /* Times every backend on one shape, interleaved so a noisy moment hurts all
  * of them alike; returns the median GFLOP/s of each. Small products are
  * timed in batches of calls long enough (about 2 ms) for the clock. */
-static void time_shape(const shape *s, const operands *o, const tm_gemm_backend *be,
-                       int nbe, int reps, double *gflops)
+static void time_shape(const shape *s, const operands *o, int nbe, int reps, double *gflops)
 {
     double flops = 2.0 * s->m * s->n * s->k;
     int calls = (int)(4e6 / flops * 50) + 1; /* ~2 ms at 100 GFLOP/s */
-    static double t[MAX_BACKENDS][MAX_REPS];
-    for (int b = 0; b < nbe; b++) run(be[b], s, o, 1); /* warm caches */
+    static double t[B_COUNT][MAX_REPS];
+    for (int b = 0; b < nbe; b++) run(b, s, o, 1); /* warm caches */
     for (int r = 0; r < reps; r++) {
         for (int i = 0; i < nbe; i++) {
             /* Alternate the order too, so neither backend always runs
              * right after the other has warmed (or cooled) the caches. */
             int b = r % 2 ? nbe - 1 - i : i;
-            int nc = be[b] == TM_GEMM_REF ? 1 : calls;
+            int nc = b == B_REF ? 1 : calls;
             double t0 = now();
-            run(be[b], s, o, nc);
+            run(b, s, o, nc);
             t[b][r] = flops * nc / (now() - t0) * 1e-9;
         }
     }
@@ -201,6 +218,58 @@ static float *random_matrix(size_t n, unsigned *seed)
         m[i] = (float)(*seed >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
     }
     return m;
+}
+
+static tm_bf16 *to_bf16(const float *x, size_t n)
+{
+    tm_bf16 *h = aligned_alloc(64, (n * sizeof *h + 63) / 64 * 64);
+    if (h != NULL) tm_f32_to_bf16(h, x, n);
+    return h;
+}
+
+/* The instruction sets whose peaks a row may be read against. */
+typedef struct {
+    double sse, avx2, avx512, bf16; /* GFLOP/s, best of the run; 0: not run */
+} peaks;
+
+static void sample_peaks(peaks *p, int reps, long iters)
+{
+    for (int r = 0; r < reps; r++) {
+        double g = muladd_loop_sse(iters);
+        if (g > p->sse) p->sse = g;
+        if (tm_isa_supported(TM_ISA_AVX2) && (g = fma_loop_avx2(iters)) > p->avx2) p->avx2 = g;
+        if (tm_isa_supported(TM_ISA_AVX512) && (g = fma_loop_avx512(iters)) > p->avx512)
+            p->avx512 = g;
+        if (tm_isa_supported(TM_ISA_AVX512_BF16) && (g = dp_loop_avx512bf16(iters)) > p->bf16)
+            p->bf16 = g;
+    }
+}
+
+/* OpenBLAS names the kernels it chose at load time (OPENBLAS_CORETYPE
+ * overrides its own cpuid check); the ISA column reads them as ours. */
+static const char *openblas_isa(void)
+{
+    static char name[32];
+    const char *core = openblas_get_corename();
+    size_t i = 0;
+    for (; core != NULL && core[i] != '\0' && i + 1 < sizeof name; i++)
+        name[i] = (char)tolower((unsigned char)core[i]);
+    name[i] = '\0';
+    if (strcmp(name, "skylakex") == 0 || strcmp(name, "cooperlake") == 0 ||
+        strcmp(name, "sapphirerapids") == 0)
+        return "avx512";
+    if (strcmp(name, "haswell") == 0 || strcmp(name, "zen") == 0) return "avx2";
+    return name;
+}
+
+/* The peak a set's rows are read against: the fp32 kernels' FMAs, the bf16
+ * kernel's vdpbf16ps, the portable kernels' SSE multiply-adds. */
+static double peak_of(const char *isa, const peaks *p)
+{
+    if (strcmp(isa, "avx512_bf16") == 0) return p->bf16;
+    if (strcmp(isa, "avx512") == 0) return p->avx512;
+    if (strcmp(isa, "avx2") == 0) return p->avx2;
+    return p->sse;
 }
 
 int main(int argc, char **argv)
@@ -234,60 +303,74 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_gemm: unexpected argument '%s' (try --help)\n", argv[optind]);
         return 2;
     }
+    char msg[160];
+    if (tm_isa_check_env(msg, sizeof msg) != 0) {
+        fprintf(stderr, "bench_gemm: %s\n", msg);
+        return 2;
+    }
     if (reps < 0) reps = quick ? 3 : 7;
 
     tm_gemm_thread_init();
-    double pk = peak(fma_loop_avx2, 9);
-    int has512 = __builtin_cpu_supports("avx512f");
-    double pk512 = has512 ? peak(fma_loop_avx512, 9) : 0.0;
+    peaks pk = {0};
+    muladd_loop_sse(1000000); /* let the clock ramp up */
+    sample_peaks(&pk, 9, 10000000);
 
     static shape shapes[MAX_SHAPES];
-    static double g[MAX_SHAPES][MAX_BACKENDS];
+    static double g[MAX_SHAPES][B_COUNT];
     int ns = all_shapes(shapes, quick);
-    size_t big = 2048 * 2048;
+    size_t big = 4096 * 1536;
     unsigned seed = 12345;
-    operands o = {random_matrix(big, &seed), random_matrix(big, &seed), random_matrix(big, &seed)};
-    if (o.a == NULL || o.b == NULL || o.c == NULL) {
+    operands o = {random_matrix(big, &seed), random_matrix(big, &seed), NULL, NULL,
+                  random_matrix(big, &seed)};
+    if (o.a != NULL && o.b != NULL) {
+        o.ah = to_bf16(o.a, big);
+        o.bh = to_bf16(o.b, big);
+    }
+    if (o.a == NULL || o.b == NULL || o.c == NULL || o.ah == NULL || o.bh == NULL) {
         fprintf(stderr, "bench_gemm: out of memory\n");
         return 1;
     }
-    const tm_gemm_backend be[MAX_BACKENDS] = {TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS, TM_GEMM_REF};
     for (int i = 0; i < ns; i++) {
-        time_shape(&shapes[i], &o, be, backends_for(&shapes[i]), reps, g[i]);
+        time_shape(&shapes[i], &o, backends_for(&shapes[i]), reps, g[i]);
         /* One more peak sample per shape: the peak is the best seen over
          * the whole run, so a busy moment at the start cannot lower it. */
-        double p = fma_loop_avx2(10000000);
-        if (p > pk) pk = p;
+        sample_peaks(&pk, 1, 10000000);
     }
 
+    const char *isa[B_COUNT] = {tm_gemm_blocked_isa(), openblas_isa(), tm_gemm_bf16_isa(),
+                                "generic"};
     if (csv) {
-        puts("backend,layout,m,n,k,gflops,pct_peak");
+        puts("backend,layout,m,n,k,gflops,pct_peak,isa");
     } else {
-        printf("peak (AVX2 FMA loop, 1 core, best of the run): %.1f GFLOP/s; "
-               "pct_peak is against it\n", pk);
-        if (has512) printf("AVX-512 FMA loop (for reference, not used): %.1f GFLOP/s\n", pk512);
-        printf("blocked kernels: %s; median of %d, interleaved, warm\n\n",
-               tm_gemm_blocked_isa(), reps);
-        printf("%-9s %-6s %5s %5s %5s %8s %8s  %s\n", "backend", "layout", "m", "n",
-               "k", "gflops", "pct_peak", "blocked/openblas");
+        printf("peaks (1 core, best of the run, GFLOP/s): sse mul+add %.1f", pk.sse);
+        if (pk.avx2 > 0) printf(", avx2 fma %.1f", pk.avx2);
+        if (pk.avx512 > 0) printf(", avx512 fma %.1f", pk.avx512);
+        if (pk.bf16 > 0) printf(", avx512_bf16 vdpbf16ps %.1f", pk.bf16);
+        printf("\nkernels: blocked %s, bf16 %s, openblas %s (core %s); pct_peak against the "
+               "peak of each row's isa\nmedian of %d, interleaved, warm\n\n",
+               isa[B_BLOCKED], isa[B_BF16], isa[B_OPENBLAS], openblas_get_corename(), reps);
+        printf("%-9s %-6s %5s %5s %5s %8s %8s  %-12s %s\n", "backend", "layout", "m", "n",
+               "k", "gflops", "pct_peak", "isa", "blocked/openblas");
     }
     for (int i = 0; i < ns; i++) {
         const shape *s = &shapes[i];
         for (int b = 0; b < backends_for(s); b++) {
-            const char *name = tm_gemm_backend_name(be[b]);
+            double pct = 100.0 * g[i][b] / peak_of(isa[b], &pk);
             if (csv) {
-                printf("%s,%c%c,%d,%d,%d,%.2f,%.1f\n", name, s->ta, s->tb, s->m, s->n,
-                       s->k, g[i][b], 100.0 * g[i][b] / pk);
+                printf("%s,%c%c,%d,%d,%d,%.2f,%.1f,%s\n", b_names[b], s->ta, s->tb, s->m, s->n,
+                       s->k, g[i][b], pct, isa[b]);
             } else {
-                printf("%-9s %c%c     %5d %5d %5d %8.1f %8.1f", name, s->ta, s->tb,
-                       s->m, s->n, s->k, g[i][b], 100.0 * g[i][b] / pk);
-                if (b == 0) printf("  %.2f", g[i][0] / g[i][1]);
+                printf("%-9s %c%c     %5d %5d %5d %8.1f %8.1f  %-12s", b_names[b], s->ta,
+                       s->tb, s->m, s->n, s->k, g[i][b], pct, isa[b]);
+                if (b == B_BLOCKED) printf(" %.2f", g[i][B_BLOCKED] / g[i][B_OPENBLAS]);
                 putchar('\n');
             }
         }
     }
     free((void *)o.a);
     free((void *)o.b);
+    free((void *)o.ah);
+    free((void *)o.bh);
     free(o.c);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
@@ -330,6 +331,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    char isa_msg[160];
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
 
     tm_train_config base = {.dp = 1, .pp = 1, .tp = 1, .schedule = TM_SCHED_1F1B,
                             .batch = (int)batch, .micro_batches = 1, .optimizer = TM_OPT_SGD,

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/outfile.h"
 #include "runtime/status.h"
@@ -677,6 +678,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    char isa_msg[160];
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
     if (GIVEN(O_LOAD) && GIVEN(O_LOADW)) die_usage("--load and --load-weights exclude each other");
     int gpt = strcmp(model, "gpt") == 0;
     static const struct { int flag; const char *name; } gpt_only[] = {

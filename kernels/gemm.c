@@ -10,6 +10,7 @@
 
 #include "kernels/cost.h"
 #include "kernels/gemm_internal.h"
+#include "kernels/isa.h"
 
 /* --- backend selection -------------------------------------------------- */
 
@@ -70,15 +71,18 @@ tm_gemm_backend tm_gemm_get_backend(void)
  * blocked backend was within noise of OpenBLAS or ahead on every square
  * from 256 up and every MLP shape (0.99-1.09x), and 1.3-2.1x ahead on the
  * shapes with one dimension of 10; the portable kernels reach a tenth of
- * OpenBLAS, so without AVX2 every class goes to OpenBLAS. */
+ * OpenBLAS, so without AVX2 every class goes to OpenBLAS. The AVX-512 column
+ * follows the AVX2 one: its kernels have not yet been timed on an AVX-512
+ * CPU (the machine of their first build had none), and on its thin shapes
+ * it runs the same AVX2 paths. */
 enum { CLASS_THIN, CLASS_SMALL, CLASS_LARGE, CLASS_COUNT };
 
 static const struct {
-    tm_gemm_backend avx2, generic;
+    tm_gemm_backend avx512, avx2, generic;
 } auto_table[CLASS_COUNT] = {
-    [CLASS_THIN] = {TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},  /* a dimension <= 16 */
-    [CLASS_SMALL] = {TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* m*n*k <= 256^3 */
-    [CLASS_LARGE] = {TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},
+    [CLASS_THIN] = {TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* a dimension <= 16 */
+    [CLASS_SMALL] = {TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* m*n*k <= 256^3 */
+    [CLASS_LARGE] = {TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},
 };
 
 static int shape_class(int m, int n, int k)
@@ -93,8 +97,10 @@ tm_gemm_backend tm_gemm_auto_backend(char transa, char transb, int m, int n, int
     (void)transa;
     (void)transb;
     int cls = shape_class(m, n, k);
-    return tm__gemm_kernels_best() == &tm__gemm_kernels_avx2 ? auto_table[cls].avx2
-                                                             : auto_table[cls].generic;
+    const tm__gemm_kernels *ks = tm__gemm_kernels_active();
+    return ks == &tm__gemm_kernels_avx512 ? auto_table[cls].avx512
+           : ks == &tm__gemm_kernels_avx2 ? auto_table[cls].avx2
+                                          : auto_table[cls].generic;
 }
 
 /* --- arguments ---------------------------------------------------------- */
@@ -173,25 +179,32 @@ void tm_gemm_thread_init(void)
     free(a);
     free(b);
     free(c);
-    tm__gemm_workspace_warm(tm__gemm_kernels_best());
+    tm__gemm_workspace_warm(tm__gemm_kernels_active());
+    tm__gemm_workspace_warm(tm__gemm_bf16_kernels_for(tm_isa_active())->base);
 }
 
 /* --- the entry points --------------------------------------------------- */
+
+/* The products with no product to form (an empty C, k == 0, alpha == 0):
+ * returns 1 when done, having set C = beta * C where there is a C; beta ==
+ * 0 clears C even if it held NaN (BLAS semantics), for every backend and
+ * precision alike. */
+static int no_product(int m, int n, int k, float alpha, float beta, float *c, int ldc)
+{
+    if (m == 0 || n == 0) return 1;
+    if (k != 0 && alpha != 0.0f) return 0;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++)
+            c[(ptrdiff_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(ptrdiff_t)i * ldc + j];
+    return 1;
+}
 
 static void gemm_run(tm_gemm_backend backend, char transa, char transb, int m, int n, int k,
                      float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                      float *c, int ldc)
 {
-    if (m == 0 || n == 0) return;
+    if (no_product(m, n, k, alpha, beta, c, ldc)) return;
     int ta = is_trans(transa), tb = is_trans(transb);
-    if (k == 0 || alpha == 0.0f) {
-        /* No product: C = beta * C, and beta == 0 clears C even if it held
-         * NaN (BLAS semantics), for every backend alike. */
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++)
-                c[(ptrdiff_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(ptrdiff_t)i * ldc + j];
-        return;
-    }
     if (backend == TM_GEMM_AUTO) backend = tm_gemm_auto_backend(transa, transb, m, n, k);
     switch (backend) {
     case TM_GEMM_REF:
@@ -201,7 +214,7 @@ static void gemm_run(tm_gemm_backend backend, char transa, char transb, int m, i
         gemm_openblas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         break;
     default:
-        tm__gemm_blocked(tm__gemm_kernels_best(), ta, tb, m, n, k, alpha, a,
+        tm__gemm_blocked(tm__gemm_kernels_active(), ta, tb, m, n, k, alpha, a,
                          lda, b, ldb, beta, c, ldc);
         break;
     }
@@ -231,4 +244,28 @@ void tm_sgemm(char transa, char transb, int m, int n, int k, float alpha,
                      lda, b, ldb, beta, c, ldc);
 }
 
-const char *tm_gemm_blocked_isa(void) { return tm__gemm_kernels_best()->isa; }
+void tm_gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
+                  const void *a, tm_dtype a_type, int lda, const void *b, tm_dtype b_type,
+                  int ldb, float beta, float *c, int ldc)
+{
+    if (tm_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc) != NULL) return;
+    if ((a_type != TM_DTYPE_F32 && a_type != TM_DTYPE_BF16) ||
+        (b_type != TM_DTYPE_F32 && b_type != TM_DTYPE_BF16))
+        return;
+    if (!no_product(m, n, k, alpha, beta, c, ldc))
+        tm__gemm_bf16_blocked(tm__gemm_bf16_kernels_for(tm_isa_active()), is_trans(transa),
+                              is_trans(transb), m, n, k, alpha, a, a_type == TM_DTYPE_BF16,
+                              lda, b, b_type == TM_DTYPE_BF16, ldb, beta, c, ldc);
+    double mn = (double)m * n;
+    double a_bytes = a_type == TM_DTYPE_BF16 ? sizeof(tm_bf16) : sizeof(float);
+    double b_bytes = b_type == TM_DTYPE_BF16 ? sizeof(tm_bf16) : sizeof(float);
+    tm__cost_charge(2.0 * mn * k, a_bytes * m * k + b_bytes * k * n +
+                                      sizeof(float) * (beta != 0.0f ? 2.0 : 1.0) * mn);
+}
+
+const char *tm_gemm_bf16_isa(void)
+{
+    return tm__gemm_bf16_kernels_for(tm_isa_active())->isa;
+}
+
+const char *tm_gemm_blocked_isa(void) { return tm__gemm_kernels_active()->isa; }

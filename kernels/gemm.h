@@ -4,6 +4,8 @@
 #ifndef TM_GEMM_H
 #define TM_GEMM_H
 
+#include "kernels/bf16.h"
+
 typedef enum {
     TM_GEMM_AUTO,     /* per-shape default from the static table in gemm.c */
     TM_GEMM_REF,      /* naive triple loop: the test oracle */
@@ -38,9 +40,29 @@ const char *tm_gemm_check(char transa, char transb, int m, int n, int k,
 tm_gemm_backend tm_gemm_auto_backend(char transa, char transb, int m, int n,
                                      int k);
 
-/* The instruction set of the blocked backend's kernels on this CPU ("avx2"
- * or "generic"), chosen once by cpuid. */
+/* The instruction set of the blocked backend's fp32 kernels: "avx512",
+ * "avx2" or "generic", from the active set (kernels/isa.h: the best this
+ * CPU runs, or TM_ISA's pick); avx512_bf16 runs fp32 on "avx512". */
 const char *tm_gemm_blocked_isa(void);
+
+/* C = alpha * op(A) * op(B) + beta * C with A and B each fp32 or bf16
+ * (a_type, b_type; leading dimensions in elements) and C fp32: every
+ * operand is rounded to bf16 (nearest even) as it is packed, products of
+ * bf16 values are exact in fp32 and are accumulated in fp32. Layouts, beta
+ * == 0 and the argument checks as tm_sgemm (an unknown type does nothing).
+ * Runs vdpbf16ps where the active instruction set is avx512_bf16, else the
+ * fp32 kernels on the rounded operands: the same results up to the order
+ * of the additions (and vdpbf16ps flushing denormals). The error against
+ * the exact product of the unrounded operands is within about 2^-8 * (2 +
+ * k * 2^-16) of sum |a||b| (the two roundings of each factor, then fp32
+ * accumulation): k * 2^-8 for any k >= 2. */
+void tm_gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
+                  const void *a, tm_dtype a_type, int lda, const void *b, tm_dtype b_type,
+                  int ldb, float beta, float *c, int ldc);
+
+/* The instruction set tm_gemm_bf16 runs: "avx512_bf16" (vdpbf16ps), or the
+ * fp32 kernels' set it falls back to. */
+const char *tm_gemm_bf16_isa(void);
 
 /* Process-wide backend; the initial value comes from the environment
  * variable TM_GEMM (auto|ref|blocked|openblas; unset or anything else means

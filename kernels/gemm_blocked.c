@@ -3,6 +3,8 @@
  * of block sizes per instruction set. */
 #include "kernels/gemm_internal.h"
 
+#include "kernels/isa.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <threads.h>
@@ -45,23 +47,34 @@ const tm__gemm_kernels tm__gemm_kernels_avx2 = {
     .unpacked = tm__gemm_unpacked_avx2,
 };
 
-/* The cpuid check runs once; the answer never changes within a process, so
- * every call on every thread takes the same path (bitwise reproducible). */
-static const tm__gemm_kernels *best_kernels;
-static once_flag best_once = ONCE_FLAG_INIT;
+/* The AVX-512 row was set from the caches of a Zen 4/5 core (48 KiB L1,
+ * 1 MiB L2), not tuned by measurement: a 256 x 32 B sliver (32 KiB) and a
+ * 12 x 256 A sliver (12 KiB) share the L1, the 240 x 256 A block (240 KiB)
+ * sits in a quarter of the L2. The skinny shapes keep the AVX2 paths (an
+ * AVX-512 CPU runs them as they are); the unpacked-A shortcut is off, since
+ * it feeds the 6x16 kernel. */
+const tm__gemm_kernels tm__gemm_kernels_avx512 = {
+    .isa = "avx512", .mr = 12, .nr = 32, .mc = 240, .kc = 256, .nc = 2048,
+    .ukr = tm__ukr_avx512_12x32, .pack_a = tm__pack_a_avx2_12,
+    .pack_b = tm__pack_b_avx2_32, .skinny = tm__gemm_skinny_avx2,
+    .unpacked = NULL,
+};
 
-static void pick_best(void)
+const tm__gemm_kernels *tm__gemm_kernels_for(int isa)
 {
-    __builtin_cpu_init();
-    best_kernels = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                       ? &tm__gemm_kernels_avx2
-                       : &tm__gemm_kernels_generic;
+    switch (isa) {
+    case TM_ISA_AVX512_BF16:
+    case TM_ISA_AVX512: return &tm__gemm_kernels_avx512;
+    case TM_ISA_AVX2: return &tm__gemm_kernels_avx2;
+    default: return &tm__gemm_kernels_generic;
+    }
 }
 
-const tm__gemm_kernels *tm__gemm_kernels_best(void)
+/* The active set is chosen once per process (isa.c), so every call on
+ * every thread takes the same path (bitwise reproducible). */
+const tm__gemm_kernels *tm__gemm_kernels_active(void)
 {
-    call_once(&best_once, pick_best);
-    return best_kernels;
+    return tm__gemm_kernels_for(tm_isa_active());
 }
 
 void tm__gemm_pack_a_generic(int mr, int trans, int m_r, int k, const float *a,
@@ -113,8 +126,7 @@ float *tm__gemm_workspace(size_t floats)
  * whole vectors that may run a few floats past a sliver's end. */
 enum { PACK_SLACK = 64 };
 
-/* The workspace for an A block of mc x kc and a B panel of kc x nc. */
-static size_t workspace_floats(int mc, int nc, int kc, size_t *b_floats)
+size_t tm__gemm_workspace_floats(int mc, int nc, int kc, size_t *b_floats)
 {
     *b_floats = ((size_t)nc * kc + PACK_SLACK + 15) / 16 * 16;
     return *b_floats + (size_t)mc * kc + PACK_SLACK;
@@ -122,16 +134,15 @@ static size_t workspace_floats(int mc, int nc, int kc, size_t *b_floats)
 
 void tm__gemm_workspace_warm(const tm__gemm_kernels *ks)
 {
-    size_t b_floats, floats = workspace_floats(ks->mc, ks->nc, ks->kc, &b_floats);
+    size_t b_floats, floats = tm__gemm_workspace_floats(ks->mc, ks->nc, ks->kc, &b_floats);
     float *ws = tm__gemm_workspace(floats);
     if (ws != NULL) memset(ws, 0, floats * sizeof(float));
 }
 
-/* Splits len into the fewest blocks of at most max, all of about the same
- * size rounded up to a multiple of unit: k = 784 with kc = 384 becomes
- * 262 + 262 + 260 rather than 384 + 384 + 16, whose thin last panel would
- * pay a full C update for a few multiply-adds. */
-static int block_size(int len, int max, int unit)
+/* k = 784 with kc = 384 becomes 262 + 262 + 260 rather than 384 + 384 +
+ * 16, whose thin last panel would pay a full C update for a few
+ * multiply-adds. */
+int tm__gemm_block_size(int len, int max, int unit)
 {
     int blocks = (len + max - 1) / max;
     int size = (len + blocks - 1) / blocks;
@@ -153,10 +164,10 @@ void tm__gemm_blocked(const tm__gemm_kernels *ks, int transa, int transb, int m,
      * contiguous along k already, and packing it would cost as much as it
      * saves (m = 128: the batch of an MLP layer). */
     const int direct_a = ks->unpacked != NULL && !transa && m <= ks->mc;
-    const int kc = block_size(k, ks->kc, 1);
-    const int mc = block_size(m, ks->mc, mr);
-    const int nc = block_size(n, ks->nc, nr);
-    size_t b_floats, floats = workspace_floats(mc, nc, kc, &b_floats);
+    const int kc = tm__gemm_block_size(k, ks->kc, 1);
+    const int mc = tm__gemm_block_size(m, ks->mc, mr);
+    const int nc = tm__gemm_block_size(n, ks->nc, nr);
+    size_t b_floats, floats = tm__gemm_workspace_floats(mc, nc, kc, &b_floats);
     float *ws = tm__gemm_workspace(floats);
     if (ws == NULL) {
         /* Out of host memory: still give the right answer, slowly. */

@@ -3,7 +3,6 @@
 #include "kernels/ops.h"
 
 #include <math.h>
-#include <pthread.h>
 
 #include "kernels/cost.h"
 #include "kernels/gelu_simd.h"
@@ -100,37 +99,29 @@ static void gelu_backward_ref(float *restrict dinp, const float *restrict dout,
     }
 }
 
-/* The vector loops this CPU runs, chosen once by cpuid (a transformer
- * spends a third of its step in GELU with libm's tanhf). */
-typedef struct {
-    void (*forward)(float *, const float *, size_t);
-    void (*backward)(float *, const float *, const float *, size_t);
-} gelu_loops;
-
-static gelu_loops gelu_pick(void)
+void tm__gelu_forward_isa(tm_isa isa, float *out, const float *inp, size_t n)
 {
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return (gelu_loops){tm__gelu_forward_avx2, tm__gelu_backward_avx2};
-    return (gelu_loops){gelu_forward_ref, gelu_backward_ref};
+    if (isa >= TM_ISA_AVX2) tm__gelu_forward_avx2(out, inp, n);
+    else gelu_forward_ref(out, inp, n);
 }
 
-static gelu_loops gelu_impl;
-static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
-
-static void gelu_init(void) { gelu_impl = gelu_pick(); }
+void tm__gelu_backward_isa(tm_isa isa, float *dinp, const float *dout, const float *inp,
+                           size_t n)
+{
+    if (isa >= TM_ISA_AVX2) tm__gelu_backward_avx2(dinp, dout, inp, n);
+    else gelu_backward_ref(dinp, dout, inp, n);
+}
 
 void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
 {
-    pthread_once(&gelu_once, gelu_init);
-    gelu_impl.forward(out, inp, n);
+    tm__gelu_forward_isa(tm_isa_active(), out, inp, n);
     tm__cost_charge(9.0 * n, 8.0 * n);
 }
 
 void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
                       const float *restrict inp, size_t n)
 {
-    pthread_once(&gelu_once, gelu_init);
-    gelu_impl.backward(dinp, dout, inp, n);
+    tm__gelu_backward_isa(tm_isa_active(), dinp, dout, inp, n);
     tm__cost_charge(20.0 * n, 16.0 * n);
 }
 

@@ -8,7 +8,6 @@
 #include "kernels/ops.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 #include "kernels/attn_simd.h"
@@ -54,21 +53,16 @@ static void softmax_causal_backward_ref(float *d, const float *a, int T)
     }
 }
 
-/* The loops this CPU runs, chosen once by cpuid. */
-typedef struct {
-    void (*softmax)(float *att, int T);
-    void (*backward)(float *d, const float *att, int T);
-} softmax_loops;
-
-static softmax_loops loops;
-static pthread_once_t loops_once = PTHREAD_ONCE_INIT;
-
-static void loops_init(void)
+void tm__softmax_causal_isa(tm_isa isa, float *att, int T)
 {
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        loops = (softmax_loops){tm__softmax_causal_avx2, tm__softmax_causal_backward_avx2};
-    else
-        loops = (softmax_loops){softmax_causal_ref, softmax_causal_backward_ref};
+    if (isa >= TM_ISA_AVX2) tm__softmax_causal_avx2(att, T);
+    else softmax_causal_ref(att, T);
+}
+
+void tm__softmax_causal_backward_isa(tm_isa isa, float *d, const float *att, int T)
+{
+    if (isa >= TM_ISA_AVX2) tm__softmax_causal_backward_avx2(d, att, T);
+    else softmax_causal_backward_ref(d, att, T);
 }
 
 void tm_attention_forward(float *out, float *att, const float *qkv, int B,
@@ -76,7 +70,7 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
 {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-    pthread_once(&loops_once, loops_init);
+    tm_isa isa = tm_isa_active();
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * ld + (size_t)h * hs;
@@ -88,7 +82,7 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
                 tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld,
                          0.0f, a + (size_t)r0 * T, T);
             }
-            loops.softmax(a, T);
+            tm__softmax_causal_isa(isa, a, T);
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
                 tm_sgemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
@@ -109,7 +103,7 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     float *d = scratch;
-    pthread_once(&loops_once, loops_init);
+    tm_isa isa = tm_isa_active();
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             size_t off = (size_t)b * T * ld + (size_t)h * hs;
@@ -129,7 +123,7 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
                 tm_sgemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
                          g + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * ld, ld);
             }
-            loops.backward(d, a, T);
+            tm__softmax_causal_backward_isa(isa, d, a, T);
             /* dq = scale d k, dk = scale dᵀ q: each block of rows once. */
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;

@@ -1,7 +1,9 @@
 #include "runtime/reduce.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <threads.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -111,30 +113,63 @@ TM_AVX2 static void copy_avx2(float *out, float *dst, const float *src, size_t n
     copy_ref(out ? out + i : NULL, dst ? dst + i : NULL, src + i, n - i);
 }
 
-static int have_avx2(void) { return __builtin_cpu_supports("avx2"); }
 #endif
 
-void tm__reduce_floats(float *out, float *dst, const float *a, const float *b, size_t n,
-                       float scale, int how)
+int tm__loops_supported(tm__loops path)
 {
 #if defined(__x86_64__)
-    if (have_avx2()) {
+    if (path == TM__LOOPS_AVX2) return __builtin_cpu_supports("avx2");
+#endif
+    return path == TM__LOOPS_REF;
+}
+
+static tm__loops best_path = TM__LOOPS_REF;
+static once_flag best_once = ONCE_FLAG_INIT;
+
+static void pick_best(void)
+{
+    const char *isa = getenv("TM_ISA");
+    if (tm__loops_supported(TM__LOOPS_AVX2) && !(isa != NULL && strcmp(isa, "generic") == 0))
+        best_path = TM__LOOPS_AVX2;
+}
+
+void tm__reduce_floats_on(tm__loops path, float *out, float *dst, const float *a,
+                          const float *b, size_t n, float scale, int how)
+{
+#if defined(__x86_64__)
+    if (path == TM__LOOPS_AVX2) {
         reduce_avx2(out, dst, a, b, n, scale, how);
         return;
     }
 #endif
+    (void)path;
     (void)how;
     reduce_ref(out, dst, a, b, n, scale);
 }
 
-void tm__copy_floats(float *out, float *dst, const float *src, size_t n, int how)
+void tm__copy_floats_on(tm__loops path, float *out, float *dst, const float *src, size_t n,
+                        int how)
 {
 #if defined(__x86_64__)
-    if (have_avx2()) {
+    if (path == TM__LOOPS_AVX2) {
         copy_avx2(out, dst, src, n, how);
         return;
     }
 #endif
+    (void)path;
     (void)how;
     copy_ref(out, dst, src, n);
+}
+
+void tm__reduce_floats(float *out, float *dst, const float *a, const float *b, size_t n,
+                       float scale, int how)
+{
+    call_once(&best_once, pick_best);
+    tm__reduce_floats_on(best_path, out, dst, a, b, n, scale, how);
+}
+
+void tm__copy_floats(float *out, float *dst, const float *src, size_t n, int how)
+{
+    call_once(&best_once, pick_best);
+    tm__copy_floats_on(best_path, out, dst, src, n, how);
 }

@@ -20,4 +20,16 @@ void tm__reduce_floats(float *out, float *dst, const float *a, const float *b, s
 /* out and/or dst = src. */
 void tm__copy_floats(float *out, float *dst, const float *src, size_t n, int how);
 
+/* The loops' implementations: the portable reference and the AVX2 one.
+ * The two above run AVX2 where the CPU has it, unless the environment
+ * variable TM_ISA says generic (as it does for the kernels, which the
+ * runtime does not include). Every path gives bitwise the same results. */
+typedef enum { TM__LOOPS_REF, TM__LOOPS_AVX2, TM__LOOPS_COUNT } tm__loops;
+/* 1 when this CPU runs the path. */
+int tm__loops_supported(tm__loops path);
+void tm__reduce_floats_on(tm__loops path, float *out, float *dst, const float *a,
+                          const float *b, size_t n, float scale, int how);
+void tm__copy_floats_on(tm__loops path, float *out, float *dst, const float *src, size_t n,
+                        int how);
+
 #endif

@@ -4,7 +4,9 @@
  * that miss the attention kernel's 32-row blocks; the causal mask's exact
  * zeros, the vocabulary range of the embedding, the add-into contract and
  * the cost each call reports. */
+#include "kernels/attn_simd.h"
 #include "kernels/cost.h"
+#include "kernels/isa.h"
 #include "kernels/ops.h"
 
 #include <criterion/criterion.h>
@@ -449,4 +451,55 @@ Test(attn, add_inplace_is_exact_elementwise_sum)
               "%d calls, %g flops, %g bytes", costs.calls, costs.flops, costs.bytes);
     tm_add_inplace(d, dout, 0); /* nothing to do */
     for (int i = 0; i < N; i++) cr_expect_eq(d[i], (float)((double)before[i] + dout[i]));
+}
+
+/* Every instruction set's softmax loops this CPU can run against the
+ * reference loops (the generic set's, sums in double): rows of odd
+ * lengths, exact zeros past each row's position, the backward too. */
+Test(attn, softmax_every_isa_path_matches_the_reference)
+{
+    static const int Ts[] = {1, 5, 8, 33, 70, 128};
+    for (size_t k = 0; k < sizeof Ts / sizeof Ts[0]; k++) {
+        int T = Ts[k];
+        size_t n = (size_t)T * T;
+        float *ref = test_alloc(n * 4), *got = test_alloc(n * 4), *d0 = test_alloc(n * 4);
+        float *dref = test_alloc(n * 4), *dgot = test_alloc(n * 4);
+        for (size_t i = 0; i < n; i++) {
+            ref[i] = (float)(6 * test_uniform());
+            d0[i] = (float)test_uniform();
+        }
+        memcpy(got, ref, n * 4);
+        tm__softmax_causal_isa(TM_ISA_GENERIC, ref, T);
+        memcpy(dref, d0, n * 4);
+        tm__softmax_causal_backward_isa(TM_ISA_GENERIC, dref, ref, T);
+        for (int i = 1; i < TM_ISA_COUNT; i++) {
+            tm_isa isa = (tm_isa)i;
+            if (!tm_isa_supported(isa)) continue;
+            float *scores = test_alloc(n * 4);
+            memcpy(scores, got, n * 4);
+            tm__softmax_causal_isa(isa, scores, T);
+            memcpy(dgot, d0, n * 4);
+            tm__softmax_causal_backward_isa(isa, dgot, ref, T);
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < T; j++) {
+                    size_t e = (size_t)t * T + j;
+                    if (j > t) {
+                        cr_expect(scores[e] == 0.0f && dgot[e] == 0.0f,
+                                  "%s T %d [%d,%d]: not zero past the row", tm_isa_name(isa), T,
+                                  t, j);
+                        continue;
+                    }
+                    cr_expect(fabsf(scores[e] - ref[e]) <= 1e-6f * (fabsf(ref[e]) + 1e-3f),
+                              "%s T %d att[%d,%d]: %.9g, reference %.9g", tm_isa_name(isa), T, t,
+                              j, scores[e], ref[e]);
+                    /* a (d - sum(a d)) cancels where d is near the sum:
+                     * judged on the row's scale, d and a being at most 1. */
+                    cr_expect(fabsf(dgot[e] - dref[e]) <= 1e-6f,
+                              "%s T %d d[%d,%d]: %.9g, reference %.9g", tm_isa_name(isa), T, t, j,
+                              dgot[e], dref[e]);
+                }
+            free(scores);
+        }
+        free(ref), free(got), free(d0), free(dref), free(dgot);
+    }
 }

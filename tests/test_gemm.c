@@ -13,6 +13,7 @@
 #include "kernels/cost.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_internal.h"
+#include "kernels/isa.h"
 
 /* Stored outside every matrix's rows: padding between rows (ld > width)
  * and a guard after the last row must come back untouched. */
@@ -39,20 +40,48 @@ static float *matrix(int rows, int cols, int ld, unsigned *seed)
 }
 
 /* A backend under test: a public backend, or the blocked driver with an
- * explicit kernel set (to test the portable kernels on an AVX2 machine). */
+ * explicit kernel set (every instruction set this CPU runs, and the
+ * AVX-512 kernels' AVX2 twin, so their logic is tested on any CPU). */
 typedef struct {
     const char *name;
     tm_gemm_backend backend;
     const tm__gemm_kernels *kernels; /* non-NULL: call the driver directly */
 } impl;
 
-static const impl impls[] = {
-    {"blocked", TM_GEMM_BLOCKED, NULL},
-    {"openblas", TM_GEMM_OPENBLAS, NULL},
-    {"blocked-generic", TM_GEMM_BLOCKED, &tm__gemm_kernels_generic},
-    {"auto", TM_GEMM_AUTO, NULL},
-};
-enum { IMPLS = sizeof impls / sizeof impls[0] };
+enum { MAX_IMPLS = 8 };
+static impl impls[MAX_IMPLS];
+static int IMPLS;
+static tm__gemm_kernels twin512;
+
+/* The AVX-512 set with the twin micro-kernel; its packers are AVX2. */
+static const tm__gemm_kernels *avx512_twin(void)
+{
+    twin512 = tm__gemm_kernels_avx512;
+    twin512.isa = "avx512-twin";
+    twin512.ukr = tm__ukr_avx512_12x32_twin;
+    return &twin512;
+}
+
+static void add_impl(const char *name, tm_gemm_backend be, const tm__gemm_kernels *ks)
+{
+    cr_assert_lt(IMPLS, MAX_IMPLS);
+    impls[IMPLS++] = (impl){name, be, ks};
+}
+
+static void init_impls(void)
+{
+    if (IMPLS > 0) return;
+    add_impl("blocked", TM_GEMM_BLOCKED, NULL);
+    add_impl("openblas", TM_GEMM_OPENBLAS, NULL);
+    add_impl("auto", TM_GEMM_AUTO, NULL);
+    add_impl("blocked-generic", TM_GEMM_BLOCKED, &tm__gemm_kernels_generic);
+    if (tm_isa_supported(TM_ISA_AVX2)) {
+        add_impl("blocked-avx2", TM_GEMM_BLOCKED, &tm__gemm_kernels_avx2);
+        add_impl("blocked-avx512-twin", TM_GEMM_BLOCKED, avx512_twin());
+    }
+    if (tm_isa_supported(TM_ISA_AVX512))
+        add_impl("blocked-avx512", TM_GEMM_BLOCKED, &tm__gemm_kernels_avx512);
+}
 
 static void run(const impl *im, char ta, char tb, int m, int n, int k, float alpha,
                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
@@ -72,6 +101,7 @@ static void run(const impl *im, char ta, char tb, int m, int n, int k, float alp
 static void check_product(char ta, char tb, int m, int n, int k, float alpha,
                           float beta, int pad, int nan_c)
 {
+    init_impls();
     unsigned seed = (unsigned)(m * 7919 + n * 104729 + k * 31 + pad + (ta << 8) + tb);
     int lda = (ta == 'N' ? k : m) + pad, ldb = (tb == 'N' ? n : k) + pad, ldc = n + pad;
     float *a = matrix(ta == 'N' ? m : k, ta == 'N' ? k : m, lda, &seed);
@@ -173,6 +203,7 @@ Test(gemm, beta_zero_ignores_nan_in_c)
 Test(gemm, no_product_scales_c)
 {
     float a[4] = {NAN, NAN, NAN, NAN}, b[4] = {NAN, NAN, NAN, NAN};
+    init_impls();
     for (int v = 0; v < IMPLS; v++) {
         float c[4] = {1, 2, 3, NAN};
         tm_sgemm_backend(impls[v].backend, 'N', 'N', 2, 2, 2, 0.0f, a, 2, b, 2, 0.0f, c, 2);
@@ -242,7 +273,8 @@ static void vector_check(const impl *im, char ta, char tb, int m, int n, int k)
 Test(gemm, large_products_random_vector_check, .timeout = 120)
 {
     static const int shapes[][3] = {{1000, 1100, 900}, {300, 2100, 500}, {129, 1000, 1500}};
-    for (int v = 0; v < 3; v++)
+    init_impls();
+    for (int v = 0; v < IMPLS; v++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (int l = 0; l < 4; l++)
                 vector_check(&impls[v], layouts[l][0], layouts[l][1], shapes[s][0],
@@ -259,11 +291,10 @@ static const struct {
     {'N', 'N', 64, 48, 80},    {'N', 'T', 128, 10, 128}, {'N', 'N', 128, 128, 10},
     {'T', 'N', 10, 128, 128},  {'T', 'T', 200, 150, 400},
 };
-static const tm_gemm_backend thread_backends[2] = {TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS};
 
 typedef struct {
     float *a[THREAD_SHAPES], *b[THREAD_SHAPES];
-    float *want[THREAD_SHAPES][2]; /* single-threaded results, per backend */
+    float *want[THREAD_SHAPES][MAX_IMPLS]; /* single-threaded results, per impl */
     int mismatches;
 } thread_work;
 
@@ -275,15 +306,15 @@ static void *worker(void *arg)
         for (int s = 0; s < THREAD_SHAPES; s++) {
             int m = thread_shapes[s].m, n = thread_shapes[s].n, k = thread_shapes[s].k;
             char ta = thread_shapes[s].ta, tb = thread_shapes[s].tb;
-            for (int be = 0; be < 2; be++) {
+            for (int v = 0; v < IMPLS; v++) {
                 float *c = malloc(sizeof(float) * m * n);
                 if (c == NULL) {
                     w->mismatches++;
                     continue;
                 }
-                tm_sgemm_backend(thread_backends[be], ta, tb, m, n, k, 1.0f, w->a[s],
-                                 ta == 'N' ? k : m, w->b[s], tb == 'N' ? n : k, 0.0f, c, n);
-                w->mismatches += memcmp(c, w->want[s][be], sizeof(float) * m * n) != 0;
+                run(&impls[v], ta, tb, m, n, k, 1.0f, w->a[s], ta == 'N' ? k : m, w->b[s],
+                    tb == 'N' ? n : k, 0.0f, c, n);
+                w->mismatches += memcmp(c, w->want[s][v], sizeof(float) * m * n) != 0;
                 free(c);
             }
         }
@@ -291,13 +322,15 @@ static void *worker(void *arg)
     return NULL;
 }
 
-/* Eight threads multiply their own data at once, each product three times;
- * every result must be bitwise what the same backend gave single-threaded,
- * which in turn must match the reference. */
+/* Eight threads multiply their own data at once, each product three times
+ * with every implementation (every instruction set's kernels among them);
+ * every result must be bitwise what the same implementation gave
+ * single-threaded, which in turn must match the reference. */
 Test(gemm, eight_threads_concurrently, .timeout = 60)
 {
     static thread_work work[THREADS];
     tm_gemm_thread_init();
+    init_impls();
     for (int t = 0; t < THREADS; t++) {
         unsigned seed = 1000u + (unsigned)t;
         for (int s = 0; s < THREAD_SHAPES; s++) {
@@ -310,17 +343,17 @@ Test(gemm, eight_threads_concurrently, .timeout = 60)
             cr_assert_not_null(ref);
             tm_sgemm_backend(TM_GEMM_REF, ta, tb, m, n, k, 1.0f, work[t].a[s], lda,
                              work[t].b[s], ldb, 0.0f, ref, n);
-            for (int be = 0; be < 2; be++) {
+            for (int v = 0; v < IMPLS; v++) {
                 float *c = calloc((size_t)m * n, sizeof(float));
                 cr_assert_not_null(c);
-                tm_sgemm_backend(thread_backends[be], ta, tb, m, n, k, 1.0f, work[t].a[s],
-                                 lda, work[t].b[s], ldb, 0.0f, c, n);
+                run(&impls[v], ta, tb, m, n, k, 1.0f, work[t].a[s], lda, work[t].b[s], ldb,
+                    0.0f, c, n);
                 int wrong = 0;
                 for (int i = 0; i < m * n; i++)
                     wrong += !(fabsf(c[i] - ref[i]) <= (k + 3) * FLT_EPSILON * k);
-                cr_expect_eq(wrong, 0, "thread %d shape %d backend %d: %d values off the reference",
-                             t, s, be, wrong);
-                work[t].want[s][be] = c;
+                cr_expect_eq(wrong, 0, "thread %d shape %d %s: %d values off the reference",
+                             t, s, impls[v].name, wrong);
+                work[t].want[s][v] = c;
             }
             free(ref);
         }
@@ -335,8 +368,7 @@ Test(gemm, eight_threads_concurrently, .timeout = 60)
         for (int s = 0; s < THREAD_SHAPES; s++) {
             free(work[t].a[s]);
             free(work[t].b[s]);
-            free(work[t].want[s][0]);
-            free(work[t].want[s][1]);
+            for (int v = 0; v < IMPLS; v++) free(work[t].want[s][v]);
         }
     }
 }
@@ -393,6 +425,7 @@ Test(gemm, cost_hook_gets_2mnk_once_per_call)
 {
     float a[5 * 11] = {0}, b[11 * 7] = {0}, c[5 * 7] = {0};
     tm_cost_set_hook(record, NULL);
+    init_impls();
     for (int v = 0; v < IMPLS; v++) {
         for (int beta = 0; beta < 2; beta++) {
             memset(&seen, 0, sizeof seen);
@@ -441,6 +474,7 @@ Test(gemm, check_names_bad_arguments)
     cr_expect(msg != NULL && strstr(msg, "lda") != NULL, "message: %s", msg ? msg : "(null)");
 
     float a[8] = {1, 1, 1, 1, 1, 1, 1, 1}, c[6] = {9, 9, 9, 9, 9, 9};
+    init_impls();
     for (int v = 0; v < IMPLS; v++) {
         tm_sgemm_backend(impls[v].backend, 'N', 'Q', 2, 3, 4, 1.0f, a, 4, a, 3, 0.0f, c, 3);
         tm_sgemm_backend(impls[v].backend, 'N', 'N', 2, 3, 4, 1.0f, a, 4, a, 3, 0.0f, c, 2);
@@ -510,28 +544,136 @@ Test(gemm, set_backend_switches_tm_sgemm)
     }
 }
 
-/* auto picks from a fixed table: the same backend, hence bitwise the same
- * result, for a shape every time. */
+/* auto picks from a fixed table: for each shape class the backend the
+ * table in gemm.c names for the active kernels (written out again here, so
+ * that a change to the table must be a change to this test too), and so
+ * bitwise the same result for a shape every time. */
 Test(gemm, auto_follows_its_table)
 {
     cr_assert_eq(unsetenv("TM_GEMM"), 0);
     tm_gemm_set_backend(TM_GEMM_AUTO);
-    static const int shapes[][3] = {{128, 256, 784}, {128, 10, 128}, {10, 128, 128}, {300, 300, 300}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    static const struct {
+        int m, n, k;
+        tm_gemm_backend avx512, avx2, generic;
+    } table[] = {
+        {128, 10, 128, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},  /* thin */
+        {10, 128, 128, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},  /* thin */
+        {128, 128, 16, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS},  /* thin */
+        {128, 256, 512, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* small */
+        {256, 256, 256, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* small */
+        {128, 256, 784, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* large */
+        {300, 300, 300, TM_GEMM_BLOCKED, TM_GEMM_BLOCKED, TM_GEMM_OPENBLAS}, /* large */
+    };
+    const char *isa = tm_gemm_blocked_isa();
+    for (size_t s = 0; s < sizeof table / sizeof table[0]; s++) {
+        int m = table[s].m, n = table[s].n, k = table[s].k;
+        tm_gemm_backend want = strcmp(isa, "avx512") == 0 ? table[s].avx512
+                               : strcmp(isa, "avx2") == 0 ? table[s].avx2
+                                                          : table[s].generic;
         for (int l = 0; l < 3; l++) {
             char ta = layouts[l][0], tb = layouts[l][1];
-            int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
             tm_gemm_backend be = tm_gemm_auto_backend(ta, tb, m, n, k);
-            cr_expect(be == TM_GEMM_BLOCKED || be == TM_GEMM_OPENBLAS);
-            cr_expect_eq(be, tm_gemm_auto_backend(ta, tb, m, n, k));
+            cr_expect_eq(be, want, "%c%c %dx%dx%d on %s: auto picked %s, the table says %s",
+                         ta, tb, m, n, k, isa, tm_gemm_backend_name(be),
+                         tm_gemm_backend_name(want));
             cr_expect(same_as(be, ta, tb, m, n, k), "%c%c %dx%dx%d", ta, tb, m, n, k);
         }
     }
 }
 
-Test(gemm, blocked_kernels_follow_cpuid)
+/* --- instruction sets ----------------------------------------------------- */
+
+Test(gemm, isa_names_parse_both_ways)
 {
+    for (int i = 0; i < TM_ISA_COUNT; i++) {
+        tm_isa out = TM_ISA_COUNT;
+        cr_expect_eq(tm_isa_parse(tm_isa_name((tm_isa)i), &out), 0);
+        cr_expect_eq((int)out, i);
+    }
+    tm_isa out;
+    cr_expect_eq(tm_isa_parse("sse9", &out), -1);
+    cr_expect_eq(tm_isa_parse(NULL, &out), -1);
+    cr_expect_str_eq(tm_isa_name(TM_ISA_AVX512_BF16), "avx512_bf16");
+    cr_expect_str_eq(tm_isa_name(TM_ISA_COUNT), "unknown");
+}
+
+/* Each set includes the ones below it, the best is supported, and the
+ * detection agrees with the compiler's own cpuid check (which does not
+ * look at the OS's XCR0, hence only one way for AVX-512). */
+Test(gemm, isa_support_is_ordered_and_follows_cpuid)
+{
+    unsetenv("TM_ISA");
+    tm_isa best = tm_isa_best();
+    cr_expect(tm_isa_supported(TM_ISA_GENERIC));
+    for (int i = 0; i < TM_ISA_COUNT; i++)
+        cr_expect_eq(tm_isa_supported((tm_isa)i), i <= (int)best, "%s", tm_isa_name((tm_isa)i));
+    cr_expect_not(tm_isa_supported(TM_ISA_COUNT));
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    cr_expect_str_eq(tm_gemm_blocked_isa(), avx2 ? "avx2" : "generic");
+    cr_expect_eq(tm_isa_supported(TM_ISA_AVX2), avx2);
+    if (tm_isa_supported(TM_ISA_AVX512)) cr_expect(__builtin_cpu_supports("avx512f"));
+    cr_expect_eq(tm_isa_active(), best);
+    cr_expect_eq(tm_isa_check_env(NULL, 0), 0);
+    cr_expect_str_eq(tm_gemm_blocked_isa(), tm__gemm_kernels_for(best)->isa);
+}
+
+/* Bitwise comparison of the blocked backend with the driver on one set. */
+static int blocked_runs(const tm__gemm_kernels *ks, char ta, char tb, int m, int n, int k)
+{
+    unsigned seed = 78;
+    int lda = ta == 'N' ? k : m, ldb = tb == 'N' ? n : k;
+    float *a = matrix(ta == 'N' ? m : k, lda, lda, &seed);
+    float *b = matrix(tb == 'N' ? k : n, ldb, ldb, &seed);
+    float *c1 = calloc((size_t)m * n, sizeof(float)), *c2 = calloc((size_t)m * n, sizeof(float));
+    cr_assert(c1 != NULL && c2 != NULL);
+    tm_sgemm_backend(TM_GEMM_BLOCKED, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c1, n);
+    tm__gemm_blocked(ks, ta == 'T', tb == 'T', m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c2, n);
+    int same = memcmp(c1, c2, sizeof(float) * m * n) == 0;
+    free(a);
+    free(b);
+    free(c1);
+    free(c2);
+    return same;
+}
+
+/* TM_ISA is read once, so each case runs in a process of its own. */
+Test(gemm, tm_isa_picks_a_lower_set, .exit_code = VERDICT_OK)
+{
+    setenv("TM_ISA", "generic", 1);
+    int ok = tm_isa_check_env(NULL, 0) == 0 && tm_isa_active() == TM_ISA_GENERIC &&
+             strcmp(tm_gemm_blocked_isa(), "generic") == 0 &&
+             strcmp(tm_gemm_bf16_isa(), "generic") == 0 &&
+             blocked_runs(&tm__gemm_kernels_generic, 'N', 'N', 40, 50, 60);
+    exit(ok ? VERDICT_OK : VERDICT_WRONG);
+}
+
+/* The message names the value and every set this CPU has; the kernels run
+ * the best set meanwhile (never an instruction the CPU lacks). */
+static int refused(const char *value)
+{
+    setenv("TM_ISA", value, 1);
+    char msg[160];
+    if (tm_isa_check_env(msg, sizeof msg) != -1) return 0;
+    char have[64];
+    snprintf(have, sizeof have, "this CPU has %s", tm_isa_name(TM_ISA_GENERIC));
+    int ok = strstr(msg, value) != NULL && strstr(msg, have) != NULL &&
+             strstr(msg, tm_isa_name(tm_isa_best())) != NULL && strchr(msg, '\n') == NULL;
+    return ok && tm_isa_active() == tm_isa_best() &&
+           blocked_runs(tm__gemm_kernels_for(tm_isa_best()), 'T', 'N', 40, 50, 60);
+}
+
+Test(gemm, tm_isa_unknown_name_is_refused, .exit_code = VERDICT_OK)
+{
+    exit(refused("avx1024") ? VERDICT_OK : VERDICT_WRONG);
+}
+
+/* The highest set is beyond every CPU but one that has it all, which must
+ * then accept it. */
+Test(gemm, tm_isa_beyond_this_cpu_is_refused, .exit_code = VERDICT_OK)
+{
+    const char *top = tm_isa_name(TM_ISA_AVX512_BF16);
+    if (refused(top)) exit(VERDICT_OK);
+    int all = tm_isa_best() == TM_ISA_AVX512_BF16 && tm_isa_check_env(NULL, 0) == 0 &&
+              tm_isa_active() == TM_ISA_AVX512_BF16;
+    exit(all ? VERDICT_OK : VERDICT_WRONG);
 }

@@ -2,7 +2,9 @@
  * double-precision reference (which also checks the forward), known values,
  * the softmax's stability at ±1e4, the add-into contract and the cost hook. */
 #include "kernels/cost.h"
+#include "kernels/gelu_simd.h"
 #include "kernels/gemm.h"
+#include "kernels/isa.h"
 #include "kernels/ops.h"
 
 #include <criterion/criterion.h>
@@ -305,6 +307,31 @@ Test(ops, gelu_matches_finite_differences)
     memcpy(dx1, dx, sizeof dx);
     tm_gelu_backward(dx, dy, x, EN);
     expect_doubled("gelu dinp", dx, dx1, EN);
+}
+
+/* Every instruction set's GELU loops this CPU can run, each against the
+ * double-precision formula and its finite differences (the active set is
+ * one of them; the generic loops are the libm reference). */
+Test(ops, gelu_every_isa_path_matches_finite_differences)
+{
+    for (int i = 0; i < TM_ISA_COUNT; i++) {
+        tm_isa isa = (tm_isa)i;
+        if (!tm_isa_supported(isa)) continue;
+        float x[EN], y[EN], dy[EN], dx[EN] = {0};
+        double want[EN], g[EN];
+        elementwise_case c = {.f = gelu_ref};
+        fill(x, EN, 4, 0), fill(dy, EN, 1, 0);
+        widen(c.x, x, EN), widen(c.dy, dy, EN);
+        char what[64];
+        tm__gelu_forward_isa(isa, y, x, EN);
+        for (int k = 0; k < EN; k++) want[k] = gelu_ref(c.x[k]);
+        snprintf(what, sizeof what, "gelu out (%s)", tm_isa_name(isa));
+        compare(what, y, want, EN, FWD_TOL);
+        tm__gelu_backward_isa(isa, dx, dy, x, EN);
+        fd_gradient(g, elementwise_loss, &c, c.x, EN);
+        snprintf(what, sizeof what, "gelu dinp (%s)", tm_isa_name(isa));
+        compare(what, dx, g, EN, GRAD_TOL);
+    }
 }
 
 Test(ops, gelu_known_values)

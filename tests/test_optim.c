@@ -1,8 +1,11 @@
 /* Suite `optim`: SGD and AdamW against steps computed by hand (values checked
  * against torch.optim in float64), against a double-precision reference over
- * vector-width and tail elements, on slices, and their cost reports. */
+ * vector-width and tail elements, on slices, their cost reports, and every
+ * instruction set's loops against the portable ones. */
 #include "kernels/cost.h"
+#include "kernels/isa.h"
 #include "kernels/optim.h"
+#include "kernels/optim_internal.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -273,5 +276,47 @@ Test(optim, steps_charge_their_cost_once)
                       log.bytes == cases[c].bytes,
                   "case %d: %d calls, %g flops, %g bytes", c, log.calls,
                   log.flops, log.bytes);
+    }
+}
+
+/* Every instruction set's loops against the portable ones, bitwise, over
+ * lengths around the vector widths (tails of every size), both step kinds
+ * (first and later) and momentum on and off, through three steps. */
+Test(optim, every_isa_path_matches_the_portable_loops_bitwise)
+{
+    enum { MAXN = 70 };
+    static const size_t lens[] = {0, 1, 7, 15, 16, 17, 31, 33, 64, MAXN};
+    tm_sgd_params sgd[2] = {{0.05, 0.9, 5e-4}, {0.1, 0.0, 1e-3}};
+    tm_adamw_params adamw = TM_ADAMW_DEFAULTS;
+    for (int isa = TM_ISA_AVX2; isa < TM_ISA_COUNT; isa++) {
+        if (!tm_isa_supported((tm_isa)isa)) continue;
+        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+            size_t n = lens[l];
+            float g[MAXN], p0[MAXN], p1[MAXN], a0[MAXN], a1[MAXN], b0[MAXN], b1[MAXN];
+            fill(p0, MAXN);
+            memcpy(p1, p0, sizeof p0);
+            poison(a0, MAXN);
+            poison(a1, MAXN);
+            poison(b0, MAXN);
+            poison(b1, MAXN);
+            for (int h = 0; h < 2; h++) {
+                for (long step = 1; step <= 3; step++) {
+                    fill(g, MAXN);
+                    tm__sgd_step_isa(TM_ISA_GENERIC, p0, g, a0, n, sgd[h], step);
+                    tm__sgd_step_isa(isa, p1, g, a1, n, sgd[h], step);
+                    cr_expect(memcmp(p0, p1, sizeof p0) == 0 && memcmp(a0, a1, sizeof a0) == 0,
+                              "%s sgd n=%zu momentum %g step %ld", tm_isa_name((tm_isa)isa), n,
+                              sgd[h].momentum, step);
+                }
+            }
+            for (long step = 1; step <= 3; step++) {
+                fill(g, MAXN);
+                tm__adamw_step_isa(TM_ISA_GENERIC, p0, g, a0, b0, n, adamw, step);
+                tm__adamw_step_isa(isa, p1, g, a1, b1, n, adamw, step);
+                cr_expect(memcmp(p0, p1, sizeof p0) == 0 && memcmp(a0, a1, sizeof a0) == 0 &&
+                              memcmp(b0, b1, sizeof b0) == 0,
+                          "%s adamw n=%zu step %ld", tm_isa_name((tm_isa)isa), n, step);
+            }
+        }
     }
 }
