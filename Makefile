@@ -37,8 +37,9 @@ DEMO_BIN  := $(DEMO_SRC:demos/%.c=$(BUILD)/%)
 LIB       := $(BUILD)/libtinymesh.a
 
 # Suites that run threads at once: the TSan set (devices talking to each
-# other, gemm's eight threads calling tm_sgemm together, the stop protocol).
-TSAN_SUITES ?= arena link world collectives clock gemm stop parallel
+# other, gemm's eight threads calling tm_sgemm together, the stop protocol,
+# the GPT's stage and generation worlds).
+TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt stage
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 

@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <threads.h>
 
 /* The generic set packs sliver by sliver. */
@@ -104,14 +105,16 @@ static _Thread_local float *ws_buf;
 static _Thread_local size_t ws_cap;
 static tss_t ws_key;
 static int ws_key_ok;
-static once_flag ws_once = ONCE_FLAG_INIT;
+/* pthread_once rather than C11 call_once: ThreadSanitizer sees the order
+ * pthread_once makes, not the one glibc's call_once does. */
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
 
 static void ws_key_create(void) { ws_key_ok = tss_create(&ws_key, free) == thrd_success; }
 
 float *tm__gemm_workspace(size_t floats)
 {
     if (floats <= ws_cap) return ws_buf;
-    call_once(&ws_once, ws_key_create);
+    pthread_once(&ws_once, ws_key_create);
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
     float *buf = aligned_alloc(64, bytes);
     if (buf == NULL) return NULL;

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <threads.h>
+#include <pthread.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
@@ -39,7 +39,9 @@ static tm_isa best_isa = TM_ISA_GENERIC;
 static tm_isa active_isa = TM_ISA_GENERIC;
 static int env_state; /* 0 unset or valid, -1 unknown name, -2 unsupported */
 static char env_value[32]; /* TM_ISA as read, cut to fit, for the message */
-static once_flag detect_once = ONCE_FLAG_INIT;
+/* pthread_once rather than C11 call_once: ThreadSanitizer sees the order
+ * pthread_once makes, not the one glibc's call_once does. */
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 
 #if defined(__x86_64__)
 /* XCR0 bits: 1 SSE, 2 AVX (ymm upper halves), 5 opmask, 6 and 7 the zmm
@@ -96,25 +98,25 @@ static void detect_and_read_env(void)
 
 int tm_isa_supported(tm_isa isa)
 {
-    call_once(&detect_once, detect_and_read_env);
+    pthread_once(&detect_once, detect_and_read_env);
     return (unsigned)isa < TM_ISA_COUNT && isa <= best_isa;
 }
 
 tm_isa tm_isa_best(void)
 {
-    call_once(&detect_once, detect_and_read_env);
+    pthread_once(&detect_once, detect_and_read_env);
     return best_isa;
 }
 
 tm_isa tm_isa_active(void)
 {
-    call_once(&detect_once, detect_and_read_env);
+    pthread_once(&detect_once, detect_and_read_env);
     return active_isa;
 }
 
 int tm_isa_check_env(char *msg, size_t msg_len)
 {
-    call_once(&detect_once, detect_and_read_env);
+    pthread_once(&detect_once, detect_and_read_env);
     if (env_state == 0) return 0;
     char have[64] = "";
     for (int i = 0; i <= (int)best_isa; i++) {

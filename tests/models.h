@@ -8,7 +8,9 @@
 #include <criterion/criterion.h>
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/status.h"
 #include "strategies/gpt.h"
@@ -19,15 +21,35 @@
 static tm_model test_model_pool[TEST_MODELS];
 static int test_model_count;
 
+/* The pool's entries, with what built them, so that a test process that
+ * runs every test (the TSan stand-in) builds each model once. */
+static char test_model_key[TEST_MODELS][160];
+
+static inline tm_model *pooled(const char *key, int *fresh)
+{
+    for (int i = 0; i < test_model_count; i++)
+        if (strcmp(test_model_key[i], key) == 0) {
+            *fresh = 0;
+            return &test_model_pool[i];
+        }
+    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
+    snprintf(test_model_key[test_model_count], sizeof test_model_key[0], "%s", key);
+    *fresh = 1;
+    return &test_model_pool[test_model_count++];
+}
+
 /* The MLP "784,256,10" style spec with activation act. */
 static inline const tm_model *mlp_model(const char *spec, tm_activation act)
 {
+    char key[160];
+    snprintf(key, sizeof key, "mlp %s %d", spec, (int)act);
+    int fresh;
+    tm_model *m = pooled(key, &fresh);
+    if (!fresh) return m;
     tm_mlp_config c;
     const char *why = "";
     cr_assert_eq(tm_mlp_parse(spec, &c, &why), 0, "model %s: %s", spec, why);
     c.act = act;
-    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
-    tm_model *m = &test_model_pool[test_model_count++];
     cr_assert_eq(tm_mlp_model(m, &c), TM_OK, "%s", tm_error_message());
     return m;
 }
@@ -35,9 +57,12 @@ static inline const tm_model *mlp_model(const char *spec, tm_activation act)
 /* The GPT of L blocks, H heads, C channels and context T. */
 static inline const tm_model *gpt_model(int L, int H, int C, int T)
 {
+    char key[160];
+    snprintf(key, sizeof key, "gpt %d %d %d %d", L, H, C, T);
+    int fresh;
+    tm_model *m = pooled(key, &fresh);
+    if (!fresh) return m;
     tm_gpt_config g = {L, H, C, T};
-    cr_assert_lt(test_model_count, TEST_MODELS, "test model pool exhausted");
-    tm_model *m = &test_model_pool[test_model_count++];
     cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
     return m;
 }
