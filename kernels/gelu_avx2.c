@@ -39,21 +39,46 @@ void tm__gelu_forward_avx2(float *out, const float *inp, size_t n)
     }
 }
 
-/* d/dx of x (1 + tanh u) / 2 = (1 + tanh u) / 2 + x (1 - tanh² u) / 2 · du/dx,
- * and x (1 - tanh² u) / 2 = 2 x e d². */
+/* GELU'(x): d/dx of x (1 + tanh u) / 2 = (1 + tanh u) / 2 + x (1 - tanh² u)
+ * / 2 · du/dx, and x (1 - tanh² u) / 2 = 2 x e d². */
+static inline __m256 derivative8(__m256 x)
+{
+    __m256 one = _mm256_set1_ps(1.0f), q;
+    __m256 s = half_one_plus_tanh(inner8(x), &q);
+    __m256 right = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), x), q);
+    __m256 dinner = _mm256_mul_ps(_mm256_set1_ps(GELU_BETA),
+                                  _mm256_fmadd_ps(_mm256_set1_ps(3.0f * GELU_KAPPA),
+                                                  _mm256_mul_ps(x, x), one));
+    return _mm256_fmadd_ps(right, dinner, s);
+}
+
 void tm__gelu_backward_avx2(float *dinp, const float *dout, const float *inp, size_t n)
 {
-    __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
-    __m256 beta = _mm256_set1_ps(GELU_BETA), k3 = _mm256_set1_ps(3.0f * GELU_KAPPA);
     for (size_t i = 0; i < n; i += 8) {
         __m256i m = tm__lanes_avx2((long)(n - i));
-        __m256 x = _mm256_maskload_ps(inp + i, m), q;
-        __m256 s = half_one_plus_tanh(inner8(x), &q);
-        __m256 right = _mm256_mul_ps(_mm256_mul_ps(two, x), q);
-        __m256 dinner = _mm256_mul_ps(beta, _mm256_fmadd_ps(k3, _mm256_mul_ps(x, x), one));
-        __m256 g = _mm256_fmadd_ps(right, dinner, s);
+        __m256 g = derivative8(_mm256_maskload_ps(inp + i, m));
         __m256 d = _mm256_fmadd_ps(_mm256_maskload_ps(dout + i, m), g,
                                    _mm256_maskload_ps(dinp + i, m));
         _mm256_maskstore_ps(dinp + i, m, d);
+    }
+}
+
+void tm__gelu_backward_inplace_avx2(float *d, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = tm__lanes_avx2((long)(n - i));
+        __m256 g = derivative8(_mm256_maskload_ps(inp + i, m));
+        _mm256_maskstore_ps(d + i, m, _mm256_mul_ps(_mm256_maskload_ps(d + i, m), g));
+    }
+}
+
+void tm__bias_gelu_row_avx2(float *out, float *pre, const float *bias, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = tm__lanes_avx2((long)(n - i));
+        __m256 x = _mm256_add_ps(_mm256_maskload_ps(pre + i, m), _mm256_maskload_ps(bias + i, m));
+        _mm256_maskstore_ps(pre + i, m, x);
+        __m256 q, s = half_one_plus_tanh(inner8(x), &q);
+        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(x, s));
     }
 }

@@ -16,11 +16,17 @@
  * cancellation, so GELU keeps exp's relative accuracy everywhere. */
 void tm__gelu_forward_avx2(float *out, const float *inp, size_t n);
 void tm__gelu_backward_avx2(float *dinp, const float *dout, const float *inp, size_t n);
+/* d = d · GELU'(inp), and pre += bias then out = GELU(pre) on one row. */
+void tm__gelu_backward_inplace_avx2(float *d, const float *inp, size_t n);
+void tm__bias_gelu_row_avx2(float *out, float *pre, const float *bias, size_t n);
 
 /* tm_gelu_forward / tm_gelu_backward on a given instruction set's loops
  * (generic: the reference), without charging the cost hook: for tests. */
 void tm__gelu_forward_isa(tm_isa isa, float *out, const float *inp, size_t n);
 void tm__gelu_backward_isa(tm_isa isa, float *dinp, const float *dout, const float *inp,
                            size_t n);
+void tm__gelu_backward_inplace_isa(tm_isa isa, float *d, const float *inp, size_t n);
+void tm__bias_gelu_forward_isa(tm_isa isa, float *out, float *pre, const float *bias, int B,
+                               int C);
 
 #endif

@@ -79,6 +79,15 @@ void tm_gelu_forward(float *out, const float *inp, size_t n);
 /* dinp += dout · GELU'(inp). */
 void tm_gelu_backward(float *dinp, const float *dout, const float *inp,
                       size_t n);
+/* The same in place: d (the gradient of GELU's output) becomes the
+ * gradient of its input, d = d · GELU'(inp), with no second buffer. */
+void tm_gelu_backward_inplace(float *d, const float *inp, size_t n);
+/* A linear layer's bias and GELU in one pass: pre[b, c] += bias[c] (kept:
+ * the backward needs it), out = GELU(pre). */
+void tm_bias_gelu_forward(float *out,        /* (B, C) */
+                          float *pre,        /* (B, C), in place */
+                          const float *bias, /* (C) */
+                          int B, int C);
 
 /* out = inp1 + inp2; backward adds dout into both dinp1 and dinp2. */
 void tm_residual_forward(float *out, const float *inp1, const float *inp2,

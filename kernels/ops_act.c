@@ -112,6 +112,54 @@ void tm__gelu_backward_isa(tm_isa isa, float *dinp, const float *dout, const flo
     else gelu_backward_ref(dinp, dout, inp, n);
 }
 
+static void gelu_backward_inplace_ref(float *restrict d, const float *restrict inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float x_sq = x * x;
+        float inner = GELU_BETA * (x + GELU_KAPPA * (x_sq * x));
+        float t = tanhf(inner);
+        float left_derivative = 0.5f * (1.0f + t);
+        float right_derivative = 0.5f * x * (1.0f - t * t);
+        float inner_derivative =
+            GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq);
+        d[i] *= left_derivative + right_derivative * inner_derivative;
+    }
+}
+
+void tm__gelu_backward_inplace_isa(tm_isa isa, float *d, const float *inp, size_t n)
+{
+    if (isa >= TM_ISA_AVX2) tm__gelu_backward_inplace_avx2(d, inp, n);
+    else gelu_backward_inplace_ref(d, inp, n);
+}
+
+void tm__bias_gelu_forward_isa(tm_isa isa, float *out, float *pre, const float *bias, int B,
+                               int C)
+{
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * C, *p = pre + (size_t)b * C;
+        if (isa >= TM_ISA_AVX2) {
+            tm__bias_gelu_row_avx2(o, p, bias, (size_t)C);
+            continue;
+        }
+        for (int c = 0; c < C; c++) p[c] += bias[c];
+        gelu_forward_ref(o, p, (size_t)C);
+    }
+}
+
+void tm_gelu_backward_inplace(float *d, const float *inp, size_t n)
+{
+    tm__gelu_backward_inplace_isa(tm_isa_active(), d, inp, n);
+    tm__cost_charge(19.0 * n, 12.0 * n);
+}
+
+void tm_bias_gelu_forward(float *out, float *pre, const float *bias, int B, int C)
+{
+    tm__bias_gelu_forward_isa(tm_isa_active(), out, pre, bias, B, C);
+    double n = (double)B * C;
+    tm__cost_charge(10.0 * n, 4.0 * (3.0 * n + C));
+}
+
 void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
 {
     tm__gelu_forward_isa(tm_isa_active(), out, inp, n);

@@ -193,8 +193,8 @@ static int block_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const fl
     tm_bias_residual_forward(a.res2, x, param(p, c, PROJ_B), rows, C);
     tm_layernorm_forward(a.ln2, a.mean2, a.rstd2, a.res2, param(p, c, LN2_W),
                          param(p, c, LN2_B), rows, C, LN_EPS);
-    tm_linear_forward(a.fch, a.ln2, param(p, c, FC_W), param(p, c, FC_B), rows, C, 4 * C);
-    tm_gelu_forward(a.fch_gelu, a.fch, (size_t)rows * 4 * C);
+    tm_linear_forward(a.fch, a.ln2, param(p, c, FC_W), NULL, rows, C, 4 * C);
+    tm_bias_gelu_forward(a.fch_gelu, a.fch, param(p, c, FC_B), rows, 4 * C);
     tm_linear_forward(out, a.fch_gelu, param(p, c, FCP_W), NULL, rows, 4 * C, C);
     tm_bias_residual_forward(out, a.res2, param(p, c, FCP_B), rows, C);
     return TM_OK;
@@ -217,13 +217,12 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
     /* The MLP: dout reaches mlp.c_proj, GELU, c_fc, then ln_2. */
     linear_backward_into(s1, grad(p, c, FCP_W), grad(p, c, FCP_B), dout, a.fch_gelu,
                          param(p, c, FCP_W), rows, 4 * C, C);
-    tm_layer_zero(c, s2, n4);
-    tm_gelu_backward(s2, s1, a.fch, n4);
-    linear_backward_into(s1, grad(p, c, FC_W), grad(p, c, FC_B), s2, a.ln2, param(p, c, FC_W),
+    tm_gelu_backward_inplace(s1, a.fch, n4);
+    linear_backward_into(s2, grad(p, c, FC_W), grad(p, c, FC_B), s1, a.ln2, param(p, c, FC_W),
                          rows, C, 4 * C);
     /* The residual stream after attention: dout directly, plus ln_2's. */
     tm_layer_copy(c, din, dout, n);
-    tm_layernorm_backward(din, grad(p, c, LN2_W), grad(p, c, LN2_B), s1, a.res2,
+    tm_layernorm_backward(din, grad(p, c, LN2_W), grad(p, c, LN2_B), s2, a.res2,
                           param(p, c, LN2_W), a.mean2, a.rstd2, rows, C);
     /* Attention: attn.c_proj, the heads, c_attn, then ln_1. */
     linear_backward_into(s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), din, a.atty,

@@ -334,6 +334,38 @@ Test(ops, gelu_every_isa_path_matches_finite_differences)
     }
 }
 
+/* The in-place backward and the fused bias + GELU, on every instruction
+ * set's loops, against the two-buffer kernels they stand for. */
+Test(ops, gelu_inplace_and_bias_gelu_match_the_plain_kernels)
+{
+    enum { B = 3, C = 37 };
+    for (int i = 0; i < TM_ISA_COUNT; i++) {
+        tm_isa isa = (tm_isa)i;
+        if (!tm_isa_supported(isa)) continue;
+        float x[B * C], d[B * C], want[B * C] = {0}, bias[C], pre[B * C], out[B * C];
+        fill(x, B * C, 4, 0), fill(d, B * C, 1, 0), fill(bias, C, 1, 0);
+        tm__gelu_backward_isa(isa, want, d, x, B * C);
+        tm__gelu_backward_inplace_isa(isa, d, x, B * C);
+        for (int k = 0; k < B * C; k++)
+            cr_expect(fabsf(d[k] - want[k]) <= 1e-6f * (fabsf(want[k]) + 1e-6f),
+                      "%s: in place [%d] %.9g, want %.9g", tm_isa_name(isa), k, d[k], want[k]);
+        memcpy(pre, x, sizeof pre);
+        tm__bias_gelu_forward_isa(isa, out, pre, bias, B, C);
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++) {
+                int k = b * C + c;
+                double v = (double)(x[k] + bias[c]);
+                cr_expect(pre[k] == x[k] + bias[c], "%s: pre[%d] is not x + bias",
+                          tm_isa_name(isa), k);
+                /* Judged on the tensor's scale, as compare() does: the
+                 * libm path's 1 + tanh cancels for x < -3. */
+                cr_expect(fabs(out[k] - gelu_ref(v)) <= FWD_TOL * (fabs(gelu_ref(v)) + 0.04),
+                          "%s: bias gelu [%d] %.9g, want %.9g", tm_isa_name(isa), k, out[k],
+                          gelu_ref(v));
+            }
+    }
+}
+
 Test(ops, gelu_known_values)
 {
     /* torch.nn.functional.gelu(x, approximate='tanh') in float64. */
