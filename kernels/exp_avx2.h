@@ -1,5 +1,5 @@
 /* exp on eight floats with AVX2 and FMA, for the vector loops that need
- * it (GELU's tanh, attention's softmax). Include only from files compiled
+ * it (GELU's tanh, attention's softmax), and their tails. Include only from files compiled
  * for AVX2 (names holding "avx2"). Thread-safe: pure. */
 #ifndef TM_EXP_AVX2_H
 #define TM_EXP_AVX2_H
@@ -28,11 +28,21 @@ static inline __m256 tm__exp_nonpositive_avx2(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* The first `left` of eight lanes (all eight from 8 on), for tails. */
-static inline __m256i tm__lanes_avx2(long left)
+/* The first left < 8 floats at p as a vector (zeros after), and back: a
+ * loop's tail goes through a buffer on the stack, since AMD's masked
+ * stores are microcoded and cost more than the arithmetic. */
+static inline __m256 tm__load_tail_avx2(const float *p, long left)
 {
-    int n = left >= 8 ? 8 : (int)left;
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    float t[8] = {0};
+    for (long k = 0; k < left; k++) t[k] = p[k];
+    return _mm256_loadu_ps(t);
+}
+
+static inline void tm__store_tail_avx2(float *p, __m256 v, long left)
+{
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    for (long k = 0; k < left; k++) p[k] = t[k];
 }
 
 /* The sum of the eight lanes. */

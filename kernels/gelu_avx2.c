@@ -29,14 +29,19 @@ static inline __m256 inner8(__m256 x)
                          _mm256_fmadd_ps(_mm256_set1_ps(GELU_KAPPA), x3, x));
 }
 
+/* Full vectors load and store plainly; the last n % 8 elements go through
+ * kernels/exp_avx2.h's tail buffer. */
+static inline __m256 gelu8(__m256 x)
+{
+    __m256 q;
+    return _mm256_mul_ps(x, half_one_plus_tanh(inner8(x), &q));
+}
+
 void tm__gelu_forward_avx2(float *out, const float *inp, size_t n)
 {
-    for (size_t i = 0; i < n; i += 8) {
-        __m256i m = tm__lanes_avx2((long)(n - i));
-        __m256 x = _mm256_maskload_ps(inp + i, m), q;
-        __m256 s = half_one_plus_tanh(inner8(x), &q);
-        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(x, s));
-    }
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, gelu8(_mm256_loadu_ps(inp + i)));
+    if (i < n) tm__store_tail_avx2(out + i, gelu8(tm__load_tail_avx2(inp + i, (long)(n - i))), (long)(n - i));
 }
 
 /* GELU'(x): d/dx of x (1 + tanh u) / 2 = (1 + tanh u) / 2 + x (1 - tanh² u)
@@ -54,31 +59,39 @@ static inline __m256 derivative8(__m256 x)
 
 void tm__gelu_backward_avx2(float *dinp, const float *dout, const float *inp, size_t n)
 {
-    for (size_t i = 0; i < n; i += 8) {
-        __m256i m = tm__lanes_avx2((long)(n - i));
-        __m256 g = derivative8(_mm256_maskload_ps(inp + i, m));
-        __m256 d = _mm256_fmadd_ps(_mm256_maskload_ps(dout + i, m), g,
-                                   _mm256_maskload_ps(dinp + i, m));
-        _mm256_maskstore_ps(dinp + i, m, d);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = derivative8(_mm256_loadu_ps(inp + i));
+        _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(_mm256_loadu_ps(dout + i), g,
+                                                   _mm256_loadu_ps(dinp + i)));
     }
+    if (i == n) return;
+    __m256 g = derivative8(tm__load_tail_avx2(inp + i, (long)(n - i)));
+    tm__store_tail_avx2(dinp + i, _mm256_fmadd_ps(tm__load_tail_avx2(dout + i, (long)(n - i)), g,
+                                         tm__load_tail_avx2(dinp + i, (long)(n - i))), (long)(n - i));
 }
 
 void tm__gelu_backward_inplace_avx2(float *d, const float *inp, size_t n)
 {
-    for (size_t i = 0; i < n; i += 8) {
-        __m256i m = tm__lanes_avx2((long)(n - i));
-        __m256 g = derivative8(_mm256_maskload_ps(inp + i, m));
-        _mm256_maskstore_ps(d + i, m, _mm256_mul_ps(_mm256_maskload_ps(d + i, m), g));
-    }
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_loadu_ps(d + i),
+                                              derivative8(_mm256_loadu_ps(inp + i))));
+    if (i < n)
+        tm__store_tail_avx2(d + i, _mm256_mul_ps(tm__load_tail_avx2(d + i, (long)(n - i)),
+                                        derivative8(tm__load_tail_avx2(inp + i, (long)(n - i)))), (long)(n - i));
 }
 
 void tm__bias_gelu_row_avx2(float *out, float *pre, const float *bias, size_t n)
 {
-    for (size_t i = 0; i < n; i += 8) {
-        __m256i m = tm__lanes_avx2((long)(n - i));
-        __m256 x = _mm256_add_ps(_mm256_maskload_ps(pre + i, m), _mm256_maskload_ps(bias + i, m));
-        _mm256_maskstore_ps(pre + i, m, x);
-        __m256 q, s = half_one_plus_tanh(inner8(x), &q);
-        _mm256_maskstore_ps(out + i, m, _mm256_mul_ps(x, s));
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_add_ps(_mm256_loadu_ps(pre + i), _mm256_loadu_ps(bias + i));
+        _mm256_storeu_ps(pre + i, x);
+        _mm256_storeu_ps(out + i, gelu8(x));
     }
+    if (i == n) return;
+    __m256 x = _mm256_add_ps(tm__load_tail_avx2(pre + i, (long)(n - i)), tm__load_tail_avx2(bias + i, (long)(n - i)));
+    tm__store_tail_avx2(pre + i, x, (long)(n - i));
+    tm__store_tail_avx2(out + i, gelu8(x), (long)(n - i));
 }
