@@ -82,21 +82,22 @@ static void gelu_forward_ref(float *restrict out, const float *restrict inp, siz
     }
 }
 
+/* GELU'(x), term by term as PyTorch's kernel forms it. */
+static inline float gelu_derivative_ref(float x)
+{
+    float x_sq = x * x;
+    float inner = GELU_BETA * (x + GELU_KAPPA * (x_sq * x));
+    float t = tanhf(inner);
+    float left_derivative = 0.5f * (1.0f + t);
+    float right_derivative = 0.5f * x * (1.0f - t * t);
+    float inner_derivative = GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq);
+    return left_derivative + right_derivative * inner_derivative;
+}
+
 static void gelu_backward_ref(float *restrict dinp, const float *restrict dout,
                               const float *restrict inp, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float x_sq = x * x;
-        float inner = GELU_BETA * (x + GELU_KAPPA * (x_sq * x));
-        float t = tanhf(inner);
-        float left_derivative = 0.5f * (1.0f + t);
-        float right_derivative = 0.5f * x * (1.0f - t * t);
-        float inner_derivative =
-            GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq);
-        dinp[i] += dout[i] *
-                   (left_derivative + right_derivative * inner_derivative);
-    }
+    for (size_t i = 0; i < n; i++) dinp[i] += dout[i] * gelu_derivative_ref(inp[i]);
 }
 
 void tm__gelu_forward_isa(tm_isa isa, float *out, const float *inp, size_t n)
@@ -114,17 +115,7 @@ void tm__gelu_backward_isa(tm_isa isa, float *dinp, const float *dout, const flo
 
 static void gelu_backward_inplace_ref(float *restrict d, const float *restrict inp, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float x_sq = x * x;
-        float inner = GELU_BETA * (x + GELU_KAPPA * (x_sq * x));
-        float t = tanhf(inner);
-        float left_derivative = 0.5f * (1.0f + t);
-        float right_derivative = 0.5f * x * (1.0f - t * t);
-        float inner_derivative =
-            GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x_sq);
-        d[i] *= left_derivative + right_derivative * inner_derivative;
-    }
+    for (size_t i = 0; i < n; i++) d[i] *= gelu_derivative_ref(inp[i]);
 }
 
 void tm__gelu_backward_inplace_isa(tm_isa isa, float *d, const float *inp, size_t n)
