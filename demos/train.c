@@ -37,6 +37,9 @@ static const char usage_head[] =
     "  --dp N                data-parallel replicas, each takes batch / dp samples (1)\n"
     "  --pp N                pipeline stages (1)\n"
     "  --tp N                tensor-parallel ranks per stage (1)\n"
+    "  --sequence-parallel   GPT, with --tp 2 or more: the LayerNorms and residual\n"
+    "                        adds between the tensor-parallel regions each take a\n"
+    "                        tp-th of the positions (--context must divide by tp)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -264,7 +267,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
-       O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_END };
+       O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -514,7 +517,7 @@ int main(int argc, char **argv)
     double lr = -1, wd = -1, val_fraction = 0.1;
     int normalize = 1, sample_tokens = 200;
     long eval_sequences = 0;
-    tm_gpt_config gc = {4, 4, 128, 128};
+    tm_gpt_config gc = {4, 4, 128, 128, 0};
     cfg.epochs = 10;
     cfg.micro_batches = 1;
     cfg.lr_schedule = TM_LR_COSINE;
@@ -558,7 +561,7 @@ int main(int argc, char **argv)
         {"clip-grad", 1, 0, O_CLIP},       {"text", 1, 0, O_TEXT},
         {"val-fraction", 1, 0, O_VALFRAC}, {"eval-every", 1, 0, O_EVALEVERY},
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
-        {"load-weights", 1, 0, O_LOADW},
+        {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -604,6 +607,7 @@ int main(int argc, char **argv)
             cfg.load_weights = 1;
             break;
         case O_METRICS: metrics_path = optarg; break;
+        case O_SEQPAR: gc.sequence_parallel = 1; break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
@@ -685,7 +689,8 @@ int main(int argc, char **argv)
     static const struct { int flag; const char *name; } gpt_only[] = {
         {O_LAYERS, "--layers"}, {O_HEADS, "--heads"}, {O_DMODEL, "--d-model"},
         {O_CONTEXT, "--context"}, {O_TEXT, "--text"}, {O_VALFRAC, "--val-fraction"},
-        {O_EVALSEQ, "--eval-sequences"}, {O_SAMPLETOK, "--sample-tokens"}};
+        {O_EVALSEQ, "--eval-sequences"}, {O_SAMPLETOK, "--sample-tokens"},
+        {O_SEQPAR, "--sequence-parallel"}};
     static const struct { int flag; const char *name; } mlp_only[] = {
         {O_ACT, "--activation"}, {O_NORM, "--normalize"}, {O_DATA, "--data-dir"}};
     for (size_t i = 0; !gpt && i < sizeof gpt_only / sizeof gpt_only[0]; i++)

@@ -140,6 +140,27 @@ int tm_accuracy(const float *logits, /* (B, C) */
                 const int *labels,   /* (B) */
                 int B, int C);
 
+/* The vocabulary-parallel cross-entropy (Megatron's
+ * vocab_parallel_cross_entropy): a rank holds n of the classes, columns
+ * [v0, v0 + n) of the whole, in rows of ld floats (columns n..ld-1 are
+ * padding: never read, their gradient written 0). The caller combines the
+ * ranks' row maxima (the largest), then their sums and target logits (by
+ * addition); the loss of a row is log(sum) - target. */
+
+/* max[b]: the largest of the row's n logits (-inf when n is 0); arg, if
+ * not NULL, its column (the first of equal maxima), -1 when n is 0. */
+void tm_xent_shard_max(float *max, int *arg, const float *logits, int B, int n, int ld);
+/* With the rows' global maxima: sum[b] = sum of exp(x - max[b]) over the
+ * held columns, and target[b] = x[label] - max[b] when this rank holds the
+ * label, else 0. d, if not NULL, receives each exp(x - max) (its padding
+ * columns 0) for tm_xent_shard_backward. */
+void tm_xent_shard_forward(float *d, float *sum, float *target, const float *logits,
+                           const float *max, const int *labels, int B, int n, int ld, int v0);
+/* With the rows' global sums: d = (d / sum - onehot) * grad_scale over the
+ * held columns. */
+void tm_xent_shard_backward(float *d, const float *sum, const int *labels, int B, int n, int ld,
+                            int v0, float grad_scale);
+
 /* ---- transformer layers (llm.c's names: B sequences of T positions,
  * C channels, NH heads of hs = C / NH channels, V vocabulary rows) ---- */
 

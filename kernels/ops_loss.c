@@ -73,3 +73,54 @@ int tm_accuracy(const float *logits, const int *labels, int B, int C)
     tm__cost_charge(bc, 4.0 * (bc + B));
     return correct;
 }
+
+void tm_xent_shard_max(float *max, int *arg, const float *logits, int B, int n, int ld)
+{
+    for (int b = 0; b < B; b++) {
+        const float *x = logits + (size_t)b * ld;
+        int best = n > 0 ? 0 : -1;
+        for (int c = 1; c < n; c++)
+            if (x[c] > x[best]) best = c;
+        max[b] = best >= 0 ? x[best] : -INFINITY;
+        if (arg != NULL) arg[b] = best;
+    }
+    double bn = (double)B * n;
+    tm__cost_charge(bn, 4.0 * (bn + B));
+}
+
+void tm_xent_shard_forward(float *d, float *sum, float *target, const float *logits,
+                           const float *max, const int *labels, int B, int n, int ld, int v0)
+{
+    for (int b = 0; b < B; b++) {
+        const float *x = logits + (size_t)b * ld;
+        float m = max[b], s = 0.0f;
+        if (d != NULL) {
+            float *e = d + (size_t)b * ld;
+            for (int c = 0; c < n; c++) {
+                e[c] = expf(x[c] - m);
+                s += e[c];
+            }
+            for (int c = n; c < ld; c++) e[c] = 0.0f;
+        } else {
+            for (int c = 0; c < n; c++) s += expf(x[c] - m);
+        }
+        int col = labels[b] - v0;
+        sum[b] = s;
+        target[b] = col >= 0 && col < n ? x[col] - m : 0.0f;
+    }
+    double bn = (double)B * n;
+    tm__cost_charge(3.0 * bn + B, 4.0 * (bn + 4.0 * B) + (d != NULL ? 4.0 * B * ld : 0));
+}
+
+void tm_xent_shard_backward(float *d, const float *sum, const int *labels, int B, int n, int ld,
+                            int v0, float grad_scale)
+{
+    for (int b = 0; b < B; b++) {
+        float *e = d + (size_t)b * ld, scale = grad_scale / sum[b];
+        for (int c = 0; c < n; c++) e[c] *= scale;
+        int col = labels[b] - v0;
+        if (col >= 0 && col < n) e[col] -= grad_scale;
+    }
+    double bn = (double)B * n;
+    tm__cost_charge(bn + 2.0 * B, 4.0 * (2.0 * bn + 2.0 * B));
+}

@@ -11,6 +11,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/ops.h"
+#include "runtime/collectives.h"
 #include "runtime/status.h"
 #include "strategies/rng.h"
 #include "strategies/safetensors.h"
@@ -35,29 +36,67 @@ const tm_gpt_config *tm_gpt_of(const tm_model *m)
 
 static const tm_gpt_config *cfg_of(const tm_layer_plan *p) { return p->model->cfg; }
 
-/* Every GPT layer is held whole; the tensor-parallel split of heads and
- * vocabulary is the next step. */
-static int whole_plan(tm_layer_plan *p, const tm_layer_plan *prev, int last)
+/* ---- splitting the GPT over a tensor-parallel group (Megatron-LM) -------
+ * Rank t of tp holds heads [t H/tp, (t+1) H/tp) of every block — their
+ * rows of c_attn (q, k and v alike), their columns of attn.c_proj — and a
+ * tp-th of the MLP's hidden features: c_fc's rows, mlp.c_proj's columns. A block's input is whole on every rank; each projection back
+ * to C channels leaves partial sums that one all-reduce completes
+ * (Megatron's g; its conjugate f all-reduces the input gradient in the
+ * backward). The vocabulary is split too: wte's rows, so the embedding
+ * looks up the rank's bytes (others give zeros) and sums over the group,
+ * and the tied head computes the rank's logits only; the vocabulary-
+ * parallel loss below never gathers them. 256 rows are padded to a
+ * multiple of tp with zero rows that never reach the loss.
+ * Sequence parallelism (Korthikanti et al.): between the tensor-parallel
+ * regions — LayerNorms, residual adds — each rank holds rows/tp of the
+ * micro-batch's rows, expressed by widths: C/tp floats per row of the
+ * whole micro-batch is (rows/tp, C). Each all-reduce becomes a
+ * reduce-scatter into the rank's rows, and an all-gather of the LayerNorm's
+ * output opens the next region; LayerNorm parameters then see only the
+ * rank's rows, so their gradients are partial (summed over the group each
+ * step). The bytes sent are those of the all-reduces. */
+
+/* p->local of every GPT layer. */
+enum { L_C, L_H, L_V, L_SP }; /* C/tp, H/tp, vocabulary rows per rank, SP on */
+
+static int sp_of(const tm_layer_plan *p) { return p->local[L_SP]; }
+
+/* Rows of a micro-batch this rank holds outside the tensor-parallel
+ * regions: all of them, or its 1/tp under sequence parallelism. */
+static int seq_rows(const tm_layer_plan *p, int rows) { return sp_of(p) ? rows / p->tp : rows; }
+
+/* What every GPT layer's plan shares: local sizes, the widths between
+ * layers, sequence parallelism's conditions. */
+static int plan_common(tm_layer_plan *p)
 {
-    (void)prev;
-    (void)last;
-    if (p->tp > 1)
-        return tm_error(TM_EINVAL, "the GPT does not run tensor parallel yet (--tp %d)", p->tp);
-    for (int k = 0; k < p->layer->n_tensors; k++) p->shard[k].dim = TM_SHARD_WHOLE;
-    p->in_w = p->layer->in_width;
-    p->out_w = p->layer->out_width;
-    p->grad_w = p->in_w > p->out_w ? p->in_w : p->out_w;
+    const tm_gpt_config *g = cfg_of(p);
+    int tp = p->tp, sp = g->sequence_parallel;
+    if (sp && tp < 2) return tm_error(TM_EINVAL, "--sequence-parallel needs --tp 2 or more");
+    if (sp && g->block_size % tp != 0)
+        return tm_error(TM_EINVAL,
+                        "--context %d is not divisible by --tp %d (sequence parallelism splits "
+                        "every sequence's positions)", g->block_size, tp);
+    /* Then C = H hs divides too. */
+    if (g->n_head % tp != 0)
+        return tm_error(TM_EINVAL, "--heads %d is not divisible by --tp %d (tensor parallelism "
+                        "splits attention by heads)", g->n_head, tp);
+    p->local[L_C] = g->n_embd / tp;
+    p->local[L_H] = g->n_head / tp;
+    p->local[L_V] = (TM_GPT_VOCAB + tp - 1) / tp;
+    p->local[L_SP] = sp;
+    p->in_w = p->out_w = p->grad_w = sp ? p->local[L_C] : g->n_embd;
     return TM_OK;
 }
 
-static double no_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
+/* Rows [lo, lo + len) of a tensor (of each q/k/v block for c_attn); a
+ * no-op on one device, where everything is whole. */
+static void split(tm_layer_plan *p, int k, tm_shard_dim dim, int lo, int len)
 {
-    (void)p;
-    (void)tp_comm;
-    (void)rows;
-    (void)din;
-    return 0;
+    if (p->tp > 1) p->shard[k] = (tm_shard){.dim = dim, .lo = lo, .len = len};
 }
+
+/* A LayerNorm's parameter under sequence parallelism. */
+static void seq_partial(tm_layer_plan *p, int k) { p->shard[k].partial = sp_of(p); }
 
 static float *param(const tm_layer_plan *p, const tm_layer_ctx *c, int k)
 {
@@ -69,11 +108,61 @@ static float *grad(const tm_layer_plan *p, const tm_layer_ctx *c, int k)
     return c->grads + p->shard[k].off;
 }
 
-/* ---- the embedding: tokens (int32 rows) -> (rows, C) ------------------- */
+/* Megatron's g: the ranks' partial sums (rows, C) in `partial` become the
+ * whole — all-reduced in place (out == partial), or reduce-scattered into
+ * this rank's rows (out: its rows/tp) under sequence parallelism. */
+static int reduce_partial(const tm_layer_plan *p, const tm_layer_ctx *c, float *partial,
+                          float *out)
+{
+    size_t n = (size_t)c->rows * cfg_of(p)->n_embd;
+    if (!sp_of(p)) return tm_allreduce(c->tp_comm, partial, partial, n, TM_SUM);
+    return tm_reduce_scatter(c->tp_comm, partial, out, n / (size_t)p->tp, TM_SUM);
+}
 
-enum { E_WTE, E_WPE };
+/* The offset of this rank's rows in a (rows, C) buffer. */
+static size_t own_rows(const tm_layer_plan *p, const tm_layer_ctx *c)
+{
+    return sp_of(p) ? (size_t)p->t * seq_rows(p, c->rows) * cfg_of(p)->n_embd : 0;
+}
 
-static double embed_flops(const tm_layer *l, int rows) { return (double)rows * l->out_width; }
+/* Under sequence parallelism: the ranks' rows (rows/tp, C each) gathered
+ * into full (rows, C); local may already sit at its place in full. */
+static int gather_rows(const tm_layer_plan *p, const tm_layer_ctx *c, const float *local,
+                       float *full)
+{
+    return tm_allgather(c->tp_comm, local, full,
+                        (size_t)seq_rows(p, c->rows) * cfg_of(p)->n_embd);
+}
+
+/* Bytes a member sends in a reduce (all-reduce or reduce-scatter) and in
+ * an all-gather of (rows, C), as above. */
+static double reduce_bytes(const tm_layer_plan *p, tm_comm *comm, int rows)
+{
+    size_t n = (size_t)rows * cfg_of(p)->n_embd;
+    if (!sp_of(p)) return tm_allreduce_send_bytes(comm, n);
+    return (double)(p->tp - 1) * (double)(n / (size_t)p->tp) * sizeof(float);
+}
+
+static double gather_bytes(const tm_layer_plan *p, int rows)
+{
+    return sp_of(p) ? reduce_bytes(p, NULL, rows) : 0;
+}
+
+/* Scratch of (rows, C) for partial sums before a reduce-scatter. */
+static size_t sp_floats(const tm_layer_plan *p, int rows)
+{
+    return sp_of(p) ? (size_t)rows * cfg_of(p)->n_embd : 0;
+}
+
+/* A transient (rows, C) buffer of the device's arena, under sequence
+ * parallelism only (NULL and TM_OK otherwise). */
+static int sp_alloc(const tm_layer_plan *p, const tm_layer_ctx *c, float **out)
+{
+    *out = NULL;
+    if (!sp_of(p)) return TM_OK;
+    *out = tm_device_alloc(c->dev, sp_floats(p, c->rows) * sizeof(float), TM_TAG_ACTIVATION);
+    return *out != NULL ? TM_OK : TM_ENOMEM;
+}
 
 static size_t no_floats(const tm_layer_plan *p, int rows)
 {
@@ -82,61 +171,122 @@ static size_t no_floats(const tm_layer_plan *p, int rows)
     return 0;
 }
 
+/* ---- the embedding: tokens (int32 rows) -> (rows, C) ------------------- */
+
+enum { E_WTE, E_WPE };
+
+static int embed_plan(tm_layer_plan *p, const tm_layer_plan *prev, int last)
+{
+    (void)prev;
+    (void)last;
+    TM_CHECK(plan_common(p));
+    split(p, E_WTE, TM_SHARD_ROWS, p->t * p->local[L_V], p->local[L_V]);
+    p->in_w = 1;
+    return TM_OK;
+}
+
+static double embed_flops(const tm_layer *l, int rows) { return (double)rows * l->out_width; }
+
+/* Rank 0 adds the positions; another rank's rows hold only its bytes. */
 static int embed_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *in,
                          float *out, float *saved)
 {
     (void)saved;
     const tm_gpt_config *g = cfg_of(p);
-    tm_embedding_forward(out, (const int *)in, param(p, c, E_WTE), param(p, c, E_WPE), c->rows,
-                         g->block_size, g->n_embd, 0, TM_GPT_VOCAB);
-    return TM_OK;
+    float *tmp;
+    TM_CHECK(sp_alloc(p, c, &tmp));
+    float *sum = tmp != NULL ? tmp : out;
+    int vl = p->local[L_V];
+    tm_embedding_forward(sum, (const int *)in, param(p, c, E_WTE),
+                         p->t == 0 ? param(p, c, E_WPE) : NULL, c->rows, g->block_size, g->n_embd,
+                         p->t * vl, vl);
+    int st = reduce_partial(p, c, sum, out);
+    tm_device_free(c->dev, tmp);
+    return st;
 }
 
+/* Every rank adds the whole wpe gradient (the same on each) and its own
+ * bytes' rows of wte's, from the whole output gradient. */
 static int embed_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *in,
                           const float *out, float *saved, float *dout, float *din, float *scratch)
 {
     (void)out;
     (void)saved;
     (void)din;
-    (void)scratch;
     const tm_gpt_config *g = cfg_of(p);
-    tm_embedding_backward(grad(p, c, E_WTE), grad(p, c, E_WPE), dout, (const int *)in, c->rows,
-                          g->block_size, g->n_embd, 0, TM_GPT_VOCAB);
+    const float *d = dout;
+    if (sp_of(p)) {
+        TM_CHECK(gather_rows(p, c, dout, scratch));
+        d = scratch;
+    }
+    int vl = p->local[L_V];
+    tm_embedding_backward(grad(p, c, E_WTE), grad(p, c, E_WPE), d, (const int *)in, c->rows,
+                          g->block_size, g->n_embd, p->t * vl, vl);
     return TM_OK;
+}
+
+static double embed_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
+{
+    (void)din;
+    return reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows);
 }
 
 static const tm_layer_kind embed_kind = {
     .name = "embedding",
-    .plan = whole_plan,
+    .plan = embed_plan,
     .flops = embed_flops,
     .saved_floats = no_floats,
-    .scratch_floats = no_floats,
+    .scratch_floats = sp_floats,
+    .fwd_scratch_floats = sp_floats,
     .forward = embed_forward,
     .backward = embed_backward,
-    .tp_bytes = no_tp_bytes,
+    .tp_bytes = embed_tp_bytes,
 };
 
 /* ---- a block: (rows, C) -> (rows, C) ------------------------------------ */
 
 enum { LN1_W, LN1_B, ATTN_W, ATTN_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FCP_W, FCP_B };
 
-/* What a block's forward keeps for its backward, in one saved region. */
+static int block_plan(tm_layer_plan *p, const tm_layer_plan *prev, int last)
+{
+    (void)prev;
+    (void)last;
+    TM_CHECK(plan_common(p));
+    int cl = p->local[L_C], t = p->t;
+    split(p, ATTN_W, TM_SHARD_ROWS, t * cl, cl);
+    split(p, ATTN_B, TM_SHARD_ROWS, t * cl, cl);
+    split(p, PROJ_W, TM_SHARD_COLS, t * cl, cl);
+    split(p, FC_W, TM_SHARD_ROWS, t * 4 * cl, 4 * cl);
+    split(p, FC_B, TM_SHARD_ROWS, t * 4 * cl, 4 * cl);
+    split(p, FCP_W, TM_SHARD_COLS, t * 4 * cl, 4 * cl);
+    seq_partial(p, LN1_W);
+    seq_partial(p, LN1_B);
+    seq_partial(p, LN2_W);
+    seq_partial(p, LN2_B);
+    return TM_OK;
+}
+
+/* What a block's forward keeps for its backward, in one saved region, on
+ * tensor-parallel rank t: r rows of the micro-batch, r' = r/tp of them
+ * under sequence parallelism (else r), C' = C/tp, NH' = NH/tp. */
 typedef struct {
-    float *ln1, *mean1, *rstd1; /* (rows, C), (rows), (rows) */
-    float *qkv;                 /* (rows, 3C) */
-    float *att;                 /* (B, NH, T, T) softmax weights */
-    float *atty;                /* (rows, C) attention output */
-    float *res2;                /* (rows, C) residual after attention */
-    float *ln2, *mean2, *rstd2;
-    float *fch;                 /* (rows, 4C) before GELU */
-    float *fch_gelu;            /* (rows, 4C) after */
+    float *ln1, *mean1, *rstd1; /* (r, C): whole, gathered under SP; (r'), (r') */
+    float *qkv;                 /* (r, 3C'): the rank's heads' q, k, v */
+    float *att;                 /* (B, NH', T, T) softmax weights */
+    float *atty;                /* (r, C') attention output */
+    float *res2;                /* (r', C) residual after attention */
+    float *ln2, *mean2, *rstd2; /* as ln1 */
+    float *fch;                 /* (r, 4C') before GELU */
+    float *fch_gelu;            /* (r, 4C') after */
 } block_acts;
 
-static size_t block_layout(const tm_gpt_config *g, int rows, float *base, block_acts *a)
+static size_t block_layout(const tm_layer_plan *p, int rows, float *base, block_acts *a)
 {
-    size_t r = (size_t)rows, C = (size_t)g->n_embd, T = (size_t)g->block_size;
-    size_t sizes[] = {r * C, r, r, r * 3 * C, r / T * g->n_head * T * T, r * C, r * C,
-                      r * C, r, r, r * 4 * C, r * 4 * C};
+    const tm_gpt_config *g = cfg_of(p);
+    size_t r = (size_t)rows, rl = (size_t)seq_rows(p, rows), C = (size_t)g->n_embd,
+           cl = (size_t)p->local[L_C], T = (size_t)g->block_size;
+    size_t sizes[] = {r * C,  rl,          rl, r * 3 * cl, r / T * p->local[L_H] * T * T,
+                      r * cl, rl * C,      r * C,          rl, rl, r * 4 * cl, r * 4 * cl};
     float **slots[] = {&a->ln1, &a->mean1, &a->rstd1, &a->qkv, &a->att, &a->atty, &a->res2,
                        &a->ln2, &a->mean2, &a->rstd2, &a->fch, &a->fch_gelu};
     size_t off = 0;
@@ -159,7 +309,7 @@ static double block_flops(const tm_layer *l, int rows)
 static size_t block_saved(const tm_layer_plan *p, int rows)
 {
     block_acts a;
-    return block_layout(cfg_of(p), rows, NULL, &a);
+    return block_layout(p, rows, NULL, &a);
 }
 
 /* A linear layer's backward that writes its input gradient (beta 0)
@@ -171,33 +321,77 @@ static void linear_backward_into(float *dinp, float *dweight, float *dbias, cons
     tm_linear_backward(NULL, dweight, dbias, dout, inp, weight, B, IN, OUT);
 }
 
-/* Two (rows, 4C) gradient buffers and one head's score gradients. */
-static size_t block_scratch(const tm_layer_plan *p, int rows)
+/* The backward's scratch: s1 (r, max(4C', C)), s2 (r, max(3C', C)), under
+ * sequence parallelism a gathered (r, C) gradient, and one head's score
+ * gradients (T, T). */
+typedef struct {
+    float *s1, *s2, *full, *dscores;
+} block_scratch_bufs;
+
+static size_t block_scratch_layout(const tm_layer_plan *p, int rows, float *base,
+                                   block_scratch_bufs *b)
 {
     const tm_gpt_config *g = cfg_of(p);
-    return 8 * (size_t)rows * g->n_embd + (size_t)g->block_size * g->block_size;
+    size_t r = (size_t)rows, C = (size_t)g->n_embd, cl = (size_t)p->local[L_C],
+           T = (size_t)g->block_size;
+    size_t sizes[] = {r * (4 * cl > C ? 4 * cl : C), r * (3 * cl > C ? 3 * cl : C),
+                      sp_floats(p, rows), T * T};
+    float **slots[] = {&b->s1, &b->s2, &b->full, &b->dscores};
+    size_t off = 0;
+    for (size_t i = 0; i < 4; i++) {
+        if (base != NULL) *slots[i] = base + off;
+        off += sizes[i];
+    }
+    return off;
+}
+
+static size_t block_scratch(const tm_layer_plan *p, int rows)
+{
+    block_scratch_bufs b;
+    return block_scratch_layout(p, rows, NULL, &b);
+}
+
+static int block_forward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                            float *out, float *saved, float *tmp)
+{
+    const tm_gpt_config *g = cfg_of(p);
+    int rows = c->rows, rl = seq_rows(p, rows), C = g->n_embd, T = g->block_size, B = rows / T;
+    int cl = p->local[L_C];
+    size_t own = own_rows(p, c);
+    block_acts a;
+    block_layout(p, rows, saved, &a);
+    /* ln_1 over the rank's rows, gathered under SP (f's forward). */
+    tm_layernorm_forward(a.ln1 + own, a.mean1, a.rstd1, x, param(p, c, LN1_W),
+                         param(p, c, LN1_B), rl, C, LN_EPS);
+    if (sp_of(p)) TM_CHECK(gather_rows(p, c, a.ln1 + own, a.ln1));
+    /* The rank's heads, then their share of attn.c_proj's sum (g). */
+    tm_linear_forward(a.qkv, a.ln1, param(p, c, ATTN_W), param(p, c, ATTN_B), rows, C, 3 * cl);
+    tm_attention_forward(a.atty, a.att, a.qkv, B, T, cl, p->local[L_H]);
+    float *sum = tmp != NULL ? tmp : a.res2;
+    tm_linear_forward(sum, a.atty, param(p, c, PROJ_W), NULL, rows, cl, C);
+    TM_CHECK(reduce_partial(p, c, sum, a.res2));
+    tm_bias_residual_forward(a.res2, x, param(p, c, PROJ_B), rl, C);
+    /* The MLP the same way: ln_2, c_fc's share and GELU, mlp.c_proj's. */
+    tm_layernorm_forward(a.ln2 + own, a.mean2, a.rstd2, a.res2, param(p, c, LN2_W),
+                         param(p, c, LN2_B), rl, C, LN_EPS);
+    if (sp_of(p)) TM_CHECK(gather_rows(p, c, a.ln2 + own, a.ln2));
+    tm_linear_forward(a.fch, a.ln2, param(p, c, FC_W), NULL, rows, C, 4 * cl);
+    tm_bias_gelu_forward(a.fch_gelu, a.fch, param(p, c, FC_B), rows, 4 * cl);
+    sum = tmp != NULL ? tmp : out;
+    tm_linear_forward(sum, a.fch_gelu, param(p, c, FCP_W), NULL, rows, 4 * cl, C);
+    TM_CHECK(reduce_partial(p, c, sum, out));
+    tm_bias_residual_forward(out, a.res2, param(p, c, FCP_B), rl, C);
+    return TM_OK;
 }
 
 static int block_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
                          float *out, float *saved)
 {
-    const tm_gpt_config *g = cfg_of(p);
-    int rows = c->rows, C = g->n_embd, T = g->block_size, B = rows / T;
-    block_acts a;
-    block_layout(g, rows, saved, &a);
-    tm_layernorm_forward(a.ln1, a.mean1, a.rstd1, x, param(p, c, LN1_W), param(p, c, LN1_B),
-                         rows, C, LN_EPS);
-    tm_linear_forward(a.qkv, a.ln1, param(p, c, ATTN_W), param(p, c, ATTN_B), rows, C, 3 * C);
-    tm_attention_forward(a.atty, a.att, a.qkv, B, T, C, g->n_head);
-    tm_linear_forward(a.res2, a.atty, param(p, c, PROJ_W), NULL, rows, C, C);
-    tm_bias_residual_forward(a.res2, x, param(p, c, PROJ_B), rows, C);
-    tm_layernorm_forward(a.ln2, a.mean2, a.rstd2, a.res2, param(p, c, LN2_W),
-                         param(p, c, LN2_B), rows, C, LN_EPS);
-    tm_linear_forward(a.fch, a.ln2, param(p, c, FC_W), NULL, rows, C, 4 * C);
-    tm_bias_gelu_forward(a.fch_gelu, a.fch, param(p, c, FC_B), rows, 4 * C);
-    tm_linear_forward(out, a.fch_gelu, param(p, c, FCP_W), NULL, rows, 4 * C, C);
-    tm_bias_residual_forward(out, a.res2, param(p, c, FCP_B), rows, C);
-    return TM_OK;
+    float *tmp;
+    TM_CHECK(sp_alloc(p, c, &tmp));
+    int st = block_forward_in(p, c, x, out, saved, tmp);
+    tm_device_free(c->dev, tmp);
+    return st;
 }
 
 static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
@@ -206,82 +400,123 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
 {
     (void)out;
     const tm_gpt_config *g = cfg_of(p);
-    int rows = c->rows, C = g->n_embd, T = g->block_size, B = rows / T;
-    size_t n = (size_t)rows * C, n4 = 4 * n;
+    int rows = c->rows, rl = seq_rows(p, rows), C = g->n_embd, T = g->block_size, B = rows / T;
+    int cl = p->local[L_C];
+    size_t own = own_rows(p, c);
     if (din == NULL)
         return tm_error(TM_EINVAL, "a GPT block needs its input gradient (layer %d)",
                         p->layer->index);
     block_acts a;
-    block_layout(g, rows, saved, &a);
-    float *s1 = scratch, *s2 = scratch + n4, *dscores = scratch + 2 * n4;
-    /* The MLP: dout reaches mlp.c_proj, GELU, c_fc, then ln_2. */
-    linear_backward_into(s1, grad(p, c, FCP_W), grad(p, c, FCP_B), dout, a.fch_gelu,
-                         param(p, c, FCP_W), rows, 4 * C, C);
-    tm_gelu_backward_inplace(s1, a.fch, n4);
-    linear_backward_into(s2, grad(p, c, FC_W), grad(p, c, FC_B), s1, a.ln2, param(p, c, FC_W),
-                         rows, C, 4 * C);
+    block_layout(p, rows, saved, &a);
+    block_scratch_bufs s;
+    block_scratch_layout(p, rows, scratch, &s);
+    /* The MLP: the whole output gradient (gathered under SP: g's backward)
+     * reaches mlp.c_proj, GELU, c_fc, whose partial input gradient is
+     * summed (f's backward), then ln_2. */
+    const float *d = dout;
+    if (sp_of(p)) {
+        TM_CHECK(gather_rows(p, c, dout, s.full));
+        d = s.full;
+    }
+    linear_backward_into(s.s1, grad(p, c, FCP_W), grad(p, c, FCP_B), d, a.fch_gelu,
+                         param(p, c, FCP_W), rows, 4 * cl, C);
+    tm_gelu_backward_inplace(s.s1, a.fch, (size_t)rows * 4 * cl);
+    linear_backward_into(s.s2, grad(p, c, FC_W), grad(p, c, FC_B), s.s1, a.ln2,
+                         param(p, c, FC_W), rows, C, 4 * cl);
+    TM_CHECK(reduce_partial(p, c, s.s2, s.s2 + own));
     /* The residual stream after attention: dout directly, plus ln_2's. */
-    tm_layer_copy(c, din, dout, n);
-    tm_layernorm_backward(din, grad(p, c, LN2_W), grad(p, c, LN2_B), s2, a.res2,
-                          param(p, c, LN2_W), a.mean2, a.rstd2, rows, C);
-    /* Attention: attn.c_proj, the heads, c_attn, then ln_1. */
-    linear_backward_into(s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), din, a.atty,
-                         param(p, c, PROJ_W), rows, C, C);
-    tm_attention_backward(s2, dscores, s1, a.qkv, a.att, B, T, C, g->n_head);
-    linear_backward_into(s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s2, a.ln1,
-                         param(p, c, ATTN_W), rows, C, 3 * C);
+    tm_layer_copy(c, din, dout, (size_t)rl * C);
+    tm_layernorm_backward(din, grad(p, c, LN2_W), grad(p, c, LN2_B), s.s2 + own, a.res2,
+                          param(p, c, LN2_W), a.mean2, a.rstd2, rl, C);
+    /* Attention: attn.c_proj, the rank's heads, c_attn, then ln_1. */
+    d = din;
+    if (sp_of(p)) {
+        TM_CHECK(gather_rows(p, c, din, s.full));
+        d = s.full;
+    }
+    linear_backward_into(s.s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), d, a.atty,
+                         param(p, c, PROJ_W), rows, cl, C);
+    tm_attention_backward(s.s2, s.dscores, s.s1, a.qkv, a.att, B, T, cl, p->local[L_H]);
+    linear_backward_into(s.s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s.s2, a.ln1,
+                         param(p, c, ATTN_W), rows, C, 3 * cl);
     /* The keys' bias adds the same q.b to every score of a row, which the
      * softmax does not see: its gradient is exactly zero. The sum above
      * leaves rounding noise of about 1e-12 there, which AdamW (eps 1e-8)
      * would turn into updates of 1e-4 lr; the exact zero keeps the bias
      * where the mathematics leaves it. */
-    memset(grad(p, c, ATTN_B) + C, 0, (size_t)C * sizeof(float));
-    tm_layernorm_backward(din, grad(p, c, LN1_W), grad(p, c, LN1_B), s1, x, param(p, c, LN1_W),
-                          a.mean1, a.rstd1, rows, C);
+    memset(grad(p, c, ATTN_B) + cl, 0, (size_t)cl * sizeof(float));
+    TM_CHECK(reduce_partial(p, c, s.s1, s.s1 + own));
+    tm_layernorm_backward(din, grad(p, c, LN1_W), grad(p, c, LN1_B), s.s1 + own, x,
+                          param(p, c, LN1_W), a.mean1, a.rstd1, rl, C);
     return TM_OK;
+}
+
+/* Per micro-batch: two reduces forward, two backward; under SP an
+ * all-gather before each of the four. */
+static double block_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
+{
+    (void)din;
+    return 4 * (reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows));
 }
 
 static const tm_layer_kind block_kind = {
     .name = "block",
-    .plan = whole_plan,
+    .plan = block_plan,
     .flops = block_flops,
     .saved_floats = block_saved,
     .scratch_floats = block_scratch,
+    .fwd_scratch_floats = sp_floats,
     .forward = block_forward,
     .backward = block_backward,
-    .tp_bytes = no_tp_bytes,
+    .tp_bytes = block_tp_bytes,
 };
 
 /* ---- the head: ln_f, then logits against the tied wte ----------------- */
 
 enum { LNF_W, LNF_B, H_WTE };
 
+static int head_plan(tm_layer_plan *p, const tm_layer_plan *prev, int last)
+{
+    (void)prev;
+    (void)last;
+    TM_CHECK(plan_common(p));
+    split(p, H_WTE, TM_SHARD_ROWS, p->t * p->local[L_V], p->local[L_V]);
+    seq_partial(p, LNF_W);
+    seq_partial(p, LNF_B);
+    p->out_w = p->local[L_V];
+    if (p->out_w > p->grad_w) p->grad_w = p->out_w;
+    return TM_OK;
+}
+
 static double head_flops(const tm_layer *l, int rows)
 {
     return 2.0 * rows * l->in_width * l->out_width;
 }
 
-/* ln_f's output, mean and rstd. */
+/* ln_f's output (r, C), whole (gathered under SP); mean and rstd (r'). */
 static size_t head_saved(const tm_layer_plan *p, int rows)
 {
-    return (size_t)rows * (cfg_of(p)->n_embd + 2);
+    return (size_t)rows * cfg_of(p)->n_embd + 2 * (size_t)seq_rows(p, rows);
 }
 
-/* ln_f's output gradient, and its input gradient when the caller wants
- * none (ln_f's parameters still need the LayerNorm backward). */
+/* ln_f's output gradient (r, C), and its input gradient (r', C) when the
+ * caller wants none (ln_f's parameters still need the LayerNorm's
+ * backward). */
 static size_t head_scratch(const tm_layer_plan *p, int rows)
 {
-    return 2 * (size_t)rows * cfg_of(p)->n_embd;
+    return ((size_t)rows + seq_rows(p, rows)) * cfg_of(p)->n_embd;
 }
 
 static int head_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
                         float *out, float *saved)
 {
-    int rows = c->rows, C = cfg_of(p)->n_embd;
-    float *lnf = saved, *mean = lnf + (size_t)rows * C, *rstd = mean + rows;
-    tm_layernorm_forward(lnf, mean, rstd, x, param(p, c, LNF_W), param(p, c, LNF_B), rows, C,
+    int rows = c->rows, rl = seq_rows(p, rows), C = cfg_of(p)->n_embd;
+    size_t own = own_rows(p, c);
+    float *lnf = saved, *mean = lnf + (size_t)rows * C, *rstd = mean + rl;
+    tm_layernorm_forward(lnf + own, mean, rstd, x, param(p, c, LNF_W), param(p, c, LNF_B), rl, C,
                          LN_EPS);
-    tm_linear_forward(out, lnf, param(p, c, H_WTE), NULL, rows, C, TM_GPT_VOCAB);
+    if (sp_of(p)) TM_CHECK(gather_rows(p, c, lnf + own, lnf));
+    tm_linear_forward(out, lnf, param(p, c, H_WTE), NULL, rows, C, p->out_w);
     return TM_OK;
 }
 
@@ -290,28 +525,104 @@ static int head_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const fl
                          float *scratch)
 {
     (void)out;
-    int rows = c->rows, C = cfg_of(p)->n_embd;
-    size_t n = (size_t)rows * C;
-    float *lnf = saved, *mean = lnf + n, *rstd = mean + rows, *dlnf = scratch;
+    int rows = c->rows, rl = seq_rows(p, rows), C = cfg_of(p)->n_embd;
+    size_t n = (size_t)rows * C, nl = (size_t)rl * C, own = own_rows(p, c);
+    float *lnf = saved, *mean = lnf + n, *rstd = mean + rl, *dlnf = scratch;
     float *dx = din != NULL ? din : scratch + n;
     linear_backward_into(dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
-                         TM_GPT_VOCAB);
-    tm_layer_zero(c, dx, n);
-    tm_layernorm_backward(dx, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf, x, param(p, c, LNF_W),
-                          mean, rstd, rows, C);
+                         p->out_w);
+    TM_CHECK(reduce_partial(p, c, dlnf, dlnf + own));
+    tm_layer_zero(c, dx, nl);
+    tm_layernorm_backward(dx, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf + own, x,
+                          param(p, c, LNF_W), mean, rstd, rl, C);
     return TM_OK;
+}
+
+/* Per micro-batch: ln_f's gather (SP), its input gradient's reduce, and
+ * the loss the head feeds (gpt_loss): the row maxima all-gathered, the
+ * sums and target logits all-reduced. */
+static double head_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
+{
+    (void)din;
+    double loss = p->tp > 1 ? (double)(p->tp - 1) * rows * sizeof(float) +
+                                  tm_allreduce_send_bytes(tp_comm, 2 * (size_t)rows)
+                            : 0;
+    return reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows) + loss;
 }
 
 static const tm_layer_kind head_kind = {
     .name = "head",
-    .plan = whole_plan,
+    .plan = head_plan,
     .flops = head_flops,
     .saved_floats = head_saved,
     .scratch_floats = head_scratch,
     .forward = head_forward,
     .backward = head_backward,
-    .tp_bytes = no_tp_bytes,
+    .tp_bytes = head_tp_bytes,
 };
+
+/* ---- the vocabulary-parallel loss --------------------------------------- */
+
+/* Softmax cross-entropy over the logits the tensor-parallel ranks hold
+ * between them, never gathered (Megatron's vocab_parallel_cross_entropy):
+ * the rows' maxima all-gathered (each rank takes the largest), then their
+ * sums of exponentials and target logits all-reduced in one message. On
+ * one device, the whole-row loss itself. */
+static int gpt_loss_in(const tm_layer_plan *last, const tm_layer_ctx *c, float *dlogits,
+                       const float *logits, const int *targets, int rows, float grad_scale,
+                       double *loss_sum, double *correct, float *buf)
+{
+    int tp = last->tp, t = last->t, ld = last->out_w, v0 = t * ld;
+    int n = TM_GPT_VOCAB - v0 < ld ? TM_GPT_VOCAB - v0 : ld;
+    if (n < 0) n = 0;
+    size_t r = (size_t)rows;
+    float *maxima = buf, *max = buf + r * tp, *sum = max + r, *target = sum + r;
+    int *arg = (int *)(target + r);
+    tm_xent_shard_max(maxima + (size_t)t * r, arg, logits, rows, n, ld);
+    TM_CHECK(tm_allgather(c->tp_comm, maxima + (size_t)t * r, maxima, r));
+    for (size_t i = 0; i < r; i++) {
+        max[i] = maxima[i];
+        for (int k = 1; k < tp; k++)
+            if (maxima[k * r + i] > max[i]) max[i] = maxima[k * r + i];
+    }
+    tm_xent_shard_forward(dlogits, sum, target, logits, max, targets, rows, n, ld, v0);
+    TM_CHECK(tm_allreduce(c->tp_comm, sum, sum, 2 * r, TM_SUM));
+    if (dlogits != NULL)
+        tm_xent_shard_backward(dlogits, sum, targets, rows, n, ld, v0, grad_scale);
+    double total = 0;
+    for (size_t i = 0; i < r; i++) total += logf(sum[i]) - target[i];
+    *loss_sum += (float)(total / rows) * (double)rows;
+    if (dlogits != NULL || correct == NULL) return TM_OK;
+    /* The prediction is the first of the row's largest logits: on the
+     * first rank whose maximum is the row's. */
+    float right = 0;
+    for (size_t i = 0; i < r; i++) {
+        int owner = 0;
+        while (owner < tp - 1 && maxima[owner * r + i] != max[i]) owner++;
+        right += owner == t && arg[i] + v0 == targets[i];
+    }
+    TM_CHECK(tm_allreduce(c->tp_comm, &right, &right, 1, TM_SUM));
+    *correct += right;
+    return TM_OK;
+}
+
+static int gpt_loss(const tm_layer_plan *last, const tm_layer_ctx *c, float *dlogits,
+                    const float *logits, const int *targets, int rows, float grad_scale,
+                    double *loss_sum, double *correct)
+{
+    if (last->tp == 1)
+        return tm_loss_softmax_xent(last, c, dlogits, logits, targets, rows, grad_scale,
+                                    loss_sum, correct);
+    /* Smaller than the head's backward scratch, which the memory probe
+     * counts. */
+    size_t floats = (size_t)rows * (last->tp + 4);
+    float *buf = tm_device_alloc(c->dev, floats * sizeof(float), TM_TAG_ACTIVATION);
+    if (buf == NULL) return TM_ENOMEM;
+    int st = gpt_loss_in(last, c, dlogits, logits, targets, rows, grad_scale, loss_sum, correct,
+                         buf);
+    tm_device_free(c->dev, buf);
+    return st;
+}
 
 /* ---- the model ---------------------------------------------------------- */
 
@@ -420,6 +731,7 @@ int tm_gpt_model(tm_model *m, const tm_gpt_config *g)
     m->tokens = 1;
     m->n_classes = V;
     m->init = gpt_init;
+    m->loss = gpt_loss;
     m->meta = gpt_meta;
     m->ignores = gpt_ignores;
     int st = tm_model_finish(m);
@@ -456,7 +768,7 @@ int tm_gpt_config_from_file(const char *path, int heads, tm_gpt_config *out)
         st = tm_error(TM_EINVAL, "%s: holds a model %s, not a GPT", path, model);
     } else if (model != NULL) {
         g = (tm_gpt_config){meta_int(f, "layers"), meta_int(f, "heads"), meta_int(f, "d_model"),
-                            meta_int(f, "context")};
+                            meta_int(f, "context"), 0};
         if (g.n_layer < 0 || g.n_head < 0 || g.n_embd < 0 || g.block_size < 0)
             st = tm_error(TM_EFORMAT, "%s: __metadata__ lacks a valid layers, heads, d_model or "
                           "context", path);

@@ -22,6 +22,9 @@ typedef struct {
     int n_head;  /* H heads per block */
     int n_embd;  /* C channels (d_model), a multiple of H */
     int block_size; /* T positions (the context) */
+    int sequence_parallel; /* split the sequence between the tensor-parallel
+                              regions over the tp group (a way to run it,
+                              not part of the model: never saved) */
 } tm_gpt_config;
 
 /* NULL when cfg is a valid GPT, else a one-line reason naming the flag. */

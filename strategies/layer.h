@@ -67,6 +67,9 @@ typedef struct {
     size_t off, count; /* floats in the stage's flat buffers */
     int owned;         /* stored for this layer (else a tied tensor stored
                           by an earlier layer of the stage) */
+    int partial;       /* held whole, but each rank's gradient covers only
+                          its share of the rows (a LayerNorm under sequence
+                          parallelism): summed over the group each step */
 } tm_shard;
 
 /* A layer as tensor-parallel rank t of tp holds it in one stage. */
@@ -107,6 +110,9 @@ struct tm_layer_kind {
     size_t (*saved_floats)(const tm_layer_plan *p, int rows);
     /* Floats of scratch the backward needs besides its gradient buffers. */
     size_t (*scratch_floats)(const tm_layer_plan *p, int rows);
+    /* Floats the forward allocates for itself while it runs (NULL: none);
+     * the up-front memory check counts them. */
+    size_t (*fwd_scratch_floats)(const tm_layer_plan *p, int rows);
     /* in (rows, in_w) -> out (rows, out_w), keeping what the backward needs
      * in saved. May allocate transient scratch in the device's arena. */
     int (*forward)(const tm_layer_plan *p, const tm_layer_ctx *c, const float *in, float *out,

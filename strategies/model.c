@@ -109,11 +109,12 @@ double tm_model_flops_per_sample(const tm_model *m)
     return f;
 }
 
-int tm_loss_softmax_xent(const tm_layer_ctx *c, float *dlogits, const float *logits,
-                         const int *targets, int rows, int classes, float grad_scale,
+int tm_loss_softmax_xent(const tm_layer_plan *last, const tm_layer_ctx *c, float *dlogits,
+                         const float *logits, const int *targets, int rows, float grad_scale,
                          double *loss_sum, double *correct)
 {
     (void)c;
+    int classes = last->out_w;
     float mean = tm_softmax_xent_forward_backward(dlogits, NULL, logits, targets, rows, classes,
                                                   grad_scale);
     *loss_sum += (double)mean * rows;

@@ -20,12 +20,13 @@ typedef struct {
     char value[1024];
 } tm_model_meta;
 
-/* The loss over the model's output rows (rows, n_classes) against integer
- * targets, scaled by grad_scale into dlogits (OVERWRITTEN; NULL in
- * evaluation). Adds the rows' summed loss to *loss_sum and, in evaluation,
- * the rows predicted right to *correct. */
-typedef int (*tm_loss_fn)(const tm_layer_ctx *c, float *dlogits, const float *logits,
-                          const int *targets, int rows, int classes, float grad_scale,
+/* The loss over the model's output rows (rows, last->out_w: all classes,
+ * or a tensor-parallel rank's share of them, as the model's last layer
+ * holds them) against integer targets, scaled by grad_scale into dlogits
+ * (OVERWRITTEN; NULL in evaluation). Adds the rows' summed loss to
+ * *loss_sum and, in evaluation, the rows predicted right to *correct. */
+typedef int (*tm_loss_fn)(const tm_layer_plan *last, const tm_layer_ctx *c, float *dlogits,
+                          const float *logits, const int *targets, int rows, float grad_scale,
                           double *loss_sum, double *correct);
 
 struct tm_model {
@@ -79,8 +80,8 @@ int tm_model_units(const tm_model *m, int *unit);
 double tm_model_flops_per_sample(const tm_model *m);
 
 /* Softmax cross-entropy over whole output rows (the default loss). */
-int tm_loss_softmax_xent(const tm_layer_ctx *c, float *dlogits, const float *logits,
-                         const int *targets, int rows, int classes, float grad_scale,
+int tm_loss_softmax_xent(const tm_layer_plan *last, const tm_layer_ctx *c, float *dlogits,
+                         const float *logits, const int *targets, int rows, float grad_scale,
                          double *loss_sum, double *correct);
 
 #endif

@@ -22,7 +22,7 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
     tm_report_bytes((double)cap, b, sizeof b);
     fprintf(f, "peak memory per device (capacity %s):\n%-8s %-9s", b, "device", "(d,p,t)");
     for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, " %11s", tm_tag_name((tm_tag)t));
-    fprintf(f, " %11s %11s\n", "total", "sent");
+    fprintf(f, " %11s %11s %11s %9s\n", "total", "sent", "acts/mb", "in flight");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         coords(d, c, sizeof c);
@@ -34,8 +34,13 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
         tm_report_bytes((double)d->memory.peak, b, sizeof b);
         fprintf(f, " %11s", b);
         tm_report_bytes((double)d->sent_bytes, b, sizeof b);
-        fprintf(f, " %11s\n", b);
+        fprintf(f, " %11s", b);
+        tm_report_bytes((double)d->acts_per_mb, b, sizeof b);
+        fprintf(f, " %11s %9d\n", b, d->max_in_flight);
     }
+    fprintf(f, "acts/mb: what the stage stores for one micro-batch until its backward, by the "
+               "layers' formulas (README); activation = in flight x acts/mb + the backward's "
+               "transient buffers\n");
 }
 
 static double pct(double part, double whole) { return whole > 0 ? 100 * part / whole : 0; }

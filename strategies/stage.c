@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "runtime/clock.h"
+#include "runtime/collectives.h"
 #include "runtime/status.h"
 
 int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
@@ -93,6 +94,9 @@ static void copy_all(const tm_stage *s, float *full, float *shard, int to_full, 
             const tm_shard *sh = &p->shard[k];
             const tm_tensor *t = &s->model->tensors[p->layer->tensor[k]];
             if (!sh->owned || (to_full && sh->dim == TM_SHARD_WHOLE && !write_shared)) continue;
+            /* A tensor an earlier stage stores too (a tied embedding) is
+             * written back from there. */
+            if (to_full && t->layer < s->l0) continue;
             copy_shard(t, sh, full + t->off, shard + sh->off, to_full);
         }
     }
@@ -165,6 +169,18 @@ int tm_stage_forward(tm_stage *s, tm_stage_acts *a)
     return TM_OK;
 }
 
+size_t tm_stage_forward_bytes(const tm_stage *s, int rows)
+{
+    size_t most = 0;
+    for (int i = 0; i < s->n; i++) {
+        const tm_layer_plan *p = &s->layer[i];
+        size_t f = p->layer->kind->fwd_scratch_floats != NULL
+                       ? p->layer->kind->fwd_scratch_floats(p, rows) : 0;
+        if (f > most) most = f;
+    }
+    return most * sizeof(float);
+}
+
 /* Two gradient buffers that the layers pass between them (each layer's
  * input gradient is the next one down's output gradient), then the largest
  * scratch a layer's backward asks for. */
@@ -204,5 +220,39 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
         d = din;
     }
     tm_device_free(s->dev, block);
+    return st;
+}
+
+/* Copies the gradients of the shards marked partial into buf (to_buf) or
+ * back, packed in layer order; returns their floats (buf NULL: counts). */
+static size_t each_partial(const tm_stage *s, float *buf, int to_buf)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->n; i++) {
+        const tm_layer_plan *p = &s->layer[i];
+        for (int k = 0; k < p->layer->n_tensors; k++) {
+            const tm_shard *sh = &p->shard[k];
+            if (!sh->owned || !sh->partial) continue;
+            if (buf != NULL && to_buf) memcpy(buf + n, s->grads + sh->off, sh->count * sizeof(float));
+            else if (buf != NULL) memcpy(s->grads + sh->off, buf + n, sh->count * sizeof(float));
+            n += sh->count;
+        }
+    }
+    return n;
+}
+
+size_t tm_stage_partial_floats(const tm_stage *s) { return each_partial(s, NULL, 0); }
+
+int tm_stage_sum_partial(tm_stage *s)
+{
+    size_t n = tm_stage_partial_floats(s);
+    if (n == 0 || s->tp == 1) return TM_OK;
+    float *buf = tm_device_alloc(s->dev, n * sizeof(float), TM_TAG_WORKSPACE);
+    if (buf == NULL) return TM_ENOMEM;
+    each_partial(s, buf, 1);
+    int st = tm_allreduce(s->tp_comm, buf, buf, n, TM_SUM);
+    if (st == TM_OK) each_partial(s, buf, 0);
+    tm_clock_charge(s->dev, 0, 16.0 * (double)n);
+    tm_device_free(s->dev, buf);
     return st;
 }

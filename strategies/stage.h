@@ -60,6 +60,8 @@ void tm_stage_acts_free(tm_stage *s, tm_stage_acts *a);
  * micro-batch in flight holds), and the backward's temporary bytes. */
 size_t tm_stage_acts_bytes(const tm_stage *s, int rows);
 size_t tm_stage_backward_bytes(const tm_stage *s, int rows);
+/* The largest transient block a layer's forward allocates (0: none). */
+size_t tm_stage_forward_bytes(const tm_stage *s, int rows);
 
 /* Forward of a->input through the stage into a->output. */
 int tm_stage_forward(tm_stage *s, tm_stage_acts *a);
@@ -74,6 +76,14 @@ typedef int (*tm_grads_ready_fn)(void *ctx, size_t off, size_t len);
  * or the stage holds the model's input. ready may be NULL. */
 int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
                       tm_grads_ready_fn ready, void *ctx);
+
+/* Gradients of parameters held whole whose every rank saw only its share
+ * of the rows (tm_shard.partial: LayerNorms under sequence parallelism):
+ * summed over the tensor-parallel group in one all-reduce, after the
+ * backward of a step's last micro-batch. tm_stage_partial_floats: their
+ * floats. */
+int tm_stage_sum_partial(tm_stage *s);
+size_t tm_stage_partial_floats(const tm_stage *s);
 
 /* The layer context for this stage and a micro-batch of rows rows. */
 tm_layer_ctx tm_stage_ctx(const tm_stage *s, int rows);

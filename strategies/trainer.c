@@ -18,6 +18,8 @@
 #include "strategies/trainer_internal.h"
 
 
+#define MAX_TIED 4 /* tensors held by several pipeline stages */
+
 /* What the host prepares for every device: read-only during the run,
  * except each device's own report slot and the shard copies at the end. */
 typedef struct {
@@ -95,6 +97,22 @@ static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
         *out = cfg->clock;
 }
 
+/* The stages (ascending) whose layers use tensor i, into stages (when not
+ * NULL); returns their number. More than one: a tied tensor (the GPT's
+ * embedding and head with pp > 1) that each of them holds. */
+static int tied_stages(const tm_model *m, const int *first, int pp, int i, int *stages)
+{
+    int n = 0;
+    for (int s = 0; s < pp; s++) {
+        int used = 0;
+        for (int l = first[s]; l < first[s + 1] && !used; l++)
+            for (int k = 0; k < m->layers[l].n_tensors; k++) used |= m->layers[l].tensor[k] == i;
+        if (used && stages != NULL) stages[n] = s;
+        n += used;
+    }
+    return n;
+}
+
 int tm_train_check(const tm_train_config *cfg, const tm_data *train)
 {
     const tm_model *m = cfg->model;
@@ -149,17 +167,11 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     size_t params;
     for (int s = 0; s < cfg->pp; s++)
         TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
-    /* A tensor two stages use (a tied embedding) would need its gradients
-     * summed between them every step; the trainer does not do that yet. */
-    for (int s = 0; s < cfg->pp; s++)
-        for (int l = first[s]; l < first[s + 1]; l++)
-            for (int k = 0; k < m->layers[l].n_tensors; k++) {
-                const tm_tensor *t = &m->tensors[m->layers[l].tensor[k]];
-                if (t->layer < first[s])
-                    return tm_error(TM_EINVAL, "--pp %d puts %s (tied) on two stages; the "
-                                    "pipeline does not sum a tied tensor's gradients yet",
-                                    cfg->pp, t->name);
-            }
+    int n_tied = 0;
+    for (int i = 0; i < m->n_tensors; i++) n_tied += tied_stages(m, first, cfg->pp, i, NULL) > 1;
+    if (n_tied > MAX_TIED)
+        return tm_error(TM_EINVAL, "--pp %d puts %d tied tensors on several stages; at most %d",
+                        cfg->pp, n_tied, MAX_TIED);
     return TM_OK;
 }
 
@@ -203,8 +215,8 @@ static int loss(void *ctx, int mb, const float *logits, float *dlogits)
     for (int i = 0; i < n; i++) tm_data_targets(f->data, idx[i], f->targets + (size_t)i * per);
     const tm_model *m = f->stage->model;
     tm_layer_ctx c = tm_stage_ctx(f->stage, n * per);
-    return m->loss(&c, dlogits, logits, f->targets, n * per, m->n_classes, f->grad_scale,
-                   &f->loss_sum, &f->correct);
+    return m->loss(&f->stage->layer[f->stage->n - 1], &c, dlogits, logits, f->targets, n * per,
+                   f->grad_scale, &f->loss_sum, &f->correct);
 }
 
 /* Data-parallel gradient buckets: each layer's gradients are all-reduced
@@ -231,6 +243,15 @@ static int grads_ready(void *ctx, size_t off, size_t len)
 /* Kernels charge the device's modeled clock. */
 static void charge(void *ctx, double flops, double bytes) { tm_clock_charge(ctx, flops, bytes); }
 
+/* A tensor that several stages hold: the group of this device's twins
+ * (same d and t) on those stages — Megatron's embedding group — which sums
+ * its gradient every step so that the copies stay bitwise equal, and the
+ * shard in this stage's buffers. */
+typedef struct {
+    tm_comm *comm;
+    size_t off, count;
+} tied;
+
 /* A device's whole run state. */
 typedef struct {
     job *j;
@@ -240,6 +261,8 @@ typedef struct {
     int *order;        /* epoch order (host memory), stage 0 and last stage */
     int *targets;      /* device buffer for the loss's targets */
     int is_first, is_last, reporter;
+    tied tied[MAX_TIED];
+    int n_tied;
     /* This epoch's modeled training time and bubble accounts. */
     double ep_modeled, ep_busy, ep_span;
     double last_step;  /* the last step's modeled time */
@@ -321,7 +344,9 @@ static int probe_activations(device *v, int rows)
     size_t dy = (size_t)rows * v->stage.out_width * sizeof(float);
     size_t dx = (size_t)rows * v->stage.in_width * sizeof(float);
     size_t n = 0, size[4];
-    size[n++] = tm_stage_backward_bytes(&v->stage, rows);
+    size_t bwd = tm_stage_backward_bytes(&v->stage, rows),
+           fwd = tm_stage_forward_bytes(&v->stage, rows);
+    size[n++] = bwd > fwd ? bwd : fwd;
     size[n++] = dy;
     if (!v->is_last && !v->is_first) size[n++] = dy;
     if (!v->is_first) size[n++] = dx;
@@ -336,6 +361,32 @@ static int probe_activations(device *v, int rows)
     for (size_t i = 0; i < in_flight + n; i++) tm_device_free(v->dev, block[i]);
     free(block);
     return st;
+}
+
+/* The groups of the tensors this stage shares with others, in tensor
+ * order on every member. */
+static int tied_groups(device *v)
+{
+    const tm_model *m = v->j->cfg->model;
+    const tm_mesh *mesh = &v->mesh;
+    for (int i = 0; i < m->n_tensors; i++) {
+        int stages[TM_MAX_LAYERS], devices[TM_MAX_LAYERS], mine = 0;
+        int n = tied_stages(m, v->j->first, mesh->pp, i, stages);
+        for (int k = 0; k < n; k++) {
+            devices[k] = (mesh->d * mesh->pp + stages[k]) * mesh->tp + mesh->t;
+            mine |= stages[k] == mesh->p;
+        }
+        if (n < 2 || !mine) continue;
+        tied *t = &v->tied[v->n_tied++];
+        TM_CHECK(tm_comm_create(v->dev, devices, n, "emb", &t->comm));
+        for (int l = 0; l < v->stage.n; l++)
+            for (int k = 0; k < v->stage.layer[l].layer->n_tensors; k++)
+                if (v->stage.layer[l].layer->tensor[k] == i && v->stage.layer[l].shard[k].owned) {
+                    t->off = v->stage.layer[l].shard[k].off;
+                    t->count = v->stage.layer[l].shard[k].count;
+                }
+    }
+    return TM_OK;
 }
 
 static int setup(device *v)
@@ -368,10 +419,15 @@ static int setup(device *v)
         v->order = malloc(sizeof(int) * (size_t)j->train->n);
         if (v->order == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the data order");
     }
+    TM_CHECK(tied_groups(v));
     TM_CHECK(probe_activations(v, rows));
     tm_arena_reset_peak(tm_device_arena(v->dev));
-    tm__train_formulas(cfg, &v->stage, &v->mesh, rows,
-                       &j->result->devices[tm_device_id(v->dev)]);
+    double tied_bytes = 0;
+    for (int i = 0; i < v->n_tied; i++)
+        tied_bytes += tm_allreduce_send_bytes(v->tied[i].comm, v->tied[i].count);
+    tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
+    tm__train_formulas(cfg, &v->stage, &v->mesh, rows, tied_bytes, rep);
+    rep->acts_per_mb = tm_stage_acts_bytes(&v->stage, rows);
     return TM_OK;
 }
 
@@ -469,6 +525,10 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     *step_loss = l / ((double)cfg->batch * per_sample);
     tm_clock_sync(v->dev);
     tm_clock_label(v->dev, 'O', v->mesh.p, -1);
+    TM_CHECK(tm_stage_sum_partial(&v->stage));
+    for (int i = 0; i < v->n_tied; i++)
+        TM_CHECK(tm_allreduce(v->tied[i].comm, v->stage.grads + v->tied[i].off,
+                              v->stage.grads + v->tied[i].off, v->tied[i].count, TM_SUM));
     *grad_norm = -1;
     if (cfg->clip_grad > 0) TM_CHECK(clip_grads(v, grad_norm));
     tm_optim_config opt = optim_of(cfg);
@@ -643,6 +703,7 @@ static int run(tm_device *dev, void *arg)
     tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
     tm_stage_destroy(&v.stage);
+    for (int i = 0; i < v.n_tied; i++) tm_comm_destroy(v.tied[i].comm);
     tm_mesh_destroy(&v.mesh);
     tm_arena_stats_get(tm_device_arena(dev), &rep->memory);
     return st;

@@ -125,6 +125,8 @@ typedef struct {
     double flops;          /* kernel FLOPs in training steps */
     int max_in_flight;     /* most micro-batches held at once by the pipeline */
     size_t activation_peak; /* activation bytes at most, during training steps */
+    size_t acts_per_mb;    /* what the stage stores for one micro-batch in
+                              flight, by the layers' formulas (README) */
     uint64_t sent_bytes;   /* payload bytes this device sent over links */
     /* Modeled time of the training steps, split as in tm_clock_stats:
      * modeled_s = compute_s + comm_s + idle_s; comm_busy_s is the

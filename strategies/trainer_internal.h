@@ -13,9 +13,10 @@
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res);
 
 /* What one training step of this device should send per mesh dimension, by
- * the formulas, into rep->step_analytic (before the run, from the plan). */
+ * the formulas, into rep->step_analytic (before the run, from the plan);
+ * tied_bytes: what it sends to sum tied tensors between stages. */
 void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
-                        int rows, tm_device_report *rep);
+                        int rows, double tied_bytes, tm_device_report *rep);
 /* The run's modeled figures (time, samples/s, bubble) from the device
  * reports, after the run. */
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);

@@ -12,7 +12,7 @@
 static int dim_of(const char *comm)
 {
     if (strcmp(comm, "dp") == 0) return TM_DIM_DP;
-    if (strcmp(comm, "pp") == 0) return TM_DIM_PP;
+    if (strcmp(comm, "pp") == 0 || strcmp(comm, "emb") == 0) return TM_DIM_PP;
     if (strcmp(comm, "tp") == 0) return TM_DIM_TP;
     return -1;
 }
@@ -75,10 +75,13 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
  * gradients back; data parallelism all-reduces every layer's gradient
  * bucket once, plus the loss's all-gather on the last stage; tensor
  * parallelism sends what each layer's kind says it does per micro-batch
- * (the MLP: Megatron's f and g, see strategies/mlp.c); clipping sums one
- * double over the tp and pp groups by an all-gather. */
+ * (the MLP: Megatron's f and g, see strategies/mlp.c; the GPT's in
+ * strategies/gpt.c), then once a step the partial LayerNorm gradients of
+ * sequence parallelism; a tensor tied across stages sums its gradient over
+ * its stages (counted with pp); clipping sums one double over the tp and
+ * pp groups by an all-gather. */
 void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
-                        int rows, tm_device_report *rep)
+                        int rows, double tied_bytes, tm_device_report *rep)
 {
     int is_first = mesh->p == 0, is_last = mesh->p == mesh->pp - 1;
     double width = (is_last ? 0 : stage->out_width) + (is_first ? 0 : stage->in_width);
@@ -90,6 +93,8 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const
     }
     if (is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
     tp *= cfg->micro_batches;
+    tp += tm_allreduce_send_bytes(mesh->tp_comm, tm_stage_partial_floats(stage));
+    pp += tied_bytes;
     if (cfg->clip_grad > 0) {
         tp += (cfg->tp - 1) * sizeof(double);
         pp += (cfg->pp - 1) * sizeof(double);

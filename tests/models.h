@@ -54,17 +54,23 @@ static inline const tm_model *mlp_model(const char *spec, tm_activation act)
     return m;
 }
 
-/* The GPT of L blocks, H heads, C channels and context T. */
-static inline const tm_model *gpt_model(int L, int H, int C, int T)
+/* The GPT of L blocks, H heads, C channels and context T, run with
+ * sequence parallelism when sp is set. */
+static inline const tm_model *gpt_model_sp(int L, int H, int C, int T, int sp)
 {
     char key[160];
-    snprintf(key, sizeof key, "gpt %d %d %d %d", L, H, C, T);
+    snprintf(key, sizeof key, "gpt %d %d %d %d %d", L, H, C, T, sp);
     int fresh;
     tm_model *m = pooled(key, &fresh);
     if (!fresh) return m;
-    tm_gpt_config g = {L, H, C, T};
+    tm_gpt_config g = {L, H, C, T, sp};
     cr_assert_eq(tm_gpt_model(m, &g), TM_OK, "%s", tm_error_message());
     return m;
+}
+
+static inline const tm_model *gpt_model(int L, int H, int C, int T)
+{
+    return gpt_model_sp(L, H, C, T, 0);
 }
 
 /* The suite's random stream; a suite may set the state to its own seed. */

@@ -33,7 +33,7 @@
 
 static tm_model make_gpt(int L, int H, int C, int T)
 {
-    tm_gpt_config g = {L, H, C, T};
+    tm_gpt_config g = {L, H, C, T, 0};
     tm_model m;
     cr_assert_eq(tm_gpt_model(&m, &g), TM_OK, "%s", tm_error_message());
     return m;
@@ -252,8 +252,8 @@ static int stage_run(tm_device *dev, void *arg)
         memcpy(j->logits, a.output, (size_t)j->rows * V * sizeof(float));
         tm_layer_ctx c = tm_stage_ctx(&s, j->rows);
         double sum = 0;
-        st = j->m->loss(&c, dlogits, a.output, j->targets, j->rows, V, 1.0f / (float)j->rows,
-                        &sum, NULL);
+        st = j->m->loss(&s.layer[s.n - 1], &c, dlogits, a.output, j->targets, j->rows,
+                        1.0f / (float)j->rows, &sum, NULL);
         j->loss = sum / j->rows;
     }
     if (st == TM_OK) st = tm_stage_backward(&s, &a, dlogits, NULL, NULL, NULL);
@@ -476,10 +476,10 @@ Test(gpt, names_shapes_and_parameter_count_are_nanogpts)
 Test(gpt, bad_configurations_name_their_flag)
 {
     struct { tm_gpt_config g; const char *flag; } cases[] = {
-        {{0, 2, 8, 5}, "--layers"},     {{65, 2, 8, 5}, "--layers"},
-        {{1, 0, 8, 5}, "--heads"},      {{1, 3, 8, 5}, "--d-model must be a multiple of --heads"},
-        {{1, 2, 0, 5}, "--d-model"},    {{1, 2, 8, 0}, "--context"},
-        {{1, 2, 8, 16385}, "--context"},
+        {{0, 2, 8, 5, 0}, "--layers"},     {{65, 2, 8, 5, 0}, "--layers"},
+        {{1, 0, 8, 5, 0}, "--heads"},      {{1, 3, 8, 5, 0}, "--d-model must be a multiple of --heads"},
+        {{1, 2, 0, 5, 0}, "--d-model"},    {{1, 2, 8, 0, 0}, "--context"},
+        {{1, 2, 8, 16385, 0}, "--context"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *why = tm_gpt_check(&cases[i].g);
@@ -488,7 +488,7 @@ Test(gpt, bad_configurations_name_their_flag)
         tm_model m;
         cr_expect_eq(tm_gpt_model(&m, &cases[i].g), TM_EINVAL, "case %zu built", i);
     }
-    cr_expect_null(tm_gpt_check(&(tm_gpt_config){64, 4, 128, 16384}));
+    cr_expect_null(tm_gpt_check(&(tm_gpt_config){64, 4, 128, 16384, 0}));
 }
 
 /* ---- generation -------------------------------------------------------- */

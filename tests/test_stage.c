@@ -269,7 +269,8 @@ static int pass_body(tm_device *dev, tm_stage *s, void *job)
     tm_layer_ctx c = tm_stage_ctx(s, rows);
     double sum = 0;
     if (st == TM_OK)
-        st = m->loss(&c, dy, a.output, targets, rows, m->n_classes, 1.0f / rows, &sum, NULL);
+        st = m->loss(&s->layer[s->n - 1], &c, dy, a.output, targets, rows, 1.0f / rows, &sum,
+                         NULL);
     tm_arena_reset_peak(arena);
     tm_arena_stats_get(arena, &a1);
     ready_ctx r = {s, o};
@@ -437,7 +438,8 @@ static int head_body(tm_device *dev, tm_stage *s, void *job)
         tm_layer_ctx c = tm_stage_ctx(s, rows);
         double sum = 0;
         if (st == TM_OK)
-            st = s->model->loss(&c, dy, a.output, targets, rows, 256, 1.0f / rows, &sum, NULL);
+            st = s->model->loss(&s->layer[s->n - 1], &c, dy, a.output, targets, rows, 1.0f / rows,
+                                &sum, NULL);
         if (st == TM_OK) st = tm_stage_backward(s, &a, dy, pass ? dx : NULL, NULL, NULL);
         memcpy(o->grads[pass], s->grads, s->n_params * sizeof(float));
         tm_stage_acts_free(s, &a);
