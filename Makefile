@@ -38,8 +38,8 @@ LIB       := $(BUILD)/libtinymesh.a
 
 # Suites that run threads at once: the TSan set (devices talking to each
 # other, gemm's eight threads calling tm_sgemm together, the stop protocol,
-# the GPT's stage and generation worlds).
-TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt stage
+# the GPT's stage, mesh and generation worlds).
+TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt gpt_mesh stage
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 

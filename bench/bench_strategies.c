@@ -1,6 +1,7 @@
-/* bench_strategies: every way to spread one MLP over N emulated devices —
- * each mesh dp x pp x tp = N, each pipeline schedule, each micro-batch
- * count — trained for a few steps, ranked by modeled throughput, with the
+/* bench_strategies: every way to spread one model — an MLP or the GPT —
+ * over N emulated devices — each mesh dp x pp x tp = N, each pipeline
+ * schedule, each micro-batch count, the GPT's sequence parallelism on and
+ * off — trained for a few steps, ranked by modeled throughput, with the
  * pipeline bubble, the traffic and the memory each one costs.
  * bench/plot_strategies.sh draws the --csv output. */
 #include <errno.h>
@@ -17,6 +18,8 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
+#include "strategies/data.h"
+#include "strategies/gpt.h"
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/report.h"
@@ -24,17 +27,23 @@
 #include "strategies/trainer.h"
 
 static const char usage_head[] =
-    "usage: bench_strategies [--devices N] [--model W0,W1,...] [--batch B] [--steps N]\n"
-    "         [--micro-batches LIST] [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
-    "Trains the MLP for a few steps on every mesh dp x pp x tp = N devices, with\n"
-    "every pipeline schedule and micro-batch count, on synthetic data (input width\n"
-    "and classes from --model), and prints one row per configuration, best first by\n"
-    "modeled samples/s. With pp = 1 there is no pipeline and every schedule is the\n"
-    "same gradient-accumulation loop, so those meshes run 1f1b only.\n"
+    "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
+    "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
+    "         [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
+    "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
+    "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
+    "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
+    "source), and prints one row per configuration, best first by modeled\n"
+    "samples/s. With pp = 1 there is no pipeline and every schedule is the same\n"
+    "gradient-accumulation loop, so those meshes run 1f1b only. The GPT runs every\n"
+    "mesh with tp > 1 twice, without and with sequence parallelism.\n"
     "  --devices N           devices in every mesh (8)\n"
-    "  --model W0,W1,...     layer widths, inputs first, classes (2..256) last\n"
-    "                        (256,256,256,256,256)\n"
-    "  --batch B             samples per optimizer step, the global batch (128)\n"
+    "  --model W0,W1,...     the MLP's layer widths, inputs first, classes (2..256)\n"
+    "                        last, or gpt (256,256,256,256,256)\n"
+    "  --layers, --heads, --d-model, --context\n"
+    "                        the GPT's L, H, C and T (4, 4, 128, 128: build/train's)\n"
+    "  --batch B             samples (GPT: sequences) per optimizer step, the global\n"
+    "                        batch (MLP 128, GPT 32)\n"
     "  --steps N             optimizer steps per configuration (4)\n"
     "  --micro-batches LIST  micro-batch counts per replica, each run where it\n"
     "                        divides the replica's batch (1,2,4,8,16)\n"
@@ -48,6 +57,8 @@ static const char usage_head[] =
 static const char usage_tail[] =
     "Columns:\n"
     "  dp pp tp schedule micro_batches   the configuration\n"
+    "  sp                     the GPT with tp > 1: sequence parallelism (yes/no);\n"
+    "                         '-' otherwise (empty in CSV)\n"
     "  modeled_samples_per_s  samples per second of modeled time (what real devices\n"
     "                         would take; the slowest device's time; the sort key)\n"
     "  wall_samples_per_s     samples per second of this machine's training time;\n"
@@ -69,6 +80,8 @@ static const char usage_tail[] =
     "Configurations whose replica batch the micro-batch count does not divide, or\n"
     "that tm_train_check rejects (a stage without a layer, a width tp does not\n"
     "divide, ...), are skipped and counted in the footer.\n"
+    "The GPT trains with its recipe (AdamW, weight decay 0.1, clipping at 1) at a\n"
+    "constant lr 1e-3; samples/s count sequences (tokens/s = samples/s x T).\n"
     "Exit status: 0 success, 1 a configuration failed to run, 2 bad usage.\n";
 
 static void die_usage(const char *fmt, ...)
@@ -137,6 +150,7 @@ typedef enum { RAN, SKIP_BATCH, SKIP_CHECK, FAILED } outcome;
 /* One configuration of the sweep and what it measured. */
 typedef struct {
     int dp, pp, tp, m;
+    int sp;                /* -1: not a GPT with tp > 1; else sequence parallelism */
     tm_schedule_kind schedule;
     int order;             /* position in the sweep: the tie-break of the sort */
     outcome how;
@@ -206,23 +220,26 @@ static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_data 
 }
 
 /* Every mesh (pp, then tp, ascending; dp takes the rest), every schedule
- * (1f1b alone when pp = 1), every micro-batch count. Returns the count
- * written into out (NULL: only counts). */
-static int sweep(int devices, const tm_schedule_kind *sched, int n_sched, const int *mbs,
-                 int n_mbs, config *out)
+ * (1f1b alone when pp = 1), every micro-batch count, and for the GPT with
+ * tp > 1 sequence parallelism off and on. Returns the count written into
+ * out (NULL: only counts). */
+static int sweep(int devices, int gpt, const tm_schedule_kind *sched, int n_sched,
+                 const int *mbs, int n_mbs, config *out)
 {
     int n = 0;
     for (int pp = 1; pp <= devices; pp++) {
         if (devices % pp != 0) continue;
         for (int tp = 1; tp <= devices / pp; tp++) {
             if (devices / pp % tp != 0) continue;
-            int kinds = pp == 1 ? 1 : n_sched;
+            int kinds = pp == 1 ? 1 : n_sched, sps = gpt && tp > 1 ? 2 : 1;
             for (int k = 0; k < kinds; k++)
-                for (int i = 0; i < n_mbs; i++, n++)
-                    if (out != NULL)
-                        out[n] = (config){.dp = devices / pp / tp, .pp = pp, .tp = tp,
-                                          .m = mbs[i], .order = n, .bubble = -1,
-                                          .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
+                for (int sp = 0; sp < sps; sp++)
+                    for (int i = 0; i < n_mbs; i++, n++)
+                        if (out != NULL)
+                            out[n] = (config){.dp = devices / pp / tp, .pp = pp, .tp = tp,
+                                              .m = mbs[i], .sp = sps == 2 ? sp : -1,
+                                              .order = n, .bubble = -1,
+                                              .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
         }
     }
     return n;
@@ -245,9 +262,10 @@ static double now(void)
 static void print_row(const config *c, int csv)
 {
     const char *name = tm_schedule_kind_name(c->schedule), *fits = c->fits ? "yes" : "no";
+    const char *sp = c->sp < 0 ? "" : c->sp ? "yes" : "no";
     if (csv) {
-        printf("%d,%d,%d,%s,%d,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, c->modeled_sps,
-               c->wall_sps);
+        printf("%d,%d,%d,%s,%d,%s,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, sp,
+               c->modeled_sps, c->wall_sps);
         if (c->bubble >= 0) printf("%.4f", c->bubble);
         printf(",%.0f,%zu,%s\n", c->comm_bytes, c->peak, fits);
         return;
@@ -256,8 +274,9 @@ static void print_row(const config *c, int csv)
     if (c->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", c->bubble);
     tm_report_bytes(c->comm_bytes, comm, sizeof comm);
     tm_report_bytes((double)c->peak, peak, sizeof peak);
-    printf("%3d %3d %3d  %-11s %4d %14.0f %11.0f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp, name,
-           c->m, c->modeled_sps, c->wall_sps, bubble, comm, peak, fits);
+    printf("%3d %3d %3d  %-11s %4d %3s %14.0f %11.0f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp,
+           name, c->m, c->sp < 0 ? "-" : sp, c->modeled_sps, c->wall_sps, bubble, comm, peak,
+           fits);
 }
 
 /* The distinct reasons tm_train_check gave, with how often. */
@@ -304,13 +323,17 @@ int main(int argc, char **argv)
                                                  TM_SCHED_1F1B, TM_SCHED_GROUPED,
                                                  TM_SCHED_INTERLEAVED};
     size_t cap = (size_t)64 << 20;
-    base.batch = 128;
+    tm_gpt_config gc = {4, 4, 128, 128, 0};
+    int gpt_flag = 0;
+    base.batch = 0;
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_CLOCK };
+           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT };
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
+        {"layers", 1, 0, O_LAYERS},        {"heads", 1, 0, O_HEADS},
+        {"d-model", 1, 0, O_DMODEL},       {"context", 1, 0, O_CONTEXT},
         {"batch", 1, 0, O_BATCH},          {"steps", 1, 0, O_STEPS},
         {"micro-batches", 1, 0, O_MICRO},  {"schedules", 1, 0, O_SCHEDULES},
         {"mem-cap", 1, 0, O_MEM},          {"csv", 0, 0, O_CSV},
@@ -325,6 +348,22 @@ int main(int argc, char **argv)
         switch (c) {
         case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_MODEL: model = optarg; break;
+        case O_LAYERS:
+            gc.n_layer = (int)parse_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
+            gpt_flag = 1;
+            break;
+        case O_HEADS:
+            gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH);
+            gpt_flag = 1;
+            break;
+        case O_DMODEL:
+            gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH);
+            gpt_flag = 1;
+            break;
+        case O_CONTEXT:
+            gc.block_size = (int)parse_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
+            gpt_flag = 1;
+            break;
         case O_BATCH: base.batch = (int)parse_long("--batch", optarg, 1, INT_MAX / 2); break;
         case O_STEPS: base.max_steps = parse_long("--steps", optarg, 1, 1000000); break;
         case O_MICRO: n_mbs = parse_counts(optarg, mbs); break;
@@ -350,57 +389,85 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    int gpt = strcmp(model, "gpt") == 0;
+    if (gpt_flag && !gpt) die_usage("--layers, --heads, --d-model and --context go with --model gpt");
+    if (base.batch == 0) base.batch = gpt ? 32 : 128;
     tm_mlp_config mlp;
-    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    const tm_mlp_config *m = &mlp;
-    int classes = m->widths[m->n_layers];
-    if (classes < 2 || classes > TM_SYNTHETIC_MAX_CLASSES)
-        die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d", model,
-                  classes, TM_SYNTHETIC_MAX_CLASSES);
+    int classes = 0;
+    if (gpt) {
+        if ((why = tm_gpt_check(&gc)) != NULL) die_usage("%s", why);
+    } else {
+        if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+        classes = mlp.widths[mlp.n_layers];
+        if (classes < 2 || classes > TM_SYNTHETIC_MAX_CLASSES)
+            die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d",
+                      model, classes, TM_SYNTHETIC_MAX_CLASSES);
+    }
     if (tm_clock_config_check(clk) != TM_OK) die_usage("%s", tm_error_message());
     /* One epoch longer than the run, so that no epoch ends inside it: the
      * run's only evaluation is the final one, on a test set of one batch. */
-    if ((long)base.batch * (base.max_steps + 1) > INT_MAX)
+    long samples = (long)base.batch * (base.max_steps + 1);
+    if (samples > INT_MAX || (gpt && (samples + 1) * gc.block_size > INT_MAX))
         die_usage("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
                   base.max_steps);
     base.epochs = 1;
-    base.optimizer = TM_OPT_SGD;
-    base.lr = 0.05;
+    base.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
+    base.lr = gpt ? 1e-3 : 0.05;
     base.lr_schedule = TM_LR_CONSTANT;
     base.momentum = 0.9;
     base.beta1 = 0.9;
-    base.beta2 = 0.999;
-    base.weight_decay = 5e-4;
+    base.beta2 = gpt ? 0.99 : 0.999;
+    base.weight_decay = gpt ? 0.1 : 5e-4;
+    base.clip_grad = gpt ? 1.0 : 0;
     base.seed = 1;
     base.shuffle = 1;
 
-    tm_model net;
-    if (tm_mlp_model(&net, &mlp) != TM_OK) {
+    /* nets[1]: the GPT run with sequence parallelism. */
+    tm_model nets[2];
+    tm_gpt_config gc_sp = gc;
+    gc_sp.sequence_parallel = 1;
+    int st = gpt ? tm_gpt_model(&nets[0], &gc) : tm_mlp_model(&nets[0], &mlp);
+    if (st == TM_OK && gpt && (st = tm_gpt_model(&nets[1], &gc_sp)) != TM_OK)
+        tm_model_destroy(&nets[0]);
+    if (st != TM_OK) {
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 1;
     }
-    base.model = &net;
+    base.model = &nets[0];
     tm_dataset train_images = {0}, test_images = {0};
-    int st = tm_dataset_synthetic(&train_images, (int)(base.batch * (base.max_steps + 1)),
-                                  m->widths[0], classes, base.seed, 0);
-    if (st == TM_OK)
-        st = tm_dataset_synthetic(&test_images, base.batch, m->widths[0], classes, base.seed, 1);
+    tm_corpus corpus = {0};
+    tm_data train, test;
+    if (gpt) {
+        int T = gc.block_size;
+        size_t train_bytes = (size_t)samples * T + 1, test_bytes = (size_t)base.batch * T + 1;
+        st = tm_corpus_synthetic(&corpus, train_bytes + test_bytes, base.seed, 0);
+        if (st == TM_OK) st = tm_data_text(&train, corpus.bytes, train_bytes, T, "training");
+        if (st == TM_OK)
+            st = tm_data_text(&test, corpus.bytes + train_bytes, test_bytes, T, "validation");
+    } else {
+        st = tm_dataset_synthetic(&train_images, (int)samples, mlp.widths[0], classes,
+                                  base.seed, 0);
+        if (st == TM_OK)
+            st = tm_dataset_synthetic(&test_images, base.batch, mlp.widths[0], classes,
+                                      base.seed, 1);
+        tm_data_images(&train, &train_images);
+        tm_data_images(&test, &test_images);
+    }
     if (st != TM_OK) {
         tm_dataset_free(&train_images);
-        tm_model_destroy(&net);
+        tm_corpus_free(&corpus);
+        tm_model_destroy(&nets[0]);
+        if (gpt) tm_model_destroy(&nets[1]);
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 2;
     }
-    tm_data train, test;
-    tm_data_images(&train, &train_images);
-    tm_data_images(&test, &test_images);
-    int n = sweep(devices, sched, n_sched, mbs, n_mbs, NULL);
+    int n = sweep(devices, gpt, sched, n_sched, mbs, n_mbs, NULL);
     config *cs = calloc((size_t)n, sizeof *cs);
     if (cs == NULL) {
         fprintf(stderr, "bench_strategies: out of host memory\n");
         return 1;
     }
-    sweep(devices, sched, n_sched, mbs, n_mbs, cs);
+    sweep(devices, gpt, sched, n_sched, mbs, n_mbs, cs);
 
     enum { MAX_REASONS = 32 };
     reason reasons[MAX_REASONS];
@@ -410,14 +477,16 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         config *c = &cs[i];
         if (tty)
-            fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d      ", i + 1, n, c->dp, c->pp,
-                    c->tp, tm_schedule_kind_name(c->schedule), c->m);
+            fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d%s      ", i + 1, n, c->dp,
+                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m,
+                    c->sp == 1 ? " sp" : "");
         tm_train_config cfg = base;
         cfg.dp = c->dp;
         cfg.pp = c->pp;
         cfg.tp = c->tp;
         cfg.schedule = c->schedule;
         cfg.micro_batches = c->m;
+        if (c->sp == 1) cfg.model = &nets[1];
         if (base.batch % (c->dp * c->m) != 0) {
             c->how = SKIP_BATCH;
         } else if (tm_train_check(&cfg, &train) != TM_OK) {
@@ -426,8 +495,9 @@ int main(int argc, char **argv)
         } else if (run_config(cfg, cap, c, &train, &test, error, sizeof error) != TM_OK) {
             c->how = FAILED;
             if (tty) fprintf(stderr, "\r%*s\r", 60, "");
-            fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d failed: %s\n", c->dp,
-                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, error);
+            fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d%s failed: %s\n", c->dp,
+                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m,
+                    c->sp == 1 ? " sp" : "", error);
         }
         counts[c->how]++;
     }
@@ -435,6 +505,7 @@ int main(int argc, char **argv)
     if (tty) fprintf(stderr, "\r%*s\r", 60, "");
     tm_dataset_free(&train_images);
     tm_dataset_free(&test_images);
+    tm_corpus_free(&corpus);
 
     /* The configurations that ran first, best first. */
     int ran = 0;
@@ -449,12 +520,18 @@ int main(int argc, char **argv)
     char capb[32];
     tm_report_bytes((double)cap, capb, sizeof capb);
     if (csv) {
-        puts("dp,pp,tp,schedule,micro_batches,modeled_samples_per_s,wall_samples_per_s,bubble,"
-             "comm_bytes_per_device,peak_bytes_per_device,fits");
+        puts("dp,pp,tp,schedule,micro_batches,sp,modeled_samples_per_s,wall_samples_per_s,"
+             "bubble,comm_bytes_per_device,peak_bytes_per_device,fits");
     } else {
+        char name[96];
+        if (gpt)
+            snprintf(name, sizeof name, "gpt (L %d, H %d, C %d, T %d)", gc.n_layer, gc.n_head,
+                     gc.n_embd, gc.block_size);
+        else
+            snprintf(name, sizeof name, "%s", model);
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
-               devices, model, base.batch, base.max_steps, clk->device_gflops, clk->device_gbps,
+               devices, name, base.batch, base.max_steps, clk->device_gflops, clk->device_gbps,
                clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)
             printf(", %d devices per node, %g GB/s + %g us between nodes", clk->devices_per_node,
@@ -463,8 +540,8 @@ int main(int argc, char **argv)
                "every schedule is the same accumulation loop)\n"
                "# comm = bytes a device sends per step (mean); peak = largest device's arena "
                "peak; fits = runs in %s per device\n", capb);
-        printf("%3s %3s %3s  %-11s %4s %14s %11s %7s %13s %11s  %s\n", "dp", "pp", "tp",
-               "schedule", "mb", "modeled_sps", "wall_sps", "bubble", "comm/dev/step",
+        printf("%3s %3s %3s  %-11s %4s %3s %14s %11s %7s %13s %11s  %s\n", "dp", "pp", "tp",
+               "schedule", "mb", "sp", "modeled_sps", "wall_sps", "bubble", "comm/dev/step",
                "peak/dev", "fits");
     }
     for (int i = 0; i < ran; i++) print_row(&cs[i], csv);
@@ -476,6 +553,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_reasons; i++)
         fprintf(foot, "#   rejected %d x: %s\n", reasons[i].count, reasons[i].text);
     free(cs);
-    tm_model_destroy(&net);
+    tm_model_destroy(&nets[0]);
+    if (gpt) tm_model_destroy(&nets[1]);
     return counts[FAILED] != 0;
 }

@@ -28,10 +28,15 @@ static const char usage[] =
     "  --top-k K           sample among the K most likely bytes; 0 is all 256 (0)\n"
     "  --seed S            the sampling stream: the same seed, the same text (1)\n"
     "  --heads H           the head count, for a checkpoint without our metadata\n"
-    "  --mem-cap SIZE      memory of the device (512M)\n"
+    "  --tp N              tensor-parallel devices: each holds its heads' share of\n"
+    "                      every block and of the key/value cache (1)\n"
+    "  --pp N              pipeline stages, of blocks; one byte at a time flows\n"
+    "                      through them (1)\n"
+    "  --mem-cap SIZE      memory of each device (512M)\n"
     "  -h, --help          this text\n"
     "stdout: the prompt and its continuation, nothing else; control bytes and bytes\n"
-    "that are not valid UTF-8 are written as \\xNN. stderr: bytes and bytes/s.\n"
+    "that are not valid UTF-8 are written as \\xNN; every mesh prints the same text.\n"
+    "stderr: bytes, bytes/s in wall time and in the devices' modeled time.\n"
     "Exit status: 0 success, 1 generation failed (out of device memory), 2 bad\n"
     "usage or an unreadable checkpoint.\n";
 
@@ -61,15 +66,16 @@ static void emit(void *ctx, uint8_t b) { tm_escaper_put(ctx, b, stdout); }
 int main(int argc, char **argv)
 {
     const char *load = NULL, *prompt = "\n";
-    long tokens = 200, top_k = 0, heads = 0;
+    long tokens = 200, top_k = 0, heads = 0, tp = 1, pp = 1;
     double temperature = 0.8;
     uint64_t seed = 1;
     size_t cap = (size_t)512 << 20;
-    enum { O_LOAD = 256, O_PROMPT, O_TOKENS, O_TEMP, O_TOPK, O_SEED, O_HEADS, O_MEM };
+    enum { O_LOAD = 256, O_PROMPT, O_TOKENS, O_TEMP, O_TOPK, O_SEED, O_HEADS, O_MEM, O_TP, O_PP };
     static const struct option opts[] = {
         {"load", 1, 0, O_LOAD},   {"prompt", 1, 0, O_PROMPT}, {"tokens", 1, 0, O_TOKENS},
         {"temperature", 1, 0, O_TEMP}, {"top-k", 1, 0, O_TOPK}, {"seed", 1, 0, O_SEED},
-        {"heads", 1, 0, O_HEADS}, {"mem-cap", 1, 0, O_MEM}, {"help", 0, 0, 'h'},
+        {"heads", 1, 0, O_HEADS}, {"mem-cap", 1, 0, O_MEM}, {"tp", 1, 0, O_TP},
+        {"pp", 1, 0, O_PP},       {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -89,6 +95,8 @@ int main(int argc, char **argv)
         case O_TOPK: top_k = parse_long("--top-k", optarg, 0, 256); break;
         case O_SEED: seed = (uint64_t)parse_long("--seed", optarg, 0, __LONG_MAX__); break;
         case O_HEADS: heads = parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_TP: tp = parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_PP: pp = parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap == 0)
                 die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
@@ -120,12 +128,18 @@ int main(int argc, char **argv)
         return st == TM_EHOSTMEM ? 1 : 2;
     }
     tm_escaper esc = {{0}, 0, 0};
-    for (const char *p = prompt; *p; p++) tm_escaper_put(&esc, (uint8_t)*p, stdout);
     tm_generate_config gc = {.model = &m, .params = state.params,
                              .prompt = (const uint8_t *)prompt, .prompt_len = strlen(prompt),
                              .tokens = (int)tokens, .temperature = temperature,
-                             .top_k = (int)top_k, .seed = seed, .mem_cap = cap, .emit = emit,
-                             .ctx = &esc};
+                             .top_k = (int)top_k, .seed = seed, .mem_cap = cap, .tp = (int)tp,
+                             .pp = (int)pp, .emit = emit, .ctx = &esc};
+    if (tm_generate_check(&gc) != TM_OK) {
+        fprintf(stderr, "generate: %s\n", tm_error_message());
+        tm_model_state_free(&state);
+        tm_model_destroy(&m);
+        return 2;
+    }
+    for (const char *p = prompt; *p; p++) tm_escaper_put(&esc, (uint8_t)*p, stdout);
     tm_generate_stats stats;
     char error[2048];
     st = tm_generate(&gc, &stats, error, sizeof error);

@@ -1,9 +1,11 @@
 #!/bin/sh
-# Every mesh trains like one device: runs build/train on the default demo
-# model (784,256,128,10, Fashion-MNIST, batch 128) on one device and on a
-# set of dp x pp x tp meshes and pipeline schedules, and checks each against
+# Every mesh trains like one device: runs build/train on the MLP demo
+# model (784,256,128,10, Fashion-MNIST, batch 128), or with --gpt on the
+# default GPT (4 blocks, 4 heads, C 128, T 128, batch 32, the fortunes
+# corpus), on one device and on a set of dp x pp x tp meshes, pipeline
+# schedules and (GPT) sequence parallelism, and checks each against
 # the single-device run: the loss of every step within a relative 1e-4, and
-# every tensor of the final checkpoint (weights, biases and momentum) within
+# every tensor of the final checkpoint (weights, biases and optimizer state) within
 # max|a - b| / max|b| <= 1e-3. A rerun of the single device must match it
 # bitwise. Prints one line per configuration; exits 1 if any fails, 2 on
 # bad usage or a missing binary. Arguments after -- go to every build/train
@@ -16,15 +18,17 @@
 # dp 2 x tp 2 at step 42 with --lr-schedule constant). That is float32
 # sensitivity, not a wrong mesh: from the same checkpoint the runs agree again.
 #
-#   scripts/equivalence.sh [--steps N] [--build DIR] [--keep] [-- TRAIN_ARGS...]
+#   scripts/equivalence.sh [--gpt] [--steps N] [--build DIR] [--keep] [-- TRAIN_ARGS...]
 set -u
 
-steps=50
+steps=
 build=build
 keep=0
-usage="usage: scripts/equivalence.sh [--steps N] [--build DIR] [--keep] [-- TRAIN_ARGS...]"
+gpt=0
+usage="usage: scripts/equivalence.sh [--gpt] [--steps N] [--build DIR] [--keep] [-- TRAIN_ARGS...]"
 while [ $# -gt 0 ]; do
     case $1 in
+    --gpt) gpt=1; shift ;;
     --steps) [ $# -ge 2 ] || { echo "equivalence: --steps needs a value" >&2; exit 2; }
              steps=$2; shift 2 ;;
     --build) [ $# -ge 2 ] || { echo "equivalence: --build needs a value" >&2; exit 2; }
@@ -35,8 +39,15 @@ while [ $# -gt 0 ]; do
     *) echo "equivalence: unknown argument $1 ($usage)" >&2; exit 2 ;;
     esac
 done
+# The GPT's steps cost 10 times the MLP's: 20 steps by default, 50 for the MLP.
+[ -n "$steps" ] || steps=$([ "$gpt" = 1 ] && echo 20 || echo 50)
 case $steps in ''|*[!0-9]*|0) echo "equivalence: --steps wants a positive integer, not \"$steps\"" >&2; exit 2 ;; esac
 extra="$*"
+model="the demo model (784,256,128,10, batch 128)"
+if [ "$gpt" = 1 ]; then
+    extra="--model gpt --eval-sequences 32 --sample-tokens 0 $extra"
+    model="the default GPT (L 4, H 4, C 128, T 128, batch 32)"
+fi
 train=$build/train
 [ -x "$train" ] || { echo "equivalence: $train not found (run make first)" >&2; exit 2; }
 
@@ -103,16 +114,19 @@ print("%.3e %.3e %s" % (loss_rel, param_rel, worst))
 EOF
 }
 
-# Runs build/train on one mesh: run NAME DP PP TP SCHEDULE MICRO_BATCHES.
-# $extra is split into words on purpose: it holds the user's train flags.
+# Runs build/train on one mesh: run NAME DP PP TP SCHEDULE MICRO_BATCHES [SP]
+# (SP 1: --sequence-parallel). $extra is split into words on purpose: it
+# holds the user's train flags.
 run() {
+    sp=
+    [ "${7:-0}" = 1 ] && sp=--sequence-parallel
     # shellcheck disable=SC2086
-    "$train" $extra --steps "$steps" --dp "$2" --pp "$3" --tp "$4" --schedule "$5" \
+    "$train" $extra $sp --steps "$steps" --dp "$2" --pp "$3" --tp "$4" --schedule "$5" \
         --micro-batches "$6" --metrics "$work/$1.jsonl" --save "$work/$1.safetensors" \
         </dev/null >"$work/$1.out" 2>&1
 }
 
-echo "equivalence: $train ${extra:+$extra }on the demo model (784,256,128,10, batch 128)," \
+echo "equivalence: $train ${extra:+$extra }on $model," \
      "$steps steps; tolerances: loss 1e-4, parameters 1e-3 (relative)"
 if ! run ref 1 1 1 1f1b 1; then
     echo "equivalence: the single-device run failed:" >&2
@@ -123,41 +137,13 @@ fi
 failed=0 total=0
 printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "dp,pp,tp" schedule mb "loss rel" "param rel" \
     "worst tensor" result
-# dp, pp, tp, schedule, micro-batches. The model has three layers, so pp is
-# 1, 2 or 3 (a stage holds at least one layer); tp 4 splits the 10 logits
-# of the last layer into padded shards of 3. Batch 128 over dp 4 and 4
-# micro-batches leaves 8 rows per micro-batch.
-while read -r dp pp tp sched mb; do
-    [ -n "$dp" ] || continue
-    total=$((total + 1))
-    name="m$total"
-    mesh="$dp,$pp,$tp"
-    if ! run "$name" "$dp" "$pp" "$tp" "$sched" "$mb"; then
-        printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" - - \
-            "$(tail -n 1 "$work/$name.out")" FAIL
-        failed=$((failed + 1))
-        continue
-    fi
-    if ! res=$(compare "$work/$name.jsonl" "$work/$name.safetensors" "$work/ref.jsonl" \
-                       "$work/ref.safetensors" 2>&1); then
-        printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" - - "$res" FAIL
-        failed=$((failed + 1))
-        continue
-    fi
-    read -r lrel prel worst <<END
-$res
-END
-    if [ "$mesh" = 1,1,1 ] && [ "$mb" = 1 ]; then
-        # The rerun of the reference: determinism means bitwise equality.
-        ok=$(awk -v l="$lrel" -v p="$prel" 'BEGIN { print (l == 0 && p == 0) ? "ok" : "FAIL" }')
-        sched="$sched (rerun)"
-    else
-        ok=$(awk -v l="$lrel" -v p="$prel" 'BEGIN { print (l <= 1e-4 && p <= 1e-3) ? "ok" : "FAIL" }')
-    fi
-    printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" "$lrel" "$prel" "$worst" "$ok"
-    [ "$ok" = ok ] || failed=$((failed + 1))
-done <<'EOF'
-1 1 1 1f1b 1
+# dp, pp, tp, schedule, micro-batches, sequence parallelism. The MLP has
+# three layers, so pp is 1, 2 or 3 (a stage holds at least one layer); tp 4
+# splits the 10 logits of the last layer into padded shards of 3. Batch 128
+# over dp 4 and 4 micro-batches leaves 8 rows per micro-batch. The GPT has
+# four blocks (pp up to 4) and four heads (tp up to 4); batch 32 over dp 4
+# and 4 micro-batches leaves 2 sequences per micro-batch.
+mlp_meshes='1 1 1 1f1b 1
 1 1 1 1f1b 4
 2 1 1 1f1b 1
 4 1 1 1f1b 1
@@ -189,8 +175,69 @@ done <<'EOF'
 2 2 2 1f1b 4
 2 2 2 grouped 4
 4 2 1 1f1b 4
-4 2 1 gpipe 4
-EOF
+4 2 1 gpipe 4'
+gpt_meshes='1 1 1 1f1b 1 0
+1 1 1 1f1b 4 0
+2 1 1 1f1b 1 0
+4 1 1 1f1b 2 0
+1 1 2 1f1b 1 0
+1 1 2 1f1b 1 1
+1 1 4 1f1b 1 0
+1 1 4 1f1b 1 1
+2 1 2 1f1b 2 1
+2 1 4 1f1b 1 1
+4 1 2 1f1b 1 1
+1 2 1 sequential 4 0
+1 2 1 gpipe 4 0
+1 2 1 1f1b 4 0
+1 2 1 grouped 4 0
+1 2 1 interleaved 4 0
+1 4 1 1f1b 4 0
+1 4 1 gpipe 4 0
+1 2 2 1f1b 4 0
+1 2 2 1f1b 4 1
+1 2 4 interleaved 4 1
+1 4 2 1f1b 4 1
+2 2 1 1f1b 4 0
+2 2 2 1f1b 4 1
+2 2 2 grouped 4 0
+2 4 1 1f1b 4 0
+4 2 1 gpipe 4 0'
+list=$mlp_meshes
+[ "$gpt" = 1 ] && list=$gpt_meshes
+while read -r dp pp tp sched mb sp; do
+    [ -n "$dp" ] || continue
+    total=$((total + 1))
+    name="m$total"
+    mesh="$dp,$pp,$tp"
+    [ "${sp:-0}" = 1 ] && mesh="$mesh+sp"
+    if ! run "$name" "$dp" "$pp" "$tp" "$sched" "$mb" "${sp:-0}"; then
+        printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" - - \
+            "$(tail -n 1 "$work/$name.out")" FAIL
+        failed=$((failed + 1))
+        continue
+    fi
+    if ! res=$(compare "$work/$name.jsonl" "$work/$name.safetensors" "$work/ref.jsonl" \
+                       "$work/ref.safetensors" 2>&1); then
+        printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" - - "$res" FAIL
+        failed=$((failed + 1))
+        continue
+    fi
+    read -r lrel prel worst <<END
+$res
+END
+    if [ "$mesh" = 1,1,1 ] && [ "$mb" = 1 ]; then
+        # The rerun of the reference: determinism means bitwise equality.
+        ok=$(awk -v l="$lrel" -v p="$prel" 'BEGIN { print (l == 0 && p == 0) ? "ok" : "FAIL" }')
+        sched="$sched (rerun)"
+    else
+        ok=$(awk -v l="$lrel" -v p="$prel" 'BEGIN { print (l <= 1e-4 && p <= 1e-3) ? "ok" : "FAIL" }')
+    fi
+    printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" "$lrel" "$prel" "$worst" "$ok"
+    [ "$ok" = ok ] || failed=$((failed + 1))
+done <<END
+$list
+END
 
 echo "equivalence: $((total - failed)) of $total configurations match the single device"
 [ "$failed" -eq 0 ]

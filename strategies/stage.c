@@ -6,8 +6,10 @@
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 
-int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
-                    int l1, int n_opt_state)
+/* The plan and the parameters; gradients and optimizer state when
+ * training. */
+static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
+                  int l1, int n_opt_state, int training)
 {
     memset(s, 0, sizeof *s);
     s->dev = dev;
@@ -30,6 +32,7 @@ int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_mode
     size_t bytes = s->n_params * sizeof(float);
     s->params = tm_device_alloc(dev, bytes, TM_TAG_PARAM);
     if (s->params == NULL) return TM_ENOMEM;
+    if (!training) return TM_OK;
     s->grads = tm_device_alloc(dev, bytes, TM_TAG_GRAD);
     if (s->grads == NULL) return TM_ENOMEM;
     s->n_opt_state = n_opt_state;
@@ -41,6 +44,18 @@ int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_mode
         memset(s->opt_state[i], 0, bytes);
     }
     return TM_OK;
+}
+
+int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
+                    int l1, int n_opt_state)
+{
+    return create(s, dev, tp_comm, m, l0, l1, n_opt_state, 1);
+}
+
+int tm_stage_create_weights(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
+                            int l0, int l1)
+{
+    return create(s, dev, tp_comm, m, l0, l1, 0, 0);
 }
 
 void tm_stage_destroy(tm_stage *s)

@@ -32,6 +32,9 @@ typedef struct tm_stage {
  * (zeroed). TM_ENOMEM carries the arena's report. */
 int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
                     int l1, int n_opt_state);
+/* The same stage for inference: its parameters only (grads NULL). */
+int tm_stage_create_weights(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
+                            int l0, int l1);
 void tm_stage_destroy(tm_stage *s);
 
 /* Copies this rank's shard of a full single-device flat buffer (the

@@ -651,6 +651,61 @@ Test(gpt, generation_refuses_bad_configurations, .timeout = 60)
     tm_model_destroy(&m);
 }
 
+/* The same text from every mesh: the KV cache split by heads over tp, the
+ * blocks in pp stages, the draws in one place from one stream; and the
+ * logits each draw was made from within 1e-4 of one device's. */
+Test(gpt, generation_on_a_mesh_prints_what_one_device_prints, .timeout = 120)
+{
+    enum { ML = 4, MH = 4, MC = 32, MT = 16, TOKENS = 40, ROWS = 12 };
+    tm_model m = make_gpt(ML, MH, MC, MT);
+    float *params = test_alloc(m.n_params * 4);
+    tm_gpt_init(&m, params, 5);
+    static const int meshes[][2] = {{1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {2, 2}, {4, 2}};
+    sink one = {.n = 0};
+    float one_logits[ROWS * V], got_logits[ROWS * V];
+    for (size_t k = 0; k < sizeof meshes / sizeof meshes[0]; k++) {
+        sink s = {.n = 0};
+        /* A prompt of 10 bytes: the cache fills, then the window slides. */
+        tm_generate_config g = {.model = &m, .params = params,
+                                .prompt = (const uint8_t *)"0123456789", .prompt_len = 10,
+                                .tokens = TOKENS, .temperature = 1.0, .seed = 11,
+                                .mem_cap = 16 << 20, .tp = meshes[k][0], .pp = meshes[k][1],
+                                .logits = k == 0 ? one_logits : got_logits,
+                                .logits_rows = ROWS, .emit = collect, .ctx = &s};
+        tm_generate_stats stats;
+        char error[1024];
+        cr_assert_eq(tm_generate(&g, &stats, error, sizeof error), TM_OK, "tp %d pp %d: %s",
+                     meshes[k][0], meshes[k][1], error);
+        cr_expect_eq(s.n, TOKENS);
+        cr_expect_gt(stats.modeled_s, 0);
+        if (k == 0) {
+            one = s;
+            continue;
+        }
+        cr_expect(memcmp(s.bytes, one.bytes, TOKENS) == 0, "tp %d pp %d: other text",
+                  meshes[k][0], meshes[k][1]);
+        double worst = 0;
+        for (int i = 0; i < ROWS * V; i++)
+            worst = fmax(worst, fabs((double)got_logits[i] - one_logits[i]));
+        cr_expect_leq(worst, 1e-4, "tp %d pp %d: logits differ by %g", meshes[k][0],
+                      meshes[k][1], worst);
+    }
+    /* Meshes the model cannot take: heads 4 over tp 3, 5 stages of 4 blocks. */
+    static const int bad[][2] = {{3, 1}, {1, 5}};
+    for (size_t k = 0; k < 2; k++) {
+        tm_generate_config g = {.model = &m, .params = params, .prompt = (const uint8_t *)"x",
+                                .prompt_len = 1, .tokens = 4, .seed = 1, .mem_cap = 16 << 20,
+                                .tp = bad[k][0], .pp = bad[k][1], .emit = collect, .ctx = &one};
+        tm_generate_stats stats;
+        char error[1024];
+        cr_expect_eq(tm_generate_check(&g), TM_EINVAL);
+        cr_expect_eq(tm_generate(&g, &stats, error, sizeof error), TM_EINVAL);
+        cr_expect(strstr(error, k == 0 ? "--heads 4" : "--pp 5") != NULL, "%s", error);
+    }
+    free(params);
+    tm_model_destroy(&m);
+}
+
 /* ---- the terminal escaper ---------------------------------------------- */
 
 /* The bytes through a tm_escaper (flushed at the end), as a string. */

@@ -18,12 +18,22 @@
 #include "strategies/trainer.h"
 #include "tests/models.h"
 
+/* Under a sanitizer, whose runs are 50 times slower, each test trains a
+ * few meshes that between them take every path (data, tensor, sequence
+ * and pipeline parallelism, the tied embedding, every schedule) for 4
+ * steps; the full matrix runs in the plain build. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
+
 /* The suite's GPT: 4 blocks of 4 heads, 64 channels, 32 positions. */
 #define L 4
 #define H 4
 #define C 64
 #define T 32
-#define STEPS 30
+#define STEPS (SANITIZED ? 4 : 30)
 #define BATCH 8
 /* Tolerances sized to the rounding error. Measured here over the 78 runs
  * of the two tests below (AVX2 kernels, AdamW with weight decay 0.1 and
@@ -44,13 +54,13 @@ static void setup(void)
 {
     cr_assert_eq(tm_corpus_synthetic(&corpus, 40000, 5, 0), TM_OK);
     cr_assert_eq(tm_data_text(&train_set, corpus.bytes, 36000, T, "train"), TM_OK);
-    cr_assert_eq(tm_data_text(&test_set, corpus.bytes + 36000, 4000, T, "test"), TM_OK);
+    cr_assert_eq(tm_data_text(&test_set, corpus.bytes + 36000, 1100, T, "test"), TM_OK);
 }
 
 static void teardown(void) { tm_corpus_free(&corpus); }
 
 typedef struct {
-    double loss[STEPS + 1];
+    double loss[31];
     int n;
 } losses;
 
@@ -164,8 +174,17 @@ static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedu
     free(got.params);
 }
 
+/* The meshes a sanitized build trains: (dp, tp, sequence parallelism,
+ * schedule) for each pp. */
+static const struct { int pp, dp, tp, sp; tm_schedule_kind k; } sanitized[] = {
+    {1, 2, 2, 1, TM_SCHED_1F1B},     {1, 1, 4, 0, TM_SCHED_1F1B},
+    {2, 2, 2, 1, TM_SCHED_1F1B},     {2, 1, 2, 0, TM_SCHED_GPIPE},
+    {2, 4, 1, 0, TM_SCHED_GROUPED},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL},
+    {4, 1, 2, 1, TM_SCHED_INTERLEAVED}, {4, 2, 1, 0, TM_SCHED_1F1B},
+};
+
 /* Every mesh with pp stages (each schedule when pp > 1), with and without
- * sequence parallelism where tp > 1. */
+ * sequence parallelism where tp > 1 (sanitized: the list above). */
 static void every_mesh(int pp)
 {
     run ref;
@@ -173,7 +192,13 @@ static void every_mesh(int pp)
     const int ways[] = {1, 2, 4};
     worst w = {0, 0, 0};
     int want = 0;
-    for (int a = 0; a < 3; a++)
+    for (size_t i = 0; SANITIZED && i < sizeof sanitized / sizeof sanitized[0]; i++)
+        if (sanitized[i].pp == pp) {
+            check_mesh(&ref, sanitized[i].dp, pp, sanitized[i].tp, sanitized[i].sp,
+                       sanitized[i].k, &w);
+            want++;
+        }
+    for (int a = 0; !SANITIZED && a < 3; a++)
         for (int b = 0; b < 3; b++) {
             int dp = ways[a], tp = ways[b];
             if (dp * pp * tp > 8) continue;
@@ -207,4 +232,130 @@ Test(gpt_mesh, two_stages_equal_one_device, .init = setup, .fini = teardown, .ti
 Test(gpt_mesh, four_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
 {
     every_mesh(4);
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+/* One training step's device reports. */
+static tm_train_result one_step(int dp, int pp, int tp, int sp, int m)
+{
+    tm_train_config c = config(dp, pp, tp, sp, m, TM_SCHED_1F1B);
+    c.max_steps = 1;
+    c.keep_params = 0;
+    run got;
+    tm_train_result r;
+    cr_assert_eq(train(c, &got, &r), TM_OK, "dp=%d pp=%d tp=%d", dp, pp, tp);
+    return r;
+}
+
+/* Parameter floats of a device: the tensors it holds whole, and a tp-th of
+ * those split (wte by vocabulary rows, padded to a multiple of tp). */
+static size_t expected_params(int blocks, int embed, int head, int tp)
+{
+    size_t c = C, vl = (256 + tp - 1) / tp;
+    size_t whole = 6 * c, split = 12 * c * c + 7 * c; /* per block */
+    size_t n = blocks * (whole + split / tp);
+    if (embed) n += vl * c + (size_t)T * c;
+    if (head) n += 2 * c + (embed ? 0 : vl * c);
+    return n;
+}
+
+/* What the stage stores for one micro-batch of r rows (README, "Splitting
+ * a transformer"): per block r C (4 + 12/t) + 4 r + r a T / t floats, and
+ * under sequence parallelism r C (2 + 14/t) + 4 r / t + r a T / t; the
+ * stage's input, the embedding's output, the head's ln_f (r C, its mean
+ * and rstd) and logits (r V/t). */
+static size_t expected_acts(int blocks, int embed, int head, int tp, int sp, size_t r)
+{
+    size_t c = C, per_block = sp ? r * c * 2 + r * c * 14 / tp + 4 * r / tp
+                                 : r * c * 4 + r * c * 12 / tp + 4 * r;
+    size_t width = sp ? c / tp : c, n = blocks * (per_block + r * H * T / tp);
+    n += embed ? r + r * width : r * width;
+    if (head) n += r * c + 2 * (sp ? r / tp : r) + r * ((256 + tp - 1) / tp);
+    return n * sizeof(float);
+}
+
+Test(gpt_mesh, memory_splits_as_the_plan_says, .init = setup, .fini = teardown, .timeout = 300)
+{
+    int rows = BATCH / 2 * T; /* two micro-batches */
+    struct { int pp, tp, sp; } meshes[] = {{1, 1, 0}, {1, 2, 0}, {1, 2, 1}, {1, 4, 1},
+                                           {4, 1, 0}, {2, 2, 1}};
+    size_t plain_tp2 = 0, sp_tp2 = 0;
+    for (size_t k = 0; k < sizeof meshes / sizeof meshes[0]; k++) {
+        int pp = meshes[k].pp, tp = meshes[k].tp, sp = meshes[k].sp;
+        tm_train_result r = one_step(1, pp, tp, sp, 2);
+        for (int d = 0; d < r.n_devices; d++) {
+            const tm_device_report *rep = &r.devices[d];
+            int blocks = L / pp, embed = rep->p == 0, head = rep->p == pp - 1;
+            size_t params = expected_params(blocks, embed, head, tp);
+            size_t acts = expected_acts(blocks, embed, head, tp, sp, (size_t)rows);
+            cr_expect_eq(rep->memory.tag_peak[TM_TAG_PARAM], params * sizeof(float),
+                         "pp=%d tp=%d%s device %d: %zu parameter bytes, expected %zu", pp, tp,
+                         sp ? " SP" : "", d, rep->memory.tag_peak[TM_TAG_PARAM],
+                         params * sizeof(float));
+            cr_expect_eq(rep->acts_per_mb, acts, "pp=%d tp=%d%s device %d: %zu bytes a micro-batch"
+                         ", expected %zu", pp, tp, sp ? " SP" : "", d, rep->acts_per_mb, acts);
+            /* What is held at the peak: the micro-batches in flight, and
+             * more (the backward's buffers). */
+            cr_expect_gt(rep->activation_peak, (size_t)rep->max_in_flight * rep->acts_per_mb);
+        }
+        if (pp == 1 && tp == 2) *(sp ? &sp_tp2 : &plain_tp2) = r.devices[0].acts_per_mb;
+        tm_train_result_free(&r);
+    }
+    /* tp halves what the blocks' matrices take; sequence parallelism takes
+     * a further share of the activations (LayerNorm inputs, residuals). */
+    cr_expect_lt(sp_tp2, plain_tp2, "sequence parallelism saved nothing: %zu vs %zu", sp_tp2,
+                 plain_tp2);
+}
+
+/* ---- traffic ------------------------------------------------------------ */
+
+Test(gpt_mesh, step_traffic_equals_the_formulas, .init = setup, .fini = teardown, .timeout = 300)
+{
+    static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
+    struct { int dp, pp, tp, sp; } meshes[] = {{1, 1, 2, 0}, {1, 1, 4, 1}, {2, 2, 2, 1},
+                                               {1, 4, 2, 0}, {2, 2, 1, 0}, {1, 2, 4, 1}};
+    static const tm_allreduce_algo algos[] = {TM_ALGO_AUTO, TM_ALGO_RING};
+    for (size_t a = 0; a < 2; a++)
+        for (size_t k = 0; k < sizeof meshes / sizeof meshes[0]; k++) {
+            tm_allreduce_set_algo(algos[a]);
+            tm_train_result r = one_step(meshes[k].dp, meshes[k].pp, meshes[k].tp, meshes[k].sp,
+                                         2);
+            cr_assert(r.recorded);
+            for (int d = 0; d < r.n_devices; d++)
+                for (int dim = 0; dim < TM_DIMS; dim++) {
+                    double sent = (double)r.devices[d].step_sent[dim];
+                    double want = r.devices[d].step_analytic[dim];
+                    /* Ring segments round to whole floats. */
+                    cr_expect(fabs(sent - want) <= 64 + 1e-6 * want,
+                              "%s mesh (%d,%d,%d)%s device %d %s: sent %.0f, formula %.1f",
+                              a ? "ring" : "auto", meshes[k].dp, meshes[k].pp, meshes[k].tp,
+                              meshes[k].sp ? " SP" : "", d, dim_name[dim], sent, want);
+                }
+            /* Something crossed every dimension the mesh has. */
+            if (meshes[k].tp > 1) cr_expect_gt(r.devices[0].step_sent[TM_DIM_TP], 0);
+            if (meshes[k].pp > 1) cr_expect_gt(r.devices[0].step_sent[TM_DIM_PP], 0);
+            if (meshes[k].dp > 1) cr_expect_gt(r.devices[0].step_sent[TM_DIM_DP], 0);
+            tm_train_result_free(&r);
+        }
+    tm_allreduce_set_algo(TM_ALGO_AUTO);
+}
+
+/* The formula worked by hand for tp = 2 over rings, where an all-reduce of
+ * n floats sends 2 (tp - 1) / tp x 4n = 4n bytes: per micro-batch of r
+ * rows, 4 per block, the embedding's and ln_f's input gradient's, all of
+ * (r, C); the loss's all-gather of r maxima and all-reduce of 2r sums and
+ * target logits; per step, clipping's all-gathered double. */
+Test(gpt_mesh, tensor_parallel_traffic_by_hand, .init = setup, .fini = teardown, .timeout = 60)
+{
+    tm_allreduce_set_algo(TM_ALGO_RING);
+    tm_train_result r = one_step(1, 1, 2, 0, 2);
+    tm_allreduce_set_algo(TM_ALGO_AUTO);
+    double rows = BATCH / 2 * T, ar = 4.0 * rows * C;
+    double want = 2 * ((4 * L + 2) * ar + 4 * rows + 4 * 2 * rows) + sizeof(double);
+    for (int d = 0; d < 2; d++)
+        cr_expect_eq((double)r.devices[d].step_sent[TM_DIM_TP], want,
+                     "device %d sent %llu bytes, %.0f by hand", d,
+                     (unsigned long long)r.devices[d].step_sent[TM_DIM_TP], want);
+    tm_train_result_free(&r);
 }
