@@ -1,7 +1,8 @@
 # tinymesh build. `make` builds everything into build/; `make test` runs every
 # Criterion suite; `make asan` / `make tsan` run them under the sanitizers;
-# `make demo` trains the default demo. Dependencies are Debian packages,
-# installed (or named) by scripts/deps.sh before anything is compiled.
+# `make demo` trains the GPT showcase, `make demo-mnist` the MLP one.
+# Dependencies are Debian packages, installed (or named) by scripts/deps.sh
+# before anything is compiled.
 
 BUILD    ?= build
 OPT      ?= -O2
@@ -43,7 +44,7 @@ TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt gpt_mes
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
 
-.PHONY: all deps test asan tsan demo tour bench bench-peers clean
+.PHONY: all deps test asan tsan demo demo-mnist tour bench bench-peers clean
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)
 
 deps:
@@ -99,7 +100,15 @@ tsan:
 	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" CRITERION_SHIM=1 \
 	  SUITES="$(or $(SUITES),$(TSAN_SUITES))" test
 
+# The showcase: the GPT on 8 devices (dp 2 x pp 2 x tp 2, sequence
+# parallelism, 1F1B) on the fortunes corpus, then a sample. demo-mnist: the
+# MLP on Fashion-MNIST on the same mesh.
 demo: $(BUILD)/train
+	$(BUILD)/train --model gpt --dp 2 --pp 2 --tp 2 --sequence-parallel --micro-batches 4 \
+	  --steps 600 --lr 3e-3 --warmup-steps 30 --lr-decay-steps 600 --eval-every 100 \
+	  --eval-sequences 128 --sample-tokens 300
+
+demo-mnist: $(BUILD)/train
 	$(BUILD)/train --dp 2 --pp 2 --tp 2 --micro-batches 4
 
 # Re-runs every command of docs/tour.md and compares the outputs.

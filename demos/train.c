@@ -719,6 +719,9 @@ int main(int argc, char **argv)
     if (cfg.beta1 >= 1 || cfg.beta2 >= 1) die_usage("--beta1 and --beta2 must be below 1");
     if (val_fraction >= 1) die_usage("--val-fraction must be below 1");
     if (cfg.min_lr > cfg.lr) die_usage("--min-lr %g is above --lr %g", cfg.min_lr, cfg.lr);
+    if (gc.sequence_parallel && cfg.tp < 2)
+        die_usage("--sequence-parallel needs --tp 2 or more (it splits the sequence over the "
+                  "tensor-parallel ranks)");
     long mesh = (long)cfg.dp * cfg.pp * cfg.tp;
     if (devices != 0 && devices != mesh)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,

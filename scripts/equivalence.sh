@@ -45,7 +45,7 @@ case $steps in ''|*[!0-9]*|0) echo "equivalence: --steps wants a positive intege
 extra="$*"
 model="the demo model (784,256,128,10, batch 128)"
 if [ "$gpt" = 1 ]; then
-    extra="--model gpt --eval-sequences 32 --sample-tokens 0 $extra"
+    extra="--model gpt --eval-sequences 32 --sample-tokens 0${extra:+ $extra}"
     model="the default GPT (L 4, H 4, C 128, T 128, batch 32)"
 fi
 train=$build/train

@@ -70,8 +70,9 @@ static int seq_rows(const tm_layer_plan *p, int rows) { return sp_of(p) ? rows /
 static int plan_common(tm_layer_plan *p)
 {
     const tm_gpt_config *g = cfg_of(p);
-    int tp = p->tp, sp = g->sequence_parallel;
-    if (sp && tp < 2) return tm_error(TM_EINVAL, "--sequence-parallel needs --tp 2 or more");
+    /* One rank has no sequence to split: the same run without it (the
+     * command line refuses --sequence-parallel without --tp 2 or more). */
+    int tp = p->tp, sp = g->sequence_parallel && tp > 1;
     if (sp && g->block_size % tp != 0)
         return tm_error(TM_EINVAL,
                         "--context %d is not divisible by --tp %d (sequence parallelism splits "
