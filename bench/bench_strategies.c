@@ -15,17 +15,20 @@
 #include <unistd.h>
 
 #include "runtime/arena.h"
+#include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/report.h"
+#include "strategies/report_html.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...] [--batch B] [--steps N]\n"
-    "         [--micro-batches LIST] [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
+    "         [--micro-batches LIST] [--schedules LIST] [--mem-cap SIZE] [--csv]\n"
+    "         [--report FILE] [clock flags]\n"
     "Trains the MLP for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (input width\n"
     "and classes from --model), and prints one row per configuration, best first by\n"
@@ -43,6 +46,9 @@ static const char usage_head[] =
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
+    "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
+    "                        any browser): throughput, memory against the cap, bubble\n"
+    "                        against micro-batches\n"
     "modeled time (defaults measured on this machine, as build/train's):\n";
 
 static const char usage_tail[] =
@@ -295,6 +301,36 @@ static void note_reason(reason *rs, int *n, int max, const char *text)
     rs[(*n)++].count = 1;
 }
 
+/* The sweep's HTML page from the rows that ran (best first, as printed);
+ * commits or abandons out. TM_OK, or the error with its message. */
+static int write_report(tm_outfile *out, const config *cs, int ran, const int *counts,
+                        int devices, const char *model, const tm_train_config *base, size_t cap)
+{
+    tm_sweep_row *rows = calloc(ran > 0 ? (size_t)ran : 1, sizeof *rows);
+    FILE *f = rows ? tm_outfile_stream(out) : NULL;
+    if (f == NULL) {
+        int st = rows ? TM_EIO : tm_error(TM_EHOSTMEM, "cannot allocate the report's rows");
+        free(rows);
+        tm_outfile_abandon(out);
+        return st;
+    }
+    for (int i = 0; i < ran; i++) {
+        const config *c = &cs[i];
+        rows[i] = (tm_sweep_row){c->dp, c->pp, c->tp, c->m, c->schedule, c->modeled_sps,
+                                 c->wall_sps, c->bubble, c->comm_bytes, (double)c->peak, c->fits};
+    }
+    tm_sweep_info info = {devices, model, base->batch, base->max_steps, (double)cap,
+                          &base->clock, counts[RAN] + counts[SKIP_BATCH] + counts[SKIP_CHECK] +
+                          counts[FAILED], counts[SKIP_BATCH] + counts[SKIP_CHECK], counts[FAILED]};
+    int st = tm_report_html_sweep(f, &info, rows, ran);
+    free(rows);
+    if (st != TM_OK) {
+        tm_outfile_abandon(out);
+        return st;
+    }
+    return tm_outfile_commit(out);
+}
+
 int main(int argc, char **argv)
 {
     tm_train_config base = {0};
@@ -308,7 +344,8 @@ int main(int argc, char **argv)
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_CLOCK };
+           O_CLOCK, O_REPORT };
+    const char *report_path = NULL;
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
         {"batch", 1, 0, O_BATCH},          {"steps", 1, 0, O_STEPS},
@@ -317,7 +354,7 @@ int main(int argc, char **argv)
         {"device-gflops", 1, 0, O_CLOCK},  {"device-gbps", 1, 0, O_CLOCK},
         {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
-        {"inter-node-latency-us", 1, 0, O_CLOCK},
+        {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
@@ -335,6 +372,7 @@ int main(int argc, char **argv)
                           optarg);
             break;
         case O_CSV: csv = 1; break;
+        case O_REPORT: report_path = optarg; break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
@@ -358,6 +396,11 @@ int main(int argc, char **argv)
         die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d", model,
                   classes, TM_SYNTHETIC_MAX_CLASSES);
     if (tm_clock_config_check(clk) != TM_OK) die_usage("%s", tm_error_message());
+    /* A report that could not be written fails now, not after the sweep. */
+    if (report_path != NULL && tm_outfile_check(report_path) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        return 2;
+    }
     /* One epoch longer than the run, so that no epoch ends inside it: the
      * run's only evaluation is the final one, on a test set of one batch. */
     if ((long)base.batch * (base.max_steps + 1) > INT_MAX)
@@ -401,6 +444,15 @@ int main(int argc, char **argv)
         return 1;
     }
     sweep(devices, sched, n_sched, mbs, n_mbs, cs);
+    tm_outfile *html = NULL;
+    if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        free(cs);
+        tm_dataset_free(&train_images);
+        tm_dataset_free(&test_images);
+        tm_model_destroy(&net);
+        return 2;
+    }
 
     enum { MAX_REASONS = 32 };
     reason reasons[MAX_REASONS];
@@ -475,7 +527,12 @@ int main(int argc, char **argv)
             counts[SKIP_CHECK], counts[FAILED]);
     for (int i = 0; i < n_reasons; i++)
         fprintf(foot, "#   rejected %d x: %s\n", reasons[i].count, reasons[i].text);
+    int failed = counts[FAILED] != 0;
+    if (html != NULL && write_report(html, cs, ran, counts, devices, model, &base, cap) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        failed = 1;
+    }
     free(cs);
     tm_model_destroy(&net);
-    return counts[FAILED] != 0;
+    return failed;
 }
