@@ -176,14 +176,23 @@ static void loss_curve(FILE *f, const tm_run_report *run)
         return;
     }
     long s0 = h->train[0].step - 1, s1 = h->train[h->n_train - 1].step;
-    double ymax = 0;
-    for (long i = 0; i < h->n_train; i++)
-        if (isfinite(h->train[i].loss) && h->train[i].loss > ymax) ymax = h->train[i].loss;
-    for (long i = 0; i < h->n_evals; i++)
-        if (isfinite(h->evals[i].loss) && h->evals[i].loss > ymax) ymax = h->evals[i].loss;
-    double top, ystep = tm_svg_tick_step(ymax, 6, &top), xtop;
+    double lo = INFINITY, hi = 0;
+    for (long i = 0; i < h->n_train + h->n_evals; i++) {
+        double l = i < h->n_train ? h->train[i].loss : h->evals[i - h->n_train].loss;
+        if (!isfinite(l)) continue;
+        if (l < lo) lo = l;
+        if (l > hi) hi = l;
+    }
+    if (!(lo <= hi)) lo = hi = 0;
+    /* The axis spans the losses' range in whole ticks, so that a curve that
+     * moves little still shows its moves. */
+    double top, ystep = tm_svg_tick_step(hi - lo > 0 ? hi - lo : hi > 0 ? hi : 1, 6, &top);
+    double bottom = floor(lo / ystep) * ystep, xtop;
+    top = ceil(hi / ystep) * ystep;
+    if (top <= bottom) top = bottom + ystep;
     double xstep = tm_svg_tick_step((double)(s1 - s0), 10, &xtop);
-    double sx = (double)CW / (double)(s1 - s0), sy = CH / top;
+    if (xstep < 1) xstep = 1; /* steps are whole */
+    double sx = (double)CW / (double)(s1 - s0), sy = CH / (top - bottom);
     long group = (h->n_train + CURVE_POINTS - 1) / CURVE_POINTS;
     const char *what = run->gpt ? "validation loss (nats/byte)" : "test loss";
     fprintf(f, "<p class=\"note\">Training loss of every step%s (the mean over the step's "
@@ -192,11 +201,11 @@ static void loss_curve(FILE *f, const tm_run_report *run)
             run->gpt ? ", nats per byte" : "", what);
     fprintf(f, "<div id=\"loss\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
                "height=\"%d\">\n", CL + CW + 20, CH + 60);
-    for (int k = 0; k * ystep <= top * (1 + 1e-9); k++) {
+    for (int k = 0; bottom + k * ystep <= top + 1e-9 * ystep; k++) {
         double y = 10 + CH - k * ystep * sy;
         fprintf(f, "<line class=\"grid\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
                    "<text data-nm=\"axis\" x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>",
-                CL, y, CL + CW, y, CL - 6, y + 4, k * ystep);
+                CL, y, CL + CW, y, CL - 6, y + 4, bottom + k * ystep);
     }
     for (int k = 0; k * xstep <= (double)(s1 - s0) * (1 + 1e-9); k++) {
         double x = CL + k * xstep * sx;
@@ -216,14 +225,14 @@ static void loss_curve(FILE *f, const tm_run_report *run)
         double y = sum / (double)n;
         if (!isfinite(y)) break; /* a diverged run's curve ends there */
         fprintf(f, "%s%.1f,%.1f", i ? " " : "", CL + (step / (double)n - (double)s0) * sx,
-                10 + CH - y * sy);
+                10 + CH - (y - bottom) * sy);
     }
     fputs("\"/>\n", f);
     for (long i = 0; i < h->n_evals; i++) {
         const tm_eval_point *e = &h->evals[i];
         if (!isfinite(e->loss)) continue;
         fprintf(f, "<circle class=\"ev\" cx=\"%.1f\" cy=\"%.1f\" r=\"4\" data-tip=\"",
-                CL + (double)(e->step - s0) * sx, 10 + CH - e->loss * sy);
+                CL + (double)(e->step - s0) * sx, 10 + CH - (e->loss - bottom) * sy);
         if (run->gpt)
             tm_svg_textf(f, "step %ld: validation loss %.4f nats/byte", e->step, e->loss);
         else
