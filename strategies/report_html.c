@@ -8,34 +8,36 @@
 #include "strategies/report_html_internal.h"
 #include "strategies/svg.h"
 
+/* p (n elements of `size` bytes, capacity *cap) with room for one more:
+ * p itself or its reallocation (the capacity doubled from `first`); NULL
+ * with h->failed set, p left as it was, when that fails. */
+static void *grow(tm_loss_history *h, void *p, long *cap, long n, size_t size, long first)
+{
+    if (n < *cap) return p;
+    long c = *cap ? 2 * *cap : first;
+    void *q = realloc(p, size * (size_t)c);
+    if (q == NULL) {
+        h->failed = 1;
+        return NULL;
+    }
+    *cap = c;
+    return q;
+}
+
 void tm_loss_history_step(tm_loss_history *h, long step, double loss)
 {
-    if (h->n_train == h->cap_train) {
-        long cap = h->cap_train ? 2 * h->cap_train : 1024;
-        tm_loss_point *p = realloc(h->train, sizeof *p * (size_t)cap);
-        if (p == NULL) {
-            h->failed = 1;
-            return;
-        }
-        h->train = p;
-        h->cap_train = cap;
-    }
-    h->train[h->n_train++] = (tm_loss_point){step, loss};
+    tm_loss_point *p = grow(h, h->train, &h->cap_train, h->n_train, sizeof *p, 1024);
+    if (p == NULL) return;
+    h->train = p;
+    p[h->n_train++] = (tm_loss_point){step, loss};
 }
 
 void tm_loss_history_eval(tm_loss_history *h, long step, int epoch, double loss, double acc)
 {
-    if (h->n_evals == h->cap_evals) {
-        long cap = h->cap_evals ? 2 * h->cap_evals : 64;
-        tm_eval_point *p = realloc(h->evals, sizeof *p * (size_t)cap);
-        if (p == NULL) {
-            h->failed = 1;
-            return;
-        }
-        h->evals = p;
-        h->cap_evals = cap;
-    }
-    h->evals[h->n_evals++] = (tm_eval_point){step, epoch, loss, acc};
+    tm_eval_point *p = grow(h, h->evals, &h->cap_evals, h->n_evals, sizeof *p, 64);
+    if (p == NULL) return;
+    h->evals = p;
+    p[h->n_evals++] = (tm_eval_point){step, epoch, loss, acc};
 }
 
 void tm_loss_history_free(tm_loss_history *h)

@@ -102,7 +102,7 @@ static const char style[] =
     ".bl{font-size:10px;fill:#fff;text-anchor:middle;pointer-events:none}"
     ".ax{stroke:#888;stroke-width:1}.grid{stroke:#e4e4e4;stroke-width:1}"
     ".idle{fill:#efefef}.f{fill:#4e79a7}.b{fill:#59a14f}.o{fill:#b07aa1}.k{fill:#9d9d9d}"
-    ".c{fill:#f28e2b}.mark{stroke:#c00;stroke-width:1.5;stroke-dasharray:5 3}"
+    ".c{fill:#f28e2b}"
     ".t0{fill:#4e79a7}.t1{fill:#59a14f}.t2{fill:#b07aa1}.t3{fill:#f28e2b}.t4{fill:#e15759}"
     ".t5{fill:#76b7b2}.s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
     ".s2{fill:#2ca02c;stroke:#2ca02c}.s3{fill:#ff7f0e;stroke:#ff7f0e}"
@@ -167,8 +167,9 @@ static const struct { const char *cls, *name; } legend[] = {
     {"f", "forward"}, {"b", "backward"}, {"o", "optimizer"}, {"k", "other compute"},
     {"c", "communication"}, {"idle", "idle (waiting)"}};
 
-static void lanes_body(FILE *f, const tm_svg_lanes_spec *s, double x_of)
+static void lanes_body(FILE *f, const void *spec, double x_of)
 {
+    const tm_svg_lanes_spec *s = spec;
     double h = lane_h(s->lanes);
     for (int l = 0; l < s->lanes; l++) {
         double y = l * h;
@@ -199,16 +200,12 @@ static void lanes_body(FILE *f, const tm_svg_lanes_spec *s, double x_of)
         }
         fputs("</g>\n", f);
     }
-    if (s->mark > 0) {
-        double x = LABEL_W + s->mark * x_of;
-        fprintf(f, "<line class=\"mark\" x1=\"%.1f\" y1=\"0\" x2=\"%.1f\" y2=\"%.1f\"/>\n", x, x,
-                s->lanes * h);
-    }
 }
 
 /* The time axis at y0, its title and the legend of the classes used. */
-static void lanes_axis(FILE *f, const tm_svg_lanes_spec *s, double x_of, double y0)
+static void lanes_axis(FILE *f, const void *spec, double x_of, double y0)
 {
+    const tm_svg_lanes_spec *s = spec;
     double top, step = tm_svg_tick_step(s->t_end, 10, &top);
     fprintf(f, "<line class=\"ax\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>", LABEL_W, y0,
             LABEL_W + PLOT_W, y0);
@@ -234,39 +231,42 @@ static void lanes_axis(FILE *f, const tm_svg_lanes_spec *s, double x_of, double 
                 legend[k].cls, x, y0 + 21);
         x -= 10;
     }
-    if (s->mark > 0 && s->mark_label != NULL) {
-        fprintf(f, "<text x=\"%d\" y=\"%.1f\" fill=\"#c00\" style=\"fill:#c00\">", LABEL_W,
-                y0 + 43);
-        tm_svg_text(f, s->mark_label);
-        fputs("</text>", f);
-    }
     fputc('\n', f);
 }
 
 static double x_scale(const tm_svg_lanes_spec *s) { return s->t_end > 0 ? PLOT_W / s->t_end : 0; }
 
+/* A figure's body above its axis, in a div with the figure's id: when it
+ * folds, the body scrolls in an <svg> of its own above a fixed one holding
+ * the axis, so that the axis stays in view; else one <svg> holds both. */
+static void figure(FILE *f, int fold, double body_h, double foot_h, const void *spec,
+                   double x_of, void (*body)(FILE *, const void *, double),
+                   void (*axis)(FILE *, const void *, double, double))
+{
+    int W = LABEL_W + PLOT_W + 10;
+    if (fold) {
+        fprintf(f, "<div class=\"fold\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
+                   "height=\"%.0f\">\n", W, body_h + 2);
+        body(f, spec, x_of);
+        fprintf(f, "</svg></div>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
+                   "height=\"%.0f\">\n", W, foot_h + 4);
+        axis(f, spec, x_of, 1);
+    } else {
+        fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%.0f\">\n", W,
+                body_h + foot_h + 4);
+        body(f, spec, x_of);
+        axis(f, spec, x_of, body_h + 1);
+    }
+    fputs("</svg>\n</div>\n", f);
+}
+
 void tm_svg_lanes(FILE *f, const tm_svg_lanes_spec *s)
 {
-    double x_of = x_scale(s), h = lane_h(s->lanes) * s->lanes;
-    int fold = s->lanes > FOLD_LANES, W = LABEL_W + PLOT_W + 10;
     fprintf(f, "<div id=\"%s\" data-lanes=\"%d\" data-unit=\"", s->id, s->lanes);
     tm_svg_text(f, s->unit);
     fputs("\">\n", f);
-    if (fold) {
-        /* The lanes scroll; the axis below them stays in view. */
-        fprintf(f, "<div class=\"fold\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
-                   "height=\"%.0f\">\n", W, h + 2);
-        lanes_body(f, s, x_of);
-        fprintf(f, "</svg></div>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
-                   "height=\"%d\">\n", W, AXIS_H + 4);
-        lanes_axis(f, s, x_of, 1);
-    } else {
-        fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%.0f\">\n", W,
-                h + AXIS_H + 4);
-        lanes_body(f, s, x_of);
-        lanes_axis(f, s, x_of, h + 1);
-    }
-    fputs("</svg>\n</div>\n", f);
+    figure(f, s->lanes > FOLD_LANES, lane_h(s->lanes) * s->lanes, AXIS_H, s, x_scale(s),
+           lanes_body, lanes_axis);
 }
 
 void tm_svg_lanes_document(FILE *f, const tm_svg_lanes_spec *s, const char *title)
@@ -302,8 +302,9 @@ static double byte_unit(double max, const char **name)
     return d;
 }
 
-static void bars_axis(FILE *f, const tm_svg_bars_spec *s, double x_of, double y0)
+static void bars_axis(FILE *f, const void *spec, double x_of, double y0)
 {
+    const tm_svg_bars_spec *s = spec;
     const char *uname = "";
     double div = s->bytes ? byte_unit(s->max, &uname) : 1, top;
     double step = tm_svg_tick_step(s->max / div, 8, &top);
@@ -347,8 +348,9 @@ static void bars_axis(FILE *f, const tm_svg_bars_spec *s, double x_of, double y0
     fputc('\n', f);
 }
 
-static void bars_body(FILE *f, const tm_svg_bars_spec *s, double x_of)
+static void bars_body(FILE *f, const void *spec, double x_of)
 {
+    const tm_svg_bars_spec *s = spec;
     int h = s->rows <= 16 ? BAR_H : BAR_H_SMALL;
     for (int r = 0; r < s->rows; r++) {
         double y = r * h, x = LABEL_W;
@@ -384,22 +386,9 @@ static void bars_body(FILE *f, const tm_svg_bars_spec *s, double x_of)
 
 void tm_svg_bars(FILE *f, const tm_svg_bars_spec *s)
 {
-    double x_of = s->max > 0 ? PLOT_W / s->max : 0;
-    int h = (s->rows <= 16 ? BAR_H : BAR_H_SMALL) * s->rows, W = LABEL_W + PLOT_W + 10;
+    int h = (s->rows <= 16 ? BAR_H : BAR_H_SMALL) * s->rows;
     int foot = AXIS_H + (s->cap > 0 ? 14 : 0) + (s->mark != NULL ? 14 : 0);
     fprintf(f, "<div id=\"%s\" data-rows=\"%d\">\n", s->id, s->rows);
-    if (s->rows > FOLD_LANES) {
-        fprintf(f, "<div class=\"fold\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
-                   "height=\"%d\">\n", W, h + 2);
-        bars_body(f, s, x_of);
-        fprintf(f, "</svg></div>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
-                   "height=\"%d\">\n", W, foot + 4);
-        bars_axis(f, s, x_of, 1);
-    } else {
-        fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\">\n", W,
-                h + foot + 4);
-        bars_body(f, s, x_of);
-        bars_axis(f, s, x_of, h + 1);
-    }
-    fputs("</svg>\n</div>\n", f);
+    figure(f, s->rows > FOLD_LANES, h, foot, s, s->max > 0 ? PLOT_W / s->max : 0, bars_body,
+           bars_axis);
 }

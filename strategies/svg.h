@@ -71,8 +71,6 @@ typedef struct {
     double t_end;
     const char *unit;          /* "us", ... */
     const char *axis_title;    /* under the axis */
-    double mark;               /* > 0: a dashed line at this time ... */
-    const char *mark_label;    /* ... labelled */
 } tm_svg_lanes_spec;
 
 void tm_svg_lanes(FILE *f, const tm_svg_lanes_spec *s);

@@ -48,7 +48,8 @@ static int wf_entity(wf_doc *d)
     static const char *named[] = {"amp;", "lt;", "gt;", "quot;", "apos;"};
     const char *q = d->p + 1;
     for (size_t i = 0; i < 5; i++)
-        if ((size_t)(d->end - q) >= strlen(named[i]) && strncmp(q, named[i], strlen(named[i])) == 0) {
+        if ((size_t)(d->end - q) >= strlen(named[i]) &&
+            strncmp(q, named[i], strlen(named[i])) == 0) {
             d->p = q + strlen(named[i]);
             return 0;
         }
