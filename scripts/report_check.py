@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -257,12 +258,17 @@ def start():
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--hide-scrollbars", "--force-device-scale-factor=1"):
         o.add_argument(a)
-    o.add_argument("--user-data-dir=" + tempfile.mkdtemp(prefix="tm_chromium_"))
+    profile = tempfile.mkdtemp(prefix="tm_chromium_")
+    o.add_argument("--user-data-dir=" + profile)
     o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     o.binary_location = CHROMIUM
-    d = webdriver.Chrome(service=Service(DRIVER), options=o)
+    try:
+        d = webdriver.Chrome(service=Service(DRIVER), options=o)
+    except Exception:
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
     d.set_window_size(1240, 900)
-    return d
+    return d, profile
 
 
 def main(argv):
@@ -292,7 +298,7 @@ def main(argv):
     if not items:
         fail_usage("nothing to check")
     try:
-        d = start()
+        d, profile = start()
     except Exception as e:  # the driver's errors have no common base class
         print("report_check: cannot start Chromium: %s" % str(e).strip().splitlines()[0],
               file=sys.stderr)
@@ -314,6 +320,7 @@ def main(argv):
                 c.shot(page, os.path.join(shots, name))
     finally:
         d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
     print("report_check: %d items checked, %d checks failed" % (len(items), c.failures))
     return 1 if c.failures else 0
 
