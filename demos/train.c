@@ -976,6 +976,7 @@ int main(int argc, char **argv)
         printf("trace of %ld step(s) in %s time written to %s\n", recorded > 0 ? recorded : 0,
                cfg.trace_wall ? "wall" : "modeled", cfg.trace_path);
     }
+    if (html != NULL) printf("report written to %s\n", report_path);
     if (res.params != NULL) {
         fflush(stdout);
         print_sample(&net, res.params, sample_tokens, cfg.seed, cfg.mem_cap);
