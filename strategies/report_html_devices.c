@@ -225,23 +225,24 @@ int tm__html_memory(FILE *f, const tm_run_report *run)
           "peak, in the table); the black tick is the formula: parameters, gradients and "
           "optimizer state of the device's shard plus its schedule's most micro-batches in "
           "flight times the activations one keeps.", f);
-    /* A cap far above every bar would squash them to slivers: then it is
-     * named instead of drawn. */
-    int draw_cap = cap <= 4 * max;
-    if (draw_cap) {
-        if (cap > max) max = cap;
-    } else {
+    /* A cap far above every bar would squash them to slivers: then the
+     * scale ends before it, and it stands dashed at the scale's end. */
+    int far = cap > 4 * max;
+    if (far) {
         fputs(" The cap, ", f);
         tm_svg_plain(f, "config", "%s", capb);
-        fputs(" per device, is far off the scale.", f);
+        fputs(" per device, is far off the scale: dashed at its end.", f);
+    } else if (cap > max) {
+        max = cap;
     }
     fputs("</p>\n", f);
-    char cap_label[64];
-    snprintf(cap_label, sizeof cap_label, "cap: %s per device", capb);
+    char cap_label[80];
+    snprintf(cap_label, sizeof cap_label, "cap: %s per device%s", capb,
+             far ? ", off the scale" : "");
     tm_svg_bars_spec s = {.id = "memory", .rows = n, .per_row = TM_TAG_COUNT,
                           .labels = l.labels, .seg = seg, .names = names, .max = max,
                           .bytes = 1, .axis_title = "bytes (peak of each tag)",
-                          .cap = draw_cap ? cap : 0, .cap_label = cap_label, .mark = formula,
+                          .cap = cap, .cap_label = cap_label, .mark = formula,
                           .mark_label = "formula"};
     tm_svg_bars(f, &s);
     fputs("<div class=\"fold\" style=\"max-height:260px\"><table><tr><th class=\"l\">device</th>",

@@ -35,19 +35,20 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
         if (rows[i].modeled_sps > tmax) tmax = rows[i].modeled_sps;
         if (rows[i].peak > mmax) mmax = rows[i].peak;
     }
-    int cap_drawn = info->cap <= 4 * mmax;
-    if (cap_drawn && info->cap > mmax) mmax = info->cap;
+    /* A cap far above every bar ends the scale before it: dashed there. */
+    int far = info->cap > 4 * mmax;
+    if (!far && info->cap > mmax) mmax = info->cap;
     double tx = tmax > 0 ? TW / tmax : 0, mx = mmax > 0 ? MW / mmax : 0;
     int rh = n <= 40 ? RH_BIG : RH_SMALL, W = RL + TW + 40 + MW + 20;
     fputs("<p class=\"note\">Best first by modeled samples/s. Colour: the schedule (grey: no "
           "pipeline); faded: does not fit in the memory cap. Right: each configuration's "
           "largest device peak against the cap", f);
-    if (!cap_drawn) {
+    if (far) {
         char b[32];
         tm_svg_bytes(info->cap, b, sizeof b);
         fputs(" (", f);
         tm_svg_plain(f, "config", "%s", b);
-        fputs(", far off this scale)", f);
+        fputs(", far off this scale: dashed at its end)", f);
     }
     fputs(".</p>\n", f);
     fprintf(f, "<div id=\"throughput\" data-rows=\"%d\">%s<svg xmlns=\"http://www.w3.org/2000/svg\""
@@ -73,11 +74,9 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
                 r->fits ? "" : " no", RL + TW + 40, y + 2, r->peak * mx, rh - 4, label, peak,
                 capb, r->fits ? "fits" : "does not fit");
     }
-    if (cap_drawn) {
-        double x = RL + TW + 40 + info->cap * mx;
-        fprintf(f, "<line class=\"cap\" x1=\"%.1f\" y1=\"0\" x2=\"%.1f\" y2=\"%d\"/>\n", x, x,
-                n * rh);
-    }
+    double cap_x = RL + TW + 40 + (far ? mmax : info->cap) * mx;
+    fprintf(f, "<line class=\"cap%s\" x1=\"%.1f\" y1=\"0\" x2=\"%.1f\" y2=\"%d\"/>\n",
+            far ? " far" : "", cap_x, cap_x, n * rh);
     fprintf(f, "</svg>%s<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"60\">",
             n > FOLD_ROWS ? "</div>" : "", W);
     double top, step = tm_svg_tick_step(tmax, 5, &top);
@@ -102,9 +101,9 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
                 k, x, x + 14, names[k]);
         x += 30 + 7.0 * (double)strlen(names[k]);
     }
-    if (cap_drawn)
-        fprintf(f, "<line class=\"cap\" x1=\"%.1f\" y1=\"46\" x2=\"%.1f\" y2=\"46\"/>"
-                   "<text x=\"%.1f\" y=\"51\">cap</text>", x + 10, x + 24, x + 28);
+    fprintf(f, "<line class=\"cap%s\" x1=\"%.1f\" y1=\"46\" x2=\"%.1f\" y2=\"46\"/>"
+               "<text x=\"%.1f\" y=\"51\">cap%s</text>", far ? " far" : "", x + 10, x + 24, x + 28,
+            far ? " (off the scale)" : "");
     fputs("</svg></div>\n", f);
 }
 

@@ -107,7 +107,7 @@ static const char style[] =
     ".t5{fill:#76b7b2}.s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
     ".s2{fill:#2ca02c;stroke:#2ca02c}.s3{fill:#ff7f0e;stroke:#ff7f0e}"
     ".s4{fill:#9467bd;stroke:#9467bd}.s5{fill:#7f7f7f;stroke:#7f7f7f}"
-    ".cap{stroke:#c00;stroke-width:1.5}.fml{stroke:#000;stroke-width:2}"
+    ".cap{stroke:#c00;stroke-width:1.5}.far{stroke-dasharray:4 3}.fml{stroke:#000;stroke-width:2}"
     ".tl{fill:none;stroke:#4e79a7;stroke-width:1.2}.ln{fill:none;stroke-width:2}"
     ".th{fill:none;stroke:#000;stroke-width:1.5;stroke-dasharray:6 4}"
     ".th2{fill:none;stroke:#555;stroke-width:1.5;stroke-dasharray:2 3}"
@@ -331,9 +331,9 @@ static void bars_axis(FILE *f, const void *spec, double x_of, double y0)
     }
     double ly = y0 + 43;
     if (s->cap > 0) {
-        fprintf(f, "<line class=\"cap\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
-                   "<text x=\"%d\" y=\"%.1f\">", LABEL_W, ly - 4, LABEL_W + 14, ly - 4,
-                LABEL_W + 20, ly);
+        fprintf(f, "<line class=\"cap%s\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
+                   "<text data-nm=\"config\" x=\"%d\" y=\"%.1f\">", s->cap > s->max ? " far" : "",
+                LABEL_W, ly - 4, LABEL_W + 14, ly - 4, LABEL_W + 20, ly);
         tm_svg_text(f, s->cap_label);
         fputs("</text>", f);
         ly += 14;
@@ -378,9 +378,11 @@ static void bars_body(FILE *f, const void *spec, double x_of)
         fputs("</g>\n", f);
     }
     if (s->cap > 0) {
-        double cx = LABEL_W + s->cap * x_of;
-        fprintf(f, "<line class=\"cap\" x1=\"%.1f\" y1=\"0\" x2=\"%.1f\" y2=\"%d\"/>\n", cx, cx,
-                s->rows * h);
+        /* A cap off the scale stands dashed at its end. */
+        int far = s->cap > s->max;
+        double cx = LABEL_W + (far ? s->max : s->cap) * x_of;
+        fprintf(f, "<line class=\"cap%s\" x1=\"%.1f\" y1=\"0\" x2=\"%.1f\" y2=\"%d\"/>\n",
+                far ? " far" : "", cx, cx, s->rows * h);
     }
 }
 

@@ -95,7 +95,8 @@ typedef struct {
     double max;
     int bytes;
     const char *axis_title;
-    double cap;                 /* > 0: a red line there, labelled cap_label */
+    double cap;                 /* > 0: a red line there (dashed at the end of the
+                                   scale when past max), labelled cap_label */
     const char *cap_label;
     const double *mark;         /* (rows) or NULL: a black tick at each (< 0: none) */
     const char *mark_label;
