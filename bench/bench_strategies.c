@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "runtime/arena.h"
+#include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
 #include "strategies/data.h"
@@ -23,13 +24,14 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/report.h"
+#include "strategies/report_html.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
-    "         [--schedules LIST] [--mem-cap SIZE] [--csv] [clock flags]\n"
+    "         [--schedules LIST] [--mem-cap SIZE] [--csv] [--report FILE] [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -52,6 +54,9 @@ static const char usage_head[] =
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
+    "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
+    "                        any browser): throughput, memory against the cap, bubble\n"
+    "                        against micro-batches\n"
     "modeled time (defaults measured on this machine, as build/train's):\n";
 
 static const char usage_tail[] =
@@ -314,6 +319,37 @@ static void note_reason(reason *rs, int *n, int max, const char *text)
     rs[(*n)++].count = 1;
 }
 
+/* The sweep's HTML page from the rows that ran (best first, as printed);
+ * commits or abandons out. TM_OK, or the error with its message. */
+static int write_report(tm_outfile *out, const config *cs, int ran, const int *counts,
+                        int devices, const char *model, const tm_train_config *base, size_t cap)
+{
+    tm_sweep_row *rows = calloc(ran > 0 ? (size_t)ran : 1, sizeof *rows);
+    FILE *f = rows ? tm_outfile_stream(out) : NULL;
+    if (f == NULL) {
+        int st = rows ? TM_EIO : tm_error(TM_EHOSTMEM, "cannot allocate the report's rows");
+        free(rows);
+        tm_outfile_abandon(out);
+        return st;
+    }
+    for (int i = 0; i < ran; i++) {
+        const config *c = &cs[i];
+        rows[i] = (tm_sweep_row){c->dp,          c->pp,       c->tp,         c->m,
+                                 c->sp,          c->schedule, c->modeled_sps, c->wall_sps,
+                                 c->bubble,      c->comm_bytes, (double)c->peak, c->fits};
+    }
+    tm_sweep_info info = {devices, model, base->batch, base->max_steps, (double)cap,
+                          &base->clock, counts[RAN] + counts[SKIP_BATCH] + counts[SKIP_CHECK] +
+                          counts[FAILED], counts[SKIP_BATCH] + counts[SKIP_CHECK], counts[FAILED]};
+    int st = tm_report_html_sweep(f, &info, rows, ran);
+    free(rows);
+    if (st != TM_OK) {
+        tm_outfile_abandon(out);
+        return st;
+    }
+    return tm_outfile_commit(out);
+}
+
 int main(int argc, char **argv)
 {
     tm_train_config base = {0};
@@ -329,7 +365,8 @@ int main(int argc, char **argv)
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT };
+           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT };
+    const char *report_path = NULL;
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
         {"layers", 1, 0, O_LAYERS},        {"heads", 1, 0, O_HEADS},
@@ -340,7 +377,7 @@ int main(int argc, char **argv)
         {"device-gflops", 1, 0, O_CLOCK},  {"device-gbps", 1, 0, O_CLOCK},
         {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
-        {"inter-node-latency-us", 1, 0, O_CLOCK},
+        {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
@@ -374,6 +411,7 @@ int main(int argc, char **argv)
                           optarg);
             break;
         case O_CSV: csv = 1; break;
+        case O_REPORT: report_path = optarg; break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
@@ -404,6 +442,11 @@ int main(int argc, char **argv)
                       model, classes, TM_SYNTHETIC_MAX_CLASSES);
     }
     if (tm_clock_config_check(clk) != TM_OK) die_usage("%s", tm_error_message());
+    /* A report that could not be written fails now, not after the sweep. */
+    if (report_path != NULL && tm_outfile_check(report_path) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        return 2;
+    }
     /* One epoch longer than the run, so that no epoch ends inside it: the
      * run's only evaluation is the final one, on a test set of one batch. */
     long samples = (long)base.batch * (base.max_steps + 1);
@@ -468,6 +511,17 @@ int main(int argc, char **argv)
         return 1;
     }
     sweep(devices, gpt, sched, n_sched, mbs, n_mbs, cs);
+    tm_outfile *html = NULL;
+    if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        free(cs);
+        tm_dataset_free(&train_images);
+        tm_dataset_free(&test_images);
+        tm_corpus_free(&corpus);
+        tm_model_destroy(&nets[0]);
+        if (gpt) tm_model_destroy(&nets[1]);
+        return 2;
+    }
 
     enum { MAX_REASONS = 32 };
     reason reasons[MAX_REASONS];
@@ -517,18 +571,17 @@ int main(int argc, char **argv)
         }
     qsort(cs, (size_t)ran, sizeof *cs, by_modeled);
 
-    char capb[32];
+    char capb[32], name[96];
     tm_report_bytes((double)cap, capb, sizeof capb);
+    if (gpt)
+        snprintf(name, sizeof name, "gpt (L %d, H %d, C %d, T %d)", gc.n_layer, gc.n_head,
+                 gc.n_embd, gc.block_size);
+    else
+        snprintf(name, sizeof name, "%s", model);
     if (csv) {
         puts("dp,pp,tp,schedule,micro_batches,sp,modeled_samples_per_s,wall_samples_per_s,"
              "bubble,comm_bytes_per_device,peak_bytes_per_device,fits");
     } else {
-        char name[96];
-        if (gpt)
-            snprintf(name, sizeof name, "gpt (L %d, H %d, C %d, T %d)", gc.n_layer, gc.n_head,
-                     gc.n_embd, gc.block_size);
-        else
-            snprintf(name, sizeof name, "%s", model);
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
                devices, name, base.batch, base.max_steps, clk->device_gflops, clk->device_gbps,
@@ -552,8 +605,13 @@ int main(int argc, char **argv)
             counts[SKIP_CHECK], counts[FAILED]);
     for (int i = 0; i < n_reasons; i++)
         fprintf(foot, "#   rejected %d x: %s\n", reasons[i].count, reasons[i].text);
+    int failed = counts[FAILED] != 0;
+    if (html != NULL && write_report(html, cs, ran, counts, devices, name, &base, cap) != TM_OK) {
+        fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
+        failed = 1;
+    }
     free(cs);
     tm_model_destroy(&nets[0]);
     if (gpt) tm_model_destroy(&nets[1]);
-    return counts[FAILED] != 0;
+    return failed;
 }

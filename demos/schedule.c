@@ -11,7 +11,9 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "runtime/outfile.h"
 #include "runtime/status.h"
+#include "strategies/report_html.h"
 #include "strategies/schedule.h"
 
 static const char usage[] =
@@ -29,6 +31,8 @@ static const char usage[] =
     "  --width N            timeline columns, 10..4096 (enough for every label, up\n"
     "                       to 4096; on a terminal at most its width)\n"
     "  --list               also print each stage's action list\n"
+    "  --svg FILE           also draw the schedule into FILE as SVG (one schedule, not\n"
+    "                       all)\n"
     "  -h, --help           this text\n"
     "Exit status: 0 success, 1 the schedule failed to build or validate, 2 bad usage.\n";
 
@@ -94,6 +98,24 @@ static void print_lists(const tm_schedule *s)
     }
 }
 
+/* --svg: the file the schedule is also drawn into, or NULL. */
+static const char *svg_path;
+
+/* Writes the simulated schedule as an SVG document to svg_path. Returns 0,
+ * or 1 with a message. */
+static int write_svg(const tm_schedule *s, const tm_sched_event *ev, int n, double makespan)
+{
+    tm_outfile *out = NULL;
+    FILE *f = NULL;
+    int st = tm_outfile_open(&out, svg_path);
+    if (st == TM_OK && (f = tm_outfile_stream(out)) == NULL) st = TM_EIO;
+    if (st == TM_OK) st = tm_report_schedule_svg(f, s, ev, n, makespan);
+    if (st == TM_OK) st = tm_outfile_commit(out);
+    else tm_outfile_abandon(out);
+    if (st != TM_OK) fprintf(stderr, "schedule: --svg: %s\n", tm_error_message());
+    return st != TM_OK;
+}
+
 /* Builds, simulates and draws one schedule. Returns 0 or 1. */
 static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const double *bwd,
                 double comm, int width, int list)
@@ -130,14 +152,15 @@ static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const d
     for (int i = 0; i < pp; i++) printf(" %d", tm_schedule_in_flight_bound(kind, pp, m, i));
     printf("\n");
     if (list) print_lists(&s);
+    int rc = svg_path != NULL ? write_svg(&s, ev, n, makespan) : 0;
     free(ev);
     tm_schedule_free(&s);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_PP = 256, O_MB, O_SCHED, O_FWD, O_BWD, O_COMM, O_WIDTH, O_LIST };
+    enum { O_PP = 256, O_MB, O_SCHED, O_FWD, O_BWD, O_COMM, O_WIDTH, O_LIST, O_SVG };
     static const struct option opts[] = {
         {"pp", required_argument, NULL, O_PP},
         {"micro-batches", required_argument, NULL, O_MB},
@@ -147,6 +170,7 @@ int main(int argc, char **argv)
         {"comm-time", required_argument, NULL, O_COMM},
         {"width", required_argument, NULL, O_WIDTH},
         {"list", no_argument, NULL, O_LIST},
+        {"svg", required_argument, NULL, O_SVG},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -172,12 +196,18 @@ int main(int argc, char **argv)
             width = (int)parse_long("--width", optarg, 10, TM_SCHEDULE_DRAW_MAX_WIDTH);
             break;
         case O_LIST: list = 1; break;
+        case O_SVG: svg_path = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             die_usage("unknown or incomplete option \"%s\"", argv[optind - 1]);
         }
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (svg_path != NULL && all) die_usage("--svg draws one schedule, not all");
+    if (svg_path != NULL && tm_outfile_check(svg_path) != TM_OK) {
+        fprintf(stderr, "schedule: --svg: %s\n", tm_error_message());
+        return 2;
+    }
     if ((long)pp * m > TM_SCHEDULE_MAX_WORK)
         die_usage("--pp x --micro-batches is more than %d", TM_SCHEDULE_MAX_WORK);
     double *fwd = malloc((size_t)pp * sizeof *fwd), *bwd = malloc((size_t)pp * sizeof *bwd);

@@ -25,6 +25,7 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/report.h"
+#include "strategies/report_html.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
@@ -106,6 +107,9 @@ static const char usage_tail[] =
     "  --trace-steps N       steps recorded into the trace (1)\n"
     "  --links               list every link's traffic (default: sums by mesh\n"
     "                        dimension beyond 8 links)\n"
+    "  --report FILE         write an HTML report of the run (one file, opens offline\n"
+    "                        in any browser): loss curve, every device's timeline,\n"
+    "                        memory, traffic and modeled time\n"
     "device and files:\n"
     "  --mem-cap SIZE        memory of each device, e.g. 64M, 1G (64M / 512M)\n"
     "  --save FILE           write a safetensors checkpoint at the end\n"
@@ -221,9 +225,13 @@ static void load_text(text_data *t, const char *files, int synthetic, long sampl
     }
 }
 
+/* The losses --report draws, collected by the callbacks. */
+static tm_loss_history history;
+
 /* Everything main holds at its end, whichever model and data it had. */
 static void release(text_data *t, tm_dataset *train, tm_dataset *test, tm_model *net)
 {
+    tm_loss_history_free(&history);
     tm_corpus_free(&t->train);
     tm_corpus_free(&t->val);
     tm_dataset_free(train);
@@ -267,7 +275,8 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_METRICS, O_DP, O_PP, O_TP, O_DEVICES, O_SCHEDULE, O_STAGES, O_FAILDEV, O_FAILSTEP,
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
-       O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR, O_END };
+       O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
+       O_REPORT, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -352,6 +361,7 @@ typedef struct {
     const char *load; /* --load, for on_start */
     int rows;        /* rows per sample: 1, or the GPT's context */
     int gpt;         /* report tokens and validation loss */
+    tm_loss_history *history; /* for --report, or NULL */
 } report;
 
 /* Says what --load brought back, before the first step. */
@@ -384,6 +394,7 @@ static void on_step(void *ctx, const tm_step_info *s)
 {
     report *r = ctx;
     r->step = s->step;
+    if (r->history) tm_loss_history_step(r->history, s->step, s->loss);
     if (r->metrics) {
         fprintf(r->metrics, "{\"type\":\"step\",\"step\":%ld,\"loss\":", s->step);
         num(r->metrics, "%.9g", s->loss);
@@ -417,6 +428,7 @@ static void on_step(void *ctx, const tm_step_info *s)
 static void on_eval(void *ctx, const tm_eval_info *e)
 {
     report *r = ctx;
+    if (r->history) tm_loss_history_eval(r->history, e->step, 0, e->loss, e->acc);
     if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
     printf("step %ld: val loss %.4f nats/byte, %.4f bits/byte\n", e->step, e->loss,
            e->loss / M_LN2);
@@ -433,6 +445,8 @@ static void on_eval(void *ctx, const tm_eval_info *e)
 static void on_epoch(void *ctx, const tm_epoch_info *e)
 {
     report *r = ctx;
+    if (r->history)
+        tm_loss_history_eval(r->history, r->step, e->epoch + 1, e->test_loss, e->test_acc);
     if (r->tty) fprintf(stderr, "\r%*s\r", 100, "");
     if (r->gpt)
         printf("epoch %d: train loss %.4f, val loss %.4f (%.4f bits/byte), %.0f tokens/s "
@@ -491,6 +505,8 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
     } else {
         fputs("\"test_acc\":", f);
         num(f, "%.6f", res->stopped ? NAN : res->test_acc);
+        fputs(",\"test_loss\":", f);
+        num(f, "%.9g", res->stopped ? NAN : res->test_loss);
     }
     fputs(",\"peak_bytes\":", f);
     json_peaks(f, &res->memory);
@@ -500,11 +516,23 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
         fprintf(f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":", i ? "," : "",
                 d->id, d->d, d->p, d->t);
         json_peaks(f, &d->memory);
-        fprintf(f, ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
-                   "\"comm_s\":%.9g,\"idle_s\":%.9g}",
-                (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s, d->comm_s,
-                d->idle_s);
+        fprintf(f, ",\"peak\":%zu,\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
+                   "\"comm_s\":%.9g,\"idle_s\":%.9g",
+                d->memory.peak, (unsigned long long)d->sent_bytes, d->modeled_s, d->compute_s,
+                d->comm_s, d->idle_s);
+        /* The recorded step's bytes by mesh dimension, and the formulas'. */
+        fprintf(f, ",\"step_sent\":{\"dp\":%llu,\"pp\":%llu,\"tp\":%llu},"
+                   "\"step_formula\":{\"dp\":%.9g,\"pp\":%.9g,\"tp\":%.9g}}",
+                (unsigned long long)d->step_sent[TM_DIM_DP],
+                (unsigned long long)d->step_sent[TM_DIM_PP],
+                (unsigned long long)d->step_sent[TM_DIM_TP], d->step_analytic[TM_DIM_DP],
+                d->step_analytic[TM_DIM_PP], d->step_analytic[TM_DIM_TP]);
     }
+    /* Every link's payload bytes over the whole run: [src, dst, bytes]. */
+    fputs("],\"links\":[", f);
+    for (int i = 0; i < res->n_links; i++)
+        fprintf(f, "%s[%d,%d,%llu]", i ? "," : "", res->links[i].src, res->links[i].dst,
+                (unsigned long long)res->links[i].bytes);
     fprintf(f, "]}\n");
 }
 
@@ -514,6 +542,7 @@ int main(int argc, char **argv)
     tm_train_config cfg = {0};
     const char *model = "784,256,128,10", *act = "relu", *why;
     const char *data_dir = TM_DATASET_DEFAULT_DIR, *metrics_path = NULL, *text = NULL;
+    const char *report_path = NULL;
     double lr = -1, wd = -1, val_fraction = 0.1;
     int normalize = 1, sample_tokens = 200;
     long eval_sequences = 0;
@@ -562,6 +591,7 @@ int main(int argc, char **argv)
         {"val-fraction", 1, 0, O_VALFRAC}, {"eval-every", 1, 0, O_EVALEVERY},
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
+        {"report", 1, 0, O_REPORT},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -608,6 +638,7 @@ int main(int argc, char **argv)
             break;
         case O_METRICS: metrics_path = optarg; break;
         case O_SEQPAR: gc.sequence_parallel = 1; break;
+        case O_REPORT: report_path = optarg; break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
@@ -742,6 +773,7 @@ int main(int argc, char **argv)
     check_combination(&cfg, synthetic);
     /* Fail now rather than after training if an output cannot be written. */
     check_output("--metrics", metrics_path);
+    check_output("--report", report_path);
     check_output("--save", cfg.save_path);
     check_output("--trace", cfg.trace_path);
     if ((gpt ? tm_gpt_model(&net, &gc) : tm_mlp_model(&net, &mlp)) != TM_OK) {
@@ -811,8 +843,15 @@ int main(int argc, char **argv)
         release(&td, &train, &test, &net);
         return 2;
     }
+    tm_outfile *html = NULL;
+    if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
+        fprintf(stderr, "train: --report: %s\n", tm_error_message());
+        tm_outfile_abandon(metrics);
+        release(&td, &train, &test, &net);
+        return 2;
+    }
     report rep = {mf, isatty(STDERR_FILENO), cfg.batch, 0, cfg.load_path, net.rows_per_sample,
-                  gpt};
+                  gpt, html ? &history : NULL};
     cfg.ctx = &rep;
     cfg.on_step = on_step;
     cfg.on_epoch = on_epoch;
@@ -825,6 +864,20 @@ int main(int argc, char **argv)
     if (cfg.dp > 1) snprintf(replica, sizeof replica, " (%d per replica)", cfg.batch / cfg.dp);
     if (cfg.micro_batches > 1)
         snprintf(micro, sizeof micro, " in %d micro-batches", cfg.micro_batches);
+    /* The same, in a line each, for --report. */
+    char model_line[192], data_line[320];
+    if (gpt) {
+        snprintf(model_line, sizeof model_line,
+                 "GPT (layers %d, heads %d, d_model %d, context %d; %.2f M parameters)",
+                 gc.n_layer, gc.n_head, gc.n_embd, gc.block_size, 1e-6 * (double)net.n_params);
+        snprintf(data_line, sizeof data_line, "%.200s: %d train / %d validation windows",
+                 synthetic ? "synthetic text" : text ? text : "the fortunes corpus",
+                 train_data.n, test_data.n);
+    } else {
+        snprintf(model_line, sizeof model_line, "%.120s MLP (%s)", model, act);
+        snprintf(data_line, sizeof data_line, "%s: %d train / %d test samples",
+                 synthetic ? "synthetic data" : "Fashion-MNIST", train.n, test.n);
+    }
     if (gpt) {
         long decay = cfg.lr_decay_steps > 0 ? cfg.lr_decay_steps
                                             : (long)(train_data.n / cfg.batch) * cfg.epochs;
@@ -854,6 +907,7 @@ int main(int argc, char **argv)
     if (atomic_load(&stop_signal) != 0) {
         fprintf(stderr, "train: interrupted before training; nothing written\n");
         tm_outfile_abandon(metrics);
+        tm_outfile_abandon(html);
         release(&td, &train, &test, &net);
         return 128 + atomic_load(&stop_signal);
     }
@@ -866,6 +920,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
         else if (st != TM_ENONFINITE)
             tm_outfile_abandon(metrics);
+        tm_outfile_abandon(html);
         fprintf(stderr, "train: %s\n", error);
         /* Before the devices ran, a bad input file is bad usage; after, a
          * failure to write an output is the run's failure. */
@@ -879,6 +934,21 @@ int main(int argc, char **argv)
         write_summary(mf, &res, sig != 0, &rep);
         if (tm_outfile_commit(metrics) != TM_OK) {
             fprintf(stderr, "train: --metrics: %s\n", tm_error_message());
+            tm_outfile_abandon(html);
+            tm_train_result_free(&res);
+            release(&td, &train, &test, &net);
+            return 1;
+        }
+    }
+    if (html != NULL) {
+        tm_run_report page = {&cfg, &res, &history, model_line, data_line, gpt,
+                              net.rows_per_sample};
+        FILE *hf = tm_outfile_stream(html);
+        int hs = hf == NULL ? TM_EIO : tm_report_html_run(hf, &page);
+        if (hs == TM_OK) hs = tm_outfile_commit(html);
+        else tm_outfile_abandon(html);
+        if (hs != TM_OK) {
+            fprintf(stderr, "train: --report: %s\n", tm_error_message());
             tm_train_result_free(&res);
             release(&td, &train, &test, &net);
             return 1;
@@ -916,6 +986,7 @@ int main(int argc, char **argv)
         printf("trace of %ld step(s) in %s time written to %s\n", recorded > 0 ? recorded : 0,
                cfg.trace_wall ? "wall" : "modeled", cfg.trace_path);
     }
+    if (html != NULL) printf("report written to %s\n", report_path);
     if (res.params != NULL) {
         fflush(stdout);
         print_sample(&net, res.params, sample_tokens, cfg.seed, cfg.mem_cap);

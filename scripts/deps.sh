@@ -2,11 +2,15 @@
 # Installs tinymesh's Debian dependencies, or says exactly how to.
 #   scripts/deps.sh          the build, test and demo dependencies
 #   scripts/deps.sh peers    also the benchmark peers (Open MPI, PyTorch, gnuplot)
+#   scripts/deps.sh browser  also headless Chromium, its driver and Selenium, for
+#                            the reports' browser check (CI runs it; make test
+#                            skips that check without them)
 # Exits 0 when everything needed is present, 1 otherwise.
 set -u
 
 core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist fortunes"
 peers="openmpi-bin libopenmpi-dev python3-torch gnuplot-nox"
+browser="chromium chromium-driver python3-selenium"
 
 missing=""
 have_pc() { pkg-config --exists "$1" 2>/dev/null; }
@@ -22,10 +26,16 @@ if [ "${1:-}" = peers ]; then
     /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing="$missing python3-torch"
     command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
 fi
+if [ "${1:-}" = browser ]; then
+    [ -x /usr/bin/chromium ] || missing="$missing chromium"
+    [ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
+    /usr/bin/python3 -c 'import selenium' >/dev/null 2>&1 || missing="$missing python3-selenium"
+fi
 [ -z "$missing" ] && exit 0
 
 want="$core"
 [ "${1:-}" = peers ] && want="$core $peers"
+[ "${1:-}" = browser ] && want="$core $browser"
 if [ "$(id -u)" != 0 ]; then
     echo "tinymesh needs:$missing" >&2
     echo "run as root: apt-get update && apt-get install -y $want" >&2

@@ -723,10 +723,12 @@ void tm_train_result_free(tm_train_result *r)
 {
     free(r->devices);
     free(r->timeline);
+    free(r->step_events);
     free(r->links);
     free(r->params);
     r->devices = NULL;
     r->timeline = NULL;
+    r->step_events = NULL;
     r->links = NULL;
     r->params = NULL;
     r->n_devices = r->n_timeline = r->n_links = 0;

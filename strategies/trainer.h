@@ -143,6 +143,9 @@ typedef struct {
      * last backward) and its end (after the optimizer). */
     double rec_start, rec_pipe_end, rec_end;
     size_t rec_ev0, rec_ev1;   /* its events: [rec_ev0, rec_ev1) of tm_world_events */
+    const tm_event *step_events; /* (n_step_events) those events, kept after the
+                                    run (inside tm_train_result.step_events) */
+    size_t n_step_events;
     /* Pipeline bubble accounting: forward/backward compute time, and on
      * stage 0 pp x the time from the start of its pipeline part (its first
      * micro-batch's copy from the host, then its first forward) to its last
@@ -180,6 +183,9 @@ typedef struct {
     tm_sched_event *timeline;
     int n_timeline;
     double timeline_makespan;
+    tm_event *step_events;     /* every device's events of the first recorded
+                                  step, device after device (for pictures of
+                                  every device's step) */
 } tm_train_result;
 
 void tm_train_result_free(tm_train_result *r);

@@ -8,8 +8,8 @@
 #include "strategies/trainer.h"
 
 /* After a successful run, from the world's recorded events: res->timeline,
- * res->recorded and each device's measured step traffic. TM_OK or
- * TM_EHOSTMEM. */
+ * res->recorded, each device's measured step traffic and its events of the
+ * step (res->step_events). TM_OK or TM_EHOSTMEM. */
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res);
 
 /* What one training step of this device should send per mesh dimension, by

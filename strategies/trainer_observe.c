@@ -61,12 +61,35 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
     return TM_OK;
 }
 
+/* Every device's events of the recorded step, copied out of the world
+ * (which the run destroys) into res->step_events. */
+static int keep_events(const tm_world *w, tm_train_result *res)
+{
+    size_t total = 0, n;
+    for (int i = 0; i < res->n_devices; i++)
+        total += res->devices[i].rec_ev1 - res->devices[i].rec_ev0;
+    res->step_events = malloc(sizeof *res->step_events * (total ? total : 1));
+    if (res->step_events == NULL) return tm_error(TM_EHOSTMEM, "cannot keep the step's events");
+    tm_event *out = res->step_events;
+    for (int i = 0; i < res->n_devices; i++) {
+        tm_device_report *r = &res->devices[i];
+        const tm_event *ev = tm_world_events(w, i, &n);
+        size_t k = r->rec_ev1 <= n ? r->rec_ev1 - r->rec_ev0 : 0;
+        memcpy(out, ev + r->rec_ev0, sizeof *out * k);
+        r->step_events = out;
+        r->n_step_events = k;
+        out += k;
+    }
+    return TM_OK;
+}
+
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res)
 {
     for (int i = 0; i < res->n_devices; i++)
         if (!recorded(&res->devices[i])) return TM_OK;
     res->recorded = 1;
     for (int i = 0; i < res->n_devices; i++) traffic(w, &res->devices[i], i);
+    TM_CHECK(keep_events(w, res));
     return timeline(w, cfg, res);
 }
 

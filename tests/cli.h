@@ -69,7 +69,7 @@ static inline int cli_lines(const char *path, const char *needle, char *first, s
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) return -1;
-    static char line[1 << 16];
+    static char line[1 << 20]; /* a summary line of 256 devices and their links */
     int lines = 0;
     first[0] = '\0';
     while (fgets(line, sizeof line, f) != NULL) {

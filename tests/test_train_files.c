@@ -1,7 +1,8 @@
-/* build/train's output flags (--metrics, --save, --trace) from the outside:
- * device nodes, FIFOs and symlinks are written, never replaced; a path that
- * cannot be written is bad usage (exit 2, one line) before anything starts,
- * whichever flag names it; no temporary file is left behind. */
+/* build/train's output flags (--metrics, --save, --trace, --report) from
+ * the outside: device nodes, FIFOs and symlinks are written, never
+ * replaced; a path that cannot be written is bad usage (exit 2, one line)
+ * before anything starts, whichever flag names it; no temporary file is
+ * left behind. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -131,10 +132,10 @@ Test(train_files, bad_output_paths_are_usage_errors_before_anything_starts,
     cli_path(sub, sizeof sub, "a-directory");
     cli_path(missing, sizeof missing, "no-such-dir/out");
     cr_assert_eq(mkdir(sub, 0755), 0);
-    const char *flags[] = {"--metrics", "--save", "--trace"};
+    const char *flags[] = {"--metrics", "--save", "--trace", "--report"};
     const char *paths[] = {"''", missing, sub};
     const char *why[] = {"empty name", "no-such-dir does not exist", "is a directory"};
-    for (size_t f = 0; f < 3; f++)
+    for (size_t f = 0; f < 4; f++)
         for (size_t p = 0; p < 3; p++) {
             char args[1024], first[1024], prefix[64];
             snprintf(args, sizeof args, SHORT "%s %s", flags[f], paths[p]);

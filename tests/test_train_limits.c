@@ -21,7 +21,7 @@ static void summary(const char *metrics, char *line, size_t n)
 static void run_replicas(int dp)
 {
     char metrics[128], args[1024];
-    static char line[1 << 16];
+    static char line[1 << 20];
     cli_path(metrics, sizeof metrics, "metrics.jsonl");
     snprintf(args, sizeof args,
              "--dataset synthetic --samples %d --model 16,16,4 --batch %d --dp %d --steps 3 "
