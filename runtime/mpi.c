@@ -115,12 +115,18 @@ const char *tm_process_transport(void) { return P.force_mpi ? "mpi" : "shm"; }
 
 void tm_process_output(int rank)
 {
-    if (P.size == 1 || rank == P.rank) return;
+    static int saved_out = -1, saved_err = -1;
+    if (P.size == 1) return;
     fflush(stdout);
-    int fd = open("/dev/null", O_WRONLY);
-    if (fd < 0) return;
-    dup2(fd, STDOUT_FILENO);
-    close(fd);
+    fflush(stderr);
+    if (saved_out < 0) {
+        saved_out = dup(STDOUT_FILENO);
+        saved_err = dup(STDERR_FILENO);
+    }
+    int fd = rank == P.rank ? -1 : open("/dev/null", O_WRONLY);
+    dup2(fd >= 0 ? fd : saved_out, STDOUT_FILENO);
+    dup2(fd >= 0 ? fd : saved_err, STDERR_FILENO);
+    if (fd >= 0) close(fd);
 }
 
 void tm__process_host_slot(int *index, int *count)

@@ -16,9 +16,12 @@ int tm_process_init(void);
  * mpirun. Valid after tm_process_init. */
 int tm_process_rank(void);
 int tm_process_count(void);
-/* The job's standard output is this process's alone: every other process
- * sends its stdout to /dev/null (errors on stderr stay). Programs call it
- * with the process that reports the run. No-op with one process. */
+/* The job's output is process `rank`'s alone: every other one sends its
+ * stdout and stderr to /dev/null (and back, should a later call name it).
+ * Programs call it with the process that reports the run: the processes
+ * run the same command, so their usage errors are the same, and a failure
+ * in any of them reaches that one (tm_world_run). No-op with one
+ * process. */
 void tm_process_output(int rank);
 /* Which transport links between processes use: "shm" (MPI-3 shared-memory
  * windows, processes of one host) and "mpi" (MPI point-to-point, between

@@ -455,6 +455,77 @@ static void watch(tm_world *w)
     pthread_mutex_unlock(&w->done_lock);
 }
 
+/* Every process gets every device's modeled accounts and recorded events,
+ * so that traces, timelines and tables cover the whole world wherever
+ * they are written. An event's name is a static string of this program,
+ * whose address differs between processes (each maps the binary at its
+ * own base): it travels as its distance from a string of ours, which is
+ * the same in every copy of the binary. */
+static const char name_anchor[] = "tinymesh";
+
+typedef struct {
+    int32_t id;
+    uint32_t dropped;
+    uint64_t n_events;
+    tm_clock_stats s;
+    char name[sizeof ((tm_vclock *)0)->name];
+} clock_head;
+
+static int share_clocks(tm_world *w)
+{
+    size_t bytes = 0;
+    for (int i = w->lo; i < w->hi; i++)
+        bytes += sizeof(clock_head) + w->devices[i].clock.n_events * sizeof(tm_event);
+    char *mine = malloc(bytes ? bytes : 1), *p = mine;
+    if (mine == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the devices' events");
+    for (int i = w->lo; i < w->hi; i++) {
+        const tm_vclock *c = &w->devices[i].clock;
+        clock_head h = {i, (uint32_t)c->dropped, c->n_events, c->s, {0}};
+        memcpy(h.name, c->name, sizeof h.name);
+        memcpy(p, &h, sizeof h);
+        p += sizeof h;
+        for (size_t k = 0; k < c->n_events; k++) {
+            tm_event e = c->events[k];
+            e.name = (const char *)(uintptr_t)(e.name - name_anchor);
+            memcpy(p, &e, sizeof e);
+            p += sizeof e;
+        }
+    }
+    void *all = NULL;
+    size_t counts[TM_MAX_DEVICES], total = 0;
+    int st = tm__mpi_allgatherv(w->mpi, mine, bytes, &all, counts);
+    free(mine);
+    if (st != TM_OK) return st;
+    for (int q = 0; q < tm_process_count(); q++) total += counts[q];
+    for (const char *r = all; r < (const char *)all + total;) {
+        clock_head h;
+        memcpy(&h, r, sizeof h);
+        r += sizeof h;
+        tm_vclock *c = &w->devices[h.id].clock;
+        if (is_local(w, h.id)) {
+            r += h.n_events * sizeof(tm_event);
+            continue;
+        }
+        tm_event *ev = realloc(c->events, sizeof *ev * (h.n_events ? h.n_events : 1));
+        if (ev == NULL) {
+            free(all);
+            return tm_error(TM_EHOSTMEM, "cannot allocate device %d's events", h.id);
+        }
+        c->events = ev;
+        c->cap_events = c->n_events = h.n_events;
+        c->dropped = h.dropped;
+        c->s = h.s;
+        memcpy(c->name, h.name, sizeof c->name);
+        for (size_t k = 0; k < h.n_events; k++) {
+            memcpy(&ev[k], r, sizeof ev[k]);
+            r += sizeof ev[k];
+            ev[k].name = name_anchor + (intptr_t)(uintptr_t)ev[k].name;
+        }
+    }
+    free(all);
+    return TM_OK;
+}
+
 /* What a process tells the others at the end of a run. */
 typedef struct {
     int32_t origin;  /* the first failure started here */
@@ -515,6 +586,7 @@ static int agree(tm_world *w)
         }
     }
     free(all);
+    if (st == TM_OK && w->status == TM_OK) st = share_clocks(w);
     return st;
 }
 
@@ -593,6 +665,17 @@ tm_arena *tm_world_arena(tm_world *w, int device) { return w->devices[device].ar
 int tm_world_device_process(const tm_world *w, int device) { return device / (w->hi - w->lo); }
 int tm_world_is_local(const tm_world *w, int device) { return is_local(w, device); }
 tm_mpi_world *tm__world_mpi(tm_world *w) { return w->mpi; }
+
+int tm_world_device_count_local(const tm_world *w) { return w->hi - w->lo; }
+
+int tm_world_share_host(tm_world *w, const void *mine, size_t bytes, void *all)
+{
+    if (w->mpi == NULL) {
+        memcpy(all, mine, bytes);
+        return TM_OK;
+    }
+    return tm__mpi_allgather(w->mpi, mine, bytes, all);
+}
 
 int tm_world_share(tm_world *w, void *base, size_t stride)
 {

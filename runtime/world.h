@@ -83,6 +83,11 @@ int tm_world_is_local(const tm_world *world, int device);
  * every process together; a no-op with one. TM_OK, TM_EHOSTMEM or
  * TM_ESYS. */
 int tm_world_share(tm_world *world, void *base, size_t stride);
+/* The same for host data: `bytes` at mine from every process, in process
+ * order, into all (processes x bytes); with one process a copy. */
+int tm_world_share_host(tm_world *world, const void *mine, size_t bytes, void *all);
+/* Devices this process runs (all of them with one process). */
+int tm_world_device_count_local(const tm_world *world);
 /* Ring capacity in bytes chosen for this world's links. */
 size_t tm_world_ring_bytes(const tm_world *world);
 /* Whether device threads are pinned to cores in this world. */
