@@ -46,7 +46,7 @@ LIB       := $(BUILD)/libtinymesh.a
 # the GPT's stage and generation worlds).
 TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt stage
 SUITES ?=
-TEST_RUN := $(if $(SUITES),$(foreach s,$(SUITES),$(if $(filter mpi_%,$s),$(BUILD)/$s,$(BUILD)/test_$s)),$(TEST_BIN) $(MPI_TEST_BIN))
+TEST_RUN := $(if $(SUITES),$(foreach s,$(SUITES),$(if $(filter mpi_%,$s),$(if $(wildcard tests/$s.c),$(BUILD)/$s),$(BUILD)/test_$s)),$(TEST_BIN) $(MPI_TEST_BIN))
 
 .PHONY: all deps test asan tsan demo tour bench bench-peers clean
 all: $(LIB) $(TEST_BIN) $(MPI_TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)

@@ -495,8 +495,8 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
     fprintf(f, ",\"devices\":[");
     for (int i = 0; i < res->n_devices; i++) {
         const tm_device_report *d = &res->devices[i];
-        fprintf(f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":", i ? "," : "",
-                d->id, d->d, d->p, d->t);
+        fprintf(f, "%s{\"id\":%d,\"process\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
+                i ? "," : "", d->id, d->process, d->d, d->p, d->t);
         json_peaks(f, &d->memory);
         fprintf(f, ",\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
                    "\"comm_s\":%.9g,\"idle_s\":%.9g}",

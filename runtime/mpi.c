@@ -113,6 +113,9 @@ int tm_process_rank(void) { return P.rank; }
 int tm_process_count(void) { return P.size; }
 const char *tm_process_transport(void) { return P.force_mpi ? "mpi" : "shm"; }
 
+void tm_process_mpi_begin(void) { pthread_mutex_lock(&P.mpi_lock); }
+void tm_process_mpi_end(void) { pthread_mutex_unlock(&P.mpi_lock); }
+
 void tm_process_output(int rank)
 {
     static int saved_out = -1, saved_err = -1;
@@ -275,6 +278,8 @@ static void finish(void)
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
+    free(P.host);
+    P.host = NULL;
 }
 
 int tm_process_init(void)
@@ -487,7 +492,11 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
         MPI_Info_create(&info);
         MPI_Info_set(info, "alloc_shared_noncontig", "true");
         void *base = NULL;
-        MPI_Aint bytes = (MPI_Aint)((size_t)m->per * (size_t)n * m->slot);
+        /* A page more, to start the slots on a page: Open MPI places a
+         * segment past a header of its own. The page offset of shared
+         * memory is the same in every process that maps it, so each finds
+         * the same first slot. */
+        MPI_Aint bytes = (MPI_Aint)((size_t)m->per * (size_t)n * m->slot + 4096);
         int rc = MPI_Win_allocate_shared(bytes, 1, info, node, &base, &m->win);
         MPI_Info_free(&info);
         if (rc != MPI_SUCCESS) {
@@ -507,7 +516,7 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
                 int disp;
                 void *ptr;
                 MPI_Win_shared_query(m->win, q, &size, &disp, &ptr);
-                m->seg[wr] = ptr;
+                m->seg[wr] = (uint8_t *)(((uintptr_t)ptr + 4095) & ~(uintptr_t)4095);
             }
             MPI_Group_free(&g_node);
             MPI_Group_free(&g_world);

@@ -23,6 +23,10 @@ int tm_process_count(void);
  * in any of them reaches that one (tm_world_run). No-op with one
  * process. */
 void tm_process_output(int rank);
+/* A program that calls MPI itself (bench_collectives' Open MPI rows)
+ * does so between these two: meanwhile the runtime makes no MPI call. */
+void tm_process_mpi_begin(void);
+void tm_process_mpi_end(void);
 /* Which transport links between processes use: "shm" (MPI-3 shared-memory
  * windows, processes of one host) and "mpi" (MPI point-to-point, between
  * hosts) chosen per pair, or "mpi" everywhere when the environment says

@@ -43,6 +43,7 @@ int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *re
 {
     if (tm_world_device_count_local(w) == tm_world_size(w)) return TM_OK;
     TM_CHECK(tm_world_share(w, res->devices, sizeof *res->devices));
+    for (int i = 0; i < res->n_devices; i++) res->devices[i].process = tm_world_device_process(w, i);
     int reporter = (cfg->pp - 1) * cfg->tp;
     reported mine = {res->stopped, res->steps, res->samples_per_s, res->train_seconds,
                      res->test_acc, res->test_loss, state->pos};
