@@ -289,7 +289,7 @@ static long bench_devices(const options *o, int n, int round, double *medians)
     long wrong_total = -1;
     tm_world *world = NULL;
     for (int i = 0; i < p.n_rows; i++) {
-        rows[i].times = malloc(sizeof(double) * (size_t)rows[i].iters * (size_t)n);
+        rows[i].times = calloc((size_t)rows[i].iters * (size_t)n, sizeof(double));
         rows[i].wrong = calloc((size_t)n, sizeof(long));
         if (rows[i].times == NULL || rows[i].wrong == NULL) {
             p.n_rows = i + 1;
