@@ -10,8 +10,8 @@ SAN      ?=
 CFLAGS   ?=
 # Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
 # which is after the deps target has installed the packages.
-PKG_CFLAGS = $(shell pkg-config --cflags hwloc openblas zlib)
-PKG_LIBS   = $(shell pkg-config --libs hwloc openblas zlib)
+PKG_CFLAGS = $(shell pkg-config --cflags hwloc openblas zlib ompi-c)
+PKG_LIBS   = $(shell pkg-config --libs hwloc openblas zlib ompi-c)
 CR_CFLAGS  = $(shell pkg-config --cflags criterion)
 CR_LIBS    = $(shell pkg-config --libs criterion)
 
@@ -31,6 +31,11 @@ LIB_SRC   := $(wildcard runtime/*.c kernels/*.c strategies/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/%)
+# Suites across processes, run under mpirun: built against the Criterion
+# stand-in, since Criterion forks a process per test and MPI does not
+# survive a fork.
+MPI_TEST_SRC := $(wildcard tests/mpi_*.c)
+MPI_TEST_BIN := $(MPI_TEST_SRC:tests/%.c=$(BUILD)/%)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/%)
 DEMO_SRC  := $(wildcard demos/*.c)
@@ -42,10 +47,10 @@ LIB       := $(BUILD)/libtinymesh.a
 # the GPT's stage, mesh and generation worlds).
 TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt gpt_mesh stage
 SUITES ?=
-TEST_RUN := $(if $(SUITES),$(SUITES:%=$(BUILD)/test_%),$(TEST_BIN))
+TEST_RUN := $(if $(SUITES),$(foreach s,$(SUITES),$(if $(filter mpi_%,$s),$(if $(wildcard tests/$s.c),$(BUILD)/$s),$(BUILD)/test_$s)),$(TEST_BIN) $(MPI_TEST_BIN))
 
 .PHONY: all deps test asan tsan demo demo-mnist tour bench bench-peers clean
-all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)
+all: $(LIB) $(TEST_BIN) $(MPI_TEST_BIN) $(BENCH_BIN) $(DEMO_BIN)
 
 deps:
 	@scripts/deps.sh
@@ -82,6 +87,9 @@ $(LIB): $(LIB_OBJ)
 
 $(BUILD)/test_%: tests/test_%.c $(LIB) $(TEST_EXTRA) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $(CR_CFLAGS) $< $(TEST_EXTRA) $(TEST_OBJ) -o $@ $(LIB) $(TM_LDFLAGS) $(CR_LIBS) $(PKG_LIBS) -lm
+
+$(BUILD)/mpi_%: tests/mpi_%.c $(LIB) tests/tsan-shim/shim.c | deps
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) -Itests/tsan-shim $< tests/tsan-shim/shim.c -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
 
 $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
@@ -132,4 +140,4 @@ bench-peers:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(MPI_TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)

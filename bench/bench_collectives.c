@@ -10,7 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <mpi.h>
+
 #include "runtime/collectives.h"
+#include "runtime/process.h"
 #include "runtime/status.h"
 
 static const char usage[] =
@@ -36,7 +39,15 @@ static const char usage[] =
     "  --algo A        all-reduce algorithm (default: TM_ALLREDUCE or auto)\n"
     "  --pin P         pin device threads to cores (default auto)\n"
     "  --ring-bytes S  ring capacity per link (default: chosen by the world)\n"
-    "  --csv           print op,devices,bytes,time_us,algbw_GBps,busbw_GBps,wrong\n";
+    "  --csv           print op,devices,bytes,time_us,algbw_GBps,busbw_GBps,wrong\n"
+    "  --rounds R      run every device count's rows R times (default 1) and\n"
+    "                  print each row's median over the rounds\n"
+    "  --mpi           under mpirun: after each round, the same rows with Open\n"
+    "                  MPI's MPI_Allreduce and MPI_Allgather on the job's\n"
+    "                  processes (rows mpi_allreduce, mpi_allgather), timed the\n"
+    "                  same way, so the two alternate in one job\n"
+    "Under mpirun -np P the devices split over the P processes (each count\n"
+    "must divide by P); process 0 prints.\n";
 
 enum { OP_ALLREDUCE, OP_ALLGATHER, N_OPS, MAX_LIST = 32, MAX_ITERS = 10000 };
 static const char *const op_names[N_OPS] = {"allreduce", "allgather"};
@@ -46,7 +57,7 @@ typedef struct {
     size_t sizes[MAX_LIST];
     int n_sizes;
     int ops[N_OPS], n_ops;
-    int iters, csv;
+    int iters, csv, rounds, mpi;
     tm_pin_policy pin;
     size_t ring_bytes;
 } options;
@@ -270,7 +281,7 @@ static void plan_rows(const options *o, int n, plan *p, row *rows)
 
 /* Runs every row on a world of n devices and prints them; returns the number
  * of wrong elements, or -1 on failure (message printed). */
-static long bench_devices(const options *o, int n)
+static long bench_devices(const options *o, int n, int round, double *medians)
 {
     row rows[N_OPS * MAX_LIST];
     plan p;
@@ -278,7 +289,7 @@ static long bench_devices(const options *o, int n)
     long wrong_total = -1;
     tm_world *world = NULL;
     for (int i = 0; i < p.n_rows; i++) {
-        rows[i].times = malloc(sizeof(double) * (size_t)rows[i].iters * (size_t)n);
+        rows[i].times = calloc((size_t)rows[i].iters * (size_t)n, sizeof(double));
         rows[i].wrong = calloc((size_t)n, sizeof(long));
         if (rows[i].times == NULL || rows[i].wrong == NULL) {
             p.n_rows = i + 1;
@@ -306,7 +317,32 @@ static long bench_devices(const options *o, int n)
         fprintf(stderr, "bench_collectives: %d devices: %s\n", n, tm_world_error(world));
         goto out;
     }
-    if (!o->csv)
+    /* Across processes each wrote its devices' slots: the others' are 0, so
+     * the slowest time is the largest and the wrong counts add. */
+    for (int i = 0; i < p.n_rows && tm_world_device_count_local(world) < n; i++) {
+        row *w = &rows[i];
+        size_t k = (size_t)w->iters * (size_t)n, procs = (size_t)tm_process_count();
+        double *t = malloc(sizeof *t * k * procs);
+        long *bad_all = malloc(sizeof *bad_all * (size_t)n * procs);
+        if (t == NULL || bad_all == NULL ||
+            tm_world_share_host(world, w->times, sizeof *t * k, t) != TM_OK ||
+            tm_world_share_host(world, w->wrong, sizeof *bad_all * (size_t)n, bad_all) != TM_OK) {
+            free(t);
+            free(bad_all);
+            fprintf(stderr, "bench_collectives: cannot gather the processes' times\n");
+            goto out;
+        }
+        for (size_t q = 1; q < procs; q++) {
+            for (size_t x = 0; x < k; x++)
+                if (t[q * k + x] > t[x]) t[x] = t[q * k + x];
+            for (int r = 0; r < n; r++) bad_all[r] += bad_all[q * (size_t)n + (size_t)r];
+        }
+        memcpy(w->times, t, sizeof *t * k);
+        memcpy(w->wrong, bad_all, sizeof *bad_all * (size_t)n);
+        free(t);
+        free(bad_all);
+    }
+    if (!o->csv && round == 0)
         printf("# %d devices: ring %zu bytes per link, %s\n", n, tm_world_ring_bytes(world),
                tm_world_pinned(world) ? "pinned" : "not pinned");
     wrong_total = 0;
@@ -321,8 +357,7 @@ static long bench_devices(const options *o, int n)
             for (int r = 1; r < n; r++) worst = t[r] > worst ? t[r] : worst;
             w->times[it] = worst;
         }
-        double f = (double)(n - 1) / n * (w->op == OP_ALLREDUCE ? 2.0 : 1.0);
-        print_row(o, op_names[w->op], n, w->bytes, median(w->times, w->iters), f, wrong);
+        medians[i] = median(w->times, w->iters);
         wrong_total += wrong;
     }
 out:
@@ -332,6 +367,45 @@ out:
         free(rows[i].wrong);
     }
     return wrong_total;
+}
+
+/* Open MPI's own collectives on the job's processes, row by row as
+ * bench_devices times ours: per iteration a barrier, then every rank times
+ * its call; the slowest rank's time, median over iterations. */
+static int mpi_rows(const plan *p, double *medians)
+{
+    int procs = tm_process_count(), rank = tm_process_rank();
+    tm_process_mpi_begin();
+    int st = 0;
+    for (int i = 0; i < p->n_rows && st == 0; i++) {
+        const row *w = &p->rows[i];
+        size_t out = w->bytes / sizeof(float);
+        size_t in = w->op == OP_ALLREDUCE ? out : out / (size_t)procs;
+        float *send = malloc(sizeof(float) * (in ? in : 1));
+        float *recv = malloc(sizeof(float) * (out ? out : 1));
+        double *t = malloc(sizeof(double) * (size_t)w->iters);
+        if (send == NULL || recv == NULL || t == NULL) st = 1;
+        for (size_t k = 0; st == 0 && k < in; k++) send[k] = input(w->seed, rank, k);
+        for (int it = -w->warmup; st == 0 && it < w->iters; it++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = now();
+            if (w->op == OP_ALLREDUCE)
+                MPI_Allreduce(send, recv, (int)in, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            else
+                MPI_Allgather(send, (int)in, MPI_FLOAT, recv, (int)in, MPI_FLOAT, MPI_COMM_WORLD);
+            if (it >= 0) t[it] = now() - t0;
+        }
+        if (st == 0) {
+            MPI_Allreduce(MPI_IN_PLACE, t, w->iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            medians[i] = median(t, w->iters);
+        }
+        free(send);
+        free(recv);
+        free(t);
+    }
+    tm_process_mpi_end();
+    if (st != 0) fprintf(stderr, "bench_collectives: out of host memory\n");
+    return st;
 }
 
 /* --- options ------------------------------------------------------------ */
@@ -394,6 +468,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"iters", required_argument, NULL, 'i'},   {"ops", required_argument, NULL, 'o'},
         {"algo", required_argument, NULL, 'a'},    {"pin", required_argument, NULL, 'p'},
         {"ring-bytes", required_argument, NULL, 'r'}, {"csv", no_argument, NULL, 'c'},
+        {"rounds", required_argument, NULL, 'R'},  {"mpi", no_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     static const char *const pins[] = {"auto", "off", "on"};
@@ -440,6 +515,12 @@ static int parse_options(int argc, char **argv, options *o)
                 return bad("--ring-bytes", optarg, "a power of two >= 4K");
             break;
         case 'c': o->csv = 1; break;
+        case 'R':
+            o->rounds = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || end == optarg || o->rounds < 1 || o->rounds > 1000)
+                return bad("--rounds", optarg, "an integer 1..1000");
+            break;
+        case 'm': o->mpi = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case ':':
             fprintf(stderr, "bench_collectives: %s needs a value (try --help)\n", argv[optind - 1]);
@@ -466,9 +547,19 @@ int main(int argc, char **argv)
                  .ops = {OP_ALLREDUCE, OP_ALLGATHER},
                  .n_ops = 2,
                  .iters = 20,
+                 .rounds = 1,
                  .pin = TM_PIN_AUTO};
+    if (tm_process_init() != TM_OK) {
+        fprintf(stderr, "bench_collectives: %s\n", tm_error_message());
+        return 1;
+    }
+    tm_process_output(0);
     int st = parse_options(argc, argv, &o);
     if (st >= 0) return st;
+    if (o.mpi && tm_process_count() < 2) {
+        fprintf(stderr, "bench_collectives: --mpi runs under mpirun with 2 or more processes\n");
+        return 2;
+    }
 
     if (o.csv) {
         puts("op,devices,bytes,time_us,algbw_GBps,busbw_GBps,wrong");
@@ -482,9 +573,41 @@ int main(int argc, char **argv)
     if (memcpy_row(&o) != 0) return 1;
     long wrong = 0;
     for (int d = 0; d < o.n_devices; d++) {
-        long w = bench_devices(&o, o.devices[d]);
-        if (w < 0) return 1;
-        wrong += w;
+        int n = o.devices[d];
+        row rows[N_OPS * MAX_LIST];
+        plan p;
+        plan_rows(&o, n, &p, rows);
+        double *ours = malloc(sizeof(double) * (size_t)o.rounds * (size_t)p.n_rows);
+        double *theirs = malloc(sizeof(double) * (size_t)o.rounds * (size_t)p.n_rows);
+        double *col = malloc(sizeof(double) * (size_t)o.rounds);
+        if (ours == NULL || theirs == NULL || col == NULL) {
+            fprintf(stderr, "bench_collectives: out of host memory\n");
+            return 1;
+        }
+        /* Rounds alternate ours and Open MPI's, so that both see the same
+         * machine (other processes' load drifts over seconds). */
+        for (int r = 0; r < o.rounds; r++) {
+            long w = bench_devices(&o, n, r, ours + (size_t)r * (size_t)p.n_rows);
+            if (w < 0) return 1;
+            wrong += w;
+            if (o.mpi && mpi_rows(&p, theirs + (size_t)r * (size_t)p.n_rows) != 0) return 1;
+        }
+        for (int i = 0; i < p.n_rows; i++) {
+            double f = (double)(n - 1) / n * (rows[i].op == OP_ALLREDUCE ? 2.0 : 1.0);
+            for (int r = 0; r < o.rounds; r++) col[r] = ours[(size_t)r * (size_t)p.n_rows + i];
+            print_row(&o, op_names[rows[i].op], n, rows[i].bytes, median(col, o.rounds), f, 0);
+        }
+        int procs = tm_process_count();
+        for (int i = 0; o.mpi && i < p.n_rows; i++) {
+            double f = (double)(procs - 1) / procs * (rows[i].op == OP_ALLREDUCE ? 2.0 : 1.0);
+            for (int r = 0; r < o.rounds; r++) col[r] = theirs[(size_t)r * (size_t)p.n_rows + i];
+            char name[32];
+            snprintf(name, sizeof name, "mpi_%s", op_names[rows[i].op]);
+            print_row(&o, name, procs, rows[i].bytes, median(col, o.rounds), f, 0);
+        }
+        free(ours);
+        free(theirs);
+        free(col);
     }
     return wrong != 0;
 }

@@ -18,6 +18,7 @@
 #include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/outfile.h"
+#include "runtime/process.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
 #include "strategies/generate.h"
@@ -513,8 +514,8 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
     fprintf(f, ",\"devices\":[");
     for (int i = 0; i < res->n_devices; i++) {
         const tm_device_report *d = &res->devices[i];
-        fprintf(f, "%s{\"id\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":", i ? "," : "",
-                d->id, d->d, d->p, d->t);
+        fprintf(f, "%s{\"id\":%d,\"process\":%d,\"dp\":%d,\"pp\":%d,\"tp\":%d,\"peak_bytes\":",
+                i ? "," : "", d->id, d->process, d->d, d->p, d->t);
         json_peaks(f, &d->memory);
         fprintf(f, ",\"peak\":%zu,\"sent_bytes\":%llu,\"modeled_s\":%.9g,\"compute_s\":%.9g,"
                    "\"comm_s\":%.9g,\"idle_s\":%.9g",
@@ -538,6 +539,12 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
 
 int main(int argc, char **argv)
 {
+    /* Under mpirun, process 0 speaks until the mesh says which one reports. */
+    if (tm_process_init() != TM_OK) {
+        fprintf(stderr, "train: %s\n", tm_error_message());
+        return 1;
+    }
+    tm_process_output(0);
     catch_signals();
     tm_train_config cfg = {0};
     const char *model = "784,256,128,10", *act = "relu", *why;
@@ -757,6 +764,18 @@ int main(int argc, char **argv)
     if (devices != 0 && devices != mesh)
         die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
                   cfg.tp, mesh);
+    /* Under mpirun the processes run equal blocks of devices; the one that
+     * runs the reporting device (replica 0's last stage) prints and writes
+     * the metrics. */
+    int procs = tm_process_count();
+    if (mesh % procs != 0)
+        die_usage("%ld devices do not split evenly over %d processes", mesh, procs);
+    int reporter = (int)((long)(cfg.pp - 1) * cfg.tp / (mesh / procs));
+    tm_process_output(reporter);
+    if (tm_process_rank() != reporter) metrics_path = NULL;
+    if ((mesh / procs) % cfg.tp != 0)
+        warn("tensor-parallel groups of %d span processes of %ld devices: their collectives "
+             "cross the slowest links", cfg.tp, mesh / procs);
 
     tm_model net;
     tm_mlp_config mlp;

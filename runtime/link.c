@@ -34,15 +34,34 @@
  * The sleep flags have lines of their own, written only around a sleep:
  * each side reads the other's flag after every publication, which on the
  * counter's line would be a cross-core miss every time (and would hide the
- * head line's transfer time that tm__link_stream measures). */
-struct tm_link {
+ * head line's transfer time that tm__link_stream measures).
+ *
+ * What both ends share lives in a control block beside the ring, in memory
+ * both ends map: the process's own for a link between two threads, a
+ * shared-memory window for a link between two processes (whose handles then
+ * differ: each process sees the ring at its own address). */
+typedef struct {
     /* Written by the consumer. */
     _Alignas(CACHE_LINE) atomic_uint_fast64_t head; /* bytes consumed */
-    uint64_t cons_tail_cache;     /* last tail seen, avoids a shared load */
-
     /* Written by the producer. */
     _Alignas(CACHE_LINE) atomic_uint_fast64_t tail; /* bytes published */
-    uint64_t prod_head_cache;     /* last head seen */
+    /* Written by the consumer when it sleeps, and by the producer waking it. */
+    _Alignas(CACHE_LINE) atomic_uint cons_sleeping; /* consumer asleep waiting for data */
+    atomic_uint cons_event;       /* futex word the consumer sleeps on */
+    /* Written by the producer when it sleeps, and by the consumer waking it. */
+    _Alignas(CACHE_LINE) atomic_uint prod_sleeping; /* producer asleep waiting for space */
+    atomic_uint prod_event;       /* futex word the producer sleeps on */
+} ctrl;
+
+_Static_assert(sizeof(ctrl) <= TM_LINK_CTRL_BYTES, "the control block fits its slot");
+
+/* One process's handle on a link: the fields each side keeps to itself. */
+struct tm_link {
+    /* The consumer's. */
+    _Alignas(CACHE_LINE) uint64_t cons_tail_cache; /* last tail seen, avoids a shared load */
+
+    /* The producer's. */
+    _Alignas(CACHE_LINE) uint64_t prod_head_cache; /* last head seen */
     uint64_t bytes;               /* payload bytes sent */
     uint64_t messages;            /* headers sent */
     uint32_t lat[LAT_SAMPLES];    /* head-line transfer times, in ticks */
@@ -50,24 +69,47 @@ struct tm_link {
     int stream;                   /* tm__link_stream's answer */
     double vfree;                 /* modeled time the link is free again */
 
-    /* Written by the consumer when it sleeps, and by the producer waking it. */
-    _Alignas(CACHE_LINE) atomic_uint cons_sleeping; /* consumer asleep waiting for data */
-    atomic_uint cons_event;       /* futex word the consumer sleeps on */
-
-    /* Written by the producer when it sleeps, and by the consumer waking it. */
-    _Alignas(CACHE_LINE) atomic_uint prod_sleeping; /* producer asleep waiting for space */
-    atomic_uint prod_event;       /* futex word the producer sleeps on */
-
     /* Read-only after creation. */
-    _Alignas(CACHE_LINE) uint8_t *ring;
+    _Alignas(CACHE_LINE) ctrl *c; /* the shared control block */
+    uint8_t *ring;
     uint64_t capacity;
     uint64_t mask;
     int src, dst;
+    int futex_shared;             /* the ends are in two processes */
+    int owns_memory;              /* ring and c were allocated here */
+    tm_doorbell *bell;            /* rung by the device's side, or NULL */
 };
 
 static long futex(atomic_uint *word, int op, unsigned val, const struct timespec *t)
 {
     return syscall(SYS_futex, (unsigned *)word, op, val, t, NULL, 0);
+}
+
+/* Futexes between two processes must not be private: the kernel then keys
+ * them by the shared page rather than by this process's address space. */
+static int wait_op(const tm_link *l) { return l->futex_shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE; }
+static int wake_op(const tm_link *l) { return l->futex_shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE; }
+
+void tm__doorbell_ring(tm_doorbell *d)
+{
+    atomic_fetch_add_explicit(&d->word, 1, memory_order_release);
+    /* Orders the increment before the flag load: pairs with the fence in
+     * tm__doorbell_wait, so the waiter either sees the new word or is
+     * woken. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&d->sleeping, memory_order_relaxed))
+        syscall(SYS_futex, (unsigned *)&d->word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void tm__doorbell_wait(tm_doorbell *d, unsigned seen, long timeout_ns)
+{
+    atomic_store_explicit(&d->sleeping, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&d->word, memory_order_relaxed) == seen) {
+        struct timespec t = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+        syscall(SYS_futex, (unsigned *)&d->word, FUTEX_WAIT_PRIVATE, seen, &t, NULL, 0);
+    }
+    atomic_store_explicit(&d->sleeping, 0, memory_order_relaxed);
 }
 
 static inline void cpu_relax(void)
@@ -130,43 +172,83 @@ static uint8_t *ring_alloc(size_t capacity)
     return ring;
 }
 
-int tm__link_create(tm_link **out, size_t capacity, int src, int dst)
+static int check_capacity(size_t capacity)
 {
-    *out = NULL;
     if (capacity < 4 * TM_LINK_ALIGN || (capacity & (capacity - 1)) != 0)
         return tm_error(TM_EINVAL, "link ring size %zu is not a power of two >= %d",
                         capacity, 4 * TM_LINK_ALIGN);
 #if defined(__x86_64__)
     pthread_once(&ticks_once, calibrate_ticks);
 #endif
+    return TM_OK;
+}
+
+static tm_link *handle(size_t capacity, int src, int dst)
+{
     tm_link *l = aligned_alloc(CACHE_LINE, sizeof *l);
-    if (l == NULL) goto err;
+    if (l == NULL) return NULL;
     memset(l, 0, sizeof *l);
-    l->ring = ring_alloc(capacity);
-    if (l->ring == NULL) goto err;
     l->capacity = capacity;
     l->mask = capacity - 1;
     l->src = src;
     l->dst = dst;
+    return l;
+}
+
+int tm__link_create(tm_link **out, size_t capacity, int src, int dst)
+{
+    *out = NULL;
+    TM_CHECK(check_capacity(capacity));
+    tm_link *l = handle(capacity, src, dst);
+    if (l == NULL) goto err;
+    l->owns_memory = 1;
+    l->c = aligned_alloc(CACHE_LINE, sizeof *l->c);
+    if (l->c == NULL) goto err;
+    memset(l->c, 0, sizeof *l->c);
+    l->ring = ring_alloc(capacity);
+    if (l->ring == NULL) goto err;
     *out = l;
     return TM_OK;
 err:
+    if (l != NULL) free(l->c);
     free(l);
     return tm_error(TM_EHOSTMEM, "cannot allocate a %zu-byte ring for link %d->%d",
                     capacity, src, dst);
 }
 
+int tm__link_attach(tm_link **out, void *mem, size_t capacity, int src, int dst)
+{
+    *out = NULL;
+    TM_CHECK(check_capacity(capacity));
+    tm_link *l = handle(capacity, src, dst);
+    if (l == NULL)
+        return tm_error(TM_EHOSTMEM, "cannot allocate the handle of link %d->%d", src, dst);
+    l->c = mem;
+    l->ring = (uint8_t *)mem + TM_LINK_CTRL_BYTES;
+    l->futex_shared = 1;
+    /* Both ends start from the same zeroed memory, so the counters agree. */
+    l->prod_head_cache = atomic_load(&l->c->head);
+    l->cons_tail_cache = atomic_load(&l->c->tail);
+    *out = l;
+    return TM_OK;
+}
+
+void tm__link_set_doorbell(tm_link *l, tm_doorbell *bell) { l->bell = bell; }
+
 void tm__link_destroy(tm_link *link)
 {
     if (link == NULL) return;
-    free(link->ring);
+    if (link->owns_memory) {
+        free(link->ring);
+        free(link->c);
+    }
     free(link);
 }
 
 void tm__link_reset(tm_link *link)
 {
-    atomic_store(&link->head, 0);
-    atomic_store(&link->tail, 0);
+    atomic_store(&link->c->head, 0);
+    atomic_store(&link->c->tail, 0);
     link->cons_tail_cache = 0;
     link->prod_head_cache = 0;
 }
@@ -192,7 +274,7 @@ static int sleep_until(tm_link *l, tm_waiter *w, atomic_uint *sleeping,
             atomic_store_explicit(&w->blocked_for_space, for_space, memory_order_relaxed);
             atomic_store_explicit(&w->blocked_on, l, memory_order_release);
             struct timespec t = {1, 0};
-            futex(event, FUTEX_WAIT_PRIVATE, ev, &t);
+            futex(event, wait_op(l), ev, &t);
             atomic_store_explicit(&w->blocked_on, NULL, memory_order_release);
         }
     }
@@ -201,7 +283,7 @@ static int sleep_until(tm_link *l, tm_waiter *w, atomic_uint *sleeping,
 }
 
 /* Wakes the other side if it announced that it sleeps. */
-static void notify(atomic_uint *sleeping, atomic_uint *event)
+static void notify(const tm_link *l, atomic_uint *sleeping, atomic_uint *event)
 {
     /* Orders our counter store before the flag load: pairs with the fence in
      * sleep_until(), so either we see the flag or the sleeper sees our
@@ -209,13 +291,13 @@ static void notify(atomic_uint *sleeping, atomic_uint *event)
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(sleeping, memory_order_relaxed)) {
         atomic_fetch_add_explicit(event, 1, memory_order_release);
-        futex(event, FUTEX_WAKE_PRIVATE, 1, NULL);
+        futex(event, wake_op(l), 1, NULL);
     }
 }
 
 static uint64_t contiguous_free(tm_link *l, uint64_t head)
 {
-    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
     uint64_t free_bytes = l->capacity - (tail - head);
     uint64_t to_wrap = l->capacity - (tail & l->mask);
     return free_bytes < to_wrap ? free_bytes : to_wrap;
@@ -225,7 +307,7 @@ static int space_ready(tm_link *l, uint64_t need)
 {
     /* Acquire: the consumer's release of head is our licence to overwrite
      * the bytes it has consumed. */
-    l->prod_head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
+    l->prod_head_cache = atomic_load_explicit(&l->c->head, memory_order_acquire);
     return contiguous_free(l, l->prod_head_cache) >= need;
 }
 
@@ -261,7 +343,7 @@ static void record_transfer(tm_link *l, uint64_t t)
 static int space_ready_timed(tm_link *l, uint64_t need)
 {
     uint64_t seen = l->prod_head_cache, t0 = ticks();
-    uint64_t head = atomic_load_explicit(&l->head, memory_order_acquire);
+    uint64_t head = atomic_load_explicit(&l->c->head, memory_order_acquire);
     uint64_t t = ticks() - t0;
     l->prod_head_cache = head;
     if (head != seen) record_transfer(l, t > tick_overhead ? t - tick_overhead : 0);
@@ -277,7 +359,7 @@ int tm__link_stream(const tm_link *l) { return l->stream; }
 
 static uint64_t contiguous_data(tm_link *l, uint64_t tail)
 {
-    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&l->c->head, memory_order_relaxed);
     uint64_t avail = tail - head;
     uint64_t to_wrap = l->capacity - (head & l->mask);
     return avail < to_wrap ? avail : to_wrap;
@@ -287,7 +369,7 @@ static int data_ready(tm_link *l, uint64_t need)
 {
     /* Acquire: pairs with the producer's release of tail, making the bytes
      * it wrote before publishing visible to us. */
-    l->cons_tail_cache = atomic_load_explicit(&l->tail, memory_order_acquire);
+    l->cons_tail_cache = atomic_load_explicit(&l->c->tail, memory_order_acquire);
     return contiguous_data(l, l->cons_tail_cache) >= need;
 }
 
@@ -295,6 +377,9 @@ static int data_ready(tm_link *l, uint64_t need)
 static int wait_for(tm_link *l, tm_waiter *w, int for_space,
                     int (*ready)(tm_link *, uint64_t), uint64_t need)
 {
+    /* A link that a progress thread serves: it moves the bytes we wait
+     * for, so it must know someone waits. */
+    if (l->bell != NULL) tm__doorbell_ring(l->bell);
     for (int i = 0; i < w->spin; i++) {
         cpu_relax();
         if (ready(l, need)) return TM_OK;
@@ -306,8 +391,8 @@ static int wait_for(tm_link *l, tm_waiter *w, int for_space,
     for (;;) {
         if (atomic_load_explicit(w->abort, memory_order_relaxed)) return TM_EABORTED;
         int st = for_space
-            ? sleep_until(l, w, &l->prod_sleeping, &l->prod_event, 1, ready, need)
-            : sleep_until(l, w, &l->cons_sleeping, &l->cons_event, 0, ready, need);
+            ? sleep_until(l, w, &l->c->prod_sleeping, &l->c->prod_event, 1, ready, need)
+            : sleep_until(l, w, &l->c->cons_sleeping, &l->c->cons_event, 0, ready, need);
         if (st != TM_OK) return st;
         if (ready(l, need)) return TM_OK;
     }
@@ -321,7 +406,7 @@ int tm__link_write_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
     if (contiguous_free(l, l->prod_head_cache) < max && !space_ready_timed(l, min))
         TM_CHECK(wait_for(l, w, 1, space_ready, min));
     uint64_t n = contiguous_free(l, l->prod_head_cache);
-    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
     *ptr = l->ring + (tail & l->mask);
     *got = n < max ? n : max;
     return TM_OK;
@@ -329,12 +414,13 @@ int tm__link_write_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
 
 void tm__link_write_commit(tm_link *l, size_t n)
 {
-    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
     /* Release: the bytes written into the ring happen-before the consumer's
      * acquire of the new tail. A producer that wrote them with non-temporal
      * stores has fenced those (sfence) before calling this. */
-    atomic_store_explicit(&l->tail, tail + n, memory_order_release);
-    notify(&l->cons_sleeping, &l->cons_event);
+    atomic_store_explicit(&l->c->tail, tail + n, memory_order_release);
+    notify(l, &l->c->cons_sleeping, &l->c->cons_event);
+    if (l->bell != NULL) tm__doorbell_ring(l->bell);
 }
 
 int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
@@ -343,7 +429,7 @@ int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
     if (contiguous_data(l, l->cons_tail_cache) < max && !data_ready(l, min))
         TM_CHECK(wait_for(l, w, 0, data_ready, min));
     uint64_t n = contiguous_data(l, l->cons_tail_cache);
-    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&l->c->head, memory_order_relaxed);
     *ptr = l->ring + (head & l->mask);
     *got = n < max ? n : max;
     return TM_OK;
@@ -351,11 +437,12 @@ int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
 
 void tm__link_read_release(tm_link *l, size_t n)
 {
-    uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&l->c->head, memory_order_relaxed);
     /* Release: our reads of the ring bytes are done before the producer may
      * overwrite them. */
-    atomic_store_explicit(&l->head, head + n, memory_order_release);
-    notify(&l->prod_sleeping, &l->prod_event);
+    atomic_store_explicit(&l->c->head, head + n, memory_order_release);
+    notify(l, &l->c->prod_sleeping, &l->c->prod_event);
+    if (l->bell != NULL) tm__doorbell_ring(l->bell);
 }
 
 int tm__link_send_header(tm_link *l, tm_waiter *w, const tm_msg_header *hdr)
@@ -409,16 +496,35 @@ int tm__link_recv_pad(tm_link *l, tm_waiter *w, uint64_t bytes)
 
 void tm__link_wake_all(tm_link *l)
 {
-    atomic_fetch_add(&l->prod_event, 1);
-    futex(&l->prod_event, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
-    atomic_fetch_add(&l->cons_event, 1);
-    futex(&l->cons_event, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+    atomic_fetch_add(&l->c->prod_event, 1);
+    futex(&l->c->prod_event, wake_op(l), INT_MAX, NULL);
+    atomic_fetch_add(&l->c->cons_event, 1);
+    futex(&l->c->cons_event, wake_op(l), INT_MAX, NULL);
+}
+
+size_t tm__link_peek(tm_link *l, uint64_t pos, const uint8_t **ptr)
+{
+    /* Acquire: as data_ready, the bytes before tail are visible. */
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_acquire);
+    uint64_t to_wrap = l->capacity - (pos & l->mask);
+    *ptr = l->ring + (pos & l->mask);
+    return (size_t)(tail - pos < to_wrap ? tail - pos : to_wrap);
+}
+
+int tm__link_consumer_waiting(const tm_link *l)
+{
+    return (int)atomic_load_explicit(&l->c->cons_sleeping, memory_order_relaxed);
+}
+
+uint64_t tm__link_published(const tm_link *l)
+{
+    return atomic_load_explicit(&l->c->tail, memory_order_relaxed);
 }
 
 uint64_t tm__link_progress(const tm_link *l)
 {
-    return atomic_load_explicit(&l->tail, memory_order_relaxed) +
-           atomic_load_explicit(&l->head, memory_order_relaxed);
+    return atomic_load_explicit(&l->c->tail, memory_order_relaxed) +
+           atomic_load_explicit(&l->c->head, memory_order_relaxed);
 }
 
 int tm__link_src(const tm_link *l) { return l->src; }

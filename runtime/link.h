@@ -38,9 +38,34 @@ typedef struct {
 
 _Static_assert(sizeof(tm_msg_header) == TM_LINK_ALIGN, "header is one unit");
 
+/* A progress thread's wake-up word: rung by a device that has given it
+ * work (bytes to send, space to receive into, a wait on bytes it brings),
+ * slept on by the thread. Thread-safety: any thread rings, one waits. */
+typedef struct {
+    atomic_uint word;
+    atomic_uint sleeping;
+} tm_doorbell;
+void tm__doorbell_ring(tm_doorbell *bell);
+/* Sleeps until the word differs from `seen` (read before looking for
+ * work), a ring, or timeout_ns. */
+void tm__doorbell_wait(tm_doorbell *bell, unsigned seen, long timeout_ns);
+
+/* Bytes before the ring in memory that tm__link_attach takes: the control
+ * block both ends share (counters and sleep flags). */
+#define TM_LINK_CTRL_BYTES 4096
+
 /* capacity: power of two, >= 4 * TM_LINK_ALIGN. Returns TM_OK, TM_EINVAL or
  * TM_EHOSTMEM. Ring memory is host memory owned by the link. */
 int tm__link_create(tm_link **out, size_t capacity, int src, int dst);
+/* A handle on a link whose control block and ring are the
+ * TM_LINK_CTRL_BYTES + capacity bytes at mem (zeroed before either end
+ * first uses it), shared by two processes that each attach their own
+ * handle: one produces, the other consumes. Its futexes are shared ones.
+ * The memory stays the caller's. */
+int tm__link_attach(tm_link **out, void *mem, size_t capacity, int src, int dst);
+/* Rings `bell` whenever this handle publishes, releases or starts to wait:
+ * the other end is a progress thread (runtime/proxy.c). */
+void tm__link_set_doorbell(tm_link *link, tm_doorbell *bell);
 void tm__link_destroy(tm_link *link);
 /* Empties the ring; only while no thread uses the link (after an abort). */
 void tm__link_reset(tm_link *link);
@@ -69,6 +94,15 @@ int tm__link_recv_header(tm_link *link, tm_waiter *w, tm_msg_header *hdr);
 /* Either side: skips the padding after a payload of `bytes`. */
 int tm__link_send_pad(tm_link *link, tm_waiter *w, uint64_t bytes);
 int tm__link_recv_pad(tm_link *link, tm_waiter *w, uint64_t bytes);
+
+/* Progress thread, draining a link as its consumer: the contiguous bytes
+ * published from stream position pos (head <= pos <= tail) on, up to the
+ * ring's wrap, left unconsumed (in flight) until it releases them. */
+size_t tm__link_peek(tm_link *link, uint64_t pos, const uint8_t **ptr);
+/* The consumer sleeps waiting for data. */
+int tm__link_consumer_waiting(const tm_link *link);
+/* Bytes published so far: the producer's stream position. */
+uint64_t tm__link_published(const tm_link *link);
 
 /* Wakes both ends (used on abort, after setting the abort flag). */
 void tm__link_wake_all(tm_link *link);

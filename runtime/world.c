@@ -10,8 +10,10 @@
 
 #include "runtime/clock_internal.h"
 #include "runtime/comm.h"
+#include "runtime/process.h"
 #include "runtime/status.h"
 #include "runtime/topo.h"
+#include "runtime/transport.h"
 
 #define DEFAULT_WATCHDOG_S 30.0
 #define WATCHDOG_TICK_MS 50
@@ -32,16 +34,26 @@ struct tm_device {
 struct tm_world {
     tm_world_config cfg;
     int n;
+    int lo, hi;                 /* this process's devices: [lo, hi) */
+    tm_mpi_world *mpi;          /* the other processes' share, or NULL */
+    int spoiled;                /* a run across processes failed: the rings
+                                   between them may hold half a message */
+    tm_link_stats *all_links;   /* across processes: every link's traffic
+                                   in the last run, gathered at its end */
+    int n_all_links;
     tm_device *devices;
     _Atomic(tm_link *) *links;  /* n * n, [src * n + dst], created lazily */
     pthread_mutex_t link_lock;  /* serialises link creation only */
     size_t ring_bytes;
     atomic_size_t link_memory;
     int pinned;
+    int place0, placed;         /* placement index of device lo, of all the
+                                   host's devices */
 
     atomic_int abort;           /* raised by the first failure */
     atomic_int failed;          /* device id of the first failure, -1 none,
                                    -2 the watchdog */
+    int origin;                 /* the first failure started in this process */
     int status;                 /* the first failure's status */
     char error[2048];           /* the first failure's message */
 
@@ -76,13 +88,23 @@ static size_t default_ring_bytes(int n)
     return ring;
 }
 
-int tm_world_create(tm_world **out, const tm_world_config *cfg)
+int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
 {
     *out = NULL;
+    tm_world_config local_cfg = *cfg_in;
+    const tm_world_config *cfg = &local_cfg;
     if (cfg->n_devices < 1 || cfg->n_devices > TM_MAX_DEVICES)
         return tm_error(TM_EINVAL, "device count %d is outside 1..%d", cfg->n_devices,
                         TM_MAX_DEVICES);
     if (cfg->mem_cap == 0) return tm_error(TM_EINVAL, "device memory cap is 0");
+    TM_CHECK(tm_process_init());
+    int procs = tm_process_count(), per = cfg->n_devices / procs;
+    if (cfg->n_devices % procs != 0)
+        return tm_error(TM_EINVAL, "%d devices do not split evenly over %d processes (each "
+                        "process runs an equal block of devices)", cfg->n_devices, procs);
+    /* Emulated nodes are the processes unless the configuration says
+     * otherwise: links between processes are the slow ones. */
+    if (procs > 1 && local_cfg.clock.devices_per_node == 0) local_cfg.clock.devices_per_node = per;
     TM_CHECK(tm_clock_config_check(&cfg->clock));
     size_t ring = cfg->ring_bytes ? cfg->ring_bytes : default_ring_bytes(cfg->n_devices);
     if (ring < 4 * TM_LINK_ALIGN || (ring & (ring - 1)) != 0)
@@ -91,7 +113,7 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
 
     /* Ring and tree collectives use O(n log n) links; count 2n log2(n) rings
      * as the expected link memory. */
-    size_t n = (size_t)cfg->n_devices, logn = 1;
+    size_t n = (size_t)per, logn = 1;
     while (((size_t)1 << logn) < n) logn++;
     size_t rings = 2 * n * logn * ring;
     int too_big = cfg->mem_cap > (SIZE_MAX - rings) / n;
@@ -104,7 +126,7 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
         return tm_error(TM_EHOSTMEM,
                         "%d device%s x %s of device memory + %s of link rings (%s each) need "
                         "%s of host memory, but %s is available (at most 90%% of it is used)",
-                        cfg->n_devices, cfg->n_devices == 1 ? "" : "s",
+                        per, per == 1 ? "" : "s",
                         tm__human(cap, cfg->mem_cap), tm__human(rings_b, rings),
                         tm__human(ring_b, ring),
                         too_big ? "more than the address space" : tm__human(need_b, need),
@@ -116,6 +138,8 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
     w->cfg = *cfg;
     if (w->cfg.watchdog_s <= 0) w->cfg.watchdog_s = DEFAULT_WATCHDOG_S;
     w->n = cfg->n_devices;
+    w->lo = tm_process_rank() * per;
+    w->hi = w->lo + per;
     w->ring_bytes = ring;
     tm_topo_info t;
     tm_topo_get(&t);
@@ -126,16 +150,27 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
      * talks to no one: pinning it would only stop the scheduler from moving
      * it away from another busy process (two 1-device runs side by side
      * shared core 0 at half speed each). */
-    w->pinned = cfg->pin == TM_PIN_ON || (cfg->pin == TM_PIN_AUTO && w->n > 1);
+    w->pinned = cfg->pin == TM_PIN_ON || (cfg->pin == TM_PIN_AUTO && per > 1);
+    /* Placement counts the devices of every process on this host, so that
+     * processes side by side spread over the cores instead of sharing the
+     * first ones. */
+    int slot, slots;
+    tm__process_host_slot(&slot, &slots);
+    w->place0 = slot * per;
+    w->placed = slots * per;
     atomic_init(&w->failed, -1);
     pthread_mutex_init(&w->link_lock, NULL);
     pthread_mutex_init(&w->done_lock, NULL);
     pthread_cond_init(&w->done_cond, NULL);
-    w->devices = calloc(n, sizeof *w->devices);
-    w->links = calloc(n * n, sizeof *w->links);
+    w->devices = calloc((size_t)w->n, sizeof *w->devices);
+    w->links = calloc((size_t)w->n * (size_t)w->n, sizeof *w->links);
     if (w->devices == NULL || w->links == NULL) goto nomem;
-    int oversubscribed = w->n > t.cores;
+    int oversubscribed = per > t.cores;
     for (int i = 0; i < w->n; i++) {
+        w->devices[i].world = w;
+        w->devices[i].id = i;
+    }
+    for (int i = w->lo; i < w->hi; i++) {
         tm_device *d = &w->devices[i];
         d->world = w;
         d->id = i;
@@ -155,12 +190,41 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg)
             return st;
         }
     }
+    if (procs > 1) {
+        int st = tm__mpi_world_create(w, w->n, ring, &w->mpi);
+        if (st != TM_OK) {
+            tm_world_destroy(w);
+            return st;
+        }
+    }
     *out = w;
     return TM_OK;
 nomem:
     tm_world_destroy(w);
     return tm_error(TM_EHOSTMEM, "cannot allocate the device table for %d devices", cfg->n_devices);
 }
+
+static int is_local(const tm_world *w, int id) { return id >= w->lo && id < w->hi; }
+
+/* The transport between two devices, at least one of them ours. */
+static const tm_transport *transport_of(tm_world *w, int src, int dst)
+{
+    if (is_local(w, src) && is_local(w, dst)) return &tm__transport_ring;
+    return tm__mpi_transport(w->mpi, src, dst);
+}
+
+static int ring_connect(tm_world *w, int src, int dst, tm_link **out)
+{
+    return tm__link_create(out, w->ring_bytes, src, dst);
+}
+
+static void ring_disconnect(tm_world *w, tm_link *l)
+{
+    (void)w;
+    tm__link_destroy(l);
+}
+
+const tm_transport tm__transport_ring = {"ring", ring_connect, ring_disconnect};
 
 void tm_world_destroy(tm_world *w)
 {
@@ -173,8 +237,13 @@ void tm_world_destroy(tm_world *w)
         }
     }
     if (w->links != NULL) {
-        for (size_t i = 0; i < (size_t)w->n * w->n; i++) tm__link_destroy(atomic_load(&w->links[i]));
+        for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
+            tm_link *l = atomic_load(&w->links[i]);
+            if (l != NULL) transport_of(w, tm__link_src(l), tm__link_dst(l))->disconnect(w, l);
+        }
     }
+    tm__mpi_world_destroy(w->mpi);
+    free(w->all_links);
     free(w->links);
     free(w->devices);
     pthread_mutex_destroy(&w->link_lock);
@@ -192,7 +261,7 @@ int tm__world_link(tm_world *w, int src, int dst, tm_link **out)
         pthread_mutex_lock(&w->link_lock);
         l = atomic_load_explicit(slot, memory_order_relaxed);
         int st = TM_OK;
-        if (l == NULL) st = tm__link_create(&l, w->ring_bytes, src, dst);
+        if (l == NULL) st = transport_of(w, src, dst)->connect(w, src, dst, &l);
         if (st == TM_OK) {
             atomic_store_explicit(slot, l, memory_order_release);
             atomic_fetch_add(&w->link_memory, w->ring_bytes);
@@ -204,27 +273,62 @@ int tm__world_link(tm_world *w, int src, int dst, tm_link **out)
     return TM_OK;
 }
 
+/* Inserts text at byte pos of the string in buf (cap bytes), cutting its
+ * end when it no longer fits. */
+static void insert_at(char *buf, size_t cap, size_t pos, const char *text)
+{
+    size_t t = strlen(text), n = strlen(buf);
+    if (pos > n || pos + t >= cap) return;
+    if (n + t >= cap) n = cap - t - 1;
+    memmove(buf + pos + t, buf + pos, n - pos);
+    memcpy(buf + pos, text, t);
+    buf[n + t] = '\0';
+}
+
 /* Records the first failure and wakes every waiter. Later failures (devices
- * woken by the abort) are not recorded. */
-static void fail(tm_world *w, int who, int status, const char *message)
+ * woken by the abort) are not recorded. A failure that starts here is told
+ * to the other processes; one that comes from them (remote) arrives with
+ * its message whole. */
+static void fail_as(tm_world *w, int who, int status, const char *message, int remote)
 {
     int expected = -1;
     if (!atomic_compare_exchange_strong(&w->failed, &expected, who)) return;
     w->status = status;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "device %d: ", who);
-    if (who >= 0 && strncmp(message, prefix, strlen(prefix)) == 0)
+    if (remote)
+        snprintf(w->error, sizeof w->error, "%s", message);
+    else if (who >= 0 && strncmp(message, prefix, strlen(prefix)) == 0)
         snprintf(w->error, sizeof w->error, "%s", message); /* already names it (OOM report) */
     else if (who >= 0)
         snprintf(w->error, sizeof w->error, "%s%s", prefix,
                  message[0] ? message : tm_strerror(status));
     else
         snprintf(w->error, sizeof w->error, "%s", message);
+    /* Across processes the message names the process too: "device 5
+     * (process 1): ..." or "process 1: watchdog ...". */
+    if (!remote && w->mpi != NULL) {
+        char proc[48];
+        snprintf(proc, sizeof proc, who >= 0 ? " (process %d)" : "process %d: ", tm_process_rank());
+        insert_at(w->error, sizeof w->error, who >= 0 ? strlen(prefix) - 2 : 0, proc);
+    }
+    w->origin = !remote;
     atomic_store(&w->abort, 1);
+    if (!remote && w->mpi != NULL) tm__mpi_abort(w->mpi, who, status, w->error);
     for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
         tm_link *l = atomic_load_explicit(&w->links[i], memory_order_acquire);
         if (l != NULL) tm__link_wake_all(l);
     }
+}
+
+static void fail(tm_world *w, int who, int status, const char *message)
+{
+    fail_as(w, who, status, message, 0);
+}
+
+void tm__world_fail_remote(tm_world *w, int who, int status, const char *message)
+{
+    fail_as(w, who, status, message, 1);
 }
 
 static void *device_main(void *arg)
@@ -233,7 +337,7 @@ static void *device_main(void *arg)
     tm_world *w = d->world;
     tm_error_clear();
     int st = TM_OK;
-    if (w->pinned) st = tm_topo_pin_self(tm_topo_core_of(d->id, w->n));
+    if (w->pinned) st = tm_topo_pin_self(tm_topo_core_of(w->place0 + d->id - w->lo, w->placed));
     if (st == TM_OK && !d->prefaulted && w->cfg.prefault) {
         tm_arena_prefault(d->arena);
         d->prefaulted = 1;
@@ -284,7 +388,7 @@ static uint64_t total_progress(tm_world *w)
 static int all_blocked(tm_world *w)
 {
     int running = 0;
-    for (int i = 0; i < w->n; i++) {
+    for (int i = w->lo; i < w->hi; i++) {
         tm_device *d = &w->devices[i];
         if (atomic_load(&d->done)) continue;
         running++;
@@ -297,7 +401,7 @@ static void declare_deadlock(tm_world *w, double idle_s)
 {
     char msg[sizeof w->error];
     int len = snprintf(msg, sizeof msg, "watchdog: no progress on any link for %.1f s:", idle_s);
-    for (int i = 0; i < w->n && len < (int)sizeof msg - 64; i++) {
+    for (int i = w->lo; i < w->hi && len < (int)sizeof msg - 64; i++) {
         tm_device *d = &w->devices[i];
         tm_link *l = atomic_load(&d->waiter.blocked_on);
         if (atomic_load(&d->done))
@@ -316,13 +420,18 @@ static void declare_deadlock(tm_world *w, double idle_s)
 /* The host thread's part of a run: wait for the devices, and meanwhile watch
  * for a deadlock. Progress is the links' byte counters, so a long start-up or
  * a long computation is never mistaken for one: only "everyone still running
- * is asleep on a link and no byte moved" for watchdog_s seconds counts. */
+ * is asleep on a link and no byte moved" for watchdog_s seconds counts.
+ * Across processes each watches its own devices and the links they use
+ * (whose counters move when the other process sends or reads): a process
+ * whose devices all wait while another computes for longer than watchdog_s
+ * is taken for a deadlock. */
 static void watch(tm_world *w)
 {
+    int local = w->hi - w->lo;
     uint64_t last = total_progress(w);
     double since = now_s();
     pthread_mutex_lock(&w->done_lock);
-    while (w->n_done < w->n) {
+    while (w->n_done < local) {
         struct timespec t;
         clock_gettime(CLOCK_REALTIME, &t);
         t.tv_nsec += WATCHDOG_TICK_MS * 1000000L;
@@ -331,7 +440,7 @@ static void watch(tm_world *w)
             t.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&w->done_cond, &w->done_lock, &t);
-        if (w->n_done == w->n || atomic_load(&w->abort)) continue;
+        if (w->n_done == local || atomic_load(&w->abort)) continue;
         pthread_mutex_unlock(&w->done_lock);
         uint64_t p = total_progress(w);
         double now = now_s();
@@ -346,8 +455,146 @@ static void watch(tm_world *w)
     pthread_mutex_unlock(&w->done_lock);
 }
 
+/* Every process gets every device's modeled accounts and recorded events,
+ * so that traces, timelines and tables cover the whole world wherever
+ * they are written. An event's name is a static string of this program,
+ * whose address differs between processes (each maps the binary at its
+ * own base): it travels as its distance from a string of ours, which is
+ * the same in every copy of the binary. */
+static const char name_anchor[] = "tinymesh";
+
+typedef struct {
+    int32_t id;
+    uint32_t dropped;
+    uint64_t n_events;
+    tm_clock_stats s;
+    char name[sizeof ((tm_vclock *)0)->name];
+} clock_head;
+
+static int share_clocks(tm_world *w)
+{
+    size_t bytes = 0;
+    for (int i = w->lo; i < w->hi; i++)
+        bytes += sizeof(clock_head) + w->devices[i].clock.n_events * sizeof(tm_event);
+    char *mine = malloc(bytes ? bytes : 1), *p = mine;
+    if (mine == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the devices' events");
+    for (int i = w->lo; i < w->hi; i++) {
+        const tm_vclock *c = &w->devices[i].clock;
+        clock_head h = {i, (uint32_t)c->dropped, c->n_events, c->s, {0}};
+        memcpy(h.name, c->name, sizeof h.name);
+        memcpy(p, &h, sizeof h);
+        p += sizeof h;
+        for (size_t k = 0; k < c->n_events; k++) {
+            tm_event e = c->events[k];
+            e.name = (const char *)(uintptr_t)(e.name - name_anchor);
+            memcpy(p, &e, sizeof e);
+            p += sizeof e;
+        }
+    }
+    void *all = NULL;
+    size_t counts[TM_MAX_DEVICES], total = 0;
+    int st = tm__mpi_allgatherv(w->mpi, mine, bytes, &all, counts);
+    free(mine);
+    if (st != TM_OK) return st;
+    for (int q = 0; q < tm_process_count(); q++) total += counts[q];
+    for (const char *r = all; r < (const char *)all + total;) {
+        clock_head h;
+        memcpy(&h, r, sizeof h);
+        r += sizeof h;
+        tm_vclock *c = &w->devices[h.id].clock;
+        if (is_local(w, h.id)) {
+            r += h.n_events * sizeof(tm_event);
+            continue;
+        }
+        tm_event *ev = realloc(c->events, sizeof *ev * (h.n_events ? h.n_events : 1));
+        if (ev == NULL) {
+            free(all);
+            return tm_error(TM_EHOSTMEM, "cannot allocate device %d's events", h.id);
+        }
+        c->events = ev;
+        c->cap_events = c->n_events = h.n_events;
+        c->dropped = h.dropped;
+        c->s = h.s;
+        memcpy(c->name, h.name, sizeof c->name);
+        for (size_t k = 0; k < h.n_events; k++) {
+            memcpy(&ev[k], r, sizeof ev[k]);
+            r += sizeof ev[k];
+            ev[k].name = name_anchor + (intptr_t)(uintptr_t)ev[k].name;
+        }
+    }
+    free(all);
+    return TM_OK;
+}
+
+/* What a process tells the others at the end of a run. */
+typedef struct {
+    int32_t origin;  /* the first failure started here */
+    int32_t who, status, n_links;
+    char error[sizeof ((tm_world *)0)->error];
+} run_end;
+
+static void add_local_link(const tm_world *w, tm_link *l, tm_link_stats *out, int *n)
+{
+    if (!is_local(w, tm__link_src(l))) return;
+    out[(*n)++] = (tm_link_stats){tm__link_src(l), tm__link_dst(l), tm__link_bytes(l),
+                                  tm__link_messages(l)};
+}
+
+/* Across processes, the run ends for all of them together: each says how
+ * its devices ended and what its links carried. The first failure that
+ * started in a process (the lowest such process wins a tie) becomes every
+ * process's, so all return the same status and message. */
+static int agree(tm_world *w)
+{
+    run_end mine;
+    memset(&mine, 0, sizeof mine);
+    mine.origin = atomic_load(&w->failed) != -1 && w->origin;
+    mine.who = atomic_load(&w->failed);
+    mine.status = w->status;
+    memcpy(mine.error, w->error, sizeof mine.error);
+    int procs = tm_process_count();
+    run_end *all = malloc(sizeof *all * (size_t)procs);
+    tm_link_stats *links = malloc(sizeof *links * (size_t)w->n * (size_t)w->n);
+    if (all == NULL || links == NULL) {
+        free(all);
+        free(links);
+        return tm_error(TM_EHOSTMEM, "cannot allocate the end of a run");
+    }
+    int n = 0;
+    for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
+        tm_link *l = atomic_load(&w->links[i]);
+        if (l != NULL) add_local_link(w, l, links, &n);
+    }
+    int st = tm__mpi_allgather(w->mpi, &mine, sizeof mine, all);
+    void *gathered = NULL;
+    size_t counts[TM_MAX_DEVICES];
+    if (st == TM_OK)
+        st = tm__mpi_allgatherv(w->mpi, links, sizeof *links * (size_t)n, &gathered, counts);
+    free(links);
+    if (st == TM_OK) {
+        free(w->all_links);
+        w->all_links = gathered;
+        w->n_all_links = 0;
+        for (int p = 0; p < procs; p++) w->n_all_links += (int)(counts[p] / sizeof(tm_link_stats));
+        for (int p = 0; p < procs; p++) {
+            if (!all[p].origin) continue;
+            atomic_store(&w->failed, all[p].who);
+            w->status = all[p].status;
+            memcpy(w->error, all[p].error, sizeof w->error);
+            w->spoiled = 1;
+            break;
+        }
+    }
+    free(all);
+    if (st == TM_OK && w->status == TM_OK) st = share_clocks(w);
+    return st;
+}
+
 int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
 {
+    if (w->spoiled)
+        return tm_error(TM_EINVAL, "this world's devices span processes and its last run "
+                        "failed: it cannot run again");
     w->fn = fn;
     w->arg = arg;
     /* Modeled time starts at 0 on every device and link for each run. */
@@ -362,6 +609,7 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
     w->n_done = 0;
     w->error[0] = '\0';
     w->status = TM_OK;
+    w->origin = 0;
     atomic_store(&w->failed, -1);
     atomic_store(&w->abort, 0);
     /* Device threads start with the signals that end a process blocked
@@ -376,21 +624,26 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
     for (size_t i = 0; i < sizeof ending_signals / sizeof ending_signals[0]; i++)
         sigaddset(&ending, ending_signals[i]);
     pthread_sigmask(SIG_BLOCK, &ending, &old_mask);
-    int started = 0;
-    for (; started < w->n; started++) {
+    int started = w->lo;
+    for (; started < w->hi; started++) {
         tm_device *d = &w->devices[started];
         atomic_store(&d->done, 0);
         if (pthread_create(&d->thread, NULL, device_main, d) != 0) break;
     }
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-    if (started < w->n) {
+    if (started < w->hi) {
         fail(w, -2, TM_ESYS, "cannot start a thread for every device");
         pthread_mutex_lock(&w->done_lock);
-        w->n_done += w->n - started;
+        w->n_done += w->hi - started;
         pthread_mutex_unlock(&w->done_lock);
     }
     watch(w);
-    for (int i = 0; i < started; i++) pthread_join(w->devices[i].thread, NULL);
+    for (int i = w->lo; i < started; i++) pthread_join(w->devices[i].thread, NULL);
+    if (w->mpi != NULL) {
+        int st = agree(w);
+        if (st != TM_OK) return st;
+        return w->status;
+    }
     if (atomic_load(&w->abort)) {
         /* Rings may hold half-sent messages: start the next run clean. */
         for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
@@ -409,6 +662,32 @@ int tm_world_failed_device(const tm_world *w)
 }
 int tm_world_size(const tm_world *w) { return w->n; }
 tm_arena *tm_world_arena(tm_world *w, int device) { return w->devices[device].arena; }
+int tm_world_device_process(const tm_world *w, int device) { return device / (w->hi - w->lo); }
+int tm_world_is_local(const tm_world *w, int device) { return is_local(w, device); }
+tm_mpi_world *tm__world_mpi(tm_world *w) { return w->mpi; }
+
+int tm_world_device_count_local(const tm_world *w) { return w->hi - w->lo; }
+
+int tm_world_share_host(tm_world *w, const void *mine, size_t bytes, void *all)
+{
+    if (w->mpi == NULL) {
+        memcpy(all, mine, bytes);
+        return TM_OK;
+    }
+    return tm__mpi_allgather(w->mpi, mine, bytes, all);
+}
+
+int tm_world_share(tm_world *w, void *base, size_t stride)
+{
+    if (w->mpi == NULL) return TM_OK;
+    size_t per = (size_t)(w->hi - w->lo), counts[TM_MAX_DEVICES];
+    void *all = NULL;
+    TM_CHECK(tm__mpi_allgatherv(w->mpi, (char *)base + (size_t)w->lo * stride, per * stride,
+                                &all, counts));
+    memcpy(base, all, (size_t)w->n * stride);
+    free(all);
+    return TM_OK;
+}
 size_t tm_world_ring_bytes(const tm_world *w) { return w->ring_bytes; }
 int tm_world_pinned(const tm_world *w) { return w->pinned; }
 size_t tm_world_link_memory(const tm_world *w) { return atomic_load(&w->link_memory); }
@@ -416,6 +695,12 @@ int tm__world_aborted(const tm_world *w) { return atomic_load(&w->abort); }
 
 void tm_world_links(const tm_world *w, void (*fn)(const tm_link_stats *, void *), void *ctx)
 {
+    if (w->mpi != NULL) {
+        /* Gathered in (src, dst) order: processes hold contiguous blocks of
+         * sources, each listed in order. */
+        for (int i = 0; i < w->n_all_links; i++) fn(&w->all_links[i], ctx);
+        return;
+    }
     for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
         tm_link *l = atomic_load(&w->links[i]);
         if (l == NULL) continue;

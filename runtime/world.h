@@ -42,7 +42,11 @@ void tm_world_config_default(tm_world_config *cfg);
 
 /* Creates the devices' arenas and the link table. Refuses (TM_EHOSTMEM) when
  * n_devices x mem_cap plus link memory would not fit the host's available
- * memory; TM_EINVAL for a bad config. The message says why. */
+ * memory; TM_EINVAL for a bad config. The message says why.
+ * Under mpirun (runtime/process.h) every process creates the world with the
+ * same config, and each holds n_devices / P of them (TM_EINVAL when P does
+ * not divide n_devices); emulated nodes default to the processes
+ * (clock.devices_per_node = n_devices / P when 0). */
 int tm_world_create(tm_world **out, const tm_world_config *cfg);
 /* NULL is a no-op. Must not be called while tm_world_run is running. */
 void tm_world_destroy(tm_world *world);
@@ -54,7 +58,11 @@ typedef int (*tm_device_fn)(tm_device *dev, void *arg);
 /* Starts one thread per device, runs fn on each, joins them. Returns TM_OK,
  * or the first failure: the failing device's status (others, woken from any
  * blocked send/recv/collective, return TM_EABORTED), or TM_EDEADLOCK from the
- * watchdog. May be called again after it returns. */
+ * watchdog. May be called again after it returns.
+ * Across processes every process calls it, runs fn on its own devices, and
+ * all return together with the same status and message (which then names
+ * the failing device's process); a world whose run failed cannot run
+ * again. */
 int tm_world_run(tm_world *world, tm_device_fn fn, void *arg);
 /* "device 3: <message>" for the last failed run; "" after a clean run. */
 const char *tm_world_error(const tm_world *world);
@@ -62,7 +70,24 @@ const char *tm_world_error(const tm_world *world);
 int tm_world_failed_device(const tm_world *world);
 
 int tm_world_size(const tm_world *world);
+/* The device's arena; NULL for a device of another process. */
 tm_arena *tm_world_arena(tm_world *world, int device);
+/* Across processes (runtime/process.h): the process that runs a device
+ * (devices split in equal contiguous blocks), and whether it is this one.
+ * With one process: 0 and 1. */
+int tm_world_device_process(const tm_world *world, int device);
+int tm_world_is_local(const tm_world *world, int device);
+/* After a run, between runs: every process gets every device's element of
+ * an array indexed by device id (elements of `stride` bytes at base, no
+ * pointers in them), each from the process that ran the device. Called by
+ * every process together; a no-op with one. TM_OK, TM_EHOSTMEM or
+ * TM_ESYS. */
+int tm_world_share(tm_world *world, void *base, size_t stride);
+/* The same for host data: `bytes` at mine from every process, in process
+ * order, into all (processes x bytes); with one process a copy. */
+int tm_world_share_host(tm_world *world, const void *mine, size_t bytes, void *all);
+/* Devices this process runs (all of them with one process). */
+int tm_world_device_count_local(const tm_world *world);
 /* Ring capacity in bytes chosen for this world's links. */
 size_t tm_world_ring_bytes(const tm_world *world);
 /* Whether device threads are pinned to cores in this world. */

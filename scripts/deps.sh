@@ -1,15 +1,15 @@
 #!/bin/sh
 # Installs tinymesh's Debian dependencies, or says exactly how to.
 #   scripts/deps.sh          the build, test and demo dependencies
-#   scripts/deps.sh peers    also the benchmark peers (Open MPI, PyTorch, gnuplot)
+#   scripts/deps.sh peers    also the benchmark peers (PyTorch, gnuplot)
 #   scripts/deps.sh browser  also headless Chromium, its driver and Selenium, for
 #                            the reports' browser check (CI runs it; make test
 #                            skips that check without them)
 # Exits 0 when everything needed is present, 1 otherwise.
 set -u
 
-core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist fortunes"
-peers="openmpi-bin libopenmpi-dev python3-torch gnuplot-nox"
+core="libhwloc-dev libopenblas-dev libcriterion-dev zlib1g-dev pkg-config dataset-fashion-mnist fortunes openmpi-bin libopenmpi-dev"
+peers="python3-torch gnuplot-nox"
 browser="chromium chromium-driver python3-selenium"
 
 missing=""
@@ -18,11 +18,12 @@ have_pc hwloc     || missing="$missing libhwloc-dev"
 have_pc openblas  || missing="$missing libopenblas-dev"
 have_pc criterion || missing="$missing libcriterion-dev"
 have_pc zlib      || missing="$missing zlib1g-dev"
+have_pc ompi-c    || missing="$missing libopenmpi-dev"
+command -v mpirun >/dev/null 2>&1 || missing="$missing openmpi-bin"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
 [ -f /usr/share/games/fortunes/fortunes ] || missing="$missing fortunes"
 if [ "${1:-}" = peers ]; then
-    command -v mpicc >/dev/null 2>&1 || missing="$missing openmpi-bin libopenmpi-dev"
     /usr/bin/python3 -c 'import torch' >/dev/null 2>&1 || missing="$missing python3-torch"
     command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
 fi

@@ -11,22 +11,38 @@ void tm_report_bytes(double bytes, char *buf, size_t n)
     snprintf(buf, n, u ? "%.2f %s" : "%.0f %s", bytes, unit[u]);
 }
 
-static void coords(const tm_device_report *d, char *buf, size_t n)
+/* A run whose devices span processes names each device's process too. */
+static int spans(const tm_train_result *r)
 {
-    snprintf(buf, n, "(%d,%d,%d)", d->d, d->p, d->t);
+    return r->n_devices > 0 && r->devices[r->n_devices - 1].process > 0;
+}
+
+static int coords_width(const tm_train_result *r) { return spans(r) ? 13 : 9; }
+static const char *coords_head(const tm_train_result *r)
+{
+    return spans(r) ? "(d,p,t) proc" : "(d,p,t)";
+}
+
+static void coords(const tm_train_result *r, const tm_device_report *d, char *buf, size_t n)
+{
+    if (spans(r))
+        snprintf(buf, n, "(%d,%d,%d) p%d", d->d, d->p, d->t, d->process);
+    else
+        snprintf(buf, n, "(%d,%d,%d)", d->d, d->p, d->t);
 }
 
 void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
 {
     char b[32], c[32];
     tm_report_bytes((double)cap, b, sizeof b);
-    fprintf(f, "peak memory per device (capacity %s):\n%-8s %-9s", b, "device", "(d,p,t)");
+    fprintf(f, "peak memory per device (capacity %s):\n%-8s %-*s", b, "device",
+            coords_width(r), coords_head(r));
     for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, " %11s", tm_tag_name((tm_tag)t));
     fprintf(f, " %11s %11s %11s %9s\n", "total", "sent", "acts/mb", "in flight");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
-        coords(d, c, sizeof c);
-        fprintf(f, "%-8d %-9s", d->id, c);
+        coords(r, d, c, sizeof c);
+        fprintf(f, "%-8d %-*s", d->id, coords_width(r), c);
         for (int t = 0; t < TM_TAG_COUNT; t++) {
             tm_report_bytes((double)d->memory.tag_peak[t], b, sizeof b);
             fprintf(f, " %11s", b);
@@ -52,14 +68,14 @@ void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config 
             r->modeled_samples_per_s, 1e3 * r->modeled_seconds / r->steps, r->samples_per_s,
             1e3 * r->train_seconds / r->steps);
     if (r->bubble >= 0) fprintf(f, ", bubble %.1f%%", 100 * r->bubble);
-    fprintf(f, "\n%-8s %-9s %10s %8s %8s %8s %8s\n", "device", "(d,p,t)", "step ms", "compute",
-            "comm", "idle", "sending");
+    fprintf(f, "\n%-8s %-*s %10s %8s %8s %8s %8s\n", "device", coords_width(r), coords_head(r),
+            "step ms", "compute", "comm", "idle", "sending");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         char c[32];
-        coords(d, c, sizeof c);
+        coords(r, d, c, sizeof c);
         double s = d->modeled_s;
-        fprintf(f, "%-8d %-9s %10.3f %7.1f%% %7.1f%% %7.1f%% %7.1f%%\n", d->id, c,
+        fprintf(f, "%-8d %-*s %10.3f %7.1f%% %7.1f%% %7.1f%% %7.1f%%\n", d->id, coords_width(r), c,
                 1e3 * s / r->steps, pct(d->compute_s, s), pct(d->comm_s, s), pct(d->idle_s, s),
                 pct(d->comm_busy_s, s));
     }
@@ -90,8 +106,8 @@ static void cell(FILE *f, uint64_t measured, double analytic)
 /* The recorded step's bytes per device and dimension against the formulas. */
 static void step_traffic(FILE *f, const tm_train_result *r, long first)
 {
-    fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-9s", first,
-            "device", "(d,p,t)");
+    fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-*s", first,
+            "device", coords_width(r), coords_head(r));
     for (int k = 0; k < TM_DIMS; k++) fprintf(f, " %8s meas.  formula", dim_name[k]);
     fputc('\n', f);
     uint64_t tot[TM_DIMS] = {0};
@@ -99,8 +115,8 @@ static void step_traffic(FILE *f, const tm_train_result *r, long first)
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         char c[32];
-        coords(d, c, sizeof c);
-        fprintf(f, "%-8d %-9s", d->id, c);
+        coords(r, d, c, sizeof c);
+        fprintf(f, "%-8d %-*s", d->id, coords_width(r), c);
         for (int k = 0; k < TM_DIMS; k++) {
             cell(f, d->step_sent[k], d->step_analytic[k]);
             tot[k] += d->step_sent[k];

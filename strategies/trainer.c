@@ -31,6 +31,8 @@ typedef struct {
     tm_schedule sched;
     tm_train_result *result;
     tm_stop *stop;           /* where every device stops early (runtime/stop.h) */
+    float *owned;            /* across processes: non-zero where this
+                                process's devices stored the state */
 } job;
 
 /* One device's view of a step's data. */
@@ -683,6 +685,13 @@ static int store(device *v)
     if (v->mesh.d != 0) return TM_OK;
     int shared = v->mesh.t == 0;
     tm_stage_shard_to(&v->stage, v->stage.params, j->state->params, shared);
+    if (j->owned != NULL) {
+        float *ones = malloc(sizeof(float) * v->stage.n_params);
+        if (ones == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
+        for (size_t i = 0; i < v->stage.n_params; i++) ones[i] = 1;
+        tm_stage_shard_to(&v->stage, ones, j->owned, shared);
+        free(ones);
+    }
     for (int i = 0; i < v->stage.n_opt_state; i++)
         tm_stage_shard_to(&v->stage, v->stage.opt_state[i], j->state->opt_state[i], shared);
     return TM_OK;
@@ -782,12 +791,26 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     wc.mem_cap = cfg->mem_cap;
     clock_of(cfg, &wc.clock);
     if (st == TM_OK) st = tm_world_create(&w, &wc);
+    int split = st == TM_OK && tm_world_device_count_local(w) < n;
+    /* Across processes the one that runs the reporting device writes the
+     * checkpoint and the trace, once. */
+    if (split && !tm_world_is_local(w, (cfg->pp - 1) * cfg->tp)) {
+        tm_outfile_abandon(save);
+        tm_outfile_abandon(trace);
+        save = trace = NULL;
+    }
+    if (split && (cfg->save_path != NULL || cfg->keep_params)) {
+        j.owned = calloc(state.n_params, sizeof(float));
+        if (j.owned == NULL) st = tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
+    }
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {
         out->ran = 1;
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
+        if (st == TM_OK) st = tm__train_share(w, cfg, out, &state, j.owned);
+        if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
         tm_world_links(w, add_link, out);
         out->memory = out->devices[0].memory;
         for (int i = 0; i < n; i++) out->gflops += out->devices[i].flops;
@@ -825,6 +848,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     tm_outfile_abandon(save);
     tm_outfile_abandon(trace);
     tm_world_destroy(w);
+    free(j.owned);
     tm_stop_destroy(j.stop);
     tm_model_state_free(&state);
     tm_schedule_free(&j.sched);

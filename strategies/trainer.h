@@ -121,6 +121,7 @@ enum { TM_DIM_DP, TM_DIM_PP, TM_DIM_TP, TM_DIMS };
 /* What one device did, for the per-device tables. */
 typedef struct {
     int id, d, p, t;       /* device and mesh coordinates */
+    int process;           /* the process that ran it (runtime/process.h) */
     tm_arena_stats memory; /* peaks by tag */
     double flops;          /* kernel FLOPs in training steps */
     int max_in_flight;     /* most micro-batches held at once by the pipeline */

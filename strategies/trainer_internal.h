@@ -35,4 +35,12 @@ int tm__train_fits(const tm_train_config *cfg, const int *first);
 void tm__train_guard(tm_stop *stop, long step, int has_loss, double loss, const float *grads,
                      size_t n, int device);
 
+/* After a run whose devices span processes: every process gets the device
+ * reports, the reporting device's results and position, and (owned not
+ * NULL: the floats this process's devices stored are non-zero there) the
+ * whole stored model state. A no-op with one process. TM_OK, TM_EHOSTMEM
+ * or TM_ESYS. */
+int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *res,
+                    tm_model_state *state, const float *owned);
+
 #endif

@@ -133,7 +133,7 @@ Test(train_cli, mesh_run_reports_every_device, .init = paths, .fini = cleanup, .
     cr_expect_eq(cli_lines(metrics, "\"type\":\"summary\"", first, sizeof first), 1);
     for (int id = 0; id < 4; id++) {
         char needle[64];
-        snprintf(needle, sizeof needle, "{\"id\":%d,\"dp\":%d,\"pp\":0,\"tp\":%d,", id, id / 2,
+        snprintf(needle, sizeof needle, "{\"id\":%d,\"process\":0,\"dp\":%d,\"pp\":0,\"tp\":%d,", id, id / 2,
                  id % 2);
         cr_expect(strstr(first, needle) != NULL, "no %s in %s", needle, first);
     }

@@ -34,7 +34,7 @@ static void run_replicas(int dp)
     summary(metrics, line, sizeof line);
     cr_expect(strstr(line, "\"steps\":3,") != NULL, "--dp %d: %.200s", dp, line);
     char last[64];
-    snprintf(last, sizeof last, "{\"id\":%d,\"dp\":%d,\"pp\":0,\"tp\":0,", dp - 1, dp - 1);
+    snprintf(last, sizeof last, "{\"id\":%d,\"process\":0,\"dp\":%d,\"pp\":0,\"tp\":0,", dp - 1, dp - 1);
     cr_expect(strstr(line, last) != NULL, "--dp %d: no device %d in the summary", dp, dp - 1);
     cr_expect(strstr(line, "\"test_acc\":null") == NULL, "--dp %d: not evaluated", dp);
     cr_expect_eq(cli_lines(metrics, "\"type\":\"step\"", first, sizeof first), 3);
