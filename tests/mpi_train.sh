@@ -1,7 +1,8 @@
 #!/bin/sh
 # Training across processes: every mesh of up to 8 devices that 2 or 4
 # processes split evenly, with every pipeline schedule, trains the MLP (and
-# the GPT with data parallelism) to bitwise the same step losses and the
+# the GPT: data parallel, and split over tp and pp with sequence
+# parallelism and its tied embedding) to bitwise the same step losses and the
 # same checkpoint bytes under `mpirun -np P` as in one process; a device
 # failing in the last process ends the job within 10 s, non-zero, with one
 # message naming it; a mesh that P does not divide is bad usage (exit 2).
@@ -54,8 +55,11 @@ for np in 2 4; do
             same "$np" $mlp --model 64,32,16,8 --dp "$1" --pp 1 --tp "$3" --micro-batches 2
         fi
     done
-    same "$np" --model gpt --dataset synthetic --samples 256 --layers 2 --heads 2 \
-        --d-model 32 --context 16 --batch 8 --steps 3 --dp 4 --sample-tokens 0
+    gpt="--model gpt --dataset synthetic --samples 256 --layers 2 --heads 2 --d-model 32
+         --context 16 --batch 8 --steps 3 --sample-tokens 0"
+    same "$np" $gpt --dp 4
+    same "$np" $gpt --pp 2 --tp 2 --sequence-parallel --micro-batches 2
+    same "$np" $gpt --dp 2 --pp 2 --tp 2 --micro-batches 2 --schedule gpipe
 done
 
 # A failure in the last process: within 10 s, non-zero, one message.
