@@ -382,24 +382,17 @@ int main(int argc, char **argv)
     tm_clock_config *clk = &base.clock;
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
+        gpt_flag |= c >= O_LAYERS && c <= O_CONTEXT;
         switch (c) {
         case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_MODEL: model = optarg; break;
         case O_LAYERS:
             gc.n_layer = (int)parse_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
-            gpt_flag = 1;
             break;
-        case O_HEADS:
-            gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH);
-            gpt_flag = 1;
-            break;
-        case O_DMODEL:
-            gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH);
-            gpt_flag = 1;
-            break;
+        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_DMODEL: gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH); break;
         case O_CONTEXT:
             gc.block_size = (int)parse_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
-            gpt_flag = 1;
             break;
         case O_BATCH: base.batch = (int)parse_long("--batch", optarg, 1, INT_MAX / 2); break;
         case O_STEPS: base.max_steps = parse_long("--steps", optarg, 1, 1000000); break;
@@ -428,7 +421,8 @@ int main(int argc, char **argv)
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
     int gpt = strcmp(model, "gpt") == 0;
-    if (gpt_flag && !gpt) die_usage("--layers, --heads, --d-model and --context go with --model gpt");
+    if (gpt_flag && !gpt)
+        die_usage("--layers, --heads, --d-model and --context go with --model gpt");
     if (base.batch == 0) base.batch = gpt ? 32 : 128;
     tm_mlp_config mlp;
     int classes = 0;

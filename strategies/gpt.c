@@ -39,8 +39,9 @@ static const tm_gpt_config *cfg_of(const tm_layer_plan *p) { return p->model->cf
 /* ---- splitting the GPT over a tensor-parallel group (Megatron-LM) -------
  * Rank t of tp holds heads [t H/tp, (t+1) H/tp) of every block — their
  * rows of c_attn (q, k and v alike), their columns of attn.c_proj — and a
- * tp-th of the MLP's hidden features: c_fc's rows, mlp.c_proj's columns. A block's input is whole on every rank; each projection back
- * to C channels leaves partial sums that one all-reduce completes
+ * tp-th of the MLP's hidden features: c_fc's rows, mlp.c_proj's columns.
+ * A block's input is whole on every rank; each projection back to C
+ * channels leaves partial sums that one all-reduce completes
  * (Megatron's g; its conjugate f all-reduces the input gradient in the
  * backward). The vocabulary is split too: wte's rows, so the embedding
  * looks up the rank's bytes (others give zeros) and sums over the group,

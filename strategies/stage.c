@@ -248,8 +248,9 @@ static size_t each_partial(const tm_stage *s, float *buf, int to_buf)
         for (int k = 0; k < p->layer->n_tensors; k++) {
             const tm_shard *sh = &p->shard[k];
             if (!sh->owned || !sh->partial) continue;
-            if (buf != NULL && to_buf) memcpy(buf + n, s->grads + sh->off, sh->count * sizeof(float));
-            else if (buf != NULL) memcpy(s->grads + sh->off, buf + n, sh->count * sizeof(float));
+            float *g = s->grads + sh->off;
+            if (buf != NULL && to_buf) memcpy(buf + n, g, sh->count * sizeof(float));
+            else if (buf != NULL) memcpy(g, buf + n, sh->count * sizeof(float));
             n += sh->count;
         }
     }
