@@ -162,7 +162,10 @@ static void shard_case(const tm_model *m, int tp, int l0, int l1)
         }
     }
     /* Back to the full layout: every tensor of the stage once, nothing
-     * else; without write_shared only the split tensors. */
+     * else; without write_shared only the split tensors. A tied tensor
+     * that a layer before the stage defines is written back by the stage
+     * holding that layer, not this one. */
+    for (int i = 0; i < m->n_tensors; i++) used[i] &= m->tensors[i].layer >= l0;
     for (int i = 0; i < m->n_tensors; i++) {
         const tm_tensor *t = &m->tensors[i];
         size_t n = (size_t)t->shape[0] * t->shape[1];
