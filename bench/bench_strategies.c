@@ -264,6 +264,13 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* Decimals that keep three significant digits of a rate (a large GPT runs
+ * a few samples per second). */
+static int rate_decimals(double v)
+{
+    return v >= 100 ? 0 : v >= 10 ? 1 : 2;
+}
+
 static void print_row(const config *c, int csv)
 {
     const char *name = tm_schedule_kind_name(c->schedule), *fits = c->fits ? "yes" : "no";
@@ -279,9 +286,9 @@ static void print_row(const config *c, int csv)
     if (c->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", c->bubble);
     tm_report_bytes(c->comm_bytes, comm, sizeof comm);
     tm_report_bytes((double)c->peak, peak, sizeof peak);
-    printf("%3d %3d %3d  %-11s %4d %3s %14.0f %11.0f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp,
-           name, c->m, c->sp < 0 ? "-" : sp, c->modeled_sps, c->wall_sps, bubble, comm, peak,
-           fits);
+    printf("%3d %3d %3d  %-11s %4d %3s %14.*f %11.*f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp,
+           name, c->m, c->sp < 0 ? "-" : sp, rate_decimals(c->modeled_sps), c->modeled_sps,
+           rate_decimals(c->wall_sps), c->wall_sps, bubble, comm, peak, fits);
 }
 
 /* The distinct reasons tm_train_check gave, with how often. */
