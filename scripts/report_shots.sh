@@ -2,7 +2,7 @@
 # Regenerates the README's pictures of the reports, in docs/: runs the
 # commands below, checks every page in headless Chromium
 # (scripts/report_check.py) and takes its screenshot there.
-#   docs/report-train.png     build/train --report: the demo's 8 devices, 2 epochs
+#   docs/report-train.png     build/train --report: the MLP showcase's 8 devices (make demo-mnist's mesh), 2 epochs
 #   docs/report-64.png        build/train --report: 64 devices (dp 4 x pp 4 x tp 4)
 #   docs/report-gpt.png       build/train --report: a small GPT on 2 replicas
 #   docs/report-sweep.png     bench_strategies --report: the default sweep
