@@ -166,7 +166,15 @@ static double loss_distance(const losses *a, const losses *b)
 
 typedef struct {
     int dp, pp, tp, m, sp;
+    const char *schedule; /* NULL: 1f1b */
 } mesh;
+
+static tm_train_config mesh_config(int gpt, const mesh *g, int zero)
+{
+    tm_train_config c = config(gpt, g->sp, g->dp, g->pp, g->tp, g->m, zero);
+    if (g->schedule != NULL) cr_assert_eq(tm_schedule_kind_parse(g->schedule, &c.schedule), 0);
+    return c;
+}
 
 /* Each mesh's plain data-parallel run, then every ZeRO stage on it. */
 static void every_stage(int gpt, const mesh *meshes, int n)
@@ -176,13 +184,11 @@ static void every_stage(int gpt, const mesh *meshes, int n)
     for (int i = 0; i < n; i++) {
         const mesh *g = &meshes[i];
         losses ref = {0};
-        cr_assert_eq(run(config(gpt, g->sp, g->dp, g->pp, g->tp, g->m, 0), &ref, ref_path, NULL),
-                     TM_OK);
+        cr_assert_eq(run(mesh_config(gpt, g, 0), &ref, ref_path, NULL), TM_OK);
         cr_assert_eq(ref.n, STEPS);
         for (int zero = 1; zero <= TM_ZERO_MAX; zero++) {
             losses got = {0};
-            int st = run(config(gpt, g->sp, g->dp, g->pp, g->tp, g->m, zero), &got, got_path,
-                         NULL);
+            int st = run(mesh_config(gpt, g, zero), &got, got_path, NULL);
             cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d ZeRO-%d failed", g->dp, g->pp, g->tp,
                          zero);
             if (st != TM_OK) continue;
@@ -208,11 +214,14 @@ static void every_stage(int gpt, const mesh *meshes, int n)
 Test(zero, mlp_every_stage_trains_like_plain_data_parallelism, .init = setup, .fini = teardown,
      .timeout = 600)
 {
-    /* The MLP's 10-class layer splits unevenly over 4 replicas (padding). */
-    static const mesh full[] = {{2, 1, 1, 2, 0}, {4, 1, 1, 1, 0}, {2, 2, 1, 2, 0},
-                                {4, 2, 1, 4, 0}, {2, 1, 2, 2, 0}, {4, 1, 2, 1, 0},
-                                {2, 2, 2, 4, 0}};
-    static const mesh few[] = {{4, 1, 1, 2, 0}, {2, 2, 2, 4, 0}};
+    /* The MLP's 10-class layer splits unevenly over 4 replicas (padding);
+     * GPipe holds every micro-batch's activations at once, grouped more
+     * than 1F1B: ZeRO's passes interleave with them however they come. */
+    static const mesh full[] = {{2, 1, 1, 2, 0, NULL},    {4, 1, 1, 1, 0, NULL},
+                                {2, 2, 1, 2, 0, NULL},    {4, 2, 1, 4, 0, "gpipe"},
+                                {2, 1, 2, 2, 0, NULL},    {4, 1, 2, 1, 0, NULL},
+                                {2, 2, 2, 4, 0, "grouped"}};
+    static const mesh few[] = {{4, 1, 1, 2, 0, NULL}, {2, 2, 2, 4, 0, "grouped"}};
     if (SANITIZED) every_stage(0, few, 2);
     else every_stage(0, full, sizeof full / sizeof full[0]);
 }
@@ -223,10 +232,11 @@ Test(zero, gpt_every_stage_trains_like_plain_data_parallelism, .init = setup, .f
     /* pp = 1: wte tied within the stage (embedding and head); pp = 2: held
      * by both stages, summed over the embedding group chunk by chunk;
      * sequence parallelism: partial LayerNorm gradients summed over tp. */
-    static const mesh full[] = {{2, 1, 1, 2, 0}, {4, 1, 1, 1, 0}, {2, 2, 1, 2, 0},
-                                {4, 2, 1, 2, 0}, {2, 1, 2, 2, 1}, {2, 1, 2, 1, 0},
-                                {2, 2, 2, 2, 1}};
-    static const mesh few[] = {{2, 1, 2, 2, 1}, {2, 2, 1, 2, 0}};
+    static const mesh full[] = {{2, 1, 1, 2, 0, NULL},        {4, 1, 1, 1, 0, NULL},
+                                {2, 2, 1, 2, 0, NULL},        {4, 2, 1, 2, 0, "sequential"},
+                                {2, 1, 2, 2, 1, NULL},        {2, 1, 2, 1, 0, NULL},
+                                {2, 2, 2, 2, 1, "interleaved"}};
+    static const mesh few[] = {{2, 1, 2, 2, 1, NULL}, {2, 2, 1, 2, 0, "gpipe"}};
     if (SANITIZED) every_stage(1, few, 2);
     else every_stage(1, full, sizeof full / sizeof full[0]);
 }
