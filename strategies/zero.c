@@ -163,7 +163,9 @@ static int scatter_add(tm_zero *z, const chunk *t, float *slot)
 
 /* Layer i's tensor t into its slot of the parameter view: gathered (stage
  * 3; a tied tensor once per pass, then copied) or copied from the whole
- * parameters (stage 2). */
+ * parameters (stage 2: a kind finds a tensor's weights and its gradient
+ * at one offset, so weights in the stage's layout and a bucket in the
+ * view's cannot go together). */
 static int fetch(tm_zero *z, chunk *t, float *slot)
 {
     tm_device *dev = z->s->dev;
