@@ -1,8 +1,9 @@
 /* bench_strategies: every way to spread one model — an MLP or the GPT —
  * over N emulated devices — each mesh dp x pp x tp = N, each pipeline
  * schedule, each micro-batch count, the GPT's sequence parallelism on and
- * off — trained for a few steps, ranked by modeled throughput, with the
- * pipeline bubble, the traffic and the memory each one costs.
+ * off, the ZeRO stages asked for — trained for a few steps, ranked by
+ * modeled throughput, with the pipeline bubble, the traffic and the memory
+ * each one costs.
  * bench/plot_strategies.sh draws the --csv output. */
 #include <errno.h>
 #include <getopt.h>
@@ -27,11 +28,13 @@
 #include "strategies/report_html.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
+#include "strategies/zero.h"
 
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
-    "         [--schedules LIST] [--mem-cap SIZE] [--csv] [--report FILE] [clock flags]\n"
+    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--csv] [--report FILE]\n"
+    "         [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -51,12 +54,14 @@ static const char usage_head[] =
     "                        divides the replica's batch (1,2,4,8,16)\n"
     "  --schedules LIST      pipeline schedules for pp > 1\n"
     "                        (sequential,gpipe,1f1b,grouped,interleaved)\n"
+    "  --zero LIST           ZeRO stages (0 to 3) each mesh with dp > 1 runs with;\n"
+    "                        meshes with dp = 1 run without ZeRO (0)\n"
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
     "                        any browser): throughput, memory against the cap, bubble\n"
-    "                        against micro-batches\n"
+    "                        against micro-batches (not with ZeRO stages in --zero)\n"
     "modeled time (defaults measured on this machine, as build/train's):\n";
 
 static const char usage_tail[] =
@@ -73,6 +78,7 @@ static const char usage_tail[] =
     "  comm_bytes_per_device  payload bytes a device sends in one step (mean over\n"
     "                         devices; data, pipeline and tensor traffic together)\n"
     "  peak_bytes_per_device  the largest device's arena high-water mark\n"
+    "  zero                   with --zero: the ZeRO stage (the last CSV column)\n"
     "  fits                   yes when the configuration runs with --mem-cap per\n"
     "                         device. Every configuration runs to completion in\n"
     "                         an arena grown as it needs, whatever the cap, so\n"
@@ -150,11 +156,28 @@ static int parse_schedules(const char *v, tm_schedule_kind *out)
     return n;
 }
 
+/* "0,3": distinct ZeRO stages. Returns the count. */
+static int parse_zeros(const char *v, int *out)
+{
+    int n = 0;
+    for (const char *p = v;; p += 2) {
+        if (p[0] < '0' || p[0] > '0' + TM_ZERO_MAX || (p[1] != ',' && p[1] != '\0') ||
+            n > TM_ZERO_MAX)
+            die_usage("--zero takes distinct ZeRO stages 0 to 3 like 0,1,2,3, not \"%s\"", v);
+        out[n] = p[0] - '0';
+        for (int i = 0; i < n; i++)
+            if (out[i] == out[n]) die_usage("--zero names %d twice", out[n]);
+        n++;
+        if (p[1] == '\0') return n;
+    }
+}
+
 typedef enum { RAN, SKIP_BATCH, SKIP_CHECK, FAILED } outcome;
 
 /* One configuration of the sweep and what it measured. */
 typedef struct {
     int dp, pp, tp, m;
+    int zero;              /* ZeRO stage over dp */
     int sp;                /* -1: not a GPT with tp > 1; else sequence parallelism */
     tm_schedule_kind schedule;
     int order;             /* position in the sweep: the tie-break of the sort */
@@ -229,22 +252,25 @@ static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_data 
  * tp > 1 sequence parallelism off and on. Returns the count written into
  * out (NULL: only counts). */
 static int sweep(int devices, int gpt, const tm_schedule_kind *sched, int n_sched,
-                 const int *mbs, int n_mbs, config *out)
+                 const int *mbs, int n_mbs, const int *zeros, int n_zeros, config *out)
 {
     int n = 0;
     for (int pp = 1; pp <= devices; pp++) {
         if (devices % pp != 0) continue;
         for (int tp = 1; tp <= devices / pp; tp++) {
             if (devices / pp % tp != 0) continue;
-            int kinds = pp == 1 ? 1 : n_sched, sps = gpt && tp > 1 ? 2 : 1;
+            int dp = devices / pp / tp, kinds = pp == 1 ? 1 : n_sched, sps = gpt && tp > 1 ? 2 : 1;
+            int nz = dp > 1 ? n_zeros : 1;
             for (int k = 0; k < kinds; k++)
                 for (int sp = 0; sp < sps; sp++)
-                    for (int i = 0; i < n_mbs; i++, n++)
-                        if (out != NULL)
-                            out[n] = (config){.dp = devices / pp / tp, .pp = pp, .tp = tp,
-                                              .m = mbs[i], .sp = sps == 2 ? sp : -1,
-                                              .order = n, .bubble = -1,
-                                              .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
+                    for (int z = 0; z < nz; z++)
+                        for (int i = 0; i < n_mbs; i++, n++)
+                            if (out != NULL)
+                                out[n] = (config){.dp = dp, .pp = pp, .tp = tp, .m = mbs[i],
+                                                  .zero = dp > 1 ? zeros[z] : 0,
+                                                  .sp = sps == 2 ? sp : -1, .order = n,
+                                                  .bubble = -1,
+                                                  .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
         }
     }
     return n;
@@ -271,7 +297,7 @@ static int rate_decimals(double v)
     return v >= 100 ? 0 : v >= 10 ? 1 : 2;
 }
 
-static void print_row(const config *c, int csv)
+static void print_row(const config *c, int csv, int zero)
 {
     const char *name = tm_schedule_kind_name(c->schedule), *fits = c->fits ? "yes" : "no";
     const char *sp = c->sp < 0 ? "" : c->sp ? "yes" : "no";
@@ -279,15 +305,18 @@ static void print_row(const config *c, int csv)
         printf("%d,%d,%d,%s,%d,%s,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, sp,
                c->modeled_sps, c->wall_sps);
         if (c->bubble >= 0) printf("%.4f", c->bubble);
-        printf(",%.0f,%zu,%s\n", c->comm_bytes, c->peak, fits);
+        printf(",%.0f,%zu,%s", c->comm_bytes, c->peak, fits);
+        if (zero) printf(",%d", c->zero);
+        putchar('\n');
         return;
     }
     char bubble[16] = "-", comm[32], peak[32];
     if (c->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", c->bubble);
     tm_report_bytes(c->comm_bytes, comm, sizeof comm);
     tm_report_bytes((double)c->peak, peak, sizeof peak);
-    printf("%3d %3d %3d  %-11s %4d %3s %14.*f %11.*f %7s %13s %11s  %s\n", c->dp, c->pp, c->tp,
-           name, c->m, c->sp < 0 ? "-" : sp, rate_decimals(c->modeled_sps), c->modeled_sps,
+    printf("%3d %3d %3d  %-11s %4d %3s", c->dp, c->pp, c->tp, name, c->m, c->sp < 0 ? "-" : sp);
+    if (zero) printf(" %4d", c->zero);
+    printf(" %14.*f %11.*f %7s %13s %11s  %s\n", rate_decimals(c->modeled_sps), c->modeled_sps,
            rate_decimals(c->wall_sps), c->wall_sps, bubble, comm, peak, fits);
 }
 
@@ -362,6 +391,7 @@ int main(int argc, char **argv)
     tm_train_config base = {0};
     const char *model = "256,256,256,256,256", *why;
     int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 5;
+    int zeros[TM_ZERO_MAX + 1] = {0}, n_zeros = 1, zero_given = 0;
     tm_schedule_kind sched[TM_SCHEDULE_KINDS] = {TM_SCHED_SEQUENTIAL, TM_SCHED_GPIPE,
                                                  TM_SCHED_1F1B, TM_SCHED_GROUPED,
                                                  TM_SCHED_INTERLEAVED};
@@ -372,7 +402,7 @@ int main(int argc, char **argv)
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT };
+           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO };
     const char *report_path = NULL;
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
@@ -385,6 +415,7 @@ int main(int argc, char **argv)
         {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
+        {"zero", 1, 0, O_ZERO},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
@@ -405,6 +436,10 @@ int main(int argc, char **argv)
         case O_STEPS: base.max_steps = parse_long("--steps", optarg, 1, 1000000); break;
         case O_MICRO: n_mbs = parse_counts(optarg, mbs); break;
         case O_SCHEDULES: n_sched = parse_schedules(optarg, sched); break;
+        case O_ZERO:
+            n_zeros = parse_zeros(optarg, zeros);
+            zero_given = 1;
+            break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap < ((size_t)64 << 10))
                 die_usage("--mem-cap wants a size of at least 64K, like 64M or 1G, not \"%s\"",
@@ -428,6 +463,8 @@ int main(int argc, char **argv)
     }
     if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
     int gpt = strcmp(model, "gpt") == 0;
+    if (report_path != NULL && (n_zeros > 1 || zeros[0] != 0))
+        die_usage("--report draws no ZeRO stages: leave --zero out or give --zero 0");
     if (gpt_flag && !gpt)
         die_usage("--layers, --heads, --d-model and --context go with --model gpt");
     if (base.batch == 0) base.batch = gpt ? 32 : 128;
@@ -505,13 +542,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 2;
     }
-    int n = sweep(devices, gpt, sched, n_sched, mbs, n_mbs, NULL);
+    int n = sweep(devices, gpt, sched, n_sched, mbs, n_mbs, zeros, n_zeros, NULL);
     config *cs = calloc((size_t)n, sizeof *cs);
     if (cs == NULL) {
         fprintf(stderr, "bench_strategies: out of host memory\n");
         return 1;
     }
-    sweep(devices, gpt, sched, n_sched, mbs, n_mbs, cs);
+    sweep(devices, gpt, sched, n_sched, mbs, n_mbs, zeros, n_zeros, cs);
     tm_outfile *html = NULL;
     if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
         fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
@@ -532,8 +569,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         config *c = &cs[i];
         if (tty)
-            fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d%s      ", i + 1, n, c->dp,
-                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m,
+            fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d zero %d%s      ", i + 1, n,
+                    c->dp, c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, c->zero,
                     c->sp == 1 ? " sp" : "");
         tm_train_config cfg = base;
         cfg.dp = c->dp;
@@ -541,6 +578,7 @@ int main(int argc, char **argv)
         cfg.tp = c->tp;
         cfg.schedule = c->schedule;
         cfg.micro_batches = c->m;
+        cfg.zero = c->zero;
         if (c->sp == 1) cfg.model = &nets[1];
         if (base.batch % (c->dp * c->m) != 0) {
             c->how = SKIP_BATCH;
@@ -550,8 +588,8 @@ int main(int argc, char **argv)
         } else if (run_config(cfg, cap, c, &train, &test, error, sizeof error) != TM_OK) {
             c->how = FAILED;
             if (tty) fprintf(stderr, "\r%*s\r", 60, "");
-            fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d%s failed: %s\n", c->dp,
-                    c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m,
+            fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d zero %d%s failed: %s\n",
+                    c->dp, c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, c->zero,
                     c->sp == 1 ? " sp" : "", error);
         }
         counts[c->how]++;
@@ -580,8 +618,9 @@ int main(int argc, char **argv)
     else
         snprintf(name, sizeof name, "%s", model);
     if (csv) {
-        puts("dp,pp,tp,schedule,micro_batches,sp,modeled_samples_per_s,wall_samples_per_s,"
-             "bubble,comm_bytes_per_device,peak_bytes_per_device,fits");
+        printf("dp,pp,tp,schedule,micro_batches,sp,modeled_samples_per_s,wall_samples_per_s,"
+               "bubble,comm_bytes_per_device,peak_bytes_per_device,fits%s\n",
+               zero_given ? ",zero" : "");
     } else {
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
@@ -594,11 +633,12 @@ int main(int argc, char **argv)
                "every schedule is the same accumulation loop)\n"
                "# comm = bytes a device sends per step (mean); peak = largest device's arena "
                "peak; fits = runs in %s per device\n", capb);
-        printf("%3s %3s %3s  %-11s %4s %3s %14s %11s %7s %13s %11s  %s\n", "dp", "pp", "tp",
-               "schedule", "mb", "sp", "modeled_sps", "wall_sps", "bubble", "comm/dev/step",
-               "peak/dev", "fits");
+        printf("%3s %3s %3s  %-11s %4s %3s", "dp", "pp", "tp", "schedule", "mb", "sp");
+        if (zero_given) printf(" %4s", "zero");
+        printf(" %14s %11s %7s %13s %11s  %s\n", "modeled_sps", "wall_sps", "bubble",
+               "comm/dev/step", "peak/dev", "fits");
     }
-    for (int i = 0; i < ran; i++) print_row(&cs[i], csv);
+    for (int i = 0; i < ran; i++) print_row(&cs[i], csv, zero_given);
     FILE *foot = csv ? stderr : stdout;
     fprintf(foot, "# %d configurations in %.1f s: %d ran, %d skipped (%d batch not divisible by "
                   "dp x micro-batches, %d rejected by tm_train_check), %d failed\n",

@@ -1,7 +1,8 @@
 /* build/fit: the device-memory story end to end. A model too big for one
  * capped device fails with the arena's out-of-memory report, then trains
  * under the same per-device cap cut into pipeline stages (pp = 4) and into
- * tensor-parallel shards (tp = 4), showing each device's peak memory by tag. */
+ * tensor-parallel shards (tp = 4), showing each device's peak memory by tag;
+ * with --zero, then over four data-parallel replicas with that ZeRO stage. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -16,6 +17,7 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/plan.h"
+#include "strategies/report.h"
 #include "strategies/schedule.h"
 #include "strategies/trainer.h"
 
@@ -43,12 +45,17 @@ static const char usage[] =
     "  --batch B             samples per optimizer step, in every phase (128)\n"
     "  --micro-batches M     the pipeline's micro-batches in phase 2; B must divide\n"
     "                        by M (4)\n"
+    "  --zero S              a fourth phase: data parallel over four replicas with\n"
+    "                        ZeRO stage S (1: optimizer state, 2: and gradients, 3:\n"
+    "                        and parameters sharded four ways), its memory against\n"
+    "                        ZeRO's formula; a phase that runs out of memory says so\n"
     "  --dataset NAME        fashion-mnist, the only one (fashion-mnist)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
     "  -h, --help            this text\n"
     "Exit status: 0 when the story played out (phase 1 ran out of memory, phases 2\n"
-    "and 3 trained), 1 otherwise, 2 on bad usage or unreadable data files.\n";
+    "and 3 trained, phase 4 trained or ran out of memory), 1 otherwise, 2 on bad\n"
+    "usage or unreadable data files.\n";
 
 static void die_usage(const char *fmt, ...)
 {
@@ -76,6 +83,7 @@ static double mib(size_t bytes) { return (double)bytes / (1 << 20); }
 /* One run of tm_train and what it reported. */
 typedef struct {
     int pp, tp, micro_batches;
+    int dp, zero;    /* data parallelism (0: one replica) and its ZeRO stage */
     size_t mem_cap;
     long steps;
     double *loss;    /* (steps) the global batch's loss at every step */
@@ -99,6 +107,8 @@ static void run_phase(phase *ph, const tm_train_config *base, const tm_data *tra
     tm_train_config cfg = *base;
     cfg.pp = ph->pp;
     cfg.tp = ph->tp;
+    if (ph->dp > 0) cfg.dp = ph->dp;
+    cfg.zero = ph->zero;
     cfg.micro_batches = ph->micro_batches;
     cfg.mem_cap = ph->mem_cap;
     cfg.max_steps = ph->steps;
@@ -271,7 +281,8 @@ static void describe_shards(const tm_model *net)
 /* What the three phases need of fit's own flags, said in their terms (the
  * trainer's checks would name build/train's --pp and --tp, which fit sets
  * itself). */
-static void check_story(const tm_mlp_config *m, const char *model, long batch, long micro)
+static void check_story(const tm_mlp_config *m, const char *model, long batch, long micro,
+                        int zero)
 {
     if (m->n_layers < WAYS)
         die_usage("--model \"%s\" has %d layers; the pipeline phase needs at least %d, one "
@@ -282,6 +293,9 @@ static void check_story(const tm_mlp_config *m, const char *model, long batch, l
                       "parallel phase needs", model, m->widths[l], WAYS);
     if (batch % micro != 0)
         die_usage("--batch %ld is not divisible by --micro-batches %ld", batch, micro);
+    if (zero > 0 && batch % WAYS != 0)
+        die_usage("--zero's phase splits --batch %ld over %d replicas: it must divide by %d",
+                  batch, WAYS, WAYS);
 }
 
 /* Largest relative difference of two loss curves over their common steps. */
@@ -301,12 +315,14 @@ int main(int argc, char **argv)
     const char *model = "784,1792,1792,1792,10", *data_dir = TM_DATASET_DEFAULT_DIR, *why;
     size_t cap = (size_t)64 << 20;
     long steps = 30, batch = 128, micro = 4;
-    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA };
+    int zero = 0;
+    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_ZERO };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},     {"mem-cap", 1, 0, O_MEM},
         {"steps", 1, 0, O_STEPS},     {"batch", 1, 0, O_BATCH},
         {"micro-batches", 1, 0, O_MICRO}, {"dataset", 1, 0, O_DATASET},
-        {"data-dir", 1, 0, O_DATA},   {"help", 0, 0, 'h'},
+        {"data-dir", 1, 0, O_DATA},   {"zero", 1, 0, O_ZERO},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -324,6 +340,12 @@ int main(int argc, char **argv)
                 die_usage("--dataset is fashion-mnist, not \"%s\"", optarg);
             break;
         case O_DATA: data_dir = optarg; break;
+        case O_ZERO:
+            if (strlen(optarg) != 1 || optarg[0] < '1' || optarg[0] > '3')
+                die_usage("--zero is 1, 2 or 3 (the ZeRO stage of the fourth phase), not \"%s\"",
+                          optarg);
+            zero = optarg[0] - '0';
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -341,7 +363,7 @@ int main(int argc, char **argv)
     tm_mlp_config mlp;
     tm_model net;
     if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
-    check_story(&mlp, model, batch, micro);
+    check_story(&mlp, model, batch, micro, zero);
     if (tm_mlp_model(&net, &mlp) != TM_OK) {
         fprintf(stderr, "fit: %s\n", tm_error_message());
         return 1;
@@ -366,12 +388,17 @@ int main(int argc, char **argv)
     phase one = {.pp = 1, .tp = 1, .micro_batches = 1, .mem_cap = cap, .steps = steps};
     phase pipe = {.pp = WAYS, .tp = 1, .micro_batches = (int)micro, .mem_cap = cap, .steps = steps};
     phase tens = {.pp = 1, .tp = WAYS, .micro_batches = 1, .mem_cap = cap, .steps = steps};
-    phase *all[] = {&one, &pipe, &tens};
-    const char *names[] = {"one device", "pp=4", "tp=4"};
-    for (int i = 0; i < 3; i++) {
+    phase zph = {.pp = 1, .tp = 1, .micro_batches = 1, .dp = WAYS, .zero = zero, .mem_cap = cap,
+                 .steps = steps};
+    phase *all[] = {&one, &pipe, &tens, &zph};
+    const char *names[] = {"one device", "pp=4", "tp=4", "dp=4 ZeRO"};
+    int phases = zero > 0 ? 4 : 3;
+    for (int i = 0; i < phases; i++) {
         tm_train_config c = base;
         c.pp = all[i]->pp;
         c.tp = all[i]->tp;
+        if (all[i]->dp > 0) c.dp = all[i]->dp;
+        c.zero = all[i]->zero;
         c.micro_batches = all[i]->micro_batches;
         if (tm_train_check(&c, &train) != TM_OK) {
             tm_dataset_free(&train_images);
@@ -379,7 +406,7 @@ int main(int argc, char **argv)
             die_usage("%s: %s", names[i], tm_error_message());
         }
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < phases; i++) {
         all[i]->loss = calloc((size_t)steps, sizeof(double));
         if (all[i]->loss == NULL) {
             fprintf(stderr, "fit: cannot allocate the loss record of %ld steps\n", steps);
@@ -433,6 +460,28 @@ int main(int argc, char **argv)
     run_phase(&tens, &base, &train, &test);
     int tens_ok = report_training(&tens);
 
+    int zero_ok = 1;
+    if (zero > 0) {
+        printf("\n== phase 4: data parallel, dp=4, ZeRO-%d, %.0f MiB per device ==\n", zero,
+               mib(cap));
+        printf("  every replica takes a quarter of each batch and keeps a quarter of the %s;\n"
+               "  gradients are reduce-scattered, each replica updates its quarter%s\n",
+               zero == 1 ? "momentum (weights and gradients whole)"
+               : zero == 2 ? "momentum and gradients (weights whole)"
+                           : "momentum, gradients and weights",
+               zero == 3 ? ", and each layer's weights are all-gathered before it runs"
+                         : ", and the weights are all-gathered");
+        fflush(stdout);
+        run_phase(&zph, &base, &train, &test);
+        if (report_training(&zph)) {
+            tm_train_config c = base;
+            c.dp = WAYS;
+            c.zero = zero;
+            tm_report_zero(stdout, &zph.res, &c);
+        }
+        zero_ok = zph.status == TM_OK || zph.status == TM_ENOMEM;
+    }
+
     printf("\n== summary ==\n");
     if (oom && need > 0)
         printf("  %-10s out of memory: it needs %.2f MiB, %.0f%% of the cap\n", "one device",
@@ -442,16 +491,17 @@ int main(int argc, char **argv)
                oom ? "out of memory" : "did not run out of memory (not the story)");
     summary_line("pp=4", &pipe);
     summary_line("tp=4", &tens);
+    if (zero > 0) summary_line(zero == 1 ? "ZeRO-1" : zero == 2 ? "ZeRO-2" : "ZeRO-3", &zph);
     if (pipe_ok && tens_ok)
         printf("  pp=4 and tp=4 trained the same model: their losses agree to %.1e (relative)\n"
                "  at every step; only the order of floating-point sums differs\n",
                max_rel_diff(&pipe, &tens));
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < phases; i++) {
         tm_train_result_free(&all[i]->res);
         free(all[i]->loss);
     }
     tm_dataset_free(&train_images);
     tm_dataset_free(&test_images);
     tm_model_destroy(&net);
-    return oom && pipe_ok && tens_ok ? 0 : 1;
+    return oom && pipe_ok && tens_ok && zero_ok ? 0 : 1;
 }

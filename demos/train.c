@@ -42,6 +42,10 @@ static const char usage_head[] =
     "  --sequence-parallel   GPT, with --tp 2 or more: the LayerNorms and residual\n"
     "                        adds between the tensor-parallel regions each take a\n"
     "                        tp-th of the positions (--context must divide by tp)\n"
+    "  --zero S              ZeRO over the dp replicas (--dp 2 or more): 0 none,\n"
+    "                        1 optimizer state, 2 and gradients, 3 and parameters\n"
+    "                        sharded; given (0 too), the run also prints every\n"
+    "                        device's memory against ZeRO's formulas (0)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -277,7 +281,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_END };
+       O_REPORT, O_ZERO, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -598,7 +602,7 @@ int main(int argc, char **argv)
         {"val-fraction", 1, 0, O_VALFRAC}, {"eval-every", 1, 0, O_EVALEVERY},
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
-        {"report", 1, 0, O_REPORT},
+        {"report", 1, 0, O_REPORT},        {"zero", 1, 0, O_ZERO},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -650,6 +654,11 @@ int main(int argc, char **argv)
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
         case O_DEVICES: devices = parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
+        case O_ZERO:
+            if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '3')
+                die_usage("--zero is 0, 1, 2 or 3, not \"%s\"", optarg);
+            cfg.zero = optarg[0] - '0';
+            break;
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 die_usage(
@@ -917,8 +926,10 @@ int main(int argc, char **argv)
                cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     }
     if (mesh > 1)
-        printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule\n", mesh, cfg.dp, cfg.pp,
-               cfg.tp, tm_schedule_kind_name(cfg.schedule));
+        printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule%s\n", mesh, cfg.dp, cfg.pp,
+               cfg.tp, tm_schedule_kind_name(cfg.schedule),
+               cfg.zero == 1 ? ", ZeRO-1" : cfg.zero == 2 ? ", ZeRO-2" : cfg.zero == 3 ? ", ZeRO-3"
+                                                                                     : "");
     fflush(stdout);
     tm_train_result res;
     char error[2048];
@@ -995,6 +1006,7 @@ int main(int argc, char **argv)
     tm_report_modeled(stdout, &res, &cfg);
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
+    if (GIVEN(O_ZERO)) tm_report_zero(stdout, &res, &cfg);
     tm_report_traffic(stdout, &res, &cfg, every_link);
     if (!every_link && res.n_links > 8)
         printf("(--links lists each of the %d links)\n", res.n_links);

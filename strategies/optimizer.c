@@ -42,19 +42,25 @@ const char *tm_optimizer_check(const tm_optim_config *c)
     return NULL;
 }
 
-static void update(const tm_optim_config *c, tm_stage *s, size_t off, size_t len, int decay,
-                   double lr, long step)
+void tm_optimizer_update(const tm_optim_config *c, float *params, const float *grads,
+                         float *const *state, size_t len, int decay, double lr, long step)
 {
     double wd = decay ? c->weight_decay : 0.0;
     if (c->kind == TM_OPT_ADAMW) {
         tm_adamw_params hp = {lr, c->beta1, c->beta2, c->eps, wd};
-        tm_adamw_step(s->params + off, s->grads + off, s->opt_state[0] + off,
-                      s->opt_state[1] + off, len, hp, step);
+        tm_adamw_step(params, grads, state[0], state[1], len, hp, step);
     } else {
         tm_sgd_params hp = {lr, c->momentum, wd};
-        tm_sgd_step(s->params + off, s->grads + off, s->n_opt_state ? s->opt_state[0] + off : NULL,
-                    len, hp, step);
+        tm_sgd_step(params, grads, state[0], len, hp, step);
     }
+}
+
+static void update(const tm_optim_config *c, tm_stage *s, size_t off, size_t len, int decay,
+                   double lr, long step)
+{
+    float *state[TM_OPT_MAX_STATE] = {NULL, NULL};
+    for (int i = 0; i < s->n_opt_state; i++) state[i] = s->opt_state[i] + off;
+    tm_optimizer_update(c, s->params + off, s->grads + off, state, len, decay, lr, step);
 }
 
 void tm_optimizer_step(const tm_optim_config *c, tm_stage *s, double lr, long step)
@@ -80,6 +86,15 @@ void tm_optimizer_step(const tm_optim_config *c, tm_stage *s, double lr, long st
     if (end > start) update(c, s, start, end - start, flag, lr, step);
 }
 
+int tm_stage_norm_counts(const tm_stage *s, int i, int k)
+{
+    const tm_layer_plan *p = &s->layer[i];
+    const tm_shard *sh = &p->shard[k];
+    const tm_tensor *t = &s->model->tensors[p->layer->tensor[k]];
+    int here = t->layer >= s->l0 && t->layer < s->l0 + s->n;
+    return sh->owned && here && !(sh->dim == TM_SHARD_WHOLE && s->t != 0);
+}
+
 double tm_stage_grad_sq(const tm_stage *s)
 {
     double sum = 0;
@@ -87,9 +102,7 @@ double tm_stage_grad_sq(const tm_stage *s)
         const tm_layer_plan *p = &s->layer[i];
         for (int k = 0; k < p->layer->n_tensors; k++) {
             const tm_shard *sh = &p->shard[k];
-            const tm_tensor *t = &s->model->tensors[p->layer->tensor[k]];
-            int here = t->layer >= s->l0 && t->layer < s->l0 + s->n;
-            if (!sh->owned || !here || (sh->dim == TM_SHARD_WHOLE && s->t != 0)) continue;
+            if (!tm_stage_norm_counts(s, i, k)) continue;
             const float *g = s->grads + sh->off;
             for (size_t j = 0; j < sh->count; j++) sum += (double)g[j] * g[j];
             tm__cost_charge(2.0 * (double)sh->count, 4.0 * (double)sh->count);

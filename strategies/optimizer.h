@@ -33,14 +33,23 @@ const char *tm_optimizer_check(const tm_optim_config *c);
 
 struct tm_stage;
 
+/* One step over len parameters with their gradients and state buffers
+ * (state[i] NULL past tm_optimizer_state_count), weight decay when decay
+ * is set: the update every caller shares (a stage's, ZeRO's shards). */
+void tm_optimizer_update(const tm_optim_config *c, float *params, const float *grads,
+                         float *const *state, size_t len, int decay, double lr, long step);
+
 /* One optimizer step (1-based `step`, learning rate lr) over the stage's
  * parameters, weight decay applied to the tensors whose table entry has
  * decay set (one call per run of equal flags). */
 void tm_optimizer_step(const tm_optim_config *c, struct tm_stage *s, double lr, long step);
 
-/* Sum of the squares of the stage's gradients, each parameter of the
- * model counted once over the mesh: a tensor held whole by every tp rank
- * counts on rank 0 only, a tied copy only where the tensor is stored. */
+/* Whether tensor k of the stage's layer i counts in the global gradient
+ * norm on this device, so that each parameter of the model counts once over
+ * the mesh: a tensor held whole by every tp rank counts on rank 0 only, a
+ * tied copy only where the tensor is stored. */
+int tm_stage_norm_counts(const struct tm_stage *s, int i, int k);
+/* Sum of the squares of the stage's gradients that count. */
 double tm_stage_grad_sq(const struct tm_stage *s);
 /* Multiplies every gradient of the stage by scale. */
 void tm_stage_grad_scale(struct tm_stage *s, float scale);

@@ -61,6 +61,61 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
 
 static double pct(double part, double whole) { return whole > 0 ? 100 * part / whole : 0; }
 
+/* The paper's per-device formula of a ZeRO stage in fp32 terms, k
+ * optimizer state buffers of 4 bytes per parameter. */
+static void zero_formula(char *buf, size_t n, int stage, int k)
+{
+    static const char *form[] = {"%d psi", "8 psi + %d psi / dp", "4 psi + %d psi / dp",
+                                 "%d psi / dp"};
+    int coeff[] = {8 + 4 * k, 4 * k, 4 + 4 * k, 8 + 4 * k};
+    snprintf(buf, n, form[stage], coeff[stage]);
+}
+
+void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    char form[48], b[6][32];
+    int k = cfg->optimizer == TM_OPT_ADAMW ? 2 : cfg->momentum != 0.0;
+    zero_formula(form, sizeof form, cfg->zero, k);
+    fprintf(f, "memory against the formulas, ZeRO-%d over dp=%d: parameters, gradients and "
+               "optimizer state = %s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
+               "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form, "device",
+            coords_width(r), coords_head(r), "psi", "state", "formula", "diff", "comm",
+            "in flight", "peak", "formula", "diff");
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        const size_t *p = d->memory.tag_peak;
+        double state = (double)(p[TM_TAG_PARAM] + p[TM_TAG_GRAD] + p[TM_TAG_OPTIMIZER]);
+        char c[32];
+        coords(r, d, c, sizeof c);
+        tm_report_bytes(state, b[0], sizeof b[0]);
+        tm_report_bytes(d->state_formula, b[1], sizeof b[1]);
+        tm_report_bytes((double)p[TM_TAG_COMM], b[2], sizeof b[2]);
+        tm_report_bytes(d->comm_formula, b[3], sizeof b[3]);
+        tm_report_bytes((double)d->memory.peak, b[4], sizeof b[4]);
+        tm_report_bytes(d->peak_formula, b[5], sizeof b[5]);
+        fprintf(f, "%-8d %-*s %10zu %11s %11s %+5.1f%% %11s %11s %11s %11s %+5.1f%%\n", d->id,
+                coords_width(r), c, d->psi, b[0], b[1], pct(state - d->state_formula,
+                d->state_formula), b[2], b[3], b[4], b[5],
+                pct((double)d->memory.peak - d->peak_formula, d->peak_formula));
+    }
+    fprintf(f, "state: the param, grad and optimizer peaks (chunks of ceil(n/dp) floats per "
+               "tensor); comm: ZeRO's layer in flight, by formula; peak formula: state + "
+               "activations at the pipeline's peak + the layer in flight\n");
+    if (!r->recorded || cfg->zero == 0) return;
+    double sent = 0, ar = 0;
+    for (int i = 0; i < r->n_devices; i++) {
+        sent += (double)r->devices[i].step_sent[TM_DIM_DP];
+        ar += r->devices[i].step_allreduce;
+    }
+    static const char *paper[] = {"", "1 (reduce-scatter + all-gather)",
+                                  "1 with one micro-batch ((m+1)/2 with m)",
+                                  "1.5 with one micro-batch (1.5 m with m)"};
+    tm_report_bytes(sent, b[0], sizeof b[0]);
+    tm_report_bytes(ar, b[1], sizeof b[1]);
+    fprintf(f, "dp bytes of the recorded step: %s, plain data parallelism's all-reduce %s: "
+               "x%.3f (the paper: %s)\n", b[0], b[1], ar > 0 ? sent / ar : 0, paper[cfg->zero]);
+}
+
 void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
 {
     if (r->steps == 0) return;
@@ -104,7 +159,8 @@ static void cell(FILE *f, uint64_t measured, double analytic)
 }
 
 /* The recorded step's bytes per device and dimension against the formulas. */
-static void step_traffic(FILE *f, const tm_train_result *r, long first)
+static void step_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg,
+                         long first)
 {
     fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-*s", first,
             "device", coords_width(r), coords_head(r));
@@ -130,6 +186,12 @@ static void step_traffic(FILE *f, const tm_train_result *r, long first)
                "16 KiB: (n-1) x bytes), + the loss's all-gather; pp: every micro-batch's "
                "activations forward and gradients back; tp: ring all-reduce 2(n-1)/n, all-gather "
                "(n-1)/n of each collective's bytes\n");
+    if (cfg->zero > 0)
+        fprintf(f, "ZeRO-%d: dp sends no bucket all-reduce but per tensor of n floats "
+                   "(dp-1) ceil(n/dp) x 4 bytes per reduce-scatter or all-gather: %s\n",
+                cfg->zero, cfg->zero == 1 ? "one of each per step"
+                : cfg->zero == 2 ? "a reduce-scatter per micro-batch, an all-gather per step"
+                                 : "a reduce-scatter and two all-gathers per micro-batch");
 }
 
 void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config *cfg,
@@ -137,7 +199,7 @@ void tm_report_traffic(FILE *f, const tm_train_result *r, const tm_train_config 
 {
     long first = cfg->trace_first > 0 ? cfg->trace_first : 1;
     if (r->recorded)
-        step_traffic(f, r, first);
+        step_traffic(f, r, cfg, first);
     else
         fprintf(f, "no step recorded: --trace-from %ld is past this run's %ld step%s\n", first,
                 r->steps, r->steps == 1 ? "" : "s");

@@ -10,6 +10,12 @@
 
 /* Peak memory of every device by tag, and the bytes it sent. */
 void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap);
+/* ZeRO's accounts (README, "ZeRO"): every device's parameters, gradients
+ * and optimizer state against the paper's formula for the run's stage, the
+ * comm bytes against the layer in flight, the peak against the formulas'
+ * sum with the activations; and the data-parallel bytes of the recorded
+ * step against what plain data parallelism's all-reduce sends. */
+void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
 /* Modeled against wall throughput, and each device's modeled step split
  * into compute, communication and idle. */
 void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg);

@@ -6,10 +6,10 @@
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 
-/* The plan and the parameters; gradients and optimizer state when
- * training. */
+/* The plan, then the parameters and gradients each when asked, and
+ * n_opt_state optimizer buffers. */
 static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
-                  int l1, int n_opt_state, int training)
+                  int l1, int n_opt_state, int params, int grads)
 {
     memset(s, 0, sizeof *s);
     s->dev = dev;
@@ -30,11 +30,9 @@ static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model 
         if (w > s->grad_w) s->grad_w = w;
     }
     size_t bytes = s->n_params * sizeof(float);
-    s->params = tm_device_alloc(dev, bytes, TM_TAG_PARAM);
-    if (s->params == NULL) return TM_ENOMEM;
-    if (!training) return TM_OK;
-    s->grads = tm_device_alloc(dev, bytes, TM_TAG_GRAD);
-    if (s->grads == NULL) return TM_ENOMEM;
+    if (params && (s->params = tm_device_alloc(dev, bytes, TM_TAG_PARAM)) == NULL)
+        return TM_ENOMEM;
+    if (grads && (s->grads = tm_device_alloc(dev, bytes, TM_TAG_GRAD)) == NULL) return TM_ENOMEM;
     s->n_opt_state = n_opt_state;
     for (int i = 0; i < s->n_opt_state; i++) {
         s->opt_state[i] = tm_device_alloc(dev, bytes, TM_TAG_OPTIMIZER);
@@ -49,13 +47,19 @@ static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model 
 int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
                     int l1, int n_opt_state)
 {
-    return create(s, dev, tp_comm, m, l0, l1, n_opt_state, 1);
+    return create(s, dev, tp_comm, m, l0, l1, n_opt_state, 1, 1);
 }
 
 int tm_stage_create_weights(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
                             int l0, int l1)
 {
-    return create(s, dev, tp_comm, m, l0, l1, 0, 0);
+    return create(s, dev, tp_comm, m, l0, l1, 0, 1, 0);
+}
+
+int tm_stage_create_parts(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
+                          int l0, int l1, int params, int grads)
+{
+    return create(s, dev, tp_comm, m, l0, l1, 0, params, grads);
 }
 
 void tm_stage_destroy(tm_stage *s)
@@ -176,10 +180,13 @@ static const float *layer_input(const tm_stage_acts *a, int i)
 
 int tm_stage_forward(tm_stage *s, tm_stage_acts *a)
 {
-    tm_layer_ctx c = tm_stage_ctx(s, a->rows);
     for (int i = 0; i < s->n; i++) {
         const tm_layer_plan *p = &s->layer[i];
-        TM_CHECK(p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], a->saved[i]));
+        tm_layer_ctx c = tm_stage_ctx(s, a->rows);
+        if (s->hooks != NULL) TM_CHECK(s->hooks->begin(s->hooks->ctx, i, 0, &p, &c));
+        int st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], a->saved[i]);
+        if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 0, st);
+        TM_CHECK(st);
     }
     return TM_OK;
 }
@@ -222,14 +229,17 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
     if (block == NULL) return TM_ENOMEM;
     size_t stride = (size_t)s->grad_w * (size_t)rows;
     float *g[2] = {block, block + stride}, *scratch = block + 2 * stride;
-    tm_layer_ctx c = tm_stage_ctx(s, rows);
     float *d = dy;
     for (int i = s->n - 1; i >= 0 && st == TM_OK; i--) {
         const tm_layer_plan *p = &s->layer[i];
+        tm_layer_ctx c = tm_stage_ctx(s, rows);
         float *din = g[i % 2];
         if (i == 0) din = s->has_model_input ? NULL : dx;
+        if (s->hooks != NULL) st = s->hooks->begin(s->hooks->ctx, i, 1, &p, &c);
+        if (st != TM_OK) break;
         st = p->layer->kind->backward(p, &c, layer_input(a, i), a->out[i], a->saved[i], d, din,
                                       scratch);
+        if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 1, st);
         if (st == TM_OK && ready != NULL && p->own_len > 0)
             st = ready(ctx, p->own_off, p->own_len);
         d = din;

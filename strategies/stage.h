@@ -10,6 +10,18 @@
 #include "strategies/optimizer.h"
 #include "strategies/plan.h"
 
+/* Where a layer's tensors are while it runs, when other buffers than the
+ * stage's own hold them (ZeRO's shards, strategies/zero.h): begin, before
+ * layer i's forward (bwd 0) or backward (bwd 1), may give another plan
+ * (its shards' offsets into those buffers) and other c->params and
+ * c->grads; end runs after the layer with its status, and returns the
+ * status to go on with. */
+typedef struct {
+    int (*begin)(void *ctx, int i, int bwd, const tm_layer_plan **p, tm_layer_ctx *c);
+    int (*end)(void *ctx, int i, int bwd, int st);
+    void *ctx;
+} tm_stage_hooks;
+
 typedef struct tm_stage {
     tm_device *dev;
     tm_comm *tp_comm;        /* the tensor-parallel group (size tp) */
@@ -25,6 +37,7 @@ typedef struct tm_stage {
     float *grads;            /* (n_params) tag grad, same layout */
     float *opt_state[TM_OPT_MAX_STATE]; /* tag optimizer, same layout */
     int n_opt_state;
+    const tm_stage_hooks *hooks; /* NULL: layers run on params and grads */
 } tm_stage;
 
 /* Layers [l0, l1) of m on this device, tp rank tm_comm_rank(tp_comm).
@@ -35,6 +48,11 @@ int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_mode
 /* The same stage for inference: its parameters only (grads NULL). */
 int tm_stage_create_weights(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
                             int l0, int l1);
+/* For ZeRO, which keeps shards of the rest: the parameters only when
+ * params is set, the gradients only when grads is set, no optimizer state
+ * (NULL where not allocated). */
+int tm_stage_create_parts(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
+                          int l0, int l1, int params, int grads);
 void tm_stage_destroy(tm_stage *s);
 
 /* Copies this rank's shard of a full single-device flat buffer (the

@@ -16,6 +16,7 @@
 #include "strategies/pipeline.h"
 #include "strategies/rng.h"
 #include "strategies/trainer_internal.h"
+#include "strategies/zero.h"
 
 
 #define MAX_TIED 4 /* tensors held by several pipeline stages */
@@ -145,6 +146,11 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (cfg->lr_decay_steps < 0) return tm_error(TM_EINVAL, "--lr-decay-steps must be positive");
     if (!(cfg->clip_grad >= 0) || !isfinite(cfg->clip_grad))
         return tm_error(TM_EINVAL, "--clip-grad must be a non-negative finite number");
+    if (cfg->zero < 0 || cfg->zero > TM_ZERO_MAX)
+        return tm_error(TM_EINVAL, "--zero is 0, 1, 2 or 3, not %d", cfg->zero);
+    if (cfg->zero > 0 && cfg->dp < 2)
+        return tm_error(TM_EINVAL, "--zero %d shards over the data-parallel replicas: it needs "
+                        "--dp 2 or more", cfg->zero);
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
@@ -198,6 +204,7 @@ static int load_input(void *ctx, int mb, float *x)
 {
     feed *f = ctx;
     int n = f->eval_samples ? f->eval_samples[mb] : f->mb_samples;
+    if (n == 0) return TM_OK; /* an empty evaluation micro-batch (ZeRO-3) */
     const int *idx = f->idx + (size_t)mb * f->mb_samples;
     size_t per = (size_t)f->data->rows * (size_t)f->data->width;
     for (int i = 0; i < n; i++) tm_data_input(f->data, idx[i], x + (size_t)i * per);
@@ -212,6 +219,7 @@ static int loss(void *ctx, int mb, const float *logits, float *dlogits)
 {
     feed *f = ctx;
     int n = f->eval_samples ? f->eval_samples[mb] : f->mb_samples;
+    if (n == 0) return TM_OK;
     const int *idx = f->idx + (size_t)mb * f->mb_samples;
     int per = f->data->rows;
     for (int i = 0; i < n; i++) tm_data_targets(f->data, idx[i], f->targets + (size_t)i * per);
@@ -248,7 +256,7 @@ static void charge(void *ctx, double flops, double bytes) { tm_clock_charge(ctx,
 /* A tensor that several stages hold: the group of this device's twins
  * (same d and t) on those stages — Megatron's embedding group — which sums
  * its gradient every step so that the copies stay bitwise equal, and the
- * shard in this stage's buffers. */
+ * shard in this stage's buffers (under ZeRO, this replica's chunk of it). */
 typedef struct {
     tm_comm *comm;
     size_t off, count;
@@ -260,6 +268,7 @@ typedef struct {
     tm_device *dev;
     tm_mesh mesh;
     tm_stage stage;
+    tm_zero *zero;     /* --zero 1 to 3: the stage's shards; else NULL */
     int *order;        /* epoch order (host memory), stage 0 and last stage */
     int *targets;      /* device buffer for the loss's targets */
     int is_first, is_last, reporter;
@@ -299,6 +308,10 @@ static int evaluate(device *v, double *loss_out, double *acc)
      * memory it needs is the training's (what the tables teach about). */
     int chunk = v->j->cfg->batch / dp / v->j->cfg->micro_batches;
     int n_mb = (n + chunk - 1) / chunk;
+    /* ZeRO-3 gathers every layer's parameters over the replicas in each
+     * forward, so all replicas run as many micro-batches, those past a
+     * shorter share empty. */
+    if (v->zero != NULL && v->j->cfg->zero == 3) n_mb = ((d->n + dp - 1) / dp + chunk - 1) / chunk;
     int *idx = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     int *samples = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
     int *rows = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
@@ -311,6 +324,7 @@ static int evaluate(device *v, double *loss_out, double *acc)
     for (int i = 0; i < n; i++) idx[i] = lo + i;
     for (int m = 0; m < n_mb; m++) {
         samples[m] = n - m * chunk < chunk ? n - m * chunk : chunk;
+        if (samples[m] < 0) samples[m] = 0;
         rows[m] = samples[m] * d->rows;
     }
     feed f = {.dev = v->dev, .stage = &v->stage, .data = d, .idx = idx, .mb_samples = chunk,
@@ -340,24 +354,44 @@ static int evaluate(device *v, double *loss_out, double *acc)
  * most micro-batches in flight, each one activation block, plus during a
  * backward its scratch, the output gradient (and, on a middle stage, the
  * next one already received) and the input gradient on its way down. */
-static int probe_activations(device *v, int rows)
+static size_t peak_blocks(const device *v, int rows, size_t *size)
 {
-    size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
     size_t dy = (size_t)rows * v->stage.out_width * sizeof(float);
     size_t dx = (size_t)rows * v->stage.in_width * sizeof(float);
-    size_t n = 0, size[4];
+    size_t n = 0;
     size_t bwd = tm_stage_backward_bytes(&v->stage, rows),
            fwd = tm_stage_forward_bytes(&v->stage, rows);
     size[n++] = bwd > fwd ? bwd : fwd;
     size[n++] = dy;
     if (!v->is_last && !v->is_first) size[n++] = dy;
     if (!v->is_first) size[n++] = dx;
+    return n;
+}
+
+/* The sum of those blocks: the activation bytes the pipeline holds at its
+ * peak, by the formulas. */
+static size_t activation_formula(const device *v, int rows)
+{
+    size_t size[4], n = peak_blocks(v, rows, size);
+    size_t f = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p) *
+               tm_stage_acts_bytes(&v->stage, rows);
+    for (size_t i = 0; i < n; i++) f += size[i];
+    return f;
+}
+
+/* The probe also holds ZeRO's layer in flight (tag comm) beside them. */
+static int probe_activations(device *v, int rows)
+{
+    size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
+    size_t size[5], n = peak_blocks(v, rows, size);
+    if (v->zero != NULL) size[n++] = tm_zero_transient_bytes(v->zero);
     void **block = calloc(in_flight + n, sizeof *block);
     if (block == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the memory probe");
     int st = TM_OK;
     for (size_t i = 0; i < in_flight + n && st == TM_OK; i++) {
         size_t bytes = i < in_flight ? tm_stage_acts_bytes(&v->stage, rows) : size[i - in_flight];
-        block[i] = tm_device_alloc(v->dev, bytes, TM_TAG_ACTIVATION);
+        int comm = v->zero != NULL && i == in_flight + n - 1;
+        block[i] = tm_device_alloc(v->dev, bytes, comm ? TM_TAG_COMM : TM_TAG_ACTIVATION);
         if (block[i] == NULL) st = TM_ENOMEM;
     }
     for (size_t i = 0; i < in_flight + n; i++) tm_device_free(v->dev, block[i]);
@@ -391,6 +425,62 @@ static int tied_groups(device *v)
     return TM_OK;
 }
 
+/* Under ZeRO: the host state's shards of this stage (the stage's layout,
+ * in host memory) into the stage's whole parameters (stages 1 and 2) and
+ * ZeRO's chunks. */
+static int load_zero(device *v)
+{
+    job *j = v->j;
+    size_t n = v->stage.n_params;
+    int n_state = j->resumed ? j->state->n_opt_state : 0;
+    float *buf = malloc(sizeof(float) * n * (size_t)(1 + n_state)), *state[TM_OPT_MAX_STATE];
+    if (buf == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the stage's host copy");
+    tm_stage_shard_from(&v->stage, j->state->params, buf);
+    if (v->stage.params != NULL) memcpy(v->stage.params, buf, n * sizeof(float));
+    for (int i = 0; i < n_state; i++) {
+        state[i] = buf + (size_t)(1 + i) * n;
+        tm_stage_shard_from(&v->stage, j->state->opt_state[i], state[i]);
+    }
+    tm_zero_load(v->zero, buf, n_state > 0 ? state : NULL);
+    free(buf);
+    return TM_OK;
+}
+
+/* The gradients the step zeroes, clips and checks: ZeRO's, or the
+ * stage's. */
+static float *step_grads(const device *v, size_t *n)
+{
+    if (v->zero != NULL) return tm_zero_grads(v->zero, n);
+    *n = v->stage.n_params;
+    return v->stage.grads;
+}
+
+/* A tied tensor's gradient as the embedding group sums it. */
+static float *tied_grads(const device *v, const tied *t, size_t *count)
+{
+    if (v->zero != NULL) return tm_zero_grad_chunk(v->zero, t->off, count);
+    *count = t->count;
+    return v->stage.grads + t->off;
+}
+
+/* The memory formulas of README's "ZeRO" for this device. */
+static void memory_formulas(device *v, int rows, tm_device_report *rep)
+{
+    const tm_train_config *cfg = v->j->cfg;
+    tm_optim_config opt = optim_of(cfg);
+    double psi = (double)v->stage.n_params, dp = cfg->dp, k = tm_optimizer_state_count(&opt);
+    double param = 4 * psi, grad = 4 * psi, state = 4 * k * psi;
+    if (cfg->zero >= 1) state /= dp;
+    if (cfg->zero >= 2) grad /= dp;
+    if (cfg->zero >= 3) param /= dp;
+    rep->psi = v->stage.n_params;
+    rep->state_formula = param + grad + state;
+    rep->comm_formula = v->zero != NULL ? (double)tm_zero_transient_bytes(v->zero) : 0;
+    size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
+    rep->peak_formula = rep->state_formula + rep->comm_formula +
+                        (double)(activation_formula(v, rows) + targets);
+}
+
 static int setup(device *v)
 {
     job *j = v->j;
@@ -407,11 +497,19 @@ static int setup(device *v)
              v->mesh.t);
     tm_clock_set_name(v->dev, name);
     tm_optim_config opt = optim_of(cfg);
-    TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model, j->first[p],
-                             j->first[p + 1], tm_optimizer_state_count(&opt)));
-    tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
-    for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
-        tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
+    int n_state = tm_optimizer_state_count(&opt), zs = cfg->zero;
+    if (zs > 0) {
+        TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
+                                       j->first[p], j->first[p + 1], zs < 3, zs < 2));
+        TM_CHECK(tm_zero_create(&v->zero, &v->stage, v->mesh.dp_comm, zs, n_state));
+        TM_CHECK(load_zero(v));
+    } else {
+        TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model, j->first[p],
+                                 j->first[p + 1], n_state));
+        tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
+        for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
+            tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
+    }
     int rows = mb_rows(cfg);
     if (v->is_last) {
         v->targets = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
@@ -425,11 +523,15 @@ static int setup(device *v)
     TM_CHECK(probe_activations(v, rows));
     tm_arena_reset_peak(tm_device_arena(v->dev));
     double tied_bytes = 0;
-    for (int i = 0; i < v->n_tied; i++)
-        tied_bytes += tm_allreduce_send_bytes(v->tied[i].comm, v->tied[i].count);
+    for (int i = 0; i < v->n_tied; i++) {
+        size_t count;
+        tied_grads(v, &v->tied[i], &count);
+        tied_bytes += tm_allreduce_send_bytes(v->tied[i].comm, count);
+    }
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
-    tm__train_formulas(cfg, &v->stage, &v->mesh, rows, tied_bytes, rep);
+    tm__train_formulas(cfg, &v->stage, v->zero, &v->mesh, rows, tied_bytes, rep);
     rep->acts_per_mb = tm_stage_acts_bytes(&v->stage, rows);
+    memory_formulas(v, rows, rep);
     return TM_OK;
 }
 
@@ -470,12 +572,15 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
  * device scales by the same factor. *norm: the norm before clipping. */
 static int clip_grads(device *v, double *norm)
 {
-    double sq = tm_stage_grad_sq(&v->stage);
+    double sq = v->zero != NULL ? tm_zero_grad_sq(v->zero) : tm_stage_grad_sq(&v->stage);
     TM_CHECK(sum_over(v->mesh.tp_comm, &sq, 1));
     TM_CHECK(sum_over(v->mesh.pp_comm, &sq, 1));
+    /* Under ZeRO each replica holds its chunks of the gradient only. */
+    if (v->zero != NULL) TM_CHECK(sum_over(v->mesh.dp_comm, &sq, 1));
     *norm = sqrt(sq);
     float f = tm_clip_factor(*norm, v->j->cfg->clip_grad);
-    if (f < 1.0f) tm_stage_grad_scale(&v->stage, f);
+    if (f < 1.0f && v->zero != NULL) tm_zero_grad_scale(v->zero, f);
+    else if (f < 1.0f) tm_stage_grad_scale(&v->stage, f);
     return TM_OK;
 }
 
@@ -498,8 +603,10 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
                         step, cfg->fail_device, cfg->fail_step);
     tm_clock_stats s0, sp, s1, s2;
     tm_clock_stats_get(v->dev, &s0);
-    memset(v->stage.grads, 0, v->stage.n_params * sizeof(float));
-    tm_clock_charge(v->dev, 0, 4.0 * (double)v->stage.n_params);
+    size_t n_grads;
+    float *grads = step_grads(v, &n_grads);
+    memset(grads, 0, n_grads * sizeof(float));
+    tm_clock_charge(v->dev, 0, 4.0 * (double)n_grads);
     tm_clock_stats_get(v->dev, &sp);
     int per_sample = cfg->model->rows_per_sample;
     feed f = {.dev = v->dev,
@@ -510,10 +617,16 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
               .targets = v->targets,
               .grad_scale = 1.0f / (float)((double)cfg->batch * per_sample)};
     bucket_ctx b = {v->mesh.dp_comm, v->stage.grads};
+    /* ZeRO-1 reduce-scatters the buckets; ZeRO-2 and 3 reduce every
+     * micro-batch's gradients as the layers finish (strategies/zero.h). */
     tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
                            .rows = mb_rows(cfg), .load_input = load_input, .loss = loss,
-                           .ctx = &f, .ready = cfg->dp > 1 ? grads_ready : NULL,
+                           .ctx = &f, .ready = cfg->dp > 1 && cfg->zero == 0 ? grads_ready : NULL,
                            .ready_ctx = &b};
+    if (cfg->zero == 1) {
+        ps.ready = tm_zero_bucket_ready;
+        ps.ready_ctx = v->zero;
+    }
     if (recorded) tm_clock_record(v->dev, 1);
     size_t ev0 = tm_clock_event_count(v->dev);
     int st = tm_pipeline_run(&ps);
@@ -527,14 +640,17 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     *step_loss = l / ((double)cfg->batch * per_sample);
     tm_clock_sync(v->dev);
     tm_clock_label(v->dev, 'O', v->mesh.p, -1);
-    TM_CHECK(tm_stage_sum_partial(&v->stage));
-    for (int i = 0; i < v->n_tied; i++)
-        TM_CHECK(tm_allreduce(v->tied[i].comm, v->stage.grads + v->tied[i].off,
-                              v->stage.grads + v->tied[i].off, v->tied[i].count, TM_SUM));
+    TM_CHECK(v->zero != NULL ? tm_zero_sum_partial(v->zero) : tm_stage_sum_partial(&v->stage));
+    for (int i = 0; i < v->n_tied; i++) {
+        size_t count;
+        float *g = tied_grads(v, &v->tied[i], &count);
+        TM_CHECK(tm_allreduce(v->tied[i].comm, g, g, count, TM_SUM));
+    }
     *grad_norm = -1;
     if (cfg->clip_grad > 0) TM_CHECK(clip_grads(v, grad_norm));
     tm_optim_config opt = optim_of(cfg);
-    tm_optimizer_step(&opt, &v->stage, lr, step);
+    if (v->zero != NULL) TM_CHECK(tm_zero_step(v->zero, &opt, lr, step));
+    else tm_optimizer_step(&opt, &v->stage, lr, step);
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
@@ -593,8 +709,10 @@ static int train_loop(device *v)
             double t0 = now_s(), l = 0, norm = -1, lr = tm_lr_at(cfg, pos.step, total);
             st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l, &norm);
             if (st != TM_OK) break;
-            tm__train_guard(j->stop, pos.step + 1, v->is_last, l, v->stage.grads,
-                            v->stage.n_params, tm_device_id(v->dev));
+            size_t n_grads;
+            const float *grads = step_grads(v, &n_grads);
+            tm__train_guard(j->stop, pos.step + 1, v->is_last, l, grads, n_grads,
+                            tm_device_id(v->dev));
             pos.step++;
             pos.epoch_step++;
             taken++;
@@ -675,25 +793,53 @@ static int train_loop(device *v)
     return TM_OK;
 }
 
+/* Under ZeRO: replica 0 gathers the stage's parameters (stage 3) and
+ * optimizer state from every replica into host buffers in the stage's
+ * layout (*host: NULL on the other replicas, which only send). */
+static int gather_zero(device *v, float **host, float **state)
+{
+    size_t n = v->stage.n_params;
+    int n_state = v->j->state->n_opt_state;
+    *host = NULL;
+    if (v->mesh.d == 0) {
+        *host = malloc(sizeof(float) * n * (size_t)(1 + n_state));
+        if (*host == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the stage's host copy");
+        for (int i = 0; i < n_state; i++) state[i] = *host + (size_t)(1 + i) * n;
+    }
+    return tm_zero_store(v->zero, *host, *host != NULL ? state : NULL);
+}
+
 /* Copies this device's shards back into the host model state: replica 0
- * only, and the parts every tp rank holds whole from rank 0 only. */
+ * only (under ZeRO, after gathering the other replicas' chunks), and the
+ * parts every tp rank holds whole from rank 0 only. */
 static int store(device *v)
 {
     job *j = v->j;
     /* Every device has read its initial shard before any writes back. */
     TM_CHECK(tm_barrier(tm_device_comm(v->dev)));
-    if (v->mesh.d != 0) return TM_OK;
+    float *host = NULL, *state[TM_OPT_MAX_STATE];
+    for (int i = 0; i < TM_OPT_MAX_STATE; i++) state[i] = v->stage.opt_state[i];
+    int st = v->zero != NULL ? gather_zero(v, &host, state) : TM_OK;
+    if (st != TM_OK || v->mesh.d != 0) {
+        free(host);
+        return st;
+    }
     int shared = v->mesh.t == 0;
-    tm_stage_shard_to(&v->stage, v->stage.params, j->state->params, shared);
+    tm_stage_shard_to(&v->stage, v->stage.params != NULL ? v->stage.params : host,
+                      j->state->params, shared);
     if (j->owned != NULL) {
         float *ones = malloc(sizeof(float) * v->stage.n_params);
-        if (ones == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
+        if (ones == NULL) {
+            free(host);
+            return tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
+        }
         for (size_t i = 0; i < v->stage.n_params; i++) ones[i] = 1;
         tm_stage_shard_to(&v->stage, ones, j->owned, shared);
         free(ones);
     }
-    for (int i = 0; i < v->stage.n_opt_state; i++)
-        tm_stage_shard_to(&v->stage, v->stage.opt_state[i], j->state->opt_state[i], shared);
+    for (int i = 0; i < j->state->n_opt_state; i++)
+        tm_stage_shard_to(&v->stage, state[i], j->state->opt_state[i], shared);
+    free(host);
     return TM_OK;
 }
 
@@ -711,6 +857,7 @@ static int run(tm_device *dev, void *arg)
     free(v.order);
     tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
+    tm_zero_destroy(v.zero);
     tm_stage_destroy(&v.stage);
     for (int i = 0; i < v.n_tied; i++) tm_comm_destroy(v.tied[i].comm);
     tm_mesh_destroy(&v.mesh);

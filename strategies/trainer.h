@@ -65,6 +65,9 @@ typedef struct tm_start_info {
 typedef struct {
     const tm_model *model;
     int dp, pp, tp;        /* the mesh: dp * pp * tp devices */
+    int zero;              /* ZeRO stage over the dp group (strategies/zero.h):
+                              0 plain data parallelism, 1 optimizer state,
+                              2 and gradients, 3 and parameters sharded */
     const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs */
     tm_schedule_kind schedule; /* pipeline schedule (any, also for pp = 1) */
     int epochs;            /* length of the schedule, in epochs from step 0 */
@@ -139,6 +142,17 @@ typedef struct {
      * "Modeled time, traces and timelines"). */
     uint64_t step_sent[TM_DIMS];
     double step_analytic[TM_DIMS];
+    double step_allreduce; /* what plain data parallelism's bucket all-reduces
+                              would send in the step: ZeRO's yardstick */
+    /* Memory by the formulas (README, "ZeRO"), from the plan before the
+     * run: psi, the parameters of the device's shard of the model (its
+     * stage, its tp rank); state_formula, the bytes of parameters,
+     * gradients and optimizer state by the paper's formula for the run's
+     * ZeRO stage (plain data parallelism: (8 + 4k) psi for k optimizer
+     * state buffers); peak_formula, that plus the activations the pipeline
+     * holds at its peak and ZeRO's layer in flight (comm_formula). */
+    size_t psi;
+    double state_formula, comm_formula, peak_formula;
     /* The first recorded step in modeled time: its pipeline's start (after
      * zeroing the gradients), the end of its pipeline part (this device's
      * last backward) and its end (after the optimizer). */

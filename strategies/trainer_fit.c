@@ -3,6 +3,7 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/trainer_internal.h"
+#include "strategies/zero.h"
 
 int tm__train_fits(const tm_train_config *cfg, const int *first)
 {
@@ -17,8 +18,13 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
             tm_layer_plan plan[TM_MAX_LAYERS];
             size_t n;
             TM_CHECK(tm_stage_plan(cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
-            size_t bytes[4];
-            for (int i = 0; i < 4; i++) bytes[i] = n * sizeof(float);
+            /* ZeRO keeps 1/dp chunks of the optimizer state (stage 1), the
+             * gradients (2) and the parameters (3) instead. */
+            size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p],
+                                                                 cfg->dp) : n;
+            size_t bytes[4] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
+                               cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
+            for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
             TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
         }
     return TM_OK;

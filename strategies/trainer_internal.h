@@ -6,6 +6,7 @@
 #include "runtime/stop.h"
 #include "runtime/world.h"
 #include "strategies/trainer.h"
+#include "strategies/zero.h"
 
 /* After a successful run, from the world's recorded events: res->timeline,
  * res->recorded, each device's measured step traffic and its events of the
@@ -13,10 +14,12 @@
 int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_result *res);
 
 /* What one training step of this device should send per mesh dimension, by
- * the formulas, into rep->step_analytic (before the run, from the plan);
- * tied_bytes: what it sends to sum tied tensors between stages. */
-void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
-                        int rows, double tied_bytes, tm_device_report *rep);
+ * the formulas, into rep->step_analytic (before the run, from the plan),
+ * and what plain data parallelism's all-reduces would send into
+ * rep->step_allreduce; zero: the stage's ZeRO shards or NULL; tied_bytes:
+ * what it sends to sum tied tensors between stages. */
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_zero *zero,
+                        const tm_mesh *mesh, int rows, double tied_bytes, tm_device_report *rep);
 /* The run's modeled figures (time, samples/s, bubble) from the device
  * reports, after the run. */
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);

@@ -96,15 +96,16 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
 /* What one training step should send, by the formulas, from the plan:
  * pipeline stages pass each micro-batch's activations forward and its
  * gradients back; data parallelism all-reduces every layer's gradient
- * bucket once, plus the loss's all-gather on the last stage; tensor
- * parallelism sends what each layer's kind says it does per micro-batch
- * (the MLP: Megatron's f and g, see strategies/mlp.c; the GPT's in
- * strategies/gpt.c), then once a step the partial LayerNorm gradients of
- * sequence parallelism; a tensor tied across stages sums its gradient over
- * its stages (counted with pp); clipping sums one double over the tp and
- * pp groups by an all-gather. */
-void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_mesh *mesh,
-                        int rows, double tied_bytes, tm_device_report *rep)
+ * bucket once (under ZeRO: the reduce-scatters and all-gathers of
+ * tm_zero_step_bytes instead), plus the loss's all-gather on the last
+ * stage; tensor parallelism sends what each layer's kind says it does per
+ * micro-batch (the MLP: Megatron's f and g, see strategies/mlp.c; the
+ * GPT's in strategies/gpt.c), then once a step the partial LayerNorm
+ * gradients of sequence parallelism; a tensor tied across stages sums its
+ * gradient over its stages (counted with pp); clipping sums one double over
+ * the tp and pp groups (and dp under ZeRO) by an all-gather. */
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_zero *zero,
+                        const tm_mesh *mesh, int rows, double tied_bytes, tm_device_report *rep)
 {
     int is_first = mesh->p == 0, is_last = mesh->p == mesh->pp - 1;
     double width = (is_last ? 0 : stage->out_width) + (is_first ? 0 : stage->in_width);
@@ -114,13 +115,17 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const
         dp += tm_allreduce_send_bytes(mesh->dp_comm, l->own_len);
         tp += l->layer->kind->tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
     }
+    rep->step_allreduce = dp;
+    if (zero != NULL) dp = tm_zero_step_bytes(zero, cfg->micro_batches);
     if (is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
     tp *= cfg->micro_batches;
-    tp += tm_allreduce_send_bytes(mesh->tp_comm, tm_stage_partial_floats(stage));
+    size_t partial = zero != NULL ? tm_zero_partial_floats(zero) : tm_stage_partial_floats(stage);
+    tp += tm_allreduce_send_bytes(mesh->tp_comm, partial);
     pp += tied_bytes;
     if (cfg->clip_grad > 0) {
         tp += (cfg->tp - 1) * sizeof(double);
         pp += (cfg->pp - 1) * sizeof(double);
+        if (zero != NULL) dp += (cfg->dp - 1) * sizeof(double);
     }
     rep->step_analytic[TM_DIM_DP] = dp;
     rep->step_analytic[TM_DIM_PP] = pp;

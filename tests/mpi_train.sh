@@ -2,10 +2,11 @@
 # Training across processes: every mesh of up to 8 devices that 2 or 4
 # processes split evenly, with every pipeline schedule, trains the MLP (and
 # the GPT: data parallel, and split over tp and pp with sequence
-# parallelism and its tied embedding) to bitwise the same step losses and the
-# same checkpoint bytes under `mpirun -np P` as in one process; a device
-# failing in the last process ends the job within 10 s, non-zero, with one
-# message naming it; a mesh that P does not divide is bad usage (exit 2).
+# parallelism and its tied embedding; and ZeRO's stages) to bitwise the same
+# step losses and the same checkpoint bytes under `mpirun -np P` as in one
+# process; a device failing in the last process ends the job within 10 s,
+# non-zero, with one message naming it; a mesh that P does not divide is bad
+# usage (exit 2).
 # Usage: tests/mpi_train.sh BUILD_DIR. Ends with "N passed, M failed".
 set -u
 bin=${1:-build}/train
@@ -60,6 +61,11 @@ for np in 2 4; do
     same "$np" $gpt --dp 4
     same "$np" $gpt --pp 2 --tp 2 --sequence-parallel --micro-batches 2
     same "$np" $gpt --dp 2 --pp 2 --tp 2 --micro-batches 2 --schedule gpipe
+    # ZeRO: the shards' collectives and the checkpoint's gathers over dp
+    # groups that cross processes.
+    same "$np" $mlp --model 64,32,16,8 --dp 4 --zero 1 --micro-batches 2
+    same "$np" $gpt --dp 4 --zero 3
+    same "$np" $gpt --dp 2 --pp 2 --tp 2 --sequence-parallel --micro-batches 2 --zero 2
 done
 
 # A failure in the last process: within 10 s, non-zero, one message.

@@ -30,3 +30,22 @@ Test(bench_cli, bench_strategies_footer_names_no_flag_it_lacks, .init = cli_setu
                  first);
     cr_expect_eq(cli_lines(cli_out, "--pp", first, sizeof first), 0, "%s", first);
 }
+
+Test(bench_cli, bench_strategies_sweeps_zero_stages_where_dp_allows, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 120)
+{
+    char first[1024];
+    /* Two devices: dp 2 runs with each stage, pp 2 and tp 2 without. */
+    int st = cli_run("bench_strategies", "--devices 2 --micro-batches 1 --schedules 1f1b "
+                                         "--zero 0,3 --csv");
+    cr_expect_eq(st, 0);
+    cr_expect_eq(cli_lines(cli_out, "fits,zero", first, sizeof first), 1, "%s", first);
+    cr_expect_eq(cli_lines(cli_out, "2,1,1,1f1b,", first, sizeof first), 2, "%s", first);
+    cr_expect_eq(cli_lines(cli_out, ",yes,3", first, sizeof first) +
+                     cli_lines(cli_out, ",no,3", first, sizeof first), 1, "%s", first);
+    const char *bad[] = {"--zero 4", "--zero 1,1", "--zero 0,", "--zero 1 --report x.html"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_expect_eq(cli_run("bench_strategies", bad[i]), 2, "%s", bad[i]);
+        cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", bad[i], first);
+    }
+}

@@ -84,6 +84,23 @@ Test(fit_cli, story_plays_out_and_exits_0, .init = cli_setup, .fini = cli_teardo
     cr_expect(strstr(out, "trained the same model") != NULL, "%s", out);
 }
 
+/* ZeRO's phase: stage 3 over four replicas trains where one device runs
+ * out (SGD with momentum: 12 psi = 3.8 MiB before any activation; 3 psi
+ * and the layer in flight sharded), its table against the formulas. */
+Test(fit_cli, zero_phase_trains_sharded_under_the_cap, .init = cli_setup, .fini = cli_teardown,
+     .timeout = 300)
+{
+    static char p4[1 << 14];
+    int st = fit(SMALL " --mem-cap 4M --zero 3");
+    cr_expect_eq(st, 0, "exit %d\n%s%s", st, out, err);
+    section("== phase 4", "== summary", p4, sizeof p4);
+    cr_expect(strstr(p4, "ZeRO-3") != NULL, "phase 4:\n%s", p4);
+    cr_expect(strstr(p4, "trained 3 steps") != NULL, "phase 4:\n%s", p4);
+    cr_expect(strstr(p4, "memory against the formulas, ZeRO-3 over dp=4") != NULL, "%s", p4);
+    cr_expect(strstr(out, "device 0: out of memory") != NULL, "phase 1 fitted:\n%s", out);
+    cr_expect(strstr(out, "ZeRO-3     trained 3 steps") != NULL, "summary:\n%s", out);
+}
+
 Test(fit_cli, model_that_fits_one_device_exits_1, .init = cli_setup, .fini = cli_teardown, .timeout = 300)
 {
     int st = fit(SMALL " --mem-cap 16M");
@@ -122,6 +139,10 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--data-dir /nonexistent-tinymesh-dir",
         "--steps",
         "stray-argument",
+        "--zero 0",
+        "--zero 4",
+        "--zero two",
+        "--zero 3 --batch 66 --micro-batches 2",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st = fit(cases[i]);
@@ -143,7 +164,7 @@ Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
-                           "--dataset", "--data-dir", "--help", "Exit status"};
+                           "--zero", "--dataset", "--data-dir", "--help", "Exit status"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
 }

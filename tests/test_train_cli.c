@@ -85,6 +85,12 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--lr-schedule constant --warmup-steps 3",
         "--trace-clock wall",
         "--trace-steps 2",
+        /* ZeRO: a stage that does not exist, or nothing to shard over. */
+        "--zero 4 --dp 2",
+        "--zero x --dp 2",
+        "--zero 12 --dp 2",
+        "--zero 1",
+        "--zero 3 --pp 2",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];
