@@ -43,6 +43,9 @@ static const char usage[] =
     "  --batch B             samples per optimizer step, in every phase (128)\n"
     "  --micro-batches M     the pipeline's micro-batches in phase 2; B must divide\n"
     "                        by M (4)\n"
+    "  --recompute R         activations in every phase: none, or full (a layer\n"
+    "                        keeps only its input; its backward re-runs its\n"
+    "                        forward); selective is the GPT's (none)\n"
     "  --dataset NAME        fashion-mnist, the only one (fashion-mnist)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
@@ -301,12 +304,14 @@ int main(int argc, char **argv)
     const char *model = "784,1792,1792,1792,10", *data_dir = TM_DATASET_DEFAULT_DIR, *why;
     size_t cap = (size_t)64 << 20;
     long steps = 30, batch = 128, micro = 4;
-    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA };
+    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_RECOMPUTE };
+    tm_recompute recompute = TM_RECOMPUTE_NONE;
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},     {"mem-cap", 1, 0, O_MEM},
         {"steps", 1, 0, O_STEPS},     {"batch", 1, 0, O_BATCH},
         {"micro-batches", 1, 0, O_MICRO}, {"dataset", 1, 0, O_DATASET},
-        {"data-dir", 1, 0, O_DATA},   {"help", 0, 0, 'h'},
+        {"data-dir", 1, 0, O_DATA},   {"recompute", 1, 0, O_RECOMPUTE},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -324,6 +329,10 @@ int main(int argc, char **argv)
                 die_usage("--dataset is fashion-mnist, not \"%s\"", optarg);
             break;
         case O_DATA: data_dir = optarg; break;
+        case O_RECOMPUTE:
+            if (tm_recompute_parse(optarg, &recompute) != 0)
+                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -346,6 +355,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fit: %s\n", tm_error_message());
         return 1;
     }
+    net.recompute = recompute;
     base.model = &net;
     base.beta1 = 0.9;
     base.beta2 = 0.999;
@@ -400,6 +410,9 @@ int main(int argc, char **argv)
            "momentum buffer, %.2f MiB before any activation.\n",
            model, 1e-6 * (double)(param_bytes / sizeof(float)), mib(param_bytes), mib(cap),
            mib(3 * param_bytes));
+    if (recompute != TM_RECOMPUTE_NONE)
+        printf("Every phase runs with activation recomputation: %s.\n",
+               tm_recompute_name(recompute));
 
     printf("\n== phase 1: one device, %.0f MiB ==\n", mib(cap));
     fflush(stdout);
