@@ -150,9 +150,9 @@ struct tm_layer_kind {
 /* "none", "full", "selective" into *out: 0, or -1 for another name. */
 int tm_recompute_parse(const char *name, tm_recompute *out);
 const char *tm_recompute_name(tm_recompute r);
-/* The model's layers a run with it recomputes wholly: under full, those
- * that keep something besides their output (the others have nothing to
- * regain). */
+/* Whether a run of the model re-runs this layer's forward in its
+ * backward: under full, when the layer keeps something besides its output
+ * (otherwise there is nothing to regain). */
 int tm_layer_recomputed(const tm_layer_plan *p, int rows);
 /* What the layer sends over the tensor-parallel group per micro-batch
  * (the kind's tp_bytes), with its forward's share once more when it is
