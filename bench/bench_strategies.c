@@ -33,8 +33,8 @@
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
-    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--csv] [--report FILE]\n"
-    "         [clock flags]\n"
+    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R] [--csv]\n"
+    "         [--report FILE] [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -57,6 +57,8 @@ static const char usage_head[] =
     "  --zero LIST           ZeRO stages (0 to 3) each mesh with dp > 1 runs with;\n"
     "                        meshes with dp = 1 run without ZeRO (0)\n"
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
+    "  --recompute R         activation recomputation in every configuration: none,\n"
+    "                        full, or selective (the GPT's attention) (none)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
@@ -402,7 +404,9 @@ int main(int argc, char **argv)
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
-           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO };
+           O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO,
+           O_RECOMPUTE };
+    tm_recompute recompute = TM_RECOMPUTE_NONE;
     const char *report_path = NULL;
     static const struct option opts[] = {
         {"devices", 1, 0, O_DEVICES},      {"model", 1, 0, O_MODEL},
@@ -415,7 +419,7 @@ int main(int argc, char **argv)
         {"link-gbps", 1, 0, O_CLOCK},      {"link-latency-us", 1, 0, O_CLOCK},
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
-        {"zero", 1, 0, O_ZERO},
+        {"zero", 1, 0, O_ZERO},            {"recompute", 1, 0, O_RECOMPUTE},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
@@ -447,6 +451,10 @@ int main(int argc, char **argv)
             break;
         case O_CSV: csv = 1; break;
         case O_REPORT: report_path = optarg; break;
+        case O_RECOMPUTE:
+            if (tm_recompute_parse(optarg, &recompute) != 0)
+                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
@@ -467,6 +475,9 @@ int main(int argc, char **argv)
         die_usage("--report draws no ZeRO stages: leave --zero out or give --zero 0");
     if (gpt_flag && !gpt)
         die_usage("--layers, --heads, --d-model and --context go with --model gpt");
+    if (recompute == TM_RECOMPUTE_SELECTIVE && !gpt)
+        die_usage("--recompute selective recomputes attention's core, and the MLP has no "
+                  "attention: use --recompute full or none");
     if (base.batch == 0) base.batch = gpt ? 32 : 128;
     tm_mlp_config mlp;
     int classes = 0;
@@ -514,6 +525,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 1;
     }
+    nets[0].recompute = nets[1].recompute = recompute;
     base.model = &nets[0];
     tm_dataset train_images = {0}, test_images = {0};
     tm_corpus corpus = {0};
@@ -622,9 +634,11 @@ int main(int argc, char **argv)
                "bubble,comm_bytes_per_device,peak_bytes_per_device,fits%s\n",
                zero_given ? ",zero" : "");
     } else {
-        printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data\n"
+        printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data, "
+               "--recompute %s\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
-               devices, name, base.batch, base.max_steps, clk->device_gflops, clk->device_gbps,
+               devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
+               clk->device_gflops, clk->device_gbps,
                clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)
             printf(", %d devices per node, %g GB/s + %g us between nodes", clk->devices_per_node,

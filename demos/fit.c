@@ -49,6 +49,9 @@ static const char usage[] =
     "                        ZeRO stage S (1: optimizer state, 2: and gradients, 3:\n"
     "                        and parameters sharded four ways), its memory against\n"
     "                        ZeRO's formula; a phase that runs out of memory says so\n"
+    "  --recompute R         activations in every phase: none, or full (a layer\n"
+    "                        keeps only its input; its backward re-runs its\n"
+    "                        forward); selective is the GPT's (none)\n"
     "  --dataset NAME        fashion-mnist, the only one (fashion-mnist)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
@@ -316,12 +319,15 @@ int main(int argc, char **argv)
     size_t cap = (size_t)64 << 20;
     long steps = 30, batch = 128, micro = 4;
     int zero = 0;
-    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_ZERO };
+    enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_ZERO,
+           O_RECOMPUTE };
+    tm_recompute recompute = TM_RECOMPUTE_NONE;
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},     {"mem-cap", 1, 0, O_MEM},
         {"steps", 1, 0, O_STEPS},     {"batch", 1, 0, O_BATCH},
         {"micro-batches", 1, 0, O_MICRO}, {"dataset", 1, 0, O_DATASET},
         {"data-dir", 1, 0, O_DATA},   {"zero", 1, 0, O_ZERO},
+        {"recompute", 1, 0, O_RECOMPUTE},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
@@ -346,6 +352,10 @@ int main(int argc, char **argv)
                           optarg);
             zero = optarg[0] - '0';
             break;
+        case O_RECOMPUTE:
+            if (tm_recompute_parse(optarg, &recompute) != 0)
+                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -368,6 +378,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fit: %s\n", tm_error_message());
         return 1;
     }
+    net.recompute = recompute;
     base.model = &net;
     base.beta1 = 0.9;
     base.beta2 = 0.999;
@@ -427,6 +438,9 @@ int main(int argc, char **argv)
            "momentum buffer, %.2f MiB before any activation.\n",
            model, 1e-6 * (double)(param_bytes / sizeof(float)), mib(param_bytes), mib(cap),
            mib(3 * param_bytes));
+    if (recompute != TM_RECOMPUTE_NONE)
+        printf("Every phase runs with activation recomputation: %s.\n",
+               tm_recompute_name(recompute));
 
     printf("\n== phase 1: one device, %.0f MiB ==\n", mib(cap));
     fflush(stdout);

@@ -46,6 +46,10 @@ static const char usage_head[] =
     "                        1 optimizer state, 2 and gradients, 3 and parameters\n"
     "                        sharded; given (0 too), the run also prints every\n"
     "                        device's memory against ZeRO's formulas (0)\n"
+    "  --recompute R         none | full: a layer keeps only its input and its\n"
+    "                        backward re-runs its forward | selective (GPT):\n"
+    "                        attention's T x T weights are recomputed in the\n"
+    "                        backward (none)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -281,7 +285,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_ZERO, O_END };
+       O_REPORT, O_ZERO, O_RECOMPUTE, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -558,6 +562,7 @@ int main(int argc, char **argv)
     int normalize = 1, sample_tokens = 200;
     long eval_sequences = 0;
     tm_gpt_config gc = {4, 4, 128, 128, 0};
+    tm_recompute recompute = TM_RECOMPUTE_NONE;
     cfg.epochs = 10;
     cfg.micro_batches = 1;
     cfg.lr_schedule = TM_LR_COSINE;
@@ -603,6 +608,7 @@ int main(int argc, char **argv)
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
         {"report", 1, 0, O_REPORT},        {"zero", 1, 0, O_ZERO},
+        {"recompute", 1, 0, O_RECOMPUTE},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -650,6 +656,10 @@ int main(int argc, char **argv)
         case O_METRICS: metrics_path = optarg; break;
         case O_SEQPAR: gc.sequence_parallel = 1; break;
         case O_REPORT: report_path = optarg; break;
+        case O_RECOMPUTE:
+            if (tm_recompute_parse(optarg, &recompute) != 0)
+                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
@@ -808,6 +818,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 1;
     }
+    net.recompute = recompute;
     cfg.model = &net;
     tm_dataset train = {0}, test = {0};
     text_data td = {0};
@@ -930,6 +941,8 @@ int main(int argc, char **argv)
                cfg.tp, tm_schedule_kind_name(cfg.schedule),
                cfg.zero == 1 ? ", ZeRO-1" : cfg.zero == 2 ? ", ZeRO-2" : cfg.zero == 3 ? ", ZeRO-3"
                                                                                      : "");
+    if (recompute != TM_RECOMPUTE_NONE)
+        printf("activation recomputation: %s\n", tm_recompute_name(recompute));
     fflush(stdout);
     tm_train_result res;
     char error[2048];

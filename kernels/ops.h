@@ -190,6 +190,12 @@ void tm_attention_forward(float *out,       /* (B, T, C) */
                           float *att,       /* (B, NH, T, T) */
                           const float *qkv, /* (B, T, 3C) */
                           int B, int T, int C, int NH);
+/* The same output without keeping the weights (selective recomputation):
+ * each head's T x T weights go to scratch, which the next head reuses. */
+void tm_attention_forward_drop(float *out,       /* (B, T, C) */
+                               float *scratch,   /* (T, T) */
+                               const float *qkv, /* (B, T, 3C) */
+                               int B, int T, int C, int NH);
 /* dqkv receives the gradients of q, k and v: OVERWRITTEN, unlike the
  * other backwards (every element is written once, so the caller need not
  * clear it). scratch holds one head's score gradients. */
@@ -199,6 +205,15 @@ void tm_attention_backward(float *dqkv,       /* (B, T, 3C) */
                            const float *qkv,  /* (B, T, 3C) */
                            const float *att,  /* (B, NH, T, T) */
                            int B, int T, int C, int NH);
+/* tm_attention_backward without the forward's weights: each head's are
+ * recomputed from q and k into scratch's second T x T (the same kernels on
+ * the same operands, so the same bits), then used as above; charges the
+ * recomputed scores and softmax too. */
+void tm_attention_backward_recompute(float *dqkv,       /* (B, T, 3C) */
+                                     float *scratch,    /* (2, T, T) */
+                                     const float *dout, /* (B, T, C) */
+                                     const float *qkv,  /* (B, T, 3C) */
+                                     int B, int T, int C, int NH);
 
 /* In place: out[b, c] += bias[c] + res[b, c] (a projection's bias and the
  * residual stream it joins; bias may be NULL). */

@@ -65,8 +65,31 @@ void tm__softmax_causal_backward_isa(tm_isa isa, float *d, const float *att, int
     else softmax_causal_backward_ref(d, att, T);
 }
 
-void tm_attention_forward(float *out, float *att, const float *qkv, int B,
-                          int T, int C, int NH)
+/* One head's weights a (T, T): scale q kᵀ on the kept block columns, then
+ * the causal softmax. */
+static void head_weights(tm_isa isa, float *a, const float *q, const float *k, int T, int hs,
+                         int ld, float scale)
+{
+    for (int r0 = 0; r0 < T; r0 += RB) {
+        int r1 = r0 + RB < T ? r0 + RB : T;
+        tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f,
+                 a + (size_t)r0 * T, T);
+    }
+    tm__softmax_causal_isa(isa, a, T);
+}
+
+/* The softmax's cost: per kept score a max, a subtraction, an exp, a sum
+ * and a multiply; every score is read and written. */
+static void charge_softmax(int B, int T, int NH)
+{
+    double kept = (double)B * NH * T * (T + 1) / 2, all = (double)B * NH * T * T;
+    tm__cost_charge(5.0 * kept, 8.0 * all);
+}
+
+/* The forward with each head's weights at att + head * step: every head's
+ * kept (step T x T), or one buffer they all reuse (step 0). */
+static void forward(float *out, float *att, size_t step, const float *qkv, int B, int T, int C,
+                    int NH)
 {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -75,14 +98,9 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * ld + (size_t)h * hs;
             const float *k = q + C, *v = q + 2 * C;
-            float *a = att + ((size_t)b * NH + h) * T * T;
+            float *a = att + ((size_t)b * NH + h) * step;
             float *o = out + (size_t)b * T * C + (size_t)h * hs;
-            for (int r0 = 0; r0 < T; r0 += RB) {
-                int r1 = r0 + RB < T ? r0 + RB : T;
-                tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld,
-                         0.0f, a + (size_t)r0 * T, T);
-            }
-            tm__softmax_causal_isa(isa, a, T);
+            head_weights(isa, a, q, k, T, hs, ld, scale);
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
                 tm_sgemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
@@ -90,15 +108,26 @@ void tm_attention_forward(float *out, float *att, const float *qkv, int B,
             }
         }
     }
-    /* The softmax: per kept score a max, a subtraction, an exp, a sum and
-     * a multiply; every score is read and written. */
-    double kept = (double)B * NH * T * (T + 1) / 2, all = (double)B * NH * T * T;
-    tm__cost_charge(5.0 * kept, 8.0 * all);
+    charge_softmax(B, T, NH);
 }
 
-void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
-                           const float *qkv, const float *att, int B, int T,
-                           int C, int NH)
+void tm_attention_forward(float *out, float *att, const float *qkv, int B,
+                          int T, int C, int NH)
+{
+    forward(out, att, (size_t)T * T, qkv, B, T, C, NH);
+}
+
+void tm_attention_forward_drop(float *out, float *scratch, const float *qkv, int B, int T, int C,
+                               int NH)
+{
+    forward(out, scratch, 0, qkv, B, T, C, NH);
+}
+
+/* The backward reading each head's weights from att, or (att NULL)
+ * recomputing them into scratch + T x T first, by the forward's own calls
+ * on the same operands: the same bits. */
+static void backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                     const float *att, int B, int T, int C, int NH)
 {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -109,7 +138,14 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
             size_t off = (size_t)b * T * ld + (size_t)h * hs;
             const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
             float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
+            const float *a;
+            if (att != NULL) {
+                a = att + ((size_t)b * NH + h) * T * T;
+            } else {
+                float *w = scratch + (size_t)T * T;
+                head_weights(isa, w, q, k, T, hs, ld, scale);
+                a = w;
+            }
             const float *g = dout + (size_t)b * T * C + (size_t)h * hs;
             /* d = dout vᵀ on the kept block columns. */
             for (int r0 = 0; r0 < T; r0 += RB) {
@@ -136,4 +172,18 @@ void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
     }
     double kept = (double)B * NH * T * (T + 1) / 2, all = (double)B * NH * T * T;
     tm__cost_charge(4.0 * kept, 12.0 * all);
+}
+
+void tm_attention_backward(float *dqkv, float *scratch, const float *dout,
+                           const float *qkv, const float *att, int B, int T,
+                           int C, int NH)
+{
+    backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+}
+
+void tm_attention_backward_recompute(float *dqkv, float *scratch, const float *dout,
+                                     const float *qkv, int B, int T, int C, int NH)
+{
+    backward(dqkv, scratch, dout, qkv, NULL, B, T, C, NH);
+    charge_softmax(B, T, NH);
 }

@@ -266,6 +266,11 @@ static size_t block_size(size_t bytes)
     return bytes ? (bytes + TM_ARENA_ALIGN - 1) / TM_ARENA_ALIGN * TM_ARENA_ALIGN : TM_ARENA_ALIGN;
 }
 
+size_t tm_arena_block_bytes(size_t bytes)
+{
+    return bytes > SIZE_MAX - TM_ARENA_ALIGN ? SIZE_MAX : block_size(bytes);
+}
+
 int tm_arena_fits(size_t capacity, int device, const size_t *bytes, const tm_tag *tags, int n)
 {
     size_t usable = capacity / TM_ARENA_ALIGN * TM_ARENA_ALIGN, in_use = 0;

@@ -59,6 +59,9 @@ void *tm_arena_alloc(tm_arena *arena, size_t bytes, tm_tag tag);
  * for the first block that does not (the blocks before it in use);
  * TM_EINVAL as tm_arena_create for a capacity below TM_ARENA_ALIGN. */
 int tm_arena_fits(size_t capacity, int device, const size_t *bytes, const tm_tag *tags, int n);
+/* The bytes a block asked for with `bytes` takes in the arena, as in_use
+ * and the peaks count it: whole TM_ARENA_ALIGN units, at least one. */
+size_t tm_arena_block_bytes(size_t bytes);
 /* Returns a block to the arena; NULL is a no-op. A pointer the arena did not
  * hand out (or a double free) is a bug and aborts. */
 void tm_arena_free(tm_arena *arena, void *ptr);

@@ -62,6 +62,12 @@ enum { L_C, L_H, L_V, L_SP }; /* C/tp, H/tp, vocabulary rows per rank, SP on */
 
 static int sp_of(const tm_layer_plan *p) { return p->local[L_SP]; }
 
+/* Selective recomputation: a block keeps no attention weights. */
+static int drops_core(const tm_layer_plan *p)
+{
+    return p->model->recompute == TM_RECOMPUTE_SELECTIVE;
+}
+
 /* Rows of a micro-batch this rank holds outside the tensor-parallel
  * regions: all of them, or its 1/tp under sequence parallelism. */
 static int seq_rows(const tm_layer_plan *p, int rows) { return sp_of(p) ? rows / p->tp : rows; }
@@ -233,6 +239,11 @@ static double embed_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows,
     return reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows);
 }
 
+static double embed_tp_forward_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows)
+{
+    return reduce_bytes(p, tp_comm, rows);
+}
+
 static const tm_layer_kind embed_kind = {
     .name = "embedding",
     .plan = embed_plan,
@@ -243,6 +254,7 @@ static const tm_layer_kind embed_kind = {
     .forward = embed_forward,
     .backward = embed_backward,
     .tp_bytes = embed_tp_bytes,
+    .tp_forward_bytes = embed_tp_forward_bytes,
 };
 
 /* ---- a block: (rows, C) -> (rows, C) ------------------------------------ */
@@ -274,7 +286,8 @@ static int block_plan(tm_layer_plan *p, const tm_layer_plan *prev, int last)
 typedef struct {
     float *ln1, *mean1, *rstd1; /* (r, C): whole, gathered under SP; (r'), (r') */
     float *qkv;                 /* (r, 3C'): the rank's heads' q, k, v */
-    float *att;                 /* (B, NH', T, T) softmax weights */
+    float *att;                 /* (B, NH', T, T) softmax weights; none
+                                   under selective recomputation */
     float *atty;                /* (r, C') attention output */
     float *res2;                /* (r', C) residual after attention */
     float *ln2, *mean2, *rstd2; /* as ln1 */
@@ -287,8 +300,9 @@ static size_t block_layout(const tm_layer_plan *p, int rows, float *base, block_
     const tm_gpt_config *g = cfg_of(p);
     size_t r = (size_t)rows, rl = (size_t)seq_rows(p, rows), C = (size_t)g->n_embd,
            cl = (size_t)p->local[L_C], T = (size_t)g->block_size;
-    size_t sizes[] = {r * C,  rl,          rl, r * 3 * cl, r / T * p->local[L_H] * T * T,
-                      r * cl, rl * C,      r * C,          rl, rl, r * 4 * cl, r * 4 * cl};
+    size_t att = drops_core(p) ? 0 : r / T * p->local[L_H] * T * T;
+    size_t sizes[] = {r * C,  rl,     rl, r * 3 * cl, att,        r * cl,
+                      rl * C, r * C,  rl, rl,         r * 4 * cl, r * 4 * cl};
     float **slots[] = {&a->ln1, &a->mean1, &a->rstd1, &a->qkv, &a->att, &a->atty, &a->res2,
                        &a->ln2, &a->mean2, &a->rstd2, &a->fch, &a->fch_gelu};
     size_t off = 0;
@@ -325,7 +339,8 @@ static void linear_backward_into(float *dinp, float *dweight, float *dbias, cons
 
 /* The backward's scratch: s1 (r, max(4C', C)), s2 (r, max(3C', C)), under
  * sequence parallelism a gathered (r, C) gradient, and one head's score
- * gradients (T, T). */
+ * gradients (T, T), followed under selective recomputation by its
+ * recomputed weights (T, T). */
 typedef struct {
     float *s1, *s2, *full, *dscores;
 } block_scratch_bufs;
@@ -337,7 +352,7 @@ static size_t block_scratch_layout(const tm_layer_plan *p, int rows, float *base
     size_t r = (size_t)rows, C = (size_t)g->n_embd, cl = (size_t)p->local[L_C],
            T = (size_t)g->block_size;
     size_t sizes[] = {r * (4 * cl > C ? 4 * cl : C), r * (3 * cl > C ? 3 * cl : C),
-                      sp_floats(p, rows), T * T};
+                      sp_floats(p, rows), (drops_core(p) ? 2 : 1) * T * T};
     float **slots[] = {&b->s1, &b->s2, &b->full, &b->dscores};
     size_t off = 0;
     for (size_t i = 0; i < 4; i++) {
@@ -353,8 +368,16 @@ static size_t block_scratch(const tm_layer_plan *p, int rows)
     return block_scratch_layout(p, rows, NULL, &b);
 }
 
+/* The forward's transient block: the partial sums before a reduce-
+ * scatter (SP), then one head's weights (T, T) when they are not kept. */
+static size_t block_fwd_scratch(const tm_layer_plan *p, int rows)
+{
+    size_t T = (size_t)cfg_of(p)->block_size;
+    return sp_floats(p, rows) + (drops_core(p) ? T * T : 0);
+}
+
 static int block_forward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                            float *out, float *saved, float *tmp)
+                            float *out, float *saved, float *tmp, float *weights)
 {
     const tm_gpt_config *g = cfg_of(p);
     int rows = c->rows, rl = seq_rows(p, rows), C = g->n_embd, T = g->block_size, B = rows / T;
@@ -368,7 +391,10 @@ static int block_forward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const
     if (sp_of(p)) TM_CHECK(gather_rows(p, c, a.ln1 + own, a.ln1));
     /* The rank's heads, then their share of attn.c_proj's sum (g). */
     tm_linear_forward(a.qkv, a.ln1, param(p, c, ATTN_W), param(p, c, ATTN_B), rows, C, 3 * cl);
-    tm_attention_forward(a.atty, a.att, a.qkv, B, T, cl, p->local[L_H]);
+    if (weights != NULL)
+        tm_attention_forward_drop(a.atty, weights, a.qkv, B, T, cl, p->local[L_H]);
+    else
+        tm_attention_forward(a.atty, a.att, a.qkv, B, T, cl, p->local[L_H]);
     float *sum = tmp != NULL ? tmp : a.res2;
     tm_linear_forward(sum, a.atty, param(p, c, PROJ_W), NULL, rows, cl, C);
     TM_CHECK(reduce_partial(p, c, sum, a.res2));
@@ -389,10 +415,14 @@ static int block_forward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const
 static int block_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
                          float *out, float *saved)
 {
-    float *tmp;
-    TM_CHECK(sp_alloc(p, c, &tmp));
-    int st = block_forward_in(p, c, x, out, saved, tmp);
-    tm_device_free(c->dev, tmp);
+    size_t n = block_fwd_scratch(p, c->rows);
+    float *block = NULL;
+    if (n > 0 && (block = tm_device_alloc(c->dev, n * sizeof(float), TM_TAG_ACTIVATION)) == NULL)
+        return TM_ENOMEM;
+    float *tmp = sp_of(p) ? block : NULL;
+    float *weights = drops_core(p) ? block + sp_floats(p, c->rows) : NULL;
+    int st = block_forward_in(p, c, x, out, saved, tmp, weights);
+    tm_device_free(c->dev, block);
     return st;
 }
 
@@ -438,7 +468,10 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
     }
     linear_backward_into(s.s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), d, a.atty,
                          param(p, c, PROJ_W), rows, cl, C);
-    tm_attention_backward(s.s2, s.dscores, s.s1, a.qkv, a.att, B, T, cl, p->local[L_H]);
+    if (drops_core(p))
+        tm_attention_backward_recompute(s.s2, s.dscores, s.s1, a.qkv, B, T, cl, p->local[L_H]);
+    else
+        tm_attention_backward(s.s2, s.dscores, s.s1, a.qkv, a.att, B, T, cl, p->local[L_H]);
     linear_backward_into(s.s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s.s2, a.ln1,
                          param(p, c, ATTN_W), rows, C, 3 * cl);
     /* The keys' bias adds the same q.b to every score of a row, which the
@@ -461,16 +494,24 @@ static double block_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows,
     return 4 * (reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows));
 }
 
+/* The forward's two reduces, and under SP its two all-gathers. */
+static double block_tp_forward_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows)
+{
+    return 2 * (reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows));
+}
+
 static const tm_layer_kind block_kind = {
     .name = "block",
     .plan = block_plan,
     .flops = block_flops,
     .saved_floats = block_saved,
     .scratch_floats = block_scratch,
-    .fwd_scratch_floats = sp_floats,
+    .fwd_scratch_floats = block_fwd_scratch,
     .forward = block_forward,
     .backward = block_backward,
     .tp_bytes = block_tp_bytes,
+    .tp_forward_bytes = block_tp_forward_bytes,
+    .has_core = 1,
 };
 
 /* ---- the head: ln_f, then logits against the tied wte ----------------- */
@@ -552,6 +593,13 @@ static double head_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, 
     return reduce_bytes(p, tp_comm, rows) + gather_bytes(p, rows) + loss;
 }
 
+/* ln_f's all-gather (SP); the loss is not part of the recomputed forward. */
+static double head_tp_forward_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows)
+{
+    (void)tp_comm;
+    return gather_bytes(p, rows);
+}
+
 static const tm_layer_kind head_kind = {
     .name = "head",
     .plan = head_plan,
@@ -561,6 +609,7 @@ static const tm_layer_kind head_kind = {
     .forward = head_forward,
     .backward = head_backward,
     .tp_bytes = head_tp_bytes,
+    .tp_forward_bytes = head_tp_forward_bytes,
 };
 
 /* ---- the vocabulary-parallel loss --------------------------------------- */

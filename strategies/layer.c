@@ -4,6 +4,7 @@
 
 #include "runtime/clock.h"
 #include "runtime/collectives.h"
+#include "strategies/model.h"
 
 size_t tm_shard_count(const tm_tensor *t, const tm_shard *s)
 {
@@ -32,4 +33,33 @@ double tm_allreduce_send_bytes(tm_comm *comm, size_t count)
     if (n == 1 || count == 0) return 0;
     return tm_allreduce_algo_for(comm, count) == TM_ALGO_DIRECT ? (n - 1) * bytes
                                                                 : 2.0 * (n - 1) / n * bytes;
+}
+
+int tm_recompute_parse(const char *name, tm_recompute *out)
+{
+    static const tm_recompute all[] = {TM_RECOMPUTE_NONE, TM_RECOMPUTE_FULL,
+                                       TM_RECOMPUTE_SELECTIVE};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(name, tm_recompute_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    return -1;
+}
+
+const char *tm_recompute_name(tm_recompute r)
+{
+    return r == TM_RECOMPUTE_FULL ? "full" : r == TM_RECOMPUTE_SELECTIVE ? "selective" : "none";
+}
+
+int tm_layer_recomputed(const tm_layer_plan *p, int rows)
+{
+    return p->model->recompute == TM_RECOMPUTE_FULL && p->layer->kind->saved_floats(p, rows) > 0;
+}
+
+double tm_layer_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
+{
+    double b = p->layer->kind->tp_bytes(p, tp_comm, rows, din);
+    if (tm_layer_recomputed(p, rows)) b += p->layer->kind->tp_forward_bytes(p, tp_comm, rows);
+    return b;
 }

@@ -45,6 +45,18 @@ typedef enum { TM_ATTACH_NONE, TM_ATTACH_NEXT, TM_ATTACH_PREV } tm_attach;
 typedef struct tm_layer_kind tm_layer_kind;
 typedef struct tm_model tm_model;
 
+/* What a run keeps of a layer's forward for its backward (a way to run
+ * the model, not part of it: never saved). */
+typedef enum {
+    TM_RECOMPUTE_NONE,      /* everything the backward reads */
+    TM_RECOMPUTE_FULL,      /* only the layer's input (the previous layer's
+                               output); its backward first re-runs its
+                               forward (Chen et al. 2016; Megatron's full) */
+    TM_RECOMPUTE_SELECTIVE, /* everything but attention's core, the T x T
+                               weights, recomputed per head in the backward
+                               (Korthikanti et al. 2022) */
+} tm_recompute;
+
 typedef struct {
     const tm_layer_kind *kind;
     int index;                       /* in the model */
@@ -126,7 +138,26 @@ struct tm_layer_kind {
      * micro-batch of rows rows, forward and backward (din: it computes an
      * input gradient): the traffic formula. */
     double (*tp_bytes)(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din);
+    /* The forward's part of tp_bytes, which a full recomputation sends
+     * again in the backward. */
+    double (*tp_forward_bytes)(const tm_layer_plan *p, tm_comm *tp_comm, int rows);
+    /* It keeps an attention core (T x T weights) that selective
+     * recomputation drops: saved_floats, forward and backward then do
+     * without it. */
+    int has_core;
 };
+
+/* "none", "full", "selective" into *out: 0, or -1 for another name. */
+int tm_recompute_parse(const char *name, tm_recompute *out);
+const char *tm_recompute_name(tm_recompute r);
+/* Whether a run of the model re-runs this layer's forward in its
+ * backward: under full, when the layer keeps something besides its output
+ * (otherwise there is nothing to regain). */
+int tm_layer_recomputed(const tm_layer_plan *p, int rows);
+/* What the layer sends over the tensor-parallel group per micro-batch
+ * (the kind's tp_bytes), with its forward's share once more when it is
+ * recomputed: the collectives run again. */
+double tm_layer_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din);
 
 /* Elements of a shard. */
 size_t tm_shard_count(const tm_tensor *t, const tm_shard *s);

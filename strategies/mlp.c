@@ -196,6 +196,12 @@ static size_t linear_scratch(const tm_layer_plan *p, int rows)
     return (size_t)p->grad_w * (size_t)rows;
 }
 
+/* A gathered layer's forward gathers every rank's shard, (tp, rows, local). */
+static size_t linear_fwd_scratch(const tm_layer_plan *p, int rows)
+{
+    return p->mode == MODE_GATHER ? (size_t)p->tp * rows * p->local[OUT_LOCAL] : 0;
+}
+
 static void activate(const tm_layer_plan *p, float *out, const float *pre, size_t n)
 {
     if (act_of(p) == TM_ACT_RELU) tm_relu_forward(out, pre, n);
@@ -243,8 +249,8 @@ static int linear_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
         activate(p, loc, pre, n);
     }
     if (p->mode != MODE_GATHER) return TM_OK;
-    /* The gathered shards need a scratch of (tp, rows, local). */
-    float *g = tm_device_alloc(c->dev, n * tp * sizeof(float), TM_TAG_ACTIVATION);
+    float *g = tm_device_alloc(c->dev, linear_fwd_scratch(p, rows) * sizeof(float),
+                               TM_TAG_ACTIVATION);
     if (g == NULL) return TM_ENOMEM;
     int st = tm_allgather(c->tp_comm, loc, g, n);
     if (st == TM_OK) {
@@ -319,17 +325,23 @@ static int linear_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const 
     return TM_OK;
 }
 
-/* Per micro-batch: a row layer all-reduces its output in the forward, a
- * gathered layer all-gathers its shard; a column layer that passes an input
- * gradient down all-reduces it in the backward (Megatron's f and g). */
+/* Per micro-batch, in the forward: a row layer all-reduces its output, a
+ * gathered layer all-gathers its shard (Megatron's g). */
+static double linear_tp_forward_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows)
+{
+    if (p->mode == MODE_ROW) return tm_allreduce_send_bytes(tp_comm, (size_t)rows * out_of(p));
+    if (p->mode == MODE_GATHER)
+        return (double)(p->tp - 1) * rows * p->local[OUT_LOCAL] * sizeof(float);
+    return 0;
+}
+
+/* Then in the backward a column-split layer that passes an input gradient
+ * down all-reduces it (Megatron's f). */
 static double linear_tp_bytes(const tm_layer_plan *p, tm_comm *tp_comm, int rows, int din)
 {
-    if (p->mode == MODE_WHOLE) return 0;
-    if (p->mode == MODE_ROW) return tm_allreduce_send_bytes(tp_comm, (size_t)rows * out_of(p));
-    double b = 0;
-    if (p->mode == MODE_GATHER)
-        b += (double)(p->tp - 1) * rows * p->local[OUT_LOCAL] * sizeof(float);
-    if (din) b += tm_allreduce_send_bytes(tp_comm, (size_t)rows * in_of(p));
+    double b = linear_tp_forward_bytes(p, tp_comm, rows);
+    if (din && (p->mode == MODE_COLUMN || p->mode == MODE_GATHER))
+        b += tm_allreduce_send_bytes(tp_comm, (size_t)rows * in_of(p));
     return b;
 }
 
@@ -339,9 +351,11 @@ static const tm_layer_kind linear_kind = {
     .flops = linear_flops,
     .saved_floats = linear_saved,
     .scratch_floats = linear_scratch,
+    .fwd_scratch_floats = linear_fwd_scratch,
     .forward = linear_forward,
     .backward = linear_backward,
     .tp_bytes = linear_tp_bytes,
+    .tp_forward_bytes = linear_tp_forward_bytes,
 };
 
 /* ---- the model --------------------------------------------------------- */

@@ -41,6 +41,9 @@ struct tm_model {
     int tokens;                 /* input rows hold int32 token ids, not floats */
     int n_classes;              /* output width: classes, or the vocabulary */
     void *cfg;                  /* the builder's own configuration */
+    tm_recompute recompute;     /* how a run keeps activations (set after
+                                   building; not part of the model, never
+                                   saved): every layer kind reads it */
     tm_loss_fn loss;
     /* Fills the full flat buffer from seed: the same seed, the same model. */
     void (*init)(const tm_model *m, float *params, uint64_t seed);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/arena.h"
 #include "runtime/clock.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
@@ -138,6 +139,69 @@ int tm_pipeline_run(tm_pipeline_step *ps)
     const tm_sched_action *list = ps->sched->actions[r.p];
     for (int i = 0; st == TM_OK && i < ps->sched->len[r.p]; i++) st = act(&r, &list[i]);
     release(&r);
+    return st;
+}
+
+/* tm_pipeline_run's allocations, replayed: what each action holds. */
+typedef struct {
+    char *acts, *dy, *dx; /* (m) held */
+    size_t held, peak;
+    size_t a, o, i;       /* a micro-batch's block, its output and input gradients */
+} replay;
+
+static void hold(replay *r, char *flag, size_t bytes, int on)
+{
+    if (*flag == on) return;
+    *flag = (char)on;
+    r->held = on ? r->held + bytes : r->held - bytes;
+    if (r->held > r->peak) r->peak = r->held;
+}
+
+static void at_most(replay *r, size_t transient)
+{
+    if (r->held + transient > r->peak) r->peak = r->held + transient;
+}
+
+int tm_pipeline_activation_peak(const tm_stage *s, const tm_schedule *sched, int p, int rows,
+                                size_t *peak)
+{
+    int m = sched->m, pp = sched->pp;
+    replay r = {calloc((size_t)m, 1), calloc((size_t)m, 1), calloc((size_t)m, 1), 0, 0,
+                tm_arena_block_bytes(tm_stage_acts_bytes(s, rows)),
+                tm_arena_block_bytes((size_t)rows * s->out_width * sizeof(float)),
+                tm_arena_block_bytes((size_t)rows * s->in_width * sizeof(float))};
+    size_t fwd = tm_stage_forward_bytes(s, rows), bwd = tm_stage_backward_bytes(s, rows);
+    int st = r.acts != NULL && r.dy != NULL && r.dx != NULL
+                 ? TM_OK : tm_error(TM_EHOSTMEM, "cannot allocate the memory replay");
+    for (int k = 0; st == TM_OK && k < sched->len[p]; k++) {
+        const tm_sched_action *a = &sched->actions[p][k];
+        switch (a->kind) {
+        case TM_SCHED_FWD:
+            hold(&r, &r.acts[a->mb], r.a, 1);
+            at_most(&r, fwd);
+            break;
+        case TM_SCHED_BWD:
+            if (p == pp - 1) hold(&r, &r.dy[a->mb], r.o, 1);
+            if (p > 0) hold(&r, &r.dx[a->mb], r.i, 1);
+            at_most(&r, bwd);
+            hold(&r, &r.acts[a->mb], r.a, 0);
+            hold(&r, &r.dy[a->mb], r.o, 0);
+            break;
+        case TM_SCHED_SEND_ACT: break;
+        case TM_SCHED_RECV_ACT: hold(&r, &r.acts[a->mb], r.a, 1); break;
+        case TM_SCHED_SEND_GRAD: hold(&r, &r.dx[a->mb], r.i, 0); break;
+        case TM_SCHED_RECV_GRAD: hold(&r, &r.dy[a->mb], r.o, 1); break;
+        case TM_SCHED_SEND_ACT_RECV_GRAD: hold(&r, &r.dy[a->mb2], r.o, 1); break;
+        case TM_SCHED_SEND_GRAD_RECV_ACT:
+            hold(&r, &r.acts[a->mb2], r.a, 1);
+            hold(&r, &r.dx[a->mb], r.i, 0);
+            break;
+        }
+    }
+    free(r.acts);
+    free(r.dy);
+    free(r.dx);
+    *peak = r.peak;
     return st;
 }
 

@@ -32,6 +32,19 @@ typedef struct {
 /* Runs the stage's list. TM_OK or the first failing status. */
 int tm_pipeline_run(tm_pipeline_step *ps);
 
+/* *peak: the most activation bytes stage p's device holds while it runs
+ * its list of sched for micro-batches of rows rows, worked out from
+ * the stage's formulas (strategies/stage.h) and the list itself, as the
+ * arena counts blocks: the micro-batches' blocks from their first forward
+ * (or receive) to their backward, the output gradients from their receive
+ * (or the loss) to the backward, the input gradients from the backward to
+ * their send, and at each forward or backward its transient bytes. The
+ * loss's own buffer is not counted: the model's loss must use less than
+ * the backward's block that follows it (strategies/model.h). TM_OK or
+ * TM_EHOSTMEM. */
+int tm_pipeline_activation_peak(const tm_stage *s, const tm_schedule *sched, int p, int rows,
+                                size_t *peak);
+
 /* Forward only (evaluation): n_mb micro-batches of rows[mb] samples flow
  * through the stages, the last stage's loss() getting dlogits = NULL. */
 int tm_pipeline_infer(tm_pipeline_step *ps, int n_mb, const int *rows);

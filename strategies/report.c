@@ -38,7 +38,8 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
     fprintf(f, "peak memory per device (capacity %s):\n%-8s %-*s", b, "device",
             coords_width(r), coords_head(r));
     for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, " %11s", tm_tag_name((tm_tag)t));
-    fprintf(f, " %11s %11s %11s %9s\n", "total", "sent", "acts/mb", "in flight");
+    fprintf(f, " %11s %11s %11s %9s %11s\n", "total", "sent", "acts/mb", "in flight",
+            "act.formula");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         coords(r, d, c, sizeof c);
@@ -52,11 +53,14 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
         tm_report_bytes((double)d->sent_bytes, b, sizeof b);
         fprintf(f, " %11s", b);
         tm_report_bytes((double)d->acts_per_mb, b, sizeof b);
-        fprintf(f, " %11s %9d\n", b, d->max_in_flight);
+        fprintf(f, " %11s %9d", b, d->max_in_flight);
+        tm_report_bytes((double)d->activation_formula, b, sizeof b);
+        fprintf(f, " %11s\n", b);
     }
     fprintf(f, "acts/mb: what the stage stores for one micro-batch until its backward, by the "
-               "layers' formulas (README); activation = in flight x acts/mb + the backward's "
-               "transient buffers\n");
+               "layers' formulas (README); act.formula: the activation peak worked out before "
+               "the run from them and the schedule: in flight x acts/mb + the transient "
+               "buffers of a forward or a backward\n");
 }
 
 static double pct(double part, double whole) { return whole > 0 ? 100 * part / whole : 0; }

@@ -2,25 +2,21 @@
 
 #include <string.h>
 
+#include "runtime/arena.h"
 #include "runtime/clock.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
 
-/* The plan, then the parameters and gradients each when asked, and
- * n_opt_state optimizer buffers. */
-static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
-                  int l1, int n_opt_state, int params, int grads)
+int tm_stage_describe(tm_stage *s, const tm_model *m, int l0, int l1, int tp, int t)
 {
     memset(s, 0, sizeof *s);
-    s->dev = dev;
-    s->tp_comm = tp_comm;
     s->model = m;
-    s->tp = tm_comm_size(tp_comm);
-    s->t = tm_comm_rank(tp_comm);
+    s->tp = tp;
+    s->t = t;
     s->l0 = l0;
     s->n = l1 - l0;
     s->has_model_input = l0 == 0;
-    TM_CHECK(tm_stage_plan(m, l0, l1, s->tp, s->t, s->layer, &s->n_params));
+    TM_CHECK(tm_stage_plan(m, l0, l1, tp, t, s->layer, &s->n_params));
     s->in_width = s->layer[0].in_w;
     s->out_width = s->layer[s->n - 1].out_w;
     for (int i = 0; i < s->n; i++) {
@@ -29,6 +25,17 @@ static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model 
         if (p->out_w > w) w = p->out_w;
         if (w > s->grad_w) s->grad_w = w;
     }
+    return TM_OK;
+}
+
+/* The plan, then the parameters and gradients each when asked, and
+ * n_opt_state optimizer buffers. */
+static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
+                  int l1, int n_opt_state, int params, int grads)
+{
+    TM_CHECK(tm_stage_describe(s, m, l0, l1, tm_comm_size(tp_comm), tm_comm_rank(tp_comm)));
+    s->dev = dev;
+    s->tp_comm = tp_comm;
     size_t bytes = s->n_params * sizeof(float);
     if (params && (s->params = tm_device_alloc(dev, bytes, TM_TAG_PARAM)) == NULL)
         return TM_ENOMEM;
@@ -136,13 +143,56 @@ tm_layer_ctx tm_stage_ctx(const tm_stage *s, int rows)
     return (tm_layer_ctx){s->dev, s->tp_comm, s->params, s->grads, rows};
 }
 
+/* What layer i keeps for its backward in the micro-batch's block: nothing
+ * when it is recomputed (strategies/layer.h). */
+static size_t kept_floats(const tm_stage *s, int i, int rows)
+{
+    const tm_layer_plan *p = &s->layer[i];
+    return tm_layer_recomputed(p, rows) ? 0 : p->layer->kind->saved_floats(p, rows);
+}
+
+/* The largest of what the recomputed layers keep: one region that each
+ * of their forwards fills in turn (0: none is recomputed). */
+static size_t redo_floats(const tm_stage *s, int rows)
+{
+    size_t most = 0;
+    for (int i = 0; i < s->n; i++) {
+        const tm_layer_plan *p = &s->layer[i];
+        size_t f = p->layer->kind->saved_floats(p, rows);
+        if (tm_layer_recomputed(p, rows) && f > most) most = f;
+    }
+    return most;
+}
+
+/* A layer's transient forward block (0: none). */
+static size_t fwd_floats(const tm_layer_plan *p, int rows)
+{
+    return p->layer->kind->fwd_scratch_floats != NULL ? p->layer->kind->fwd_scratch_floats(p, rows)
+                                                      : 0;
+}
+
+/* Bytes of n floats as the arena counts a block of them. */
+static size_t block_bytes(size_t floats) { return tm_arena_block_bytes(floats * sizeof(float)); }
+
+/* The largest transient forward block of the layers (only the recomputed
+ * ones: recomputed), as the arena counts it; 0 when none has one. */
+static size_t fwd_transient(const tm_stage *s, int rows, int recomputed)
+{
+    size_t most = 0;
+    for (int i = 0; i < s->n; i++) {
+        size_t f = fwd_floats(&s->layer[i], rows);
+        if (f > 0 && (!recomputed || tm_layer_recomputed(&s->layer[i], rows)) &&
+            block_bytes(f) > most)
+            most = block_bytes(f);
+    }
+    return most;
+}
+
 size_t tm_stage_acts_bytes(const tm_stage *s, int rows)
 {
     size_t f = (size_t)s->in_width * (size_t)rows;
-    for (int i = 0; i < s->n; i++) {
-        const tm_layer_plan *p = &s->layer[i];
-        f += (size_t)p->out_w * (size_t)rows + p->layer->kind->saved_floats(p, rows);
-    }
+    for (int i = 0; i < s->n; i++)
+        f += (size_t)s->layer[i].out_w * (size_t)rows + kept_floats(s, i, rows);
     return f * sizeof(float);
 }
 
@@ -160,8 +210,9 @@ int tm_stage_acts_alloc(tm_stage *s, int rows, tm_stage_acts *a)
         const tm_layer_plan *l = &s->layer[i];
         a->out[i] = p;
         p += r * l->out_w;
-        a->saved[i] = p;
-        p += l->layer->kind->saved_floats(l, rows);
+        size_t kept = kept_floats(s, i, rows);
+        a->saved[i] = kept > 0 ? p : NULL;
+        p += kept;
     }
     a->output = a->out[s->n - 1];
     return TM_OK;
@@ -178,29 +229,33 @@ static const float *layer_input(const tm_stage_acts *a, int i)
     return i == 0 ? a->input : a->out[i - 1];
 }
 
+/* A recomputed layer's forward fills a transient region (redo) instead
+ * of the micro-batch's block; the backward re-runs it. */
 int tm_stage_forward(tm_stage *s, tm_stage_acts *a)
 {
-    for (int i = 0; i < s->n; i++) {
+    size_t redo = redo_floats(s, a->rows);
+    float *region = NULL;
+    if (redo > 0 && (region = tm_device_alloc(s->dev, redo * sizeof(float),
+                                              TM_TAG_ACTIVATION)) == NULL)
+        return TM_ENOMEM;
+    int st = TM_OK;
+    for (int i = 0; i < s->n && st == TM_OK; i++) {
         const tm_layer_plan *p = &s->layer[i];
         tm_layer_ctx c = tm_stage_ctx(s, a->rows);
-        if (s->hooks != NULL) TM_CHECK(s->hooks->begin(s->hooks->ctx, i, 0, &p, &c));
-        int st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], a->saved[i]);
+        float *saved = a->saved[i] != NULL ? a->saved[i] : region;
+        if (s->hooks != NULL && (st = s->hooks->begin(s->hooks->ctx, i, 0, &p, &c)) != TM_OK)
+            break;
+        st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], saved);
         if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 0, st);
-        TM_CHECK(st);
     }
-    return TM_OK;
+    tm_device_free(s->dev, region);
+    return st;
 }
 
 size_t tm_stage_forward_bytes(const tm_stage *s, int rows)
 {
-    size_t most = 0;
-    for (int i = 0; i < s->n; i++) {
-        const tm_layer_plan *p = &s->layer[i];
-        size_t f = p->layer->kind->fwd_scratch_floats != NULL
-                       ? p->layer->kind->fwd_scratch_floats(p, rows) : 0;
-        if (f > most) most = f;
-    }
-    return most * sizeof(float);
+    size_t redo = redo_floats(s, rows);
+    return (redo > 0 ? block_bytes(redo) : 0) + fwd_transient(s, rows, 0);
 }
 
 /* Two gradient buffers that the layers pass between them (each layer's
@@ -216,19 +271,27 @@ static size_t scratch_floats(const tm_stage *s, int rows)
     return most;
 }
 
+/* The backward's block: the two gradient buffers, the largest scratch,
+ * and the region the recomputed layers' forwards fill again. */
+static size_t bwd_floats(const tm_stage *s, int rows)
+{
+    return 2 * (size_t)s->grad_w * (size_t)rows + scratch_floats(s, rows) + redo_floats(s, rows);
+}
+
 size_t tm_stage_backward_bytes(const tm_stage *s, int rows)
 {
-    return (2 * (size_t)s->grad_w * (size_t)rows + scratch_floats(s, rows)) * sizeof(float);
+    return block_bytes(bwd_floats(s, rows)) + fwd_transient(s, rows, 1);
 }
 
 int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_grads_ready_fn ready,
                       void *ctx)
 {
     int rows = a->rows, st = TM_OK;
-    float *block = tm_device_alloc(s->dev, tm_stage_backward_bytes(s, rows), TM_TAG_ACTIVATION);
+    float *block = tm_device_alloc(s->dev, bwd_floats(s, rows) * sizeof(float), TM_TAG_ACTIVATION);
     if (block == NULL) return TM_ENOMEM;
     size_t stride = (size_t)s->grad_w * (size_t)rows;
     float *g[2] = {block, block + stride}, *scratch = block + 2 * stride;
+    float *region = scratch + scratch_floats(s, rows);
     float *d = dy;
     for (int i = s->n - 1; i >= 0 && st == TM_OK; i--) {
         const tm_layer_plan *p = &s->layer[i];
@@ -237,8 +300,18 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
         if (i == 0) din = s->has_model_input ? NULL : dx;
         if (s->hooks != NULL) st = s->hooks->begin(s->hooks->ctx, i, 1, &p, &c);
         if (st != TM_OK) break;
-        st = p->layer->kind->backward(p, &c, layer_input(a, i), a->out[i], a->saved[i], d, din,
-                                      scratch);
+        float *saved = a->saved[i];
+        /* The forward again, on the same input with the same kernels (and,
+         * under ZeRO-3, the layer's gathered parameters): it writes the
+         * layer's output with the bits it already holds (its readers are
+         * done with it) and refills what the backward reads. */
+        if (saved == NULL && tm_layer_recomputed(p, rows)) {
+            saved = region;
+            st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], saved);
+        }
+        if (st == TM_OK)
+            st = p->layer->kind->backward(p, &c, layer_input(a, i), a->out[i], saved, d, din,
+                                          scratch);
         if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 1, st);
         if (st == TM_OK && ready != NULL && p->own_len > 0)
             st = ready(ctx, p->own_off, p->own_len);

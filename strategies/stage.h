@@ -45,6 +45,10 @@ typedef struct tm_stage {
  * (zeroed). TM_ENOMEM carries the arena's report. */
 int tm_stage_create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m, int l0,
                     int l1, int n_opt_state);
+/* The stage's plan and widths alone, with no device and no buffers (dev
+ * NULL): what the byte counts below read, for predictions before a run.
+ * TM_EINVAL as tm_stage_plan. */
+int tm_stage_describe(tm_stage *s, const tm_model *m, int l0, int l1, int tp, int t);
 /* The same stage for inference: its parameters only (grads NULL). */
 int tm_stage_create_weights(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model *m,
                             int l0, int l1);
@@ -70,7 +74,9 @@ typedef struct {
     void *block;
     float *input;                /* (rows, in_width): staged or received */
     float *out[TM_MAX_LAYERS];   /* each layer's output (rows, out_w) */
-    float *saved[TM_MAX_LAYERS]; /* what each layer keeps for its backward */
+    float *saved[TM_MAX_LAYERS]; /* what each layer keeps for its backward;
+                                    NULL when it keeps nothing here (a
+                                    recomputed layer: strategies/layer.h) */
     float *output;               /* (rows, out_width): the stage's output */
 } tm_stage_acts;
 
@@ -78,13 +84,20 @@ typedef struct {
 int tm_stage_acts_alloc(tm_stage *s, int rows, tm_stage_acts *a);
 void tm_stage_acts_free(tm_stage *s, tm_stage_acts *a);
 /* Bytes tm_stage_acts_alloc takes for `rows` (the activation memory one
- * micro-batch in flight holds), and the backward's temporary bytes. */
+ * micro-batch in flight holds: the stage's input, every layer's output and
+ * what the layers keep under the model's tm_recompute). */
 size_t tm_stage_acts_bytes(const tm_stage *s, int rows);
+/* The most a backward, and a forward, hold at once besides the micro-
+ * batch's block, as the arena counts blocks (whole TM_ARENA_ALIGN units):
+ * the backward's block (gradient buffers, scratch, the recomputed layers'
+ * region) with a recomputed forward's transient; the forward's region of
+ * the recomputed layers with the largest transient a layer's forward
+ * allocates (0: none). */
 size_t tm_stage_backward_bytes(const tm_stage *s, int rows);
-/* The largest transient block a layer's forward allocates (0: none). */
 size_t tm_stage_forward_bytes(const tm_stage *s, int rows);
 
-/* Forward of a->input through the stage into a->output. */
+/* Forward of a->input through the stage into a->output; a recomputed
+ * layer fills a transient region instead of a->saved. */
 int tm_stage_forward(tm_stage *s, tm_stage_acts *a);
 
 /* Called after each layer's parameter gradients are final for this
@@ -92,7 +105,9 @@ int tm_stage_forward(tm_stage *s, tm_stage_acts *a);
 typedef int (*tm_grads_ready_fn)(void *ctx, size_t off, size_t len);
 
 /* Backward of a micro-batch: dy (rows, out_width) is the gradient of the
- * stage's output (it is used as scratch); adds into s->grads; writes the
+ * stage's output (it is used as scratch); a recomputed layer runs its
+ * forward again first (rewriting its output with the same bits); adds
+ * into s->grads; writes the
  * gradient of the stage's input into dx (rows, in_width) unless dx is NULL
  * or the stage holds the model's input. ready may be NULL. */
 int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,

@@ -180,7 +180,29 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (n_tied > MAX_TIED)
         return tm_error(TM_EINVAL, "--pp %d puts %d tied tensors on several stages; at most %d",
                         cfg->pp, n_tied, MAX_TIED);
+    int core = 0;
+    for (int l = 0; l < m->n_layers; l++) core |= m->layers[l].kind->has_core;
+    if (m->recompute == TM_RECOMPUTE_SELECTIVE && !core)
+        return tm_error(TM_EINVAL, "--recompute selective recomputes attention's core, and this "
+                        "model has no attention: use --recompute full or none");
     return TM_OK;
+}
+
+int tm_train_predict_activations(const tm_train_config *cfg, const tm_data *train,
+                                 size_t *bytes)
+{
+    TM_CHECK(tm_train_check(cfg, train));
+    int first[TM_MAX_LAYERS + 1];
+    TM_CHECK(stage_split(cfg, first));
+    tm_schedule sched;
+    TM_CHECK(tm_schedule_make(&sched, cfg->schedule, cfg->pp, cfg->micro_batches));
+    int st = TM_OK;
+    for (int p = 0; p < cfg->pp && st == TM_OK; p++)
+        for (int t = 0; t < cfg->tp && st == TM_OK; t++)
+            st = tm__train_activation_peak(cfg, first, &sched, mb_rows(cfg), p, t,
+                                           &bytes[p * cfg->tp + t]);
+    tm_schedule_free(&sched);
+    return st;
 }
 
 /* The data order of an epoch: a Fisher-Yates shuffle from PCG32 stream
@@ -529,6 +551,8 @@ static int setup(device *v)
         tied_bytes += tm_allreduce_send_bytes(v->tied[i].comm, count);
     }
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
+    TM_CHECK(tm__train_activation_peak(cfg, j->first, &j->sched, rows, p, v->mesh.t,
+                                       &rep->activation_formula));
     tm__train_formulas(cfg, &v->stage, v->zero, &v->mesh, rows, tied_bytes, rep);
     rep->acts_per_mb = tm_stage_acts_bytes(&v->stage, rows);
     memory_formulas(v, rows, rep);

@@ -131,6 +131,8 @@ typedef struct {
     size_t activation_peak; /* activation bytes at most, during training steps */
     size_t acts_per_mb;    /* what the stage stores for one micro-batch in
                               flight, by the layers' formulas (README) */
+    size_t activation_formula; /* activation_peak as worked out before the
+                              run (tm_train_predict_activations) */
     uint64_t sent_bytes;   /* payload bytes this device sent over links */
     /* Modeled time of the training steps, split as in tm_clock_stats:
      * modeled_s = compute_s + comm_s + idle_s; comm_busy_s is the
@@ -209,6 +211,17 @@ void tm_train_result_free(tm_train_result *r);
  * with a one-line message naming the constraint (batch divisibility, mesh
  * versus layers and widths, schedule, stages). */
 int tm_train_check(const tm_train_config *cfg, const tm_data *train);
+
+/* The activation peak each device will reach in the training steps,
+ * worked out from the configuration without running anything (a planner's
+ * input): bytes[p * tp + t] for stage p's tensor-parallel rank t, the same
+ * on every replica — the schedule's micro-batches in flight as the layers'
+ * formulas and the model's tm_recompute size them, the transient buffers
+ * of a forward and a backward, the last stage's targets
+ * (strategies/pipeline.h). TM_OK, TM_EINVAL as tm_train_check (cfg on
+ * train), TM_EHOSTMEM. */
+int tm_train_predict_activations(const tm_train_config *cfg, const tm_data *train,
+                                 size_t *bytes);
 
 /* Trains on `train` on dp * pp * tp emulated devices, evaluating on `test`
  * after every epoch and at the end. Every mesh computes what one device

@@ -1,7 +1,8 @@
-/* The up-front check that the model fits the devices
- * (strategies/trainer_internal.h). */
+/* The up-front check that the model fits the devices, and the activation
+ * peak worked out before a run (strategies/trainer_internal.h). */
 #include "runtime/arena.h"
 #include "runtime/status.h"
+#include "strategies/pipeline.h"
 #include "strategies/trainer_internal.h"
 #include "strategies/zero.h"
 
@@ -27,5 +28,16 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
             for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
             TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
         }
+    return TM_OK;
+}
+
+int tm__train_activation_peak(const tm_train_config *cfg, const int *first,
+                              const tm_schedule *sched, int rows, int p, int t, size_t *bytes)
+{
+    tm_stage s;
+    TM_CHECK(tm_stage_describe(&s, cfg->model, first[p], first[p + 1], cfg->tp, t));
+    TM_CHECK(tm_pipeline_activation_peak(&s, sched, p, rows, bytes));
+    /* The last stage's targets, held through the run. */
+    if (p == cfg->pp - 1) *bytes += tm_arena_block_bytes(sizeof(int) * (size_t)rows);
     return TM_OK;
 }

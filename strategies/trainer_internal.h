@@ -32,6 +32,12 @@ void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
  * out. first: layers per stage. */
 int tm__train_fits(const tm_train_config *cfg, const int *first);
 
+/* Stage p's tensor-parallel rank t: its activation peak in the training
+ * steps (tm_train_predict_activations) for the stage split first and
+ * micro-batches of rows rows. */
+int tm__train_activation_peak(const tm_train_config *cfg, const int *first,
+                              const tm_schedule *sched, int rows, int p, int t, size_t *bytes);
+
 /* After this device's step `step`: a non-finite loss (has_loss: the last
  * stage, which knows it) or gradient asks every device to stop, with the
  * step and the value as the reason (runtime/stop.h). */

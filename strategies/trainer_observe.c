@@ -113,7 +113,7 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const
     for (int i = 0; i < stage->n; i++) {
         const tm_layer_plan *l = &stage->layer[i];
         dp += tm_allreduce_send_bytes(mesh->dp_comm, l->own_len);
-        tp += l->layer->kind->tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
+        tp += tm_layer_tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
     }
     rep->step_allreduce = dp;
     if (zero != NULL) dp = tm_zero_step_bytes(zero, cfg->micro_batches);

@@ -73,6 +73,20 @@ static inline const tm_model *gpt_model(int L, int H, int C, int T)
     return gpt_model_sp(L, H, C, T, 0);
 }
 
+/* m run with activation recomputation r: a copy of its tables sharing
+ * m's configuration, kept in the pool like m. */
+static inline const tm_model *recomputed(const tm_model *m, tm_recompute r)
+{
+    char key[160];
+    snprintf(key, sizeof key, "recompute %p %d", (const void *)m, (int)r);
+    int fresh;
+    tm_model *c = pooled(key, &fresh);
+    if (!fresh) return c;
+    *c = *m;
+    c->recompute = r;
+    return c;
+}
+
 /* The suite's random stream; a suite may set the state to its own seed. */
 static uint64_t test_rng_state = 0x5eed;
 

@@ -3,7 +3,8 @@
  * finite differences of its reference (as tests/test_ops.c does), on shapes
  * that miss the attention kernel's 32-row blocks; the causal mask's exact
  * zeros, the vocabulary range of the embedding, the add-into contract and
- * the cost each call reports. */
+ * the cost each call reports; selective recomputation's forward and
+ * backward give the same bits as keeping the weights. */
 #include "kernels/attn_simd.h"
 #include "kernels/cost.h"
 #include "kernels/isa.h"
@@ -263,6 +264,56 @@ Test(attn, attention_reports_its_cost)
     gemm = costs.flops - costs.last_flops;
     cr_expect(gemm >= 4 * 2 * HS * kept && gemm < 4 * 2 * HS * all,
               "backward GEMM flops %g outside [%g, %g)", gemm, 8 * HS * kept, 8 * HS * all);
+}
+
+/* Selective recomputation's pair: the forward that keeps no weights gives
+ * the same output bits, and the backward that recomputes them the same
+ * gradient bits, charging the scores' products and the softmax once more
+ * (the shapes miss the 32-row blocks). */
+Test(attn, recomputed_weights_give_the_same_bits)
+{
+    const int shapes[][4] = {{2, 33, 15, 3}, {2, 70, 8, 4}, {1, 5, 12, 3}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        int B = shapes[i][0], T = shapes[i][1], C = shapes[i][2], NH = shapes[i][3];
+        size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C,
+               natt = (size_t)B * NH * T * T, tt = (size_t)T * T;
+        float *qkv = test_alloc(nqkv * 4), *dout = test_alloc(nout * 4);
+        float *out = test_alloc(nout * 4), *out1 = test_alloc(nout * 4);
+        float *att = test_alloc(natt * 4), *dqkv = test_alloc(nqkv * 4);
+        float *dqkv1 = test_alloc(nqkv * 4), *scratch = test_alloc(2 * tt * 4);
+        draw(qkv, NULL, nqkv, 1.0);
+        draw(dout, NULL, nout, 1.0);
+        tm_attention_forward(out, att, qkv, B, T, C, NH);
+        fill_nan(scratch, tt);
+        fill_nan(out1, nout);
+        tm_attention_forward_drop(out1, scratch, qkv, B, T, C, NH);
+        cr_expect(memcmp(out, out1, nout * 4) == 0, "B%d T%d C%d H%d: forward differs", B, T, C,
+                  NH);
+        tm_attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+        fill_nan(scratch, 2 * tt);
+        fill_nan(dqkv1, nqkv);
+        cost_start();
+        tm_attention_backward_recompute(dqkv1, scratch, dout, qkv, B, T, C, NH);
+        cost_stop();
+        cr_expect(memcmp(dqkv, dqkv1, nqkv * 4) == 0, "B%d T%d C%d H%d: backward differs", B,
+                  T, C, NH);
+        double recomputed = costs.flops;
+        cost_start();
+        tm_attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
+        cost_stop();
+        /* The scores over the causal blocks of 32 rows, and 5 per kept
+         * score. */
+        double hs = C / NH, scores = 0, kept = (double)B * NH * T * (T + 1) / 2;
+        for (int r0 = 0; r0 < T; r0 += 32) {
+            int r1 = r0 + 32 < T ? r0 + 32 : T;
+            scores += 2.0 * (r1 - r0) * r1 * hs;
+        }
+        double want = B * NH * scores + 5 * kept;
+        cr_expect_eq(recomputed - costs.flops, want, "B%d T%d C%d H%d: %g more flops, want %g",
+                     B, T, C, NH, recomputed - costs.flops, want);
+        free(qkv), free(dout), free(out), free(out1), free(att), free(dqkv), free(dqkv1);
+        free(scratch);
+    }
 }
 
 /* ---- embedding ---- */

@@ -49,3 +49,18 @@ Test(bench_cli, bench_strategies_sweeps_zero_stages_where_dp_allows, .init = cli
         cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", bad[i], first);
     }
 }
+
+Test(bench_cli, bench_strategies_bad_recompute_is_one_line_and_status_2, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
+{
+    char first[1024];
+    const char *cases[][2] = {{"--recompute some", "--recompute is none, full or selective"},
+                              {"--recompute selective", "has no attention"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = cli_run("bench_strategies", cases[i][0]);
+        cr_expect_eq(st, 2, "%s: exit %d", cases[i][0], st);
+        cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", cases[i][0],
+                     first);
+        cr_expect(strstr(first, cases[i][1]) != NULL, "%s: %s", cases[i][0], first);
+    }
+}

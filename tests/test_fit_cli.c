@@ -136,6 +136,8 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--model 784,30,30,30,10",
         "--model 100,256,256,256,10",
         "--dataset cifar10",
+        "--recompute everything",
+        "--recompute selective",
         "--data-dir /nonexistent-tinymesh-dir",
         "--steps",
         "stray-argument",
@@ -164,7 +166,8 @@ Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
-                           "--zero", "--dataset", "--data-dir", "--help", "Exit status"};
+                           "--zero", "--recompute", "--dataset", "--data-dir", "--help",
+                           "Exit status"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
 }

@@ -75,6 +75,8 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--trace-clock cpu",
         "--trace-from 0",
         "--trace-steps 0",
+        "--recompute some",
+        "--recompute selective",
         /* Flags that would do nothing in the combination. */
         "--fail-device 1",
         "--fail-step 2",
