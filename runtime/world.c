@@ -165,7 +165,9 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
     w->devices = calloc((size_t)w->n, sizeof *w->devices);
     w->links = calloc((size_t)w->n * (size_t)w->n, sizeof *w->links);
     if (w->devices == NULL || w->links == NULL) goto nomem;
-    int oversubscribed = per > t.cores;
+    /* Every device of this host counts: processes side by side share the
+     * cores. */
+    int oversubscribed = w->placed > t.cores;
     for (int i = 0; i < w->n; i++) {
         w->devices[i].world = w;
         w->devices[i].id = i;
