@@ -10,7 +10,7 @@
  * can move, so a message leaves and arrives with no hand-off to another
  * thread. Per process one progress thread (NCCL's proxy) takes what the
  * devices leave: sends still in flight, links whose device sleeps, and
- * the failures between processes. The host thread makes
+ * the failures and stop words between processes. The host thread makes
  * the few collective calls (a world's creation, the end of a run) under
  * the same mutex. Not MPI_THREAD_MULTIPLE with every device calling MPI at
  * will: the devices only ever poll, and one poller at a time (trylock)
@@ -19,7 +19,9 @@
  * two hand-offs per message (device to thread, thread to device) cost
  * more than the message (README, "Several processes", has the figures).
  *
- * Lock ordering: worlds_lock, then mpi_lock. */
+ * Lock ordering: worlds_lock, then mpi_lock, then the lock of a run's stop
+ * agreement (runtime/stop.c: another process's word is handed to it under
+ * mpi_lock; its words out are queued without a lock). */
 #include "runtime/process.h"
 
 #include <mpi.h>
@@ -105,6 +107,11 @@ struct tm_mpi_world {
     failure_msg abort_out;
     atomic_int abort_state;    /* 0 none, 1 written, 2 sending */
     MPI_Request *abort_reqs;   /* (processes) */
+    tm_stop_word stop_in;      /* the stop agreement's words (tag 1) */
+    MPI_Request stop_req;
+    tm_stop_word stop_out;
+    atomic_int stop_state;     /* 0 none, 1 written, 2 sending */
+    MPI_Request *stop_reqs;    /* (processes) */
     struct tm_mpi_world *next;
 };
 
@@ -224,8 +231,8 @@ static int poll_recv(half *h, int *busy)
     return 1;
 }
 
-/* One sweep over a world's links, and (control) over the failures
- * between processes, which devices leave to the progress
+/* One sweep over a world's links, and (control) over the failures and
+ * stop words between processes, which devices leave to the progress
  * thread: they are rare, and a device's sweep is on its message's path. */
 static int poll_world(tm_mpi_world *m, int *busy, int control)
 {
@@ -248,6 +255,24 @@ static int poll_world(tm_mpi_world *m, int *busy, int control)
             if (p != P.rank)
                 MPI_Isend(&m->abort_out, sizeof m->abort_out, MPI_BYTE, p, 0, m->ctl,
                           &m->abort_reqs[p]);
+        moved = 1;
+    }
+    /* The stop agreement: another's word (which may make us tell ours,
+     * sent just below), then ours. */
+    MPI_Test(&m->stop_req, &done, MPI_STATUS_IGNORE);
+    if (done) {
+        m->stop_in.why[sizeof m->stop_in.why - 1] = '\0';
+        tm__world_stop_heard(m->w, &m->stop_in);
+        MPI_Irecv(&m->stop_in, sizeof m->stop_in, MPI_BYTE, MPI_ANY_SOURCE, 1, m->ctl,
+                  &m->stop_req);
+        moved = 1;
+    }
+    expected = 1;
+    if (atomic_compare_exchange_strong(&m->stop_state, &expected, 2)) {
+        for (int p = 0; p < P.size; p++)
+            if (p != P.rank)
+                MPI_Isend(&m->stop_out, sizeof m->stop_out, MPI_BYTE, p, 1, m->ctl,
+                          &m->stop_reqs[p]);
         moved = 1;
     }
     return moved;
@@ -512,13 +537,15 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
     m->slot = TM_LINK_CTRL_BYTES + ring;
     m->seg = calloc((size_t)P.size, sizeof *m->seg);
     m->abort_reqs = malloc(sizeof *m->abort_reqs * (size_t)P.size);
-    if (m->seg == NULL || m->abort_reqs == NULL) {
+    m->stop_reqs = malloc(sizeof *m->stop_reqs * (size_t)P.size);
+    if (m->seg == NULL || m->abort_reqs == NULL || m->stop_reqs == NULL) {
         free(m->seg);
         free(m->abort_reqs);
+        free(m->stop_reqs);
         free(m);
         return tm_error(TM_EHOSTMEM, "cannot allocate the world's MPI state");
     }
-    for (int p = 0; p < P.size; p++) m->abort_reqs[p] = MPI_REQUEST_NULL;
+    for (int p = 0; p < P.size; p++) m->abort_reqs[p] = m->stop_reqs[p] = MPI_REQUEST_NULL;
     pthread_mutex_lock(&P.mpi_lock);
     MPI_Comm_dup(MPI_COMM_WORLD, &m->data);
     MPI_Comm_dup(MPI_COMM_WORLD, &m->ctl);
@@ -570,6 +597,7 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
         MPI_Comm_free(&node);
     }
     MPI_Irecv(&m->ctl_in, sizeof m->ctl_in, MPI_BYTE, MPI_ANY_SOURCE, 0, m->ctl, &m->ctl_req);
+    MPI_Irecv(&m->stop_in, sizeof m->stop_in, MPI_BYTE, MPI_ANY_SOURCE, 1, m->ctl, &m->stop_req);
     pthread_mutex_unlock(&P.mpi_lock);
     if (st != TM_OK) {
         tm__mpi_world_destroy(m);
@@ -618,7 +646,11 @@ void tm__mpi_world_destroy(tm_mpi_world *m)
         h = next;
     }
     drop(&m->ctl_req);
-    for (int p = 0; p < P.size; p++) drop(&m->abort_reqs[p]);
+    drop(&m->stop_req);
+    for (int p = 0; p < P.size; p++) {
+        drop(&m->abort_reqs[p]);
+        drop(&m->stop_reqs[p]);
+    }
     MPI_Barrier(m->host);
     if (m->have_win) MPI_Win_free(&m->win);
     MPI_Comm_free(&m->data);
@@ -627,6 +659,7 @@ void tm__mpi_world_destroy(tm_mpi_world *m)
     pthread_mutex_unlock(&P.mpi_lock);
     free(m->seg);
     free(m->abort_reqs);
+    free(m->stop_reqs);
     free(m);
 }
 
@@ -642,5 +675,13 @@ void tm__mpi_abort(tm_mpi_world *m, int who, int status, const char *message)
     /* Written before the state says so: the progress thread reads it
      * after its compare-exchange of the state. */
     atomic_store(&m->abort_state, 1);
+    tm__doorbell_ring(&P.bell);
+}
+
+void tm__mpi_stop_tell(tm_mpi_world *m, const tm_stop_word *word)
+{
+    m->stop_out = *word;
+    /* Written before the state says so, as tm__mpi_abort's report. */
+    atomic_store(&m->stop_state, 1);
     tm__doorbell_ring(&P.bell);
 }

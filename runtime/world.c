@@ -88,6 +88,18 @@ static size_t default_ring_bytes(int n)
     return ring;
 }
 
+/* The stop agreement's words (runtime/stop.h) travel with the failures. */
+static void tell_stop(void *ctx, const tm_stop_word *word)
+{
+    tm_world *w = ctx;
+    tm__mpi_stop_tell(w->mpi, word);
+}
+
+void tm__world_stop_heard(tm_world *w, const tm_stop_word *word)
+{
+    if (w->cfg.stop != NULL) tm_stop_heard(w->cfg.stop, word);
+}
+
 int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
 {
     *out = NULL;
@@ -193,6 +205,10 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
         }
     }
     if (procs > 1) {
+        /* Spanned before the other processes can speak: their words arrive
+         * once the world's MPI share exists. */
+        if (cfg->stop != NULL)
+            tm_stop_span(cfg->stop, procs, tm_process_rank(), tell_stop, w, &w->abort);
         int st = tm__mpi_world_create(w, w->n, ring, &w->mpi);
         if (st != TM_OK) {
             tm_world_destroy(w);
