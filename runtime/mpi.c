@@ -231,6 +231,19 @@ static int poll_recv(half *h, int *busy)
     return 1;
 }
 
+/* A report written for the other processes (*state 1: the bytes at buf,
+ * of `tag` on the control communicator) leaves for every one of them,
+ * once. 1 if it left now. */
+static int tell_all(tm_mpi_world *m, atomic_int *state, void *buf, int bytes, int tag,
+                    MPI_Request *reqs)
+{
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(state, &expected, 2)) return 0;
+    for (int p = 0; p < P.size; p++)
+        if (p != P.rank) MPI_Isend(buf, bytes, MPI_BYTE, p, tag, m->ctl, &reqs[p]);
+    return 1;
+}
+
 /* One sweep over a world's links, and (control) over the failures and
  * stop words between processes, which devices leave to the progress
  * thread: they are rare, and a device's sweep is on its message's path. */
@@ -249,14 +262,7 @@ static int poll_world(tm_mpi_world *m, int *busy, int control)
         MPI_Irecv(&m->ctl_in, sizeof m->ctl_in, MPI_BYTE, MPI_ANY_SOURCE, 0, m->ctl, &m->ctl_req);
         moved = 1;
     }
-    int expected = 1;
-    if (atomic_compare_exchange_strong(&m->abort_state, &expected, 2)) {
-        for (int p = 0; p < P.size; p++)
-            if (p != P.rank)
-                MPI_Isend(&m->abort_out, sizeof m->abort_out, MPI_BYTE, p, 0, m->ctl,
-                          &m->abort_reqs[p]);
-        moved = 1;
-    }
+    moved |= tell_all(m, &m->abort_state, &m->abort_out, sizeof m->abort_out, 0, m->abort_reqs);
     /* The stop agreement: another's word (which may make us tell ours,
      * sent just below), then ours. */
     MPI_Test(&m->stop_req, &done, MPI_STATUS_IGNORE);
@@ -267,14 +273,7 @@ static int poll_world(tm_mpi_world *m, int *busy, int control)
                   &m->stop_req);
         moved = 1;
     }
-    expected = 1;
-    if (atomic_compare_exchange_strong(&m->stop_state, &expected, 2)) {
-        for (int p = 0; p < P.size; p++)
-            if (p != P.rank)
-                MPI_Isend(&m->stop_out, sizeof m->stop_out, MPI_BYTE, p, 1, m->ctl,
-                          &m->stop_reqs[p]);
-        moved = 1;
-    }
+    moved |= tell_all(m, &m->stop_state, &m->stop_out, sizeof m->stop_out, 1, m->stop_reqs);
     return moved;
 }
 

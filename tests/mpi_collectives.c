@@ -32,7 +32,8 @@ static float value(int seed, int rank, size_t i)
     return (float)((int)((seed * 31u + rank * 7u + i * 3u) % 17u) - 8);
 }
 
-static tm_world *make_world(void)
+/* The suite's world; `stop` (may be NULL): its runs' stop agreement. */
+static tm_world *make_world_stopping(tm_stop *stop)
 {
     cr_assert_eq(tm_process_init(), TM_OK, "%s", tm_error_message());
     tm_world_config cfg;
@@ -41,11 +42,14 @@ static tm_world *make_world(void)
     cfg.mem_cap = 1 << 20;
     cfg.ring_bytes = RING;
     cfg.watchdog_s = 5;
+    cfg.stop = stop;
     tm_world *w = NULL;
     int st = tm_world_create(&w, &cfg);
     cr_assert_eq(st, TM_OK, "world_create: %s", tm_error_message());
     return w;
 }
+
+static tm_world *make_world(void) { return make_world_stopping(NULL); }
 
 typedef struct {
     int size, strided;       /* the group */
@@ -346,19 +350,10 @@ static int stop_fn(tm_device *dev, void *arg)
 
 Test(mpi_collectives, a_stop_asked_in_one_process_stops_all_after_the_same_step, .timeout = 60)
 {
-    cr_assert_eq(tm_process_init(), TM_OK, "%s", tm_error_message());
     static stop_job j;
     memset(&j, 0, sizeof j);
     cr_assert_eq(tm_stop_create(&j.stop, 0, &j.request), TM_OK);
-    tm_world_config cfg;
-    tm_world_config_default(&cfg);
-    cfg.n_devices = DEVICES;
-    cfg.mem_cap = 1 << 20;
-    cfg.ring_bytes = RING;
-    cfg.watchdog_s = 5;
-    cfg.stop = j.stop;
-    tm_world *w = NULL;
-    cr_assert_eq(tm_world_create(&w, &cfg), TM_OK, "%s", tm_error_message());
+    tm_world *w = make_world_stopping(j.stop);
     int st = tm_world_run(w, stop_fn, &j);
     cr_expect_eq(st, TM_OK, "status %d: %s", st, tm_world_error(w));
     cr_expect_eq(tm_world_share(w, j.last, sizeof j.last[0]), TM_OK);
