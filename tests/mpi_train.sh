@@ -78,7 +78,7 @@ if [ "$rc" -ne 0 ] && [ "$took" -le 10 ] && [ "$n" -eq 1 ]; then ok; else
 # exit status to $tmp/rc.RANK; TM_TEST_JOB marks the job's processes.
 start_job() {
     out=$1; shift
-    rm -f "$tmp"/rc.*
+    rm -f "$tmp"/rc.* "$out"
     $mpirun -np 2 -x TM_TEST_JOB=$$ sh -c \
         '"$0" "$@"; rc=$?; echo $rc >"$TM_RC.$OMPI_COMM_WORLD_RANK"; exit $rc' \
         "$bin" "$@" >"$out" 2>&1 &
@@ -105,7 +105,9 @@ wait_for_output() {
     while ! grep -q "$1" "$out" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 }
 # Waits for the job; then took (seconds since start or since $1) and the
-# processes' exit statuses in rcs ("-" for one that wrote none).
+# processes' exit statuses in rcs ("-" for one that wrote none: once one
+# process has exited non-zero, mpirun kills the others, and a process
+# still finishing then dies with its shell).
 finish_job() {
     wait "$job"
     rc=$?
@@ -116,8 +118,9 @@ export TM_RC="$tmp/rc"
 long="--dataset synthetic --samples 1024 --model 64,32,16,8 --batch 64 --epochs 100000 --dp 2"
 
 # A signal to one process: both stop after the same step, the checkpoint
-# is written, and every process ends as that signal says within 10 s, with
-# one message from the reporting one (process 0) naming where it came.
+# is written, and within 10 s the reporting process (0) ends as that signal
+# says, with one message naming where it came, and so does the other (or
+# mpirun ends it once the first has).
 # $1: signal, $2: its name, $3: process, $4: exit status.
 signal_stops_both() {
     start_job "$tmp/sig.out" $long --save "$tmp/sig.st"
@@ -127,7 +130,8 @@ signal_stops_both() {
     finish_job "$t0"
     n=$(grep -c "^interrupted at step [0-9]* ($2 in process $3); checkpoint written to" \
         "$tmp/sig.out")
-    if [ "$rcs" = " $4 $4" ] && [ "$took" -le 10 ] && [ "$n" -eq 1 ] && [ -s "$tmp/sig.st" ]
+    if { [ "$rcs" = " $4 $4" ] || [ "$rcs" = " $4 -" ]; } && [ "$took" -le 10 ] && [ "$n" -eq 1 ] &&
+        [ -s "$tmp/sig.st" ]
     then ok; else bad "$2 to process $3: exit $rc ($rcs) after ${took}s, $n messages: $(tail -5 "$tmp/sig.out")"; fi
     rm -f "$tmp/sig.st"
 }
@@ -151,7 +155,7 @@ start_job "$tmp/nan.out" $mlp --model 32,64,64,8 --pp 2 --micro-batches 2 --lr-s
     --lr 1e30 --steps 50
 finish_job
 n=$(grep -c "^train: training diverged at step [0-9]*: " "$tmp/nan.out")
-if [ "$rcs" = " 1 1" ] && [ "$took" -le 10 ] && [ "$n" -eq 1 ]
+if { [ "$rcs" = " 1 1" ] || [ "$rcs" = " - 1" ]; } && [ "$took" -le 10 ] && [ "$n" -eq 1 ]
 then ok; else bad "divergence: exit $rc ($rcs) after ${took}s, $n messages: $(tail -5 "$tmp/nan.out")"; fi
 
 # 3 devices over 2 processes: bad usage, named, exit 2 from every process.
