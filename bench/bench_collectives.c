@@ -1,5 +1,5 @@
-/* bench_collectives: tinymesh all-reduce and all-gather timed nccl-tests
- * style, next to the machine's single-thread memcpy bandwidth measured in the
+/* bench_collectives: tinymesh all-reduce, all-gather and reduce-scatter
+ * timed nccl-tests style, next to the machine's single-thread memcpy bandwidth measured in the
  * same run. bench/peers/mpi_collectives.c prints the same rows for Open MPI;
  * bench/peers/compare_collectives.sh runs the two side by side. */
 #include <getopt.h>
@@ -20,22 +20,24 @@ static const char usage[] =
     "usage: bench_collectives [--devices LIST] [--sizes LIST] [--iters N]\n"
     "         [--ops LIST] [--algo auto|ring|direct] [--pin auto|on|off]\n"
     "         [--ring-bytes SIZE] [--csv] [--help]\n"
-    "Times float32 sum all-reduce and all-gather (out of place) on worlds of\n"
-    "each device count, nccl-tests style: bytes is the all-reduce vector or the\n"
-    "gathered all-gather result; time_us is the median over iterations of the\n"
-    "slowest device's time (each iteration: barrier, then every device times\n"
-    "its own call); busbw = algbw * 2(n-1)/n (all-reduce), (n-1)/n (all-gather).\n"
+    "Times float32 sum all-reduce, all-gather and reduce-scatter (out of place)\n"
+    "on worlds of each device count, nccl-tests style: bytes is the all-reduce\n"
+    "vector, the gathered all-gather result or the reduce-scatter input;\n"
+    "time_us is the median over iterations of the slowest device's time (each\n"
+    "iteration: barrier, then every device times its own call); busbw = algbw\n"
+    "* 2(n-1)/n (all-reduce), (n-1)/n (all-gather, reduce-scatter).\n"
     "Every device checks its own output exactly; wrong counts bad elements and\n"
     "the exit status is 1 if any is wrong. A memcpy row (one thread, 64 MiB)\n"
     "gives the machine's copy bandwidth in the same run.\n"
     "  --devices LIST  device counts, e.g. 2,4,8 (default), 1..1024\n"
     "  --sizes LIST    message sizes in binary units (default 4K,64K,1M,16M,64M);\n"
-    "                  all-gather sizes round down to a multiple of 4 * devices\n"
+    "                  all-gather and reduce-scatter sizes round down to a\n"
+    "                  multiple of 4 * devices\n"
     "  --iters N       timed iterations (default 20): 5N for sizes <= 64 KiB,\n"
     "                  N up to 16 MiB, N*16MiB/size (at least 3) above;\n"
     "                  at least N/5 + 2 warm-up iterations and 20 ms are run\n"
     "                  first and not counted\n"
-    "  --ops LIST      allreduce,allgather (default both)\n"
+    "  --ops LIST      allreduce,allgather,reducescatter (default all three)\n"
     "  --algo A        all-reduce algorithm (default: TM_ALLREDUCE or auto)\n"
     "  --pin P         pin device threads to cores (default auto)\n"
     "  --ring-bytes S  ring capacity per link (default: chosen by the world)\n"
@@ -43,14 +45,14 @@ static const char usage[] =
     "  --rounds R      run every device count's rows R times (default 1) and\n"
     "                  print each row's median over the rounds\n"
     "  --mpi           under mpirun: after each round, the same rows with Open\n"
-    "                  MPI's MPI_Allreduce and MPI_Allgather on the job's\n"
-    "                  processes (rows mpi_allreduce, mpi_allgather), timed the\n"
-    "                  same way, so the two alternate in one job\n"
+    "                  MPI's MPI_Allreduce, MPI_Allgather and MPI_Reduce_scatter\n"
+    "                  on the job's processes (rows mpi_allreduce, ...), timed\n"
+    "                  the same way, so the two alternate in one job\n"
     "Under mpirun -np P the devices split over the P processes (each count\n"
     "must divide by P); process 0 prints.\n";
 
-enum { OP_ALLREDUCE, OP_ALLGATHER, N_OPS, MAX_LIST = 32, MAX_ITERS = 10000 };
-static const char *const op_names[N_OPS] = {"allreduce", "allgather"};
+enum { OP_ALLREDUCE, OP_ALLGATHER, OP_REDUCESCATTER, N_OPS, MAX_LIST = 32, MAX_ITERS = 10000 };
+static const char *const op_names[N_OPS] = {"allreduce", "allgather", "reducescatter"};
 
 typedef struct {
     int devices[MAX_LIST], n_devices;
@@ -67,8 +69,10 @@ typedef struct {
  * after the run. Device data never passes through it. */
 typedef struct {
     int op;
-    size_t bytes;   /* as reported: the vector, or the gathered result */
-    size_t count;   /* floats each device sends */
+    size_t bytes;   /* as reported: the all-reduce vector, the gathered
+                       result, or the reduce-scatter input */
+    size_t count;   /* floats each device sends (all-reduce, all-gather) or
+                       receives (reduce-scatter) */
     uint32_t seed;
     int warmup, iters;
     double *times;  /* (iters, n): seconds, per iteration and device */
@@ -121,8 +125,10 @@ static float input(uint32_t seed, int r, size_t i)
     return (float)(term_a(seed, i) * term_c(seed, r) + term_b(seed, r));
 }
 
-/* Wrong elements of an all-reduce sum over n ranks. */
-static long check_allreduce(const float *out /* (count) */, size_t count, uint32_t seed, int n)
+/* Wrong elements of an all-reduce sum over n ranks, whose elements from
+ * `first` on are out[0..count). */
+static long check_sum(const float *out /* (count) */, size_t first, size_t count, uint32_t seed,
+                      int n)
 {
     int sum_b = 0, sum_c = 0;
     for (int r = 0; r < n; r++) {
@@ -131,7 +137,7 @@ static long check_allreduce(const float *out /* (count) */, size_t count, uint32
     }
     long wrong = 0;
     for (size_t i = 0; i < count; i++)
-        wrong += out[i] != (float)(term_a(seed, i) * sum_c + sum_b);
+        wrong += out[i] != (float)(term_a(seed, first + i) * sum_c + sum_b);
     return wrong;
 }
 
@@ -149,6 +155,7 @@ static long check_allgather(const float *out /* (n, count) */, size_t count, uin
 static int call(tm_comm *comm, const row *w, const float *send, float *recv)
 {
     if (w->op == OP_ALLREDUCE) return tm_allreduce(comm, send, recv, w->count, TM_SUM);
+    if (w->op == OP_REDUCESCATTER) return tm_reduce_scatter(comm, send, recv, w->count, TM_SUM);
     return tm_allgather(comm, send, recv, w->count);
 }
 
@@ -172,14 +179,24 @@ static int warm_up(tm_comm *comm, const row *w, const float *send, float *recv, 
     }
 }
 
-/* send: (count); recv: (count) or (n, count); flag: (2). */
+/* Floats a device sends and receives in a row's collective. */
+static size_t in_count(const row *w, int n)
+{
+    return w->op == OP_REDUCESCATTER ? w->count * (size_t)n : w->count;
+}
+static size_t out_count(const row *w, int n)
+{
+    return w->op == OP_ALLGATHER ? w->count * (size_t)n : w->count;
+}
+
+/* send: (count) or (n, count); recv: (count) or (n, count); flag: (2). */
 static int run_row(tm_comm *comm, row *w, float *send, float *recv, float *flag)
 {
     int n = tm_comm_size(comm), r = tm_comm_rank(comm);
-    size_t out_count = w->op == OP_ALLREDUCE ? w->count : w->count * (size_t)n;
-    for (size_t i = 0; i < w->count; i++) send[i] = input(w->seed, r, i);
+    size_t in = in_count(w, n), out = out_count(w, n);
+    for (size_t i = 0; i < in; i++) send[i] = input(w->seed, r, i);
     /* A poisoned output proves that the collective wrote every element. */
-    for (size_t i = 0; i < out_count; i++) recv[i] = NAN;
+    for (size_t i = 0; i < out; i++) recv[i] = NAN;
     TM_CHECK(warm_up(comm, w, send, recv, flag));
     for (int it = 0; it < w->iters; it++) {
         TM_CHECK(tm_barrier(comm));
@@ -187,10 +204,12 @@ static int run_row(tm_comm *comm, row *w, float *send, float *recv, float *flag)
         TM_CHECK(call(comm, w, send, recv));
         w->times[(size_t)it * (size_t)n + (size_t)r] = now() - t0;
     }
-    long wrong = w->op == OP_ALLREDUCE ? check_allreduce(recv, w->count, w->seed, n)
-                                       : check_allgather(recv, w->count, w->seed, n);
+    /* Reduce-scatter: rank r holds block r of the sum. */
+    long wrong = w->op == OP_ALLGATHER ? check_allgather(recv, w->count, w->seed, n)
+                 : check_sum(recv, w->op == OP_REDUCESCATTER ? (size_t)r * w->count : 0,
+                             w->count, w->seed, n);
     /* Out of place: the input must come back untouched. */
-    for (size_t i = 0; i < w->count; i++) wrong += send[i] != input(w->seed, r, i);
+    for (size_t i = 0; i < in; i++) wrong += send[i] != input(w->seed, r, i);
     w->wrong[r] = wrong;
     return TM_OK;
 }
@@ -226,7 +245,7 @@ static void print_row(const options *o, const char *op, int n, size_t bytes, dou
 {
     double algbw = (double)bytes / t_s * 1e-9;
     const char *fmt = o->csv ? "%s,%d,%zu,%.2f,%.3f,%.3f,%ld\n"
-                             : "%10s %7d %12zu %11.2f %11.3f %11.3f %6ld\n";
+                             : "%17s %7d %12zu %11.2f %11.3f %11.3f %6ld\n";
     printf(fmt, op, n, bytes, t_s * 1e6, algbw, algbw * factor, wrong);
     fflush(stdout);
 }
@@ -270,18 +289,18 @@ static void plan_rows(const options *o, int n, plan *p, row *rows)
             /* nccl-tests rounds the count down to what divides evenly. */
             w->count = w->op == OP_ALLREDUCE ? floats : floats / (size_t)n;
             if (w->count == 0) w->count = 1;
-            size_t out = w->op == OP_ALLREDUCE ? w->count : w->count * (size_t)n;
-            w->bytes = out * sizeof(float);
+            size_t in = in_count(w, n) * sizeof(float), out = out_count(w, n) * sizeof(float);
+            w->bytes = in > out ? in : out;
             w->iters = iters_for(o->iters, w->bytes);
             w->warmup = w->iters / 5 + 2;
-            if (w->count * sizeof(float) > p->send_bytes) p->send_bytes = w->count * sizeof(float);
-            if (w->bytes > p->recv_bytes) p->recv_bytes = w->bytes;
+            if (in > p->send_bytes) p->send_bytes = in;
+            if (out > p->recv_bytes) p->recv_bytes = out;
         }
 }
 
 /* Runs every row on a world of n devices and prints them; returns the number
  * of wrong elements, or -1 on failure (message printed). */
-static long bench_devices(const options *o, int n, int round, double *medians)
+static long bench_devices(const options *o, int n, int round, double *medians, long *bad)
 {
     row rows[N_OPS * MAX_LIST];
     plan p;
@@ -358,6 +377,7 @@ static long bench_devices(const options *o, int n, int round, double *medians)
             w->times[it] = worst;
         }
         medians[i] = median(w->times, w->iters);
+        bad[i] += wrong;
         wrong_total += wrong;
     }
 out:
@@ -377,10 +397,15 @@ static int mpi_rows(const plan *p, double *medians)
     int procs = tm_process_count(), rank = tm_process_rank();
     tm_process_mpi_begin();
     int st = 0;
+    int *counts = malloc(sizeof *counts * (size_t)procs);
+    if (counts == NULL) st = 1;
     for (int i = 0; i < p->n_rows && st == 0; i++) {
         const row *w = &p->rows[i];
-        size_t out = w->bytes / sizeof(float);
-        size_t in = w->op == OP_ALLREDUCE ? out : out / (size_t)procs;
+        /* The same vector sizes as the row's, over the processes. */
+        row m = *w;
+        if (m.op != OP_ALLREDUCE) m.count = w->bytes / sizeof(float) / (size_t)procs;
+        size_t in = in_count(&m, procs), out = out_count(&m, procs);
+        for (int q = 0; q < procs; q++) counts[q] = (int)m.count;
         float *send = malloc(sizeof(float) * (in ? in : 1));
         float *recv = malloc(sizeof(float) * (out ? out : 1));
         double *t = malloc(sizeof(double) * (size_t)w->iters);
@@ -391,6 +416,8 @@ static int mpi_rows(const plan *p, double *medians)
             double t0 = now();
             if (w->op == OP_ALLREDUCE)
                 MPI_Allreduce(send, recv, (int)in, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            else if (w->op == OP_REDUCESCATTER)
+                MPI_Reduce_scatter(send, recv, counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
             else
                 MPI_Allgather(send, (int)in, MPI_FLOAT, recv, (int)in, MPI_FLOAT, MPI_COMM_WORLD);
             if (it >= 0) t[it] = now() - t0;
@@ -403,6 +430,7 @@ static int mpi_rows(const plan *p, double *medians)
         free(recv);
         free(t);
     }
+    free(counts);
     tm_process_mpi_end();
     if (st != 0) fprintf(stderr, "bench_collectives: out of host memory\n");
     return st;
@@ -495,7 +523,7 @@ static int parse_options(int argc, char **argv, options *o)
         case 'o':
             o->n_ops = 0;
             if (each_item(optarg, parse_op, o) != 0)
-                return bad("--ops", optarg, "allreduce, allgather or both");
+                return bad("--ops", optarg, "a list of allreduce, allgather, reducescatter");
             break;
         case 'a':
             if (tm_allreduce_algo_parse(optarg, &algo) != 0)
@@ -544,8 +572,8 @@ int main(int argc, char **argv)
                  .sizes = {(size_t)4 << 10, (size_t)64 << 10, (size_t)1 << 20, (size_t)16 << 20,
                            (size_t)64 << 20},
                  .n_sizes = 5,
-                 .ops = {OP_ALLREDUCE, OP_ALLGATHER},
-                 .n_ops = 2,
+                 .ops = {OP_ALLREDUCE, OP_ALLGATHER, OP_REDUCESCATTER},
+                 .n_ops = 3,
                  .iters = 20,
                  .rounds = 1,
                  .pin = TM_PIN_AUTO};
@@ -567,7 +595,7 @@ int main(int argc, char **argv)
         printf("# float32 sum, out of place; time = median over iterations of the slowest\n"
                "# device; GB/s = 1e9 bytes/s; all-reduce algorithm: %s\n",
                (const char *[]){"auto", "ring", "direct"}[tm_allreduce_get_algo()]);
-        printf("%10s %7s %12s %11s %11s %11s %6s\n", "op", "devices", "bytes", "time_us",
+        printf("%17s %7s %12s %11s %11s %11s %6s\n", "op", "devices", "bytes", "time_us",
                "algbw_GBps", "busbw_GBps", "wrong");
     }
     if (memcpy_row(&o) != 0) return 1;
@@ -580,14 +608,15 @@ int main(int argc, char **argv)
         double *ours = malloc(sizeof(double) * (size_t)o.rounds * (size_t)p.n_rows);
         double *theirs = malloc(sizeof(double) * (size_t)o.rounds * (size_t)p.n_rows);
         double *col = malloc(sizeof(double) * (size_t)o.rounds);
-        if (ours == NULL || theirs == NULL || col == NULL) {
+        long *bad = calloc((size_t)p.n_rows, sizeof *bad);
+        if (ours == NULL || theirs == NULL || col == NULL || bad == NULL) {
             fprintf(stderr, "bench_collectives: out of host memory\n");
             return 1;
         }
         /* Rounds alternate ours and Open MPI's, so that both see the same
          * machine (other processes' load drifts over seconds). */
         for (int r = 0; r < o.rounds; r++) {
-            long w = bench_devices(&o, n, r, ours + (size_t)r * (size_t)p.n_rows);
+            long w = bench_devices(&o, n, r, ours + (size_t)r * (size_t)p.n_rows, bad);
             if (w < 0) return 1;
             wrong += w;
             if (o.mpi && mpi_rows(&p, theirs + (size_t)r * (size_t)p.n_rows) != 0) return 1;
@@ -595,7 +624,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < p.n_rows; i++) {
             double f = (double)(n - 1) / n * (rows[i].op == OP_ALLREDUCE ? 2.0 : 1.0);
             for (int r = 0; r < o.rounds; r++) col[r] = ours[(size_t)r * (size_t)p.n_rows + i];
-            print_row(&o, op_names[rows[i].op], n, rows[i].bytes, median(col, o.rounds), f, 0);
+            print_row(&o, op_names[rows[i].op], n, rows[i].bytes, median(col, o.rounds), f, bad[i]);
         }
         int procs = tm_process_count();
         for (int i = 0; o.mpi && i < p.n_rows; i++) {
@@ -608,6 +637,7 @@ int main(int argc, char **argv)
         free(ours);
         free(theirs);
         free(col);
+        free(bad);
     }
     return wrong != 0;
 }

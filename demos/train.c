@@ -972,7 +972,14 @@ int main(int argc, char **argv)
         release(&td, &train, &test, &net);
         return usage ? 2 : 1;
     }
+    /* Across processes the signal may have reached another process: all
+     * stopped after the same step, and all end as it does. */
     int sig = atomic_load(&stop_signal);
+    if (res.stopped && res.stop_request != 0) sig = res.stop_request;
+    char where[64] = "";
+    if (sig != 0 && tm_process_count() > 1)
+        snprintf(where, sizeof where, " (%s in process %d)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 res.stop_process);
     if (mf != NULL) {
         write_summary(mf, &res, sig != 0, &rep);
         if (tm_outfile_commit(metrics) != TM_OK) {
@@ -999,11 +1006,11 @@ int main(int argc, char **argv)
     }
     if (sig != 0) {
         if (cfg.save_path != NULL)
-            fprintf(stderr, "interrupted at step %ld; checkpoint written to %s\n", rep.step,
-                    cfg.save_path);
+            fprintf(stderr, "interrupted at step %ld%s; checkpoint written to %s\n", rep.step,
+                    where, cfg.save_path);
         else
-            fprintf(stderr, "interrupted at step %ld; no checkpoint written (no --save)\n",
-                    rep.step);
+            fprintf(stderr, "interrupted at step %ld%s; no checkpoint written (no --save)\n",
+                    rep.step, where);
         tm_train_result_free(&res);
         release(&td, &train, &test, &net);
         return 128 + sig;

@@ -68,6 +68,8 @@ struct tm_link {
     int n_lat;                    /* samples in lat */
     int stream;                   /* tm__link_stream's answer */
     double vfree;                 /* modeled time the link is free again */
+    uint64_t msg_end;             /* proxy: stream position where the message
+                                     being written ends (padding included) */
 
     /* Read-only after creation. */
     _Alignas(CACHE_LINE) ctrl *c; /* the shared control block */
@@ -77,7 +79,7 @@ struct tm_link {
     int src, dst;
     int futex_shared;             /* the ends are in two processes */
     int owns_memory;              /* ring and c were allocated here */
-    tm_doorbell *bell;            /* rung by the device's side, or NULL */
+    const tm_link_proxy *proxy;   /* the far end's engine, or NULL */
 };
 
 static long futex(atomic_uint *word, int op, unsigned val, const struct timespec *t)
@@ -233,7 +235,7 @@ int tm__link_attach(tm_link **out, void *mem, size_t capacity, int src, int dst)
     return TM_OK;
 }
 
-void tm__link_set_doorbell(tm_link *l, tm_doorbell *bell) { l->bell = bell; }
+void tm__link_set_proxy(tm_link *l, const tm_link_proxy *proxy) { l->proxy = proxy; }
 
 void tm__link_destroy(tm_link *link)
 {
@@ -273,6 +275,9 @@ static int sleep_until(tm_link *l, tm_waiter *w, atomic_uint *sleeping,
         } else {
             atomic_store_explicit(&w->blocked_for_space, for_space, memory_order_relaxed);
             atomic_store_explicit(&w->blocked_on, l, memory_order_release);
+            /* After the flag: the engine's thread sees us asleep, and keeps
+             * moving bytes until we wake. */
+            if (l->proxy != NULL) tm__doorbell_ring(l->proxy->bell);
             struct timespec t = {1, 0};
             futex(event, wait_op(l), ev, &t);
             atomic_store_explicit(&w->blocked_on, NULL, memory_order_release);
@@ -373,19 +378,22 @@ static int data_ready(tm_link *l, uint64_t need)
     return contiguous_data(l, l->cons_tail_cache) >= need;
 }
 
-/* Spin, then yield, then sleep, until ready(l, need) or abort. */
+/* Spin, then yield, then sleep, until ready(l, need) or abort. On a link
+ * with an engine at the far end, every turn first gives the engine a
+ * chance to move the bytes we wait for, and a sleep leaves that to its
+ * thread (sleep_until rings it). */
 static int wait_for(tm_link *l, tm_waiter *w, int for_space,
                     int (*ready)(tm_link *, uint64_t), uint64_t need)
 {
-    /* A link that a progress thread serves: it moves the bytes we wait
-     * for, so it must know someone waits. */
-    if (l->bell != NULL) tm__doorbell_ring(l->bell);
+    const tm_link_proxy *x = l->proxy;
     for (int i = 0; i < w->spin; i++) {
         cpu_relax();
+        if (x != NULL) x->kick(x->ctx, 1);
         if (ready(l, need)) return TM_OK;
     }
     for (int i = 0; i < w->yields; i++) {
         sched_yield();
+        if (x != NULL) x->kick(x->ctx, 1);
         if (ready(l, need)) return TM_OK;
     }
     for (;;) {
@@ -412,7 +420,7 @@ int tm__link_write_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
     return TM_OK;
 }
 
-void tm__link_write_commit(tm_link *l, size_t n)
+void tm__link_engine_commit(tm_link *l, size_t n)
 {
     uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
     /* Release: the bytes written into the ring happen-before the consumer's
@@ -420,7 +428,26 @@ void tm__link_write_commit(tm_link *l, size_t n)
      * stores has fenced those (sfence) before calling this. */
     atomic_store_explicit(&l->c->tail, tail + n, memory_order_release);
     notify(l, &l->c->cons_sleeping, &l->c->cons_event);
-    if (l->bell != NULL) tm__doorbell_ring(l->bell);
+}
+
+/* The engine sends what is published in messages of its own, and receives
+ * into the ring in quarter-ring blocks (runtime/mpi.c): a device calls it
+ * when a message is whole (header, payload and padding in one of the
+ * engine's messages) or a quarter of the ring is behind it, and when its
+ * reading frees a quarter block. Whatever it waits for, it calls it anyway
+ * (wait_for). */
+static int crosses_quarter(const tm_link *l, uint64_t before, uint64_t n)
+{
+    uint64_t quarter = l->capacity / 4;
+    return before / quarter != (before + n) / quarter;
+}
+
+void tm__link_write_commit(tm_link *l, size_t n)
+{
+    tm__link_engine_commit(l, n);
+    if (l->proxy == NULL) return;
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
+    if (tail >= l->msg_end || crosses_quarter(l, tail - n, n)) l->proxy->kick(l->proxy->ctx, 0);
 }
 
 int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
@@ -435,14 +462,26 @@ int tm__link_read_acquire(tm_link *l, tm_waiter *w, size_t min, size_t max,
     return TM_OK;
 }
 
-void tm__link_read_release(tm_link *l, size_t n)
+void tm__link_engine_release(tm_link *l, size_t n)
 {
     uint64_t head = atomic_load_explicit(&l->c->head, memory_order_relaxed);
     /* Release: our reads of the ring bytes are done before the producer may
      * overwrite them. */
     atomic_store_explicit(&l->c->head, head + n, memory_order_release);
     notify(l, &l->c->prod_sleeping, &l->c->prod_event);
-    if (l->bell != NULL) tm__doorbell_ring(l->bell);
+}
+
+void tm__link_read_release(tm_link *l, size_t n)
+{
+    tm__link_engine_release(l, n);
+    if (l->proxy == NULL) return;
+    uint64_t head = atomic_load_explicit(&l->c->head, memory_order_relaxed);
+    if (crosses_quarter(l, head - n, n)) l->proxy->kick(l->proxy->ctx, 0);
+}
+
+static size_t pad_of(uint64_t bytes)
+{
+    return (size_t)((TM_LINK_ALIGN - bytes % TM_LINK_ALIGN) % TM_LINK_ALIGN);
 }
 
 int tm__link_send_header(tm_link *l, tm_waiter *w, const tm_msg_header *hdr)
@@ -453,6 +492,8 @@ int tm__link_send_header(tm_link *l, tm_waiter *w, const tm_msg_header *hdr)
     memcpy(p, hdr, sizeof *hdr);
     l->messages++;
     l->bytes += hdr->bytes;
+    uint64_t tail = atomic_load_explicit(&l->c->tail, memory_order_relaxed);
+    l->msg_end = tail + sizeof *hdr + hdr->bytes + pad_of(hdr->bytes);
     tm__link_write_commit(l, sizeof *hdr);
     return TM_OK;
 }
@@ -467,10 +508,6 @@ int tm__link_recv_header(tm_link *l, tm_waiter *w, tm_msg_header *hdr)
     return TM_OK;
 }
 
-static size_t pad_of(uint64_t bytes)
-{
-    return (size_t)((TM_LINK_ALIGN - bytes % TM_LINK_ALIGN) % TM_LINK_ALIGN);
-}
 
 /* Padding never wraps: the message started aligned and the ring size is a
  * multiple of the alignment. It is skipped without touching the bytes. */

@@ -38,9 +38,9 @@ typedef struct {
 
 _Static_assert(sizeof(tm_msg_header) == TM_LINK_ALIGN, "header is one unit");
 
-/* A progress thread's wake-up word: rung by a device that has given it
- * work (bytes to send, space to receive into, a wait on bytes it brings),
- * slept on by the thread. Thread-safety: any thread rings, one waits. */
+/* A progress thread's wake-up word: rung by a device that leaves it work
+ * (bytes still to send, a sleep on bytes it brings), slept on by the
+ * thread. Thread-safety: any thread rings, one waits. */
 typedef struct {
     atomic_uint word;
     atomic_uint sleeping;
@@ -63,9 +63,20 @@ int tm__link_create(tm_link **out, size_t capacity, int src, int dst);
  * handle: one produces, the other consumes. Its futexes are shared ones.
  * The memory stays the caller's. */
 int tm__link_attach(tm_link **out, void *mem, size_t capacity, int src, int dst);
-/* Rings `bell` whenever this handle publishes, releases or starts to wait:
- * the other end is a progress thread (runtime/proxy.c). */
-void tm__link_set_doorbell(tm_link *link, tm_doorbell *bell);
+/* The engine at the far end of a link whose other end is not a device of
+ * this process (runtime/mpi.c): the device's own thread moves bytes when it
+ * can, so that a message needs no hand-off to another thread. `kick` is
+ * called after the device publishes or releases bytes (waiting 0), and at
+ * every turn of a wait's spin and yield phases (waiting 1: it will be
+ * called again, or the device sleeps); it never blocks. `bell` is rung
+ * when the device goes to sleep on the link: the engine's thread then
+ * moves the bytes. */
+typedef struct {
+    void (*kick)(void *ctx, int waiting);
+    void *ctx;
+    tm_doorbell *bell;
+} tm_link_proxy;
+void tm__link_set_proxy(tm_link *link, const tm_link_proxy *proxy);
 void tm__link_destroy(tm_link *link);
 /* Empties the ring; only while no thread uses the link (after an abort). */
 void tm__link_reset(tm_link *link);
@@ -95,10 +106,14 @@ int tm__link_recv_header(tm_link *link, tm_waiter *w, tm_msg_header *hdr);
 int tm__link_send_pad(tm_link *link, tm_waiter *w, uint64_t bytes);
 int tm__link_recv_pad(tm_link *link, tm_waiter *w, uint64_t bytes);
 
-/* Progress thread, draining a link as its consumer: the contiguous bytes
+/* The engine, draining a link as its consumer: the contiguous bytes
  * published from stream position pos (head <= pos <= tail) on, up to the
  * ring's wrap, left unconsumed (in flight) until it releases them. */
 size_t tm__link_peek(tm_link *link, uint64_t pos, const uint8_t **ptr);
+/* The engine's commit and release: as tm__link_write_commit and
+ * tm__link_read_release, without calling the proxy back. */
+void tm__link_engine_commit(tm_link *link, size_t n);
+void tm__link_engine_release(tm_link *link, size_t n);
 /* The consumer sleeps waiting for data. */
 int tm__link_consumer_waiting(const tm_link *link);
 /* Bytes published so far: the producer's stream position. */

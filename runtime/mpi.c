@@ -1,21 +1,27 @@
 /* The job's processes under mpirun, and the two transports between them
  * (runtime/transport.h): rings in MPI-3 shared-memory windows for processes
- * of one host, and point-to-point links carried by a progress thread.
+ * of one host, and point-to-point links moved by MPI sends and receives.
  *
  * Thread level: the runtime asks for MPI_THREAD_SERIALIZED and makes every
- * MPI call under one mutex. Device threads never call MPI: they only see
- * rings. Per process one progress thread (NCCL's proxy) owns the data path:
- * it sends what devices publish on the sending half of a point-to-point
- * link and receives into the receiving half, and carries failures between
- * processes. The host thread makes the few collective calls (a world's
- * creation, the end of a run) under the same mutex. Why not
- * MPI_THREAD_MULTIPLE, with each device thread calling MPI: a device
- * waiting for bytes from another host would have to poll MPI instead of
- * sleeping on its ring's futex, so 8 devices on 2 cores would spin 8
- * pollers; here one thread polls, and only while a transfer is under way
- * or a device waits on it (README, "Several processes", has the figures).
+ * MPI call under one mutex (mpi_lock). Who makes them: a device makes its
+ * own, on its thread, whenever it publishes bytes on a point-to-point link,
+ * frees space on one, or waits awake for one (tm_link_proxy's kick): if
+ * the mutex is free it moves what every point-to-point link of its world
+ * can move, so a message leaves and arrives with no hand-off to another
+ * thread. Per process one progress thread (NCCL's proxy) takes what the
+ * devices leave: sends still in flight, links whose device sleeps, and
+ * the failures and stop words between processes. The host thread makes
+ * the few collective calls (a world's creation, the end of a run) under
+ * the same mutex. Not MPI_THREAD_MULTIPLE with every device calling MPI at
+ * will: the devices only ever poll, and one poller at a time (trylock)
+ * moves everyone's bytes, while MPI_THREAD_MULTIPLE would add MPI's own
+ * locks to every call; nor a progress thread that owns every call: its
+ * two hand-offs per message (device to thread, thread to device) cost
+ * more than the message (README, "Several processes", has the figures).
  *
- * Lock ordering: worlds_lock, then mpi_lock. */
+ * Lock ordering: worlds_lock, then mpi_lock, then the lock of a run's stop
+ * agreement (runtime/stop.c: another process's word is handed to it under
+ * mpi_lock; its words out are queued without a lock). */
 #include "runtime/process.h"
 
 #include <mpi.h>
@@ -37,6 +43,15 @@
 /* Sends in flight per point-to-point link: enough that a ring's worth of
  * chunks streams without waiting for each to complete. */
 #define MAX_INFLIGHT 4
+/* Published bytes up to SPLIT_BELOW go in MPI messages of at most
+ * EAGER_BYTES, larger spans whole. Open MPI's shared-memory transport
+ * (ob1 over vader here) sends a message of up to 4 KiB, its own header
+ * included, at once, and a larger one by rendezvous: a 4 KiB all-reduce
+ * (a 4128-byte message with our header) took 9.6 us whole against 5.1 us
+ * as 4000 + 128 bytes, 64 KiB 34 against 27 us; from 1 MiB on the single
+ * copy of a rendezvous wins (16 MiB: 9.4 against 13.2 ms). */
+#define EAGER_BYTES ((size_t)4000)
+#define SPLIT_BELOW ((size_t)64 << 10)
 /* Polls without progress, each followed by sched_yield, before the
  * progress thread sleeps between polls. */
 #define HOT_POLLS 4000
@@ -84,13 +99,19 @@ struct tm_mpi_world {
     int have_win;
     uint8_t **seg;             /* [process] its window segment, NULL when
                                   not on this host */
-    _Atomic(half *) halves;    /* pushed by device threads, read by the
-                                  progress thread */
+    _Atomic(half *) halves;    /* pushed by device threads, read under
+                                  mpi_lock */
+    tm_link_proxy proxy;       /* what the halves' device ends call */
     failure_msg ctl_in;
     MPI_Request ctl_req;
     failure_msg abort_out;
     atomic_int abort_state;    /* 0 none, 1 written, 2 sending */
     MPI_Request *abort_reqs;   /* (processes) */
+    tm_stop_word stop_in;      /* the stop agreement's words (tag 1) */
+    MPI_Request stop_req;
+    tm_stop_word stop_out;
+    atomic_int stop_state;     /* 0 none, 1 written, 2 sending */
+    MPI_Request *stop_reqs;    /* (processes) */
     struct tm_mpi_world *next;
 };
 
@@ -160,7 +181,7 @@ static int poll_send(half *h, int *busy)
         MPI_Test(&h->req[h->first], &done, MPI_STATUS_IGNORE);
         if (!done) break;
         /* The bytes are MPI's no more: the device may overwrite them. */
-        tm__link_read_release(h->ring, h->len[h->first]);
+        tm__link_engine_release(h->ring, h->len[h->first]);
         h->first = (h->first + 1) % MAX_INFLIGHT;
         h->count--;
         moved = 1;
@@ -170,6 +191,7 @@ static int poll_send(half *h, int *busy)
         size_t n = tm__link_peek(h->ring, h->sent, &p);
         size_t edge = h->chunk - (size_t)(h->sent % h->chunk);
         if (n > edge) n = edge;
+        if (n > EAGER_BYTES && n < SPLIT_BELOW) n = EAGER_BYTES;
         if (n == 0) break;
         int slot = (h->first + h->count) % MAX_INFLIGHT;
         MPI_Isend(p, (int)n, MPI_BYTE, h->peer, h->tag, h->comm, &h->req[slot]);
@@ -194,7 +216,7 @@ static int poll_recv(half *h, int *busy)
             return 0;
         }
         MPI_Get_count(&st, MPI_BYTE, &count);
-        tm__link_write_commit(h->ring, (size_t)count);
+        tm__link_engine_commit(h->ring, (size_t)count);
         h->posted = 0;
         moved = 1;
     }
@@ -209,12 +231,29 @@ static int poll_recv(half *h, int *busy)
     return 1;
 }
 
-static int poll_world(tm_mpi_world *m, int *busy)
+/* A report written for the other processes (*state 1: the bytes at buf,
+ * of `tag` on the control communicator) leaves for every one of them,
+ * once. 1 if it left now. */
+static int tell_all(tm_mpi_world *m, atomic_int *state, void *buf, int bytes, int tag,
+                    MPI_Request *reqs)
+{
+    int expected = 1;
+    if (!atomic_compare_exchange_strong(state, &expected, 2)) return 0;
+    for (int p = 0; p < P.size; p++)
+        if (p != P.rank) MPI_Isend(buf, bytes, MPI_BYTE, p, tag, m->ctl, &reqs[p]);
+    return 1;
+}
+
+/* One sweep over a world's links, and (control) over the failures and
+ * stop words between processes, which devices leave to the progress
+ * thread: they are rare, and a device's sweep is on its message's path. */
+static int poll_world(tm_mpi_world *m, int *busy, int control)
 {
     int moved = 0;
     for (half *h = atomic_load_explicit(&m->halves, memory_order_acquire); h != NULL;
          h = h->next)
         moved |= h->send ? poll_send(h, busy) : poll_recv(h, busy);
+    if (!control) return moved;
     int done = 0;
     MPI_Test(&m->ctl_req, &done, MPI_STATUS_IGNORE);
     if (done) {
@@ -223,15 +262,37 @@ static int poll_world(tm_mpi_world *m, int *busy)
         MPI_Irecv(&m->ctl_in, sizeof m->ctl_in, MPI_BYTE, MPI_ANY_SOURCE, 0, m->ctl, &m->ctl_req);
         moved = 1;
     }
-    int expected = 1;
-    if (atomic_compare_exchange_strong(&m->abort_state, &expected, 2)) {
-        for (int p = 0; p < P.size; p++)
-            if (p != P.rank)
-                MPI_Isend(&m->abort_out, sizeof m->abort_out, MPI_BYTE, p, 0, m->ctl,
-                          &m->abort_reqs[p]);
+    moved |= tell_all(m, &m->abort_state, &m->abort_out, sizeof m->abort_out, 0, m->abort_reqs);
+    /* The stop agreement: another's word (which may make us tell ours,
+     * sent just below), then ours. */
+    MPI_Test(&m->stop_req, &done, MPI_STATUS_IGNORE);
+    if (done) {
+        m->stop_in.why[sizeof m->stop_in.why - 1] = '\0';
+        tm__world_stop_heard(m->w, &m->stop_in);
+        MPI_Irecv(&m->stop_in, sizeof m->stop_in, MPI_BYTE, MPI_ANY_SOURCE, 1, m->ctl,
+                  &m->stop_req);
         moved = 1;
     }
+    moved |= tell_all(m, &m->stop_state, &m->stop_out, sizeof m->stop_out, 1, m->stop_reqs);
     return moved;
+}
+
+/* A device's turn at the engine (tm_link_proxy.kick): moves what its
+ * world's point-to-point links can move now, on the device's thread, unless
+ * another thread is at it. A device that is not waiting leaves what stays
+ * in flight, or a sweep it could not make, to the progress thread (the
+ * bell); a waiting one comes back itself, and rings when it sleeps. */
+static void kick(void *ctx, int waiting)
+{
+    tm_mpi_world *m = ctx;
+    if (pthread_mutex_trylock(&P.mpi_lock) != 0) {
+        if (!waiting) tm__doorbell_ring(&P.bell);
+        return;
+    }
+    int busy = 0;
+    poll_world(m, &busy, 0);
+    pthread_mutex_unlock(&P.mpi_lock);
+    if (busy && !waiting) tm__doorbell_ring(&P.bell);
 }
 
 static void *progress_main(void *arg)
@@ -248,18 +309,26 @@ static void *progress_main(void *arg)
         last = seen;
         pthread_mutex_lock(&P.worlds_lock);
         pthread_mutex_lock(&P.mpi_lock);
-        for (tm_mpi_world *m = P.worlds; m != NULL; m = m->next) moved |= poll_world(m, &busy);
+        for (tm_mpi_world *m = P.worlds; m != NULL; m = m->next) moved |= poll_world(m, &busy, 1);
         pthread_mutex_unlock(&P.mpi_lock);
         pthread_mutex_unlock(&P.worlds_lock);
         if (moved) {
             idle = 0;
             continue;
         }
-        /* Hot for a while after the last progress or ring: a reply is
-         * usually microseconds away. Then sleep, briefly while a transfer
-         * is under way or a device waits, long when nothing does. */
-        if (++idle < HOT_POLLS) sched_yield();
-        else tm__doorbell_wait(&P.bell, seen, busy ? WAITING_SLEEP_NS : IDLE_SLEEP_NS);
+        /* Devices awake move their own bytes (kick): the thread has only
+         * what they leave it, sends in flight and links whose device
+         * sleeps. While there are such, it polls hot for a while (a reply
+         * is usually microseconds away), then sleeps briefly between polls;
+         * with none it sleeps until a device rings. */
+        if (!busy) {
+            idle = 0;
+            tm__doorbell_wait(&P.bell, seen, IDLE_SLEEP_NS);
+        } else if (++idle < HOT_POLLS) {
+            sched_yield();
+        } else {
+            tm__doorbell_wait(&P.bell, seen, WAITING_SLEEP_NS);
+        }
     }
     return NULL;
 }
@@ -425,7 +494,7 @@ static int mpi_connect(tm_world *w, int src, int dst, tm_link **out)
     h->tag = src * m->n + dst;
     h->comm = m->data;
     h->chunk = m->ring / 4;
-    tm__link_set_doorbell(h->ring, &P.bell);
+    tm__link_set_proxy(h->ring, &m->proxy);
     /* Release: the progress thread sees the half whole. */
     h->next = atomic_load_explicit(&m->halves, memory_order_relaxed);
     while (!atomic_compare_exchange_weak_explicit(&m->halves, &h->next, h, memory_order_release,
@@ -460,19 +529,22 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
     tm_mpi_world *m = calloc(1, sizeof *m);
     if (m == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the world's MPI state");
     m->w = w;
+    m->proxy = (tm_link_proxy){kick, m, &P.bell};
     m->n = n;
     m->per = n / P.size;
     m->ring = ring;
     m->slot = TM_LINK_CTRL_BYTES + ring;
     m->seg = calloc((size_t)P.size, sizeof *m->seg);
     m->abort_reqs = malloc(sizeof *m->abort_reqs * (size_t)P.size);
-    if (m->seg == NULL || m->abort_reqs == NULL) {
+    m->stop_reqs = malloc(sizeof *m->stop_reqs * (size_t)P.size);
+    if (m->seg == NULL || m->abort_reqs == NULL || m->stop_reqs == NULL) {
         free(m->seg);
         free(m->abort_reqs);
+        free(m->stop_reqs);
         free(m);
         return tm_error(TM_EHOSTMEM, "cannot allocate the world's MPI state");
     }
-    for (int p = 0; p < P.size; p++) m->abort_reqs[p] = MPI_REQUEST_NULL;
+    for (int p = 0; p < P.size; p++) m->abort_reqs[p] = m->stop_reqs[p] = MPI_REQUEST_NULL;
     pthread_mutex_lock(&P.mpi_lock);
     MPI_Comm_dup(MPI_COMM_WORLD, &m->data);
     MPI_Comm_dup(MPI_COMM_WORLD, &m->ctl);
@@ -524,6 +596,7 @@ int tm__mpi_world_create(tm_world *w, int n, size_t ring, tm_mpi_world **out)
         MPI_Comm_free(&node);
     }
     MPI_Irecv(&m->ctl_in, sizeof m->ctl_in, MPI_BYTE, MPI_ANY_SOURCE, 0, m->ctl, &m->ctl_req);
+    MPI_Irecv(&m->stop_in, sizeof m->stop_in, MPI_BYTE, MPI_ANY_SOURCE, 1, m->ctl, &m->stop_req);
     pthread_mutex_unlock(&P.mpi_lock);
     if (st != TM_OK) {
         tm__mpi_world_destroy(m);
@@ -572,7 +645,11 @@ void tm__mpi_world_destroy(tm_mpi_world *m)
         h = next;
     }
     drop(&m->ctl_req);
-    for (int p = 0; p < P.size; p++) drop(&m->abort_reqs[p]);
+    drop(&m->stop_req);
+    for (int p = 0; p < P.size; p++) {
+        drop(&m->abort_reqs[p]);
+        drop(&m->stop_reqs[p]);
+    }
     MPI_Barrier(m->host);
     if (m->have_win) MPI_Win_free(&m->win);
     MPI_Comm_free(&m->data);
@@ -581,6 +658,7 @@ void tm__mpi_world_destroy(tm_mpi_world *m)
     pthread_mutex_unlock(&P.mpi_lock);
     free(m->seg);
     free(m->abort_reqs);
+    free(m->stop_reqs);
     free(m);
 }
 
@@ -596,5 +674,13 @@ void tm__mpi_abort(tm_mpi_world *m, int who, int status, const char *message)
     /* Written before the state says so: the progress thread reads it
      * after its compare-exchange of the state. */
     atomic_store(&m->abort_state, 1);
+    tm__doorbell_ring(&P.bell);
+}
+
+void tm__mpi_stop_tell(tm_mpi_world *m, const tm_stop_word *word)
+{
+    m->stop_out = *word;
+    /* Written before the state says so, as tm__mpi_abort's report. */
+    atomic_store(&m->stop_state, 1);
     tm__doorbell_ring(&P.bell);
 }

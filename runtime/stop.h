@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct tm_stop tm_stop;
 
@@ -39,5 +40,35 @@ long tm_stop_failed(tm_stop *s, char *why, size_t n);
 
 /* The first step no device takes, or 0 while no stop has taken effect. */
 long tm_stop_step(tm_stop *s);
+
+/* The request's value that asked for the stop (a signal number), and the
+ * process in which it was asked (0 with one process); 0 and -1 when no
+ * request asked (a failure, or no stop). */
+int tm_stop_requested(tm_stop *s, int *process);
+
+/* Across processes (runtime/process.h): the devices of a run live in
+ * several processes, each with its own tm_stop, which agree on one stop
+ * step. A process that sees a stop asked (its request, a failure, or
+ * another process's word) freezes its frontier — the largest step its
+ * devices have been allowed — and tells it, once, to every other process;
+ * when all frontiers are known, the stop is one past the largest, the same
+ * everywhere. Meanwhile a device that would begin a step past its
+ * process's frontier waits (sleeping) for the agreement, or for *abort
+ * (then it stops). */
+typedef struct {
+    int32_t process;   /* who tells */
+    int32_t request;   /* the request's value if its request asked, else 0 */
+    int64_t started;   /* its frozen frontier */
+    int64_t failed;    /* the step of its kept failure, 0 none */
+    char why[256];     /* that failure's reason */
+} tm_stop_word;
+typedef void (*tm_stop_tell_fn)(void *ctx, const tm_stop_word *word);
+/* Before any device of the run begins a step. `tell` is called at most
+ * once, from a thread that holds the stop's lock: it must only queue the
+ * word. */
+void tm_stop_span(tm_stop *s, int processes, int me, tm_stop_tell_fn tell, void *ctx,
+                  const atomic_int *abort);
+/* Another process's word (from whichever thread receives it). */
+void tm_stop_heard(tm_stop *s, const tm_stop_word *word);
 
 #endif

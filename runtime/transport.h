@@ -42,6 +42,9 @@ const tm_transport *tm__mpi_transport(tm_mpi_world *m, int src, int dst);
 /* A failure that started in this process: every other process hears of it
  * (through the progress thread) and aborts its devices. Any thread. */
 void tm__mpi_abort(tm_mpi_world *m, int who, int status, const char *message);
+/* This process's word in the run's stop agreement, for every other process
+ * (through the progress thread). Any thread; at most once per world. */
+void tm__mpi_stop_tell(tm_mpi_world *m, const tm_stop_word *word);
 /* Every process's `bytes` at `mine`, in process order, into all (P x
  * bytes). Collective; it waits sleeping, so a process that is still
  * computing keeps its cores. TM_OK or TM_ESYS. */
@@ -60,5 +63,7 @@ tm_mpi_world *tm__world_mpi(tm_world *w);
 size_t tm__world_ring(const tm_world *w);
 /* A failure reported by another process: aborts this one's devices. */
 void tm__world_fail_remote(tm_world *w, int who, int status, const char *message);
+/* Another process's word in the stop agreement of the world's run. */
+void tm__world_stop_heard(tm_world *w, const tm_stop_word *word);
 
 #endif

@@ -53,6 +53,8 @@ struct tm_world {
     atomic_int abort;           /* raised by the first failure */
     atomic_int failed;          /* device id of the first failure, -1 none,
                                    -2 the watchdog */
+    pthread_mutex_t fail_lock;  /* guards the first failure's record below
+                                   (written by fail_as, read by agree) */
     int origin;                 /* the first failure started in this process */
     int status;                 /* the first failure's status */
     char error[2048];           /* the first failure's message */
@@ -86,6 +88,18 @@ static size_t default_ring_bytes(int n)
     size_t ring = (size_t)1 << 20;
     for (int k = 16; k < n && ring > (16 << 10); k *= 2) ring /= 2;
     return ring;
+}
+
+/* The stop agreement's words (runtime/stop.h) travel with the failures. */
+static void tell_stop(void *ctx, const tm_stop_word *word)
+{
+    tm_world *w = ctx;
+    tm__mpi_stop_tell(w->mpi, word);
+}
+
+void tm__world_stop_heard(tm_world *w, const tm_stop_word *word)
+{
+    if (w->cfg.stop != NULL) tm_stop_heard(w->cfg.stop, word);
 }
 
 int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
@@ -160,12 +174,15 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
     w->placed = slots * per;
     atomic_init(&w->failed, -1);
     pthread_mutex_init(&w->link_lock, NULL);
+    pthread_mutex_init(&w->fail_lock, NULL);
     pthread_mutex_init(&w->done_lock, NULL);
     pthread_cond_init(&w->done_cond, NULL);
     w->devices = calloc((size_t)w->n, sizeof *w->devices);
     w->links = calloc((size_t)w->n * (size_t)w->n, sizeof *w->links);
     if (w->devices == NULL || w->links == NULL) goto nomem;
-    int oversubscribed = per > t.cores;
+    /* Every device of this host counts: processes side by side share the
+     * cores. */
+    int oversubscribed = w->placed > t.cores;
     for (int i = 0; i < w->n; i++) {
         w->devices[i].world = w;
         w->devices[i].id = i;
@@ -191,6 +208,10 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
         }
     }
     if (procs > 1) {
+        /* Spanned before the other processes can speak: their words arrive
+         * once the world's MPI share exists. */
+        if (cfg->stop != NULL)
+            tm_stop_span(cfg->stop, procs, tm_process_rank(), tell_stop, w, &w->abort);
         int st = tm__mpi_world_create(w, w->n, ring, &w->mpi);
         if (st != TM_OK) {
             tm_world_destroy(w);
@@ -247,6 +268,7 @@ void tm_world_destroy(tm_world *w)
     free(w->links);
     free(w->devices);
     pthread_mutex_destroy(&w->link_lock);
+    pthread_mutex_destroy(&w->fail_lock);
     pthread_mutex_destroy(&w->done_lock);
     pthread_cond_destroy(&w->done_cond);
     free(w);
@@ -292,7 +314,13 @@ static void insert_at(char *buf, size_t cap, size_t pos, const char *text)
 static void fail_as(tm_world *w, int who, int status, const char *message, int remote)
 {
     int expected = -1;
-    if (!atomic_compare_exchange_strong(&w->failed, &expected, who)) return;
+    /* Across processes another's failure arrives on the progress thread,
+     * possibly while the host thread reads the run's end (agree). */
+    pthread_mutex_lock(&w->fail_lock);
+    if (!atomic_compare_exchange_strong(&w->failed, &expected, who)) {
+        pthread_mutex_unlock(&w->fail_lock);
+        return;
+    }
     w->status = status;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "device %d: ", who);
@@ -313,6 +341,7 @@ static void fail_as(tm_world *w, int who, int status, const char *message, int r
         insert_at(w->error, sizeof w->error, who >= 0 ? strlen(prefix) - 2 : 0, proc);
     }
     w->origin = !remote;
+    pthread_mutex_unlock(&w->fail_lock);
     atomic_store(&w->abort, 1);
     if (!remote && w->mpi != NULL) tm__mpi_abort(w->mpi, who, status, w->error);
     for (size_t i = 0; i < (size_t)w->n * w->n; i++) {
@@ -548,10 +577,12 @@ static int agree(tm_world *w)
 {
     run_end mine;
     memset(&mine, 0, sizeof mine);
+    pthread_mutex_lock(&w->fail_lock);
     mine.origin = atomic_load(&w->failed) != -1 && w->origin;
     mine.who = atomic_load(&w->failed);
     mine.status = w->status;
     memcpy(mine.error, w->error, sizeof mine.error);
+    pthread_mutex_unlock(&w->fail_lock);
     int procs = tm_process_count();
     run_end *all = malloc(sizeof *all * (size_t)procs);
     tm_link_stats *links = malloc(sizeof *links * (size_t)w->n * (size_t)w->n);
@@ -576,6 +607,7 @@ static int agree(tm_world *w)
         w->all_links = gathered;
         w->n_all_links = 0;
         for (int p = 0; p < procs; p++) w->n_all_links += (int)(counts[p] / sizeof(tm_link_stats));
+        pthread_mutex_lock(&w->fail_lock);
         for (int p = 0; p < procs; p++) {
             if (!all[p].origin) continue;
             atomic_store(&w->failed, all[p].who);
@@ -584,9 +616,13 @@ static int agree(tm_world *w)
             w->spoiled = 1;
             break;
         }
+        pthread_mutex_unlock(&w->fail_lock);
     }
     free(all);
-    if (st == TM_OK && w->status == TM_OK) st = share_clocks(w);
+    pthread_mutex_lock(&w->fail_lock);
+    int failed = w->status != TM_OK;
+    pthread_mutex_unlock(&w->fail_lock);
+    if (st == TM_OK && !failed) st = share_clocks(w);
     return st;
 }
 
@@ -642,7 +678,10 @@ int tm_world_run(tm_world *w, tm_device_fn fn, void *arg)
     if (w->mpi != NULL) {
         int st = agree(w);
         if (st != TM_OK) return st;
-        return w->status;
+        pthread_mutex_lock(&w->fail_lock);
+        st = w->status;
+        pthread_mutex_unlock(&w->fail_lock);
+        return st;
     }
     if (atomic_load(&w->abort)) {
         /* Rings may hold half-sent messages: start the next run clean. */

@@ -10,6 +10,7 @@
 
 #include "runtime/arena.h"
 #include "runtime/clock.h"
+#include "runtime/stop.h"
 
 #define TM_MAX_DEVICES 1024
 
@@ -34,6 +35,9 @@ typedef struct {
                             declared; 0: default (30 s) */
     int prefault;        /* touch every arena page when a device starts */
     tm_clock_config clock; /* the modeled clock's device and link rates */
+    tm_stop *stop;       /* the runs' stop agreement, or NULL: across
+                            processes the world carries it between them
+                            (tm_stop_span), for one run */
 } tm_world_config;
 
 /* Defaults: 1 device, 64 MiB, automatic ring size, TM_PIN_AUTO, 30 s

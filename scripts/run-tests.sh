@@ -42,6 +42,9 @@ mpirun_opts="--oversubscribe --allow-run-as-root --mca mpi_yield_when_idle 1"
 # stacks LeakSanitizer can no longer read, so no suppression can name
 # them. The same code paths' leaks are checked by the in-process suites.
 mpirun_opts="$mpirun_opts -x ASAN_OPTIONS=detect_leaks=0"
+# Under ThreadSanitizer, Open MPI's own lock-order inversion is suppressed
+# (tests/tsan-shim/openmpi.supp says which, and why).
+mpirun_opts="$mpirun_opts -x TSAN_OPTIONS=suppressions=$(pwd)/tests/tsan-shim/openmpi.supp"
 for b in $bins; do
     [ -x "$b" ] || { echo "missing test binary $b" >&2; failed=$((failed+1)); bad="$bad $b"; continue; }
     case $(basename "$b") in

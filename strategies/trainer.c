@@ -961,6 +961,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     wc.n_devices = n;
     wc.mem_cap = cfg->mem_cap;
     clock_of(cfg, &wc.clock);
+    wc.stop = j.stop;
     if (st == TM_OK) st = tm_world_create(&w, &wc);
     int split = st == TM_OK && tm_world_device_count_local(w) < n;
     /* Across processes the one that runs the reporting device writes the
@@ -980,7 +981,8 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
         out->ran = 1;
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
-        if (st == TM_OK) st = tm__train_share(w, cfg, out, &state, j.owned);
+        if (st == TM_OK) st = tm__train_share(w, cfg, out, &state, j.owned, j.stop);
+        out->stop_request = tm_stop_requested(j.stop, &out->stop_process);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
         tm_world_links(w, add_link, out);
         out->memory = out->devices[0].memory;

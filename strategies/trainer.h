@@ -176,6 +176,10 @@ typedef struct {
     int stopped;           /* ended early at cfg->stop_request: the state
                               (and checkpoint) is its last step's, with no
                               final evaluation (test_acc, test_loss 0) */
+    int stop_request;      /* the request's value that stopped the run (a
+                              signal number), whichever process saw it
+                              first; 0 if none did */
+    int stop_process;      /* that process (runtime/process.h), -1 none */
     long steps;            /* optimizer steps taken in this run */
     double samples_per_s;  /* this run, training time only */
     double test_acc;       /* after the run */

@@ -15,6 +15,8 @@ typedef struct {
     long steps;
     double samples_per_s, train_seconds, test_acc, test_loss;
     tm_train_position pos;
+    long failed;      /* this process's divergence: its step, 0 none */
+    char why[256];
 } reported;
 
 /* Takes each float of `full` from the process whose devices stored it
@@ -39,14 +41,15 @@ static int merge(tm_world *w, float *full, const float *owned, size_t n)
 }
 
 int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *res,
-                    tm_model_state *state, const float *owned)
+                    tm_model_state *state, const float *owned, tm_stop *stop)
 {
     if (tm_world_device_count_local(w) == tm_world_size(w)) return TM_OK;
     TM_CHECK(tm_world_share(w, res->devices, sizeof *res->devices));
     for (int i = 0; i < res->n_devices; i++) res->devices[i].process = tm_world_device_process(w, i);
     int reporter = (cfg->pp - 1) * cfg->tp;
     reported mine = {res->stopped, res->steps, res->samples_per_s, res->train_seconds,
-                     res->test_acc, res->test_loss, state->pos};
+                     res->test_acc, res->test_loss, state->pos, 0, ""};
+    mine.failed = tm_stop_failed(stop, mine.why, sizeof mine.why);
     int procs = tm_world_size(w) / tm_world_device_count_local(w);
     reported *all = malloc(sizeof *all * (size_t)procs);
     if (all == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the run's results");
@@ -60,6 +63,10 @@ int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *re
         res->test_acc = r->test_acc;
         res->test_loss = r->test_loss;
         state->pos = r->pos;
+        /* A divergence found after the processes agreed to stop reached
+         * only its own process: the lowest step wins everywhere. */
+        for (int p = 0; p < procs; p++)
+            if (all[p].failed > 0) tm_stop_fail(stop, all[p].failed, all[p].why);
     }
     free(all);
     if (st == TM_OK && owned != NULL) {

@@ -6,17 +6,20 @@
  * one past it, 1000 and 2.5 rings, in place and not, sum and average, each
  * all-reduce algorithm (and which one ran); then random sequences on split
  * groups, a mismatched pair of collectives (an error naming both sides),
- * and a failing device (every process ends with its message). Every
+ * a failing device and a deadlock (every process ends with its message),
+ * and a stop asked in one process (all stop after the same step). Every
  * element of every output is checked, inside guards.
  * Built against the Criterion stand-in (tests/tsan-shim): Criterion forks a
  * process per test, which MPI does not survive. */
 #include <criterion/criterion.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/collectives.h"
 #include "runtime/process.h"
 #include "runtime/status.h"
+#include "runtime/stop.h"
 #include "tests/guarded.h"
 
 #define DEVICES 12
@@ -29,7 +32,8 @@ static float value(int seed, int rank, size_t i)
     return (float)((int)((seed * 31u + rank * 7u + i * 3u) % 17u) - 8);
 }
 
-static tm_world *make_world(void)
+/* The suite's world; `stop` (may be NULL): its runs' stop agreement. */
+static tm_world *make_world_stopping(tm_stop *stop)
 {
     cr_assert_eq(tm_process_init(), TM_OK, "%s", tm_error_message());
     tm_world_config cfg;
@@ -38,11 +42,14 @@ static tm_world *make_world(void)
     cfg.mem_cap = 1 << 20;
     cfg.ring_bytes = RING;
     cfg.watchdog_s = 5;
+    cfg.stop = stop;
     tm_world *w = NULL;
     int st = tm_world_create(&w, &cfg);
     cr_assert_eq(st, TM_OK, "world_create: %s", tm_error_message());
     return w;
 }
+
+static tm_world *make_world(void) { return make_world_stopping(NULL); }
 
 typedef struct {
     int size, strided;       /* the group */
@@ -293,4 +300,69 @@ Test(mpi_collectives, a_failure_ends_every_process, .timeout = 60)
               tm_world_error(w), want);
     cr_expect_eq(tm_world_failed_device(w), DEVICES - 1);
     tm_world_destroy(w);
+}
+
+/* Device 0 waits for a message that device DEVICES - 1 (another process)
+ * never sends: the first process's watchdog ends every process. */
+static int deadlock_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    if (tm_device_id(dev) != 0) return TM_OK;
+    float x;
+    return tm_recv(tm_device_comm(dev), &x, sizeof x, DEVICES - 1);
+}
+
+Test(mpi_collectives, a_deadlock_ends_every_process, .timeout = 60)
+{
+    tm_world *w = make_world();
+    int st = tm_world_run(w, deadlock_fn, NULL);
+    cr_expect_eq(st, TM_EDEADLOCK, "status %d: %s", st, tm_world_error(w));
+    cr_expect(strstr(tm_world_error(w), "process 0: watchdog") == tm_world_error(w) &&
+                  strstr(tm_world_error(w), "device 0 waits to receive from device 11") != NULL,
+              "message: %s", tm_world_error(w));
+    tm_world_destroy(w);
+}
+
+/* A stop asked in one process only (as a signal would): every device of
+ * every process takes the same steps, an all-reduce over the world each,
+ * and the stop names that process. */
+#define STOP_AT 5
+#define STOP_SIGNAL 15
+typedef struct {
+    tm_stop *stop;
+    atomic_int request;   /* raised by the last device, in its process only */
+    long last[DEVICES];   /* the last step each device took */
+} stop_job;
+
+static int stop_fn(tm_device *dev, void *arg)
+{
+    stop_job *j = arg;
+    int me = tm_device_id(dev);
+    for (long step = 1; step <= 1000 && tm_stop_begin(j->stop, step); step++) {
+        float x = 1;
+        TM_CHECK(tm_allreduce(tm_device_comm(dev), &x, &x, 1, TM_SUM));
+        if (x != DEVICES) return tm_error(TM_EFAIL, "step %ld: sum %g", step, (double)x);
+        j->last[me] = step;
+        if (me == DEVICES - 1 && step == STOP_AT) atomic_store(&j->request, STOP_SIGNAL);
+    }
+    return TM_OK;
+}
+
+Test(mpi_collectives, a_stop_asked_in_one_process_stops_all_after_the_same_step, .timeout = 60)
+{
+    static stop_job j;
+    memset(&j, 0, sizeof j);
+    cr_assert_eq(tm_stop_create(&j.stop, 0, &j.request), TM_OK);
+    tm_world *w = make_world_stopping(j.stop);
+    int st = tm_world_run(w, stop_fn, &j);
+    cr_expect_eq(st, TM_OK, "status %d: %s", st, tm_world_error(w));
+    cr_expect_eq(tm_world_share(w, j.last, sizeof j.last[0]), TM_OK);
+    for (int i = 0; i < DEVICES; i++)
+        cr_expect(j.last[i] == j.last[0] && j.last[i] >= STOP_AT && j.last[i] < 1000,
+                  "device %d took steps up to %ld, device 0 up to %ld", i, j.last[i], j.last[0]);
+    int process = -2;
+    cr_expect_eq(tm_stop_requested(j.stop, &process), STOP_SIGNAL);
+    cr_expect_eq(process, tm_process_count() - 1);
+    tm_world_destroy(w);
+    tm_stop_destroy(j.stop);
 }

@@ -5,8 +5,9 @@
 # parallelism and its tied embedding; and ZeRO's stages) to bitwise the same
 # step losses and the same checkpoint bytes under `mpirun -np P` as in one
 # process; a device failing in the last process ends the job within 10 s,
-# non-zero, with one message naming it; a mesh that P does not divide is bad
-# usage (exit 2).
+# non-zero, with one message naming it; so do SIGTERM or SIGINT to one
+# process, a process killed and a divergence; a mesh that P does not divide
+# is bad usage (exit 2).
 # Usage: tests/mpi_train.sh BUILD_DIR. Ends with "N passed, M failed".
 set -u
 bin=${1:-build}/train
@@ -77,6 +78,90 @@ took=$(( $(date +%s) - start ))
 n=$(grep -c "^train: device 3 (process 1): injected failure at step 2" "$tmp/fail.out")
 if [ "$rc" -ne 0 ] && [ "$took" -le 10 ] && [ "$n" -eq 1 ]; then ok; else
     bad "failure: exit $rc after ${took}s, $n messages: $(cat "$tmp/fail.out")"; fi
+
+# Runs in the background, for the stops below: each process writes its
+# exit status to $tmp/rc.RANK; TM_TEST_JOB marks the job's processes.
+start_job() {
+    out=$1; shift
+    rm -f "$tmp"/rc.* "$out"
+    $mpirun -np 2 -x TM_TEST_JOB=$$ sh -c \
+        '"$0" "$@"; rc=$?; echo $rc >"$TM_RC.$OMPI_COMM_WORLD_RANK"; exit $rc' \
+        "$bin" "$@" >"$out" 2>&1 &
+    job=$!
+    start=$(date +%s)
+}
+# The pid of process $1's train.
+rank_pid() {
+    for d in /proc/[0-9]*; do
+        [ "$(cat "$d/comm" 2>/dev/null)" = train ] || continue
+        env=$( { tr '\0' '\n' <"$d/environ"; } 2>/dev/null) || continue
+        case "$env" in *"TM_TEST_JOB=$$"*) ;; *) continue ;; esac
+        case "$env" in *"OMPI_COMM_WORLD_RANK=$1"*) echo "${d#/proc/}"; return ;; esac
+    done
+}
+# Sends signal $2 to process $1 (or, when it cannot be found, ends the job).
+signal_rank() {
+    pid=$(rank_pid "$1")
+    if [ -n "$pid" ]; then kill -"$2" "$pid"; else kill -TERM "$job"; fi
+}
+# Waits (up to 60 s) until the job's output shows $1.
+wait_for_output() {
+    i=0
+    while ! grep -q "$1" "$out" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+}
+# Waits for the job; then took (seconds since start or since $1) and the
+# processes' exit statuses in rcs ("-" for one that wrote none: once one
+# process has exited non-zero, mpirun kills the others, and a process
+# still finishing then dies with its shell).
+finish_job() {
+    wait "$job"
+    rc=$?
+    took=$(( $(date +%s) - ${1:-$start} ))
+    rcs=""; for r in 0 1; do rcs="$rcs $(cat "$tmp/rc.$r" 2>/dev/null || echo -)"; done
+}
+export TM_RC="$tmp/rc"
+long="--dataset synthetic --samples 1024 --model 64,32,16,8 --batch 64 --epochs 100000 --dp 2"
+
+# A signal to one process: both stop after the same step, the checkpoint
+# is written, and within 10 s the reporting process (0) ends as that signal
+# says, with one message naming where it came, and so does the other (or
+# mpirun ends it once the first has).
+# $1: signal, $2: its name, $3: process, $4: exit status.
+signal_stops_both() {
+    start_job "$tmp/sig.out" $long --save "$tmp/sig.st"
+    wait_for_output "^step 100/"
+    t0=$(date +%s)
+    signal_rank "$3" "$1"
+    finish_job "$t0"
+    n=$(grep -c "^interrupted at step [0-9]* ($2 in process $3); checkpoint written to" \
+        "$tmp/sig.out")
+    if { [ "$rcs" = " $4 $4" ] || [ "$rcs" = " $4 -" ]; } && [ "$took" -le 10 ] && [ "$n" -eq 1 ] &&
+        [ -s "$tmp/sig.st" ]
+    then ok; else bad "$2 to process $3: exit $rc ($rcs) after ${took}s, $n messages: $(tail -5 "$tmp/sig.out")"; fi
+    rm -f "$tmp/sig.st"
+}
+signal_stops_both TERM SIGTERM 1 143
+signal_stops_both INT SIGINT 0 130
+
+# A process killed outright: mpirun ends the others at once, non-zero,
+# naming it (here its shell's exit status, 128 + 9).
+start_job "$tmp/kill.out" $long
+wait_for_output "^step 100/"
+t0=$(date +%s)
+signal_rank 1 KILL
+finish_job "$t0"
+if [ "$rc" -ne 0 ] && [ "$took" -le 10 ] && grep -q "Process name: \[\[[0-9]*,1\],1\]" "$tmp/kill.out" &&
+    grep -q "Exit code: *137" "$tmp/kill.out"
+then ok; else bad "SIGKILL to process 1: exit $rc ($rcs) after ${took}s: $(tail -5 "$tmp/kill.out")"; fi
+
+# A divergence (the loss only the last stage, in the second process,
+# computes): every process ends non-zero within 10 s, one message.
+start_job "$tmp/nan.out" $mlp --model 32,64,64,8 --pp 2 --micro-batches 2 --lr-schedule constant \
+    --lr 1e30 --steps 50
+finish_job
+n=$(grep -c "^train: training diverged at step [0-9]*: " "$tmp/nan.out")
+if { [ "$rcs" = " 1 1" ] || [ "$rcs" = " - 1" ]; } && [ "$took" -le 10 ] && [ "$n" -eq 1 ]
+then ok; else bad "divergence: exit $rc ($rcs) after ${took}s, $n messages: $(tail -5 "$tmp/nan.out")"; fi
 
 # 3 devices over 2 processes: bad usage, named, exit 2 from every process.
 $mpirun -np 2 "$bin" $mlp --dp 3 >"$tmp/usage.out" 2>&1
