@@ -101,8 +101,8 @@ static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
 }
 
 /* The stages (ascending) whose layers use tensor i, into stages (when not
- * NULL); returns their number. More than one: a tied tensor (the GPT's
- * embedding and head with pp > 1) that each of them holds. */
+ * NULL); returns their number. More than one: a tied tensor (layers in
+ * different stages using one tensor) that each of them holds. */
 static int tied_stages(const tm_model *m, const int *first, int pp, int i, int *stages)
 {
     int n = 0;

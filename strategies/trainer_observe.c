@@ -99,9 +99,8 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
  * bucket once (under ZeRO: the reduce-scatters and all-gathers of
  * tm_zero_step_bytes instead), plus the loss's all-gather on the last
  * stage; tensor parallelism sends what each layer's kind says it does per
- * micro-batch (the MLP: Megatron's f and g, see strategies/mlp.c; the
- * GPT's in strategies/gpt.c), then once a step the partial LayerNorm
- * gradients of sequence parallelism; a tensor tied across stages sums its
+ * micro-batch (its tp_bytes, forward and backward), then once a step the
+ * shards marked partial (sequence parallelism's replicated parameters); a tensor tied across stages sums its
  * gradient over its stages (counted with pp); clipping sums one double over
  * the tp and pp groups (and dp under ZeRO) by an all-gather. */
 void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_zero *zero,
