@@ -96,7 +96,12 @@ $(BUILD)/bench_%: bench/bench_%.c $(LIB) | deps
 	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
 
 $(BUILD)/%: demos/%.c $(LIB) | deps
-	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
+	$(CC) $(TM_CFLAGS) $(PKG_CFLAGS) $< $(DEMO_OBJ) -o $@ $(LIB) $(TM_LDFLAGS) $(PKG_LIBS) -lm
+
+# build/fit's second story, the GPT's, is linked into it.
+FIT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard demos/fit/*.c))
+$(BUILD)/fit: DEMO_OBJ = $(FIT_OBJ)
+$(BUILD)/fit: $(FIT_OBJ)
 
 test: $(TEST_RUN) $(DEMO_BIN) $(BENCH_BIN)
 	@scripts/run-tests.sh $(BUILD) $(SUITES)
@@ -141,4 +146,4 @@ bench-peers:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(MPI_TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(MPI_TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d) $(FIT_OBJ:.o=.d)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "demos/fit/gpt.h"
 #include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/status.h"
@@ -315,6 +316,10 @@ static double max_rel_diff(const phase *a, const phase *b)
 
 int main(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if ((strcmp(argv[i], "--model") == 0 && i + 1 < argc && strcmp(argv[i + 1], "gpt") == 0) ||
+            strcmp(argv[i], "--model=gpt") == 0)
+            return tm_fit_gpt(argc, argv);
     const char *model = "784,1792,1792,1792,10", *data_dir = TM_DATASET_DEFAULT_DIR, *why;
     size_t cap = (size_t)64 << 20;
     long steps = 30, batch = 128, micro = 4;

@@ -70,8 +70,7 @@ double tm_lr_at(const tm_train_config *cfg, long s, long total)
     return cfg->min_lr + (cfg->lr - cfg->min_lr) * 0.5 * (1.0 + cos(M_PI * progress));
 }
 
-/* Layers per stage: the user's --stages or balanced by FLOPs. */
-static int stage_split(const tm_train_config *cfg, int *first)
+int tm__train_split(const tm_train_config *cfg, int *first)
 {
     if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, cfg->model, cfg->pp, first);
     return tm_stages_balance(cfg->model, cfg->pp, first);
@@ -170,7 +169,7 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
         (cfg->fail_step > 0 && (cfg->fail_device < 0 || cfg->fail_device >= n)))
         return tm_error(TM_EINVAL, "--fail-device must name one of the %ld devices", n);
     int first[TM_MAX_LAYERS + 1];
-    TM_CHECK(stage_split(cfg, first));
+    TM_CHECK(tm__train_split(cfg, first));
     tm_layer_plan plan[TM_MAX_LAYERS];
     size_t params;
     for (int s = 0; s < cfg->pp; s++)
@@ -193,7 +192,7 @@ int tm_train_predict_activations(const tm_train_config *cfg, const tm_data *trai
 {
     TM_CHECK(tm_train_check(cfg, train));
     int first[TM_MAX_LAYERS + 1];
-    TM_CHECK(stage_split(cfg, first));
+    TM_CHECK(tm__train_split(cfg, first));
     tm_schedule sched;
     TM_CHECK(tm_schedule_make(&sched, cfg->schedule, cfg->pp, cfg->micro_batches));
     int st = TM_OK;
@@ -928,7 +927,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
      * and a device or FIFO is opened once, now, and written at the end. */
     if (st == TM_OK && cfg->save_path != NULL) st = tm_outfile_open(&save, cfg->save_path);
     if (st == TM_OK && cfg->trace_path != NULL) st = tm_outfile_open(&trace, cfg->trace_path);
-    if (st == TM_OK) st = stage_split(cfg, j.first);
+    if (st == TM_OK) st = tm__train_split(cfg, j.first);
     if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
     tm_optim_config opt = optim_of(cfg);

@@ -227,6 +227,28 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train);
 int tm_train_predict_activations(const tm_train_config *cfg, const tm_data *train,
                                  size_t *bytes);
 
+/* One device's peak bytes in the training steps, predicted from the
+ * configuration before anything runs (a planner's input). */
+typedef struct {
+    size_t tag[TM_TAG_COUNT]; /* each tag's peak as the arena counts it:
+                                 param, grad, optimizer (whole, or ZeRO's
+                                 chunks), activation
+                                 (tm_train_predict_activations), comm
+                                 (ZeRO's layer in flight; not the
+                                 collectives' small-message copy, at most
+                                 16 KiB per group), workspace (sequence
+                                 parallelism's partial LayerNorm sums) */
+    size_t peak;              /* their sum: the arena's peak when every
+                                 tag's peak falls in one moment (the
+                                 backward of the last micro-batch) */
+} tm_memory_prediction;
+
+/* out[p * tp + t] for stage p's tensor-parallel rank t, the same on every
+ * replica (ZeRO: the one whose chunks hold the most). TM_OK, TM_EINVAL as
+ * tm_train_check, TM_EHOSTMEM. */
+int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
+                            tm_memory_prediction *out);
+
 /* Trains on `train` on dp * pp * tp emulated devices, evaluating on `test`
  * after every epoch and at the end. Every mesh computes what one device
  * would (same initialisation, data order and global batch).

@@ -1,5 +1,8 @@
-/* The up-front check that the model fits the devices, and the activation
- * peak worked out before a run (strategies/trainer_internal.h). */
+/* The up-front check that the model fits the devices, and the memory
+ * worked out before a run (strategies/trainer_internal.h). */
+#include <stdlib.h>
+#include <string.h>
+
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/pipeline.h"
@@ -40,4 +43,42 @@ int tm__train_activation_peak(const tm_train_config *cfg, const int *first,
     /* The last stage's targets, held through the run. */
     if (p == cfg->pp - 1) *bytes += tm_arena_block_bytes(sizeof(int) * (size_t)rows);
     return TM_OK;
+}
+
+int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
+                            tm_memory_prediction *out)
+{
+    size_t *acts = malloc(sizeof(size_t) * (size_t)cfg->pp * (size_t)cfg->tp);
+    if (acts == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the prediction");
+    int st = tm_train_predict_activations(cfg, train, acts);
+    int first[TM_MAX_LAYERS + 1];
+    if (st == TM_OK) st = tm__train_split(cfg, first);
+    tm_optim_config opt = {cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
+                           cfg->beta2, 1e-8};
+    size_t k = (size_t)tm_optimizer_state_count(&opt);
+    for (int p = 0; p < cfg->pp && st == TM_OK; p++)
+        for (int t = 0; t < cfg->tp && st == TM_OK; t++) {
+            tm_memory_prediction *m = &out[p * cfg->tp + t];
+            memset(m, 0, sizeof *m);
+            tm_stage s;
+            if ((st = tm_stage_describe(&s, cfg->model, first[p], first[p + 1], cfg->tp, t)))
+                break;
+            size_t whole = tm_arena_block_bytes(s.n_params * sizeof(float)), shard = whole;
+            size_t transient = 0, partial = tm_stage_partial_floats(&s);
+            if (cfg->zero > 0) {
+                shard = tm_arena_block_bytes(
+                    tm_zero_shard_floats(s.layer, s.n, cfg->dp) * sizeof(float));
+                if ((st = tm_zero_predict(&s, cfg->dp, cfg->zero, &transient, &partial))) break;
+            }
+            m->tag[TM_TAG_PARAM] = cfg->zero >= 3 ? shard : whole;
+            m->tag[TM_TAG_GRAD] = cfg->zero >= 2 ? shard : whole;
+            m->tag[TM_TAG_OPTIMIZER] = k * (cfg->zero >= 1 ? shard : whole);
+            m->tag[TM_TAG_ACTIVATION] = acts[p * cfg->tp + t];
+            m->tag[TM_TAG_COMM] = transient;
+            if (cfg->tp > 1 && partial > 0)
+                m->tag[TM_TAG_WORKSPACE] = tm_arena_block_bytes(partial * sizeof(float));
+            for (int g = 0; g < TM_TAG_COUNT; g++) m->peak += m->tag[g];
+        }
+    free(acts);
+    return st;
 }

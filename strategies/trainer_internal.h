@@ -32,6 +32,10 @@ void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
  * out. first: layers per stage. */
 int tm__train_fits(const tm_train_config *cfg, const int *first);
 
+/* Layers per stage into first[0 .. pp]: the user's --stages or balanced by
+ * FLOPs. TM_EINVAL as tm_stages_parse. */
+int tm__train_split(const tm_train_config *cfg, int *first);
+
 /* Stage p's tensor-parallel rank t: its activation peak in the training
  * steps (tm_train_predict_activations) for the stage split first and
  * micro-batches of rows rows. */

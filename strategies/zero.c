@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/arena.h"
 #include "runtime/clock.h"
 #include "runtime/collectives.h"
 #include "runtime/status.h"
@@ -465,26 +466,49 @@ double tm_zero_step_bytes(const tm_zero *z, int m)
     return per * times;
 }
 
-size_t tm_zero_transient_bytes(const tm_zero *z)
+/* The most bytes (tag comm) ZeRO holds at once during a step, as floats
+ * (block 0) or as the arena counts its blocks (block 1). */
+static size_t transient(const tm_zero *z, int block)
 {
+#define BYTES(n) (block ? tm_arena_block_bytes((n) * sizeof(float)) : (n) * sizeof(float))
     size_t most = 0;
     /* Stages 1 and 2: one tensor's buffer at a time (buckets, gathers). */
     for (int e = 0; z->stage < 3 && e < z->n_ten; e++)
-        if ((size_t)z->n_dp * z->ten[e].q > most) most = (size_t)z->n_dp * z->ten[e].q;
-    if (z->stage == 1) return most * sizeof(float);
+        if (BYTES((size_t)z->n_dp * z->ten[e].q) > most) most = BYTES((size_t)z->n_dp * z->ten[e].q);
+    if (z->stage == 1) return most;
     /* Stages 2 and 3, the backward (stage 3's forward holds less): the
      * layer's parameter view and gradient bucket, and the tied tensors
      * held across it — gathered parameters (stage 3) from the first of
      * their layers to the last, gradients from the later one on. */
     for (int i = 0; i < z->s->n; i++) {
-        size_t live = 2 * z->view_n[i];
+        size_t live = 2 * BYTES(z->view_n[i]);
         for (int e = 0; e < z->n_ten; e++) {
             const chunk *t = &z->ten[e];
             if (!tied(t) || i < t->first || i > t->last) continue;
-            size_t whole = (size_t)z->n_dp * t->q;
+            size_t whole = BYTES((size_t)z->n_dp * t->q);
             live += (z->stage == 3 ? whole : 0) + (i < t->last ? whole : 0);
         }
         if (live > most) most = live;
     }
-    return most * sizeof(float);
+    return most;
+#undef BYTES
+}
+
+size_t tm_zero_transient_bytes(const tm_zero *z) { return transient(z, 0); }
+
+int tm_zero_predict(const tm_stage *s, int dp, int stage, size_t *transient_bytes,
+                    size_t *partial)
+{
+    tm_zero *z = calloc(1, sizeof *z);
+    if (z == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate ZeRO's tables");
+    z->s = (tm_stage *)s; /* build() only reads the stage */
+    z->n_dp = dp;
+    z->stage = stage;
+    int st = build(z);
+    if (st == TM_OK) {
+        *transient_bytes = transient(z, 1);
+        *partial = each_partial(z, NULL, 0);
+    }
+    free(z);
+    return st;
 }

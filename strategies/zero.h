@@ -82,5 +82,11 @@ double tm_zero_step_bytes(const tm_zero *z, int m);
  * flight (gathered parameters, its gradient bucket), a tied tensor kept
  * between its two layers, or stages 1 and 2's per-tensor buffers. */
 size_t tm_zero_transient_bytes(const tm_zero *z);
+/* Before a run, from a stage described without a device (tm_stage_describe)
+ * sharded over dp replicas at `stage`, on the replica holding the most:
+ * tm_zero_transient_bytes as the arena counts its blocks, and
+ * tm_zero_partial_floats. TM_OK, TM_EINVAL, TM_EHOSTMEM. */
+int tm_zero_predict(const tm_stage *s, int dp, int stage, size_t *transient_bytes,
+                    size_t *partial);
 
 #endif

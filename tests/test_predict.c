@@ -1,0 +1,181 @@
+/* The memory a run will need, predicted before it starts
+ * (tm_train_predict_memory), against what every device's arena measured
+ * over the training steps: parameters, gradients, optimizer state,
+ * activations and workspace to the byte; comm to the byte but for the
+ * collectives' small-message copy (at most one 16 KiB block per group a
+ * device belongs to); the peak within that too and never more than 2%
+ * under the prediction. Over the MLP and the GPT, one device, data,
+ * tensor (with and without sequence parallelism) and pipeline
+ * parallelism under every schedule, gradient accumulation, activation
+ * recomputation and ZeRO 1/2/3 alone and combined. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "runtime/arena.h"
+#include "runtime/status.h"
+#include "strategies/data.h"
+#include "strategies/trainer.h"
+#include "tests/models.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
+
+#define MLP "12,32,32,32,10"
+#define DIM 12
+#define CLASSES 10
+/* Groups a device belongs to that may keep a small-message copy: its
+ * data-parallel, tensor-parallel and tied-embedding groups. */
+#define GROUPS 3
+#define SCRATCH_BLOCK ((size_t)16 << 10)
+
+static tm_dataset images, test_images;
+static tm_data mlp_train, mlp_test;
+static tm_corpus corpus;
+static tm_data gpt_train, gpt_test;
+
+static void setup(void)
+{
+    cr_assert_eq(tm_dataset_synthetic(&images, 512, DIM, CLASSES, 1, 0), TM_OK);
+    cr_assert_eq(tm_dataset_synthetic(&test_images, 64, DIM, CLASSES, 1, 1), TM_OK);
+    tm_data_images(&mlp_train, &images);
+    tm_data_images(&mlp_test, &test_images);
+    cr_assert_eq(tm_corpus_synthetic(&corpus, 20000, 7, 0), TM_OK);
+    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, 18000, 32, "train"), TM_OK);
+    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + 18000, 300, 32, "test"), TM_OK);
+}
+
+static void teardown(void)
+{
+    tm_dataset_free(&images);
+    tm_dataset_free(&test_images);
+    tm_corpus_free(&corpus);
+}
+
+typedef struct {
+    int gpt, dp, pp, tp, m, sp, zero;
+    tm_recompute recompute;
+    tm_schedule_kind schedule;
+} setup_t;
+
+static tm_train_config config(const setup_t *s)
+{
+    tm_train_config c = {0};
+    const tm_model *m = s->gpt ? gpt_model_sp(4, 4, 32, 32, s->sp) : mlp_model(MLP, TM_ACT_GELU);
+    c.model = recomputed(m, s->recompute);
+    c.dp = s->dp;
+    c.pp = s->pp;
+    c.tp = s->tp;
+    c.zero = s->zero;
+    c.schedule = s->schedule;
+    c.epochs = 1;
+    c.max_steps = 2;
+    c.batch = s->gpt ? 16 : 64;
+    c.micro_batches = s->m;
+    c.optimizer = TM_OPT_ADAMW;
+    c.lr = 1e-3;
+    c.lr_schedule = TM_LR_CONSTANT;
+    c.beta1 = 0.9;
+    c.beta2 = 0.99;
+    c.weight_decay = 0.1;
+    c.clip_grad = 1.0;
+    c.seed = 3;
+    c.shuffle = 1;
+    c.mem_cap = 64 << 20;
+    return c;
+}
+
+static void expect_predicted(const setup_t *s)
+{
+    tm_train_config c = config(s);
+    const tm_data *train = s->gpt ? &gpt_train : &mlp_train;
+    const tm_data *test = s->gpt ? &gpt_test : &mlp_test;
+    tm_memory_prediction pred[8];
+    cr_assert_leq(c.pp * c.tp, 8);
+    cr_assert_eq(tm_train_predict_memory(&c, train, pred), TM_OK, "%s", tm_error_message());
+    tm_train_result r;
+    char err[4096];
+    cr_assert_eq(tm_train(&c, train, test, &r, err, sizeof err), TM_OK, "%s", err);
+    char what[160];
+    snprintf(what, sizeof what, "%s dp %d pp %d tp %d m %d sp %d zero %d recompute %s %s",
+             s->gpt ? "gpt" : "mlp", s->dp, s->pp, s->tp, s->m, s->sp, s->zero,
+             tm_recompute_name(s->recompute), tm_schedule_kind_name(s->schedule));
+    size_t slack = GROUPS * tm_arena_block_bytes(SCRATCH_BLOCK);
+    for (int i = 0; i < r.n_devices; i++) {
+        const tm_device_report *d = &r.devices[i];
+        const tm_memory_prediction *p = &pred[d->p * c.tp + d->t];
+        for (int t = 0; t < TM_TAG_COUNT; t++) {
+            size_t got = t == TM_TAG_ACTIVATION ? d->activation_peak : d->memory.tag_peak[t];
+            if (t == TM_TAG_COMM)
+                cr_expect(got >= p->tag[t] && got <= p->tag[t] + slack,
+                          "%s device %d: comm %zu bytes, predicted %zu (+ at most %zu)", what,
+                          d->id, got, p->tag[t], slack);
+            else
+                cr_expect_eq(got, p->tag[t], "%s device %d: %s %zu bytes, predicted %zu", what,
+                             d->id, tm_tag_name((tm_tag)t), got, p->tag[t]);
+        }
+        cr_expect(d->memory.peak <= p->peak + slack && (double)d->memory.peak >= 0.98 * (double)p->peak,
+                  "%s device %d: peak %zu bytes, predicted %zu", what, d->id, d->memory.peak,
+                  p->peak);
+    }
+    tm_train_result_free(&r);
+}
+
+static void expect_all(const setup_t *list, int n)
+{
+    for (int i = 0; i < n; i++) expect_predicted(&list[i]);
+}
+
+#define NONE TM_RECOMPUTE_NONE
+#define FULL TM_RECOMPUTE_FULL
+#define SEL TM_RECOMPUTE_SELECTIVE
+
+Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
+{
+    static const setup_t full[] = {
+        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B},
+        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B},
+        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B},
+        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B},
+        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED},
+        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE},
+    };
+    static const setup_t few[] = {
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B},
+    };
+    if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
+    else expect_all(full, sizeof full / sizeof full[0]);
+}
+
+Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
+{
+    static const setup_t full[] = {
+        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B},
+        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B},
+        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B},
+        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B},
+    };
+    static const setup_t few[] = {
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B},
+    };
+    if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
+    else expect_all(full, sizeof full / sizeof full[0]);
+}
+
+Test(predict, bad_configuration_is_refused_like_tm_train_check, .init = setup, .fini = teardown)
+{
+    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B}; /* 4 heads over tp 3 */
+    tm_train_config c = config(&s);
+    tm_memory_prediction pred[3];
+    cr_expect_eq(tm_train_predict_memory(&c, &gpt_train, pred), TM_EINVAL);
+    cr_expect(strstr(tm_error_message(), "--tp") != NULL, "%s", tm_error_message());
+}
