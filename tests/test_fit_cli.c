@@ -162,6 +162,95 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
     }
 }
 
+/* The GPT's story, small: one device needs 2.7 MiB, the remedies 0.5 to
+ * 1.9 MiB. */
+#define GPT_SMALL "--model gpt --layers 4 --heads 4 --d-model 32 --context 16 --batch 8 --steps 2"
+
+/* The row of the table for remedy `name`: its columns after the name. */
+static int gpt_row(const char *name, double *peak, double *predicted, char *fits)
+{
+    char key[64];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *a = strstr(out, key);
+    if (a == NULL) return 0;
+    a += strlen(key);
+    double tag[6];
+    char dev[16];
+    return sscanf(a, " %15s %lf %lf %lf %lf %lf %lf %lf %lf %*s %3s", dev, &tag[0], &tag[1],
+                  &tag[2], &tag[3], &tag[4], &tag[5], peak, predicted, fits) == 10;
+}
+
+Test(fit_cli, gpt_story_every_remedy_measured_against_its_prediction, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 600)
+{
+    int st = fit(GPT_SMALL " --mem-cap 1M --predict");
+    cr_expect_eq(st, 0, "exit %d\n%s%s", st, out, err);
+    cr_expect(strstr(out, "device 0: out of memory") != NULL, "one device fitted:\n%s", out);
+    static const char *names[] = {"one device", "recompute selective", "recompute full",
+                                  "accumulate x8", "full + accumulate x8", "dp=4",
+                                  "dp=4 ZeRO-1", "dp=4 ZeRO-2", "dp=4 ZeRO-3", "ZeRO-1 + full",
+                                  "pp=4 1F1B m=8", "tp=4", "tp=4 + SP", "tp=4 + SP + full"};
+    int fitted = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        double peak, predicted;
+        char fits[4];
+        cr_assert(gpt_row(names[i], &peak, &predicted, fits), "no row %s:\n%s", names[i], out);
+        /* The collectives' small-message copy is not predicted: 16 KiB per
+         * group at most. */
+        cr_expect(peak >= 0.98 * predicted && peak <= predicted + 0.05, "%s: peak %.2f MiB, "
+                  "predicted %.2f", names[i], peak, predicted);
+        cr_expect_eq(strcmp(fits, "yes") == 0, peak <= 1.0, "%s: %.2f MiB, fits %s", names[i],
+                     peak, fits);
+        fitted += strcmp(fits, "yes") == 0;
+    }
+    cr_expect_gt(fitted, 3, "%s", out);
+    cr_expect(strstr(out, "  predicted") != NULL && strstr(out, "  difference") != NULL,
+              "--predict printed no prediction by tag:\n%s", out);
+    cr_expect(strstr(out, "(!)") == NULL, "a row disagrees:\n%s", out);
+    cr_expect(strstr(out, "the story played out") != NULL, "%s", out);
+}
+
+Test(fit_cli, gpt_story_needs_one_device_out_of_memory, .init = cli_setup, .fini = cli_teardown,
+     .timeout = 600)
+{
+    int st = fit(GPT_SMALL " --mem-cap 3M");
+    cr_expect_eq(st, 1, "exit %d\n%s%s", st, out, err);
+    cr_expect(strstr(out, "the story did not play out") != NULL, "%s", out);
+}
+
+Test(fit_cli, gpt_bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli_teardown,
+     .timeout = 120)
+{
+    const char *cases[] = {
+        "--model gpt --heads 3",
+        "--model gpt --heads 2 --d-model 32",
+        "--model gpt --layers 3",
+        "--model gpt --layers 0",
+        "--model gpt --context 18",
+        "--model gpt --batch 12",
+        "--model gpt --mem-cap 12Q",
+        "--model gpt --steps 0",
+        "--model gpt --text /nonexistent-tinymesh-file",
+        "--model gpt --zero 3",
+        "--model gpt stray",
+        "--model=gpt --model mlp",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = fit(cases[i]);
+        size_t len = strlen(err);
+        char *nl = strchr(err, '\n');
+        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
+        cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
+                  err);
+        cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
+    }
+    cr_assert_eq(fit("--model gpt --help"), 0);
+    const char *flags[] = {"--layers", "--heads", "--d-model", "--context", "--batch",
+                           "--mem-cap", "--steps", "--predict", "--text", "Exit status"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
+}
+
 Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown, .timeout = 60)
 {
     cr_assert_eq(fit("--help"), 0);

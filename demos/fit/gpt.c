@@ -367,7 +367,7 @@ int tm_fit_gpt(int argc, char **argv)
     }
     for (int i = 0; i < N_REMEDIES && status == 0; i++) {
         run *r = &runs[i];
-        printf("%s ...\n", remedies[i].name);
+        printf("running: %s\n", remedies[i].name);
         fflush(stdout);
         train(r, &r->cfg, &train_data, &val);
         r->fits = r->status == TM_OK;
