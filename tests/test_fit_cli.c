@@ -119,6 +119,25 @@ Test(fit_cli, cap_too_small_for_the_split_exits_1, .init = cli_setup, .fini = cl
     cr_expect(strstr(p2, "out of memory") != NULL, "phase 2:\n%s", p2);
 }
 
+/* Each case is one line on stderr naming only fit's own flags (fit sets
+ * the mesh itself), nothing on stdout, and exit 2. */
+static void expect_usage_errors(const char *const *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int st = fit(cases[i]);
+        size_t len = strlen(err);
+        char *nl = strchr(err, '\n');
+        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
+        cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
+                  err);
+        cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
+        cr_expect(strstr(err, "--pp") == NULL && strstr(err, "--tp") == NULL &&
+                      strstr(err, "--dp") == NULL,
+                  "\"%s\" names a flag fit does not have: %s", cases[i], err);
+        cr_expect_eq(out[0], '\0', "\"%s\" printed: %s", cases[i], out);
+    }
+}
+
 Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli_teardown, .timeout = 120)
 {
     const char *cases[] = {
@@ -146,20 +165,7 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--zero two",
         "--zero 3 --batch 66 --micro-batches 2",
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int st = fit(cases[i]);
-        size_t len = strlen(err);
-        char *nl = strchr(err, '\n');
-        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
-        cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
-                  err);
-        cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
-        /* fit sets the mesh itself: its messages name only its own flags. */
-        cr_expect(strstr(err, "--pp") == NULL && strstr(err, "--tp") == NULL &&
-                      strstr(err, "--dp") == NULL,
-                  "\"%s\" names a flag fit does not have: %s", cases[i], err);
-        cr_expect_eq(out[0], '\0', "\"%s\" printed: %s", cases[i], out);
-    }
+    expect_usage_errors(cases, sizeof cases / sizeof cases[0]);
 }
 
 /* The GPT's story, small: one device needs 2.7 MiB, the remedies 0.5 to
@@ -235,15 +241,7 @@ Test(fit_cli, gpt_bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini =
         "--model gpt stray",
         "--model=gpt --model mlp",
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int st = fit(cases[i]);
-        size_t len = strlen(err);
-        char *nl = strchr(err, '\n');
-        cr_expect_eq(st, 2, "\"%s\": exit %d", cases[i], st);
-        cr_expect(nl != NULL && (size_t)(nl - err) == len - 1, "\"%s\": not one line: %s", cases[i],
-                  err);
-        cr_expect(strncmp(err, "fit: ", 5) == 0, "\"%s\": %s", cases[i], err);
-    }
+    expect_usage_errors(cases, sizeof cases / sizeof cases[0]);
     cr_assert_eq(fit("--model gpt --help"), 0);
     const char *flags[] = {"--layers", "--heads", "--d-model", "--context", "--batch",
                            "--mem-cap", "--steps", "--predict", "--text", "Exit status"};
