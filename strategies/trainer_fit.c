@@ -26,7 +26,29 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
             size_t bytes[4] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
                                cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
             for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
-            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
+            /* Offloaded buffers go to the host arena instead, in their order. */
+            size_t dev_bytes[4], host_bytes[4];
+            tm_tag dev_tags[4], host_tags[4];
+            int n_dev = 0, n_host = 0;
+            for (int i = 0; i < 2 + n_state; i++) {
+                if (tm_offload_on_host(cfg->offload, tags[i])) {
+                    host_bytes[n_host] = bytes[i];
+                    host_tags[n_host++] = TM_TAG_HOST;
+                } else {
+                    dev_bytes[n_dev] = bytes[i];
+                    dev_tags[n_dev++] = tags[i];
+                }
+            }
+            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, dev_bytes, dev_tags, n_dev));
+            if (cfg->offload == TM_OFFLOAD_NONE) continue;
+            if (tm_arena_fits(cfg->host_mem_cap, p * cfg->tp + t, host_bytes, host_tags,
+                              n_host) != TM_OK) {
+                size_t need = 0;
+                for (int i = 0; i < n_host; i++) need += tm_arena_block_bytes(host_bytes[i]);
+                return tm_error(TM_EINVAL, "--host-mem-cap %zu is too small: device %d keeps "
+                                "%zu bytes of optimizer state in host memory", cfg->host_mem_cap,
+                                p * cfg->tp + t, need);
+            }
         }
     return TM_OK;
 }
