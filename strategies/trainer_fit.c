@@ -45,9 +45,10 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
                               n_host) != TM_OK) {
                 size_t need = 0;
                 for (int i = 0; i < n_host; i++) need += tm_arena_block_bytes(host_bytes[i]);
-                return tm_error(TM_EINVAL, "--host-mem-cap %zu is too small: device %d keeps "
-                                "%zu bytes of optimizer state in host memory", cfg->host_mem_cap,
-                                p * cfg->tp + t, need);
+                return tm_error(TM_EINVAL, "--host-mem-cap %.2f MiB is too small: device %d "
+                                "keeps %.2f MiB of optimizer state in host memory",
+                                (double)cfg->host_mem_cap / (1 << 20), p * cfg->tp + t,
+                                (double)need / (1 << 20));
             }
         }
     return TM_OK;
