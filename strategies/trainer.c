@@ -186,6 +186,7 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (n_tied > MAX_TIED)
         return tm_error(TM_EINVAL, "--pp %d puts %d tied tensors on several stages; at most %d",
                         cfg->pp, n_tied, MAX_TIED);
+    TM_CHECK(tm__train_host_fits(cfg, first));
     int core = 0;
     for (int l = 0; l < m->n_layers; l++) core |= m->layers[l].kind->has_core;
     if (m->recompute == TM_RECOMPUTE_SELECTIVE && !core)

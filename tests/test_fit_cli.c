@@ -101,6 +101,21 @@ Test(fit_cli, zero_phase_trains_sharded_under_the_cap, .init = cli_setup, .fini 
     cr_expect(strstr(out, "ZeRO-3     trained 3 steps") != NULL, "summary:\n%s", out);
 }
 
+/* Offload in every phase: the momentum leaves the devices for their host
+ * arenas (the memory tables' host column), the phases train as before. */
+Test(fit_cli, offload_keeps_the_momentum_in_host_memory, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 300)
+{
+    static char p2[1 << 14];
+    int st = fit(SMALL " --mem-cap 3M --offload optimizer --host-mem-cap 2M");
+    cr_expect_eq(st, 0, "exit %d\n%s%s", st, out, err);
+    cr_expect(strstr(out, "Every phase offloads the optimizer") != NULL, "%s", out);
+    section("== phase 2", "== phase 3", p2, sizeof p2);
+    cr_expect(strstr(p2, "optimizer 0.0 KiB") != NULL, "phase 2:\n%s", p2);
+    cr_expect(strstr(p2, "in host memory: optimizer") != NULL, "phase 2:\n%s", p2);
+    cr_expect(strstr(out, "trained the same model") != NULL, "%s", out);
+}
+
 Test(fit_cli, model_that_fits_one_device_exits_1, .init = cli_setup, .fini = cli_teardown, .timeout = 300)
 {
     int st = fit(SMALL " --mem-cap 16M");
@@ -145,6 +160,10 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--zero 4",
         "--zero two",
         "--zero 3 --batch 66 --micro-batches 2",
+        "--offload optimizer",
+        "--offload ram --host-mem-cap 8M",
+        "--host-mem-cap 8M",
+        "--offload optimizer --host-mem-cap 4K",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st = fit(cases[i]);
@@ -166,7 +185,7 @@ Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
-                           "--zero", "--recompute", "--dataset", "--data-dir", "--help",
+                           "--zero", "--recompute", "--offload", "--host-mem-cap", "--dataset", "--data-dir", "--help",
                            "Exit status"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
