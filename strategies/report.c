@@ -83,10 +83,13 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
 {
     char form[48], b[6][32];
     int k = cfg->optimizer == TM_OPT_ADAMW ? 2 : cfg->momentum != 0.0;
-    zero_formula(form, sizeof form, cfg->zero, k);
+    /* Offloaded optimizer state is the host's (tm_report_offload). */
+    int host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
+    zero_formula(form, sizeof form, cfg->zero, host ? 0 : k);
     fprintf(f, "memory against the formulas, ZeRO-%d over dp=%d: parameters, gradients and "
-               "optimizer state = %s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
-               "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form, "device",
+               "optimizer state = %s%s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
+               "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form,
+            host ? " on the device (the optimizer state offloaded)" : "", "device",
             coords_width(r), coords_head(r), "psi", "state", "formula", "diff", "comm",
             "in flight", "peak", "formula", "diff");
     for (int i = 0; i < r->n_devices; i++) {
