@@ -76,7 +76,8 @@ static void zero_formula(char *buf, size_t n, int stage, int k)
     static const char *form[] = {"%d psi", "8 psi + %d psi / dp", "4 psi + %d psi / dp",
                                  "%d psi / dp"};
     int coeff[] = {8 + 4 * k, 4 * k, 4 + 4 * k, 8 + 4 * k};
-    snprintf(buf, n, form[stage], coeff[stage]);
+    if (coeff[stage] == 0) snprintf(buf, n, "8 psi"); /* ZeRO-1 without device state */
+    else snprintf(buf, n, form[stage], coeff[stage]);
 }
 
 void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
