@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "runtime/arena.h"
 #include "tests/cli.h"
 
 /* Small enough to run in seconds: one device needs about 9.8 MiB, each
@@ -47,11 +48,16 @@ static void expect_table(const char *name, const char *text, int pipeline)
     int rows = 0;
     for (const char *line = text; line != NULL && *line; line = strchr(line, '\n')) {
         if (*line == '\n') line++;
-        int id, d, p, t;
-        double tags[6], peak, share;
-        if (sscanf(line, " %d %d,%d,%d %lf %lf %lf %lf %lf %lf %lf %lf%%", &id, &d, &p, &t, &tags[0],
-                   &tags[1], &tags[2], &tags[3], &tags[4], &tags[5], &peak, &share) != 12)
-            continue;
+        int id, d, p, t, used, ok = 1;
+        double tags[TM_TAG_COUNT], peak, share;
+        const char *at = line;
+        if (sscanf(at, " %d %d,%d,%d%n", &id, &d, &p, &t, &used) != 4) continue;
+        /* A column per tag, then the peak and its share of the cap. */
+        for (int k = 0; ok && k < TM_TAG_COUNT; k++) {
+            at += used;
+            ok = sscanf(at, " %lf%n", &tags[k], &used) == 1;
+        }
+        if (!ok || sscanf(at + used, " %lf %lf%%", &peak, &share) != 2) continue;
         cr_expect_eq(id, rows, "%s: row %d is device %d", name, rows, id);
         cr_expect_eq(d, 0, "%s: device %d has d = %d", name, id, d);
         cr_expect_eq(pipeline ? p : t, id, "%s: device %d coordinates %d,%d,%d", name, id, d, p, t);
