@@ -33,8 +33,8 @@
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
-    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R] [--csv]\n"
-    "         [--report FILE] [clock flags]\n"
+    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R]\n"
+    "         [--offload O --host-mem-cap SIZE] [--csv] [--report FILE] [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -59,6 +59,12 @@ static const char usage_head[] =
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --recompute R         activation recomputation in every configuration: none,\n"
     "                        full, or selective (the GPT's attention) (none)\n"
+    "  --offload O           optimizer offload in every configuration: none, or\n"
+    "                        optimizer (each device's optimizer state in host\n"
+    "                        memory, the host link's copies in the modeled time;\n"
+    "                        not in peak or comm) (none)\n"
+    "  --host-mem-cap SIZE   host memory of each device for --offload; a\n"
+    "                        configuration whose state does not fit it is skipped\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
@@ -405,7 +411,7 @@ int main(int argc, char **argv)
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
            O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO,
-           O_RECOMPUTE };
+           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM };
     tm_recompute recompute = TM_RECOMPUTE_NONE;
     const char *report_path = NULL;
     static const struct option opts[] = {
@@ -420,6 +426,7 @@ int main(int argc, char **argv)
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"zero", 1, 0, O_ZERO},            {"recompute", 1, 0, O_RECOMPUTE},
+        {"offload", 1, 0, O_OFFLOAD},      {"host-mem-cap", 1, 0, O_HOSTMEM},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
@@ -455,6 +462,14 @@ int main(int argc, char **argv)
             if (tm_recompute_parse(optarg, &recompute) != 0)
                 die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
             break;
+        case O_OFFLOAD:
+            if (tm_offload_parse(optarg, &base.offload) != 0)
+                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+            break;
+        case O_HOSTMEM:
+            if (tm_parse_size(optarg, &base.host_mem_cap) != 0 || base.host_mem_cap == 0)
+                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+            break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
                 die_usage("%s", tm_error_message());
@@ -475,6 +490,12 @@ int main(int argc, char **argv)
         die_usage("--report draws no ZeRO stages: leave --zero out or give --zero 0");
     if (gpt_flag && !gpt)
         die_usage("--layers, --heads, --d-model and --context go with --model gpt");
+    if (base.offload != TM_OFFLOAD_NONE && base.host_mem_cap == 0)
+        die_usage("--offload optimizer keeps the optimizer state in host memory: it needs "
+                  "--host-mem-cap");
+    if (base.offload == TM_OFFLOAD_NONE && base.host_mem_cap != 0)
+        die_usage("--host-mem-cap sizes the host memory of --offload optimizer: it needs "
+                  "--offload optimizer");
     if (recompute == TM_RECOMPUTE_SELECTIVE && !gpt)
         die_usage("--recompute selective recomputes attention's core, and the MLP has no "
                   "attention: use --recompute full or none");
@@ -635,9 +656,10 @@ int main(int argc, char **argv)
                zero_given ? ",zero" : "");
     } else {
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data, "
-               "--recompute %s\n"
+               "--recompute %s, --offload %s\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
                devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
+               tm_offload_name(base.offload),
                clk->device_gflops, clk->device_gbps,
                clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)

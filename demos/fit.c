@@ -55,6 +55,11 @@ static const char usage[] =
     "  --recompute R         activations in every phase: none, or full (a layer\n"
     "                        keeps only its input; its backward re-runs its\n"
     "                        forward); selective is the GPT's (none)\n"
+    "  --offload O           every phase: none, or optimizer (each device keeps its\n"
+    "                        momentum, its ZeRO shard of it, in host memory; the\n"
+    "                        gradients go to the host and the weights come back\n"
+    "                        every step) (none)\n"
+    "  --host-mem-cap SIZE   host memory of each device for --offload, e.g. 64M\n"
     "  --dataset NAME        fashion-mnist, the only one (fashion-mnist)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
@@ -146,7 +151,8 @@ static void memory_table(const tm_train_result *r, size_t cap)
         char coords[40];
         snprintf(coords, sizeof coords, "%d,%d,%d", d->d, d->p, d->t);
         printf("  %-6d %-8s", d->id, coords);
-        for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %10.2f", mib(d->memory.tag_peak[t]));
+        for (int t = 0; t < TM_TAG_COUNT; t++)
+            printf(" %10.2f", mib(t == TM_TAG_HOST ? d->host_memory.peak : d->memory.tag_peak[t]));
         printf(" %10.2f %6.0f%%\n", mib(d->memory.peak), 100.0 * (double)d->memory.peak / (double)cap);
     }
 }
@@ -171,6 +177,8 @@ static void breakdown(const tm_device_report *d)
            size_text(p[TM_TAG_OPTIMIZER], c, sizeof c), size_text(p[TM_TAG_ACTIVATION], e, sizeof e));
     if (p[TM_TAG_COMM] + p[TM_TAG_WORKSPACE] > 0)
         printf(" + comm and workspace %s", size_text(p[TM_TAG_COMM] + p[TM_TAG_WORKSPACE], a, sizeof a));
+    if (d->host_memory.peak > 0)
+        printf("; in host memory: optimizer %s", size_text(d->host_memory.peak, a, sizeof a));
     printf("\n    (activations: %s in the training steps, the rest is evaluation)\n",
            size_text(d->activation_peak, a, sizeof a));
 }
@@ -327,14 +335,17 @@ int main(int argc, char **argv)
     long steps = 30, batch = 128, micro = 4;
     int zero = 0;
     enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_ZERO,
-           O_RECOMPUTE };
+           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM };
+    tm_offload_kind offload = TM_OFFLOAD_NONE;
+    size_t host_cap = 0;
     tm_recompute recompute = TM_RECOMPUTE_NONE;
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},     {"mem-cap", 1, 0, O_MEM},
         {"steps", 1, 0, O_STEPS},     {"batch", 1, 0, O_BATCH},
         {"micro-batches", 1, 0, O_MICRO}, {"dataset", 1, 0, O_DATASET},
         {"data-dir", 1, 0, O_DATA},   {"zero", 1, 0, O_ZERO},
-        {"recompute", 1, 0, O_RECOMPUTE},
+        {"recompute", 1, 0, O_RECOMPUTE}, {"offload", 1, 0, O_OFFLOAD},
+        {"host-mem-cap", 1, 0, O_HOSTMEM},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
@@ -363,6 +374,14 @@ int main(int argc, char **argv)
             if (tm_recompute_parse(optarg, &recompute) != 0)
                 die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
             break;
+        case O_OFFLOAD:
+            if (tm_offload_parse(optarg, &offload) != 0)
+                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+            break;
+        case O_HOSTMEM:
+            if (tm_parse_size(optarg, &host_cap) != 0 || host_cap == 0)
+                die_usage("--host-mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -389,6 +408,8 @@ int main(int argc, char **argv)
     base.model = &net;
     base.beta1 = 0.9;
     base.beta2 = 0.999;
+    base.offload = offload;
+    base.host_mem_cap = host_cap;
     tm_dataset train_images = {0}, test_images = {0};
     if (tm_dataset_load(&train_images, data_dir, "train") != TM_OK ||
         tm_dataset_load(&test_images, data_dir, "t10k") != TM_OK) {
@@ -448,6 +469,9 @@ int main(int argc, char **argv)
     if (recompute != TM_RECOMPUTE_NONE)
         printf("Every phase runs with activation recomputation: %s.\n",
                tm_recompute_name(recompute));
+    if (offload != TM_OFFLOAD_NONE)
+        printf("Every phase offloads the optimizer: each device keeps its momentum in %.0f MiB "
+               "of host memory.\n", mib(host_cap));
 
     printf("\n== phase 1: one device, %.0f MiB ==\n", mib(cap));
     fflush(stdout);

@@ -50,6 +50,12 @@ static const char usage_head[] =
     "                        backward re-runs its forward | selective (GPT):\n"
     "                        attention's T x T weights are recomputed in the\n"
     "                        backward (none)\n"
+    "  --offload O           none | optimizer: each device keeps its optimizer\n"
+    "                        state (its ZeRO shard) in host memory; gradients go\n"
+    "                        to the host and updated parameters come back over\n"
+    "                        its host link every step; prints the offload's\n"
+    "                        accounts (none)\n"
+    "  --host-mem-cap SIZE   host memory of each device for --offload, e.g. 256M\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -285,7 +291,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_ZERO, O_RECOMPUTE, O_END };
+       O_REPORT, O_ZERO, O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -608,7 +614,8 @@ int main(int argc, char **argv)
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
         {"report", 1, 0, O_REPORT},        {"zero", 1, 0, O_ZERO},
-        {"recompute", 1, 0, O_RECOMPUTE},
+        {"recompute", 1, 0, O_RECOMPUTE},  {"offload", 1, 0, O_OFFLOAD},
+        {"host-mem-cap", 1, 0, O_HOSTMEM},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -659,6 +666,14 @@ int main(int argc, char **argv)
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
                 die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
+        case O_OFFLOAD:
+            if (tm_offload_parse(optarg, &cfg.offload) != 0)
+                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+            break;
+        case O_HOSTMEM:
+            if (tm_parse_size(optarg, &cfg.host_mem_cap) != 0 || cfg.host_mem_cap == 0)
+                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
             break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
@@ -943,6 +958,9 @@ int main(int argc, char **argv)
                                                                                      : "");
     if (recompute != TM_RECOMPUTE_NONE)
         printf("activation recomputation: %s\n", tm_recompute_name(recompute));
+    if (cfg.offload != TM_OFFLOAD_NONE)
+        printf("optimizer offload: the optimizer state in %zu MiB of host memory per device\n",
+               cfg.host_mem_cap >> 20);
     fflush(stdout);
     tm_train_result res;
     char error[2048];
@@ -1027,6 +1045,7 @@ int main(int argc, char **argv)
     if (cfg.pp > 1) tm_report_timeline(stdout, &res, &cfg);
     tm_report_memory(stdout, &res, cfg.mem_cap);
     if (GIVEN(O_ZERO)) tm_report_zero(stdout, &res, &cfg);
+    if (cfg.offload != TM_OFFLOAD_NONE) tm_report_offload(stdout, &res, &cfg);
     tm_report_traffic(stdout, &res, &cfg, every_link);
     if (!every_link && res.n_links > 8)
         printf("(--links lists each of the %d links)\n", res.n_links);

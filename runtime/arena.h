@@ -6,14 +6,17 @@
 
 #include <stddef.h>
 
-/* Every allocation says what it is for; stats and OOM reports go by tag. */
+/* Every allocation says what it is for; stats and OOM reports go by tag.
+ * host: what a device keeps in host memory (optimizer offload), allocated
+ * from an arena of its own, never from the device's. */
 #define TM_TAG_MAP(X)                                                          \
     X(PARAM, "param")                                                          \
     X(GRAD, "grad")                                                            \
     X(OPTIMIZER, "optimizer")                                                  \
     X(ACTIVATION, "activation")                                                \
     X(COMM, "comm")                                                            \
-    X(WORKSPACE, "workspace")
+    X(WORKSPACE, "workspace")                                                  \
+    X(HOST, "host")
 
 typedef enum {
 #define TM__TAG_ENUM(name, str) TM_TAG_##name,

@@ -45,7 +45,9 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
         coords(r, d, c, sizeof c);
         fprintf(f, "%-8d %-*s", d->id, coords_width(r), c);
         for (int t = 0; t < TM_TAG_COUNT; t++) {
-            tm_report_bytes((double)d->memory.tag_peak[t], b, sizeof b);
+            /* The host tag lives in the host arena (optimizer offload). */
+            size_t v = t == TM_TAG_HOST ? d->host_memory.peak : d->memory.tag_peak[t];
+            tm_report_bytes((double)v, b, sizeof b);
             fprintf(f, " %11s", b);
         }
         tm_report_bytes((double)d->memory.peak, b, sizeof b);
@@ -57,6 +59,8 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
         tm_report_bytes((double)d->activation_formula, b, sizeof b);
         fprintf(f, " %11s\n", b);
     }
+    fprintf(f, "total: the device's peak; host: the host arena's peak (--offload), never "
+               "counted in it\n");
     fprintf(f, "acts/mb: what the stage stores for one micro-batch until its backward, by the "
                "layers' formulas (README); act.formula: the activation peak worked out before "
                "the run from them and the schedule: in flight x acts/mb + the transient "
@@ -72,17 +76,21 @@ static void zero_formula(char *buf, size_t n, int stage, int k)
     static const char *form[] = {"%d psi", "8 psi + %d psi / dp", "4 psi + %d psi / dp",
                                  "%d psi / dp"};
     int coeff[] = {8 + 4 * k, 4 * k, 4 + 4 * k, 8 + 4 * k};
-    snprintf(buf, n, form[stage], coeff[stage]);
+    if (coeff[stage] == 0) snprintf(buf, n, "8 psi"); /* ZeRO-1 without device state */
+    else snprintf(buf, n, form[stage], coeff[stage]);
 }
 
 void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
 {
     char form[48], b[6][32];
     int k = cfg->optimizer == TM_OPT_ADAMW ? 2 : cfg->momentum != 0.0;
-    zero_formula(form, sizeof form, cfg->zero, k);
+    /* Offloaded optimizer state is the host's (tm_report_offload). */
+    int host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
+    zero_formula(form, sizeof form, cfg->zero, host ? 0 : k);
     fprintf(f, "memory against the formulas, ZeRO-%d over dp=%d: parameters, gradients and "
-               "optimizer state = %s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
-               "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form, "device",
+               "optimizer state = %s%s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
+               "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form,
+            host ? " on the device (the optimizer state offloaded)" : "", "device",
             coords_width(r), coords_head(r), "psi", "state", "formula", "diff", "comm",
             "in flight", "peak", "formula", "diff");
     for (int i = 0; i < r->n_devices; i++) {
@@ -118,6 +126,42 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
     tm_report_bytes(ar, b[1], sizeof b[1]);
     fprintf(f, "dp bytes of the recorded step: %s, plain data parallelism's all-reduce %s: "
                "x%.3f (the paper: %s)\n", b[0], b[1], ar > 0 ? sent / ar : 0, paper[cfg->zero]);
+}
+
+void tm_report_offload(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
+{
+    char b[8][32];
+    fprintf(f, "optimizer offload (%s) against the formulas: host = the optimizer state's "
+               "bytes; device = parameters + gradients%s; host traffic per step = 4 bytes per "
+               "gradient out + 4 per parameter back, for each parameter the device updates\n"
+               "%-8s %-*s %11s %11s %6s %11s %11s %6s %11s %11s %11s %11s %9s\n",
+            tm_offload_name(cfg->offload), cfg->zero > 0 ? " (ZeRO's shards)" : "", "device",
+            coords_width(r), coords_head(r), "host", "formula", "diff", "device", "formula",
+            "diff", "peak", "formula", "host sent", "formula", "host ms");
+    for (int i = 0; i < r->n_devices; i++) {
+        const tm_device_report *d = &r->devices[i];
+        const size_t *p = d->memory.tag_peak;
+        double state = (double)(p[TM_TAG_PARAM] + p[TM_TAG_GRAD] + p[TM_TAG_OPTIMIZER]);
+        char c[32];
+        coords(r, d, c, sizeof c);
+        tm_report_bytes((double)d->host_memory.peak, b[0], sizeof b[0]);
+        tm_report_bytes(d->host_formula, b[1], sizeof b[1]);
+        tm_report_bytes(state, b[2], sizeof b[2]);
+        tm_report_bytes(d->state_formula, b[3], sizeof b[3]);
+        tm_report_bytes((double)d->memory.peak, b[4], sizeof b[4]);
+        tm_report_bytes(d->peak_formula, b[5], sizeof b[5]);
+        tm_report_bytes((double)d->step_host, b[6], sizeof b[6]);
+        tm_report_bytes(d->step_host_analytic, b[7], sizeof b[7]);
+        fprintf(f, "%-8d %-*s %11s %11s %+5.1f%% %11s %11s %+5.1f%% %11s %11s %11s %11s %9.3f\n",
+                d->id, coords_width(r), c, b[0], b[1],
+                pct((double)d->host_memory.peak - d->host_formula, d->host_formula), b[2], b[3],
+                pct(state - d->state_formula, d->state_formula), b[4], b[5], b[6], b[7],
+                1e3 * d->step_host_s);
+    }
+    fprintf(f, "device: the param, grad and optimizer peaks (optimizer 0 when offloaded); peak "
+               "formula: device + activations at the pipeline's peak + ZeRO's layer in flight; "
+               "host sent and host ms: the recorded step's bytes over the host link (both "
+               "ways) and their modeled time (bytes / link bandwidth)\n");
 }
 
 void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
@@ -168,10 +212,12 @@ static void step_traffic(FILE *f, const tm_train_result *r, const tm_train_confi
 {
     fprintf(f, "bytes sent in training step %ld, measured against the formula:\n%-8s %-*s", first,
             "device", coords_width(r), coords_head(r));
+    int host = cfg->offload != TM_OFFLOAD_NONE;
     for (int k = 0; k < TM_DIMS; k++) fprintf(f, " %8s meas.  formula", dim_name[k]);
+    if (host) fprintf(f, " %8s meas.  formula", "host");
     fputc('\n', f);
-    uint64_t tot[TM_DIMS] = {0};
-    double ana[TM_DIMS] = {0};
+    uint64_t tot[TM_DIMS] = {0}, host_tot = 0;
+    double ana[TM_DIMS] = {0}, host_ana = 0;
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         char c[32];
@@ -182,14 +228,20 @@ static void step_traffic(FILE *f, const tm_train_result *r, const tm_train_confi
             tot[k] += d->step_sent[k];
             ana[k] += d->step_analytic[k];
         }
+        if (host) cell(f, d->step_host, d->step_host_analytic);
+        host_tot += d->step_host;
+        host_ana += d->step_host_analytic;
         fputc('\n', f);
     }
     fprintf(f, "%-18s", "total");
     for (int k = 0; k < TM_DIMS; k++) cell(f, tot[k], ana[k]);
+    if (host) cell(f, host_tot, host_ana);
     fprintf(f, "\nformulas: dp: each gradient bucket once, ring 2(n-1)/n x bytes (direct, under "
                "16 KiB: (n-1) x bytes), + the loss's all-gather; pp: every micro-batch's "
                "activations forward and gradients back; tp: ring all-reduce 2(n-1)/n, all-gather "
-               "(n-1)/n of each collective's bytes\n");
+               "(n-1)/n of each collective's bytes%s\n",
+            host ? "; host (--offload, the host link, both ways): 4 bytes per gradient out and "
+                   "4 per parameter back for each parameter the device updates" : "");
     if (cfg->zero > 0)
         fprintf(f, "ZeRO-%d: dp sends no bucket all-reduce but per tensor of n floats "
                    "(dp-1) ceil(n/dp) x 4 bytes per reduce-scatter or all-gather: %s\n",

@@ -16,6 +16,12 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap);
  * sum with the activations; and the data-parallel bytes of the recorded
  * step against what plain data parallelism's all-reduce sends. */
 void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
+/* Optimizer offload's accounts (README, "Optimizer offload"): every
+ * device's host arena against the optimizer state's bytes, its parameters,
+ * gradients and optimizer state against the formula without the state, its
+ * peak against the formulas' sum, and the recorded step's host traffic
+ * against 8 bytes per updated parameter with its modeled time. */
+void tm_report_offload(FILE *f, const tm_train_result *r, const tm_train_config *cfg);
 /* Modeled against wall throughput, and each device's modeled step split
  * into compute, communication and idle. */
 void tm_report_modeled(FILE *f, const tm_train_result *r, const tm_train_config *cfg);

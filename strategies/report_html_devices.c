@@ -193,7 +193,7 @@ int tm__html_memory(FILE *f, const tm_run_report *run)
         return tm_error(TM_EHOSTMEM, "cannot allocate the memory bars");
     }
     memory_formula(run, formula);
-    static const char *cls[TM_TAG_COUNT] = {"t0", "t1", "t2", "t3", "t4", "t5"};
+    static const char *cls[TM_TAG_COUNT] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6"};
     const char *names[TM_TAG_COUNT];
     double max = 0, cap = (double)run->cfg->mem_cap;
     for (int t = 0; t < TM_TAG_COUNT; t++) names[t] = tm_tag_name((tm_tag)t);

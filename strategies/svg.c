@@ -104,7 +104,7 @@ static const char style[] =
     ".idle{fill:#efefef}.f{fill:#4e79a7}.b{fill:#59a14f}.o{fill:#b07aa1}.k{fill:#9d9d9d}"
     ".c{fill:#f28e2b}"
     ".t0{fill:#4e79a7}.t1{fill:#59a14f}.t2{fill:#b07aa1}.t3{fill:#f28e2b}.t4{fill:#e15759}"
-    ".t5{fill:#76b7b2}.s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
+    ".t5{fill:#76b7b2}.t6{fill:#edc948}.s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
     ".s2{fill:#2ca02c;stroke:#2ca02c}.s3{fill:#ff7f0e;stroke:#ff7f0e}"
     ".s4{fill:#9467bd;stroke:#9467bd}.s5{fill:#7f7f7f;stroke:#7f7f7f}"
     ".cap{stroke:#c00;stroke-width:1.5}.far{stroke-dasharray:4 3}.fml{stroke:#000;stroke-width:2}"

@@ -150,6 +150,12 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (cfg->zero > 0 && cfg->dp < 2)
         return tm_error(TM_EINVAL, "--zero %d shards over the data-parallel replicas: it needs "
                         "--dp 2 or more", cfg->zero);
+    if (cfg->offload != TM_OFFLOAD_NONE && cfg->host_mem_cap == 0)
+        return tm_error(TM_EINVAL, "--offload %s keeps the optimizer state in host memory: it "
+                        "needs --host-mem-cap", tm_offload_name(cfg->offload));
+    if (cfg->offload == TM_OFFLOAD_NONE && cfg->host_mem_cap != 0)
+        return tm_error(TM_EINVAL, "--host-mem-cap sizes the host memory of --offload optimizer: "
+                        "it needs --offload optimizer");
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
@@ -179,6 +185,7 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (n_tied > MAX_TIED)
         return tm_error(TM_EINVAL, "--pp %d puts %d tied tensors on several stages; at most %d",
                         cfg->pp, n_tied, MAX_TIED);
+    TM_CHECK(tm__train_host_fits(cfg, first));
     int core = 0;
     for (int l = 0; l < m->n_layers; l++) core |= m->layers[l].kind->has_core;
     if (m->recompute == TM_RECOMPUTE_SELECTIVE && !core)
@@ -290,6 +297,8 @@ typedef struct {
     tm_mesh mesh;
     tm_stage stage;
     tm_zero *zero;     /* --zero 1 to 3: the stage's shards; else NULL */
+    tm_offload *offload; /* --offload optimizer: the host arena; else NULL */
+    size_t n_update;   /* floats the optimizer updates here (its shard) */
     int *order;        /* epoch order (host memory), stage 0 and last stage */
     int *targets;      /* device buffer for the loss's targets */
     int is_first, is_last, reporter;
@@ -484,6 +493,17 @@ static float *tied_grads(const device *v, const tied *t, size_t *count)
     return v->stage.grads + t->off;
 }
 
+/* Floats the optimizer updates on a stage without ZeRO: the shards it
+ * owns (a tied tensor's copy on another stage is updated there). */
+static size_t updated_floats(const tm_stage *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->n; i++)
+        for (int k = 0; k < s->layer[i].layer->n_tensors; k++)
+            if (s->layer[i].shard[k].owned) n += s->layer[i].shard[k].count;
+    return n;
+}
+
 /* The memory formulas of README's "ZeRO" for this device. */
 static void memory_formulas(device *v, int rows, tm_device_report *rep)
 {
@@ -495,7 +515,11 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     if (cfg->zero >= 2) grad /= dp;
     if (cfg->zero >= 3) param /= dp;
     rep->psi = v->stage.n_params;
-    rep->state_formula = param + grad + state;
+    int host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
+    rep->host_formula = host ? state : 0;
+    rep->state_formula = param + grad + (host ? 0 : state);
+    /* Each updated parameter's gradient out, and the parameter back. */
+    rep->step_host_analytic = cfg->offload != TM_OFFLOAD_NONE ? 8 * (double)v->n_update : 0;
     rep->comm_formula = v->zero != NULL ? (double)tm_zero_transient_bytes(v->zero) : 0;
     size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
     rep->peak_formula = rep->state_formula + rep->comm_formula +
@@ -519,14 +543,32 @@ static int setup(device *v)
     tm_clock_set_name(v->dev, name);
     tm_optim_config opt = optim_of(cfg);
     int n_state = tm_optimizer_state_count(&opt), zs = cfg->zero;
+    int on_host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
+    float *host_state[TM_OPT_MAX_STATE] = {NULL, NULL};
     if (zs > 0) {
         TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
                                        j->first[p], j->first[p + 1], zs < 3, zs < 2));
-        TM_CHECK(tm_zero_create(&v->zero, &v->stage, v->mesh.dp_comm, zs, n_state));
+        v->n_update = tm_zero_shard_floats(v->stage.layer, v->stage.n, cfg->dp);
+        if (on_host) {
+            TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
+                                       v->n_update));
+            tm_offload_state(v->offload, host_state);
+        }
+        TM_CHECK(tm_zero_create(&v->zero, &v->stage, v->mesh.dp_comm, zs, n_state,
+                                on_host ? host_state : NULL));
         TM_CHECK(load_zero(v));
     } else {
         TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model, j->first[p],
-                                 j->first[p + 1], n_state));
+                                 j->first[p + 1], on_host ? 0 : n_state));
+        v->n_update = updated_floats(&v->stage);
+        if (on_host) {
+            /* The stage's optimizer state is the host arena's (same layout);
+             * run() hands it back before the stage frees its own buffers. */
+            TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
+                                       v->stage.n_params));
+            tm_offload_state(v->offload, v->stage.opt_state);
+            v->stage.n_opt_state = n_state;
+        }
         tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
         for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
             tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
@@ -543,6 +585,7 @@ static int setup(device *v)
     TM_CHECK(tied_groups(v));
     TM_CHECK(probe_activations(v, rows));
     tm_arena_reset_peak(tm_device_arena(v->dev));
+    if (v->offload != NULL) tm_offload_reset_peak(v->offload);
     double tied_bytes = 0;
     for (int i = 0; i < v->n_tied; i++) {
         size_t count;
@@ -605,6 +648,27 @@ static int clip_grads(device *v, double *norm)
     if (f < 1.0f && v->zero != NULL) tm_zero_grad_scale(v->zero, f);
     else if (f < 1.0f) tm_stage_grad_scale(&v->stage, f);
     return TM_OK;
+}
+
+/* The optimizer step under offload (ZeRO-Offload): the gradients the
+ * device updates go to the host, the update runs on the host's state, the
+ * updated parameters come back, and only then (ZeRO 1 and 2) are they
+ * all-gathered. The first recorded step keeps its host link accounts. */
+static int offload_step(device *v, const tm_optim_config *opt, double lr, long step,
+                        int first_recorded)
+{
+    uint64_t b0 = tm_offload_bytes(v->offload);
+    double s0 = tm_offload_seconds(v->offload);
+    tm_offload_grads_out(v->offload, v->n_update);
+    if (v->zero != NULL) tm_zero_update(v->zero, opt, lr, step);
+    else tm_optimizer_step(opt, &v->stage, lr, step);
+    tm_offload_params_back(v->offload, v->n_update);
+    if (first_recorded) {
+        tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
+        rep->step_host = tm_offload_bytes(v->offload) - b0;
+        rep->step_host_s = tm_offload_seconds(v->offload) - s0;
+    }
+    return v->zero != NULL ? tm_zero_gather(v->zero) : TM_OK;
 }
 
 /* One optimizer step on this device, the run's `taken`-th (0-based).
@@ -672,8 +736,13 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     *grad_norm = -1;
     if (cfg->clip_grad > 0) TM_CHECK(clip_grads(v, grad_norm));
     tm_optim_config opt = optim_of(cfg);
-    if (v->zero != NULL) TM_CHECK(tm_zero_step(v->zero, &opt, lr, step));
-    else tm_optimizer_step(&opt, &v->stage, lr, step);
+    if (v->offload != NULL) {
+        TM_CHECK(offload_step(v, &opt, lr, step, recorded == 1));
+    } else if (v->zero != NULL) {
+        TM_CHECK(tm_zero_step(v->zero, &opt, lr, step));
+    } else {
+        tm_optimizer_step(&opt, &v->stage, lr, step);
+    }
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
@@ -881,6 +950,13 @@ static int run(tm_device *dev, void *arg)
     tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
     tm_zero_destroy(v.zero);
+    if (v.offload != NULL) {
+        tm_offload_stats(v.offload, &rep->host_memory);
+        /* The stage's optimizer state was the host arena's, not its own. */
+        for (int i = 0; i < v.stage.n_opt_state; i++) v.stage.opt_state[i] = NULL;
+        v.stage.n_opt_state = 0;
+    }
+    tm_offload_destroy(v.offload);
     tm_stage_destroy(&v.stage);
     for (int i = 0; i < v.n_tied; i++) tm_comm_destroy(v.tied[i].comm);
     tm_mesh_destroy(&v.mesh);

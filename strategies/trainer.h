@@ -16,6 +16,7 @@
 #include "runtime/world.h"
 #include "strategies/checkpoint.h"
 #include "strategies/data.h"
+#include "strategies/offload.h"
 #include "strategies/schedule.h"
 #include "strategies/stage.h"
 
@@ -91,6 +92,9 @@ typedef struct {
     uint64_t seed;         /* initialisation and data order */
     int shuffle;           /* 0: the files' own order */
     size_t mem_cap;        /* device arena bytes */
+    tm_offload_kind offload; /* optimizer offload (strategies/offload.h): the
+                              optimizer state in a host arena per device */
+    size_t host_mem_cap;   /* that host arena's bytes (0 without offload) */
     const char *load_path; /* checkpoint to start from, or NULL */
     int load_weights;      /* take only its weights: step 0, fresh optimizer */
     tm_model_meta data_meta[TM_DATA_META]; /* identifies the training data in
@@ -155,6 +159,16 @@ typedef struct {
      * holds at its peak and ZeRO's layer in flight (comm_formula). */
     size_t psi;
     double state_formula, comm_formula, peak_formula;
+    /* Optimizer offload: the host arena's accounts (peaks under the host
+     * tag; none of it in memory), its formula (the optimizer state's bytes,
+     * which state_formula then leaves out), and the host link in the first
+     * recorded step: bytes measured against the formula (4 per gradient
+     * out, 4 per parameter back, for each parameter the device updates)
+     * and their modeled seconds. */
+    tm_arena_stats host_memory;
+    double host_formula;
+    uint64_t step_host;
+    double step_host_analytic, step_host_s;
     /* The first recorded step in modeled time: its pipeline's start (after
      * zeroing the gradients), the end of its pipeline part (this device's
      * last backward) and its end (after the optimizer). */
@@ -237,10 +251,12 @@ typedef struct {
                                  (ZeRO's layer in flight; not the
                                  collectives' small-message copy, at most
                                  16 KiB per group), workspace (sequence
-                                 parallelism's partial LayerNorm sums) */
-    size_t peak;              /* their sum: the arena's peak when every
-                                 tag's peak falls in one moment (the
-                                 backward of the last micro-batch) */
+                                 parallelism's partial LayerNorm sums),
+                                 host (offload: the host arena's) */
+    size_t peak;              /* the device arena's: the sum of its tags,
+                                 its peak when every tag's peak falls in
+                                 one moment (the last micro-batch's
+                                 backward) */
 } tm_memory_prediction;
 
 /* out[p * tp + t] for stage p's tensor-parallel rank t, the same on every

@@ -9,27 +9,69 @@
 #include "strategies/trainer_internal.h"
 #include "strategies/zero.h"
 
-int tm__train_fits(const tm_train_config *cfg, const int *first)
+/* What tm_stage_create (or ZeRO) allocates for device (p, t), in its order:
+ * the shard's parameters, their gradients, then each optimizer state
+ * buffer, split into the device's blocks (*n_dev) and the host arena's
+ * (*n_host; offload). TM_OK or tm_stage_plan's error. */
+static int state_blocks(const tm_train_config *cfg, const int *first, int p, int t,
+                        size_t *dev_bytes, tm_tag *dev_tags, int *n_dev, size_t *host_bytes,
+                        int *n_host)
 {
-    /* What tm_stage_create allocates, in its order: the shard's parameters,
-     * their gradients, then each optimizer state buffer, all of one size. */
     tm_optim_config opt = {cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
                            cfg->beta2, 1e-8};
     int n_state = tm_optimizer_state_count(&opt);
     tm_tag tags[4] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER, TM_TAG_OPTIMIZER};
+    tm_layer_plan plan[TM_MAX_LAYERS];
+    size_t n;
+    TM_CHECK(tm_stage_plan(cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
+    /* ZeRO keeps 1/dp chunks of the optimizer state (stage 1), the
+     * gradients (2) and the parameters (3) instead. */
+    size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p], cfg->dp)
+                                 : n;
+    size_t bytes[4] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
+                       cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
+    *n_dev = *n_host = 0;
+    for (int i = 0; i < 2 + n_state; i++) {
+        if (tm_offload_on_host(cfg->offload, tags[i])) {
+            host_bytes[(*n_host)++] = bytes[i] * sizeof(float);
+        } else {
+            dev_bytes[*n_dev] = bytes[i] * sizeof(float);
+            dev_tags[(*n_dev)++] = tags[i];
+        }
+    }
+    return TM_OK;
+}
+
+int tm__train_fits(const tm_train_config *cfg, const int *first)
+{
     for (int p = 0; p < cfg->pp; p++)
         for (int t = 0; t < cfg->tp; t++) {
-            tm_layer_plan plan[TM_MAX_LAYERS];
-            size_t n;
-            TM_CHECK(tm_stage_plan(cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
-            /* ZeRO keeps 1/dp chunks of the optimizer state (stage 1), the
-             * gradients (2) and the parameters (3) instead. */
-            size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p],
-                                                                 cfg->dp) : n;
-            size_t bytes[4] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
-                               cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
-            for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
-            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, bytes, tags, 2 + n_state));
+            size_t dev[4], host[4];
+            tm_tag tags[4];
+            int n_dev, n_host;
+            TM_CHECK(state_blocks(cfg, first, p, t, dev, tags, &n_dev, host, &n_host));
+            TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, dev, tags, n_dev));
+        }
+    return TM_OK;
+}
+
+int tm__train_host_fits(const tm_train_config *cfg, const int *first)
+{
+    if (cfg->offload == TM_OFFLOAD_NONE) return TM_OK;
+    for (int p = 0; p < cfg->pp; p++)
+        for (int t = 0; t < cfg->tp; t++) {
+            size_t dev[4], host[4], need = 0;
+            tm_tag tags[4], host_tags[4] = {TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST};
+            int n_dev, n_host;
+            TM_CHECK(state_blocks(cfg, first, p, t, dev, tags, &n_dev, host, &n_host));
+            if (tm_arena_fits(cfg->host_mem_cap, p * cfg->tp + t, host, host_tags, n_host) ==
+                TM_OK)
+                continue;
+            for (int i = 0; i < n_host; i++) need += tm_arena_block_bytes(host[i]);
+            return tm_error(TM_EINVAL, "--host-mem-cap %.2f MiB is too small: device %d keeps "
+                            "%.2f MiB of optimizer state in host memory",
+                            (double)cfg->host_mem_cap / (1 << 20), p * cfg->tp + t,
+                            (double)need / (1 << 20));
         }
     return TM_OK;
 }
@@ -70,14 +112,17 @@ int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
                     tm_zero_shard_floats(s.layer, s.n, cfg->dp) * sizeof(float));
                 if ((st = tm_zero_predict(&s, cfg->dp, cfg->zero, &transient, &partial))) break;
             }
-            m->tag[TM_TAG_PARAM] = cfg->zero >= 3 ? shard : whole;
-            m->tag[TM_TAG_GRAD] = cfg->zero >= 2 ? shard : whole;
-            m->tag[TM_TAG_OPTIMIZER] = k * (cfg->zero >= 1 ? shard : whole);
+            size_t state[3] = {cfg->zero >= 3 ? shard : whole, cfg->zero >= 2 ? shard : whole,
+                               k * (cfg->zero >= 1 ? shard : whole)};
+            tm_tag tags[3] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER};
+            for (int i = 0; i < 3; i++)
+                m->tag[tm_offload_on_host(cfg->offload, tags[i]) ? TM_TAG_HOST : tags[i]] +=
+                    state[i];
             m->tag[TM_TAG_ACTIVATION] = acts[p * cfg->tp + t];
             m->tag[TM_TAG_COMM] = transient;
             if (cfg->tp > 1 && partial > 0)
                 m->tag[TM_TAG_WORKSPACE] = tm_arena_block_bytes(partial * sizeof(float));
-            for (int g = 0; g < TM_TAG_COUNT; g++) m->peak += m->tag[g];
+            for (int g = 0; g < TM_TAG_COUNT; g++) m->peak += g == TM_TAG_HOST ? 0 : m->tag[g];
         }
     free(acts);
     return st;

@@ -25,12 +25,17 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
 
 /* Whether every device's shard of the model (parameters, gradients and
- * optimizer state, as tm_stage_create allocates them) fits cfg->mem_cap,
+ * optimizer state, as tm_stage_create allocates them; not what offload
+ * keeps in host memory) fits cfg->mem_cap,
  * decided per (stage, tp rank) by tm_arena_fits, which reserves nothing, so
  * before the host allocates anything for the model: TM_OK, or TM_ENOMEM
  * with the arena's report for the first device (replica 0) that would run
  * out. first: layers per stage. */
 int tm__train_fits(const tm_train_config *cfg, const int *first);
+/* The same for the host arena of optimizer offload (cfg->host_mem_cap),
+ * part of tm_train_check: TM_OK, or TM_EINVAL naming --host-mem-cap and
+ * what the first device that would not fit keeps there. */
+int tm__train_host_fits(const tm_train_config *cfg, const int *first);
 
 /* Layers per stage into first[0 .. pp]: the user's --stages or balanced by
  * FLOPs. TM_EINVAL as tm_stages_parse. */

@@ -37,8 +37,9 @@ struct tm_zero {
     size_t n_shard;                       /* floats of every shard buffer */
     float *params;                        /* (n_shard) stage 3, tag param */
     float *grads;                         /* (n_shard) stages 2 and 3, tag grad */
-    float *state[TM_OPT_MAX_STATE];       /* (n_shard) tag optimizer */
+    float *state[TM_OPT_MAX_STATE];       /* (n_shard) tag optimizer, or the caller's */
     int n_state;
+    int own_state;                        /* state allocated here (not offloaded) */
     /* Each layer as its hooks run it: its tensors one after the other in
      * a view of view_n[i] floats, each tensor's slot dp x q floats (the
      * all-gather's and the reduce-scatter's layout). */
@@ -252,7 +253,8 @@ static int layer_end(void *ctx, int i, int bwd, int st)
     return st;
 }
 
-int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state)
+int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state,
+                   float *const *state)
 {
     tm_zero *z = calloc(1, sizeof *z);
     *out = z;
@@ -268,8 +270,10 @@ int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int 
         return TM_ENOMEM;
     if (stage >= 2 && (z->grads = alloc_zeroed(s->dev, z->n_shard, TM_TAG_GRAD)) == NULL)
         return TM_ENOMEM;
+    z->own_state = state == NULL;
     for (int i = 0; i < n_state; i++)
-        if ((z->state[i] = alloc_zeroed(s->dev, z->n_shard, TM_TAG_OPTIMIZER)) == NULL)
+        if ((z->state[i] = state != NULL ? state[i]
+                                         : alloc_zeroed(s->dev, z->n_shard, TM_TAG_OPTIMIZER)) == NULL)
             return TM_ENOMEM;
     if (stage >= 2) {
         z->hooks = (tm_stage_hooks){layer_begin, layer_end, z};
@@ -288,7 +292,7 @@ void tm_zero_destroy(tm_zero *z)
     }
     release(z, &z->pview);
     release(z, &z->gview);
-    for (int i = 0; i < z->n_state; i++) release(z, &z->state[i]);
+    for (int i = 0; z->own_state && i < z->n_state; i++) release(z, &z->state[i]);
     release(z, &z->grads);
     release(z, &z->params);
     free(z);
@@ -443,7 +447,7 @@ static int gather_back(tm_zero *z, const chunk *t)
     return st;
 }
 
-int tm_zero_step(tm_zero *z, const tm_optim_config *c, double lr, long step)
+void tm_zero_update(tm_zero *z, const tm_optim_config *c, double lr, long step)
 {
     for (int e = 0; e < z->n_ten; e++) {
         const chunk *t = &z->ten[e];
@@ -453,8 +457,18 @@ int tm_zero_step(tm_zero *z, const tm_optim_config *c, double lr, long step)
         tm_optimizer_update(c, param_chunk(z, t), grad_chunk(z, t), state, t->real, t->decay, lr,
                             step);
     }
+}
+
+int tm_zero_gather(tm_zero *z)
+{
     for (int e = 0; z->stage < 3 && e < z->n_ten; e++) TM_CHECK(gather_back(z, &z->ten[e]));
     return TM_OK;
+}
+
+int tm_zero_step(tm_zero *z, const tm_optim_config *c, double lr, long step)
+{
+    tm_zero_update(z, c, lr, step);
+    return tm_zero_gather(z);
 }
 
 double tm_zero_step_bytes(const tm_zero *z, int m)

@@ -30,11 +30,14 @@ size_t tm_zero_shard_floats(const tm_layer_plan *plan, int n, int dp);
 
 /* Shards stage s (created without what `stage` shards: tm_stage_create_parts)
  * over dp_comm: allocates this replica's chunks of the optimizer's n_state
- * buffers (tag optimizer, zeroed), of the gradients (stage >= 2, tag grad)
+ * buffers (tag optimizer, zeroed) unless state gives them (the caller's
+ * zeroed buffers of tm_zero_shard_floats floats each, kept by the caller:
+ * optimizer offload's host memory), of the gradients (stage >= 2, tag grad)
  * and of the parameters (stage 3, tag param), and for stages 2 and 3 runs
  * the stage's layers through its hooks. TM_OK, TM_ENOMEM with the arena's
  * report, or TM_EHOSTMEM. */
-int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state);
+int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state,
+                   float *const *state);
 /* NULL is a no-op. Detaches the hooks. */
 void tm_zero_destroy(tm_zero *z);
 
@@ -72,6 +75,11 @@ void tm_zero_grad_scale(tm_zero *z, float scale);
 /* One optimizer step on this replica's chunks, then (stages 1 and 2) the
  * parameters all-gathered. TM_OK or the collective's error. */
 int tm_zero_step(tm_zero *z, const tm_optim_config *c, double lr, long step);
+/* Its two halves, for what runs between them (optimizer offload brings the
+ * updated chunks back from the host before the all-gather): the update of
+ * this replica's chunks, and the all-gather (stages 1 and 2; stage 3 none). */
+void tm_zero_update(tm_zero *z, const tm_optim_config *c, double lr, long step);
+int tm_zero_gather(tm_zero *z);
 
 /* Bytes one replica sends over dp for the shards in a step of m
  * micro-batches: per tensor (dp - 1) ceil(n/dp) x 4 for each reduce-scatter

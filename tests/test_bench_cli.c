@@ -50,11 +50,14 @@ Test(bench_cli, bench_strategies_sweeps_zero_stages_where_dp_allows, .init = cli
     }
 }
 
-Test(bench_cli, bench_strategies_bad_recompute_is_one_line_and_status_2, .init = cli_setup,
+Test(bench_cli, bench_strategies_bad_recompute_or_offload_is_one_line_and_status_2, .init = cli_setup,
      .fini = cli_teardown, .timeout = 60)
 {
     char first[1024];
     const char *cases[][2] = {{"--recompute some", "--recompute is none, full or selective"},
+                              {"--offload optimizer", "it needs --host-mem-cap"},
+                              {"--host-mem-cap 8M", "it needs --offload optimizer"},
+                              {"--offload disk --host-mem-cap 8M", "--offload is none or"},
                               {"--recompute selective", "has no attention"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st = cli_run("bench_strategies", cases[i][0]);

@@ -7,7 +7,8 @@
  * under the prediction. Over the MLP and the GPT, one device, data,
  * tensor (with and without sequence parallelism) and pipeline
  * parallelism under every schedule, gradient accumulation, activation
- * recomputation and ZeRO 1/2/3 alone and combined. */
+ * recomputation, ZeRO 1/2/3 and optimizer offload (the host arena's bytes
+ * too) alone and combined. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -59,6 +60,7 @@ typedef struct {
     int gpt, dp, pp, tp, m, sp, zero;
     tm_recompute recompute;
     tm_schedule_kind schedule;
+    int offload;
 } setup_t;
 
 static tm_train_config config(const setup_t *s)
@@ -85,6 +87,10 @@ static tm_train_config config(const setup_t *s)
     c.seed = 3;
     c.shuffle = 1;
     c.mem_cap = 64 << 20;
+    if (s->offload) {
+        c.offload = TM_OFFLOAD_OPTIMIZER;
+        c.host_mem_cap = 64 << 20;
+    }
     return c;
 }
 
@@ -108,7 +114,9 @@ static void expect_predicted(const setup_t *s)
         const tm_device_report *d = &r.devices[i];
         const tm_memory_prediction *p = &pred[d->p * c.tp + d->t];
         for (int t = 0; t < TM_TAG_COUNT; t++) {
-            size_t got = t == TM_TAG_ACTIVATION ? d->activation_peak : d->memory.tag_peak[t];
+            size_t got = t == TM_TAG_ACTIVATION ? d->activation_peak
+                         : t == TM_TAG_HOST         ? d->host_memory.peak
+                                                    : d->memory.tag_peak[t];
             if (t == TM_TAG_COMM)
                 cr_expect(got >= p->tag[t] && got <= p->tag[t] + slack,
                           "%s device %d: comm %zu bytes, predicted %zu (+ at most %zu)", what,
@@ -136,20 +144,22 @@ static void expect_all(const setup_t *list, int n)
 Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B},
-        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B},
-        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B},
-        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B},
-        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B},
-        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED},
-        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE},
+        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0},
+        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B, 0},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0},
+        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0},
+        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B, 0}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0},
+        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B, 0},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0},
+        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1},
+        {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1},
     };
     static const setup_t few[] = {
-        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -158,14 +168,15 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
 Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B},
-        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B},
-        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B},
-        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B},
-        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B},
+        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0},
+        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 0}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B, 0},
+        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0},
+        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0},
+        {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1},
     };
     static const setup_t few[] = {
-        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B},
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -173,7 +184,7 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
 
 Test(predict, bad_configuration_is_refused_like_tm_train_check, .init = setup, .fini = teardown)
 {
-    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B}; /* 4 heads over tp 3 */
+    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}; /* 4 heads over tp 3 */
     tm_train_config c = config(&s);
     tm_memory_prediction pred[3];
     cr_expect_eq(tm_train_predict_memory(&c, &gpt_train, pred), TM_EINVAL);

@@ -93,6 +93,14 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--zero 12 --dp 2",
         "--zero 1",
         "--zero 3 --pp 2",
+        /* Optimizer offload: no host memory, too little, nothing to size,
+         * a kind that does not exist. */
+        "--offload optimizer",
+        "--offload optimizer --host-mem-cap 64K --optimizer adamw",
+        "--host-mem-cap 64M",
+        "--offload none --host-mem-cap 64M",
+        "--offload gradients --host-mem-cap 64M",
+        "--offload optimizer --host-mem-cap 0",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];

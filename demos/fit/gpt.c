@@ -35,10 +35,10 @@ static const char usage[] =
     "and the peak predicted before the run, whether it fits, the modeled step time\n"
     "and the bytes it sent in a step. Remedies: activation recomputation (selective,\n"
     "full), gradient accumulation, data parallelism over 4 replicas with ZeRO 0-3,\n"
-    "pipeline parallelism (pp=4, 1F1B) and tensor parallelism (tp=4) with and\n"
-    "without sequence parallelism. Every remedy that fits trains a few steps (AdamW,\n"
-    "constant lr 1e-3, clipping at 1.0) and its losses are compared with one device\n"
-    "trained without a cap.\n"
+    "pipeline parallelism (pp=4, 1F1B), tensor parallelism (tp=4) with and\n"
+    "without sequence parallelism, optimizer offload, and useful combinations.\n"
+    "Every remedy that fits trains a few steps (AdamW, constant lr 1e-3, clipping\n"
+    "at 1.0) and its losses are compared with one device trained without a cap.\n"
     "\n"
     "options:\n"
     "  --model gpt           this story (without it: the MLP's, see fit --help)\n"
@@ -48,6 +48,8 @@ static const char usage[] =
     "  --context T           positions per sequence, divisible by 4 (128)\n"
     "  --batch B             sequences per optimizer step, divisible by 8 (16)\n"
     "  --mem-cap SIZE        memory of every device, e.g. 64M, 1G (64M)\n"
+    "  --host-mem-cap SIZE   host memory of every device for the offload remedies\n"
+    "                        (1G)\n"
     "  --steps N             optimizer steps of every remedy that fits (3)\n"
     "  --predict             under each remedy, the prediction by tag beside the\n"
     "                        measurement and their difference\n"
@@ -87,23 +89,27 @@ typedef struct {
     const char *name;
     int dp, pp, tp, micro_batches, zero, sp;
     tm_recompute recompute;
+    tm_offload_kind offload;
 } remedy;
 
 static const remedy remedies[] = {
-    {"one device", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE},
-    {"recompute selective", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_SELECTIVE},
-    {"recompute full", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_FULL},
-    {"accumulate x8", 1, 1, 1, 8, 0, 0, TM_RECOMPUTE_NONE},
-    {"full + accumulate x8", 1, 1, 1, 8, 0, 0, TM_RECOMPUTE_FULL},
-    {"dp=4", 4, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE},
-    {"dp=4 ZeRO-1", 4, 1, 1, 1, 1, 0, TM_RECOMPUTE_NONE},
-    {"dp=4 ZeRO-2", 4, 1, 1, 1, 2, 0, TM_RECOMPUTE_NONE},
-    {"dp=4 ZeRO-3", 4, 1, 1, 1, 3, 0, TM_RECOMPUTE_NONE},
-    {"ZeRO-1 + full", 4, 1, 1, 1, 1, 0, TM_RECOMPUTE_FULL},
-    {"pp=4 1F1B m=8", 1, 4, 1, 8, 0, 0, TM_RECOMPUTE_NONE},
-    {"tp=4", 1, 1, 4, 1, 0, 0, TM_RECOMPUTE_NONE},
-    {"tp=4 + SP", 1, 1, 4, 1, 0, 1, TM_RECOMPUTE_NONE},
-    {"tp=4 + SP + full", 1, 1, 4, 1, 0, 1, TM_RECOMPUTE_FULL},
+    {"one device", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"recompute selective", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_SELECTIVE, TM_OFFLOAD_NONE},
+    {"recompute full", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_FULL, TM_OFFLOAD_NONE},
+    {"accumulate x8", 1, 1, 1, 8, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"full + accumulate x8", 1, 1, 1, 8, 0, 0, TM_RECOMPUTE_FULL, TM_OFFLOAD_NONE},
+    {"dp=4", 4, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"dp=4 ZeRO-1", 4, 1, 1, 1, 1, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"dp=4 ZeRO-2", 4, 1, 1, 1, 2, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"dp=4 ZeRO-3", 4, 1, 1, 1, 3, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"ZeRO-1 + full", 4, 1, 1, 1, 1, 0, TM_RECOMPUTE_FULL, TM_OFFLOAD_NONE},
+    {"pp=4 1F1B m=8", 1, 4, 1, 8, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"tp=4", 1, 1, 4, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"tp=4 + SP", 1, 1, 4, 1, 0, 1, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE},
+    {"tp=4 + SP + full", 1, 1, 4, 1, 0, 1, TM_RECOMPUTE_FULL, TM_OFFLOAD_NONE},
+    {"offload", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_OPTIMIZER},
+    {"offload + full + acc x4", 1, 1, 1, 4, 0, 0, TM_RECOMPUTE_FULL, TM_OFFLOAD_OPTIMIZER},
+    {"ZeRO-3 + offload", 4, 1, 1, 1, 3, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_OPTIMIZER},
 };
 #define N_REMEDIES ((int)(sizeof remedies / sizeof remedies[0]))
 
@@ -148,6 +154,8 @@ static int configure(const remedy *m, run *r, const tm_gpt_config *gc,
     cfg->tp = m->tp;
     cfg->zero = m->zero;
     cfg->micro_batches = m->micro_batches;
+    cfg->offload = m->offload;
+    if (m->offload == TM_OFFLOAD_NONE) cfg->host_mem_cap = 0;
     cfg->ctx = r;
     cfg->on_step = on_step;
     return TM_OK;
@@ -173,7 +181,9 @@ static const tm_device_report *fullest(const run *r)
 /* A device's measured peak by tag, the activations the training steps'. */
 static size_t measured_tag(const tm_device_report *d, int tag)
 {
-    return tag == TM_TAG_ACTIVATION ? d->activation_peak : d->memory.tag_peak[tag];
+    return tag == TM_TAG_ACTIVATION ? d->activation_peak
+           : tag == TM_TAG_HOST         ? d->host_memory.peak
+                                        : d->memory.tag_peak[tag];
 }
 
 /* Bytes the device sent in its first recorded step, over every dimension. */
@@ -197,7 +207,7 @@ static double max_rel_diff(const run *a, const run *ref)
 
 static void print_header(void)
 {
-    printf("%-22s %-7s", "remedy", "device");
+    printf("%-24s %-7s", "remedy", "device");
     for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.9s", tm_tag_name((tm_tag)t));
     printf(" %9s %9s %6s %4s %9s %10s %9s\n", "peak", "predicted", "diff", "fits", "step ms",
            "sent/step", "loss diff");
@@ -211,13 +221,13 @@ static int print_row(const remedy *m, const run *r, const run *ref, size_t cap, 
 {
     const tm_device_report *d = fullest(r);
     if (d == NULL) {
-        printf("%-22s failed (%s): %s\n", m->name, tm_err_name(r->status), r->error);
+        printf("%-24s failed (%s): %s\n", m->name, tm_err_name(r->status), r->error);
         return 0;
     }
     const tm_memory_prediction *p = &r->pred[d->p * m->tp + d->t];
     char where[16];
     snprintf(where, sizeof where, "%d,%d,%d", d->d, d->p, d->t);
-    printf("%-22s %-7s", m->name, where);
+    printf("%-24s %-7s", m->name, where);
     for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.2f", mib(measured_tag(d, t)));
     double diff = 100.0 * ((double)d->memory.peak - (double)p->peak) / (double)p->peak;
     double loss = max_rel_diff(r, ref);
@@ -228,9 +238,9 @@ static int print_row(const remedy *m, const run *r, const run *ref, size_t cap, 
            1e3 * r->res.modeled_seconds / (double)r->res.steps, mib((size_t)step_sent(d)), loss,
            ok ? "" : "  (!)");
     if (!predict) return ok;
-    printf("%-22s %-7s", "  predicted", "");
+    printf("%-24s %-7s", "  predicted", "");
     for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.2f", mib(p->tag[t]));
-    printf("\n%-22s %-7s", "  difference", "");
+    printf("\n%-24s %-7s", "  difference", "");
     for (int t = 0; t < TM_TAG_COUNT; t++) {
         double meas = (double)measured_tag(d, t), pr = (double)p->tag[t];
         if (pr > 0) printf(" %+8.2f%%", 100.0 * (meas - pr) / pr);
@@ -266,16 +276,17 @@ int tm_fit_gpt(int argc, char **argv)
 {
     tm_gpt_config gc = {4, 4, 256, 128, 0};
     long batch = 16, steps = 3;
-    size_t cap = (size_t)64 << 20;
+    size_t cap = (size_t)64 << 20, host_cap = (size_t)1 << 30;
     int predict = 0;
     const char *text = NULL;
-    enum { O_MODEL = 256, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BATCH, O_MEM, O_STEPS,
-           O_PREDICT, O_TEXT };
+    enum { O_MODEL = 256, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BATCH, O_MEM, O_HOST_MEM,
+           O_STEPS, O_PREDICT, O_TEXT };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},       {"layers", 1, 0, O_LAYERS},
         {"heads", 1, 0, O_HEADS},       {"d-model", 1, 0, O_DMODEL},
         {"context", 1, 0, O_CONTEXT},   {"batch", 1, 0, O_BATCH},
-        {"mem-cap", 1, 0, O_MEM},       {"steps", 1, 0, O_STEPS},
+        {"mem-cap", 1, 0, O_MEM},       {"host-mem-cap", 1, 0, O_HOST_MEM},
+        {"steps", 1, 0, O_STEPS},
         {"predict", 0, 0, O_PREDICT},   {"text", 1, 0, O_TEXT},
         {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
     opterr = 0;
@@ -294,6 +305,10 @@ int tm_fit_gpt(int argc, char **argv)
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap < TM_ARENA_ALIGN)
                 die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+            break;
+        case O_HOST_MEM:
+            if (tm_parse_size(optarg, &host_cap) != 0 || host_cap < TM_ARENA_ALIGN)
+                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
             break;
         case O_STEPS: steps = parse_positive("--steps", optarg, 1L << 20); break;
         case O_PREDICT: predict = 1; break;
@@ -332,7 +347,8 @@ int tm_fit_gpt(int argc, char **argv)
                             .max_steps = steps, .batch = (int)batch, .micro_batches = 1,
                             .optimizer = TM_OPT_ADAMW, .lr = 1e-3, .lr_schedule = TM_LR_CONSTANT,
                             .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1, .clip_grad = 1.0,
-                            .seed = 1, .shuffle = 1, .mem_cap = cap};
+                            .seed = 1, .shuffle = 1, .mem_cap = cap,
+                            .host_mem_cap = host_cap};
 
     run runs[N_REMEDIES];
     memset(runs, 0, sizeof runs);
