@@ -13,7 +13,8 @@
     X(OPTIMIZER, "optimizer")                                                  \
     X(ACTIVATION, "activation")                                                \
     X(COMM, "comm")                                                            \
-    X(WORKSPACE, "workspace")
+    X(WORKSPACE, "workspace")                                                  \
+    X(BF16, "bf16")
 
 typedef enum {
 #define TM__TAG_ENUM(name, str) TM_TAG_##name,

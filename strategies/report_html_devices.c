@@ -193,7 +193,7 @@ int tm__html_memory(FILE *f, const tm_run_report *run)
         return tm_error(TM_EHOSTMEM, "cannot allocate the memory bars");
     }
     memory_formula(run, formula);
-    static const char *cls[TM_TAG_COUNT] = {"t0", "t1", "t2", "t3", "t4", "t5"};
+    static const char *cls[TM_TAG_COUNT] = {"t0", "t1", "t2", "t3", "t4", "t5", "t6"};
     const char *names[TM_TAG_COUNT];
     double max = 0, cap = (double)run->cfg->mem_cap;
     for (int t = 0; t < TM_TAG_COUNT; t++) names[t] = tm_tag_name((tm_tag)t);
@@ -241,7 +241,11 @@ int tm__html_memory(FILE *f, const tm_run_report *run)
     tm_svg_bars(f, &s);
     fputs("<div class=\"fold\" style=\"max-height:260px\"><table><tr><th class=\"l\">device</th>",
           f);
-    for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, "<th>%s</th>", names[t]);
+    for (int t = 0; t < TM_TAG_COUNT; t++) {
+        fputs("<th>", f);
+        tm_svg_plain(f, "label", "%s", names[t]);
+        fputs("</th>", f);
+    }
     fputs("<th>arena peak</th><th>formula</th></tr>\n", f);
     for (int i = 0; i < n; i++) {
         const tm_device_report *d = &r->devices[i];
