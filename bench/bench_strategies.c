@@ -33,7 +33,8 @@
 static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
-    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R] [--csv]\n"
+    "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R]\n"
+    "         [--precision P] [--csv]\n"
     "         [--report FILE] [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
@@ -59,6 +60,10 @@ static const char usage_head[] =
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
     "  --recompute R         activation recomputation in every configuration: none,\n"
     "                        full, or selective (the GPT's attention) (none)\n"
+    "  --precision P         every configuration in fp32, or bf16: GEMMs on bf16\n"
+    "                        weight copies with fp32 accumulation (AVX512_BF16 or\n"
+    "                        the fp32 kernels on rounded operands: any CPU),\n"
+    "                        activations stored in bf16 (fp32)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
@@ -405,7 +410,7 @@ int main(int argc, char **argv)
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
            O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO,
-           O_RECOMPUTE };
+           O_RECOMPUTE, O_PRECISION };
     tm_recompute recompute = TM_RECOMPUTE_NONE;
     const char *report_path = NULL;
     static const struct option opts[] = {
@@ -420,7 +425,7 @@ int main(int argc, char **argv)
         {"devices-per-node", 1, 0, O_CLOCK}, {"inter-node-gbps", 1, 0, O_CLOCK},
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"zero", 1, 0, O_ZERO},            {"recompute", 1, 0, O_RECOMPUTE},
-        {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
+        {"precision", 1, 0, O_PRECISION},  {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -454,6 +459,10 @@ int main(int argc, char **argv)
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
                 die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
+        case O_PRECISION:
+            if (tm_precision_parse(optarg, &base.precision) != 0)
+                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
@@ -635,10 +644,10 @@ int main(int argc, char **argv)
                zero_given ? ",zero" : "");
     } else {
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data, "
-               "--recompute %s\n"
+               "--recompute %s, --precision %s\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
                devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
-               clk->device_gflops, clk->device_gbps,
+               tm_precision_name(base.precision), clk->device_gflops, clk->device_gbps,
                clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)
             printf(", %d devices per node, %g GB/s + %g us between nodes", clk->devices_per_node,

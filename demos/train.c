@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/gemm.h"
 #include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/outfile.h"
@@ -50,6 +51,11 @@ static const char usage_head[] =
     "                        backward re-runs its forward | selective (GPT):\n"
     "                        attention's T x T weights are recomputed in the\n"
     "                        backward (none)\n"
+    "  --precision P         fp32 | bf16: the GEMMs on bf16 copies of the weights\n"
+    "                        with fp32 accumulation, activations stored in bf16;\n"
+    "                        master weights, gradients and optimizer state stay\n"
+    "                        fp32. Every CPU runs it: AVX512_BF16 where present,\n"
+    "                        else the fp32 kernels on the rounded operands (fp32)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -285,7 +291,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_ZERO, O_RECOMPUTE, O_END };
+       O_REPORT, O_ZERO, O_RECOMPUTE, O_PRECISION, O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -608,7 +614,7 @@ int main(int argc, char **argv)
         {"eval-sequences", 1, 0, O_EVALSEQ}, {"sample-tokens", 1, 0, O_SAMPLETOK},
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
         {"report", 1, 0, O_REPORT},        {"zero", 1, 0, O_ZERO},
-        {"recompute", 1, 0, O_RECOMPUTE},
+        {"recompute", 1, 0, O_RECOMPUTE},  {"precision", 1, 0, O_PRECISION},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -659,6 +665,10 @@ int main(int argc, char **argv)
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
                 die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+            break;
+        case O_PRECISION:
+            if (tm_precision_parse(optarg, &cfg.precision) != 0)
+                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
@@ -943,6 +953,9 @@ int main(int argc, char **argv)
                                                                                      : "");
     if (recompute != TM_RECOMPUTE_NONE)
         printf("activation recomputation: %s\n", tm_recompute_name(recompute));
+    if (cfg.precision != TM_PRECISION_FP32)
+        printf("precision: %s (GEMM kernels: %s)\n", tm_precision_name(cfg.precision),
+               tm_gemm_bf16_isa());
     fflush(stdout);
     tm_train_result res;
     char error[2048];

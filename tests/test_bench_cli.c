@@ -55,7 +55,8 @@ Test(bench_cli, bench_strategies_bad_recompute_is_one_line_and_status_2, .init =
 {
     char first[1024];
     const char *cases[][2] = {{"--recompute some", "--recompute is none, full or selective"},
-                              {"--recompute selective", "has no attention"}};
+                              {"--recompute selective", "has no attention"},
+                              {"--precision fp8", "--precision is fp32 or bf16"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st = cli_run("bench_strategies", cases[i][0]);
         cr_expect_eq(st, 2, "%s: exit %d", cases[i][0], st);

@@ -48,9 +48,10 @@ static void expect_table(const char *name, const char *text, int pipeline)
     for (const char *line = text; line != NULL && *line; line = strchr(line, '\n')) {
         if (*line == '\n') line++;
         int id, d, p, t;
-        double tags[6], peak, share;
-        if (sscanf(line, " %d %d,%d,%d %lf %lf %lf %lf %lf %lf %lf %lf%%", &id, &d, &p, &t, &tags[0],
-                   &tags[1], &tags[2], &tags[3], &tags[4], &tags[5], &peak, &share) != 12)
+        double tags[7], peak, share;
+        if (sscanf(line, " %d %d,%d,%d %lf %lf %lf %lf %lf %lf %lf %lf %lf%%", &id, &d, &p, &t,
+                   &tags[0], &tags[1], &tags[2], &tags[3], &tags[4], &tags[5], &tags[6], &peak,
+                   &share) != 13)
             continue;
         cr_expect_eq(id, rows, "%s: row %d is device %d", name, rows, id);
         cr_expect_eq(d, 0, "%s: device %d has d = %d", name, id, d);
@@ -138,6 +139,7 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--dataset cifar10",
         "--recompute everything",
         "--recompute selective",
+        "--precision half",
         "--data-dir /nonexistent-tinymesh-dir",
         "--steps",
         "stray-argument",
@@ -166,7 +168,7 @@ Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
-                           "--zero", "--recompute", "--dataset", "--data-dir", "--help",
+                           "--zero", "--recompute", "--precision", "--dataset", "--data-dir", "--help",
                            "Exit status"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
