@@ -23,12 +23,15 @@ static const char usage[] =
     "gradient (TN), attention's per-head products in causal blocks of 32\n"
     "rows, and the head's logits; in fp32 (tm_sgemm) and in bf16\n"
     "(tm_gemm_bf16, weights from a bf16 copy, fp32 accumulation), alternated,\n"
-    "median of N repetitions (default 5). Prints ms per step and GFLOP/s.\n";
+    "median of N repetitions (default 5). Prints the thread's CPU ms per step\n"
+    "and GFLOP/s per CPU second.\n";
 
+/* The thread's CPU time: on a shared machine, what the GEMMs cost this
+ * thread, whatever else runs on the cores. */
 static double now(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -162,7 +165,7 @@ int main(int argc, char **argv)
             t[b][i] = now() - t0;
         }
     printf("GPT L=%d C=%d T=%d H=%d, batch %d: %.2f GFLOP of GEMMs per training step; bf16 "
-           "kernels: %s\nprecision  ms/step (median of %d)  GFLOP/s\n",
+           "kernels: %s\nprecision  CPU ms/step (median of %d)  GFLOP/s\n",
            s.L, s.C, s.T, s.H, s.B, s.flops * 1e-9, tm_gemm_bf16_isa(), reps);
     for (int b = 0; b < 2; b++) {
         qsort(t[b], (size_t)reps, sizeof(double), cmp_double);
