@@ -130,7 +130,10 @@ int main(int argc, char **argv)
         case 'H': s.H = (int)arg("--heads", optarg, 1, 4096); break;
         case 'B': s.B = (int)arg("--batch", optarg, 1, 4096); break;
         case 'h': fputs(usage, stdout); return 0;
-        default: fprintf(stderr, "bench_precision: bad usage (--help)\n"); return 2;
+        default:
+            fprintf(stderr, "bench_precision: %s %s (--help lists the options)\n",
+                    optopt ? "option needs a value:" : "unknown option", argv[optind - 1]);
+            return 2;
         }
     }
     if (optind < argc || s.C % s.H != 0) {

@@ -65,3 +65,19 @@ Test(bench_cli, bench_strategies_bad_recompute_is_one_line_and_status_2, .init =
         cr_expect(strstr(first, cases[i][1]) != NULL, "%s: %s", cases[i][0], first);
     }
 }
+
+Test(bench_cli, bench_precision_bad_usage_is_one_line_and_status_2, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
+{
+    char first[1024];
+    const char *cases[][2] = {{"--reps 0", "--reps wants an integer"},
+                              {"--d-model 130 --heads 4", "--d-model must divide by --heads"},
+                              {"--precision bf16", "unknown option --precision"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = cli_run("bench_precision", cases[i][0]);
+        cr_expect_eq(st, 2, "%s: exit %d", cases[i][0], st);
+        cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", cases[i][0],
+                     first);
+        cr_expect(strstr(first, cases[i][1]) != NULL, "%s: %s", cases[i][0], first);
+    }
+}
