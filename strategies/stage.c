@@ -338,10 +338,14 @@ static int model_output(const tm_stage *s, int i)
  * unless it is NULL. */
 static void round_bf16(tm_device *dev, float *x, tm_bf16 *keep, size_t n)
 {
-    for (size_t j = 0; j < n; j++) {
-        tm_bf16 h = tm_bf16_from_float(x[j]);
-        if (keep != NULL) keep[j] = h;
-        x[j] = tm_bf16_to_float(h);
+    /* In chunks that stay in L1 between the two vectorised passes. */
+    enum { CHUNK = 2048 };
+    tm_bf16 chunk[CHUNK];
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        tm_bf16 *h = keep != NULL ? keep + i : chunk;
+        tm_f32_to_bf16(h, x + i, k);
+        tm_bf16_to_f32(x + i, h, k);
     }
     tm_clock_charge(dev, 0, (keep != NULL ? 10.0 : 8.0) * (double)n);
 }
