@@ -137,8 +137,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc || s.C % s.H != 0) {
-        fprintf(stderr, "bench_precision: %s\n", optind < argc ? "unexpected argument"
-                                                               : "--d-model must divide by --heads");
+        fprintf(stderr, "bench_precision: %s\n",
+                optind < argc ? "unexpected argument" : "--d-model must divide by --heads");
         return 2;
     }
     size_t r = (size_t)s.B * s.T, wide = 4 * (size_t)s.C > 256 ? 4 * (size_t)s.C : 256;
@@ -153,7 +153,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_precision: out of memory\n");
         return 1;
     }
-    for (size_t i = 0; i < r * wide; i++) s.x[i] = s.d[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < r * wide; i++)
+        s.x[i] = s.d[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
     for (size_t i = 0; i < nw; i++) s.w[i] = (float)((i * 40503u) % 1000) * 1e-3f - 0.5f;
     for (size_t i = 0; i < (size_t)s.T * s.T; i++) s.att[i] = 1.0f / (float)s.T;
     tm_f32_to_bf16(s.w16, s.w, nw);
