@@ -34,7 +34,8 @@ static const char usage_head[] =
     "usage: bench_strategies [--devices N] [--model W0,W1,...|gpt] [--layers L] [--heads H]\n"
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
     "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R]\n"
-    "         [--offload O --host-mem-cap SIZE] [--csv] [--report FILE] [clock flags]\n"
+    "         [--offload O --host-mem-cap SIZE] [--precision P] [--csv] [--report FILE]\n"
+    "         [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -65,6 +66,10 @@ static const char usage_head[] =
     "                        not in peak or comm) (none)\n"
     "  --host-mem-cap SIZE   host memory of each device for --offload; a\n"
     "                        configuration whose state does not fit it is skipped\n"
+    "  --precision P         every configuration in fp32, or bf16: GEMMs on bf16\n"
+    "                        weight copies with fp32 accumulation (AVX512_BF16 or\n"
+    "                        the fp32 kernels on rounded operands: any CPU),\n"
+    "                        activations stored in bf16 (fp32)\n"
     "  --csv                 print the columns below as CSV with a header row; the\n"
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
@@ -411,7 +416,7 @@ int main(int argc, char **argv)
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
            O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO,
-           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM };
+           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION };
     tm_recompute recompute = TM_RECOMPUTE_NONE;
     const char *report_path = NULL;
     static const struct option opts[] = {
@@ -427,7 +432,8 @@ int main(int argc, char **argv)
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"zero", 1, 0, O_ZERO},            {"recompute", 1, 0, O_RECOMPUTE},
         {"offload", 1, 0, O_OFFLOAD},      {"host-mem-cap", 1, 0, O_HOSTMEM},
-        {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
+        {"precision", 1, 0, O_PRECISION},  {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -469,6 +475,10 @@ int main(int argc, char **argv)
         case O_HOSTMEM:
             if (tm_parse_size(optarg, &base.host_mem_cap) != 0 || base.host_mem_cap == 0)
                 die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+            break;
+        case O_PRECISION:
+            if (tm_precision_parse(optarg, &base.precision) != 0)
+                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
@@ -656,10 +666,10 @@ int main(int argc, char **argv)
                zero_given ? ",zero" : "");
     } else {
         printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data, "
-               "--recompute %s, --offload %s\n"
+               "--recompute %s, --offload %s, --precision %s\n"
                "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
                devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
-               tm_offload_name(base.offload),
+               tm_offload_name(base.offload), tm_precision_name(base.precision),
                clk->device_gflops, clk->device_gbps,
                clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)

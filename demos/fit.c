@@ -60,6 +60,9 @@ static const char usage[] =
     "                        gradients go to the host and the weights come back\n"
     "                        every step) (none)\n"
     "  --host-mem-cap SIZE   host memory of each device for --offload, e.g. 64M\n"
+    "  --precision P         every phase in fp32, or bf16: GEMMs on bf16 copies of\n"
+    "                        the weights (fp32 accumulation, on any CPU),\n"
+    "                        activations stored in bf16 (fp32)\n"
     "  --dataset NAME        fashion-mnist, the only one (fashion-mnist)\n"
     "  --data-dir DIR        where the *-idx?-ubyte.gz files are\n"
     "                        (/usr/share/datasets/fashion-mnist)\n"
@@ -335,17 +338,18 @@ int main(int argc, char **argv)
     long steps = 30, batch = 128, micro = 4;
     int zero = 0;
     enum { O_MODEL = 256, O_MEM, O_STEPS, O_BATCH, O_MICRO, O_DATASET, O_DATA, O_ZERO,
-           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM };
+           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION };
     tm_offload_kind offload = TM_OFFLOAD_NONE;
     size_t host_cap = 0;
     tm_recompute recompute = TM_RECOMPUTE_NONE;
+    tm_precision precision = TM_PRECISION_FP32;
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL},     {"mem-cap", 1, 0, O_MEM},
         {"steps", 1, 0, O_STEPS},     {"batch", 1, 0, O_BATCH},
         {"micro-batches", 1, 0, O_MICRO}, {"dataset", 1, 0, O_DATASET},
         {"data-dir", 1, 0, O_DATA},   {"zero", 1, 0, O_ZERO},
         {"recompute", 1, 0, O_RECOMPUTE}, {"offload", 1, 0, O_OFFLOAD},
-        {"host-mem-cap", 1, 0, O_HOSTMEM},
+        {"host-mem-cap", 1, 0, O_HOSTMEM}, {"precision", 1, 0, O_PRECISION},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     opterr = 0;
@@ -382,6 +386,10 @@ int main(int argc, char **argv)
             if (tm_parse_size(optarg, &host_cap) != 0 || host_cap == 0)
                 die_usage("--host-mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
+        case O_PRECISION:
+            if (tm_precision_parse(optarg, &precision) != 0)
+                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default:
             if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
@@ -395,7 +403,8 @@ int main(int argc, char **argv)
     tm_train_config base = {.dp = 1, .pp = 1, .tp = 1, .schedule = TM_SCHED_1F1B,
                             .batch = (int)batch, .micro_batches = 1, .optimizer = TM_OPT_SGD,
                             .lr = 0.02, .lr_schedule = TM_LR_CONSTANT, .momentum = 0.9,
-                            .weight_decay = 5e-4, .seed = 1, .shuffle = 1};
+                            .weight_decay = 5e-4, .seed = 1, .shuffle = 1,
+                            .precision = precision};
     tm_mlp_config mlp;
     tm_model net;
     if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
@@ -472,6 +481,8 @@ int main(int argc, char **argv)
     if (offload != TM_OFFLOAD_NONE)
         printf("Every phase offloads the optimizer: each device keeps its momentum in %.0f MiB "
                "of host memory.\n", mib(host_cap));
+    if (precision != TM_PRECISION_FP32)
+        printf("Every phase runs in %s mixed precision.\n", tm_precision_name(precision));
 
     printf("\n== phase 1: one device, %.0f MiB ==\n", mib(cap));
     fflush(stdout);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/gemm.h"
 #include "kernels/isa.h"
 #include "runtime/arena.h"
 #include "runtime/outfile.h"
@@ -56,6 +57,11 @@ static const char usage_head[] =
     "                        its host link every step; prints the offload's\n"
     "                        accounts (none)\n"
     "  --host-mem-cap SIZE   host memory of each device for --offload, e.g. 256M\n"
+    "  --precision P         fp32 | bf16: the GEMMs on bf16 copies of the weights\n"
+    "                        with fp32 accumulation, activations stored in bf16;\n"
+    "                        master weights, gradients and optimizer state stay\n"
+    "                        fp32. Every CPU runs it: AVX512_BF16 where present,\n"
+    "                        else the fp32 kernels on the rounded operands (fp32)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
@@ -291,7 +297,8 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_ZERO, O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_END };
+       O_REPORT, O_ZERO, O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION,
+       O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
 #define GIVEN(o) given[(o) - O_MODEL]
@@ -615,7 +622,7 @@ int main(int argc, char **argv)
         {"load-weights", 1, 0, O_LOADW},   {"sequence-parallel", 0, 0, O_SEQPAR},
         {"report", 1, 0, O_REPORT},        {"zero", 1, 0, O_ZERO},
         {"recompute", 1, 0, O_RECOMPUTE},  {"offload", 1, 0, O_OFFLOAD},
-        {"host-mem-cap", 1, 0, O_HOSTMEM},
+        {"host-mem-cap", 1, 0, O_HOSTMEM}, {"precision", 1, 0, O_PRECISION},
         {"help", 0, 0, 'h'},               {0, 0, 0, 0}};
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
@@ -674,6 +681,10 @@ int main(int argc, char **argv)
         case O_HOSTMEM:
             if (tm_parse_size(optarg, &cfg.host_mem_cap) != 0 || cfg.host_mem_cap == 0)
                 die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+            break;
+        case O_PRECISION:
+            if (tm_precision_parse(optarg, &cfg.precision) != 0)
+                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
         case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
@@ -961,6 +972,9 @@ int main(int argc, char **argv)
     if (cfg.offload != TM_OFFLOAD_NONE)
         printf("optimizer offload: the optimizer state in %zu MiB of host memory per device\n",
                cfg.host_mem_cap >> 20);
+    if (cfg.precision != TM_PRECISION_FP32)
+        printf("precision: %s (GEMM kernels: %s)\n", tm_precision_name(cfg.precision),
+               tm_gemm_bf16_isa());
     fflush(stdout);
     tm_train_result res;
     char error[2048];

@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include "kernels/bf16.h"
+
 /* Conventions.
  * Shapes: B = rows (the batch), IN / OUT = input / output features,
  * C = channels or classes, n = elements of a flat buffer. Matrices are dense
@@ -24,6 +26,18 @@
  * tm_sgemm; the linear layers add only their bias and activation work.
  * Size arguments are the caller's contract (non-negative, matching the
  * buffers); violating it is a bug, not an input error. */
+
+/* The GEMM every op below runs (tm_sgemm's arguments), for kinds that
+ * multiply on their own too: tm_sgemm, or, while the calling thread's bf16
+ * mixed precision is on, tm_gemm_bf16 (both operands rounded to bf16 to
+ * nearest even, fp32 accumulation) reading an operand that lies inside the
+ * registered fp32 master weights from the same element of their bf16 copy. */
+void tm_ops_gemm(char transa, char transb, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* Sets the calling thread's precision for tm_ops_gemm: on 0 is fp32 (the
+ * default, tm_sgemm bit for bit); master (n floats) and copy (n bf16, its
+ * rounding) register the weights whose copy feeds the GEMMs (NULL: none). */
+void tm_ops_set_bf16(int on, const float *master, const tm_bf16 *copy, size_t n);
 
 /* Linear layer with PyTorch's nn.Linear layout: out = inp · weightᵀ + bias.
  * bias may be NULL (no bias). */

@@ -72,8 +72,8 @@ static void head_weights(tm_isa isa, float *a, const float *q, const float *k, i
 {
     for (int r0 = 0; r0 < T; r0 += RB) {
         int r1 = r0 + RB < T ? r0 + RB : T;
-        tm_sgemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f,
-                 a + (size_t)r0 * T, T);
+        tm_ops_gemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f,
+                    a + (size_t)r0 * T, T);
     }
     tm__softmax_causal_isa(isa, a, T);
 }
@@ -103,8 +103,8 @@ static void forward(float *out, float *att, size_t step, const float *qkv, int B
             head_weights(isa, a, q, k, T, hs, ld, scale);
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
-                tm_sgemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
-                         o + (size_t)r0 * C, C);
+                tm_ops_gemm('N', 'N', r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, ld, 0.0f,
+                            o + (size_t)r0 * C, C);
             }
         }
     }
@@ -150,23 +150,23 @@ static void backward(float *dqkv, float *scratch, const float *dout, const float
             /* d = dout vᵀ on the kept block columns. */
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
-                tm_sgemm('N', 'T', r1 - r0, r1, hs, 1.0f, g + (size_t)r0 * C, C, v, ld, 0.0f,
-                         d + (size_t)r0 * T, T);
+                tm_ops_gemm('N', 'T', r1 - r0, r1, hs, 1.0f, g + (size_t)r0 * C, C, v, ld, 0.0f,
+                            d + (size_t)r0 * T, T);
             }
             /* dv = aᵀ dout: position j gathers from the rows t >= j. */
             for (int c0 = 0; c0 < T; c0 += RB) {
                 int c1 = c0 + RB < T ? c0 + RB : T;
-                tm_sgemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
-                         g + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * ld, ld);
+                tm_ops_gemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
+                            g + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * ld, ld);
             }
             tm__softmax_causal_backward_isa(isa, d, a, T);
             /* dq = scale d k, dk = scale dᵀ q: each block of rows once. */
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;
-                tm_sgemm('N', 'N', r1 - r0, hs, r1, scale, d + (size_t)r0 * T, T, k, ld, 0.0f,
-                         dq + (size_t)r0 * ld, ld);
-                tm_sgemm('T', 'N', r1 - r0, hs, T - r0, scale, d + (size_t)r0 * T + r0, T,
-                         q + (size_t)r0 * ld, ld, 0.0f, dk + (size_t)r0 * ld, ld);
+                tm_ops_gemm('N', 'N', r1 - r0, hs, r1, scale, d + (size_t)r0 * T, T, k, ld, 0.0f,
+                            dq + (size_t)r0 * ld, ld);
+                tm_ops_gemm('T', 'N', r1 - r0, hs, T - r0, scale, d + (size_t)r0 * T + r0, T,
+                            q + (size_t)r0 * ld, ld, 0.0f, dk + (size_t)r0 * ld, ld);
             }
         }
     }

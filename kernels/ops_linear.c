@@ -53,8 +53,8 @@ static void linear_gemm(float *out, const float *inp, const float *weight,
         if (bias == NULL) memset(out, 0, (size_t)B * OUT * sizeof(float));
         return;
     }
-    tm_sgemm('N', 'T', B, OUT, IN, 1.0f, inp, IN, weight, IN,
-             bias != NULL ? 1.0f : 0.0f, out, OUT);
+    tm_ops_gemm('N', 'T', B, OUT, IN, 1.0f, inp, IN, weight, IN,
+                bias != NULL ? 1.0f : 0.0f, out, OUT);
 }
 
 void tm_linear_forward(float *out, const float *inp, const float *weight,
@@ -91,11 +91,11 @@ void tm_linear_backward(float *dinp, float *dweight, float *dbias,
     /* With any size zero both products add nothing. */
     if (B > 0 && IN > 0 && OUT > 0) {
         if (dinp != NULL)
-            tm_sgemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 1.0f,
-                     dinp, IN);
+            tm_ops_gemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 1.0f,
+                        dinp, IN);
         if (dweight != NULL)
-            tm_sgemm('T', 'N', OUT, IN, B, 1.0f, dout, OUT, inp, IN, 1.0f,
-                     dweight, IN);
+            tm_ops_gemm('T', 'N', OUT, IN, B, 1.0f, dout, OUT, inp, IN, 1.0f,
+                        dweight, IN);
     }
     if (dbias != NULL) tm_bias_add_backward(dbias, dout, B, OUT);
 }

@@ -16,6 +16,7 @@
     X(ACTIVATION, "activation")                                                \
     X(COMM, "comm")                                                            \
     X(WORKSPACE, "workspace")                                                  \
+    X(BF16, "bf16")                                                            \
     X(HOST, "host")
 
 typedef enum {

@@ -333,7 +333,7 @@ static size_t block_saved(const tm_layer_plan *p, int rows)
 static void linear_backward_into(float *dinp, float *dweight, float *dbias, const float *dout,
                                  const float *inp, const float *weight, int B, int IN, int OUT)
 {
-    tm_sgemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 0.0f, dinp, IN);
+    tm_ops_gemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 0.0f, dinp, IN);
     tm_linear_backward(NULL, dweight, dbias, dout, inp, weight, B, IN, OUT);
 }
 

@@ -112,7 +112,7 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
     }
     fprintf(f, "state: the param, grad and optimizer peaks (chunks of ceil(n/dp) floats per "
                "tensor); comm: ZeRO's layer in flight, by formula; peak formula: state + "
-               "activations at the pipeline's peak + the layer in flight\n");
+               "activations at the pipeline's peak + the layer in flight + the bf16 weight copy\n");
     if (!r->recorded || cfg->zero == 0) return;
     double sent = 0, ar = 0;
     for (int i = 0; i < r->n_devices; i++) {

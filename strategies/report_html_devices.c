@@ -241,7 +241,11 @@ int tm__html_memory(FILE *f, const tm_run_report *run)
     tm_svg_bars(f, &s);
     fputs("<div class=\"fold\" style=\"max-height:260px\"><table><tr><th class=\"l\">device</th>",
           f);
-    for (int t = 0; t < TM_TAG_COUNT; t++) fprintf(f, "<th>%s</th>", names[t]);
+    for (int t = 0; t < TM_TAG_COUNT; t++) {
+        fputs("<th>", f);
+        tm_svg_plain(f, "label", "%s", names[t]);
+        fputs("</th>", f);
+    }
     fputs("<th>arena peak</th><th>formula</th></tr>\n", f);
     for (int i = 0; i < n; i++) {
         const tm_device_report *d = &r->devices[i];

@@ -6,6 +6,7 @@
 #ifndef TM_STAGE_H
 #define TM_STAGE_H
 
+#include "kernels/bf16.h"
 #include "runtime/comm.h"
 #include "strategies/optimizer.h"
 #include "strategies/plan.h"
@@ -21,6 +22,19 @@ typedef struct {
     int (*end)(void *ctx, int i, int bwd, int st);
     void *ctx;
 } tm_stage_hooks;
+
+/* The numbers a run computes with (README, "bf16 mixed precision"). */
+typedef enum {
+    TM_PRECISION_FP32, /* everything in fp32 */
+    TM_PRECISION_BF16, /* the GEMMs on bf16 operands (a bf16 copy of the
+                          weights) with fp32 accumulation, the stored
+                          activations in bf16; master weights, gradients
+                          and optimizer state in fp32 */
+} tm_precision;
+
+/* "fp32", "bf16" into *out: 0, or -1 for another name. */
+int tm_precision_parse(const char *name, tm_precision *out);
+const char *tm_precision_name(tm_precision p);
 
 typedef struct tm_stage {
     tm_device *dev;
@@ -38,6 +52,9 @@ typedef struct tm_stage {
     float *opt_state[TM_OPT_MAX_STATE]; /* tag optimizer, same layout */
     int n_opt_state;
     const tm_stage_hooks *hooks; /* NULL: layers run on params and grads */
+    tm_precision precision;  /* tm_stage_set_precision; fp32 when created */
+    tm_bf16 *params16;       /* (n_params) tag bf16: the rounding of params
+                                that feeds the GEMMs (bf16 with params) */
 } tm_stage;
 
 /* Layers [l0, l1) of m on this device, tp rank tm_comm_rank(tp_comm).
@@ -59,6 +76,15 @@ int tm_stage_create_parts(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const t
                           int l0, int l1, int params, int grads);
 void tm_stage_destroy(tm_stage *s);
 
+/* Sets the precision the stage computes and stores activations in; bf16
+ * on a stage with parameters also allocates their bf16 copy (tag bf16) and
+ * fills it. Works on a described stage too (the byte counts below follow
+ * it). TM_ENOMEM carries the arena's report. */
+int tm_stage_set_precision(tm_stage *s, tm_precision p);
+/* Rounds the parameters into their bf16 copy (after an optimizer step);
+ * does nothing without a copy. */
+void tm_stage_refresh_bf16(tm_stage *s);
+
 /* Copies this rank's shard of a full single-device flat buffer (the
  * layout of strategies/model.h) into shard (n_params floats): each tensor's
  * rows or columns, padding rows zero. */
@@ -68,7 +94,10 @@ void tm_stage_shard_from(const tm_stage *s, const float *full, float *shard);
 void tm_stage_shard_to(const tm_stage *s, const float *shard, float *full, int write_shared);
 
 /* The saved activations of one micro-batch between its forward and its
- * backward: one arena block (tag activation). */
+ * backward: one arena block (tag activation). In bf16 the layers' outputs
+ * but the stage's last and what they keep are stored in bf16 (out16,
+ * saved16; out and saved NULL), the stage's input and output stay fp32:
+ * what is staged, sent and received, and the model's logits. */
 typedef struct {
     int rows;
     void *block;
@@ -77,6 +106,8 @@ typedef struct {
     float *saved[TM_MAX_LAYERS]; /* what each layer keeps for its backward;
                                     NULL when it keeps nothing here (a
                                     recomputed layer: strategies/layer.h) */
+    tm_bf16 *out16[TM_MAX_LAYERS];   /* bf16: out of the layers but the last */
+    tm_bf16 *saved16[TM_MAX_LAYERS]; /* bf16: saved */
     float *output;               /* (rows, out_width): the stage's output */
 } tm_stage_acts;
 

@@ -104,7 +104,8 @@ static const char style[] =
     ".idle{fill:#efefef}.f{fill:#4e79a7}.b{fill:#59a14f}.o{fill:#b07aa1}.k{fill:#9d9d9d}"
     ".c{fill:#f28e2b}"
     ".t0{fill:#4e79a7}.t1{fill:#59a14f}.t2{fill:#b07aa1}.t3{fill:#f28e2b}.t4{fill:#e15759}"
-    ".t5{fill:#76b7b2}.t6{fill:#edc948}.s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
+    ".t5{fill:#76b7b2}.t6{fill:#edc948}"
+    ".s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
     ".s2{fill:#2ca02c;stroke:#2ca02c}.s3{fill:#ff7f0e;stroke:#ff7f0e}"
     ".s4{fill:#9467bd;stroke:#9467bd}.s5{fill:#7f7f7f;stroke:#7f7f7f}"
     ".cap{stroke:#c00;stroke-width:1.5}.far{stroke-dasharray:4 3}.fml{stroke:#000;stroke-width:2}"
@@ -323,7 +324,7 @@ static void bars_axis(FILE *f, const void *spec, double x_of, double y0)
     double x = LABEL_W + PLOT_W - 10;
     for (int k = s->per_row - 1; k >= 0; k--) {
         x -= 7.0 * (double)strlen(s->names[k]) + 8;
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">", x, y0 + 30);
+        fprintf(f, "<text data-nm=\"label\" x=\"%.1f\" y=\"%.1f\">", x, y0 + 30);
         tm_svg_text(f, s->names[k]);
         fprintf(f, "</text><rect class=\"%s\" x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"10\"/>",
                 s->seg[k].cls, x - 14, y0 + 21);

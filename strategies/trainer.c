@@ -156,6 +156,8 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     if (cfg->offload == TM_OFFLOAD_NONE && cfg->host_mem_cap != 0)
         return tm_error(TM_EINVAL, "--host-mem-cap sizes the host memory of --offload optimizer: "
                         "it needs --offload optimizer");
+    if (cfg->precision != TM_PRECISION_FP32 && cfg->precision != TM_PRECISION_BF16)
+        return tm_error(TM_EINVAL, "--precision is fp32 or bf16");
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
@@ -522,7 +524,8 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     rep->step_host_analytic = cfg->offload != TM_OFFLOAD_NONE ? 8 * (double)v->n_update : 0;
     rep->comm_formula = v->zero != NULL ? (double)tm_zero_transient_bytes(v->zero) : 0;
     size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
-    rep->peak_formula = rep->state_formula + rep->comm_formula +
+    rep->bf16_formula = v->stage.params16 != NULL ? 2 * psi : 0;
+    rep->peak_formula = rep->state_formula + rep->comm_formula + rep->bf16_formula +
                         (double)(activation_formula(v, rows) + targets);
 }
 
@@ -573,6 +576,7 @@ static int setup(device *v)
         for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
             tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
     }
+    TM_CHECK(tm_stage_set_precision(&v->stage, cfg->precision));
     int rows = mb_rows(cfg);
     if (v->is_last) {
         v->targets = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
@@ -743,6 +747,7 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     } else {
         tm_optimizer_step(&opt, &v->stage, lr, step);
     }
+    tm_stage_refresh_bf16(&v->stage);
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);

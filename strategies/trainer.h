@@ -69,6 +69,8 @@ typedef struct {
     int zero;              /* ZeRO stage over the dp group (strategies/zero.h):
                               0 plain data parallelism, 1 optimizer state,
                               2 and gradients, 3 and parameters sharded */
+    tm_precision precision; /* fp32 (the default) or bf16 mixed precision
+                              (strategies/stage.h) */
     const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs */
     tm_schedule_kind schedule; /* pipeline schedule (any, also for pp = 1) */
     int epochs;            /* length of the schedule, in epochs from step 0 */
@@ -156,9 +158,11 @@ typedef struct {
      * gradients and optimizer state by the paper's formula for the run's
      * ZeRO stage (plain data parallelism: (8 + 4k) psi for k optimizer
      * state buffers); peak_formula, that plus the activations the pipeline
-     * holds at its peak and ZeRO's layer in flight (comm_formula). */
+     * holds at its peak, ZeRO's layer in flight (comm_formula) and the bf16
+     * copy of the parameters (bf16_formula: 2 psi in bf16 runs but under
+     * ZeRO-3, else 0). */
     size_t psi;
-    double state_formula, comm_formula, peak_formula;
+    double state_formula, comm_formula, peak_formula, bf16_formula;
     /* Optimizer offload: the host arena's accounts (peaks under the host
      * tag; none of it in memory), its formula (the optimizer state's bytes,
      * which state_formula then leaves out), and the host link in the first

@@ -10,8 +10,8 @@
 #include "strategies/zero.h"
 
 /* What tm_stage_create (or ZeRO) allocates for device (p, t), in its order:
- * the shard's parameters, their gradients, then each optimizer state
- * buffer, split into the device's blocks (*n_dev) and the host arena's
+ * the shard's parameters, their gradients, each optimizer state buffer,
+ * then bf16's copy of the parameters, in bytes, split into the device's blocks (*n_dev) and the host arena's
  * (*n_host; offload). TM_OK or tm_stage_plan's error. */
 static int state_blocks(const tm_train_config *cfg, const int *first, int p, int t,
                         size_t *dev_bytes, tm_tag *dev_tags, int *n_dev, size_t *host_bytes,
@@ -20,7 +20,8 @@ static int state_blocks(const tm_train_config *cfg, const int *first, int p, int
     tm_optim_config opt = {cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
                            cfg->beta2, 1e-8};
     int n_state = tm_optimizer_state_count(&opt);
-    tm_tag tags[4] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER, TM_TAG_OPTIMIZER};
+    tm_tag tags[5] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER, TM_TAG_OPTIMIZER,
+                      TM_TAG_BF16};
     tm_layer_plan plan[TM_MAX_LAYERS];
     size_t n;
     TM_CHECK(tm_stage_plan(cfg->model, first[p], first[p + 1], cfg->tp, t, plan, &n));
@@ -28,14 +29,23 @@ static int state_blocks(const tm_train_config *cfg, const int *first, int p, int
      * gradients (2) and the parameters (3) instead. */
     size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p], cfg->dp)
                                  : n;
-    size_t bytes[4] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
+    size_t bytes[5] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
                        cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
+    for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
+    int n_blocks = 2 + n_state;
+    /* bf16 adds the copy of the parameters the stage holds whole (ZeRO-3
+     * holds none: its gathered layers are rounded as the GEMM packs
+     * them). */
+    if (cfg->precision == TM_PRECISION_BF16 && cfg->zero < 3) {
+        bytes[n_blocks] = n * sizeof(tm_bf16);
+        tags[n_blocks++] = TM_TAG_BF16;
+    }
     *n_dev = *n_host = 0;
-    for (int i = 0; i < 2 + n_state; i++) {
+    for (int i = 0; i < n_blocks; i++) {
         if (tm_offload_on_host(cfg->offload, tags[i])) {
-            host_bytes[(*n_host)++] = bytes[i] * sizeof(float);
+            host_bytes[(*n_host)++] = bytes[i];
         } else {
-            dev_bytes[*n_dev] = bytes[i] * sizeof(float);
+            dev_bytes[*n_dev] = bytes[i];
             dev_tags[(*n_dev)++] = tags[i];
         }
     }
@@ -46,8 +56,8 @@ int tm__train_fits(const tm_train_config *cfg, const int *first)
 {
     for (int p = 0; p < cfg->pp; p++)
         for (int t = 0; t < cfg->tp; t++) {
-            size_t dev[4], host[4];
-            tm_tag tags[4];
+            size_t dev[5], host[5];
+            tm_tag tags[5];
             int n_dev, n_host;
             TM_CHECK(state_blocks(cfg, first, p, t, dev, tags, &n_dev, host, &n_host));
             TM_CHECK(tm_arena_fits(cfg->mem_cap, p * cfg->tp + t, dev, tags, n_dev));
@@ -60,8 +70,9 @@ int tm__train_host_fits(const tm_train_config *cfg, const int *first)
     if (cfg->offload == TM_OFFLOAD_NONE) return TM_OK;
     for (int p = 0; p < cfg->pp; p++)
         for (int t = 0; t < cfg->tp; t++) {
-            size_t dev[4], host[4], need = 0;
-            tm_tag tags[4], host_tags[4] = {TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST};
+            size_t dev[5], host[5], need = 0;
+            tm_tag tags[5], host_tags[5] = {TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST, TM_TAG_HOST,
+                                             TM_TAG_HOST};
             int n_dev, n_host;
             TM_CHECK(state_blocks(cfg, first, p, t, dev, tags, &n_dev, host, &n_host));
             if (tm_arena_fits(cfg->host_mem_cap, p * cfg->tp + t, host, host_tags, n_host) ==
@@ -81,6 +92,7 @@ int tm__train_activation_peak(const tm_train_config *cfg, const int *first,
 {
     tm_stage s;
     TM_CHECK(tm_stage_describe(&s, cfg->model, first[p], first[p + 1], cfg->tp, t));
+    TM_CHECK(tm_stage_set_precision(&s, cfg->precision));
     TM_CHECK(tm_pipeline_activation_peak(&s, sched, p, rows, bytes));
     /* The last stage's targets, held through the run. */
     if (p == cfg->pp - 1) *bytes += tm_arena_block_bytes(sizeof(int) * (size_t)rows);
@@ -95,29 +107,23 @@ int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
     int st = tm_train_predict_activations(cfg, train, acts);
     int first[TM_MAX_LAYERS + 1];
     if (st == TM_OK) st = tm__train_split(cfg, first);
-    tm_optim_config opt = {cfg->optimizer, cfg->momentum, cfg->weight_decay, cfg->beta1,
-                           cfg->beta2, 1e-8};
-    size_t k = (size_t)tm_optimizer_state_count(&opt);
     for (int p = 0; p < cfg->pp && st == TM_OK; p++)
         for (int t = 0; t < cfg->tp && st == TM_OK; t++) {
             tm_memory_prediction *m = &out[p * cfg->tp + t];
             memset(m, 0, sizeof *m);
+            size_t dev[5], host[5];
+            tm_tag tags[5];
+            int n_dev, n_host;
+            if ((st = state_blocks(cfg, first, p, t, dev, tags, &n_dev, host, &n_host))) break;
+            for (int i = 0; i < n_dev; i++) m->tag[tags[i]] += tm_arena_block_bytes(dev[i]);
+            for (int i = 0; i < n_host; i++) m->tag[TM_TAG_HOST] += tm_arena_block_bytes(host[i]);
             tm_stage s;
             if ((st = tm_stage_describe(&s, cfg->model, first[p], first[p + 1], cfg->tp, t)))
                 break;
-            size_t whole = tm_arena_block_bytes(s.n_params * sizeof(float)), shard = whole;
             size_t transient = 0, partial = tm_stage_partial_floats(&s);
-            if (cfg->zero > 0) {
-                shard = tm_arena_block_bytes(
-                    tm_zero_shard_floats(s.layer, s.n, cfg->dp) * sizeof(float));
-                if ((st = tm_zero_predict(&s, cfg->dp, cfg->zero, &transient, &partial))) break;
-            }
-            size_t state[3] = {cfg->zero >= 3 ? shard : whole, cfg->zero >= 2 ? shard : whole,
-                               k * (cfg->zero >= 1 ? shard : whole)};
-            tm_tag tags[3] = {TM_TAG_PARAM, TM_TAG_GRAD, TM_TAG_OPTIMIZER};
-            for (int i = 0; i < 3; i++)
-                m->tag[tm_offload_on_host(cfg->offload, tags[i]) ? TM_TAG_HOST : tags[i]] +=
-                    state[i];
+            if (cfg->zero > 0 &&
+                (st = tm_zero_predict(&s, cfg->dp, cfg->zero, &transient, &partial)))
+                break;
             m->tag[TM_TAG_ACTIVATION] = acts[p * cfg->tp + t];
             m->tag[TM_TAG_COMM] = transient;
             if (cfg->tp > 1 && partial > 0)

@@ -396,8 +396,8 @@ Test(arena, invalid_tag_fails_without_oom_report)
 Test(arena, tag_names)
 {
     static const char *const want[] = {"param", "grad", "optimizer", "activation", "comm",
-                                       "workspace", "host"};
-    cr_assert_eq(TM_TAG_COUNT, 7);
+                                       "workspace", "bf16", "host"};
+    cr_assert_eq(TM_TAG_COUNT, 8);
     for (int t = 0; t < TM_TAG_COUNT; t++) cr_expect_str_eq(tm_tag_name((tm_tag)t), want[t]);
     cr_expect_str_eq(tm_tag_name(TM_TAG_COUNT), "?");
     cr_expect_str_eq(tm_tag_name((tm_tag)-3), "?");

@@ -58,9 +58,26 @@ Test(bench_cli, bench_strategies_bad_recompute_or_offload_is_one_line_and_status
                               {"--offload optimizer", "it needs --host-mem-cap"},
                               {"--host-mem-cap 8M", "it needs --offload optimizer"},
                               {"--offload disk --host-mem-cap 8M", "--offload is none or"},
-                              {"--recompute selective", "has no attention"}};
+                              {"--recompute selective", "has no attention"},
+                              {"--precision fp8", "--precision is fp32 or bf16"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int st = cli_run("bench_strategies", cases[i][0]);
+        cr_expect_eq(st, 2, "%s: exit %d", cases[i][0], st);
+        cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", cases[i][0],
+                     first);
+        cr_expect(strstr(first, cases[i][1]) != NULL, "%s: %s", cases[i][0], first);
+    }
+}
+
+Test(bench_cli, bench_precision_bad_usage_is_one_line_and_status_2, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
+{
+    char first[1024];
+    const char *cases[][2] = {{"--reps 0", "--reps wants an integer"},
+                              {"--d-model 130 --heads 4", "--d-model must divide by --heads"},
+                              {"--precision bf16", "unknown option --precision"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int st = cli_run("bench_precision", cases[i][0]);
         cr_expect_eq(st, 2, "%s: exit %d", cases[i][0], st);
         cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s: %s", cases[i][0],
                      first);

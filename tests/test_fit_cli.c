@@ -178,6 +178,7 @@ Test(fit_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli
         "--dataset cifar10",
         "--recompute everything",
         "--recompute selective",
+        "--precision half",
         "--data-dir /nonexistent-tinymesh-dir",
         "--steps",
         "stray-argument",
@@ -295,7 +296,8 @@ Test(fit_cli, help_documents_every_flag, .init = cli_setup, .fini = cli_teardown
 {
     cr_assert_eq(fit("--help"), 0);
     const char *flags[] = {"--model", "--mem-cap", "--steps", "--batch", "--micro-batches",
-                           "--zero", "--recompute", "--offload", "--host-mem-cap", "--dataset", "--data-dir", "--help",
+                           "--zero", "--recompute", "--offload", "--host-mem-cap", "--precision",
+                           "--dataset", "--data-dir", "--help",
                            "Exit status"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_expect(strstr(out, flags[i]) != NULL, "--help does not mention %s", flags[i]);

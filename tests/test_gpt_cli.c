@@ -337,6 +337,7 @@ Test(gpt_cli, bad_input_is_one_line_and_status_2)
         {SYNTH " --tp 4 --heads 4 --sequence-parallel --context 18", "--context 18"},
         {SYNTH " --sequence-parallel", "--sequence-parallel needs --tp 2"},
         {SYNTH " --recompute partial", "--recompute is none, full or selective"},
+        {SYNTH " --precision bfloat16", "--precision is fp32 or bf16, not \"bfloat16\""},
         {"--recompute selective --steps 1", "has no attention"},
         {"--sequence-parallel --steps 1", "--sequence-parallel goes with --model gpt"},
         {SYNTH " --activation gelu", "--activation"},

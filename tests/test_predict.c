@@ -7,8 +7,8 @@
  * under the prediction. Over the MLP and the GPT, one device, data,
  * tensor (with and without sequence parallelism) and pipeline
  * parallelism under every schedule, gradient accumulation, activation
- * recomputation, ZeRO 1/2/3 and optimizer offload (the host arena's bytes
- * too) alone and combined. */
+ * recomputation, ZeRO 1/2/3, optimizer offload (the host arena's bytes
+ * too) and bf16 mixed precision alone and combined. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,6 +61,7 @@ typedef struct {
     tm_recompute recompute;
     tm_schedule_kind schedule;
     int offload;
+    tm_precision precision;
 } setup_t;
 
 static tm_train_config config(const setup_t *s)
@@ -87,6 +88,7 @@ static tm_train_config config(const setup_t *s)
     c.seed = 3;
     c.shuffle = 1;
     c.mem_cap = 64 << 20;
+    c.precision = s->precision;
     if (s->offload) {
         c.offload = TM_OFFLOAD_OPTIMIZER;
         c.host_mem_cap = 64 << 20;
@@ -144,22 +146,25 @@ static void expect_all(const setup_t *list, int n)
 Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0},
-        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B, 0},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0},
-        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0},
-        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B, 0}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0},
-        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B, 0},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0},
-        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0},
-        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0},
-        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1},
-        {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1},
+        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, TM_PRECISION_FP32},
+        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, TM_PRECISION_FP32},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_FP32}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
+        {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
+        {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
+        {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
-        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -168,15 +173,16 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
 Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0},
-        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0},
-        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 0}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B, 0},
-        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0},
-        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0},
-        {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1},
+        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
+        {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
-        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0},
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -184,7 +190,7 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
 
 Test(predict, bad_configuration_is_refused_like_tm_train_check, .init = setup, .fini = teardown)
 {
-    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B, 0}; /* 4 heads over tp 3 */
+    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}; /* 4 heads over tp 3 */
     tm_train_config c = config(&s);
     tm_memory_prediction pred[3];
     cr_expect_eq(tm_train_predict_memory(&c, &gpt_train, pred), TM_EINVAL);

@@ -77,6 +77,7 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--trace-steps 0",
         "--recompute some",
         "--recompute selective",
+        "--precision fp16",
         /* Flags that would do nothing in the combination. */
         "--fail-device 1",
         "--fail-step 2",
