@@ -141,14 +141,19 @@ typedef struct {
  *   main: F, B, W per micro-batch; ramp-down: backwards with W's, then the
  *   deferred W's. The bound counts micro-batches whose FWD has run and
  *   whose WGT has not (their activations stay until W): min(p, m) on every
- *   stage, 1F1B's peak (its first stage's). Bubble with F = B = W and
- *   m >= p: (p-1)/(3m+p-1), (p-1) F of idle per stage against 1F1B's
- *   (p-1)(F+B+W), a third (with m < p the waves of the last micro-batch
- *   set the makespan, 2(m+p-1)+1 F, and the bubble is 1-3m/(2(m+p-1)+1)); that is the least any schedule reaches when the optimizer
- *   step waits for every W, since the last stage starts after (p-1) F.
- *   The paper's ZB-H2 goes below it only by overlapping the optimizer step
- *   with the next step (post-validation), which tinymesh's synchronous
- *   step does not. */
+ *   stage, 1F1B's peak (its first stage's). With m >= p each stage idles
+ *   (p-1) max(F, B, F+B-W) (tm_schedule_zb_h1_bubble): the last stage
+ *   waits (p-1) F for its first activation, the last gradient comes down
+ *   at B a stage, and the deferred W's fill all but F+B-W of each wait.
+ *   With F = B = W the bubble is (p-1)/(3m+p-1): (p-1) F of idle per
+ *   stage against 1F1B's (p-1)(F+B+W), a third, and the least any schedule
+ *   reaches when the optimizer step waits for every W (the last stage
+ *   starts after (p-1) F). With m < p the waves of the last micro-batch set
+ *   the makespan, 2(m+p-1)+1 F, and the bubble is 1-3m/(2(m+p-1)+1). The
+ *   paper's ZB-H2 (more warm-up forwards, 2p-1 micro-batches held) goes
+ *   below (p-1) F only with its post-validation, overlapping the optimizer
+ *   step with the next step's ramp-up, which tinymesh's synchronous step
+ *   does not do. */
 typedef enum {
     TM_SCHED_SEQUENTIAL,
     TM_SCHED_GPIPE,
@@ -262,6 +267,12 @@ double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makesp
  * with F = B = W (the backward split in two equal halves), (p-1)/(3m+p-1)
  * when m >= p, else 1-3m/(2(m+p-1)+1); -1 for bad arguments. */
 double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
+
+/* zb-h1's bubble for equal stages, free messages, m >= p and any times F,
+ * B, W of a forward, an input gradient and a weight gradient: each stage
+ * idles (p-1) max(F, B, F+B-W), so the bubble is that over
+ * m(F+B+W) + (p-1) max(F, B, F+B-W); -1 for m < p or bad arguments. */
+double tm_schedule_zb_h1_bubble(int pp, int m, double f, double b, double w);
 
 /* Draws the events as a timeline: one row per stage, time left to right over
  * `width` columns (<= 0: tm_schedule_draw_width), forwards and backwards as

@@ -34,6 +34,15 @@ double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m)
     }
 }
 
+double tm_schedule_zb_h1_bubble(int pp, int m, double f, double b, double w)
+{
+    if (pp < 1 || m < pp || !(f >= 0) || !(b >= 0) || !(w >= 0)) return -1;
+    double most = f > b ? f : b;
+    if (f + b - w > most) most = f + b - w;
+    double idle = (pp - 1) * most, busy = m * (f + b + w);
+    return busy + idle > 0 ? idle / (busy + idle) : 0;
+}
+
 static int is_pass(const tm_sched_event *e)
 {
     return e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD || e->kind == TM_SCHED_WGT;
