@@ -416,4 +416,17 @@ Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
         cr_expect(strstr(tm_error_message(), cases[i].expect) != NULL, "case %zu: %s", i,
                   tm_error_message());
     }
+    /* ZeRO-2 and 3 reduce a layer's gradients as its backward ends, before
+     * zb-h1's deferred W has added them; ZeRO-1 and pp = 1 are fine. */
+    for (int z = 1; z <= 3; z++)
+        for (int pp = 1; pp <= 2; pp++) {
+            tm_train_config c = config(&l, 2, pp, 1, 2, TM_SCHED_ZB_H1);
+            c.zero = z;
+            int refused = z >= 2 && pp > 1;
+            cr_expect_eq(tm_train_check(&c, &train_set), refused ? TM_EINVAL : TM_OK,
+                         "zero %d pp %d: %s", z, pp, tm_error_message());
+            if (refused)
+                cr_expect(strstr(tm_error_message(), "--schedule zb-h1 with --zero") != NULL,
+                          "%s", tm_error_message());
+        }
 }
