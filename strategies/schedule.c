@@ -169,9 +169,16 @@ static int stage_passes(pass *out, tm_schedule_kind kind, int p, int m, int s)
 /* Surrounds each pass with its messages — receive just before, send right
  * after — and fuses a send with the next receive when both go to the same
  * neighbour, which is exactly where two neighbours would otherwise send to
- * each other at once. W passes have no message; those between a send and
- * a receive it fuses with go after the fused exchange (before it they
- * would split the two, and two neighbours could each wait in its send). */
+ * each other at once. W passes have no message: they go after a send and
+ * before the next receive, and before the combined exchange when the two
+ * fuse (between them they would split the pair, and two neighbours could
+ * each wait in its send). */
+static int put_ws(tm_sched_action *out, const pass *ps, int w0, int nw)
+{
+    for (int j = 0; j < nw; j++) out[j] = (tm_sched_action){TM_SCHED_WGT, ps[w0 + j].mb, 0};
+    return nw;
+}
+
 static int expand(tm_sched_action *out, const pass *ps, int n, int p, int s)
 {
     int k = 0, w0 = 0, nw = 0; /* W passes held back: ps[w0 .. w0 + nw) */
@@ -186,14 +193,14 @@ static int expand(tm_sched_action *out, const pass *ps, int n, int p, int s)
         int has_recv = ps[i].bwd ? s < p - 1 : s > 0;
         tm_sched_kind recv = ps[i].bwd ? TM_SCHED_RECV_GRAD : TM_SCHED_RECV_ACT;
         if (pending.mb >= 0 && has_recv && tm__sched_peer_dir(pending.kind) == tm__sched_peer_dir(recv)) {
-            for (int j = 0; j < nw; j++) out[k++] = (tm_sched_action){TM_SCHED_WGT, ps[w0 + j].mb, 0};
+            k += put_ws(out + k, ps, w0, nw);
             out[k++] = (tm_sched_action){pending.kind == TM_SCHED_SEND_ACT
                                              ? TM_SCHED_SEND_ACT_RECV_GRAD
                                              : TM_SCHED_SEND_GRAD_RECV_ACT,
                                          pending.mb, mb};
         } else {
             if (pending.mb >= 0) out[k++] = pending;
-            for (int j = 0; j < nw; j++) out[k++] = (tm_sched_action){TM_SCHED_WGT, ps[w0 + j].mb, 0};
+            k += put_ws(out + k, ps, w0, nw);
             if (has_recv) out[k++] = (tm_sched_action){recv, mb, 0};
         }
         pending.mb = -1;
@@ -203,7 +210,7 @@ static int expand(tm_sched_action *out, const pass *ps, int n, int p, int s)
             pending = (tm_sched_action){ps[i].bwd ? TM_SCHED_SEND_GRAD : TM_SCHED_SEND_ACT, mb, 0};
     }
     if (pending.mb >= 0) out[k++] = pending;
-    for (int j = 0; j < nw; j++) out[k++] = (tm_sched_action){TM_SCHED_WGT, ps[w0 + j].mb, 0};
+    k += put_ws(out + k, ps, w0, nw);
     return k;
 }
 
