@@ -54,7 +54,7 @@ static const char usage_head[] =
     "  --micro-batches LIST  micro-batch counts per replica, each run where it\n"
     "                        divides the replica's batch (1,2,4,8,16)\n"
     "  --schedules LIST      pipeline schedules for pp > 1\n"
-    "                        (sequential,gpipe,1f1b,grouped,interleaved)\n"
+    "                        (sequential,gpipe,1f1b,grouped,interleaved,zb-h1)\n"
     "  --zero LIST           ZeRO stages (0 to 3) each mesh with dp > 1 runs with;\n"
     "                        meshes with dp = 1 run without ZeRO (0)\n"
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
@@ -159,8 +159,8 @@ static int parse_schedules(const char *v, tm_schedule_kind *out)
     char *save = NULL;
     for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
         if (n == TM_SCHEDULE_KINDS || tm_schedule_kind_parse(t, &out[n]) != TM_OK)
-            die_usage("--schedules takes distinct names of sequential, gpipe, 1f1b, grouped "
-                      "and interleaved, not \"%s\"", v);
+            die_usage("--schedules takes distinct names of sequential, gpipe, 1f1b, grouped, "
+                      "interleaved and zb-h1, not \"%s\"", v);
         for (int i = 0; i < n; i++)
             if (out[i] == out[n]) die_usage("--schedules names %s twice", t);
         n++;
@@ -403,11 +403,11 @@ int main(int argc, char **argv)
 {
     tm_train_config base = {0};
     const char *model = "256,256,256,256,256", *why;
-    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 5;
+    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 6;
     int zeros[TM_ZERO_MAX + 1] = {0}, n_zeros = 1, zero_given = 0;
     tm_schedule_kind sched[TM_SCHEDULE_KINDS] = {TM_SCHED_SEQUENTIAL, TM_SCHED_GPIPE,
                                                  TM_SCHED_1F1B, TM_SCHED_GROUPED,
-                                                 TM_SCHED_INTERLEAVED};
+                                                 TM_SCHED_INTERLEAVED, TM_SCHED_ZB_H1};
     size_t cap = (size_t)64 << 20;
     tm_gpt_config gc = {4, 4, 128, 128, 0};
     int gpt_flag = 0;

@@ -23,10 +23,14 @@ static const char usage[] =
     "\n"
     "  --pp P               pipeline stages (4)\n"
     "  --micro-batches M    micro-batches per step (8)\n"
-    "  --schedule NAME      sequential | gpipe | 1f1b | grouped | interleaved | all (1f1b)\n"
+    "  --schedule NAME      sequential | gpipe | 1f1b | grouped | interleaved | zb-h1 |\n"
+    "                       all (1f1b)\n"
     "  --fwd-time X[,X...]  forward time of one micro-batch, one value for every\n"
     "                       stage or one per stage (1)\n"
     "  --bwd-time Y[,Y...]  backward time, likewise (2)\n"
+    "  --wgt-time Z[,Z...]  the weight-gradient part W of the backward, likewise, which\n"
+    "                       zb-h1 runs apart from the input gradient B = Y - Z\n"
+    "                       (half the backward time)\n"
     "  --comm-time Z        time of one message between neighbouring stages (0)\n"
     "  --width N            timeline columns, 10..4096 (enough for every label, up\n"
     "                       to 4096; on a terminal at most its width)\n"
@@ -118,14 +122,21 @@ static int write_svg(const tm_schedule *s, const tm_sched_event *ev, int n, doub
 
 /* Builds, simulates and draws one schedule. Returns 0 or 1. */
 static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const double *bwd,
-                double comm, int width, int list)
+                const double *wgt, double comm, int width, int list)
 {
     tm_schedule s;
     tm_sched_event *ev = NULL;
     int n = 0;
     double makespan = 0;
+    /* A split backward: B is the backward less its W. */
+    double *b = malloc((size_t)pp * sizeof *b);
+    if (b == NULL) die_usage("out of memory");
+    int split = tm_schedule_splits_backward(kind);
+    for (int i = 0; i < pp; i++) b[i] = split ? bwd[i] - wgt[i] : bwd[i];
     int st = tm_schedule_make(&s, kind, pp, m);
-    if (st == TM_OK) st = tm_schedule_simulate(&s, fwd, bwd, comm, &ev, &n, &makespan);
+    if (st == TM_OK)
+        st = tm_schedule_simulate_split(&s, fwd, b, split ? wgt : NULL, comm, &ev, &n, &makespan);
+    free(b);
     if (st != TM_OK) {
         fprintf(stderr, "schedule: %s: %s\n", tm_schedule_kind_name(kind), tm_error_message());
         tm_schedule_free(&s);
@@ -160,13 +171,14 @@ static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const d
 
 int main(int argc, char **argv)
 {
-    enum { O_PP = 256, O_MB, O_SCHED, O_FWD, O_BWD, O_COMM, O_WIDTH, O_LIST, O_SVG };
+    enum { O_PP = 256, O_MB, O_SCHED, O_FWD, O_BWD, O_WGT, O_COMM, O_WIDTH, O_LIST, O_SVG };
     static const struct option opts[] = {
         {"pp", required_argument, NULL, O_PP},
         {"micro-batches", required_argument, NULL, O_MB},
         {"schedule", required_argument, NULL, O_SCHED},
         {"fwd-time", required_argument, NULL, O_FWD},
         {"bwd-time", required_argument, NULL, O_BWD},
+        {"wgt-time", required_argument, NULL, O_WGT},
         {"comm-time", required_argument, NULL, O_COMM},
         {"width", required_argument, NULL, O_WIDTH},
         {"list", no_argument, NULL, O_LIST},
@@ -176,7 +188,7 @@ int main(int argc, char **argv)
     };
     int pp = 4, m = 8, width = 0, list = 0, all = 0;
     tm_schedule_kind kind = TM_SCHED_1F1B;
-    const char *fwd_arg = "1", *bwd_arg = "2";
+    const char *fwd_arg = "1", *bwd_arg = "2", *wgt_arg = NULL;
     double comm = 0;
     int c;
     opterr = 0;
@@ -191,6 +203,7 @@ int main(int argc, char **argv)
             break;
         case O_FWD: fwd_arg = optarg; break;
         case O_BWD: bwd_arg = optarg; break;
+        case O_WGT: wgt_arg = optarg; break;
         case O_COMM: comm = parse_time("--comm-time", optarg); break;
         case O_WIDTH:
             width = (int)parse_long("--width", optarg, 10, TM_SCHEDULE_DRAW_MAX_WIDTH);
@@ -211,16 +224,25 @@ int main(int argc, char **argv)
     if ((long)pp * m > TM_SCHEDULE_MAX_WORK)
         die_usage("--pp x --micro-batches is more than %d", TM_SCHEDULE_MAX_WORK);
     double *fwd = malloc((size_t)pp * sizeof *fwd), *bwd = malloc((size_t)pp * sizeof *bwd);
-    if (fwd == NULL || bwd == NULL) die_usage("out of memory");
+    double *wgt = malloc((size_t)pp * sizeof *wgt);
+    if (fwd == NULL || bwd == NULL || wgt == NULL) die_usage("out of memory");
     parse_times("--fwd-time", fwd_arg, fwd, pp);
     parse_times("--bwd-time", bwd_arg, bwd, pp);
+    if (wgt_arg != NULL) parse_times("--wgt-time", wgt_arg, wgt, pp);
+    for (int i = 0; i < pp; i++) {
+        if (wgt_arg == NULL) wgt[i] = bwd[i] / 2;
+        if (wgt[i] > bwd[i])
+            die_usage("--wgt-time %g is more than the backward time %g (stage %d)", wgt[i],
+                      bwd[i], i);
+    }
     int rc = 0;
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
         if (!all && k != (int)kind) continue;
         if (all && k > 0) printf("\n");
-        rc |= show((tm_schedule_kind)k, pp, m, fwd, bwd, comm, width, list);
+        rc |= show((tm_schedule_kind)k, pp, m, fwd, bwd, wgt, comm, width, list);
     }
     free(fwd);
     free(bwd);
+    free(wgt);
     return rc;
 }

@@ -63,7 +63,8 @@ static const char usage_head[] =
     "                        fp32. Every CPU runs it: AVX512_BF16 where present,\n"
     "                        else the fp32 kernels on the rounded operands (fp32)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
-    "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved (1f1b)\n"
+    "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved | zb-h1\n"
+    "                        (1f1b)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
     "                        by FLOPs)\n"
     "  --fail-device D       test hook: device D fails ...\n"
@@ -698,7 +699,8 @@ int main(int argc, char **argv)
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 die_usage(
-                    "--schedule is sequential, gpipe, 1f1b, grouped or interleaved, not \"%s\"",
+                    "--schedule is sequential, gpipe, 1f1b, grouped, interleaved or zb-h1, not "
+                    "\"%s\"",
                     optarg);
             break;
         case O_STAGES: cfg.stages = optarg; break;

@@ -185,6 +185,7 @@ static const char *phase_name(char phase)
     switch (phase) {
     case 'F': return "forward";
     case 'B': return "backward";
+    case 'W': return "weight gradients";
     case 'O': return "optimizer";
     case 'E': return "evaluation";
     default: return "compute";

@@ -23,6 +23,7 @@ static const char *phase_arg(char phase)
     switch (phase) {
     case 'F': return "F";
     case 'B': return "B";
+    case 'W': return "W";
     case 'O': return "opt";
     case 'E': return "eval";
     default: return "";

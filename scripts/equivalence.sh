@@ -175,7 +175,12 @@ mlp_meshes='1 1 1 1f1b 1
 2 2 2 1f1b 4
 2 2 2 grouped 4
 4 2 1 1f1b 4
-4 2 1 gpipe 4'
+4 2 1 gpipe 4
+1 2 1 zb-h1 4
+1 3 1 zb-h1 4
+1 2 2 zb-h1 4
+2 2 2 zb-h1 4
+2 3 1 zb-h1 4'
 gpt_meshes='1 1 1 1f1b 1 0
 1 1 1 1f1b 4 0
 2 1 1 1f1b 1 0
@@ -202,7 +207,12 @@ gpt_meshes='1 1 1 1f1b 1 0
 2 2 2 1f1b 4 1
 2 2 2 grouped 4 0
 2 4 1 1f1b 4 0
-4 2 1 gpipe 4 0'
+4 2 1 gpipe 4 0
+1 2 1 zb-h1 4 0
+1 4 1 zb-h1 4 0
+1 2 2 zb-h1 4 1
+2 2 2 zb-h1 4 1
+2 4 1 zb-h1 4 0'
 list=$mlp_meshes
 [ "$gpt" = 1 ] && list=$gpt_meshes
 while read -r dp pp tp sched mb sp; do

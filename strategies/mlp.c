@@ -275,28 +275,25 @@ static float *activation_backward(const tm_layer_plan *p, const tm_layer_ctx *c,
     return into;
 }
 
-static int linear_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                           const float *out, float *saved, float *dout, float *din,
-                           float *scratch)
+/* The backward up to the gradient of the layer's local pre-activation
+ * outputs: returned, (rows, n_out(p)), in dout or scratch. */
+static size_t n_out(const tm_layer_plan *p)
+{
+    return p->mode == MODE_ROW ? (size_t)out_of(p) : (size_t)p->local[OUT_LOCAL];
+}
+
+static float *output_grad(const tm_layer_plan *p, const tm_layer_ctx *c, const float *out,
+                          float *saved, float *dout, float *scratch)
 {
     int rows = c->rows;
-    const float *w = c->params + p->shard[0].off;
-    float *dw = c->grads + p->shard[0].off, *db = c->grads + p->shard[1].off;
     int local = p->local[OUT_LOCAL];
     const float *pre = keeps_pre(p) ? saved + (p->mode == MODE_GATHER
                                                    ? (size_t)rows * local : 0)
                                     : NULL;
     float *d = dout;
-    if (p->mode == MODE_ROW) {
-        size_t n = (size_t)rows * out_of(p);
-        if (has_act(p)) d = activation_backward(p, c, d, scratch, out, pre, n);
-        /* The bias is whole on every rank and gets the same gradient
-         * everywhere; the input gradient stays split (no comm). */
-        if (din != NULL) tm_layer_zero(c, din, (size_t)rows * p->local[IN_LOCAL]);
-        tm_linear_backward(din, dw, db, d, x, w, rows, p->local[IN_LOCAL], out_of(p));
-        return TM_OK;
-    }
-    size_t n = (size_t)rows * local;
+    size_t n = (size_t)rows * n_out(p);
+    if (p->mode == MODE_ROW)
+        return has_act(p) ? activation_backward(p, c, d, scratch, out, pre, n) : d;
     const float *post = out;
     float *into = scratch;
     if (p->mode == MODE_GATHER) {
@@ -315,13 +312,53 @@ static int linear_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const 
         post = saved;
         into = dout;
     }
-    if (has_act(p)) d = activation_backward(p, c, d, into, post, pre, n);
-    if (din != NULL) tm_layer_zero(c, din, (size_t)rows * in_of(p));
-    tm_linear_backward(din, dw, db, d, x, w, rows, in_of(p), local);
-    /* Column split: each rank's input gradient is a partial sum over its
-     * output features (Megatron's conjugate all-reduce). */
-    if (din != NULL && p->mode != MODE_WHOLE)
+    return has_act(p) ? activation_backward(p, c, d, into, post, pre, n) : d;
+}
+
+/* The input gradient from d into din, with dw and db when given (NULL:
+ * left for backward_weight): the bias is whole on every rank of a row
+ * split and gets the same gradient everywhere, the input gradient staying
+ * split (no comm); a column split's input gradient is a partial sum over
+ * its output features (Megatron's conjugate all-reduce). */
+static int input_grad(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                      const float *d, float *din, float *dw, float *db)
+{
+    int rows = c->rows;
+    const float *w = c->params + p->shard[0].off;
+    int in = p->mode == MODE_ROW ? p->local[IN_LOCAL] : in_of(p);
+    if (din != NULL) tm_layer_zero(c, din, (size_t)rows * in);
+    tm_linear_backward(din, dw, db, d, x, w, rows, in, (int)n_out(p));
+    if (din != NULL && p->mode != MODE_WHOLE && p->mode != MODE_ROW)
         return tm_allreduce(c->tp_comm, din, din, (size_t)rows * in_of(p), TM_SUM);
+    return TM_OK;
+}
+
+static int linear_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                           const float *out, float *saved, float *dout, float *din,
+                           float *scratch)
+{
+    float *d = output_grad(p, c, out, saved, dout, scratch);
+    return input_grad(p, c, x, d, din, c->grads + p->shard[0].off, c->grads + p->shard[1].off);
+}
+
+/* W keeps the gradient of the local pre-activation outputs. */
+static size_t linear_wsave(const tm_layer_plan *p, int rows) { return (size_t)rows * n_out(p); }
+
+static int linear_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                 const float *out, float *saved, float *dout, float *din,
+                                 float *scratch, float *wsave)
+{
+    float *d = output_grad(p, c, out, saved, dout, scratch);
+    tm_layer_copy(c, wsave, d, linear_wsave(p, c->rows));
+    return input_grad(p, c, x, d, din, NULL, NULL);
+}
+
+static int linear_backward_weight(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                  const float *wsave)
+{
+    int in = p->mode == MODE_ROW ? p->local[IN_LOCAL] : in_of(p);
+    tm_linear_backward(NULL, c->grads + p->shard[0].off, c->grads + p->shard[1].off, wsave, x,
+                       NULL, c->rows, in, (int)n_out(p));
     return TM_OK;
 }
 
@@ -354,6 +391,9 @@ static const tm_layer_kind linear_kind = {
     .fwd_scratch_floats = linear_fwd_scratch,
     .forward = linear_forward,
     .backward = linear_backward,
+    .wsave_floats = linear_wsave,
+    .backward_input = linear_backward_input,
+    .backward_weight = linear_backward_weight,
     .tp_bytes = linear_tp_bytes,
     .tp_forward_bytes = linear_tp_forward_bytes,
 };

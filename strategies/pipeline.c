@@ -10,15 +10,16 @@
 
 /* Per micro-batch state between its actions. */
 typedef struct {
-    tm_stage_acts acts; /* from RECV_ACT / FWD until BWD */
+    tm_stage_acts acts; /* from RECV_ACT / FWD until BWD (WGT when split) */
     float *dy;          /* gradient of the stage output: received or the loss's */
     float *dx;          /* gradient of the stage input, until SEND_GRAD */
+    float *w;           /* split backward: what W needs, from BWD until WGT */
 } mb_state;
 
 typedef struct {
     tm_pipeline_step *ps;
     mb_state *mb;
-    int p, pp, in_flight, backwards;
+    int p, pp, in_flight, backwards, weights;
 } run_state;
 
 static size_t out_bytes(const tm_pipeline_step *ps)
@@ -69,13 +70,37 @@ static int backward(run_state *r, int mb)
         m->dx = tm_device_alloc(dev, in_bytes(ps), TM_TAG_ACTIVATION);
         if (m->dx == NULL) return TM_ENOMEM;
     }
-    int last = ++r->backwards == ps->sched->m;
-    TM_CHECK(tm_stage_backward(ps->stage, &m->acts, m->dy, m->dx, last ? ps->ready : NULL,
-                               ps->ready_ctx));
-    tm_stage_acts_free(ps->stage, &m->acts);
-    r->in_flight--;
+    if (tm_schedule_splits_backward(ps->sched->kind)) {
+        /* B only: the activations stay for W, with what W needs. */
+        size_t wb = tm_stage_wsave_bytes(ps->stage, ps->rows);
+        if (wb > 0 && (m->w = tm_device_alloc(dev, wb, TM_TAG_ACTIVATION)) == NULL)
+            return TM_ENOMEM;
+        TM_CHECK(tm_stage_backward_input(ps->stage, &m->acts, m->dy, m->dx, m->w));
+    } else {
+        int last = ++r->backwards == ps->sched->m;
+        TM_CHECK(tm_stage_backward(ps->stage, &m->acts, m->dy, m->dx, last ? ps->ready : NULL,
+                                   ps->ready_ctx));
+        tm_stage_acts_free(ps->stage, &m->acts);
+        r->in_flight--;
+    }
     tm_device_free(dev, m->dy);
     m->dy = NULL;
+    return TM_OK;
+}
+
+/* W: the parameter gradients; the step's last W makes the buckets final. */
+static int weights(run_state *r, int mb)
+{
+    tm_pipeline_step *ps = r->ps;
+    mb_state *m = &r->mb[mb];
+    tm_clock_label(ps->stage->dev, 'W', r->p, mb);
+    int last = ++r->weights == ps->sched->m;
+    TM_CHECK(tm_stage_backward_weight(ps->stage, &m->acts, m->w, last ? ps->ready : NULL,
+                                      ps->ready_ctx));
+    tm_stage_acts_free(ps->stage, &m->acts);
+    r->in_flight--;
+    tm_device_free(ps->stage->dev, m->w);
+    m->w = NULL;
     return TM_OK;
 }
 
@@ -94,6 +119,7 @@ static int act(run_state *r, const tm_sched_action *a)
     switch (a->kind) {
     case TM_SCHED_FWD: return forward(r, a->mb);
     case TM_SCHED_BWD: return backward(r, a->mb);
+    case TM_SCHED_WGT: return weights(r, a->mb);
     case TM_SCHED_SEND_ACT: return tm_send(c, m->acts.output, out_bytes(ps), r->p + 1);
     case TM_SCHED_RECV_ACT:
         TM_CHECK(ensure_acts(r, a->mb));
@@ -125,6 +151,7 @@ static void release(run_state *r)
         if (r->mb[i].acts.block != NULL) tm_stage_acts_free(r->ps->stage, &r->mb[i].acts);
         tm_device_free(dev, r->mb[i].dy);
         tm_device_free(dev, r->mb[i].dx);
+        tm_device_free(dev, r->mb[i].w);
     }
     free(r->mb);
 }
@@ -132,7 +159,7 @@ static void release(run_state *r)
 int tm_pipeline_run(tm_pipeline_step *ps)
 {
     run_state r = {ps, calloc((size_t)ps->sched->m, sizeof(mb_state)), tm_comm_rank(ps->pp_comm),
-                   tm_comm_size(ps->pp_comm), 0, 0};
+                   tm_comm_size(ps->pp_comm), 0, 0, 0};
     if (r.mb == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the pipeline state");
     ps->max_in_flight = 0;
     int st = TM_OK;
@@ -144,9 +171,10 @@ int tm_pipeline_run(tm_pipeline_step *ps)
 
 /* tm_pipeline_run's allocations, replayed: what each action holds. */
 typedef struct {
-    char *acts, *dy, *dx; /* (m) held */
+    char *acts, *dy, *dx, *w; /* (m) held */
     size_t held, peak;
-    size_t a, o, i;       /* a micro-batch's block, its output and input gradients */
+    size_t a, o, i, wb;       /* a micro-batch's block, its output and input
+                                 gradients, its W block (split backward) */
 } replay;
 
 static void hold(replay *r, char *flag, size_t bytes, int on)
@@ -166,12 +194,16 @@ int tm_pipeline_activation_peak(const tm_stage *s, const tm_schedule *sched, int
                                 size_t *peak)
 {
     int m = sched->m, pp = sched->pp;
-    replay r = {calloc((size_t)m, 1), calloc((size_t)m, 1), calloc((size_t)m, 1), 0, 0,
+    int split = tm_schedule_splits_backward(sched->kind);
+    size_t wb = split ? tm_stage_wsave_bytes(s, rows) : 0;
+    replay r = {calloc((size_t)m, 1), calloc((size_t)m, 1), calloc((size_t)m, 1),
+                calloc((size_t)m, 1), 0, 0,
                 tm_arena_block_bytes(tm_stage_acts_bytes(s, rows)),
                 tm_arena_block_bytes((size_t)rows * s->out_width * sizeof(float)),
-                tm_arena_block_bytes((size_t)rows * s->in_width * sizeof(float))};
+                tm_arena_block_bytes((size_t)rows * s->in_width * sizeof(float)),
+                wb > 0 ? tm_arena_block_bytes(wb) : 0};
     size_t fwd = tm_stage_forward_bytes(s, rows), bwd = tm_stage_backward_bytes(s, rows);
-    int st = r.acts != NULL && r.dy != NULL && r.dx != NULL
+    int st = r.acts != NULL && r.dy != NULL && r.dx != NULL && r.w != NULL
                  ? TM_OK : tm_error(TM_EHOSTMEM, "cannot allocate the memory replay");
     for (int k = 0; st == TM_OK && k < sched->len[p]; k++) {
         const tm_sched_action *a = &sched->actions[p][k];
@@ -183,9 +215,14 @@ int tm_pipeline_activation_peak(const tm_stage *s, const tm_schedule *sched, int
         case TM_SCHED_BWD:
             if (p == pp - 1) hold(&r, &r.dy[a->mb], r.o, 1);
             if (p > 0) hold(&r, &r.dx[a->mb], r.i, 1);
+            if (split) hold(&r, &r.w[a->mb], r.wb, 1);
             at_most(&r, bwd);
-            hold(&r, &r.acts[a->mb], r.a, 0);
+            if (!split) hold(&r, &r.acts[a->mb], r.a, 0);
             hold(&r, &r.dy[a->mb], r.o, 0);
+            break;
+        case TM_SCHED_WGT:
+            hold(&r, &r.acts[a->mb], r.a, 0);
+            hold(&r, &r.w[a->mb], r.wb, 0);
             break;
         case TM_SCHED_SEND_ACT: break;
         case TM_SCHED_RECV_ACT: hold(&r, &r.acts[a->mb], r.a, 1); break;
@@ -201,6 +238,7 @@ int tm_pipeline_activation_peak(const tm_stage *s, const tm_schedule *sched, int
     free(r.acts);
     free(r.dy);
     free(r.dx);
+    free(r.w);
     *peak = r.peak;
     return st;
 }

@@ -36,7 +36,8 @@ int tm_pipeline_run(tm_pipeline_step *ps);
  * its list of sched for micro-batches of rows rows, worked out from
  * the stage's formulas (strategies/stage.h) and the list itself, as the
  * arena counts blocks: the micro-batches' blocks from their first forward
- * (or receive) to their backward, the output gradients from their receive
+ * (or receive) to their backward (to their W under a split backward, with
+ * the W block from the backward), the output gradients from their receive
  * (or the loss) to the backward, the input gradients from the backward to
  * their send, and at each forward or backward its transient bytes. The
  * loss's own buffer is not counted: the model's loss must use less than

@@ -53,6 +53,11 @@ static void compute_box(tm_svg_box *b, const tm_event *e)
         snprintf(b->label, sizeof b->label, "B%d", e->mb);
         snprintf(b->tip, sizeof b->tip, "backward, micro-batch %d", e->mb);
         break;
+    case 'W':
+        b->cls = "b";
+        snprintf(b->label, sizeof b->label, "W%d", e->mb);
+        snprintf(b->tip, sizeof b->tip, "weight gradients, micro-batch %d", e->mb);
+        break;
     case 'O':
         b->cls = "o";
         snprintf(b->tip, sizeof b->tip, "optimizer");

@@ -8,7 +8,7 @@
 #include "strategies/schedule_internal.h"
 
 static const char *const schedule_names[TM_SCHEDULE_KINDS] = {
-    "sequential", "gpipe", "1f1b", "grouped", "interleaved",
+    "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1",
 };
 
 const char *tm_schedule_kind_name(tm_schedule_kind kind)
@@ -25,7 +25,8 @@ int tm_schedule_kind_parse(const char *name, tm_schedule_kind *out)
             return TM_OK;
         }
     return tm_error(TM_EINVAL,
-                    "unknown schedule \"%s\" (sequential, gpipe, 1f1b, grouped, interleaved)",
+                    "unknown schedule \"%s\" (sequential, gpipe, 1f1b, grouped, interleaved, "
+                    "zb-h1)",
                     name ? name : "(null)");
 }
 
@@ -34,8 +35,9 @@ const char *tm_sched_kind_name(tm_sched_kind kind)
     static const char *const names[] = {
         "FWD",       "BWD",       "SEND_ACT",           "RECV_ACT",
         "SEND_GRAD", "RECV_GRAD", "SEND_ACT_RECV_GRAD", "SEND_GRAD_RECV_ACT",
+        "WGT",
     };
-    if ((unsigned)kind > TM_SCHED_SEND_GRAD_RECV_ACT) return "?";
+    if ((unsigned)kind > TM_SCHED_WGT) return "?";
     return names[kind];
 }
 
@@ -66,6 +68,7 @@ int tm__sched_halves(tm_sched_action a, tm_sched_kind kind[2], int mb[2])
         return 2;
     case TM_SCHED_FWD:
     case TM_SCHED_BWD:
+    case TM_SCHED_WGT:
         return 0;
     default:
         kind[0] = a.kind, mb[0] = a.mb;
@@ -93,9 +96,15 @@ tm_sched_kind tm__sched_counterpart(tm_sched_kind k)
 
 /* ---------------------------------------------------------------- generation */
 
-/* One forward or backward pass in a stage's compute order. */
+int tm_schedule_splits_backward(tm_schedule_kind kind)
+{
+    return kind == TM_SCHED_ZB_H1;
+}
+
+/* One pass in a stage's compute order. */
+enum { PASS_F, PASS_B, PASS_W };
 typedef struct {
-    int bwd;
+    int bwd; /* PASS_F, PASS_B or PASS_W */
     int mb;
 } pass;
 
@@ -129,12 +138,30 @@ static int passes_interleaved(pass *out, int p, int m, int s)
     return n;
 }
 
+/* Zero bubble: a warm-up of w forwards, forward/backward pairs, the rest
+ * of the backwards, each backward followed by the W of the micro-batch d
+ * backwards before it (none while fewer than d + 1 have run), then the d
+ * deferred W's. */
+static int passes_zero_bubble(pass *out, int m, int w, int d)
+{
+    int n = 0, nb = 0, nw = 0;
+    for (int i = 0; i < w; i++) out[n++] = (pass){PASS_F, i};
+    for (int i = 0; i < m; i++) {
+        if (w + i < m) out[n++] = (pass){PASS_F, w + i};
+        out[n++] = (pass){PASS_B, nb++};
+        if (nb > d) out[n++] = (pass){PASS_W, nw++};
+    }
+    while (nw < m) out[n++] = (pass){PASS_W, nw++};
+    return n;
+}
+
 static int stage_passes(pass *out, tm_schedule_kind kind, int p, int m, int s)
 {
     switch (kind) {
     case TM_SCHED_SEQUENTIAL: return passes_warmup(out, m, 0);
     case TM_SCHED_GPIPE: return passes_warmup(out, m, m);
     case TM_SCHED_1F1B: return passes_warmup(out, m, min_int(p - 1 - s, m));
+    case TM_SCHED_ZB_H1: return passes_zero_bubble(out, m, min_int(p - 1 - s, m), s);
     default: return passes_interleaved(out, p, m, s);
     }
 }
@@ -142,30 +169,48 @@ static int stage_passes(pass *out, tm_schedule_kind kind, int p, int m, int s)
 /* Surrounds each pass with its messages — receive just before, send right
  * after — and fuses a send with the next receive when both go to the same
  * neighbour, which is exactly where two neighbours would otherwise send to
- * each other at once. */
+ * each other at once. W passes have no message: they go after a send and
+ * before the next receive, and before the combined exchange when the two
+ * fuse (between them they would split the pair, and two neighbours could
+ * each wait in its send). */
+static int put_ws(tm_sched_action *out, const pass *ps, int w0, int nw)
+{
+    for (int j = 0; j < nw; j++) out[j] = (tm_sched_action){TM_SCHED_WGT, ps[w0 + j].mb, 0};
+    return nw;
+}
+
 static int expand(tm_sched_action *out, const pass *ps, int n, int p, int s)
 {
-    int k = 0;
+    int k = 0, w0 = 0, nw = 0; /* W passes held back: ps[w0 .. w0 + nw) */
     tm_sched_action pending = {0, -1, -1}; /* a send not yet written */
     for (int i = 0; i < n; i++) {
         int mb = ps[i].mb;
+        if (ps[i].bwd == PASS_W) {
+            if (pending.mb < 0) out[k++] = (tm_sched_action){TM_SCHED_WGT, mb, 0};
+            else if (nw++ == 0) w0 = i;
+            continue;
+        }
         int has_recv = ps[i].bwd ? s < p - 1 : s > 0;
         tm_sched_kind recv = ps[i].bwd ? TM_SCHED_RECV_GRAD : TM_SCHED_RECV_ACT;
         if (pending.mb >= 0 && has_recv && tm__sched_peer_dir(pending.kind) == tm__sched_peer_dir(recv)) {
+            k += put_ws(out + k, ps, w0, nw);
             out[k++] = (tm_sched_action){pending.kind == TM_SCHED_SEND_ACT
                                              ? TM_SCHED_SEND_ACT_RECV_GRAD
                                              : TM_SCHED_SEND_GRAD_RECV_ACT,
                                          pending.mb, mb};
         } else {
             if (pending.mb >= 0) out[k++] = pending;
+            k += put_ws(out + k, ps, w0, nw);
             if (has_recv) out[k++] = (tm_sched_action){recv, mb, 0};
         }
         pending.mb = -1;
+        nw = 0;
         out[k++] = (tm_sched_action){ps[i].bwd ? TM_SCHED_BWD : TM_SCHED_FWD, mb, 0};
         if (ps[i].bwd ? s > 0 : s < p - 1)
             pending = (tm_sched_action){ps[i].bwd ? TM_SCHED_SEND_GRAD : TM_SCHED_SEND_ACT, mb, 0};
     }
     if (pending.mb >= 0) out[k++] = pending;
+    k += put_ws(out + k, ps, w0, nw);
     return k;
 }
 
@@ -227,11 +272,12 @@ int tm_schedule_make(tm_schedule *out, tm_schedule_kind kind, int pp, int m)
     out->m = m;
     out->len = calloc((size_t)pp, sizeof *out->len);
     out->actions = calloc((size_t)pp, sizeof *out->actions);
-    pass *ps = malloc(2 * (size_t)m * sizeof *ps);
+    pass *ps = malloc(3 * (size_t)m * sizeof *ps);
     if (out->len == NULL || out->actions == NULL || ps == NULL) goto nomem;
     for (int s = 0; s < pp; s++) {
-        /* At most a receive, the pass and a send for each of the 2m passes. */
-        out->actions[s] = malloc(6 * (size_t)m * sizeof **out->actions);
+        /* At most a receive, the pass and a send for each of the 2m passes
+         * F and B, and m W's. */
+        out->actions[s] = malloc(7 * (size_t)m * sizeof **out->actions);
         if (out->actions[s] == NULL) goto nomem;
         if (kind == TM_SCHED_GROUPED) {
             out->len[s] = actions_grouped(out->actions[s], pp, m, s);
@@ -265,11 +311,13 @@ int tm_schedule_max_in_flight(const tm_schedule *s, int stage)
 {
     if (s == NULL || stage < 0 || stage >= s->pp)
         return tm_error(TM_EINVAL, "stage %d outside the schedule", stage);
+    /* A micro-batch is held until its W when the backward is split. */
+    tm_sched_kind last = tm_schedule_splits_backward(s->kind) ? TM_SCHED_WGT : TM_SCHED_BWD;
     int live = 0, peak = 0;
     for (int i = 0; i < s->len[stage]; i++) {
         tm_sched_kind k = s->actions[stage][i].kind;
         if (k == TM_SCHED_FWD && ++live > peak) peak = live;
-        if (k == TM_SCHED_BWD && live > 0) live--;
+        if (k == last && live > 0) live--;
     }
     return peak;
 }
@@ -283,6 +331,7 @@ int tm_schedule_in_flight_bound(tm_schedule_kind kind, int pp, int m, int stage)
     case TM_SCHED_SEQUENTIAL: return 1;
     case TM_SCHED_GPIPE: return m;
     case TM_SCHED_GROUPED: return min_int(2 * (pp - stage) - 1, m);
+    case TM_SCHED_ZB_H1: return min_int(pp, m);
     default: return min_int(pp - stage, m);
     }
 }

@@ -28,7 +28,13 @@
  *   SEND_GRAD_RECV_ACT(i, j)  send grad i to s-1 and receive act j from s-1.
  * 1F1B's steady state needs them: there a stage sends its activation up while
  * the stage above sends its gradient down, and two blocking sends towards
- * each other would wait for ever. */
+ * each other would wait for ever.
+ *
+ * A zero-bubble schedule (tm_schedule_splits_backward) splits each backward
+ * in two, as Qi et al. do: BWD(i) is then only B, the input gradient (the
+ * critical path: what the stage below waits for), and
+ *   WGT(i)       W, the weight gradients of micro-batch i, after its BWD;
+ * the layer kinds that cannot split do all their backward in B. */
 typedef enum {
     TM_SCHED_FWD,
     TM_SCHED_BWD,
@@ -38,6 +44,7 @@ typedef enum {
     TM_SCHED_RECV_GRAD,
     TM_SCHED_SEND_ACT_RECV_GRAD,
     TM_SCHED_SEND_GRAD_RECV_ACT,
+    TM_SCHED_WGT,
 } tm_sched_kind;
 
 typedef struct {
@@ -117,26 +124,60 @@ typedef struct {
  *   long as its slowest pass, max(F, B), while an executor whose stages run
  *   freely (like tinymesh's) runs it exactly as 1F1B. Not to be confused
  *   with Megatron's "interleaved" schedule, which gives each device several
- *   virtual stages. */
+ *   virtual stages.
+ *
+ * ZB-H1 — the handcrafted zero-bubble schedule H1 of Qi et al., "Zero
+ *   Bubble Pipeline Parallelism" (2023), with F, B and W the times of a
+ *   forward, an input gradient and a weight gradient. 1F1B over F and B,
+ *   each W(i) after its B(i): W, which nothing downstream waits for, is
+ *   deferred so that the gradients run down the pipeline at B's pace
+ *   rather than B+W's. Stage s: 1F1B's warm-up of min(p-1-s, m) forwards;
+ *   then forward/backward pairs, the k-th backward followed by W(k-s)
+ *   (stage s defers its W's by s micro-batches); the cool-down's backwards,
+ *   each with the next W; the s deferred W's last, filling the wait for the
+ *   stage below's last backward. A W between a send and a receive from the
+ *   same neighbour goes before the pair's combined exchange (splitting them
+ *   could make two neighbours wait in their sends). Ramp-up: 1F1B's;
+ *   main: F, B, W per micro-batch; ramp-down: backwards with W's, then the
+ *   deferred W's. The bound counts micro-batches whose FWD has run and
+ *   whose WGT has not (their activations stay until W): min(p, m) on every
+ *   stage, 1F1B's peak (its first stage's). With m >= p each stage idles
+ *   (p-1) max(F, B, F+B-W) (tm_schedule_zb_h1_bubble): the last stage
+ *   waits (p-1) F for its first activation, the last gradient comes down
+ *   at B a stage, and the deferred W's fill all but F+B-W of each wait.
+ *   With F = B = W the bubble is (p-1)/(3m+p-1): (p-1) F of idle per
+ *   stage against 1F1B's (p-1)(F+B+W), a third, and the least any schedule
+ *   reaches when the optimizer step waits for every W (the last stage
+ *   starts after (p-1) F). With m < p the waves of the last micro-batch set
+ *   the makespan, 2(m+p-1)+1 F, and the bubble is 1-3m/(2(m+p-1)+1). The
+ *   paper's ZB-H2 (more warm-up forwards, 2p-1 micro-batches held) goes
+ *   below (p-1) F only with its post-validation, overlapping the optimizer
+ *   step with the next step's ramp-up, which tinymesh's synchronous step
+ *   does not do. */
 typedef enum {
     TM_SCHED_SEQUENTIAL,
     TM_SCHED_GPIPE,
     TM_SCHED_1F1B,
     TM_SCHED_GROUPED,
     TM_SCHED_INTERLEAVED,
+    TM_SCHED_ZB_H1,
 } tm_schedule_kind;
 
-#define TM_SCHEDULE_KINDS 5
+#define TM_SCHEDULE_KINDS 6
 /* Limits that keep every list small and every count in an int. */
 #define TM_SCHEDULE_MAX_PP 1024
 #define TM_SCHEDULE_MAX_MB 65536
 #define TM_SCHEDULE_MAX_WORK (1 << 18) /* pp * m */
 
-/* "sequential", "gpipe", "1f1b", "grouped", "interleaved"; "?" otherwise. */
+/* "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1"; "?"
+ * otherwise. */
 const char *tm_schedule_kind_name(tm_schedule_kind kind);
 /* Parses one of those names into *out. Returns TM_EINVAL naming the input
  * and the valid names otherwise. */
 int tm_schedule_kind_parse(const char *name, tm_schedule_kind *out);
+/* Whether the schedule splits each backward into BWD (B) and WGT (W):
+ * zb-h1. */
+int tm_schedule_splits_backward(tm_schedule_kind kind);
 /* "FWD", "SEND_ACT_RECV_GRAD", ...; "?" for a value outside the enum. */
 const char *tm_sched_kind_name(tm_sched_kind kind);
 /* Writes "FWD(3)" or "SEND_ACT_RECV_GRAD(3,1)" into buf (always terminated
@@ -164,7 +205,8 @@ void tm_schedule_free(tm_schedule *s);
  * problem, e.g. "stage 2 action 5: BWD(3) before RECV_GRAD(3)". In order:
  * well-formed actions (known kind, micro-batch in [0, m), no message past
  * either end of the pipeline); FWD(i) and BWD(i) exactly once per stage for
- * every i; the activations stage s sends are, in order, those s+1 receives,
+ * every i, and WGT(i) exactly once, after BWD(i), when the kind splits the
+ * backward (none otherwise); the activations stage s sends are, in order, those s+1 receives,
  * and likewise the gradients, each micro-batch's exactly once; per stage
  * RECV_ACT(i) < FWD(i) < SEND_ACT(i), FWD(i) < BWD(i) and RECV_GRAD(i) <
  * BWD(i) < SEND_GRAD(i); and no deadlock when every stage runs its list with
@@ -175,16 +217,18 @@ void tm_schedule_free(tm_schedule *s);
  * stage 1, which waits in SEND_GRAD(0) for stage 0". */
 int tm_schedule_validate(const tm_schedule *s);
 
-/* The most micro-batches whose FWD has run and whose BWD has not, over
- * stage's list: the activations the executor will hold at once there.
+/* The most micro-batches whose FWD has run and whose BWD (WGT when the
+ * kind splits the backward) has not, over stage's list: the activations
+ * the executor will hold at once there.
  * Returns TM_EINVAL (negative) for a stage outside [0, pp). */
 int tm_schedule_max_in_flight(const tm_schedule *s, int stage);
 /* The documented bound for that (see each schedule above): sequential 1,
- * gpipe m, 1f1b and interleaved min(p-s, m), grouped min(2(p-s)-1, m).
+ * gpipe m, 1f1b and interleaved min(p-s, m), grouped min(2(p-s)-1, m),
+ * zb-h1 min(p, m).
  * Returns TM_EINVAL (negative) for bad arguments. */
 int tm_schedule_in_flight_bound(tm_schedule_kind kind, int pp, int m, int stage);
 
-/* One interval of a stage's timeline. kind is FWD, BWD or one of the four
+/* One interval of a stage's timeline. kind is FWD, BWD, WGT or one of the four
  * plain message kinds: a combined action yields one event per half. A
  * message event spans its transfer, from the moment both sides are ready;
  * waiting before it is idle time. */
@@ -207,16 +251,28 @@ typedef struct {
 int tm_schedule_simulate(const tm_schedule *s, const double *fwd_time,
                          const double *bwd_time, double comm_time,
                          tm_sched_event **events, int *n_events, double *makespan);
+/* The same with a W time: WGT taking wgt_time[stage] (NULL: 0); BWD is
+ * then only B when the kind splits the backward. */
+int tm_schedule_simulate_split(const tm_schedule *s, const double *fwd_time,
+                               const double *bwd_time, const double *wgt_time, double comm_time,
+                               tm_sched_event **events, int *n_events, double *makespan);
 
-/* 1 - (sum of FWD and BWD time) / (pp * makespan): the fraction of device
- * time not spent computing, from any events (simulated or measured). 0 when
- * makespan is not positive. */
+/* 1 - (sum of FWD, BWD and WGT time) / (pp * makespan): the fraction of
+ * device time not spent computing, from any events (simulated or
+ * measured); W counts as busy. 0 when makespan is not positive. */
 double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makespan);
 /* The bubble with equal stages and free messages, for any F and B:
  * (p-1)/(m+p-1) for gpipe and 1f1b — the textbook figure — and for grouped
- * and interleaved as tinymesh runs them, (p-1)/p for sequential; -1 for bad
- * arguments. */
+ * and interleaved as tinymesh runs them, (p-1)/p for sequential; for zb-h1
+ * with F = B = W (the backward split in two equal halves), (p-1)/(3m+p-1)
+ * when m >= p, else 1-3m/(2(m+p-1)+1); -1 for bad arguments. */
 double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
+
+/* zb-h1's bubble for equal stages, free messages, m >= p and any times F,
+ * B, W of a forward, an input gradient and a weight gradient: each stage
+ * idles (p-1) max(F, B, F+B-W), so the bubble is that over
+ * m(F+B+W) + (p-1) max(F, B, F+B-W); -1 for m < p or bad arguments. */
+double tm_schedule_zb_h1_bubble(int pp, int m, double f, double b, double w);
 
 /* Draws the events as a timeline: one row per stage, time left to right over
  * `width` columns (<= 0: tm_schedule_draw_width), forwards and backwards as

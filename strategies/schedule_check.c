@@ -21,7 +21,7 @@
  * so the result is exact and deterministic. */
 typedef struct {
     const tm_schedule *s;
-    const double *fwd, *bwd;
+    const double *fwd, *bwd, *wgt;
     double comm;
     int *pc;                /* (pp,) index of the current action */
     double *t;              /* (pp,) arrival time at the current action */
@@ -52,8 +52,12 @@ static void advance(engine *e, int s)
     const tm_schedule *S = e->s;
     while (e->pc[s] < S->len[s]) {
         tm_sched_action a = S->actions[s][e->pc[s]];
-        if (a.kind == TM_SCHED_FWD || a.kind == TM_SCHED_BWD) {
-            double d = e->fwd == NULL ? 1 : a.kind == TM_SCHED_FWD ? e->fwd[s] : e->bwd[s];
+        if (a.kind == TM_SCHED_FWD || a.kind == TM_SCHED_BWD || a.kind == TM_SCHED_WGT) {
+            double d = e->fwd == NULL             ? 1
+                       : a.kind == TM_SCHED_FWD ? e->fwd[s]
+                       : a.kind == TM_SCHED_BWD ? e->bwd[s]
+                       : e->wgt == NULL         ? 0
+                                                : e->wgt[s];
             emit(e, s, a.kind, a.mb, e->t[s], e->t[s] + d);
             e->t[s] += d;
             e->pc[s]++;
@@ -122,12 +126,13 @@ static void describe_deadlock(const engine *e, char *buf, size_t n)
 }
 
 /* Runs s to the end or to a deadlock (TM_EINVAL naming it). NULL fwd / bwd
- * mean unit times; ev, n_ev and makespan may be NULL. */
-static int run(const tm_schedule *s, const double *fwd, const double *bwd, double comm,
-               tm_sched_event *ev, int *n_ev, double *makespan)
+ * mean unit times, NULL wgt zero W times; ev, n_ev and makespan may be
+ * NULL. */
+static int run(const tm_schedule *s, const double *fwd, const double *bwd, const double *wgt,
+               double comm, tm_sched_event *ev, int *n_ev, double *makespan)
 {
     size_t p = (size_t)s->pp;
-    engine e = {.s = s, .fwd = fwd, .bwd = bwd, .comm = comm, .ev = ev};
+    engine e = {.s = s, .fwd = fwd, .bwd = bwd, .wgt = wgt, .comm = comm, .ev = ev};
     e.pc = calloc(p, sizeof *e.pc);
     e.t = calloc(p, sizeof *e.t);
     e.done = calloc(2 * p, 1);
@@ -177,7 +182,7 @@ static int check_actions(const tm_schedule *s)
     for (int st = 0; st < s->pp; st++)
         for (int i = 0; i < s->len[st]; i++) {
             tm_sched_action a = s->actions[st][i];
-            if ((unsigned)a.kind > TM_SCHED_SEND_GRAD_RECV_ACT)
+            if ((unsigned)a.kind > TM_SCHED_WGT)
                 return tm_error(TM_EINVAL, "stage %d action %d: unknown action kind %d", st, i,
                                 (int)a.kind);
             char name[64];
@@ -201,22 +206,30 @@ static int check_actions(const tm_schedule *s)
     return TM_OK;
 }
 
-/* FWD(i) and BWD(i) exactly once on every stage; cnt is scratch of 2m. */
+/* FWD(i) and BWD(i) exactly once on every stage, and WGT(i) when the
+ * kind splits the backward (never otherwise); cnt is scratch of 3m. */
 static int check_passes(const tm_schedule *s, int *cnt)
 {
+    static const char *const names[3] = {"FWD", "BWD", "WGT"};
+    int split = tm_schedule_splits_backward(s->kind), passes = split ? 3 : 2;
     for (int st = 0; st < s->pp; st++) {
-        memset(cnt, 0, 2 * (size_t)s->m * sizeof *cnt);
+        memset(cnt, 0, 3 * (size_t)s->m * sizeof *cnt);
         for (int i = 0; i < s->len[st]; i++) {
             tm_sched_action a = s->actions[st][i];
-            if (a.kind != TM_SCHED_FWD && a.kind != TM_SCHED_BWD) continue;
-            if (++cnt[(a.kind == TM_SCHED_BWD) * s->m + a.mb] == 2)
+            int k = a.kind == TM_SCHED_FWD ? 0 : a.kind == TM_SCHED_BWD ? 1
+                    : a.kind == TM_SCHED_WGT ? 2 : -1;
+            if (k < 0) continue;
+            if (k == 2 && !split)
+                return tm_error(TM_EINVAL, "stage %d action %d: WGT(%d) in %s, which does not "
+                                "split the backward", st, i, a.mb, tm_schedule_kind_name(s->kind));
+            if (++cnt[k * s->m + a.mb] == 2)
                 return tm_error(TM_EINVAL, "stage %d action %d: %s(%d) a second time", st, i,
-                                tm_sched_kind_name(a.kind), a.mb);
+                                names[k], a.mb);
         }
-        for (int i = 0; i < 2 * s->m; i++)
+        for (int i = 0; i < passes * s->m; i++)
             if (cnt[i] == 0)
-                return tm_error(TM_EINVAL, "stage %d: %s(%d) missing", st,
-                                i < s->m ? "FWD" : "BWD", i % s->m);
+                return tm_error(TM_EINVAL, "stage %d: %s(%d) missing", st, names[i / s->m],
+                                i % s->m);
     }
     return TM_OK;
 }
@@ -276,7 +289,7 @@ static int check_channel(const tm_schedule *s, int from, tm_sched_kind sk, int t
     return TM_OK;
 }
 
-enum { P_RA, P_F, P_SA, P_RG, P_B, P_SG, P_N };
+enum { P_RA, P_F, P_SA, P_RG, P_B, P_SG, P_W, P_N };
 
 /* Each micro-batch's receive, pass and send in dependency order on every
  * stage; pos is scratch of P_N * m. Reports the earliest offending action. */
@@ -284,12 +297,15 @@ static int check_order(const tm_schedule *s, int *pos)
 {
     static const tm_sched_kind pk[P_N] = {
         TM_SCHED_RECV_ACT, TM_SCHED_FWD, TM_SCHED_SEND_ACT,
-        TM_SCHED_RECV_GRAD, TM_SCHED_BWD, TM_SCHED_SEND_GRAD,
+        TM_SCHED_RECV_GRAD, TM_SCHED_BWD, TM_SCHED_SEND_GRAD, TM_SCHED_WGT,
     };
-    /* (earlier, later, stage must have the neighbour in this direction) */
-    static const int rule[5][3] = {
+    /* (earlier, later, stage must have the neighbour in this direction);
+     * the last: 2 for split backwards only. */
+    static const int rule[6][3] = {
         {P_RA, P_F, -1}, {P_F, P_SA, 1}, {P_F, P_B, 0}, {P_RG, P_B, 1}, {P_B, P_SG, -1},
+        {P_B, P_W, 2},
     };
+    int split = tm_schedule_splits_backward(s->kind);
     int m = s->m;
     for (int st = 0; st < s->pp; st++) {
         memset(pos, -1, (size_t)P_N * m * sizeof *pos);
@@ -304,9 +320,10 @@ static int check_order(const tm_schedule *s, int *pos)
         }
         int worst = -1, wr = 0, wmb = 0;
         for (int i = 0; i < m; i++)
-            for (int r = 0; r < 5; r++) {
+            for (int r = 0; r < 6; r++) {
                 int dir = rule[r][2];
-                if ((dir < 0 && st == 0) || (dir > 0 && st == s->pp - 1)) continue;
+                if (dir == 2 && !split) continue;
+                if ((dir < 0 && st == 0) || (dir == 1 && st == s->pp - 1)) continue;
                 int early = pos[rule[r][1] * m + i];
                 if (early < pos[rule[r][0] * m + i] && (worst < 0 || early < worst))
                     worst = early, wr = r, wmb = i;
@@ -332,7 +349,7 @@ int tm_schedule_validate(const tm_schedule *s)
         if (s->len[st] > maxlen) maxlen = s->len[st];
     }
     TM_CHECK(check_actions(s));
-    int *cnt = malloc((size_t)P_N * s->m * sizeof *cnt);
+    int *cnt = malloc((size_t)P_N * s->m * sizeof *cnt); /* >= 3m for check_passes */
     int *seq = malloc(4 * (size_t)maxlen * sizeof *seq);
     int st = TM_OK;
     if (cnt == NULL || seq == NULL) {
@@ -345,7 +362,7 @@ int tm_schedule_validate(const tm_schedule *s)
         if (st == TM_OK) st = check_channel(s, i + 1, TM_SCHED_SEND_GRAD, i, cnt, seq, maxlen);
     }
     if (st == TM_OK) st = check_order(s, cnt);
-    if (st == TM_OK) st = run(s, NULL, NULL, 0, NULL, NULL, NULL);
+    if (st == TM_OK) st = run(s, NULL, NULL, NULL, 0, NULL, NULL, NULL);
 out:
     free(cnt);
     free(seq);
@@ -370,15 +387,25 @@ int tm_schedule_simulate(const tm_schedule *s, const double *fwd_time, const dou
                          double comm_time, tm_sched_event **events, int *n_events,
                          double *makespan)
 {
+    return tm_schedule_simulate_split(s, fwd_time, bwd_time, NULL, comm_time, events, n_events,
+                                      makespan);
+}
+
+int tm_schedule_simulate_split(const tm_schedule *s, const double *fwd_time,
+                               const double *bwd_time, const double *wgt_time, double comm_time,
+                               tm_sched_event **events, int *n_events, double *makespan)
+{
     if (events != NULL) *events = NULL;
     if (events == NULL || n_events == NULL || makespan == NULL || fwd_time == NULL ||
         bwd_time == NULL)
         return tm_error(TM_EINVAL, "simulate needs times and somewhere to put the events");
     TM_CHECK(tm_schedule_validate(s));
     for (int i = 0; i < s->pp; i++)
-        if (bad_time(fwd_time[i]) || bad_time(bwd_time[i]))
-            return tm_error(TM_EINVAL, "stage %d: forward time %g / backward time %g is not a "
-                            "finite time >= 0", i, fwd_time[i], bwd_time[i]);
+        if (bad_time(fwd_time[i]) || bad_time(bwd_time[i]) ||
+            (wgt_time != NULL && bad_time(wgt_time[i])))
+            return tm_error(TM_EINVAL, "stage %d: forward time %g / backward time %g / W time %g "
+                            "is not a finite time >= 0", i, fwd_time[i], bwd_time[i],
+                            wgt_time != NULL ? wgt_time[i] : 0.0);
     if (bad_time(comm_time))
         return tm_error(TM_EINVAL, "message time %g is not a finite time >= 0", comm_time);
     size_t n = 0;
@@ -390,7 +417,7 @@ int tm_schedule_simulate(const tm_schedule *s, const double *fwd_time, const dou
         }
     tm_sched_event *ev = malloc(n * sizeof *ev);
     if (ev == NULL) return tm_error(TM_EHOSTMEM, "no host memory for %zu events", n);
-    int st = run(s, fwd_time, bwd_time, comm_time, ev, n_events, makespan);
+    int st = run(s, fwd_time, bwd_time, wgt_time, comm_time, ev, n_events, makespan);
     if (st != TM_OK) {
         free(ev);
         return st;

@@ -11,7 +11,8 @@ double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makesp
     if (!(makespan > 0) || pp < 1) return 0;
     double busy = 0;
     for (int i = 0; i < n; i++)
-        if (ev[i].kind == TM_SCHED_FWD || ev[i].kind == TM_SCHED_BWD) busy += ev[i].end - ev[i].start;
+        if (ev[i].kind == TM_SCHED_FWD || ev[i].kind == TM_SCHED_BWD || ev[i].kind == TM_SCHED_WGT)
+            busy += ev[i].end - ev[i].start;
     return 1 - busy / (pp * makespan);
 }
 
@@ -24,18 +25,33 @@ double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m)
     case TM_SCHED_1F1B:
     case TM_SCHED_GROUPED:
     case TM_SCHED_INTERLEAVED: return (double)(pp - 1) / (m + pp - 1);
+    case TM_SCHED_ZB_H1:
+        /* With fewer micro-batches than stages the last one's forward and
+         * backward waves, then its W, set the makespan (in units of F). */
+        return m >= pp ? (double)(pp - 1) / (3 * m + pp - 1)
+                       : 1 - 3.0 * m / (2 * (m + pp - 1) + 1);
     default: return -1;
     }
 }
 
+double tm_schedule_zb_h1_bubble(int pp, int m, double f, double b, double w)
+{
+    if (pp < 1 || m < pp || !(f >= 0) || !(b >= 0) || !(w >= 0)) return -1;
+    double most = f > b ? f : b;
+    if (f + b - w > most) most = f + b - w;
+    double idle = (pp - 1) * most, busy = m * (f + b + w);
+    return busy + idle > 0 ? idle / (busy + idle) : 0;
+}
+
 static int is_pass(const tm_sched_event *e)
 {
-    return e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD;
+    return e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD || e->kind == TM_SCHED_WGT;
 }
 
 static int label(char *buf, size_t n, const tm_sched_event *e)
 {
-    return snprintf(buf, n, "%c%d", e->kind == TM_SCHED_FWD ? 'F' : 'B', e->mb);
+    char c = e->kind == TM_SCHED_FWD ? 'F' : e->kind == TM_SCHED_BWD ? 'B' : 'W';
+    return snprintf(buf, n, "%c%d", c, e->mb);
 }
 
 int tm_schedule_draw_width(const tm_sched_event *ev, int n, double makespan)
@@ -121,13 +137,22 @@ void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
         while (free_from > 0 && row[free_from - 1] == ' ') free_from--;
         fprintf(out, "%*s%.*s\n", 8 + digits, "time ", free_from, row);
     }
-    fprintf(out, "Fi / Bi: forward / backward of micro-batch i; '.': idle or in a message; "
-                 "1 column = %.3g time units\n", scale > 0 ? 1 / scale : 0.0);
+    if (tm_schedule_splits_backward(s->kind))
+        fprintf(out, "Fi / Bi / Wi: forward / input gradient / weight gradients of micro-batch "
+                     "i; '.': idle or in a message; 1 column = %.3g time units\n",
+                scale > 0 ? 1 / scale : 0.0);
+    else
+        fprintf(out, "Fi / Bi: forward / backward of micro-batch i; '.': idle or in a message; "
+                     "1 column = %.3g time units\n", scale > 0 ? 1 / scale : 0.0);
     double theory = tm_schedule_bubble_theory(s->kind, s->pp, s->m);
     fprintf(out, "bubble %.2f%% measured", 100 * tm_schedule_bubble(ev, n, s->pp, makespan));
     if (theory >= 0)
         fprintf(out, ", %.2f%% theory %s for equal stages and free messages", 100 * theory,
-                s->kind == TM_SCHED_SEQUENTIAL ? "(p-1)/p" : "(p-1)/(m+p-1)");
+                s->kind == TM_SCHED_SEQUENTIAL         ? "(p-1)/p"
+                : tm_schedule_splits_backward(s->kind)
+                    ? (s->m >= s->pp ? "(p-1)/(3m+p-1) with F = B = W"
+                                     : "1-3m/(2(m+p-1)+1) with F = B = W, m < p")
+                                                        : "(p-1)/(m+p-1)");
     fprintf(out, "\n");
     free(row);
 }

@@ -517,8 +517,23 @@ size_t tm_stage_backward_bytes(const tm_stage *s, int rows)
     return block_bytes(bwd_floats(s, rows)) + fwd_transient(s, rows, 1);
 }
 
-int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_grads_ready_fn ready,
-                      void *ctx)
+/* Layer i's share of the W block (NULL: its kind does not split). */
+static size_t wsave_floats(const tm_layer_plan *p, int rows)
+{
+    return p->layer->kind->backward_weight != NULL ? p->layer->kind->wsave_floats(p, rows) : 0;
+}
+
+size_t tm_stage_wsave_bytes(const tm_stage *s, int rows)
+{
+    size_t f = 0;
+    for (int i = 0; i < s->n; i++) f += wsave_floats(&s->layer[i], rows);
+    return f * sizeof(float);
+}
+
+/* The backward, whole (wsave NULL) or, for the layers whose kinds split
+ * it, its B part, keeping each one's share of wsave for W. */
+static int backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, float *wsave,
+                    tm_grads_ready_fn ready, void *ctx)
 {
     if (is_bf16(s)) {
         gemm_precision(s, 1);
@@ -533,6 +548,7 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
     float *g[2] = {block, block + stride}, *scratch = block + 2 * stride;
     float *region = scratch + scratch_floats(s, rows);
     float *d = dy;
+    size_t woff = wsave != NULL ? tm_stage_wsave_bytes(s, rows) / sizeof(float) : 0;
     for (int i = s->n - 1; i >= 0 && st == TM_OK; i--) {
         const tm_layer_plan *p = &s->layer[i];
         tm_layer_ctx c = tm_stage_ctx(s, rows);
@@ -549,7 +565,12 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
             saved = region;
             st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], saved);
         }
-        if (st == TM_OK)
+        size_t w = wsave != NULL ? wsave_floats(p, rows) : 0;
+        woff -= w;
+        if (st == TM_OK && w > 0)
+            st = p->layer->kind->backward_input(p, &c, layer_input(a, i), a->out[i], saved, d,
+                                                din, scratch, wsave + woff);
+        else if (st == TM_OK)
             st = p->layer->kind->backward(p, &c, layer_input(a, i), a->out[i], saved, d, din,
                                           scratch);
         if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 1, st);
@@ -558,6 +579,36 @@ int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_gr
         d = din;
     }
     tm_device_free(s->dev, block);
+    return st;
+}
+
+int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, tm_grads_ready_fn ready,
+                      void *ctx)
+{
+    return backward(s, a, dy, dx, NULL, ready, ctx);
+}
+
+int tm_stage_backward_input(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, float *wsave)
+{
+    return backward(s, a, dy, dx, wsave, NULL, NULL);
+}
+
+int tm_stage_backward_weight(tm_stage *s, tm_stage_acts *a, const float *wsave,
+                             tm_grads_ready_fn ready, void *ctx)
+{
+    int rows = a->rows, st = TM_OK;
+    size_t woff = tm_stage_wsave_bytes(s, rows) / sizeof(float);
+    for (int i = s->n - 1; i >= 0 && st == TM_OK; i--) {
+        const tm_layer_plan *p = &s->layer[i];
+        size_t w = wsave_floats(p, rows);
+        woff -= w;
+        if (w > 0) {
+            tm_layer_ctx c = tm_stage_ctx(s, rows);
+            st = p->layer->kind->backward_weight(p, &c, layer_input(a, i), wsave + woff);
+        }
+        if (st == TM_OK && ready != NULL && p->own_len > 0)
+            st = ready(ctx, p->own_off, p->own_len);
+    }
     return st;
 }
 

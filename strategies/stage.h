@@ -144,6 +144,20 @@ typedef int (*tm_grads_ready_fn)(void *ctx, size_t off, size_t len);
 int tm_stage_backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
                       tm_grads_ready_fn ready, void *ctx);
 
+/* The backward split for zero-bubble schedules: B, the input gradient
+ * (tm_stage_backward's dx) and the whole backward of the layers whose
+ * kinds do not split it (strategies/layer.h), keeping in wsave
+ * (tm_stage_wsave_bytes) what W needs; then W, the parameter gradients of
+ * the layers that split, from a's inputs and wsave, calling ready for
+ * every layer's bucket as tm_stage_backward does. Not with hooks (ZeRO-2
+ * and 3 reduce each layer's gradients as its backward ends). */
+int tm_stage_backward_input(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, float *wsave);
+int tm_stage_backward_weight(tm_stage *s, tm_stage_acts *a, const float *wsave,
+                             tm_grads_ready_fn ready, void *ctx);
+/* Bytes of a micro-batch's W block, from its B to its W (0: no layer of
+ * the stage splits its backward). */
+size_t tm_stage_wsave_bytes(const tm_stage *s, int rows);
+
 /* Gradients of parameters held whole whose every rank saw only its share
  * of the rows (tm_shard.partial: LayerNorms under sequence parallelism):
  * summed over the tensor-parallel group in one all-reduce, after the

@@ -158,6 +158,11 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
                         "it needs --offload optimizer");
     if (cfg->precision != TM_PRECISION_FP32 && cfg->precision != TM_PRECISION_BF16)
         return tm_error(TM_EINVAL, "--precision is fp32 or bf16");
+    if (cfg->zero >= 2 && cfg->pp > 1 && tm_schedule_splits_backward(cfg->schedule))
+        return tm_error(TM_EINVAL, "--schedule %s with --zero %d: ZeRO-2 and 3 reduce each "
+                        "layer's gradients as its backward ends, before a deferred W adds "
+                        "them; use --zero 1 or another schedule",
+                        tm_schedule_kind_name(cfg->schedule), cfg->zero);
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
@@ -400,13 +405,23 @@ static size_t peak_blocks(const device *v, int rows, size_t *size)
     return n;
 }
 
+/* What each micro-batch in flight holds: its activations, and under a
+ * split backward its W block too (held from B to W, the block's whole
+ * life past B inside the micro-batch's). */
+static size_t in_flight_bytes(const device *v, int rows)
+{
+    size_t w = tm_schedule_splits_backward(v->j->sched.kind)
+                   ? tm_stage_wsave_bytes(&v->stage, rows) : 0;
+    return tm_stage_acts_bytes(&v->stage, rows) + w;
+}
+
 /* The sum of those blocks: the activation bytes the pipeline holds at its
  * peak, by the formulas. */
 static size_t activation_formula(const device *v, int rows)
 {
     size_t size[4], n = peak_blocks(v, rows, size);
     size_t f = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p) *
-               tm_stage_acts_bytes(&v->stage, rows);
+               in_flight_bytes(v, rows);
     for (size_t i = 0; i < n; i++) f += size[i];
     return f;
 }
@@ -421,7 +436,7 @@ static int probe_activations(device *v, int rows)
     if (block == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the memory probe");
     int st = TM_OK;
     for (size_t i = 0; i < in_flight + n && st == TM_OK; i++) {
-        size_t bytes = i < in_flight ? tm_stage_acts_bytes(&v->stage, rows) : size[i - in_flight];
+        size_t bytes = i < in_flight ? in_flight_bytes(v, rows) : size[i - in_flight];
         int comm = v->zero != NULL && i == in_flight + n - 1;
         block[i] = tm_device_alloc(v->dev, bytes, comm ? TM_TAG_COMM : TM_TAG_ACTIVATION);
         if (block[i] == NULL) st = TM_ENOMEM;

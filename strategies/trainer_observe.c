@@ -51,10 +51,14 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
         const tm_event *ev = tm_world_events(w, p * cfg->tp, &n);
         for (size_t i = r->rec_ev0; i < r->rec_ev1 && i < n; i++) {
             const tm_event *e = &ev[i];
-            if (e->engine != TM_ENGINE_COMPUTE || (e->phase != 'F' && e->phase != 'B')) continue;
-            res->timeline[res->n_timeline++] = (tm_sched_event){
-                p, e->phase == 'F' ? TM_SCHED_FWD : TM_SCHED_BWD, e->mb, e->start - t0,
-                e->end - t0};
+            if (e->engine != TM_ENGINE_COMPUTE ||
+                (e->phase != 'F' && e->phase != 'B' && e->phase != 'W'))
+                continue;
+            tm_sched_kind k = e->phase == 'F'   ? TM_SCHED_FWD
+                              : e->phase == 'B' ? TM_SCHED_BWD
+                                                : TM_SCHED_WGT;
+            res->timeline[res->n_timeline++] = (tm_sched_event){p, k, e->mb, e->start - t0,
+                                                                e->end - t0};
         }
     }
     res->timeline_makespan = s0->rec_pipe_end - t0;

@@ -181,6 +181,7 @@ static const struct { int pp, dp, tp, sp; tm_schedule_kind k; } sanitized[] = {
     {2, 2, 2, 1, TM_SCHED_1F1B},     {2, 1, 2, 0, TM_SCHED_GPIPE},
     {2, 4, 1, 0, TM_SCHED_GROUPED},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL},
     {4, 1, 2, 1, TM_SCHED_INTERLEAVED}, {4, 2, 1, 0, TM_SCHED_1F1B},
+    {4, 2, 1, 0, TM_SCHED_ZB_H1},
 };
 
 /* Every mesh with pp stages (each schedule when pp > 1), with and without

@@ -175,27 +175,78 @@ Test(modeled, gpipe_and_1f1b_bubble_matches_theory, .timeout = 300)
     free_data();
 }
 
-/* Per stage, the mean forward and backward time of the run's timeline; a
- * pass that waited inside is several events, summed per micro-batch. */
-static void pass_times(const tm_train_result *r, int pp, int m, double *fwd, double *bwd)
+/* Per stage, the mean forward, backward (B) and weight-gradient (W, a
+ * split backward only) time of the run's timeline; a pass that waited
+ * inside is several events, summed per micro-batch. */
+static void pass_times(const tm_train_result *r, int pp, int m, double *fwd, double *bwd,
+                       double *wgt)
 {
-    double sum[MAX_PP][2][MAX_MB] = {{{0}}};
+    double sum[MAX_PP][3][MAX_MB] = {{{0}}};
     for (int i = 0; i < r->n_timeline; i++) {
         const tm_sched_event *e = &r->timeline[i];
         cr_assert(e->stage >= 0 && e->stage < pp && e->mb >= 0 && e->mb < m,
                   "timeline event %d: stage %d mb %d", i, e->stage, e->mb);
-        cr_assert(e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD, "timeline event %d: %s", i,
-                  tm_sched_kind_name(e->kind));
-        sum[e->stage][e->kind == TM_SCHED_BWD][e->mb] += e->end - e->start;
+        cr_assert(e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD || e->kind == TM_SCHED_WGT,
+                  "timeline event %d: %s", i, tm_sched_kind_name(e->kind));
+        int k = e->kind == TM_SCHED_FWD ? 0 : e->kind == TM_SCHED_BWD ? 1 : 2;
+        sum[e->stage][k][e->mb] += e->end - e->start;
     }
     for (int s = 0; s < pp; s++) {
-        fwd[s] = bwd[s] = 0;
+        fwd[s] = bwd[s] = wgt[s] = 0;
         for (int i = 0; i < m; i++) {
             cr_expect(sum[s][0][i] > 0 && sum[s][1][i] > 0, "stage %d mb %d: no F or no B", s, i);
             fwd[s] += sum[s][0][i] / m;
             bwd[s] += sum[s][1][i] / m;
+            wgt[s] += sum[s][2][i] / m;
         }
     }
+}
+
+/* ZB-H1 on equal stages: the measured bubble against the formula's, each
+ * stage idling (p-1) max(F, B, F+B-W) of a makespan m(F+B+W) + that, with
+ * the run's own F, B and W: their means over the stages in the idle, the
+ * busiest stage's sum in the makespan, and each stage's busy time (the
+ * first stage copies the input in, the last computes the loss: equal
+ * layers make nearly equal stages). And 1F1B's bubble on the same run
+ * over two. */
+Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
+{
+    make_data(8 * MAX_MB * 2, 16, 16);
+    int pps[] = {2, 4}, ms[] = {4, 8, 16};
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 3; b++) {
+            int p = pps[a], m = ms[b];
+            tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, TM_SCHED_ZB_H1);
+            free_links(&c);
+            tm_train_result r, one;
+            train_ok(&c, &r);
+            double fwd[MAX_PP], bwd[MAX_PP], wgt[MAX_PP];
+            pass_times(&r, p, m, fwd, bwd, wgt);
+            double f = 0, bb = 0, w = 0, most = 0, busy = 0;
+            for (int s = 0; s < p; s++) {
+                f += fwd[s] / p, bb += bwd[s] / p, w += wgt[s] / p;
+                double t = m * (fwd[s] + bwd[s] + wgt[s]);
+                busy += t;
+                if (t > most) most = t;
+            }
+            /* The formula's idle from the mean times, (p-1) max(F, B, F+B-W). */
+            double eq = tm_schedule_zb_h1_bubble(p, m, f, bb, w);
+            double idle = eq / (1 - eq) * m * (f + bb + w);
+            double theory = 1 - busy / (p * (most + idle));
+            cr_log_info("zb-h1 p=%d m=%d: F %.3g B %.3g W %.3g ms, bubble %.4f, formula %.4f "
+                        "(equal stages: %.4f)", p, m, 1e3 * f, 1e3 * bb, 1e3 * w, r.bubble,
+                        theory, eq);
+            cr_expect(fabs(r.bubble - theory) <= 0.1 * theory,
+                      "zb-h1 p=%d m=%d: bubble %.4f, formula %.4f", p, m, r.bubble, theory);
+            c.schedule = TM_SCHED_1F1B;
+            train_ok(&c, &one);
+            cr_log_info("1f1b p=%d m=%d: bubble %.4f", p, m, one.bubble);
+            cr_expect_lt(r.bubble, 0.5 * one.bubble, "zb-h1 p=%d m=%d: %.4f, 1f1b %.4f", p, m,
+                         r.bubble, one.bubble);
+            tm_train_result_free(&r);
+            tm_train_result_free(&one);
+        }
+    free_data();
 }
 
 Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
@@ -212,15 +263,15 @@ Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
                 free_links(&c);
                 tm_train_result r;
                 train_ok(&c, &r);
-                double fwd[MAX_PP], bwd[MAX_PP];
-                pass_times(&r, p, m, fwd, bwd);
+                double fwd[MAX_PP], bwd[MAX_PP], wgt[MAX_PP];
+                pass_times(&r, p, m, fwd, bwd, wgt);
                 tm_schedule s;
                 cr_assert_eq(tm_schedule_make(&s, kind, p, m), TM_OK);
                 tm_sched_event *ev = NULL;
                 int n_ev = 0;
                 double sim = 0;
-                cr_assert_eq(tm_schedule_simulate(&s, fwd, bwd, 0, &ev, &n_ev, &sim), TM_OK,
-                             "%s", tm_error_message());
+                cr_assert_eq(tm_schedule_simulate_split(&s, fwd, bwd, wgt, 0, &ev, &n_ev, &sim),
+                             TM_OK, "%s", tm_error_message());
                 double got = r.timeline_makespan;
                 cr_log_info("%s p=%d m=%d: makespan %.6g s, simulated %.6g s (%+.2f%%)", name, p,
                             m, got, sim, 100 * (got / sim - 1));

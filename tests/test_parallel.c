@@ -274,6 +274,45 @@ Test(parallel, adamw_and_gelu_on_several_meshes, .init = setup, .fini = teardown
     unlink(mesh_path);
 }
 
+/* ZB-H1 runs the same passes as 1F1B with each backward split into B and
+ * W, the W's of a stage in micro-batch order: the same kernels add into
+ * the gradients in the same order, so it trains to 1F1B's bits on every
+ * mesh (the MLP's linear splits its backward in every tensor-parallel
+ * mode: whole, column, row, gathered). */
+Test(parallel, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 300)
+{
+    temp_paths();
+    static const int meshes[][4] = {{1, 2, 1, 4}, {1, 4, 1, 8}, {2, 2, 2, 4},
+                                    {1, 2, 4, 2}, {2, 4, 1, 4}, {1, 4, 2, 2}};
+    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+        int dp = meshes[i][0], pp = meshes[i][1], tp = meshes[i][2], m = meshes[i][3];
+        losses a = {0}, b = {0};
+        tm_train_config ca = config(&a, dp, pp, tp, m, TM_SCHED_1F1B);
+        tm_train_config cb = config(&b, dp, pp, tp, m, TM_SCHED_ZB_H1);
+        if (BATCH % (dp * m) != 0) continue;
+        ca.save_path = ref_path;
+        cb.save_path = mesh_path;
+        tm_train_result r;
+        cr_assert_eq(train(&ca, &r), TM_OK);
+        tm_train_result_free(&r);
+        cr_assert_eq(train(&cb, &r), TM_OK);
+        for (int d = 0; d < r.n_devices; d++)
+            cr_expect_leq(r.devices[d].max_in_flight, pp < m ? pp : m,
+                          "dp=%d pp=%d tp=%d m=%d device %d holds %d", dp, pp, tp, m, d,
+                          r.devices[d].max_in_flight);
+        tm_train_result_free(&r);
+        cr_expect_eq(a.n, b.n);
+        for (int k = 0; k < a.n && k < b.n; k++)
+            cr_expect_eq(a.loss[k], b.loss[k], "dp=%d pp=%d tp=%d m=%d step %d: %.9g vs %.9g",
+                         dp, pp, tp, m, k, a.loss[k], b.loss[k]);
+        double dist = param_distance(mesh_path, ref_path);
+        cr_expect_eq(dist, 0.0, "dp=%d pp=%d tp=%d m=%d: parameters differ by %.3g", dp, pp, tp,
+                     m, dist);
+    }
+    unlink(ref_path);
+    unlink(mesh_path);
+}
+
 Test(parallel, one_f_one_b_holds_at_most_pp_micro_batches, .init = setup, .fini = teardown,
      .timeout = 120)
 {
@@ -377,4 +416,17 @@ Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
         cr_expect(strstr(tm_error_message(), cases[i].expect) != NULL, "case %zu: %s", i,
                   tm_error_message());
     }
+    /* ZeRO-2 and 3 reduce a layer's gradients as its backward ends, before
+     * zb-h1's deferred W has added them; ZeRO-1 and pp = 1 are fine. */
+    for (int z = 1; z <= 3; z++)
+        for (int pp = 1; pp <= 2; pp++) {
+            tm_train_config c = config(&l, 2, pp, 1, 2, TM_SCHED_ZB_H1);
+            c.zero = z;
+            int refused = z >= 2 && pp > 1;
+            cr_expect_eq(tm_train_check(&c, &train_set), refused ? TM_EINVAL : TM_OK,
+                         "zero %d pp %d: %s", z, pp, tm_error_message());
+            if (refused)
+                cr_expect(strstr(tm_error_message(), "--schedule zb-h1 with --zero") != NULL,
+                          "%s", tm_error_message());
+        }
 }

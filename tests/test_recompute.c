@@ -227,8 +227,10 @@ Test(recompute, trains_bitwise_as_none_on_every_kind_of_mesh, .init = setup, .fi
         {0, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0},        {0, 1, 1, 4, 0, 1, TM_SCHED_1F1B, 0},
         {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0},       {0, 1, 3, 2, 0, 4, TM_SCHED_1F1B, 0},
         {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0},     {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 0},
+        {1, 1, 4, 1, 0, 4, TM_SCHED_ZB_H1, 0},       {1, 2, 2, 2, 1, 4, TM_SCHED_ZB_H1, 1},
+        {0, 1, 3, 2, 0, 4, TM_SCHED_ZB_H1, 0},       {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1},
     };
-    static const int sanitized[] = {0, 4, 7, 11, 12, 14, 17};
+    static const int sanitized[] = {0, 4, 7, 11, 12, 14, 17, 20, 22};
     static const tm_recompute modes[] = {TM_RECOMPUTE_FULL, TM_RECOMPUTE_SELECTIVE};
     int n = SANITIZED ? (int)(sizeof sanitized / sizeof sanitized[0])
                       : (int)(sizeof all / sizeof all[0]);

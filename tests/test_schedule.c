@@ -92,7 +92,7 @@ Test(schedule, every_schedule_validates_for_every_shape)
                 int st = tm_schedule_validate(&s);
                 cr_expect_eq(st, TM_OK, "%s pp=%d m=%d: %s", tm_schedule_kind_name(k), pp, m,
                              tm_error_message());
-                for (int i = 0; i < pp; i++) cr_expect_leq(s.len[i], 6 * m);
+                for (int i = 0; i < pp; i++) cr_expect_leq(s.len[i], 7 * m);
                 tm_schedule_free(&s);
                 cr_expect_null(s.actions);
             }
@@ -357,6 +357,128 @@ Test(schedule, bubble_matches_the_formula)
     cr_expect_lt(tm_schedule_bubble_theory(TM_SCHED_1F1B, 0, 8), 0);
 }
 
+/* ZB-H1 with F = B = W: (p-1) F of idle per stage when m >= p, a third of
+ * 1F1B's (p-1)(F+B+W) with the same passes; with m < p the waves of the
+ * last micro-batch set the makespan. W counts as busy. */
+Test(schedule, zero_bubble_h1_bubble_matches_the_formula)
+{
+    for (int p = 1; p <= 8; p++)
+        for (int m = 1; m <= 16; m++) {
+            tm_schedule s;
+            double F[8], B[8], W[8], BW[8], makespan, one;
+            uniform(F, p, 1);
+            uniform(B, p, 1);
+            uniform(W, p, 1);
+            uniform(BW, p, 2);
+            tm_sched_event *ev;
+            int n;
+            cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H1, p, m), TM_OK);
+            cr_assert_eq(tm_schedule_simulate_split(&s, F, B, W, 0, &ev, &n, &makespan), TM_OK,
+                         "%s", tm_error_message());
+            double want = m >= p ? 3.0 * m + p - 1 : 2.0 * (m + p - 1) + 1;
+            cr_expect(fabs(makespan - want) < 1e-9, "p=%d m=%d: makespan %g, want %g", p, m,
+                      makespan, want);
+            double bubble = tm_schedule_bubble(ev, n, p, makespan);
+            cr_expect(fabs(bubble - tm_schedule_bubble_theory(TM_SCHED_ZB_H1, p, m)) < 1e-12,
+                      "p=%d m=%d: bubble %g, theory %g", p, m, bubble,
+                      tm_schedule_bubble_theory(TM_SCHED_ZB_H1, p, m));
+            free(ev);
+            tm_schedule_free(&s);
+            /* 1F1B with the same work, B and W as one backward of 2. */
+            cr_assert_eq(tm_schedule_make(&s, TM_SCHED_1F1B, p, m), TM_OK);
+            cr_assert_eq(tm_schedule_simulate(&s, F, BW, 0, &ev, &n, &one), TM_OK);
+            if (m >= p)
+                cr_expect(fabs((one - 3.0 * m) - 3 * (makespan - 3.0 * m)) < 1e-9,
+                          "p=%d m=%d: 1F1B idles %g per stage, ZB-H1 %g", p, m, one - 3.0 * m,
+                          makespan - 3.0 * m);
+            free(ev);
+            tm_schedule_free(&s);
+        }
+    cr_expect(fabs(tm_schedule_bubble_theory(TM_SCHED_ZB_H1, 4, 8) - 3.0 / 27) < 1e-15);
+}
+
+/* Any F, B and W: each stage idles (p-1) max(F, B, F+B-W) when m >= p. */
+Test(schedule, zero_bubble_h1_bubble_for_any_times)
+{
+    const double fbw[][3] = {{1, 1, 1},   {1, 1, 0.5}, {1, 2, 1},   {2, 2, 1},
+                             {1, 0.9, 0.7}, {1, 0.5, 1}, {1, 0.3, 0.5}, {0.5, 1, 1}};
+    for (size_t t = 0; t < sizeof fbw / sizeof fbw[0]; t++)
+        for (int p = 2; p <= 8; p *= 2)
+            for (int m = p; m <= 32; m *= 2) {
+                tm_schedule s;
+                double F[8], B[8], W[8], makespan;
+                uniform(F, p, fbw[t][0]);
+                uniform(B, p, fbw[t][1]);
+                uniform(W, p, fbw[t][2]);
+                tm_sched_event *ev;
+                int n;
+                cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H1, p, m), TM_OK);
+                cr_assert_eq(tm_schedule_simulate_split(&s, F, B, W, 0, &ev, &n, &makespan),
+                             TM_OK);
+                double got = tm_schedule_bubble(ev, n, p, makespan),
+                       want = tm_schedule_zb_h1_bubble(p, m, F[0], B[0], W[0]);
+                cr_expect(fabs(got - want) < 1e-9, "F=%g B=%g W=%g p=%d m=%d: bubble %g, formula %g",
+                          F[0], B[0], W[0], p, m, got, want);
+                free(ev);
+                tm_schedule_free(&s);
+            }
+    cr_expect_lt(tm_schedule_zb_h1_bubble(4, 3, 1, 1, 1), 0);
+    cr_expect_lt(tm_schedule_zb_h1_bubble(4, 8, -1, 1, 1), 0);
+}
+
+/* The lists themselves: stage s runs 1F1B's F/B order, each backward k
+ * followed by W(k-s) once s have run, the deferred W's at the end. */
+Test(schedule, zero_bubble_h1_defers_each_stage_s_ws_by_s)
+{
+    for (int a = 0; a < N_PPS; a++)
+        for (int b = 0; b < N_MS; b++) {
+            int pp = pps[a], m = ms[b];
+            tm_schedule s;
+            cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H1, pp, m), TM_OK);
+            for (int st = 0; st < pp; st++) {
+                int nb = 0, nw = 0, w = pp - 1 - st < m ? pp - 1 - st : m;
+                char got[2048], want[2048];
+                for (int i = 0; i < s.len[st]; i++) {
+                    tm_sched_action x = s.actions[st][i];
+                    if (x.kind == TM_SCHED_BWD) cr_expect_eq(x.mb, nb++);
+                    if (x.kind == TM_SCHED_WGT) {
+                        cr_expect_eq(x.mb, nw++, "W's in micro-batch order");
+                        /* Deferred by st backwards, or the tail. */
+                        cr_expect(nb - x.mb == st + 1 || nb == m, "stage %d W(%d) after %d B's",
+                                  st, x.mb, nb);
+                    }
+                }
+                cr_expect_eq(nw, m);
+                pass_order(&s, st, got, sizeof got);
+                warmup_order(m, w, want, sizeof want);
+                cr_expect_str_eq(got, want, "zb-h1 pp=%d m=%d stage %d", pp, m, st);
+            }
+            tm_schedule_free(&s);
+        }
+}
+
+Test(schedule, validator_checks_each_w_once_after_its_b)
+{
+    /* One stage, zb-h1: F0 B0 W0 is valid. */
+    tm_sched_action one[4] = {A(FWD, 0), A(BWD, 0), A(WGT, 0)};
+    int len1[1] = {3};
+    tm_sched_action *l1[1] = {one};
+    tm_schedule s = {TM_SCHED_ZB_H1, 1, 1, len1, l1};
+    cr_expect_eq(tm_schedule_validate(&s), TM_OK, "%s", tm_error_message());
+    len1[0] = 2;
+    expect_invalid(&s, "stage 0: WGT(0) missing");
+    len1[0] = 4, one[3] = A(WGT, 0);
+    expect_invalid(&s, "stage 0 action 3: WGT(0) a second time");
+    one[1] = A(WGT, 0), one[2] = A(BWD, 0), len1[0] = 3;
+    expect_invalid(&s, "stage 0 action 1: WGT(0) before BWD(0)");
+    one[1] = A(BWD, 0), one[2] = A(WGT, 1);
+    expect_invalid(&s, "stage 0 action 2: WGT(1) names a micro-batch outside 0..0");
+    /* A schedule that does not split its backward has no W. */
+    one[2] = A(WGT, 0);
+    s.kind = TM_SCHED_1F1B;
+    expect_invalid(&s, "stage 0 action 2: WGT(0) in 1f1b, which does not split the backward");
+}
+
 Test(schedule, sequential_makespan_is_the_sum_of_all_passes)
 {
     for (int a = 0; a < N_PPS; a++)
@@ -383,19 +505,29 @@ Test(schedule, simulated_events_respect_every_dependency)
     const double comm = 0.5;
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
         tm_schedule s;
-        double F[4] = {1, 1.5, 2, 1}, B[4] = {2, 3, 2.5, 2}, makespan;
+        double F[4] = {1, 1.5, 2, 1}, B[4] = {2, 3, 2.5, 2}, W[4] = {0.5, 1, 1.5, 0.75};
+        double makespan;
         tm_sched_event *ev;
-        int n;
+        int n, split = tm_schedule_splits_backward(k);
         cr_assert_eq(tm_schedule_make(&s, k, 4, 8), TM_OK);
-        cr_assert_eq(tm_schedule_simulate(&s, F, B, comm, &ev, &n, &makespan), TM_OK);
+        cr_assert_eq(tm_schedule_simulate_split(&s, F, B, split ? W : NULL, comm, &ev, &n,
+                                                &makespan), TM_OK);
         double fend[4][8], bend[4][8], fstart[4][8], bstart[4][8], last_end[4] = {0};
-        int seen[4][2][8] = {{{0}}};
+        int seen[4][2][8] = {{{0}}}, wseen[4][8] = {{0}};
         for (int i = 0; i < n; i++) {
             tm_sched_event e = ev[i];
             cr_assert(e.stage >= 0 && e.stage < 4 && e.mb >= 0 && e.mb < 8);
             if (i > 0 && ev[i - 1].stage == e.stage) cr_expect_geq(e.start, ev[i - 1].start);
             cr_expect_leq(e.end, makespan + 1e-12);
-            if (e.kind == TM_SCHED_FWD || e.kind == TM_SCHED_BWD) {
+            if (e.kind == TM_SCHED_WGT) {
+                /* W after its B, alone on the stage's engine. */
+                cr_expect(split, "%s has a W", tm_schedule_kind_name(k));
+                wseen[e.stage][e.mb]++;
+                cr_expect(fabs(e.end - e.start - W[e.stage]) < 1e-12);
+                cr_expect_geq(e.start, last_end[e.stage] - 1e-12, "passes overlap");
+                cr_expect_geq(e.start, bend[e.stage][e.mb] - 1e-12, "W before its B");
+                last_end[e.stage] = e.end;
+            } else if (e.kind == TM_SCHED_FWD || e.kind == TM_SCHED_BWD) {
                 int bw = e.kind == TM_SCHED_BWD;
                 seen[e.stage][bw][e.mb]++;
                 cr_expect(fabs(e.end - e.start - (bw ? B : F)[e.stage]) < 1e-12);
@@ -411,6 +543,7 @@ Test(schedule, simulated_events_respect_every_dependency)
             for (int i = 0; i < 8; i++) {
                 cr_expect_eq(seen[st][0][i], 1);
                 cr_expect_eq(seen[st][1][i], 1);
+                cr_expect_eq(wseen[st][i], split);
                 cr_expect_geq(bstart[st][i], fend[st][i] - 1e-12);
                 if (st > 0) cr_expect_geq(fstart[st][i], fend[st - 1][i] + comm - 1e-12);
                 if (st < 3) cr_expect_geq(bstart[st][i], bend[st + 1][i] + comm - 1e-12);
