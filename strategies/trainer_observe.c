@@ -54,7 +54,7 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
             if (e->engine != TM_ENGINE_COMPUTE || (e->phase != 'F' && e->phase != 'B')) continue;
             res->timeline[res->n_timeline++] = (tm_sched_event){
                 p, e->phase == 'F' ? TM_SCHED_FWD : TM_SCHED_BWD, e->mb, e->start - t0,
-                e->end - t0};
+                e->end - t0, 0};
         }
     }
     res->timeline_makespan = s0->rec_pipe_end - t0;
