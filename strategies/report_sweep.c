@@ -293,14 +293,25 @@ int tm_report_schedule_svg(FILE *f, const tm_schedule *s, const tm_sched_event *
         b->end = e->end;
         b->cls = fwd ? "f" : bwd ? "b" : "c";
         b->band = !fwd && !bwd;
-        if (fwd || bwd) snprintf(b->label, sizeof b->label, "%c%d", fwd ? 'F' : 'B', e->mb);
-        snprintf(b->tip, sizeof b->tip, "%s, micro-batch %d", tm_sched_kind_name(e->kind), e->mb);
+        /* With virtual stages a pass names its chunk as the timeline does:
+         * F3a for chunk 0, F3b for chunk 1, ... */
+        if ((fwd || bwd) && s->v > 1)
+            snprintf(b->label, sizeof b->label, "%c%d%c", fwd ? 'F' : 'B', e->mb,
+                     'a' + e->chunk % 26);
+        else if (fwd || bwd)
+            snprintf(b->label, sizeof b->label, "%c%d", fwd ? 'F' : 'B', e->mb);
+        int at = snprintf(b->tip, sizeof b->tip, "%s, micro-batch %d",
+                          tm_sched_kind_name(e->kind), e->mb);
+        if (s->v > 1) snprintf(b->tip + at, sizeof b->tip - (size_t)at, ", chunk %d", e->chunk);
     }
     char title[160];
-    double theory = tm_schedule_bubble_theory(s->kind, s->pp, s->m);
-    int len = snprintf(title, sizeof title, "%s: %d stages, %d micro-batches; bubble %.1f%%",
-                       tm_schedule_kind_name(s->kind), s->pp, s->m,
-                       100 * tm_schedule_bubble(ev, n, s->pp, makespan));
+    int v = s->v > 1 ? s->v : 1;
+    double theory = tm_schedule_bubble_theory_virtual(s->kind, s->pp, s->m, v);
+    int len = snprintf(title, sizeof title, "%s: %d stages, %d micro-batches",
+                       tm_schedule_kind_name(s->kind), s->pp, s->m);
+    if (v > 1) len += snprintf(title + len, sizeof title - (size_t)len, ", %d virtual stages", v);
+    len += snprintf(title + len, sizeof title - (size_t)len, "; bubble %.1f%%",
+                    100 * tm_schedule_bubble(ev, n, s->pp, makespan));
     if (theory >= 0)
         snprintf(title + len, sizeof title - (size_t)len, " (formula %.1f%%)", 100 * theory);
     tm_svg_lanes_spec spec = {.id = "schedule", .lanes = s->pp, .labels = labels, .box = box,

@@ -318,6 +318,21 @@ Test(schedule_virtual, cli_draws_virtual_stages_and_rejects_bad_usage, .timeout 
                          sizeof out, err, sizeof err), 2);
     cr_expect_eq(run_cli("--pp 2 --micro-batches 2 --virtual-stages 2 --schedule interleaved-1f1b "
                          "--fwd-time 1,1,1,3", out, sizeof out, err, sizeof err), 0, "%s", err);
+    /* The SVG names the chunks and the virtual stages too. */
+    char svg[64], args[160];
+    snprintf(svg, sizeof svg, "/tmp/tm_vsched_svg_%ld.svg", (long)getpid());
+    snprintf(args, sizeof args, "--pp 2 --micro-batches 2 --schedule interleaved-1f1b "
+             "--virtual-stages 2 --svg %s", svg);
+    cr_expect_eq(run_cli(args, out, sizeof out, err, sizeof err), 0, "%s", err);
+    FILE *f = fopen(svg, "r");
+    cr_assert_not_null(f);
+    size_t k = fread(out, 1, sizeof out - 1, f);
+    out[k] = '\0';
+    fclose(f);
+    unlink(svg);
+    cr_expect(strstr(out, ">F0b<") != NULL, "no F0b in the SVG");
+    cr_expect(strstr(out, "2 virtual stages; bubble 20.0% (formula 20.0%)") != NULL,
+              "no title in the SVG");
     const char *bad[] = {
         "--virtual-stages 2",
         "--schedule interleaved-1f1b --virtual-stages 2 --micro-batches 6",
