@@ -8,13 +8,12 @@
 
 #include "runtime/status.h"
 #include "strategies/schedule.h"
+#include "tests/cli.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 static const int pps[] = {2, 3, 4, 8};
 static const int vs[] = {2, 3, 4};
@@ -278,30 +277,17 @@ Test(schedule_virtual, draw_names_the_chunks)
     tm_schedule_free(&s);
 }
 
-/* Runs build/schedule with args; returns the status, stdout and stderr. */
+/* build/schedule with args; its stdout into out, its stderr into err. */
 static int run_cli(const char *args, char *out, size_t n_out, char *err, size_t n_err)
 {
-    const char *dir = getenv("TM_BIN_DIR");
-    char o[64], e[64], cmd[1024];
-    snprintf(o, sizeof o, "/tmp/tm_vsched_out_%ld", (long)getpid());
-    snprintf(e, sizeof e, "/tmp/tm_vsched_err_%ld", (long)getpid());
-    snprintf(cmd, sizeof cmd, "%s/schedule %s >%s 2>%s", dir ? dir : "build", args, o, e);
-    int st = system(cmd);
-    cr_assert(WIFEXITED(st), "%s", cmd);
-    FILE *f = fopen(o, "r");
-    size_t k = f ? fread(out, 1, n_out - 1, f) : 0;
-    out[k] = '\0';
-    if (f) fclose(f);
-    f = fopen(e, "r");
-    k = f ? fread(err, 1, n_err - 1, f) : 0;
-    err[k] = '\0';
-    if (f) fclose(f);
-    unlink(o);
-    unlink(e);
-    return WEXITSTATUS(st);
+    int st = cli_run("schedule", args);
+    cli_slurp(cli_out, out, n_out);
+    cli_slurp(cli_err, err, n_err);
+    return st;
 }
 
-Test(schedule_virtual, cli_draws_virtual_stages_and_rejects_bad_usage, .timeout = 60)
+Test(schedule_virtual, cli_draws_virtual_stages_and_rejects_bad_usage, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 60)
 {
     static char out[1 << 16], err[4096];
     cr_expect_eq(run_cli("--pp 4 --micro-batches 8 --schedule interleaved-1f1b --virtual-stages 2 "
@@ -319,17 +305,13 @@ Test(schedule_virtual, cli_draws_virtual_stages_and_rejects_bad_usage, .timeout 
     cr_expect_eq(run_cli("--pp 2 --micro-batches 2 --virtual-stages 2 --schedule interleaved-1f1b "
                          "--fwd-time 1,1,1,3", out, sizeof out, err, sizeof err), 0, "%s", err);
     /* The SVG names the chunks and the virtual stages too. */
-    char svg[64], args[160];
-    snprintf(svg, sizeof svg, "/tmp/tm_vsched_svg_%ld.svg", (long)getpid());
+    char svg[160], args[320];
+    cli_path(svg, sizeof svg, "schedule.svg");
     snprintf(args, sizeof args, "--pp 2 --micro-batches 2 --schedule interleaved-1f1b "
              "--virtual-stages 2 --svg %s", svg);
     cr_expect_eq(run_cli(args, out, sizeof out, err, sizeof err), 0, "%s", err);
-    FILE *f = fopen(svg, "r");
-    cr_assert_not_null(f);
-    size_t k = fread(out, 1, sizeof out - 1, f);
-    out[k] = '\0';
-    fclose(f);
-    unlink(svg);
+    cr_assert(cli_exists(svg));
+    cli_slurp(svg, out, sizeof out);
     cr_expect(strstr(out, ">F0b<") != NULL, "no F0b in the SVG");
     cr_expect(strstr(out, "2 virtual stages; bubble 20.0% (formula 20.0%)") != NULL,
               "no title in the SVG");
