@@ -9,10 +9,10 @@
 #include "strategies/report_html.h"
 #include "strategies/svg.h"
 
-/* A schedule's colour class; s5 (grey) for no pipeline. */
+/* A schedule's colour class; s6 (grey) for no pipeline. */
 static void sched_class(const tm_sweep_row *r, char *buf, size_t n)
 {
-    snprintf(buf, n, "s%d", r->pp == 1 ? 5 : (int)r->schedule);
+    snprintf(buf, n, "s%d", r->pp == 1 ? TM_SCHEDULE_KINDS : (int)r->schedule);
 }
 
 static void row_label(const tm_sweep_row *r, char *buf, size_t n)
@@ -93,10 +93,11 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
                    "</text>", RL + TW + 40 + k * step * div * mx, k * step, uname);
     fprintf(f, "<text x=\"%d\" y=\"32\">modeled samples/s</text><text x=\"%d\" y=\"32\">peak "
                "memory per device</text>", RL, RL + TW + 40);
-    static const char *names[6] = {"sequential", "gpipe", "1f1b", "grouped", "interleaved",
-                                   "no pipeline"};
+    static const char *names[TM_SCHEDULE_KINDS + 1] = {
+        "sequential", "gpipe", "1f1b", "grouped", "interleaved", "interleaved-1f1b",
+        "no pipeline"};
     double x = RL;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k <= TM_SCHEDULE_KINDS; k++) {
         fprintf(f, "<rect class=\"s%d\" x=\"%.1f\" y=\"42\" width=\"10\" height=\"10\"/>"
                    "<text data-nm=\"label\" x=\"%.1f\" y=\"51\">%s</text>",
                 k, x, x + 14, names[k]);
