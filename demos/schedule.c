@@ -24,9 +24,13 @@ static const char usage[] =
     "  --pp P               pipeline stages (4)\n"
     "  --micro-batches M    micro-batches per step (8)\n"
     "  --schedule NAME      sequential | gpipe | 1f1b | grouped | interleaved | zb-h1 |\n"
-    "                       all (1f1b)\n"
+    "                       interleaved-1f1b | all (1f1b)\n"
+    "  --virtual-stages V   interleaved-1f1b: V chunks of layers per device, the\n"
+    "                       micro-batches a multiple of --pp when V > 1 (1)\n"
     "  --fwd-time X[,X...]  forward time of one micro-batch, one value for every\n"
-    "                       stage or one per stage (1)\n"
+    "                       stage or one per stage (1); with V > 1 one value is a\n"
+    "                       device's whole forward (X/V per chunk), or give one per\n"
+    "                       model stage (pp x V, chunk c of device p at c*pp+p)\n"
     "  --bwd-time Y[,Y...]  backward time, likewise (2)\n"
     "  --wgt-time Z[,Z...]  the weight-gradient part W of the backward, likewise, which\n"
     "                       zb-h1 runs apart from the input gradient B = Y - Z\n"
@@ -71,20 +75,23 @@ static double parse_time(const char *flag, const char *v)
     return x;
 }
 
-/* Fills out (pp) from "X" or "X1,...,Xpp". */
-static void parse_times(const char *flag, const char *v, double *out, int pp)
+/* Fills out (pp * vs, one per model stage) from "X" (a device's pass,
+ * X / vs per chunk) or "X1,...,Xn" with n = pp * vs. */
+static void parse_times(const char *flag, const char *v, double *out, int pp, int vs)
 {
     char *copy = strdup(v), *save = NULL;
     if (copy == NULL) die_usage("out of memory");
-    int n = 0;
+    int n = 0, want = pp * vs;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == pp) die_usage("%s has more than --pp = %d values", flag, pp);
+        if (n == want) die_usage("%s has more than --pp x --virtual-stages = %d values", flag, want);
         out[n++] = parse_time(flag, tok);
     }
+    double one = out[0] / vs;
     if (n == 1)
-        for (int i = 1; i < pp; i++) out[i] = out[0];
-    else if (n != pp)
-        die_usage("%s wants one value or --pp = %d values, not %d", flag, pp, n);
+        for (int i = 0; i < want; i++) out[i] = one;
+    else if (n != want)
+        die_usage("%s wants one value or --pp x --virtual-stages = %d values, not %d", flag, want,
+                  n);
     free(copy);
 }
 
@@ -121,19 +128,19 @@ static int write_svg(const tm_schedule *s, const tm_sched_event *ev, int n, doub
 }
 
 /* Builds, simulates and draws one schedule. Returns 0 or 1. */
-static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const double *bwd,
-                const double *wgt, double comm, int width, int list)
+static int show(tm_schedule_kind kind, int pp, int m, int vs, const double *fwd,
+                const double *bwd, const double *wgt, double comm, int width, int list)
 {
     tm_schedule s;
     tm_sched_event *ev = NULL;
     int n = 0;
     double makespan = 0;
     /* A split backward: B is the backward less its W. */
-    double *b = malloc((size_t)pp * sizeof *b);
+    double *b = malloc((size_t)pp * vs * sizeof *b);
     if (b == NULL) die_usage("out of memory");
     int split = tm_schedule_splits_backward(kind);
-    for (int i = 0; i < pp; i++) b[i] = split ? bwd[i] - wgt[i] : bwd[i];
-    int st = tm_schedule_make(&s, kind, pp, m);
+    for (int i = 0; i < pp * vs; i++) b[i] = split ? bwd[i] - wgt[i] : bwd[i];
+    int st = tm_schedule_make_virtual(&s, kind, pp, m, vs);
     if (st == TM_OK)
         st = tm_schedule_simulate_split(&s, fwd, b, split ? wgt : NULL, comm, &ev, &n, &makespan);
     free(b);
@@ -154,13 +161,17 @@ static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const d
     }
     tm_schedule_draw(stdout, &s, ev, n, makespan, width);
     double ideal = 0;
-    for (int i = 0; i < pp; i++)
-        if (m * (fwd[i] + bwd[i]) > ideal) ideal = m * (fwd[i] + bwd[i]);
+    for (int i = 0; i < pp; i++) {
+        double busy = 0;
+        for (int c = 0; c < vs; c++) busy += m * (fwd[c * pp + i] + bwd[c * pp + i]);
+        if (busy > ideal) ideal = busy;
+    }
     printf("makespan %g, ideal %g (all micro-batches on the busiest stage)\n", makespan, ideal);
     printf("micro-batches in flight, max per stage:");
     for (int i = 0; i < pp; i++) printf(" %d", tm_schedule_max_in_flight(&s, i));
     printf("; documented bound:");
-    for (int i = 0; i < pp; i++) printf(" %d", tm_schedule_in_flight_bound(kind, pp, m, i));
+    for (int i = 0; i < pp; i++)
+        printf(" %d", tm_schedule_in_flight_bound_virtual(kind, pp, m, vs, i));
     printf("\n");
     if (list) print_lists(&s);
     int rc = svg_path != NULL ? write_svg(&s, ev, n, makespan) : 0;
@@ -171,11 +182,13 @@ static int show(tm_schedule_kind kind, int pp, int m, const double *fwd, const d
 
 int main(int argc, char **argv)
 {
-    enum { O_PP = 256, O_MB, O_SCHED, O_FWD, O_BWD, O_WGT, O_COMM, O_WIDTH, O_LIST, O_SVG };
+    enum { O_PP = 256, O_MB, O_SCHED, O_VIRTUAL, O_FWD, O_BWD, O_WGT, O_COMM, O_WIDTH, O_LIST,
+           O_SVG };
     static const struct option opts[] = {
         {"pp", required_argument, NULL, O_PP},
         {"micro-batches", required_argument, NULL, O_MB},
         {"schedule", required_argument, NULL, O_SCHED},
+        {"virtual-stages", required_argument, NULL, O_VIRTUAL},
         {"fwd-time", required_argument, NULL, O_FWD},
         {"bwd-time", required_argument, NULL, O_BWD},
         {"wgt-time", required_argument, NULL, O_WGT},
@@ -186,7 +199,7 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int pp = 4, m = 8, width = 0, list = 0, all = 0;
+    int pp = 4, m = 8, vs = 1, width = 0, list = 0, all = 0;
     tm_schedule_kind kind = TM_SCHED_1F1B;
     const char *fwd_arg = "1", *bwd_arg = "2", *wgt_arg = NULL;
     double comm = 0;
@@ -200,6 +213,9 @@ int main(int argc, char **argv)
             all = strcmp(optarg, "all") == 0;
             if (!all && tm_schedule_kind_parse(optarg, &kind) != TM_OK)
                 die_usage("%s", tm_error_message());
+            break;
+        case O_VIRTUAL:
+            vs = (int)parse_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
             break;
         case O_FWD: fwd_arg = optarg; break;
         case O_BWD: bwd_arg = optarg; break;
@@ -221,26 +237,44 @@ int main(int argc, char **argv)
         fprintf(stderr, "schedule: --svg: %s\n", tm_error_message());
         return 2;
     }
-    if ((long)pp * m > TM_SCHEDULE_MAX_WORK)
-        die_usage("--pp x --micro-batches is more than %d", TM_SCHEDULE_MAX_WORK);
-    double *fwd = malloc((size_t)pp * sizeof *fwd), *bwd = malloc((size_t)pp * sizeof *bwd);
-    double *wgt = malloc((size_t)pp * sizeof *wgt);
-    if (fwd == NULL || bwd == NULL || wgt == NULL) die_usage("out of memory");
-    parse_times("--fwd-time", fwd_arg, fwd, pp);
-    parse_times("--bwd-time", bwd_arg, bwd, pp);
-    if (wgt_arg != NULL) parse_times("--wgt-time", wgt_arg, wgt, pp);
+    if ((long)pp * m * vs > TM_SCHEDULE_MAX_WORK)
+        die_usage("--pp x --micro-batches x --virtual-stages is more than %d",
+                  TM_SCHEDULE_MAX_WORK);
+    if (vs > 1 && !all && kind != TM_SCHED_INTERLEAVED_1F1B)
+        die_usage("--virtual-stages %d needs --schedule interleaved-1f1b (or all)", vs);
+    if (vs > 1 && pp < 2) die_usage("--virtual-stages %d needs --pp 2 or more", vs);
+    if (vs > 1 && m % pp != 0)
+        die_usage("--virtual-stages %d needs --micro-batches (%d) to be a multiple of --pp (%d)",
+                  vs, m, pp);
+    double *fwd = malloc((size_t)pp * vs * sizeof *fwd);
+    double *bwd = malloc((size_t)pp * vs * sizeof *bwd);
+    double *fwd1 = malloc((size_t)pp * sizeof *fwd1), *bwd1 = malloc((size_t)pp * sizeof *bwd1);
+    double *wgt = malloc((size_t)pp * vs * sizeof *wgt);
+    if (fwd == NULL || bwd == NULL || fwd1 == NULL || bwd1 == NULL || wgt == NULL)
+        die_usage("out of memory");
+    parse_times("--fwd-time", fwd_arg, fwd, pp, vs);
+    parse_times("--bwd-time", bwd_arg, bwd, pp, vs);
+    if (wgt_arg != NULL) parse_times("--wgt-time", wgt_arg, wgt, pp, 1);
+    /* The other schedules of "all" run each device's chunks as one stage. */
     for (int i = 0; i < pp; i++) {
-        if (wgt_arg == NULL) wgt[i] = bwd[i] / 2;
-        if (wgt[i] > bwd[i])
+        fwd1[i] = bwd1[i] = 0;
+        for (int c = 0; c < vs; c++) fwd1[i] += fwd[c * pp + i], bwd1[i] += bwd[c * pp + i];
+        if (wgt_arg == NULL) wgt[i] = bwd1[i] / 2;
+        if (wgt[i] > bwd1[i])
             die_usage("--wgt-time %g is more than the backward time %g (stage %d)", wgt[i],
-                      bwd[i], i);
+                      bwd1[i], i);
     }
     int rc = 0;
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
         if (!all && k != (int)kind) continue;
         if (all && k > 0) printf("\n");
-        rc |= show((tm_schedule_kind)k, pp, m, fwd, bwd, wgt, comm, width, list);
+        if (k == TM_SCHED_INTERLEAVED_1F1B)
+            rc |= show((tm_schedule_kind)k, pp, m, vs, fwd, bwd, wgt, comm, width, list);
+        else
+            rc |= show((tm_schedule_kind)k, pp, m, 1, fwd1, bwd1, wgt, comm, width, list);
     }
+    free(fwd1);
+    free(bwd1);
     free(fwd);
     free(bwd);
     free(wgt);

@@ -158,6 +158,9 @@ static void release(run_state *r)
 
 int tm_pipeline_run(tm_pipeline_step *ps)
 {
+    if (ps->sched->v > 1)
+        return tm_error(TM_EINVAL, "the pipeline executor runs one stage per device, not %d "
+                        "virtual stages", ps->sched->v);
     run_state r = {ps, calloc((size_t)ps->sched->m, sizeof(mb_state)), tm_comm_rank(ps->pp_comm),
                    tm_comm_size(ps->pp_comm), 0, 0, 0};
     if (r.mb == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the pipeline state");

@@ -29,7 +29,9 @@ typedef struct {
     int max_in_flight;       /* out: most micro-batches held at once */
 } tm_pipeline_step;
 
-/* Runs the stage's list. TM_OK or the first failing status. */
+/* Runs the stage's list. TM_OK or the first failing status; TM_EINVAL for
+ * a schedule of several chunks per device (virtual stages), which this
+ * executor does not run. */
 int tm_pipeline_run(tm_pipeline_step *ps);
 
 /* *peak: the most activation bytes stage p's device holds while it runs

@@ -9,8 +9,7 @@
 #include "strategies/report_html.h"
 #include "strategies/svg.h"
 
-/* A schedule's colour class; s6 (grey, one past the schedules) for no
- * pipeline. */
+/* A schedule's colour class; one past the schedules (grey) for no pipeline. */
 static void sched_class(const tm_sweep_row *r, char *buf, size_t n)
 {
     snprintf(buf, n, "s%d", r->pp == 1 ? TM_SCHEDULE_KINDS : (int)r->schedule);
@@ -95,7 +94,8 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
     fprintf(f, "<text x=\"%d\" y=\"32\">modeled samples/s</text><text x=\"%d\" y=\"32\">peak "
                "memory per device</text>", RL, RL + TW + 40);
     static const char *names[TM_SCHEDULE_KINDS + 1] = {
-        "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1", "no pipeline"};
+        "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1", "interleaved-1f1b",
+        "no pipeline"};
     double x = RL;
     for (int k = 0; k <= TM_SCHEDULE_KINDS; k++) {
         fprintf(f, "<rect class=\"s%d\" x=\"%.1f\" y=\"42\" width=\"10\" height=\"10\"/>"
@@ -294,16 +294,25 @@ int tm_report_schedule_svg(FILE *f, const tm_schedule *s, const tm_sched_event *
         b->end = e->end;
         b->cls = fwd ? "f" : bwd ? "b" : "c";
         b->band = !fwd && !bwd;
-        if (fwd || bwd)
-            snprintf(b->label, sizeof b->label, "%c%d",
-                     fwd ? 'F' : e->kind == TM_SCHED_WGT ? 'W' : 'B', e->mb);
-        snprintf(b->tip, sizeof b->tip, "%s, micro-batch %d", tm_sched_kind_name(e->kind), e->mb);
+        /* With virtual stages a pass names its chunk as the timeline does:
+         * F3a for chunk 0, F3b for chunk 1, ... */
+        char pass = fwd ? 'F' : e->kind == TM_SCHED_WGT ? 'W' : 'B';
+        if ((fwd || bwd) && s->v > 1)
+            snprintf(b->label, sizeof b->label, "%c%d%c", pass, e->mb, 'a' + e->chunk % 26);
+        else if (fwd || bwd)
+            snprintf(b->label, sizeof b->label, "%c%d", pass, e->mb);
+        int at = snprintf(b->tip, sizeof b->tip, "%s, micro-batch %d",
+                          tm_sched_kind_name(e->kind), e->mb);
+        if (s->v > 1) snprintf(b->tip + at, sizeof b->tip - (size_t)at, ", chunk %d", e->chunk);
     }
     char title[160];
-    double theory = tm_schedule_bubble_theory(s->kind, s->pp, s->m);
-    int len = snprintf(title, sizeof title, "%s: %d stages, %d micro-batches; bubble %.1f%%",
-                       tm_schedule_kind_name(s->kind), s->pp, s->m,
-                       100 * tm_schedule_bubble(ev, n, s->pp, makespan));
+    int v = s->v > 1 ? s->v : 1;
+    double theory = tm_schedule_bubble_theory_virtual(s->kind, s->pp, s->m, v);
+    int len = snprintf(title, sizeof title, "%s: %d stages, %d micro-batches",
+                       tm_schedule_kind_name(s->kind), s->pp, s->m);
+    if (v > 1) len += snprintf(title + len, sizeof title - (size_t)len, ", %d virtual stages", v);
+    len += snprintf(title + len, sizeof title - (size_t)len, "; bubble %.1f%%",
+                    100 * tm_schedule_bubble(ev, n, s->pp, makespan));
     if (theory >= 0)
         snprintf(title + len, sizeof title - (size_t)len, " (formula %.1f%%)", 100 * theory);
     tm_svg_lanes_spec spec = {.id = "schedule", .lanes = s->pp, .labels = labels, .box = box,

@@ -34,7 +34,15 @@
  * in two, as Qi et al. do: BWD(i) is then only B, the input gradient (the
  * critical path: what the stage below waits for), and
  *   WGT(i)       W, the weight gradients of micro-batch i, after its BWD;
- * the layer kinds that cannot split do all their backward in B. */
+ * the layer kinds that cannot split do all their backward in B.
+ *
+ * Virtual stages (below) close the pipeline into a ring, where every device
+ * may send to the next at once, and there an exchange involves both
+ * neighbours: a message action may be joined to the next one (with_next),
+ * and a run of joined actions is one exchange whose halves all progress
+ * together, like Megatron's batched send_forward_backward_recv_forward_
+ * backward (at most TM_SCHED_MAX_JOINED actions; compute actions are never
+ * joined). */
 typedef enum {
     TM_SCHED_FWD,
     TM_SCHED_BWD,
@@ -51,7 +59,22 @@ typedef struct {
     tm_sched_kind kind;
     int mb;  /* micro-batch; for a combined kind, the send half's */
     int mb2; /* combined kinds only: the receive half's micro-batch */
+    int chunk;     /* the device's chunk (virtual stage) of the pass or the
+                      message (both halves of a combined kind); 0 unless the
+                      schedule has v > 1 */
+    int with_next; /* 1: one exchange with the next action (see above) */
 } tm_sched_action;
+
+#define TM_SCHED_MAX_JOINED 4
+
+/* Virtual stages (INTERLEAVED_1F1B with v > 1): device p holds v chunks of
+ * layers, chunk c being model stage g = c * pp + p of pp * v. An action's
+ * chunk says which; its messages go to or come from model stage g + 1
+ * (activations out, gradients in) or g - 1 (the other two), which lives on
+ * device (g +- 1) mod pp: the last device sends chunk c's activations to
+ * the first device's chunk c + 1, and the first device sends chunk c + 1's
+ * input gradients back to the last device's chunk c. With v = 1 every chunk
+ * is 0 and model stage g is device g, as above. */
 
 /* The schedules. Each is described by its ramp-up / main / ramp-down phases
  * and its activation-memory bound: the most micro-batches whose FWD has run
@@ -124,7 +147,7 @@ typedef struct {
  *   long as its slowest pass, max(F, B), while an executor whose stages run
  *   freely (like tinymesh's) runs it exactly as 1F1B. Not to be confused
  *   with Megatron's "interleaved" schedule, which gives each device several
- *   virtual stages.
+ *   virtual stages: INTERLEAVED_1F1B below.
  *
  * ZB-H1 — the handcrafted zero-bubble schedule H1 of Qi et al., "Zero
  *   Bubble Pipeline Parallelism" (2023), with F, B and W the times of a
@@ -153,7 +176,31 @@ typedef struct {
  *   paper's ZB-H2 (more warm-up forwards, 2p-1 micro-batches held) goes
  *   below (p-1) F only with its post-validation, overlapping the optimizer
  *   step with the next step's ramp-up, which tinymesh's synchronous step
- *   does not do. */
+ *   does not do.
+
+ *
+ * INTERLEAVED_1F1B — Megatron-LM's interleaved schedule (Narayanan et al.,
+ *   "Efficient Large-Scale Language Model Training on GPU Clusters Using
+ *   Megatron-LM", 2021; forward_backward_pipelining_with_interleaving) with
+ *   v virtual stages (chunks) per device. Each micro-batch passes through
+ *   the devices v times. A device's m * v passes of each direction run in
+ *   Megatron's order: micro-batches in groups of p, each group through
+ *   chunk 0, then chunk 1, ..., chunk v-1; the backwards in the same order
+ *   with the chunks reversed (v-1 first). Like Megatron, v > 1 needs m to
+ *   be a multiple of p (a short last group of Megatron's order deadlocks
+ *   the ring). Messages go in steps, as Megatron sends them: after each
+ *   warm-up forward, each steady forward-and-backward pair and each
+ *   cool-down backward, one exchange (joined actions) sends what the step
+ *   produced and receives what the next step needs. Device s: warm-up
+ *   (ramp-up) of w =
+ *   min(2(p-1-s) + (v-1)p, m v) forwards — Megatron's count —, main phase of
+ *   m v - w "one forward, one backward" pairs, cool-down of the last w
+ *   backwards. Bound min(w + 1, m v) chunk passes in flight (chunk-micro-
+ *   batches, each holding its chunk's activations). With F and B a whole
+ *   device's pass (each chunk F/v, B/v), the bubble for equal stages is
+ *   (p-1)/(v m + p-1) (Megatron quotes the bubble-to-compute ratio
+ *   (p-1)/(v m)); the pipeline sends v times the messages. v = 1 is
+ *   exactly 1F1B (warm-up p-1-s, the lists equal). v > 1 needs p >= 2. */
 typedef enum {
     TM_SCHED_SEQUENTIAL,
     TM_SCHED_GPIPE,
@@ -161,16 +208,18 @@ typedef enum {
     TM_SCHED_GROUPED,
     TM_SCHED_INTERLEAVED,
     TM_SCHED_ZB_H1,
+    TM_SCHED_INTERLEAVED_1F1B,
 } tm_schedule_kind;
 
-#define TM_SCHEDULE_KINDS 6
+#define TM_SCHEDULE_KINDS 7
 /* Limits that keep every list small and every count in an int. */
 #define TM_SCHEDULE_MAX_PP 1024
 #define TM_SCHEDULE_MAX_MB 65536
-#define TM_SCHEDULE_MAX_WORK (1 << 18) /* pp * m */
+#define TM_SCHEDULE_MAX_WORK (1 << 18) /* pp * m * v */
+#define TM_SCHEDULE_MAX_VIRTUAL 26     /* v: a chunk is drawn as a letter */
 
-/* "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1"; "?"
- * otherwise. */
+/* "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1",
+ * "interleaved-1f1b"; "?" otherwise. */
 const char *tm_schedule_kind_name(tm_schedule_kind kind);
 /* Parses one of those names into *out. Returns TM_EINVAL naming the input
  * and the valid names otherwise. */
@@ -181,7 +230,8 @@ int tm_schedule_splits_backward(tm_schedule_kind kind);
 /* "FWD", "SEND_ACT_RECV_GRAD", ...; "?" for a value outside the enum. */
 const char *tm_sched_kind_name(tm_sched_kind kind);
 /* Writes "FWD(3)" or "SEND_ACT_RECV_GRAD(3,1)" into buf (always terminated
- * when n > 0) and returns what snprintf returns. */
+ * when n > 0) and returns what snprintf returns. An action with a chunk
+ * other than 0 names it, "FWD(3c1)"; one joined to the next ends in '+'. */
 int tm_sched_action_format(char *buf, size_t n, tm_sched_action a);
 
 typedef struct {
@@ -190,6 +240,8 @@ typedef struct {
     int m;                     /* micro-batches */
     int *len;                  /* (pp,) actions per stage */
     tm_sched_action **actions; /* (pp,) each (len[s],) in execution order */
+    int v;                     /* chunks (virtual stages) per device; 0 (a
+                                  schedule built by hand) counts as 1 */
 } tm_schedule;
 
 /* Builds the schedule `kind` for pp stages and m micro-batches. Returns
@@ -197,17 +249,26 @@ typedef struct {
  * TM_SCHEDULE_MAX_MB or pp * m above TM_SCHEDULE_MAX_WORK, TM_EHOSTMEM. Every
  * schedule accepts every such pp and m. On error *out is left empty. */
 int tm_schedule_make(tm_schedule *out, tm_schedule_kind kind, int pp, int m);
+/* The same with v chunks per device: v = 1 is tm_schedule_make; v > 1 only
+ * for INTERLEAVED_1F1B with pp >= 2, m a multiple of pp and v <=
+ * TM_SCHEDULE_MAX_VIRTUAL, pp * m * v at most TM_SCHEDULE_MAX_WORK (TM_EINVAL
+ * naming the constraint). */
+int tm_schedule_make_virtual(tm_schedule *out, tm_schedule_kind kind, int pp, int m, int v);
 /* Frees the lists and empties s; an empty or NULL schedule is fine. */
 void tm_schedule_free(tm_schedule *s);
 
 /* Checks s (made here or by hand) and returns TM_OK, TM_EHOSTMEM, or
  * TM_EINVAL with a message naming the stage, the action index and the
  * problem, e.g. "stage 2 action 5: BWD(3) before RECV_GRAD(3)". In order:
- * well-formed actions (known kind, micro-batch in [0, m), no message past
- * either end of the pipeline); FWD(i) and BWD(i) exactly once per stage for
- * every i, and WGT(i) exactly once, after BWD(i), when the kind splits the
- * backward (none otherwise); the activations stage s sends are, in order, those s+1 receives,
- * and likewise the gradients, each micro-batch's exactly once; per stage
+ * well-formed actions (known kind, micro-batch in [0, m), chunk in [0, v),
+ * no message past either end of the pipeline); FWD(i) and BWD(i) exactly
+ * once per stage (and chunk) for every i, and WGT(i) exactly once, after
+ * BWD(i), when the kind splits the backward (none otherwise); the
+ * activations stage s sends are, in order, those s+1 receives, and
+ * likewise the gradients, each micro-batch's exactly once (with chunks:
+ * each model stage's, to the chunk that follows it); every link (device to
+ * device) carries what it carries in the order both ends agree on,
+ * whatever the kinds; per stage
  * RECV_ACT(i) < FWD(i) < SEND_ACT(i), FWD(i) < BWD(i) and RECV_GRAD(i) <
  * BWD(i) < SEND_GRAD(i); and no deadlock when every stage runs its list with
  * rendezvous messages (a send completes only together with its receive —
@@ -224,9 +285,10 @@ int tm_schedule_validate(const tm_schedule *s);
 int tm_schedule_max_in_flight(const tm_schedule *s, int stage);
 /* The documented bound for that (see each schedule above): sequential 1,
  * gpipe m, 1f1b and interleaved min(p-s, m), grouped min(2(p-s)-1, m),
- * zb-h1 min(p, m).
- * Returns TM_EINVAL (negative) for bad arguments. */
+ * zb-h1 min(p, m), interleaved-1f1b with v chunks min(w + 1, m v) chunk
+ * passes (v = 1: as 1f1b). Returns TM_EINVAL (negative) for bad arguments. */
 int tm_schedule_in_flight_bound(tm_schedule_kind kind, int pp, int m, int stage);
+int tm_schedule_in_flight_bound_virtual(tm_schedule_kind kind, int pp, int m, int v, int stage);
 
 /* One interval of a stage's timeline. kind is FWD, BWD, WGT or one of the four
  * plain message kinds: a combined action yields one event per half. A
@@ -237,11 +299,13 @@ typedef struct {
     tm_sched_kind kind;
     int mb;
     double start, end;
+    int chunk; /* the chunk of the pass or message half on this stage */
 } tm_sched_event;
 
 /* Simulates the validated schedule s: each stage one compute engine running
- * its list in order, FWD taking fwd_time[stage] and BWD bwd_time[stage]
- * (arrays of pp, each >= 0), every message comm_time (>= 0) once both sides
+ * its list in order, FWD taking fwd_time[g] and BWD bwd_time[g] for the
+ * action's model stage g = chunk * pp + stage (arrays of pp * v, each >= 0;
+ * with v = 1, one per stage), every message comm_time (>= 0) once both sides
  * are at it (rendezvous), a combined action's halves in parallel. On success
  * *events is a malloc'ed array of *n_events events sorted by stage then start
  * (free() it) and *makespan the time the last stage finishes. The result is
@@ -265,8 +329,14 @@ double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makesp
  * (p-1)/(m+p-1) for gpipe and 1f1b — the textbook figure — and for grouped
  * and interleaved as tinymesh runs them, (p-1)/p for sequential; for zb-h1
  * with F = B = W (the backward split in two equal halves), (p-1)/(3m+p-1)
- * when m >= p, else 1-3m/(2(m+p-1)+1); -1 for bad arguments. */
+ * when m >= p, else 1-3m/(2(m+p-1)+1); interleaved-1f1b is 1f1b's there
+ * (v = 1); -1 for bad arguments. */
 double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
+/* With v chunks per device: interleaved-1f1b (p-1)/(v m + p-1) (the
+ * devices' passes F and B split evenly over the chunks); -1 for bad
+ * arguments (v > 1 with m not a multiple of p included); v = 1 is
+ * tm_schedule_bubble_theory. */
+double tm_schedule_bubble_theory_virtual(tm_schedule_kind kind, int pp, int m, int v);
 
 /* zb-h1's bubble for equal stages, free messages, m >= p and any times F,
  * B, W of a forward, an input gradient and a weight gradient: each stage
@@ -276,7 +346,8 @@ double tm_schedule_zb_h1_bubble(int pp, int m, double f, double b, double w);
 
 /* Draws the events as a timeline: one row per stage, time left to right over
  * `width` columns (<= 0: tm_schedule_draw_width), forwards and backwards as
- * cells labelled "F3" / "B3" (cut short when narrow), idle as '.', messages
+ * cells labelled "F3" / "B3" (with chunks, "F3a" for chunk 0, "F3b" for
+ * chunk 1, ...; cut short when narrow), idle as '.', messages
  * not drawn; then a time axis, a legend and the bubble (measured and, where
  * tm_schedule_bubble_theory has one, theory). s gives pp, m and the name;
  * the events may come from tm_schedule_simulate or from a measured run. */

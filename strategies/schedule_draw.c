@@ -18,7 +18,12 @@ double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makesp
 
 double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m)
 {
-    if (pp < 1 || m < 1) return -1;
+    return tm_schedule_bubble_theory_virtual(kind, pp, m, 1);
+}
+
+double tm_schedule_bubble_theory_virtual(tm_schedule_kind kind, int pp, int m, int v)
+{
+    if (pp < 1 || m < 1 || v < 1 || (v > 1 && kind != TM_SCHED_INTERLEAVED_1F1B)) return -1;
     switch (kind) {
     case TM_SCHED_SEQUENTIAL: return (double)(pp - 1) / pp;
     case TM_SCHED_GPIPE:
@@ -30,6 +35,9 @@ double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m)
          * backward waves, then its W, set the makespan (in units of F). */
         return m >= pp ? (double)(pp - 1) / (3 * m + pp - 1)
                        : 1 - 3.0 * m / (2 * (m + pp - 1) + 1);
+    case TM_SCHED_INTERLEAVED_1F1B:
+        if (v > 1 && m % pp != 0) return -1;
+        return (double)(pp - 1) / ((double)v * m + pp - 1);
     default: return -1;
     }
 }
@@ -48,22 +56,32 @@ static int is_pass(const tm_sched_event *e)
     return e->kind == TM_SCHED_FWD || e->kind == TM_SCHED_BWD || e->kind == TM_SCHED_WGT;
 }
 
-static int label(char *buf, size_t n, const tm_sched_event *e)
+/* Whether any event belongs to a chunk other than 0. */
+static int chunked(const tm_sched_event *ev, int n)
 {
-    char c = e->kind == TM_SCHED_FWD ? 'F' : e->kind == TM_SCHED_BWD ? 'B' : 'W';
-    return snprintf(buf, n, "%c%d", c, e->mb);
+    for (int i = 0; i < n; i++)
+        if (ev[i].chunk != 0) return 1;
+    return 0;
+}
+
+/* "F3", or with chunks "F3a" (chunk 0), "F3b" (chunk 1), ... */
+static int label(char *buf, size_t n, const tm_sched_event *e, int chunks)
+{
+    char pass = e->kind == TM_SCHED_FWD ? 'F' : e->kind == TM_SCHED_BWD ? 'B' : 'W';
+    if (chunks) return snprintf(buf, n, "%c%d%c", pass, e->mb, 'a' + e->chunk % 26);
+    return snprintf(buf, n, "%c%d", pass, e->mb);
 }
 
 int tm_schedule_draw_width(const tm_sched_event *ev, int n, double makespan)
 {
     double shortest = 0;
-    int widest = 0;
+    int widest = 0, chunks = chunked(ev, n);
     char buf[32];
     for (int i = 0; i < n; i++) {
         double d = ev[i].end - ev[i].start;
         if (!is_pass(&ev[i]) || !(d > 0)) continue;
         if (shortest == 0 || d < shortest) shortest = d;
-        int l = label(buf, sizeof buf, &ev[i]);
+        int l = label(buf, sizeof buf, &ev[i], chunks);
         if (l > widest) widest = l;
     }
     if (!(makespan > 0) || shortest == 0) return 80;
@@ -87,14 +105,14 @@ static double tick_step(double scale)
 }
 
 /* Writes event e into its stage's row of the grid. */
-static void paint(char *row, int width, double scale, const tm_sched_event *e)
+static void paint(char *row, int width, double scale, const tm_sched_event *e, int chunks)
 {
     int c0 = column(e->start, scale), c1 = column(e->end, scale);
     if (c1 <= c0) c1 = c0 + 1; /* a pass too short for a column still shows */
     if (c0 < 0) c0 = 0;
     if (c1 > width) c1 = width;
     char lab[32];
-    int l = label(lab, sizeof lab, e);
+    int l = label(lab, sizeof lab, e, chunks);
     /* A label cut short would name another micro-batch: write only the
      * pass's letter then. */
     for (int c = c0; c < c1; c++)
@@ -114,12 +132,15 @@ void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
         return;
     }
     double scale = makespan > 0 ? width / makespan : 0;
-    fprintf(out, "%s, %d stage%s, %d micro-batch%s, makespan %g\n", tm_schedule_kind_name(s->kind),
-            s->pp, s->pp == 1 ? "" : "s", s->m, s->m == 1 ? "" : "es", makespan);
+    int v = s->v > 1 ? s->v : 1, chunks = chunked(ev, n);
+    fprintf(out, "%s, %d stage%s, %d micro-batch%s", tm_schedule_kind_name(s->kind), s->pp,
+            s->pp == 1 ? "" : "s", s->m, s->m == 1 ? "" : "es");
+    if (v > 1) fprintf(out, ", %d virtual stages", v);
+    fprintf(out, ", makespan %g\n", makespan);
     memset(grid, '.', (size_t)s->pp * width);
     for (int i = 0; i < n; i++)
         if (is_pass(&ev[i]) && ev[i].stage >= 0 && ev[i].stage < s->pp)
-            paint(grid + (size_t)ev[i].stage * width, width, scale, &ev[i]);
+            paint(grid + (size_t)ev[i].stage * width, width, scale, &ev[i], chunks);
     for (int st = 0; st < s->pp; st++)
         fprintf(out, "stage %*d |%.*s|\n", digits, st, width, grid + (size_t)st * width);
     free(grid);
@@ -142,9 +163,10 @@ void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
                      "i; '.': idle or in a message; 1 column = %.3g time units\n",
                 scale > 0 ? 1 / scale : 0.0);
     else
-        fprintf(out, "Fi / Bi: forward / backward of micro-batch i; '.': idle or in a message; "
-                     "1 column = %.3g time units\n", scale > 0 ? 1 / scale : 0.0);
-    double theory = tm_schedule_bubble_theory(s->kind, s->pp, s->m);
+        fprintf(out, "Fi / Bi: forward / backward of micro-batch i%s; '.': idle or in a message; "
+                     "1 column = %.3g time units\n",
+                chunks ? " (Fia: in chunk a, Fib: chunk b, ...)" : "", scale > 0 ? 1 / scale : 0.0);
+    double theory = tm_schedule_bubble_theory_virtual(s->kind, s->pp, s->m, v);
     fprintf(out, "bubble %.2f%% measured", 100 * tm_schedule_bubble(ev, n, s->pp, makespan));
     if (theory >= 0)
         fprintf(out, ", %.2f%% theory %s for equal stages and free messages", 100 * theory,
@@ -152,7 +174,8 @@ void tm_schedule_draw(FILE *out, const tm_schedule *s, const tm_sched_event *ev,
                 : tm_schedule_splits_backward(s->kind)
                     ? (s->m >= s->pp ? "(p-1)/(3m+p-1) with F = B = W"
                                      : "1-3m/(2(m+p-1)+1) with F = B = W, m < p")
-                                                        : "(p-1)/(m+p-1)");
+                : v > 1 ? "(p-1)/(v*m+p-1)"
+                        : "(p-1)/(m+p-1)");
     fprintf(out, "\n");
     free(row);
 }

@@ -108,7 +108,7 @@ static const char style[] =
     ".s0{fill:#d62728;stroke:#d62728}.s1{fill:#1f77b4;stroke:#1f77b4}"
     ".s2{fill:#2ca02c;stroke:#2ca02c}.s3{fill:#ff7f0e;stroke:#ff7f0e}"
     ".s4{fill:#9467bd;stroke:#9467bd}.s5{fill:#8c564b;stroke:#8c564b}"
-    ".s6{fill:#7f7f7f;stroke:#7f7f7f}"
+    ".s6{fill:#17becf;stroke:#17becf}.s7{fill:#7f7f7f;stroke:#7f7f7f}"
     ".cap{stroke:#c00;stroke-width:1.5}.far{stroke-dasharray:4 3}.fml{stroke:#000;stroke-width:2}"
     ".tl{fill:none;stroke:#4e79a7;stroke-width:1.2}.ln{fill:none;stroke-width:2}"
     ".th{fill:none;stroke:#000;stroke-width:1.5;stroke-dasharray:6 4}"

@@ -58,7 +58,7 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
                               : e->phase == 'B' ? TM_SCHED_BWD
                                                 : TM_SCHED_WGT;
             res->timeline[res->n_timeline++] = (tm_sched_event){p, k, e->mb, e->start - t0,
-                                                                e->end - t0};
+                                                                e->end - t0, 0};
         }
     }
     res->timeline_makespan = s0->rec_pipe_end - t0;

@@ -20,13 +20,13 @@ static const int ms[] = {1, 2, 3, 4, 8, 16};
 #define N_PPS (int)(sizeof pps / sizeof pps[0])
 #define N_MS (int)(sizeof ms / sizeof ms[0])
 
-#define A(k, i) ((tm_sched_action){TM_SCHED_##k, i, 0})
-#define A2(k, i, j) ((tm_sched_action){TM_SCHED_##k, i, j})
+#define A(k, i) ((tm_sched_action){TM_SCHED_##k, i, 0, 0, 0})
+#define A2(k, i, j) ((tm_sched_action){TM_SCHED_##k, i, j, 0, 0})
 
 /* A hand-made schedule over caller-owned lists. */
 static tm_schedule hand(int pp, int m, int *len, tm_sched_action **acts)
 {
-    return (tm_schedule){TM_SCHED_GPIPE, pp, m, len, acts};
+    return (tm_schedule){TM_SCHED_GPIPE, pp, m, len, acts, 1};
 }
 
 static void expect_invalid(const tm_schedule *s, const char *needle)
@@ -243,7 +243,7 @@ Test(schedule, validator_rejects_structural_errors)
     cr_expect_eq(tm_schedule_validate(&s), TM_OK, "%s", tm_error_message());
     one[1] = A(BWD, 1);
     expect_invalid(&s, "stage 0 action 1: BWD(1) names a micro-batch outside 0..0");
-    one[1] = (tm_sched_action){(tm_sched_kind)42, 0, 0};
+    one[1] = (tm_sched_action){(tm_sched_kind)42, 0, 0, 0, 0};
     expect_invalid(&s, "stage 0 action 1: unknown action kind 42");
     one[1] = A(BWD, 0), one[2] = A(RECV_ACT, 0), len1[0] = 3;
     expect_invalid(&s, "stage 0 action 2: RECV_ACT(0) on the first stage");
@@ -463,7 +463,7 @@ Test(schedule, validator_checks_each_w_once_after_its_b)
     tm_sched_action one[4] = {A(FWD, 0), A(BWD, 0), A(WGT, 0)};
     int len1[1] = {3};
     tm_sched_action *l1[1] = {one};
-    tm_schedule s = {TM_SCHED_ZB_H1, 1, 1, len1, l1};
+    tm_schedule s = {TM_SCHED_ZB_H1, 1, 1, len1, l1, 1};
     cr_expect_eq(tm_schedule_validate(&s), TM_OK, "%s", tm_error_message());
     len1[0] = 2;
     expect_invalid(&s, "stage 0: WGT(0) missing");
@@ -604,7 +604,7 @@ Test(schedule, simulate_rejects_bad_input)
 Test(schedule, bubble_counts_only_compute)
 {
     tm_sched_event ev[3] = {
-        {0, TM_SCHED_FWD, 0, 0, 1}, {0, TM_SCHED_SEND_ACT, 0, 1, 2}, {1, TM_SCHED_BWD, 0, 2, 4},
+        {0, TM_SCHED_FWD, 0, 0, 1, 0}, {0, TM_SCHED_SEND_ACT, 0, 1, 2, 0}, {1, TM_SCHED_BWD, 0, 2, 4, 0},
     };
     cr_expect(fabs(tm_schedule_bubble(ev, 3, 2, 4) - (1 - 3.0 / 8)) < 1e-15);
     cr_expect_eq(tm_schedule_bubble(ev, 3, 2, 0), 0);
