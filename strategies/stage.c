@@ -518,15 +518,19 @@ size_t tm_stage_backward_bytes(const tm_stage *s, int rows)
 }
 
 /* Layer i's share of the W block (NULL: its kind does not split). */
-static size_t wsave_floats(const tm_layer_plan *p, int rows)
+/* What a layer keeps from its B for its W: nothing when its kind does not
+ * split the backward, or in bf16, where the stage expands a layer's stored
+ * activations around its whole backward, which then runs in B. */
+static size_t wsave_floats(const tm_stage *s, const tm_layer_plan *p, int rows)
 {
-    return p->layer->kind->backward_weight != NULL ? p->layer->kind->wsave_floats(p, rows) : 0;
+    if (is_bf16(s) || p->layer->kind->backward_weight == NULL) return 0;
+    return p->layer->kind->wsave_floats(p, rows);
 }
 
 size_t tm_stage_wsave_bytes(const tm_stage *s, int rows)
 {
     size_t f = 0;
-    for (int i = 0; i < s->n; i++) f += wsave_floats(&s->layer[i], rows);
+    for (int i = 0; i < s->n; i++) f += wsave_floats(s, &s->layer[i], rows);
     return f * sizeof(float);
 }
 
@@ -565,7 +569,7 @@ static int backward(tm_stage *s, tm_stage_acts *a, float *dy, float *dx, float *
             saved = region;
             st = p->layer->kind->forward(p, &c, layer_input(a, i), a->out[i], saved);
         }
-        size_t w = wsave != NULL ? wsave_floats(p, rows) : 0;
+        size_t w = wsave != NULL ? wsave_floats(s, p, rows) : 0;
         woff -= w;
         if (st == TM_OK && w > 0)
             st = p->layer->kind->backward_input(p, &c, layer_input(a, i), a->out[i], saved, d,
@@ -600,7 +604,7 @@ int tm_stage_backward_weight(tm_stage *s, tm_stage_acts *a, const float *wsave,
     size_t woff = tm_stage_wsave_bytes(s, rows) / sizeof(float);
     for (int i = s->n - 1; i >= 0 && st == TM_OK; i--) {
         const tm_layer_plan *p = &s->layer[i];
-        size_t w = wsave_floats(p, rows);
+        size_t w = wsave_floats(s, p, rows);
         woff -= w;
         if (w > 0) {
             tm_layer_ctx c = tm_stage_ctx(s, rows);

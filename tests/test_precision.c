@@ -258,6 +258,7 @@ Test(precision, gpt_every_mesh_trains_like_one_device, .init = setup, .fini = te
         {1, 1, 1, 4, 1, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
         {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
         {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE},
     };
     static const int sanitized[] = {1, 3, 5, 11, 13};
     int n = SANITIZED ? 5 : (int)(sizeof all / sizeof all[0]);
@@ -276,6 +277,8 @@ Test(precision, mlp_every_mesh_trains_like_one_device, .init = setup, .fini = te
         {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0, TM_RECOMPUTE_NONE},
         {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0, TM_RECOMPUTE_NONE},
         {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 3, TM_RECOMPUTE_NONE},
+        {0, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE},
+        {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1, TM_RECOMPUTE_FULL},
     };
     meshes(all, SANITIZED ? 3 : (int)(sizeof all / sizeof all[0]), 0);
 }
