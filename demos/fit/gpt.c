@@ -214,7 +214,7 @@ static double max_diff(const run *a, const run *ref)
 static void print_header(void)
 {
     printf("%-24s %-7s", "remedy", "device");
-    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.9s", tm_tag_name((tm_tag)t));
+    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %10s", tm_tag_name((tm_tag)t));
     printf(" %9s %9s %6s %4s %9s %10s %9s\n", "peak", "predicted", "diff", "fits", "step ms",
            "sent/step", "loss diff");
 }
@@ -234,7 +234,7 @@ static int print_row(const remedy *m, const run *r, const run *ref, size_t cap, 
     char where[16];
     snprintf(where, sizeof where, "%d,%d,%d", d->d, d->p, d->t);
     printf("%-24s %-7s", m->name, where);
-    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.2f", mib(measured_tag(d, t)));
+    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %10.2f", mib(measured_tag(d, t)));
     double diff = 100.0 * ((double)d->memory.peak - (double)p->peak) / (double)p->peak;
     double loss = max_diff(r, ref);
     double tol = m->precision == TM_PRECISION_BF16 ? BF16_LOSS_TOL : LOSS_TOL * ref->loss[0];
@@ -246,12 +246,12 @@ static int print_row(const remedy *m, const run *r, const run *ref, size_t cap, 
            ok ? "" : "  (!)");
     if (!predict) return ok;
     printf("%-24s %-7s", "  predicted", "");
-    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %9.2f", mib(p->tag[t]));
+    for (int t = 0; t < TM_TAG_COUNT; t++) printf(" %10.2f", mib(p->tag[t]));
     printf("\n%-24s %-7s", "  difference", "");
     for (int t = 0; t < TM_TAG_COUNT; t++) {
         double meas = (double)measured_tag(d, t), pr = (double)p->tag[t];
-        if (pr > 0) printf(" %+8.2f%%", 100.0 * (meas - pr) / pr);
-        else printf(" %+6.1fKiB", meas / 1024);
+        if (pr > 0) printf(" %+9.2f%%", 100.0 * (meas - pr) / pr);
+        else printf(" %+7.1fKiB", meas / 1024);
     }
     printf("\n");
     return ok;
