@@ -69,6 +69,13 @@ void tm_report_memory(FILE *f, const tm_train_result *r, size_t cap)
 
 static double pct(double part, double whole) { return whole > 0 ? 100 * part / whole : 0; }
 
+/* The device's parameter, gradient and optimizer peaks together. */
+static double state_peak(const tm_device_report *d)
+{
+    const size_t *p = d->memory.tag_peak;
+    return (double)(p[TM_TAG_PARAM] + p[TM_TAG_GRAD] + p[TM_TAG_OPTIMIZER]);
+}
+
 /* The paper's per-device formula of a ZeRO stage in fp32 terms, k
  * optimizer state buffers of 4 bytes per parameter. */
 static void zero_formula(char *buf, size_t n, int stage, int k)
@@ -96,7 +103,7 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         const size_t *p = d->memory.tag_peak;
-        double state = (double)(p[TM_TAG_PARAM] + p[TM_TAG_GRAD] + p[TM_TAG_OPTIMIZER]);
+        double state = state_peak(d);
         char c[32];
         coords(r, d, c, sizeof c);
         tm_report_bytes(state, b[0], sizeof b[0]);
@@ -140,8 +147,7 @@ void tm_report_offload(FILE *f, const tm_train_result *r, const tm_train_config 
             "diff", "peak", "formula", "host sent", "formula", "host ms");
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
-        const size_t *p = d->memory.tag_peak;
-        double state = (double)(p[TM_TAG_PARAM] + p[TM_TAG_GRAD] + p[TM_TAG_OPTIMIZER]);
+        double state = state_peak(d);
         char c[32];
         coords(r, d, c, sizeof c);
         tm_report_bytes((double)d->host_memory.peak, b[0], sizeof b[0]);
