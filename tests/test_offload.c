@@ -22,34 +22,18 @@
 #include "strategies/trainer.h"
 #include "strategies/zero.h"
 #include "tests/models.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
+#include "tests/training.h"
 
 #define MLP "12,16,16,16,10"
-#define DIM 12
-#define CLASSES 10
 #define STEPS (SANITIZED ? 3 : 12)
 #define HOST_CAP ((size_t)16 << 20)
 
-static tm_dataset mlp_train_images, mlp_test_images;
-static tm_data mlp_train, mlp_test;
-static tm_corpus corpus;
-static tm_data gpt_train, gpt_test;
 static char ref_path[128], got_path[128], mid_path[128];
 
 static void setup(void)
 {
-    cr_assert_eq(tm_dataset_synthetic(&mlp_train_images, 1024, DIM, CLASSES, 1, 0), TM_OK);
-    cr_assert_eq(tm_dataset_synthetic(&mlp_test_images, 203, DIM, CLASSES, 1, 1), TM_OK);
-    tm_data_images(&mlp_train, &mlp_train_images);
-    tm_data_images(&mlp_test, &mlp_test_images);
-    cr_assert_eq(tm_corpus_synthetic(&corpus, 20000, 5, 0), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, 18000, 16, "train"), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + 18000, 300, 16, "test"), TM_OK);
+    /* 203 test images: uneven over the replicas. */
+    training_data_load(20000, 18000, 300, 16, 5, 1024, 203, 1);
     long pid = (long)getpid();
     snprintf(ref_path, sizeof ref_path, "/tmp/tm_offload_ref_%ld.safetensors", pid);
     snprintf(got_path, sizeof got_path, "/tmp/tm_offload_got_%ld.safetensors", pid);
@@ -58,23 +42,10 @@ static void setup(void)
 
 static void teardown(void)
 {
-    tm_dataset_free(&mlp_train_images);
-    tm_dataset_free(&mlp_test_images);
-    tm_corpus_free(&corpus);
+    training_data_free();
     unlink(ref_path);
     unlink(got_path);
     unlink(mid_path);
-}
-
-typedef struct {
-    double loss[64];
-    int n;
-} losses;
-
-static void record(void *ctx, const tm_step_info *s)
-{
-    losses *l = ctx;
-    if (l->n < 64) l->loss[l->n++] = s->loss;
 }
 
 /* Clipping and weight decay low enough to bite, so that a wrong norm,

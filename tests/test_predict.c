@@ -18,43 +18,17 @@
 #include "strategies/data.h"
 #include "strategies/trainer.h"
 #include "tests/models.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
+#include "tests/training.h"
 
 #define MLP "12,32,32,32,10"
-#define DIM 12
-#define CLASSES 10
 /* Groups a device belongs to that may keep a small-message copy: its
  * data-parallel, tensor-parallel and tied-embedding groups. */
 #define GROUPS 3
 #define SCRATCH_BLOCK ((size_t)16 << 10)
 
-static tm_dataset images, test_images;
-static tm_data mlp_train, mlp_test;
-static tm_corpus corpus;
-static tm_data gpt_train, gpt_test;
+static void setup(void) { training_data_load(20000, 18000, 300, 32, 7, 512, 64, 1); }
 
-static void setup(void)
-{
-    cr_assert_eq(tm_dataset_synthetic(&images, 512, DIM, CLASSES, 1, 0), TM_OK);
-    cr_assert_eq(tm_dataset_synthetic(&test_images, 64, DIM, CLASSES, 1, 1), TM_OK);
-    tm_data_images(&mlp_train, &images);
-    tm_data_images(&mlp_test, &test_images);
-    cr_assert_eq(tm_corpus_synthetic(&corpus, 20000, 7, 0), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, 18000, 32, "train"), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + 18000, 300, 32, "test"), TM_OK);
-}
-
-static void teardown(void)
-{
-    tm_dataset_free(&images);
-    tm_dataset_free(&test_images);
-    tm_corpus_free(&corpus);
-}
+static void teardown(void) { training_data_free(); }
 
 typedef struct {
     int gpt, dp, pp, tp, m, sp, zero;
@@ -78,13 +52,8 @@ static tm_train_config config(const setup_t *s)
     c.max_steps = 2;
     c.batch = s->gpt ? 16 : 64;
     c.micro_batches = s->m;
-    c.optimizer = TM_OPT_ADAMW;
-    c.lr = 1e-3;
+    adamw(&c, 1e-3, 0.1, 1.0);
     c.lr_schedule = TM_LR_CONSTANT;
-    c.beta1 = 0.9;
-    c.beta2 = 0.99;
-    c.weight_decay = 0.1;
-    c.clip_grad = 1.0;
     c.seed = 3;
     c.shuffle = 1;
     c.mem_cap = 64 << 20;

@@ -26,12 +26,7 @@
 #include "strategies/stage.h"
 #include "strategies/trainer.h"
 #include "tests/models.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
+#include "tests/training.h"
 
 /* The GPT: 4 blocks of 4 heads, 64 channels, 32 positions (gpt_mesh's). */
 #define L 4
@@ -45,28 +40,9 @@
 #define MLP_BATCH 32
 #define STEPS (SANITIZED ? 2 : 5)
 
-static tm_corpus corpus;
-static tm_data gpt_train, gpt_test;
-static tm_dataset mlp_train_images, mlp_test_images;
-static tm_data mlp_train, mlp_test;
+static void setup(void) { training_data_load(40000, 36000, 1100, T, 5, 1024, 128, 7); }
 
-static void setup(void)
-{
-    cr_assert_eq(tm_corpus_synthetic(&corpus, 40000, 5, 0), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, 36000, T, "train"), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + 36000, 1100, T, "test"), TM_OK);
-    cr_assert_eq(tm_dataset_synthetic(&mlp_train_images, 1024, 12, 10, 7, 0), TM_OK);
-    cr_assert_eq(tm_dataset_synthetic(&mlp_test_images, 128, 12, 10, 7, 1), TM_OK);
-    tm_data_images(&mlp_train, &mlp_train_images);
-    tm_data_images(&mlp_test, &mlp_test_images);
-}
-
-static void teardown(void)
-{
-    tm_corpus_free(&corpus);
-    tm_dataset_free(&mlp_train_images);
-    tm_dataset_free(&mlp_test_images);
-}
+static void teardown(void) { training_data_free(); }
 
 static const tm_model *gpt(int sp, tm_recompute r)
 {
@@ -95,31 +71,15 @@ static tm_train_config config(const mesh *x, tm_recompute r)
     c.epochs = 10;
     c.max_steps = STEPS;
     c.batch = x->gpt ? GPT_BATCH : MLP_BATCH;
-    c.optimizer = TM_OPT_ADAMW;
-    c.lr = 3e-3;
+    adamw(&c, 3e-3, 0.1, 1.0);
     c.min_lr = 3e-4;
     c.lr_schedule = TM_LR_COSINE;
     c.warmup_steps = 2;
-    c.beta1 = 0.9;
-    c.beta2 = 0.99;
-    c.weight_decay = 0.1;
-    c.clip_grad = 1.0;
     c.seed = 3;
     c.shuffle = 1;
     c.mem_cap = 64 << 20;
     c.keep_params = 1;
     return c;
-}
-
-typedef struct {
-    double loss[STEPS];
-    int n;
-} losses;
-
-static void record(void *ctx, const tm_step_info *s)
-{
-    losses *l = ctx;
-    if (l->n < STEPS) l->loss[l->n++] = s->loss;
 }
 
 typedef struct {

@@ -22,16 +22,9 @@
 #include "strategies/trainer.h"
 #include "strategies/zero.h"
 #include "tests/models.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
+#include "tests/training.h"
 
 #define MLP "12,16,16,16,10"
-#define DIM 12
-#define CLASSES 10
 #define STEPS (SANITIZED ? 4 : 20)
 /* Sized to the rounding error, as gpt_mesh's: the stages differ from plain
  * data parallelism by the order of floating-point sums only. Measured here
@@ -41,44 +34,21 @@
 #define LOSS_TOL 1e-6
 #define PARAM_TOL 1e-4
 
-static tm_dataset mlp_train_images, mlp_test_images;
-static tm_data mlp_train, mlp_test;
-static tm_corpus corpus;
-static tm_data gpt_train, gpt_test;
 static char ref_path[128], got_path[128];
 
 static void setup(void)
 {
-    cr_assert_eq(tm_dataset_synthetic(&mlp_train_images, 1024, DIM, CLASSES, 1, 0), TM_OK);
-    /* 203: uneven over the replicas. */
-    cr_assert_eq(tm_dataset_synthetic(&mlp_test_images, 203, DIM, CLASSES, 1, 1), TM_OK);
-    tm_data_images(&mlp_train, &mlp_train_images);
-    tm_data_images(&mlp_test, &mlp_test_images);
-    cr_assert_eq(tm_corpus_synthetic(&corpus, 20000, 5, 0), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, 18000, 16, "train"), TM_OK);
-    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + 18000, 300, 16, "test"), TM_OK);
+    /* 203 test images: uneven over the replicas. */
+    training_data_load(20000, 18000, 300, 16, 5, 1024, 203, 1);
     snprintf(ref_path, sizeof ref_path, "/tmp/tm_zero_ref_%ld.safetensors", (long)getpid());
     snprintf(got_path, sizeof got_path, "/tmp/tm_zero_got_%ld.safetensors", (long)getpid());
 }
 
 static void teardown(void)
 {
-    tm_dataset_free(&mlp_train_images);
-    tm_dataset_free(&mlp_test_images);
-    tm_corpus_free(&corpus);
+    training_data_free();
     unlink(ref_path);
     unlink(got_path);
-}
-
-typedef struct {
-    double loss[64];
-    int n;
-} losses;
-
-static void record(void *ctx, const tm_step_info *s)
-{
-    losses *l = ctx;
-    if (l->n < 64) l->loss[l->n++] = s->loss;
 }
 
 /* AdamW with weight decay and clipping low enough to bite, so that a wrong
@@ -96,15 +66,10 @@ static tm_train_config config(int gpt, int sp, int dp, int pp, int tp, int m, in
     c.max_steps = STEPS;
     c.batch = gpt ? 8 : 32;
     c.micro_batches = m;
-    c.optimizer = TM_OPT_ADAMW;
-    c.lr = 3e-3;
+    adamw(&c, 3e-3, 0.1, gpt ? 0.5 : 0.2);
     c.lr_schedule = TM_LR_COSINE;
     c.warmup_steps = 3;
     c.min_lr = 3e-4;
-    c.beta1 = 0.9;
-    c.beta2 = 0.99;
-    c.weight_decay = 0.1;
-    c.clip_grad = gpt ? 0.5 : 0.2;
     c.seed = 5;
     c.shuffle = 1;
     c.mem_cap = 16 << 20;

@@ -1,0 +1,80 @@
+/* What the training suites share: whether the build is sanitized (the
+ * suites then run fewer, shorter configurations), the synthetic data they
+ * train on (a text corpus for the GPT, images for the MLP; each suite sizes
+ * its own), a recorder of every step's loss, and the common AdamW recipe.
+ * The data are file-scope, one set per suite, loaded by its .init. */
+#ifndef TM_TEST_TRAINING_H
+#define TM_TEST_TRAINING_H
+
+#include <criterion/criterion.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/status.h"
+#include "strategies/data.h"
+#include "strategies/idx.h"
+#include "strategies/trainer.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
+
+static tm_corpus corpus;
+static tm_data gpt_train, gpt_test;
+static tm_dataset mlp_train_images, mlp_test_images;
+static tm_data mlp_train, mlp_test;
+
+/* Synthetic text of text_len bytes from seed: its first train_len bytes
+ * in windows of T for training, the next test_len to test; synthetic
+ * images of 12 pixels in 10 classes from mlp_seed, mlp_n to train on and
+ * mlp_test_n to test. */
+static inline void training_data_load(size_t text_len, size_t train_len, size_t test_len, int T,
+                                      uint64_t seed, int mlp_n, int mlp_test_n,
+                                      uint64_t mlp_seed)
+{
+    cr_assert_eq(tm_corpus_synthetic(&corpus, text_len, seed, 0), TM_OK);
+    cr_assert_eq(tm_data_text(&gpt_train, corpus.bytes, train_len, T, "train"), TM_OK);
+    cr_assert_eq(tm_data_text(&gpt_test, corpus.bytes + train_len, test_len, T, "test"), TM_OK);
+    cr_assert_eq(tm_dataset_synthetic(&mlp_train_images, mlp_n, 12, 10, mlp_seed, 0), TM_OK);
+    cr_assert_eq(tm_dataset_synthetic(&mlp_test_images, mlp_test_n, 12, 10, mlp_seed, 1), TM_OK);
+    tm_data_images(&mlp_train, &mlp_train_images);
+    tm_data_images(&mlp_test, &mlp_test_images);
+}
+
+static inline void training_data_free(void)
+{
+    tm_corpus_free(&corpus);
+    tm_dataset_free(&mlp_train_images);
+    tm_dataset_free(&mlp_test_images);
+}
+
+#define LOSSES_MAX 64
+
+/* Every step's loss, in order (on_step's record with ctx a losses). */
+typedef struct {
+    double loss[LOSSES_MAX];
+    int n;
+} losses;
+
+static inline void record(void *ctx, const tm_step_info *s)
+{
+    losses *l = ctx;
+    if (l->n < LOSSES_MAX) l->loss[l->n++] = s->loss;
+}
+
+/* AdamW (betas 0.9, 0.99) at lr with decoupled weight decay wd and the
+ * global gradient norm clipped to clip. */
+static inline void adamw(tm_train_config *c, double lr, double wd, double clip)
+{
+    c->optimizer = TM_OPT_ADAMW;
+    c->lr = lr;
+    c->beta1 = 0.9;
+    c->beta2 = 0.99;
+    c->weight_decay = wd;
+    c->clip_grad = clip;
+}
+
+#endif
