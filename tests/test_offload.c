@@ -84,22 +84,6 @@ static tm_train_config config(int gpt, tm_optimizer opt, int dp, int pp, int tp,
     return c;
 }
 
-static int run(tm_train_config c, losses *l, const char *save, tm_train_result *keep)
-{
-    c.ctx = l;
-    c.on_step = record;
-    c.save_path = save;
-    char err[4096];
-    tm_train_result r;
-    int gpt = strcmp(c.model->family, "gpt") == 0;
-    int st = tm_train(&c, gpt ? &gpt_train : &mlp_train, gpt ? &gpt_test : &mlp_test, &r, err,
-                      sizeof err);
-    if (st != TM_OK) cr_log_warn("%s", err);
-    if (keep != NULL) *keep = r;
-    else tm_train_result_free(&r);
-    return st;
-}
-
 /* Whether two checkpoints hold the same tensors with the same bytes. */
 static int same_checkpoint(const char *a_path, const char *b_path)
 {
@@ -134,10 +118,10 @@ static void bitwise(int gpt, tm_optimizer opt, const mesh *meshes, int n)
     for (int i = 0; i < n; i++) {
         const mesh *g = &meshes[i];
         losses ref = {0}, got = {0};
-        cr_assert_eq(run(config(gpt, opt, g->dp, g->pp, g->tp, g->m, g->zero, 0), &ref, ref_path,
+        cr_assert_eq(train_run(config(gpt, opt, g->dp, g->pp, g->tp, g->m, g->zero, 0), &ref, ref_path,
                          NULL), TM_OK);
         cr_assert_eq(ref.n, STEPS);
-        int st = run(config(gpt, opt, g->dp, g->pp, g->tp, g->m, g->zero, 1), &got, got_path, NULL);
+        int st = train_run(config(gpt, opt, g->dp, g->pp, g->tp, g->m, g->zero, 1), &got, got_path, NULL);
         cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d ZeRO-%d with offload failed", g->dp, g->pp,
                      g->tp, g->zero);
         if (st != TM_OK) continue;
@@ -193,7 +177,7 @@ static tm_train_result one_step(tm_train_config c)
     c.max_steps = 1;
     losses l = {0};
     tm_train_result r;
-    cr_assert_eq(run(c, &l, NULL, &r), TM_OK, "ZeRO-%d dp=%d pp=%d tp=%d", c.zero, c.dp, c.pp,
+    cr_assert_eq(train_run(c, &l, NULL, &r), TM_OK, "ZeRO-%d dp=%d pp=%d tp=%d", c.zero, c.dp, c.pp,
                  c.tp);
     return r;
 }
@@ -313,18 +297,18 @@ static void resume_across(int gpt, const mesh *g, int first_offload)
 {
     tm_train_config ref = config(gpt, TM_OPT_ADAMW, g->dp, g->pp, g->tp, g->m, g->zero, 0);
     losses l = {0};
-    cr_assert_eq(run(ref, &l, ref_path, NULL), TM_OK);
+    cr_assert_eq(train_run(ref, &l, ref_path, NULL), TM_OK);
     tm_train_config a = config(gpt, TM_OPT_ADAMW, g->dp, g->pp, g->tp, g->m, g->zero,
                                first_offload);
     a.max_steps = STEPS / 2;
     losses la = {0};
-    cr_assert_eq(run(a, &la, mid_path, NULL), TM_OK);
+    cr_assert_eq(train_run(a, &la, mid_path, NULL), TM_OK);
     tm_train_config b = config(gpt, TM_OPT_ADAMW, g->dp, g->pp, g->tp, g->m, g->zero,
                                !first_offload);
     b.max_steps = STEPS - STEPS / 2;
     b.load_path = mid_path;
     losses lb = {0};
-    cr_assert_eq(run(b, &lb, got_path, NULL), TM_OK);
+    cr_assert_eq(train_run(b, &lb, got_path, NULL), TM_OK);
     cr_expect_eq(la.n + lb.n, l.n);
     for (int i = 0; i < l.n && i < la.n + lb.n; i++) {
         double x = i < la.n ? la.loss[i] : lb.loss[i - la.n];
@@ -379,5 +363,5 @@ Test(offload, bad_configurations_are_refused_before_running, .init = setup, .fin
     c.host_mem_cap = 4096;
     losses l = {0};
     c.max_steps = 1;
-    cr_expect_eq(run(c, &l, NULL, NULL), TM_OK, "half the state fits");
+    cr_expect_eq(train_run(c, &l, NULL, NULL), TM_OK, "half the state fits");
 }

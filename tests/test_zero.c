@@ -76,22 +76,6 @@ static tm_train_config config(int gpt, int sp, int dp, int pp, int tp, int m, in
     return c;
 }
 
-static int run(tm_train_config c, losses *l, const char *save, tm_train_result *keep)
-{
-    c.ctx = l;
-    c.on_step = record;
-    c.save_path = save;
-    char err[4096];
-    tm_train_result r;
-    int gpt = strcmp(c.model->family, "gpt") == 0;
-    int st = tm_train(&c, gpt ? &gpt_train : &mlp_train, gpt ? &gpt_test : &mlp_test, &r, err,
-                      sizeof err);
-    if (st != TM_OK) cr_log_warn("%s", err);
-    if (keep != NULL) *keep = r;
-    else tm_train_result_free(&r);
-    return st;
-}
-
 /* max over the checkpoint's tensors (weights and optimizer state) of
  * max|a - b| / max|b|. */
 static double checkpoint_distance(const char *a_path, const char *b_path)
@@ -149,11 +133,11 @@ static void every_stage(int gpt, const mesh *meshes, int n)
     for (int i = 0; i < n; i++) {
         const mesh *g = &meshes[i];
         losses ref = {0};
-        cr_assert_eq(run(mesh_config(gpt, g, 0), &ref, ref_path, NULL), TM_OK);
+        cr_assert_eq(train_run(mesh_config(gpt, g, 0), &ref, ref_path, NULL), TM_OK);
         cr_assert_eq(ref.n, STEPS);
         for (int zero = 1; zero <= TM_ZERO_MAX; zero++) {
             losses got = {0};
-            int st = run(mesh_config(gpt, g, zero), &got, got_path, NULL);
+            int st = train_run(mesh_config(gpt, g, zero), &got, got_path, NULL);
             cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d ZeRO-%d failed", g->dp, g->pp, g->tp,
                          zero);
             if (st != TM_OK) continue;
@@ -214,7 +198,7 @@ static tm_train_result one_step(tm_train_config c)
     c.max_steps = 1;
     losses l = {0};
     tm_train_result r;
-    cr_assert_eq(run(c, &l, NULL, &r), TM_OK, "ZeRO-%d dp=%d", c.zero, c.dp);
+    cr_assert_eq(train_run(c, &l, NULL, &r), TM_OK, "ZeRO-%d dp=%d", c.zero, c.dp);
     return r;
 }
 
@@ -303,7 +287,7 @@ Test(zero, zero_three_trains_what_plain_data_parallelism_cannot_fit, .init = set
     /* 16 psi / 4 = 3.1 MiB, and a 512 x 512 layer's parameters and
      * gradients in flight, 2.0 MiB. */
     c.zero = 3;
-    cr_expect_eq(run(c, &l, NULL, &r), TM_OK);
+    cr_expect_eq(train_run(c, &l, NULL, &r), TM_OK);
     tm_train_result_free(&r);
     cr_expect_eq(l.n, 3);
 }
@@ -371,14 +355,14 @@ Test(zero, checkpoints_move_between_meshes_and_stages, .init = setup, .fini = te
         losses ref = {0}, got = {0};
         tm_train_config c = config(gpt, 0, 1, 1, 1, 1, 0);
         c.max_steps = 16;
-        cr_assert_eq(run(c, &ref, ref_path, NULL), TM_OK);
+        cr_assert_eq(train_run(c, &ref, ref_path, NULL), TM_OK);
         struct { int dp, pp, zero; long steps; } hops[] = {{2, 1, 3, 6}, {4, 2, 1, 6},
                                                            {1, 1, 0, 4}};
         for (int h = 0; h < 3; h++) {
             tm_train_config hc = config(gpt, 0, hops[h].dp, hops[h].pp, 1, hops[h].pp, hops[h].zero);
             hc.max_steps = hops[h].steps;
             hc.load_path = h > 0 ? got_path : NULL;
-            cr_assert_eq(run(hc, &got, got_path, NULL), TM_OK, "hop %d", h);
+            cr_assert_eq(train_run(hc, &got, got_path, NULL), TM_OK, "hop %d", h);
         }
         cr_expect_eq(got.n, 16);
         double loss = loss_distance(&got, &ref), params = checkpoint_distance(got_path, ref_path);

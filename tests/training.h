@@ -1,7 +1,8 @@
 /* What the training suites share: whether the build is sanitized (the
  * suites then run fewer, shorter configurations), the synthetic data they
  * train on (a text corpus for the GPT, images for the MLP; each suite sizes
- * its own), a recorder of every step's loss, and the common AdamW recipe.
+ * its own), a recorder of every step's loss, a run on that data, and the
+ * common AdamW recipe.
  * The data are file-scope, one set per suite, loaded by its .init. */
 #ifndef TM_TEST_TRAINING_H
 #define TM_TEST_TRAINING_H
@@ -10,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "runtime/status.h"
 #include "strategies/data.h"
@@ -63,6 +65,26 @@ static inline void record(void *ctx, const tm_step_info *s)
 {
     losses *l = ctx;
     if (l->n < LOSSES_MAX) l->loss[l->n++] = s->loss;
+}
+
+/* Trains c on the suite's data for its model, recording the losses in l
+ * and saving the checkpoint to save (or not: NULL); the result goes to
+ * keep (or is freed: NULL). Returns tm_train's status, its message logged. */
+static inline int train_run(tm_train_config c, losses *l, const char *save,
+                            tm_train_result *keep)
+{
+    c.ctx = l;
+    c.on_step = record;
+    c.save_path = save;
+    char err[4096];
+    tm_train_result r;
+    int gpt = strcmp(c.model->family, "gpt") == 0;
+    int st = tm_train(&c, gpt ? &gpt_train : &mlp_train, gpt ? &gpt_test : &mlp_test, &r, err,
+                      sizeof err);
+    if (st != TM_OK) cr_log_warn("%s", err);
+    if (keep != NULL) *keep = r;
+    else tm_train_result_free(&r);
+    return st;
 }
 
 /* AdamW (betas 0.9, 0.99) at lr with decoupled weight decay wd and the
