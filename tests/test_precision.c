@@ -59,14 +59,7 @@ static tm_train_config config(const mesh *x, tm_precision prec)
     c.epochs = 10;
     c.max_steps = STEPS;
     c.batch = x->gpt ? GPT_BATCH : MLP_BATCH;
-    adamw(&c, 3e-3, 0.1, 1.0);
-    c.min_lr = 3e-4;
-    c.lr_schedule = TM_LR_COSINE;
-    c.warmup_steps = 2;
-    c.seed = 3;
-    c.shuffle = 1;
-    c.mem_cap = 64 << 20;
-    c.keep_params = 1;
+    mesh_recipe(&c);
     return c;
 }
 

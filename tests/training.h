@@ -99,4 +99,19 @@ static inline void adamw(tm_train_config *c, double lr, double wd, double clip)
     c->clip_grad = clip;
 }
 
+/* The recompute and precision suites' runs: AdamW (lr 3e-3, decay 0.1,
+ * clipping at 1.0) on a cosine schedule from 2 warm-up steps to 3e-4,
+ * seed 3, shuffled, 64 MiB devices, the final weights kept. */
+static inline void mesh_recipe(tm_train_config *c)
+{
+    adamw(c, 3e-3, 0.1, 1.0);
+    c->min_lr = 3e-4;
+    c->lr_schedule = TM_LR_COSINE;
+    c->warmup_steps = 2;
+    c->seed = 3;
+    c->shuffle = 1;
+    c->mem_cap = 64 << 20;
+    c->keep_params = 1;
+}
+
 #endif
