@@ -329,12 +329,17 @@ static size_t block_saved(const tm_layer_plan *p, int rows)
 }
 
 /* A linear layer's backward that writes its input gradient (beta 0)
- * instead of adding to it, so that the buffer needs no clearing first. */
-static void linear_backward_into(float *dinp, float *dweight, float *dbias, const float *dout,
-                                 const float *inp, const float *weight, int B, int IN, int OUT)
+ * instead of adding to it, so that the buffer needs no clearing first.
+ * With keep (a zero-bubble schedule's B), the weight gradients wait for
+ * W: keep gets a copy of dout, from which W adds them with the same
+ * kernel (linear_weight_grads). */
+static void linear_backward_into(const tm_layer_ctx *c, float *dinp, float *dweight, float *dbias,
+                                 const float *dout, const float *inp, const float *weight, int B,
+                                 int IN, int OUT, float *keep)
 {
     tm_ops_gemm('N', 'N', B, IN, OUT, 1.0f, dout, OUT, weight, IN, 0.0f, dinp, IN);
-    tm_linear_backward(NULL, dweight, dbias, dout, inp, weight, B, IN, OUT);
+    if (keep != NULL) tm_layer_copy(c, keep, dout, (size_t)B * OUT);
+    else tm_linear_backward(NULL, dweight, dbias, dout, inp, weight, B, IN, OUT);
 }
 
 /* The backward's scratch: s1 (r, max(4C', C)), s2 (r, max(3C', C)), under
@@ -426,11 +431,51 @@ static int block_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const fl
     return st;
 }
 
-static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                          const float *out, float *saved, float *dout, float *din,
-                          float *scratch)
+/* The keys' bias adds the same q.b to every score of a row, which the
+ * softmax does not see: its gradient is exactly zero. The sum of c_attn's
+ * bias gradient leaves rounding noise of about 1e-12 there, which AdamW
+ * (eps 1e-8) would turn into updates of 1e-4 lr; the exact zero keeps the
+ * bias where the mathematics leaves it. */
+static void zero_key_bias_grad(const tm_layer_plan *p, const tm_layer_ctx *c)
 {
-    (void)out;
+    int cl = p->local[L_C];
+    memset(grad(p, c, ATTN_B) + cl, 0, (size_t)cl * sizeof(float));
+}
+
+/* What a block's B keeps for its W (zero-bubble schedules): the output
+ * gradients of its four projections, whole rows (gathered under SP). */
+typedef struct {
+    float *dfcp, *dfc, *dproj, *dqkv; /* (r, C), (r, 4C'), (r, C), (r, 3C') */
+} block_wsave_bufs;
+
+static size_t block_wsave_layout(const tm_layer_plan *p, int rows, float *base,
+                                 block_wsave_bufs *w)
+{
+    size_t r = (size_t)rows, C = (size_t)cfg_of(p)->n_embd, cl = (size_t)p->local[L_C];
+    size_t sizes[] = {r * C, r * 4 * cl, r * C, r * 3 * cl};
+    float **slots[] = {&w->dfcp, &w->dfc, &w->dproj, &w->dqkv};
+    size_t off = 0;
+    for (size_t i = 0; i < 4; i++) {
+        if (base != NULL) *slots[i] = base + off;
+        off += sizes[i];
+    }
+    return off;
+}
+
+/* W reads what the forward saved, which a fully recomputed block keeps
+ * only while its B runs: such a block does its whole backward in B. */
+static size_t block_wsave(const tm_layer_plan *p, int rows)
+{
+    block_wsave_bufs w;
+    return tm_layer_recomputed(p, rows) ? 0 : block_wsave_layout(p, rows, NULL, &w);
+}
+
+/* The whole backward (wsave NULL), or B: everything but the four
+ * projections' weight and bias gradients, whose output gradients go to
+ * wsave instead. */
+static int block_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                             float *saved, float *dout, float *din, float *scratch, float *wsave)
+{
     const tm_gpt_config *g = cfg_of(p);
     int rows = c->rows, rl = seq_rows(p, rows), C = g->n_embd, T = g->block_size, B = rows / T;
     int cl = p->local[L_C];
@@ -442,6 +487,8 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
     block_layout(p, rows, saved, &a);
     block_scratch_bufs s;
     block_scratch_layout(p, rows, scratch, &s);
+    block_wsave_bufs w = {NULL, NULL, NULL, NULL};
+    if (wsave != NULL) block_wsave_layout(p, rows, wsave, &w);
     /* The MLP: the whole output gradient (gathered under SP: g's backward)
      * reaches mlp.c_proj, GELU, c_fc, whose partial input gradient is
      * summed (f's backward), then ln_2. */
@@ -450,11 +497,11 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
         TM_CHECK(gather_rows(p, c, dout, s.full));
         d = s.full;
     }
-    linear_backward_into(s.s1, grad(p, c, FCP_W), grad(p, c, FCP_B), d, a.fch_gelu,
-                         param(p, c, FCP_W), rows, 4 * cl, C);
+    linear_backward_into(c, s.s1, grad(p, c, FCP_W), grad(p, c, FCP_B), d, a.fch_gelu,
+                         param(p, c, FCP_W), rows, 4 * cl, C, w.dfcp);
     tm_gelu_backward_inplace(s.s1, a.fch, (size_t)rows * 4 * cl);
-    linear_backward_into(s.s2, grad(p, c, FC_W), grad(p, c, FC_B), s.s1, a.ln2,
-                         param(p, c, FC_W), rows, C, 4 * cl);
+    linear_backward_into(c, s.s2, grad(p, c, FC_W), grad(p, c, FC_B), s.s1, a.ln2,
+                         param(p, c, FC_W), rows, C, 4 * cl, w.dfc);
     TM_CHECK(reduce_partial(p, c, s.s2, s.s2 + own));
     /* The residual stream after attention: dout directly, plus ln_2's. */
     tm_layer_copy(c, din, dout, (size_t)rl * C);
@@ -466,23 +513,58 @@ static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const f
         TM_CHECK(gather_rows(p, c, din, s.full));
         d = s.full;
     }
-    linear_backward_into(s.s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), d, a.atty,
-                         param(p, c, PROJ_W), rows, cl, C);
+    linear_backward_into(c, s.s1, grad(p, c, PROJ_W), grad(p, c, PROJ_B), d, a.atty,
+                         param(p, c, PROJ_W), rows, cl, C, w.dproj);
     if (drops_core(p))
         tm_attention_backward_recompute(s.s2, s.dscores, s.s1, a.qkv, B, T, cl, p->local[L_H]);
     else
         tm_attention_backward(s.s2, s.dscores, s.s1, a.qkv, a.att, B, T, cl, p->local[L_H]);
-    linear_backward_into(s.s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s.s2, a.ln1,
-                         param(p, c, ATTN_W), rows, C, 3 * cl);
-    /* The keys' bias adds the same q.b to every score of a row, which the
-     * softmax does not see: its gradient is exactly zero. The sum above
-     * leaves rounding noise of about 1e-12 there, which AdamW (eps 1e-8)
-     * would turn into updates of 1e-4 lr; the exact zero keeps the bias
-     * where the mathematics leaves it. */
-    memset(grad(p, c, ATTN_B) + cl, 0, (size_t)cl * sizeof(float));
+    linear_backward_into(c, s.s1, grad(p, c, ATTN_W), grad(p, c, ATTN_B), s.s2, a.ln1,
+                         param(p, c, ATTN_W), rows, C, 3 * cl, w.dqkv);
+    if (wsave == NULL) zero_key_bias_grad(p, c);
     TM_CHECK(reduce_partial(p, c, s.s1, s.s1 + own));
     tm_layernorm_backward(din, grad(p, c, LN1_W), grad(p, c, LN1_B), s.s1 + own, x,
                           param(p, c, LN1_W), a.mean1, a.rstd1, rl, C);
+    return TM_OK;
+}
+
+static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                          const float *out, float *saved, float *dout, float *din,
+                          float *scratch)
+{
+    (void)out;
+    return block_backward_in(p, c, x, saved, dout, din, scratch, NULL);
+}
+
+static int block_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                const float *out, float *saved, float *dout, float *din,
+                                float *scratch, float *wsave)
+{
+    (void)out;
+    return block_backward_in(p, c, x, saved, dout, din, scratch, wsave);
+}
+
+/* W: the four projections' weight and bias gradients, in the order the
+ * whole backward adds them, from B's output gradients and the inputs the
+ * forward saved. */
+static int block_backward_weight(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                 const float *saved, const float *wsave)
+{
+    (void)x;
+    int rows = c->rows, C = cfg_of(p)->n_embd, cl = p->local[L_C];
+    block_acts a;
+    block_layout(p, rows, (float *)saved, &a);
+    block_wsave_bufs w;
+    block_wsave_layout(p, rows, (float *)wsave, &w);
+    tm_linear_backward(NULL, grad(p, c, FCP_W), grad(p, c, FCP_B), w.dfcp, a.fch_gelu, NULL, rows,
+                       4 * cl, C);
+    tm_linear_backward(NULL, grad(p, c, FC_W), grad(p, c, FC_B), w.dfc, a.ln2, NULL, rows, C,
+                       4 * cl);
+    tm_linear_backward(NULL, grad(p, c, PROJ_W), grad(p, c, PROJ_B), w.dproj, a.atty, NULL, rows,
+                       cl, C);
+    tm_linear_backward(NULL, grad(p, c, ATTN_W), grad(p, c, ATTN_B), w.dqkv, a.ln1, NULL, rows, C,
+                       3 * cl);
+    zero_key_bias_grad(p, c);
     return TM_OK;
 }
 
@@ -509,6 +591,9 @@ static const tm_layer_kind block_kind = {
     .fwd_scratch_floats = block_fwd_scratch,
     .forward = block_forward,
     .backward = block_backward,
+    .wsave_floats = block_wsave,
+    .backward_input = block_backward_input,
+    .backward_weight = block_backward_weight,
     .tp_bytes = block_tp_bytes,
     .tp_forward_bytes = block_tp_forward_bytes,
     .has_core = 1,
@@ -563,21 +648,53 @@ static int head_forward(const tm_layer_plan *p, const tm_layer_ctx *c, const flo
     return TM_OK;
 }
 
+/* B keeps the logits' gradient for W (wte's gradient); a fully
+ * recomputed head keeps ln_f's output only while its B runs, so it does
+ * its whole backward in B. */
+static size_t head_wsave(const tm_layer_plan *p, int rows)
+{
+    return tm_layer_recomputed(p, rows) ? 0 : (size_t)rows * p->out_w;
+}
+
+/* The whole backward (wsave NULL), or B: all but wte's gradient. */
+static int head_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                            float *saved, float *dout, float *din, float *scratch, float *wsave)
+{
+    int rows = c->rows, rl = seq_rows(p, rows), C = cfg_of(p)->n_embd;
+    size_t n = (size_t)rows * C, nl = (size_t)rl * C, own = own_rows(p, c);
+    float *lnf = saved, *mean = lnf + n, *rstd = mean + rl, *dlnf = scratch;
+    float *dx = din != NULL ? din : scratch + n;
+    linear_backward_into(c, dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
+                         p->out_w, wsave);
+    TM_CHECK(reduce_partial(p, c, dlnf, dlnf + own));
+    tm_layer_zero(c, dx, nl);
+    tm_layernorm_backward(dx, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf + own, x,
+                          param(p, c, LNF_W), mean, rstd, rl, C);
+    return TM_OK;
+}
+
 static int head_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
                          const float *out, float *saved, float *dout, float *din,
                          float *scratch)
 {
     (void)out;
-    int rows = c->rows, rl = seq_rows(p, rows), C = cfg_of(p)->n_embd;
-    size_t n = (size_t)rows * C, nl = (size_t)rl * C, own = own_rows(p, c);
-    float *lnf = saved, *mean = lnf + n, *rstd = mean + rl, *dlnf = scratch;
-    float *dx = din != NULL ? din : scratch + n;
-    linear_backward_into(dlnf, grad(p, c, H_WTE), NULL, dout, lnf, param(p, c, H_WTE), rows, C,
-                         p->out_w);
-    TM_CHECK(reduce_partial(p, c, dlnf, dlnf + own));
-    tm_layer_zero(c, dx, nl);
-    tm_layernorm_backward(dx, grad(p, c, LNF_W), grad(p, c, LNF_B), dlnf + own, x,
-                          param(p, c, LNF_W), mean, rstd, rl, C);
+    return head_backward_in(p, c, x, saved, dout, din, scratch, NULL);
+}
+
+static int head_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                               const float *out, float *saved, float *dout, float *din,
+                               float *scratch, float *wsave)
+{
+    (void)out;
+    return head_backward_in(p, c, x, saved, dout, din, scratch, wsave);
+}
+
+static int head_backward_weight(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                const float *saved, const float *wsave)
+{
+    (void)x;
+    tm_linear_backward(NULL, grad(p, c, H_WTE), NULL, wsave, saved, NULL, c->rows,
+                       cfg_of(p)->n_embd, p->out_w);
     return TM_OK;
 }
 
@@ -608,6 +725,9 @@ static const tm_layer_kind head_kind = {
     .scratch_floats = head_scratch,
     .forward = head_forward,
     .backward = head_backward,
+    .wsave_floats = head_wsave,
+    .backward_input = head_backward_input,
+    .backward_weight = head_backward_weight,
     .tp_bytes = head_tp_bytes,
     .tp_forward_bytes = head_tp_forward_bytes,
 };

@@ -136,10 +136,12 @@ struct tm_layer_kind {
                     const float *out, float *saved, float *dout, float *din, float *scratch);
     /* The backward split for zero-bubble schedules (strategies/schedule.h),
      * all three or none (NULL: the kind's backward does all its work in B).
-     * backward_input is backward without the parameter gradients: it writes
-     * din as backward does and keeps in wsave (wsave_floats(p, rows)) what
-     * backward_weight needs to add the parameter gradients into c->grads
-     * later, from the layer's input in. backward_input then
+     * backward_input is backward without the parameter gradients (all of
+     * them, or those of its GEMMs): it writes din as backward does and
+     * keeps in wsave (wsave_floats(p, rows); 0: this layer does not split
+     * at these rows) what backward_weight needs to add the rest of the
+     * parameter gradients into c->grads later, from the layer's input in
+     * and what its forward saved (still held). backward_input then
      * backward_weight give backward's bits: the same kernels, adding into
      * the gradients in the same order. */
     size_t (*wsave_floats)(const tm_layer_plan *p, int rows);
@@ -147,7 +149,7 @@ struct tm_layer_kind {
                           const float *out, float *saved, float *dout, float *din,
                           float *scratch, float *wsave);
     int (*backward_weight)(const tm_layer_plan *p, const tm_layer_ctx *c, const float *in,
-                           const float *wsave);
+                           const float *saved, const float *wsave);
     /* Payload bytes this rank sends over the tensor-parallel group for one
      * micro-batch of rows rows, forward and backward (din: it computes an
      * input gradient): the traffic formula. */

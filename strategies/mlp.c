@@ -354,8 +354,9 @@ static int linear_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, 
 }
 
 static int linear_backward_weight(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                                  const float *wsave)
+                                  const float *saved, const float *wsave)
 {
+    (void)saved;
     int in = p->mode == MODE_ROW ? p->local[IN_LOCAL] : in_of(p);
     tm_linear_backward(NULL, c->grads + p->shard[0].off, c->grads + p->shard[1].off, wsave, x,
                        NULL, c->rows, in, (int)n_out(p));

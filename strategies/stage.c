@@ -608,7 +608,8 @@ int tm_stage_backward_weight(tm_stage *s, tm_stage_acts *a, const float *wsave,
         woff -= w;
         if (w > 0) {
             tm_layer_ctx c = tm_stage_ctx(s, rows);
-            st = p->layer->kind->backward_weight(p, &c, layer_input(a, i), wsave + woff);
+            st = p->layer->kind->backward_weight(p, &c, layer_input(a, i), a->saved[i],
+                                                 wsave + woff);
         }
         if (st == TM_OK && ready != NULL && p->own_len > 0)
             st = ready(ctx, p->own_off, p->own_len);

@@ -219,6 +219,44 @@ static void every_mesh(int pp)
     free(ref.params);
 }
 
+/* ZB-H1 runs 1F1B's passes with the blocks' and the head's backward split
+ * into B and W (their projections' weight gradients deferred), the W's
+ * of a stage in micro-batch order: the same kernels add into every
+ * gradient in the same order, so it trains to 1F1B's bits — with data,
+ * tensor and sequence parallelism, and with recomputation (a fully
+ * recomputed layer does its whole backward in B). */
+Test(gpt_mesh, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 900)
+{
+    static const struct { int dp, pp, tp, sp, m; tm_recompute r; } meshes[] = {
+        {1, 2, 1, 0, 4, TM_RECOMPUTE_NONE},      {1, 4, 1, 0, 8, TM_RECOMPUTE_NONE},
+        {2, 2, 2, 1, 4, TM_RECOMPUTE_NONE},      {1, 2, 2, 0, 4, TM_RECOMPUTE_SELECTIVE},
+        {1, 2, 1, 0, 4, TM_RECOMPUTE_FULL},      {1, 4, 2, 1, 2, TM_RECOMPUTE_NONE},
+    };
+    size_t n = SANITIZED ? 2 : sizeof meshes / sizeof meshes[0];
+    for (size_t i = 0; i < n; i++) {
+        int dp = meshes[i].dp, pp = meshes[i].pp, tp = meshes[i].tp, sp = meshes[i].sp;
+        tm_train_config ca = config(dp, pp, tp, sp, meshes[i].m, TM_SCHED_1F1B);
+        ca.model = recomputed(ca.model, meshes[i].r);
+        tm_train_config cb = ca;
+        cb.schedule = TM_SCHED_ZB_H1;
+        run a, b;
+        cr_assert_eq(train(ca, &a, NULL), TM_OK);
+        cr_assert_eq(train(cb, &b, NULL), TM_OK);
+        const char *rc = tm_recompute_name(meshes[i].r);
+        cr_expect_eq(a.l.n, b.l.n);
+        for (int k = 0; k < a.l.n && k < b.l.n; k++)
+            cr_expect_eq(a.l.loss[k], b.l.loss[k],
+                         "dp=%d pp=%d tp=%d sp=%d recompute %s step %d: %.9g vs %.9g", dp, pp, tp,
+                         sp, rc, k, a.l.loss[k], b.l.loss[k]);
+        size_t np = gpt_model(L, H, C, T)->n_params;
+        cr_expect_eq(memcmp(a.params, b.params, np * sizeof(float)), 0,
+                     "dp=%d pp=%d tp=%d sp=%d recompute %s: parameters differ by %.3g", dp, pp,
+                     tp, sp, rc, param_distance(b.params, a.params, np));
+        free(a.params);
+        free(b.params);
+    }
+}
+
 Test(gpt_mesh, data_and_tensor_parallel_equal_one_device, .init = setup, .fini = teardown,
      .timeout = 900)
 {
