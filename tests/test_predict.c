@@ -124,6 +124,9 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, TM_PRECISION_FP32},
         {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, TM_PRECISION_FP32},
         {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, TM_PRECISION_FP32},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 2, 4, 1, 1, SEL, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
+        {1, 1, 4, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_FP32},
         {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32},
         {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_FP32}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
         {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
@@ -134,6 +137,7 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
     static const setup_t few[] = {
         {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
         {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {1, 1, 2, 2, 4, 1, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -148,6 +152,7 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
         {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
         {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
+        {0, 1, 2, 2, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
         {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
