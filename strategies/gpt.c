@@ -473,9 +473,11 @@ static size_t block_wsave(const tm_layer_plan *p, int rows)
 /* The whole backward (wsave NULL), or B: everything but the four
  * projections' weight and bias gradients, whose output gradients go to
  * wsave instead. */
-static int block_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                             float *saved, float *dout, float *din, float *scratch, float *wsave)
+static int block_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                                const float *out, float *saved, float *dout, float *din,
+                                float *scratch, float *wsave)
 {
+    (void)out;
     const tm_gpt_config *g = cfg_of(p);
     int rows = c->rows, rl = seq_rows(p, rows), C = g->n_embd, T = g->block_size, B = rows / T;
     int cl = p->local[L_C];
@@ -529,19 +531,9 @@ static int block_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, cons
 }
 
 static int block_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                          const float *out, float *saved, float *dout, float *din,
-                          float *scratch)
+                          const float *out, float *saved, float *dout, float *din, float *scratch)
 {
-    (void)out;
-    return block_backward_in(p, c, x, saved, dout, din, scratch, NULL);
-}
-
-static int block_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                                const float *out, float *saved, float *dout, float *din,
-                                float *scratch, float *wsave)
-{
-    (void)out;
-    return block_backward_in(p, c, x, saved, dout, din, scratch, wsave);
+    return block_backward_input(p, c, x, out, saved, dout, din, scratch, NULL);
 }
 
 /* W: the four projections' weight and bias gradients, in the order the
@@ -657,9 +649,11 @@ static size_t head_wsave(const tm_layer_plan *p, int rows)
 }
 
 /* The whole backward (wsave NULL), or B: all but wte's gradient. */
-static int head_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                            float *saved, float *dout, float *din, float *scratch, float *wsave)
+static int head_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
+                               const float *out, float *saved, float *dout, float *din,
+                               float *scratch, float *wsave)
 {
+    (void)out;
     int rows = c->rows, rl = seq_rows(p, rows), C = cfg_of(p)->n_embd;
     size_t n = (size_t)rows * C, nl = (size_t)rl * C, own = own_rows(p, c);
     float *lnf = saved, *mean = lnf + n, *rstd = mean + rl, *dlnf = scratch;
@@ -674,19 +668,9 @@ static int head_backward_in(const tm_layer_plan *p, const tm_layer_ctx *c, const
 }
 
 static int head_backward(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                         const float *out, float *saved, float *dout, float *din,
-                         float *scratch)
+                         const float *out, float *saved, float *dout, float *din, float *scratch)
 {
-    (void)out;
-    return head_backward_in(p, c, x, saved, dout, din, scratch, NULL);
-}
-
-static int head_backward_input(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
-                               const float *out, float *saved, float *dout, float *din,
-                               float *scratch, float *wsave)
-{
-    (void)out;
-    return head_backward_in(p, c, x, saved, dout, din, scratch, wsave);
+    return head_backward_input(p, c, x, out, saved, dout, din, scratch, NULL);
 }
 
 static int head_backward_weight(const tm_layer_plan *p, const tm_layer_ctx *c, const float *x,
