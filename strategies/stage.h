@@ -55,6 +55,10 @@ typedef struct tm_stage {
     tm_precision precision;  /* tm_stage_set_precision; fp32 when created */
     tm_bf16 *params16;       /* (n_params) tag bf16: the rounding of params
                                 that feeds the GEMMs (bf16 with params) */
+    int params_on_host;      /* params is host memory (optimizer offload in
+                                bf16: the fp32 masters), which the device
+                                never reads: each layer runs on its tensors
+                                expanded from params16 (tm_stage_view_bytes) */
 } tm_stage;
 
 /* Layers [l0, l1) of m on this device, tp rank tm_comm_rank(tp_comm).
@@ -84,6 +88,12 @@ int tm_stage_set_precision(tm_stage *s, tm_precision p);
 /* Rounds the parameters into their bf16 copy (after an optimizer step);
  * does nothing without a copy. */
 void tm_stage_refresh_bf16(tm_stage *s);
+/* With params_on_host, the most bytes (tag bf16, as the arena counts its
+ * blocks) the layer in flight holds besides params16: a layer's tensors
+ * expanded to fp32, one slot each, and in its backward (bwd set) a
+ * gradient bucket in the same layout; the largest layer's. 0 otherwise
+ * (on a described stage, set params_on_host first). */
+size_t tm_stage_view_bytes(const tm_stage *s, int bwd);
 
 /* Copies this rank's shard of a full single-device flat buffer (the
  * layout of strategies/model.h) into shard (n_params floats): each tensor's

@@ -35,7 +35,10 @@ struct tm_zero {
     chunk ten[MAX_TENSORS];               /* in layout order */
     int ref[TM_MAX_LAYERS][TM_LAYER_TENSORS]; /* layer i's tensor k: its chunk */
     size_t n_shard;                       /* floats of every shard buffer */
-    float *params;                        /* (n_shard) stage 3, tag param */
+    float *params;                        /* (n_shard) stage 3, tag param, or the
+                                             caller's host masters */
+    tm_bf16 *params16;                    /* (n_shard) with host masters: their
+                                             bf16 rounding, tag bf16 */
     float *grads;                         /* (n_shard) stages 2 and 3, tag grad */
     float *state[TM_OPT_MAX_STATE];       /* (n_shard) tag optimizer, or the caller's */
     int n_state;
@@ -147,6 +150,18 @@ static int gather(tm_zero *z, const chunk *t, const float *shard, float *slot)
     return tm_allgather(z->dp, shard + t->z, slot, t->q);
 }
 
+/* Stage 3's layer in flight: gathered from the parameter shard, or with
+ * host masters this replica's chunk expanded from their bf16 rounding into
+ * its place in slot and gathered in place. */
+static int gather_params(tm_zero *z, const chunk *t, float *slot)
+{
+    if (z->params16 == NULL || t->q == 0) return gather(z, t, z->params, slot);
+    float *mine = slot + (size_t)z->d * t->q;
+    tm_bf16_to_f32(mine, z->params16 + t->z, t->q);
+    tm_clock_charge(z->s->dev, 0, 6.0 * (double)t->q);
+    return tm_allgather(z->dp, mine, slot, t->q);
+}
+
 /* The replicas' sum of slot (dp x q floats, this replica's gradient of
  * tensor t) reduce-scattered, this replica's chunk added to its gradient
  * shard. On the communication engine, beside the backward, as the
@@ -176,11 +191,11 @@ static int fetch(tm_zero *z, chunk *t, float *slot)
         copy(dev, slot, z->s->params + t->off, t->n);
         return TM_OK;
     }
-    if (!tied(t)) return gather(z, t, z->params, slot);
+    if (!tied(t)) return gather_params(z, t, slot);
     if (t->held_p == NULL) {
         t->held_p = tm_device_alloc(dev, whole * sizeof(float), TM_TAG_COMM);
         if (t->held_p == NULL) return TM_ENOMEM;
-        TM_CHECK(gather(z, t, z->params, t->held_p));
+        TM_CHECK(gather_params(z, t, t->held_p));
     }
     copy(dev, slot, t->held_p, whole);
     return TM_OK;
@@ -254,7 +269,7 @@ static int layer_end(void *ctx, int i, int bwd, int st)
 }
 
 int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state,
-                   float *const *state)
+                   float *const *state, float *masters)
 {
     tm_zero *z = calloc(1, sizeof *z);
     *out = z;
@@ -266,8 +281,14 @@ int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int 
     z->d = tm_comm_rank(dp_comm);
     z->n_state = n_state;
     TM_CHECK(build(z));
-    if (stage == 3 && (z->params = alloc_zeroed(s->dev, z->n_shard, TM_TAG_PARAM)) == NULL)
+    if (stage == 3 && masters != NULL) {
+        z->params = masters;
+        z->params16 = tm_device_alloc(s->dev, z->n_shard * sizeof(tm_bf16), TM_TAG_BF16);
+        if (z->params16 == NULL) return TM_ENOMEM;
+        memset(z->params16, 0, z->n_shard * sizeof(tm_bf16));
+    } else if (stage == 3 && (z->params = alloc_zeroed(s->dev, z->n_shard, TM_TAG_PARAM)) == NULL) {
         return TM_ENOMEM;
+    }
     if (stage >= 2 && (z->grads = alloc_zeroed(s->dev, z->n_shard, TM_TAG_GRAD)) == NULL)
         return TM_ENOMEM;
     z->own_state = state == NULL;
@@ -294,6 +315,8 @@ void tm_zero_destroy(tm_zero *z)
     release(z, &z->gview);
     for (int i = 0; z->own_state && i < z->n_state; i++) release(z, &z->state[i]);
     release(z, &z->grads);
+    if (z->params16 != NULL) z->params = NULL; /* the caller's host masters */
+    tm_device_free(z->s->dev, z->params16);
     release(z, &z->params);
     free(z);
 }
@@ -308,6 +331,7 @@ void tm_zero_load(tm_zero *z, const float *params, float *const *state)
         for (int i = 0; state != NULL && i < z->n_state; i++)
             memcpy(z->state[i] + t->z, state[i] + t->off + lo, t->real * sizeof(float));
     }
+    if (z->params16 != NULL) tm_f32_to_bf16(z->params16, z->params, z->n_shard);
 }
 
 /* Gathers one shard buffer's chunks of tensor t into out (stage layout)
@@ -462,6 +486,12 @@ void tm_zero_update(tm_zero *z, const tm_optim_config *c, double lr, long step)
 int tm_zero_gather(tm_zero *z)
 {
     for (int e = 0; z->stage < 3 && e < z->n_ten; e++) TM_CHECK(gather_back(z, &z->ten[e]));
+    /* Host masters: the host rounds the updated chunks, which come back as
+     * the device's bf16 copy (the host link's bytes are the caller's). */
+    if (z->params16 != NULL) {
+        tm_f32_to_bf16(z->params16, z->params, z->n_shard);
+        tm_clock_charge(z->s->dev, 0, 6.0 * (double)z->n_shard);
+    }
     return TM_OK;
 }
 
