@@ -86,7 +86,8 @@ const char *tm_precision_name(tm_precision p) { return p == TM_PRECISION_BF16 ? 
 int tm_stage_set_precision(tm_stage *s, tm_precision p)
 {
     s->precision = p;
-    if (p != TM_PRECISION_BF16 || s->dev == NULL || s->params == NULL || s->params16 != NULL)
+    if (p != TM_PRECISION_BF16 || s->dev == NULL || (s->params == NULL && !s->params_on_host) ||
+        s->params16 != NULL)
         return TM_OK;
     s->params16 = tm_device_alloc(s->dev, s->n_params * sizeof(tm_bf16), TM_TAG_BF16);
     if (s->params16 == NULL) return TM_ENOMEM;
@@ -96,7 +97,7 @@ int tm_stage_set_precision(tm_stage *s, tm_precision p)
 
 void tm_stage_refresh_bf16(tm_stage *s)
 {
-    if (s->params16 == NULL) return;
+    if (s->params16 == NULL || s->params == NULL) return;
     tm_f32_to_bf16(s->params16, s->params, s->n_params);
     tm_clock_charge(s->dev, 0, 6.0 * (double)s->n_params);
 }

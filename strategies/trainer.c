@@ -158,11 +158,6 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
                         "it needs --offload optimizer");
     if (cfg->precision != TM_PRECISION_FP32 && cfg->precision != TM_PRECISION_BF16)
         return tm_error(TM_EINVAL, "--precision is fp32 or bf16");
-    if (cfg->offload != TM_OFFLOAD_NONE && cfg->precision == TM_PRECISION_BF16 &&
-        (cfg->zero == 1 || cfg->zero == 2))
-        return tm_error(TM_EINVAL, "--offload %s with --precision bf16 keeps the fp32 master "
-                        "weights in host memory, which ZeRO-%d's parameter all-gather does not "
-                        "support: use --zero 0 or 3", tm_offload_name(cfg->offload), cfg->zero);
     if (cfg->zero >= 2 && cfg->pp > 1 && tm_schedule_splits_backward(cfg->schedule))
         return tm_error(TM_EINVAL, "--schedule %s with --zero %d: ZeRO-2 and 3 reduce each "
                         "layer's gradients as its backward ends, before a deferred W adds "
@@ -439,7 +434,7 @@ static int probe_activations(device *v, int rows)
     size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
     size_t size[6], n = peak_blocks(v, rows, size), n_acts = n;
     size_t comm = v->zero != NULL ? tm_zero_transient_bytes(v->zero) : 0;
-    size_t view = tm_stage_view_bytes(&v->stage, 1);
+    size_t view = v->j->cfg->zero == 2 ? 0 : tm_stage_view_bytes(&v->stage, 1);
     if (comm > 0) size[n++] = comm;
     if (view > 0) size[n++] = view;
     void **block = calloc(in_flight + n, sizeof *block);
@@ -547,7 +542,7 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     int bf16 = cfg->precision == TM_PRECISION_BF16;
     int host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
     int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
-    rep->host_formula = (host ? state : 0) + (masters ? param : 0);
+    rep->host_formula = (host ? state : 0) + (masters ? 4 * psi / (cfg->zero > 0 ? dp : 1) : 0);
     rep->state_formula = (masters ? 0 : param) + grad + (host ? 0 : state);
     /* Each updated parameter's gradient out (4 bytes), and the parameter
      * back: 4 bytes, or its bf16 rounding (2) with the masters on the host. */
@@ -557,9 +552,10 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
     /* The bf16 copy of what the device keeps of the parameters (ZeRO-3:
      * none, or with the masters on the host their shard's), and the layer
-     * in flight expanded from it. */
+     * in flight expanded from it (ZeRO-2 and 3 run every layer on their
+     * own view, tag comm). */
     rep->bf16_formula = (v->stage.params16 != NULL ? 2 * psi : masters ? 2 * psi / dp : 0) +
-                        (double)tm_stage_view_bytes(&v->stage, 1);
+                        (cfg->zero == 2 ? 0 : (double)tm_stage_view_bytes(&v->stage, 1));
     rep->peak_formula = rep->state_formula + rep->comm_formula + rep->bf16_formula +
                         (double)(activation_formula(v, rows) + targets);
 }
@@ -583,13 +579,16 @@ static int setup(device *v)
     int n_state = tm_optimizer_state_count(&opt), zs = cfg->zero;
     int bf16 = cfg->precision == TM_PRECISION_BF16;
     int on_host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
-    /* bf16 under offload: the fp32 masters live in the host arena too (the
-     * checks allow it with ZeRO 0 and 3 only). */
+    /* bf16 under offload: the fp32 masters live in the host arena too. */
     int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
     float *host_state[TM_OPT_MAX_STATE] = {NULL, NULL};
     if (zs > 0) {
         TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
-                                       j->first[p], j->first[p + 1], zs < 3, zs < 2));
+                                       j->first[p], j->first[p + 1], zs < 3 && !masters, zs < 2));
+        /* ZeRO-1 and 2 with the masters on the host keep the stage's whole
+         * bf16 copy (filled by tm_zero_load); ZeRO-3 its chunks'. */
+        v->stage.params_on_host = masters && zs < 3;
+        if (v->stage.params_on_host) TM_CHECK(tm_stage_set_precision(&v->stage, cfg->precision));
         v->n_update = tm_zero_shard_floats(v->stage.layer, v->stage.n, cfg->dp);
         if (on_host) {
             TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,

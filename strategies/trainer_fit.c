@@ -29,11 +29,13 @@ static int state_blocks(const tm_train_config *cfg, const int *first, int p, int
      * gradients (2) and the parameters (3) instead. */
     size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p], cfg->dp)
                                  : n;
-    size_t bytes[5] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
-                       cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
-    for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
     int n_blocks = 2 + n_state, bf16 = cfg->precision == TM_PRECISION_BF16;
     int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
+    /* Host masters are the replica's chunks under every ZeRO stage. */
+    size_t bytes[5] = {cfg->zero >= 3 || (masters && cfg->zero > 0) ? shard : n,
+                       cfg->zero >= 2 ? shard : n, cfg->zero >= 1 ? shard : n,
+                       cfg->zero >= 1 ? shard : n};
+    for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
     /* bf16 adds the copy of the parameters the stage holds whole (ZeRO-3
      * holds none: its gathered layers are rounded as the GEMM packs them;
      * with the fp32 masters on the host, it keeps their shard's). */
@@ -131,8 +133,9 @@ int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
             m->tag[TM_TAG_ACTIVATION] = acts[p * cfg->tp + t];
             m->tag[TM_TAG_COMM] = transient;
             /* The layer in flight expanded from the bf16 copy when the
-             * stage's own masters are on the host (ZeRO-3 gathers instead). */
-            s.params_on_host = cfg->zero == 0 && tm_offload_on_host(cfg->offload,
+             * masters are on the host (ZeRO-2 and 3 run every layer on
+             * their own view instead). */
+            s.params_on_host = cfg->zero < 2 && tm_offload_on_host(cfg->offload,
                                    cfg->precision == TM_PRECISION_BF16, TM_TAG_PARAM);
             m->tag[TM_TAG_BF16] += tm_stage_view_bytes(&s, 1);
             if (cfg->tp > 1 && partial > 0)

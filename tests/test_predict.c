@@ -135,6 +135,8 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {1, 2, 2, 2, 2, 1, 0, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
         {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_BF16},
         {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 2, 1, 2, 2, 1, 1, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 2, 2, 1, 2, 0, 2, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
         {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
@@ -156,6 +158,7 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
         {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16},
         {0, 2, 2, 2, 2, 0, 0, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
         {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
