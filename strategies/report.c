@@ -150,7 +150,7 @@ void tm_report_offload(FILE *f, const tm_train_result *r, const tm_train_config 
                "bytes%s; device = %s%s; host traffic per step = 4 bytes per gradient out + %d "
                "per parameter back%s, for each parameter the device updates\n"
                "%-8s %-*s %11s %11s %6s %11s %11s %6s %11s %11s %11s %11s %9s\n",
-            tm_offload_name(cfg->offload), masters ? " + the fp32 master weights' (4 psi)" : "",
+            tm_offload_name(cfg->offload), masters ? " + the fp32 master weights'" : "",
             masters ? "gradients" : "parameters + gradients",
             cfg->zero > 0 ? " (ZeRO's shards)" : "", masters ? 2 : 4,
             masters ? " (rounded to bf16 on the host)" : "", "device",

@@ -84,8 +84,9 @@ void tm_stage_destroy(tm_stage *s);
 
 /* Sets the precision the stage computes and stores activations in; bf16
  * on a stage with parameters (or params_on_host) also allocates their bf16
- * copy (tag bf16) and fills it from params when there are any. Works on a described stage too (the byte counts below follow
- * it). TM_ENOMEM carries the arena's report. */
+ * copy (tag bf16) and fills it from params when there are any. Works on a
+ * described stage too (the byte counts below follow it). TM_ENOMEM
+ * carries the arena's report. */
 int tm_stage_set_precision(tm_stage *s, tm_precision p);
 /* Rounds the parameters into their bf16 copy (after an optimizer step);
  * does nothing without a copy or without params. */
