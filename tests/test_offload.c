@@ -11,7 +11,8 @@
  * offload on meshes with dp, pp (1F1B, GPipe, zb-h1), tp with sequence
  * parallelism, recomputation and ZeRO 1, 2 and 3; the device's tags are
  * the predicted ones (param 0); the host link carries 4 bytes out and 2
- * back; a host arena too small for the masters is refused. */
+ * back; checkpoints resume bit for bit; a host arena too small for the
+ * masters is refused. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -561,4 +562,36 @@ Test(offload, bf16_host_cap_too_small_for_the_masters_is_refused, .init = setup,
     cr_expect_eq(train_run(c, &l, NULL, NULL), TM_OK, "fp32: the state fits");
     c.precision = TM_PRECISION_BF16;
     refused(c, "optimizer state and fp32 master weights in host memory");
+}
+
+/* Half the steps, then the rest resumed from the checkpoint (the fp32
+ * masters, gathered from the host arenas): the same bits as one run, the
+ * device's bf16 copy being rounded from the masters again on loading. */
+static void mixed_resume(const mixed *x)
+{
+    losses l = {0}, la = {0}, lb = {0};
+    cr_assert_eq(train_run(mixed_config(x, TM_PRECISION_BF16, 1), &l, ref_path, NULL), TM_OK);
+    tm_train_config a = mixed_config(x, TM_PRECISION_BF16, 1);
+    a.max_steps = STEPS / 2;
+    cr_assert_eq(train_run(a, &la, mid_path, NULL), TM_OK);
+    tm_train_config b = mixed_config(x, TM_PRECISION_BF16, 1);
+    b.max_steps = STEPS - STEPS / 2;
+    b.load_path = mid_path;
+    cr_assert_eq(train_run(b, &lb, got_path, NULL), TM_OK);
+    cr_expect_eq(la.n + lb.n, l.n);
+    for (int i = 0; i < l.n && i < la.n + lb.n; i++)
+        cr_expect_eq(i < la.n ? la.loss[i] : lb.loss[i - la.n], l.loss[i], "step %d", i + 1);
+    cr_expect(same_checkpoint(got_path, ref_path), "%s dp=%d pp=%d tp=%d ZeRO-%d",
+              x->gpt ? "gpt" : "mlp", x->dp, x->pp, x->tp, x->zero);
+}
+
+Test(offload, bf16_checkpoints_resume_bitwise, .init = setup, .fini = teardown, .timeout = 300)
+{
+    static const mixed all[] = {
+        {1, 1, 1, 1, 1, 0, TM_RECOMPUTE_NONE, TM_SCHED_1F1B},
+        {1, 2, 2, 1, 2, 1, TM_RECOMPUTE_NONE, TM_SCHED_1F1B},
+        {0, 2, 1, 1, 1, 2, TM_RECOMPUTE_NONE, TM_SCHED_1F1B},
+        {0, 2, 1, 2, 1, 3, TM_RECOMPUTE_NONE, TM_SCHED_1F1B},
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mixed_resume(&all[i]);
 }
