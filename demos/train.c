@@ -972,7 +972,8 @@ int main(int argc, char **argv)
     if (recompute != TM_RECOMPUTE_NONE)
         printf("activation recomputation: %s\n", tm_recompute_name(recompute));
     if (cfg.offload != TM_OFFLOAD_NONE)
-        printf("optimizer offload: the optimizer state in %zu MiB of host memory per device\n",
+        printf("optimizer offload: the optimizer state%s in %zu MiB of host memory per device\n",
+               cfg.precision == TM_PRECISION_BF16 ? " and the fp32 master weights" : "",
                cfg.host_mem_cap >> 20);
     if (cfg.precision != TM_PRECISION_FP32)
         printf("precision: %s (GEMM kernels: %s)\n", tm_precision_name(cfg.precision),

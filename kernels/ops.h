@@ -38,6 +38,13 @@ void tm_ops_gemm(char transa, char transb, int m, int n, int k, float alpha, con
  * default, tm_sgemm bit for bit); master (n floats) and copy (n bf16, its
  * rounding) register the weights whose copy feeds the GEMMs (NULL: none). */
 void tm_ops_set_bf16(int on, const float *master, const tm_bf16 *copy, size_t n);
+/* Adds to the calling thread's registered weights an fp32 view (n floats,
+ * the expansion of copy, n bf16) whose GEMM operands are read from copy:
+ * 0, or -1 when TM_OPS_BF16_VIEWS views are registered already.
+ * tm_ops_set_bf16 and tm_ops_unmap_bf16 drop every view. */
+#define TM_OPS_BF16_VIEWS 16
+int tm_ops_map_bf16(const float *view, const tm_bf16 *copy, size_t n);
+void tm_ops_unmap_bf16(void);
 
 /* Linear layer with PyTorch's nn.Linear layout: out = inp · weightᵀ + bias.
  * bias may be NULL (no bias). */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/bf16.h"
 #include "runtime/clock.h"
 #include "runtime/status.h"
 
@@ -11,6 +12,7 @@ struct tm_offload {
     tm_arena *arena;                /* host memory, capped by --host-mem-cap */
     float *state[TM_OPT_MAX_STATE]; /* (n) tag host */
     int n_state;
+    float *masters;                 /* (n) tag host: bf16 runs' fp32 weights, or NULL */
     uint64_t bytes;                 /* across the host link, both ways */
     double seconds;                 /* modeled time of those copies */
 };
@@ -28,12 +30,14 @@ const char *tm_offload_name(tm_offload_kind kind)
     return kind == TM_OFFLOAD_OPTIMIZER ? "optimizer" : "none";
 }
 
-int tm_offload_on_host(tm_offload_kind kind, tm_tag tag)
+int tm_offload_on_host(tm_offload_kind kind, int bf16, tm_tag tag)
 {
-    return kind == TM_OFFLOAD_OPTIMIZER && tag == TM_TAG_OPTIMIZER;
+    return kind == TM_OFFLOAD_OPTIMIZER &&
+           (tag == TM_TAG_OPTIMIZER || (bf16 && tag == TM_TAG_PARAM));
 }
 
-int tm_offload_create(tm_offload **out, tm_device *dev, size_t cap, int n_state, size_t n)
+int tm_offload_create(tm_offload **out, tm_device *dev, size_t cap, int n_state, size_t n,
+                      int masters)
 {
     tm_offload *o = calloc(1, sizeof *o);
     *out = o;
@@ -49,6 +53,12 @@ int tm_offload_create(tm_offload **out, tm_device *dev, size_t cap, int n_state,
         memset(o->state[i], 0, n * sizeof(float));
         o->n_state = i + 1;
     }
+    if (!masters) return TM_OK;
+    if ((o->masters = tm_arena_alloc(o->arena, n * sizeof(float), TM_TAG_HOST)) == NULL)
+        return tm_error(TM_EINVAL, "--host-mem-cap is too small for device %d's fp32 master "
+                        "weights (%zu bytes) beside its optimizer state", tm_device_id(dev),
+                        n * sizeof(float));
+    memset(o->masters, 0, n * sizeof(float));
     return TM_OK;
 }
 
@@ -56,6 +66,7 @@ void tm_offload_destroy(tm_offload *o)
 {
     if (o == NULL) return;
     for (int i = 0; i < o->n_state; i++) tm_arena_free(o->arena, o->state[i]);
+    tm_arena_free(o->arena, o->masters);
     tm_arena_destroy(o->arena);
     free(o);
 }
@@ -65,11 +76,14 @@ void tm_offload_state(const tm_offload *o, float **state)
     for (int i = 0; i < TM_OPT_MAX_STATE; i++) state[i] = i < o->n_state ? o->state[i] : NULL;
 }
 
-/* One copy over the host link: its bytes and the modeled time it took. */
-static void host_link(tm_offload *o, size_t n)
+float *tm_offload_masters(const tm_offload *o) { return o->masters; }
+
+/* One copy over the host link of n elements of size bytes each: its bytes
+ * and the modeled time it took. */
+static void host_link(tm_offload *o, size_t n, size_t size)
 {
     tm_clock_stats a, b;
-    double bytes = (double)n * sizeof(float);
+    double bytes = (double)n * (double)size;
     tm_clock_stats_get(o->dev, &a);
     tm_clock_host_copy(o->dev, bytes);
     tm_clock_stats_get(o->dev, &b);
@@ -77,8 +91,12 @@ static void host_link(tm_offload *o, size_t n)
     o->seconds += b.now - a.now;
 }
 
-void tm_offload_grads_out(tm_offload *o, size_t n) { host_link(o, n); }
-void tm_offload_params_back(tm_offload *o, size_t n) { host_link(o, n); }
+void tm_offload_grads_out(tm_offload *o, size_t n) { host_link(o, n, sizeof(float)); }
+
+void tm_offload_params_back(tm_offload *o, size_t n)
+{
+    host_link(o, n, o->masters != NULL ? sizeof(tm_bf16) : sizeof(float));
+}
 
 uint64_t tm_offload_bytes(const tm_offload *o) { return o->bytes; }
 double tm_offload_seconds(const tm_offload *o) { return o->seconds; }

@@ -77,14 +77,15 @@ static double state_peak(const tm_device_report *d)
 }
 
 /* The paper's per-device formula of a ZeRO stage in fp32 terms, k
- * optimizer state buffers of 4 bytes per parameter. */
-static void zero_formula(char *buf, size_t n, int stage, int k)
+ * optimizer state buffers of 4 bytes per parameter and `param` bytes per
+ * parameter of fp32 weights on the device (0: the masters offloaded). */
+static void zero_formula(char *buf, size_t n, int stage, int k, int param)
 {
-    static const char *form[] = {"%d psi", "8 psi + %d psi / dp", "4 psi + %d psi / dp",
-                                 "%d psi / dp"};
-    int coeff[] = {8 + 4 * k, 4 * k, 4 + 4 * k, 8 + 4 * k};
-    if (coeff[stage] == 0) snprintf(buf, n, "8 psi"); /* ZeRO-1 without device state */
-    else snprintf(buf, n, form[stage], coeff[stage]);
+    int whole[] = {param + 4 + 4 * k, param + 4, param, 0};
+    int shard[] = {0, 4 * k, 4 + 4 * k, param + 4 + 4 * k};
+    if (shard[stage] == 0) snprintf(buf, n, "%d psi", whole[stage]);
+    else if (whole[stage] == 0) snprintf(buf, n, "%d psi / dp", shard[stage]);
+    else snprintf(buf, n, "%d psi + %d psi / dp", whole[stage], shard[stage]);
 }
 
 void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
@@ -92,12 +93,17 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
     char form[48], b[6][32];
     int k = cfg->optimizer == TM_OPT_ADAMW ? 2 : cfg->momentum != 0.0;
     /* Offloaded optimizer state is the host's (tm_report_offload). */
-    int host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
-    zero_formula(form, sizeof form, cfg->zero, host ? 0 : k);
+    int bf16 = cfg->precision == TM_PRECISION_BF16;
+    int host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
+    int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
+    zero_formula(form, sizeof form, cfg->zero, host ? 0 : k, masters ? 0 : 4);
     fprintf(f, "memory against the formulas, ZeRO-%d over dp=%d: parameters, gradients and "
                "optimizer state = %s%s (psi: the device's parameters)\n%-8s %-*s %10s %11s %11s "
                "%6s %11s %11s %11s %11s %6s\n", cfg->zero, cfg->dp, form,
-            host ? " on the device (the optimizer state offloaded)" : "", "device",
+            masters ? " on the device (the optimizer state and fp32 masters offloaded)"
+            : host  ? " on the device (the optimizer state offloaded)"
+                    : "",
+            "device",
             coords_width(r), coords_head(r), "psi", "state", "formula", "diff", "comm",
             "in flight", "peak", "formula", "diff");
     for (int i = 0; i < r->n_devices; i++) {
@@ -138,11 +144,16 @@ void tm_report_zero(FILE *f, const tm_train_result *r, const tm_train_config *cf
 void tm_report_offload(FILE *f, const tm_train_result *r, const tm_train_config *cfg)
 {
     char b[8][32];
+    int masters = tm_offload_on_host(cfg->offload, cfg->precision == TM_PRECISION_BF16,
+                                     TM_TAG_PARAM);
     fprintf(f, "optimizer offload (%s) against the formulas: host = the optimizer state's "
-               "bytes; device = parameters + gradients%s; host traffic per step = 4 bytes per "
-               "gradient out + 4 per parameter back, for each parameter the device updates\n"
+               "bytes%s; device = %s%s; host traffic per step = 4 bytes per gradient out + %d "
+               "per parameter back%s, for each parameter the device updates\n"
                "%-8s %-*s %11s %11s %6s %11s %11s %6s %11s %11s %11s %11s %9s\n",
-            tm_offload_name(cfg->offload), cfg->zero > 0 ? " (ZeRO's shards)" : "", "device",
+            tm_offload_name(cfg->offload), masters ? " + the fp32 master weights'" : "",
+            masters ? "gradients" : "parameters + gradients",
+            cfg->zero > 0 ? " (ZeRO's shards)" : "", masters ? 2 : 4,
+            masters ? " (rounded to bf16 on the host)" : "", "device",
             coords_width(r), coords_head(r), "host", "formula", "diff", "device", "formula",
             "diff", "peak", "formula", "host sent", "formula", "host ms");
     for (int i = 0; i < r->n_devices; i++) {
@@ -246,8 +257,12 @@ static void step_traffic(FILE *f, const tm_train_result *r, const tm_train_confi
                "16 KiB: (n-1) x bytes), + the loss's all-gather; pp: every micro-batch's "
                "activations forward and gradients back; tp: ring all-reduce 2(n-1)/n, all-gather "
                "(n-1)/n of each collective's bytes%s\n",
-            host ? "; host (--offload, the host link, both ways): 4 bytes per gradient out and "
-                   "4 per parameter back for each parameter the device updates" : "");
+            !host ? ""
+            : cfg->precision == TM_PRECISION_BF16
+                ? "; host (--offload, the host link, both ways): 4 bytes per gradient out and "
+                  "2 per parameter back (its bf16 rounding) for each parameter the device updates"
+                : "; host (--offload, the host link, both ways): 4 bytes per gradient out and "
+                  "4 per parameter back for each parameter the device updates");
     if (cfg->zero > 0)
         fprintf(f, "ZeRO-%d: dp sends no bucket all-reduce but per tensor of n floats "
                    "(dp-1) ceil(n/dp) x 4 bytes per reduce-scatter or all-gather: %s\n",

@@ -86,7 +86,8 @@ const char *tm_precision_name(tm_precision p) { return p == TM_PRECISION_BF16 ? 
 int tm_stage_set_precision(tm_stage *s, tm_precision p)
 {
     s->precision = p;
-    if (p != TM_PRECISION_BF16 || s->dev == NULL || s->params == NULL || s->params16 != NULL)
+    if (p != TM_PRECISION_BF16 || s->dev == NULL || (s->params == NULL && !s->params_on_host) ||
+        s->params16 != NULL)
         return TM_OK;
     s->params16 = tm_device_alloc(s->dev, s->n_params * sizeof(tm_bf16), TM_TAG_BF16);
     if (s->params16 == NULL) return TM_ENOMEM;
@@ -96,7 +97,7 @@ int tm_stage_set_precision(tm_stage *s, tm_precision p)
 
 void tm_stage_refresh_bf16(tm_stage *s)
 {
-    if (s->params16 == NULL) return;
+    if (s->params16 == NULL || s->params == NULL) return;
     tm_f32_to_bf16(s->params16, s->params, s->n_params);
     tm_clock_charge(s->dev, 0, 6.0 * (double)s->n_params);
 }
@@ -356,6 +357,92 @@ static void expand_bf16(tm_device *dev, float *dst, const tm_bf16 *src, size_t n
     tm_clock_charge(dev, 0, 6.0 * (double)n);
 }
 
+/* ---- bf16 with the fp32 masters on the host (optimizer offload) ----
+ * The device holds the weights' bf16 copy only. Before a layer runs, each
+ * of its tensors is expanded from the copy into a slot of an fp32 view,
+ * which the kinds read as their parameters (the LayerNorms, biases and
+ * embeddings thus read the bf16 rounding of theirs) and whose GEMM operands
+ * come from the copy itself (tm_ops_map_bf16). A kind adds a tensor's
+ * gradient at the offset of its parameters, so a backward runs on a
+ * gradient bucket in the view's layout: the layer's gradients copied in
+ * before and back after, every addition into them in its usual order.
+ * Both are tagged bf16: bytes the device holds because its weights are
+ * kept in bf16 (ZeRO's gathered layer in flight is comm). */
+
+_Static_assert(TM_LAYER_TENSORS <= TM_OPS_BF16_VIEWS, "a layer's tensors are all mapped");
+
+typedef struct {
+    const tm_layer_plan *layer; /* the layer in the stage's layout; NULL: no view */
+    tm_layer_plan plan;         /* the same with its tensors' offsets in the view */
+    float *params;              /* (view_floats) the expanded tensors */
+    float *grads;               /* (view_floats) the backward's gradient bucket */
+} host_view;
+
+static size_t view_floats(const tm_layer_plan *p)
+{
+    size_t n = 0;
+    for (int k = 0; k < p->layer->n_tensors; k++) n += p->shard[k].count;
+    return n;
+}
+
+size_t tm_stage_view_bytes(const tm_stage *s, int bwd)
+{
+    size_t most = 0;
+    for (int i = 0; s->params_on_host && i < s->n; i++) {
+        size_t n = view_floats(&s->layer[i]);
+        if (n > 0 && block_bytes(n) > most) most = block_bytes(n);
+    }
+    return (bwd ? 2 : 1) * most;
+}
+
+/* The layer *p about to run on c (unless hooks gave it other buffers) in a
+ * view v, *p and c then the view's. */
+static int view_open(tm_stage *s, int bwd, const tm_layer_plan **p, tm_layer_ctx *c,
+                     host_view *v)
+{
+    v->layer = NULL;
+    v->params = v->grads = NULL;
+    size_t n = view_floats(*p);
+    if (!s->params_on_host || c->params != s->params || n == 0) return TM_OK;
+    v->layer = *p;
+    v->plan = **p;
+    if ((v->params = tm_device_alloc(s->dev, n * sizeof(float), TM_TAG_BF16)) == NULL ||
+        (bwd && (v->grads = tm_device_alloc(s->dev, n * sizeof(float), TM_TAG_BF16)) == NULL))
+        return TM_ENOMEM;
+    size_t off = 0;
+    for (int k = 0; k < v->layer->layer->n_tensors; k++) {
+        const tm_shard *sh = &v->layer->shard[k];
+        expand_bf16(s->dev, v->params + off, s->params16 + sh->off, sh->count);
+        (void)tm_ops_map_bf16(v->params + off, s->params16 + sh->off, sh->count);
+        if (bwd) {
+            memcpy(v->grads + off, s->grads + sh->off, sh->count * sizeof(float));
+            tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
+        }
+        v->plan.shard[k].off = off;
+        off += sh->count;
+    }
+    *p = &v->plan;
+    c->params = v->params;
+    if (bwd) c->grads = v->grads;
+    return TM_OK;
+}
+
+/* After the layer: its gradients back into the stage's (when it ran), the
+ * view freed. */
+static void view_close(tm_stage *s, host_view *v, int st)
+{
+    if (v->layer == NULL) return;
+    for (int k = 0; st == TM_OK && v->grads != NULL && k < v->layer->layer->n_tensors; k++) {
+        const tm_shard *sh = &v->layer->shard[k];
+        memcpy(s->grads + sh->off, v->grads + v->plan.shard[k].off, sh->count * sizeof(float));
+        tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
+    }
+    tm_ops_unmap_bf16();
+    tm_device_free(s->dev, v->grads);
+    tm_device_free(s->dev, v->params);
+    v->layer = NULL;
+}
+
 /* Every output but the logits is rounded to bf16 where it is produced, so
  * the next layer (on this stage or the next one) reads the values the
  * backward will read. */
@@ -374,7 +461,10 @@ static int forward_bf16(tm_stage *s, tm_stage_acts *a)
         float *y = i == s->n - 1 ? a->output : buf[i % 2];
         if (s->hooks != NULL && (st = s->hooks->begin(s->hooks->ctx, i, 0, &p, &c)) != TM_OK)
             break;
-        st = p->layer->kind->forward(p, &c, x, y, saved);
+        host_view v;
+        st = view_open(s, 0, &p, &c, &v);
+        if (st == TM_OK) st = p->layer->kind->forward(p, &c, x, y, saved);
+        view_close(s, &v, st);
         if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 0, st);
         if (st != TM_OK) break;
         if (!model_output(s, i))
@@ -421,6 +511,8 @@ static int backward_bf16(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
         if (i == 0) din = s->has_model_input ? NULL : dx;
         if (s->hooks != NULL) st = s->hooks->begin(s->hooks->ctx, i, 1, &p, &c);
         if (st != TM_OK) break;
+        host_view v;
+        st = view_open(s, 1, &p, &c, &v);
         const float *x = a->input;
         if (i > 0) {
             expand_bf16(s->dev, xin, a->out16[i - 1], (size_t)s->layer[i - 1].out_w * r);
@@ -431,7 +523,7 @@ static int backward_bf16(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
         if (a->saved16[i] != NULL) {
             expand_bf16(s->dev, saved, a->saved16[i], kept_floats(s, i, rows));
             if (i < s->n - 1) expand_bf16(s->dev, y, a->out16[i], out_n);
-        } else if (tm_layer_recomputed(p, rows)) {
+        } else if (st == TM_OK && tm_layer_recomputed(p, rows)) {
             st = p->layer->kind->forward(p, &c, x, y, saved);
             if (!model_output(s, i)) round_bf16(s->dev, y, NULL, out_n);
             round_bf16(s->dev, saved, NULL, p->layer->kind->saved_floats(p, rows));
@@ -440,6 +532,7 @@ static int backward_bf16(tm_stage *s, tm_stage_acts *a, float *dy, float *dx,
         }
         if (st == TM_OK)
             st = p->layer->kind->backward(p, &c, x, y, saved, d, din, scratch);
+        view_close(s, &v, st);
         if (s->hooks != NULL) st = s->hooks->end(s->hooks->ctx, i, 1, st);
         if (st == TM_OK && ready != NULL && p->own_len > 0)
             st = ready(ctx, p->own_off, p->own_len);

@@ -55,6 +55,12 @@ typedef struct tm_stage {
     tm_precision precision;  /* tm_stage_set_precision; fp32 when created */
     tm_bf16 *params16;       /* (n_params) tag bf16: the rounding of params
                                 that feeds the GEMMs (bf16 with params) */
+    int params_on_host;      /* params is host memory (optimizer offload in
+                                bf16: the fp32 masters; NULL when ZeRO keeps
+                                them), which the device never reads: each
+                                layer runs on its tensors expanded from
+                                params16 (tm_stage_view_bytes), unless hooks
+                                give it other buffers */
 } tm_stage;
 
 /* Layers [l0, l1) of m on this device, tp rank tm_comm_rank(tp_comm).
@@ -77,13 +83,20 @@ int tm_stage_create_parts(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const t
 void tm_stage_destroy(tm_stage *s);
 
 /* Sets the precision the stage computes and stores activations in; bf16
- * on a stage with parameters also allocates their bf16 copy (tag bf16) and
- * fills it. Works on a described stage too (the byte counts below follow
- * it). TM_ENOMEM carries the arena's report. */
+ * on a stage with parameters (or params_on_host) also allocates their bf16
+ * copy (tag bf16) and fills it from params when there are any. Works on a
+ * described stage too (the byte counts below follow it). TM_ENOMEM
+ * carries the arena's report. */
 int tm_stage_set_precision(tm_stage *s, tm_precision p);
 /* Rounds the parameters into their bf16 copy (after an optimizer step);
- * does nothing without a copy. */
+ * does nothing without a copy or without params. */
 void tm_stage_refresh_bf16(tm_stage *s);
+/* With params_on_host, the most bytes (tag bf16, as the arena counts its
+ * blocks) the layer in flight holds besides params16: a layer's tensors
+ * expanded to fp32, one slot each, and in its backward (bwd set) a
+ * gradient bucket in the same layout; the largest layer's. 0 otherwise
+ * (on a described stage, set params_on_host first). */
+size_t tm_stage_view_bytes(const tm_stage *s, int bwd);
 
 /* Copies this rank's shard of a full single-device flat buffer (the
  * layout of strategies/model.h) into shard (n_params floats): each tensor's

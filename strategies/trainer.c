@@ -426,19 +426,26 @@ static size_t activation_formula(const device *v, int rows)
     return f;
 }
 
-/* The probe also holds ZeRO's layer in flight (tag comm) beside them. */
+/* The probe also holds ZeRO's layer in flight (tag comm) and, with the
+ * masters on the host, the layer expanded from the bf16 copy (tag bf16)
+ * beside them. */
 static int probe_activations(device *v, int rows)
 {
     size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
-    size_t size[5], n = peak_blocks(v, rows, size);
-    if (v->zero != NULL) size[n++] = tm_zero_transient_bytes(v->zero);
+    size_t size[6], n = peak_blocks(v, rows, size), n_acts = n;
+    size_t comm = v->zero != NULL ? tm_zero_transient_bytes(v->zero) : 0;
+    size_t view = v->j->cfg->zero == 2 ? 0 : tm_stage_view_bytes(&v->stage, 1);
+    if (comm > 0) size[n++] = comm;
+    if (view > 0) size[n++] = view;
     void **block = calloc(in_flight + n, sizeof *block);
     if (block == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the memory probe");
     int st = TM_OK;
     for (size_t i = 0; i < in_flight + n && st == TM_OK; i++) {
         size_t bytes = i < in_flight ? in_flight_bytes(v, rows) : size[i - in_flight];
-        int comm = v->zero != NULL && i == in_flight + n - 1;
-        block[i] = tm_device_alloc(v->dev, bytes, comm ? TM_TAG_COMM : TM_TAG_ACTIVATION);
+        tm_tag tag = i < in_flight + n_acts ? TM_TAG_ACTIVATION
+                     : comm > 0 && i == in_flight + n_acts ? TM_TAG_COMM
+                                                           : TM_TAG_BF16;
+        block[i] = tm_device_alloc(v->dev, bytes, tag);
         if (block[i] == NULL) st = TM_ENOMEM;
     }
     for (size_t i = 0; i < in_flight + n; i++) tm_device_free(v->dev, block[i]);
@@ -532,14 +539,23 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     if (cfg->zero >= 2) grad /= dp;
     if (cfg->zero >= 3) param /= dp;
     rep->psi = v->stage.n_params;
-    int host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
-    rep->host_formula = host ? state : 0;
-    rep->state_formula = param + grad + (host ? 0 : state);
-    /* Each updated parameter's gradient out, and the parameter back. */
-    rep->step_host_analytic = cfg->offload != TM_OFFLOAD_NONE ? 8 * (double)v->n_update : 0;
+    int bf16 = cfg->precision == TM_PRECISION_BF16;
+    int host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
+    int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
+    rep->host_formula = (host ? state : 0) + (masters ? 4 * psi / (cfg->zero > 0 ? dp : 1) : 0);
+    rep->state_formula = (masters ? 0 : param) + grad + (host ? 0 : state);
+    /* Each updated parameter's gradient out (4 bytes), and the parameter
+     * back: 4 bytes, or its bf16 rounding (2) with the masters on the host. */
+    rep->step_host_analytic =
+        cfg->offload != TM_OFFLOAD_NONE ? (masters ? 6 : 8) * (double)v->n_update : 0;
     rep->comm_formula = v->zero != NULL ? (double)tm_zero_transient_bytes(v->zero) : 0;
     size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
-    rep->bf16_formula = v->stage.params16 != NULL ? 2 * psi : 0;
+    /* The bf16 copy of what the device keeps of the parameters (ZeRO-3:
+     * none, or with the masters on the host their shard's), and the layer
+     * in flight expanded from it (ZeRO-2 and 3 run every layer on their
+     * own view, tag comm). */
+    rep->bf16_formula = (v->stage.params16 != NULL ? 2 * psi : masters ? 2 * psi / dp : 0) +
+                        (cfg->zero == 2 ? 0 : (double)tm_stage_view_bytes(&v->stage, 1));
     rep->peak_formula = rep->state_formula + rep->comm_formula + rep->bf16_formula +
                         (double)(activation_formula(v, rows) + targets);
 }
@@ -561,31 +577,49 @@ static int setup(device *v)
     tm_clock_set_name(v->dev, name);
     tm_optim_config opt = optim_of(cfg);
     int n_state = tm_optimizer_state_count(&opt), zs = cfg->zero;
-    int on_host = tm_offload_on_host(cfg->offload, TM_TAG_OPTIMIZER);
+    int bf16 = cfg->precision == TM_PRECISION_BF16;
+    int on_host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
+    /* bf16 under offload: the fp32 masters live in the host arena too. */
+    int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
     float *host_state[TM_OPT_MAX_STATE] = {NULL, NULL};
     if (zs > 0) {
         TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
-                                       j->first[p], j->first[p + 1], zs < 3, zs < 2));
+                                       j->first[p], j->first[p + 1], zs < 3 && !masters, zs < 2));
+        /* ZeRO-1 and 2 with the masters on the host keep the stage's whole
+         * bf16 copy (filled by tm_zero_load); ZeRO-3 its chunks'. */
+        v->stage.params_on_host = masters && zs < 3;
+        if (v->stage.params_on_host) TM_CHECK(tm_stage_set_precision(&v->stage, cfg->precision));
         v->n_update = tm_zero_shard_floats(v->stage.layer, v->stage.n, cfg->dp);
         if (on_host) {
             TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
-                                       v->n_update));
+                                       v->n_update, masters));
             tm_offload_state(v->offload, host_state);
         }
         TM_CHECK(tm_zero_create(&v->zero, &v->stage, v->mesh.dp_comm, zs, n_state,
-                                on_host ? host_state : NULL));
+                                on_host ? host_state : NULL,
+                                masters ? tm_offload_masters(v->offload) : NULL));
         TM_CHECK(load_zero(v));
     } else {
-        TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model, j->first[p],
-                                 j->first[p + 1], on_host ? 0 : n_state));
+        if (masters)
+            TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
+                                           j->first[p], j->first[p + 1], 0, 1));
+        else
+            TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
+                                     j->first[p], j->first[p + 1], on_host ? 0 : n_state));
         v->n_update = updated_floats(&v->stage);
         if (on_host) {
-            /* The stage's optimizer state is the host arena's (same layout);
-             * run() hands it back before the stage frees its own buffers. */
+            /* The stage's optimizer state, and in bf16 its parameters (the
+             * fp32 masters: the device keeps their bf16 copy), are the host
+             * arena's (same layout); run() hands them back before the stage
+             * frees its own buffers. */
             TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
-                                       v->stage.n_params));
+                                       v->stage.n_params, masters));
             tm_offload_state(v->offload, v->stage.opt_state);
             v->stage.n_opt_state = n_state;
+            if (masters) {
+                v->stage.params = tm_offload_masters(v->offload);
+                v->stage.params_on_host = 1;
+            }
         }
         tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
         for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
@@ -972,9 +1006,11 @@ static int run(tm_device *dev, void *arg)
     tm_zero_destroy(v.zero);
     if (v.offload != NULL) {
         tm_offload_stats(v.offload, &rep->host_memory);
-        /* The stage's optimizer state was the host arena's, not its own. */
+        /* The stage's optimizer state (and host masters) were the host
+         * arena's, not its own. */
         for (int i = 0; i < v.stage.n_opt_state; i++) v.stage.opt_state[i] = NULL;
         v.stage.n_opt_state = 0;
+        if (v.stage.params_on_host) v.stage.params = NULL;
     }
     tm_offload_destroy(v.offload);
     tm_stage_destroy(&v.stage);

@@ -160,15 +160,17 @@ typedef struct {
      * state buffers); peak_formula, that plus the activations the pipeline
      * holds at its peak, ZeRO's layer in flight (comm_formula) and the bf16
      * copy of the parameters (bf16_formula: 2 psi in bf16 runs but under
-     * ZeRO-3, else 0). */
+     * ZeRO-3, else 0; with offload the masters leave state_formula, and
+     * bf16_formula adds the layer in flight expanded from the copy, or
+     * under ZeRO-3 is the copy of the replica's chunks, 2 psi / dp). */
     size_t psi;
     double state_formula, comm_formula, peak_formula, bf16_formula;
     /* Optimizer offload: the host arena's accounts (peaks under the host
-     * tag; none of it in memory), its formula (the optimizer state's bytes,
-     * which state_formula then leaves out), and the host link in the first
-     * recorded step: bytes measured against the formula (4 per gradient
-     * out, 4 per parameter back, for each parameter the device updates)
-     * and their modeled seconds. */
+     * tag; none of it in memory), its formula (the optimizer state's bytes
+     * and in bf16 the fp32 masters', which state_formula then leaves out),
+     * and the host link in the first recorded step: bytes measured against
+     * the formula (4 per gradient out, 4 per parameter back or 2 in bf16,
+     * for each parameter the device updates) and their modeled seconds. */
     tm_arena_stats host_memory;
     double host_formula;
     uint64_t step_host;

@@ -29,20 +29,23 @@ static int state_blocks(const tm_train_config *cfg, const int *first, int p, int
      * gradients (2) and the parameters (3) instead. */
     size_t shard = cfg->zero > 0 ? tm_zero_shard_floats(plan, first[p + 1] - first[p], cfg->dp)
                                  : n;
-    size_t bytes[5] = {cfg->zero >= 3 ? shard : n, cfg->zero >= 2 ? shard : n,
-                       cfg->zero >= 1 ? shard : n, cfg->zero >= 1 ? shard : n};
+    int n_blocks = 2 + n_state, bf16 = cfg->precision == TM_PRECISION_BF16;
+    int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
+    /* Host masters are the replica's chunks under every ZeRO stage. */
+    size_t bytes[5] = {cfg->zero >= 3 || (masters && cfg->zero > 0) ? shard : n,
+                       cfg->zero >= 2 ? shard : n, cfg->zero >= 1 ? shard : n,
+                       cfg->zero >= 1 ? shard : n};
     for (int i = 0; i < 4; i++) bytes[i] *= sizeof(float);
-    int n_blocks = 2 + n_state;
     /* bf16 adds the copy of the parameters the stage holds whole (ZeRO-3
-     * holds none: its gathered layers are rounded as the GEMM packs
-     * them). */
-    if (cfg->precision == TM_PRECISION_BF16 && cfg->zero < 3) {
-        bytes[n_blocks] = n * sizeof(tm_bf16);
+     * holds none: its gathered layers are rounded as the GEMM packs them;
+     * with the fp32 masters on the host, it keeps their shard's). */
+    if (bf16 && (cfg->zero < 3 || masters)) {
+        bytes[n_blocks] = (cfg->zero < 3 ? n : shard) * sizeof(tm_bf16);
         tags[n_blocks++] = TM_TAG_BF16;
     }
     *n_dev = *n_host = 0;
     for (int i = 0; i < n_blocks; i++) {
-        if (tm_offload_on_host(cfg->offload, tags[i])) {
+        if (tm_offload_on_host(cfg->offload, bf16, tags[i])) {
             host_bytes[(*n_host)++] = bytes[i];
         } else {
             dev_bytes[*n_dev] = bytes[i];
@@ -80,9 +83,12 @@ int tm__train_host_fits(const tm_train_config *cfg, const int *first)
                 continue;
             for (int i = 0; i < n_host; i++) need += tm_arena_block_bytes(host[i]);
             return tm_error(TM_EINVAL, "--host-mem-cap %.2f MiB is too small: device %d keeps "
-                            "%.2f MiB of optimizer state in host memory",
+                            "%.2f MiB of optimizer state%s in host memory",
                             (double)cfg->host_mem_cap / (1 << 20), p * cfg->tp + t,
-                            (double)need / (1 << 20));
+                            (double)need / (1 << 20),
+                            tm_offload_on_host(cfg->offload,
+                                               cfg->precision == TM_PRECISION_BF16, TM_TAG_PARAM)
+                                ? " and fp32 master weights" : "");
         }
     return TM_OK;
 }
@@ -126,6 +132,12 @@ int tm_train_predict_memory(const tm_train_config *cfg, const tm_data *train,
                 break;
             m->tag[TM_TAG_ACTIVATION] = acts[p * cfg->tp + t];
             m->tag[TM_TAG_COMM] = transient;
+            /* The layer in flight expanded from the bf16 copy when the
+             * masters are on the host (ZeRO-2 and 3 run every layer on
+             * their own view instead). */
+            s.params_on_host = cfg->zero < 2 && tm_offload_on_host(cfg->offload,
+                                   cfg->precision == TM_PRECISION_BF16, TM_TAG_PARAM);
+            m->tag[TM_TAG_BF16] += tm_stage_view_bytes(&s, 1);
             if (cfg->tp > 1 && partial > 0)
                 m->tag[TM_TAG_WORKSPACE] = tm_arena_block_bytes(partial * sizeof(float));
             for (int g = 0; g < TM_TAG_COUNT; g++) m->peak += g == TM_TAG_HOST ? 0 : m->tag[g];

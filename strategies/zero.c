@@ -35,7 +35,11 @@ struct tm_zero {
     chunk ten[MAX_TENSORS];               /* in layout order */
     int ref[TM_MAX_LAYERS][TM_LAYER_TENSORS]; /* layer i's tensor k: its chunk */
     size_t n_shard;                       /* floats of every shard buffer */
-    float *params;                        /* (n_shard) stage 3, tag param */
+    float *params;                        /* (n_shard) stage 3, tag param, or the
+                                             caller's host masters (any stage) */
+    int host_masters;                     /* params is the caller's host memory */
+    tm_bf16 *params16;                    /* (n_shard) stage 3 with host masters:
+                                             their bf16 rounding, tag bf16 */
     float *grads;                         /* (n_shard) stages 2 and 3, tag grad */
     float *state[TM_OPT_MAX_STATE];       /* (n_shard) tag optimizer, or the caller's */
     int n_state;
@@ -125,14 +129,19 @@ static void add(tm_device *dev, float *dst, const float *src, size_t n)
 
 /* The chunk's place in a stage-layout buffer; any place when the replica
  * has no part of the tensor (its count is 0 then). */
+static size_t layout_off(const tm_zero *z, const chunk *t)
+{
+    return t->off + (t->real > 0 ? (size_t)z->d * t->q : 0);
+}
+
 static float *in_layout(const tm_zero *z, float *base, const chunk *t)
 {
-    return base + t->off + (t->real > 0 ? (size_t)z->d * t->q : 0);
+    return base + layout_off(z, t);
 }
 
 static float *param_chunk(const tm_zero *z, const chunk *t)
 {
-    return z->stage == 3 ? z->params + t->z : in_layout(z, z->s->params, t);
+    return z->params != NULL ? z->params + t->z : in_layout(z, z->s->params, t);
 }
 
 static float *grad_chunk(const tm_zero *z, const chunk *t)
@@ -145,6 +154,18 @@ static int gather(tm_zero *z, const chunk *t, const float *shard, float *slot)
 {
     if (t->q == 0) return TM_OK;
     return tm_allgather(z->dp, shard + t->z, slot, t->q);
+}
+
+/* Stage 3's layer in flight: gathered from the parameter shard, or with
+ * host masters this replica's chunk expanded from their bf16 rounding into
+ * its place in slot and gathered in place. */
+static int gather_params(tm_zero *z, const chunk *t, float *slot)
+{
+    if (z->params16 == NULL || t->q == 0) return gather(z, t, z->params, slot);
+    float *mine = slot + (size_t)z->d * t->q;
+    tm_bf16_to_f32(mine, z->params16 + t->z, t->q);
+    tm_clock_charge(z->s->dev, 0, 6.0 * (double)t->q);
+    return tm_allgather(z->dp, mine, slot, t->q);
 }
 
 /* The replicas' sum of slot (dp x q floats, this replica's gradient of
@@ -172,15 +193,20 @@ static int fetch(tm_zero *z, chunk *t, float *slot)
 {
     tm_device *dev = z->s->dev;
     size_t whole = (size_t)z->n_dp * t->q;
+    if (z->stage == 2 && z->host_masters) {
+        tm_bf16_to_f32(slot, z->s->params16 + t->off, t->n);
+        tm_clock_charge(dev, 0, 6.0 * (double)t->n);
+        return TM_OK;
+    }
     if (z->stage == 2) {
         copy(dev, slot, z->s->params + t->off, t->n);
         return TM_OK;
     }
-    if (!tied(t)) return gather(z, t, z->params, slot);
+    if (!tied(t)) return gather_params(z, t, slot);
     if (t->held_p == NULL) {
         t->held_p = tm_device_alloc(dev, whole * sizeof(float), TM_TAG_COMM);
         if (t->held_p == NULL) return TM_ENOMEM;
-        TM_CHECK(gather(z, t, z->params, t->held_p));
+        TM_CHECK(gather_params(z, t, t->held_p));
     }
     copy(dev, slot, t->held_p, whole);
     return TM_OK;
@@ -192,13 +218,21 @@ static void release(tm_zero *z, float **p)
     *p = NULL;
 }
 
-/* Before layer i runs: its parameters (stage 3 always, stage 2 for the
- * backward, whose gradients go to a bucket of the view's layout) and a
+/* Whether layer i's pass runs on the view: stage 3 always, stage 2 in the
+ * backward (its gradients go to a bucket of the view's layout) and, with
+ * host masters, in the forward too (the device holds no fp32 weights: the
+ * view is the layer expanded from their bf16 copy). */
+static int in_view(const tm_zero *z, int bwd)
+{
+    return z->stage == 3 || (z->stage == 2 && (bwd || z->host_masters));
+}
+
+/* Before layer i runs on the view: its parameters, and in the backward a
  * zeroed gradient bucket, or for a tied tensor what its later layer left. */
 static int layer_begin(void *ctx, int i, int bwd, const tm_layer_plan **p, tm_layer_ctx *c)
 {
     tm_zero *z = ctx;
-    if (!bwd && z->stage < 3) return TM_OK;
+    if (!in_view(z, bwd)) return TM_OK;
     tm_device *dev = z->s->dev;
     const tm_layer_plan *v = &z->view[i];
     z->pview = tm_device_alloc(dev, z->view_n[i] * sizeof(float), TM_TAG_COMM);
@@ -227,7 +261,7 @@ static int layer_begin(void *ctx, int i, int bwd, const tm_layer_plan **p, tm_la
 static int layer_end(void *ctx, int i, int bwd, int st)
 {
     tm_zero *z = ctx;
-    if (!bwd && z->stage < 3) return st;
+    if (!in_view(z, bwd)) return st;
     tm_device *dev = z->s->dev;
     const tm_layer_plan *v = &z->view[i];
     for (int k = 0; k < v->layer->n_tensors; k++) {
@@ -254,7 +288,7 @@ static int layer_end(void *ctx, int i, int bwd, int st)
 }
 
 int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state,
-                   float *const *state)
+                   float *const *state, float *masters)
 {
     tm_zero *z = calloc(1, sizeof *z);
     *out = z;
@@ -266,8 +300,15 @@ int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int 
     z->d = tm_comm_rank(dp_comm);
     z->n_state = n_state;
     TM_CHECK(build(z));
-    if (stage == 3 && (z->params = alloc_zeroed(s->dev, z->n_shard, TM_TAG_PARAM)) == NULL)
+    z->host_masters = masters != NULL;
+    if (masters != NULL) z->params = masters;
+    if (stage == 3 && masters != NULL) {
+        z->params16 = tm_device_alloc(s->dev, z->n_shard * sizeof(tm_bf16), TM_TAG_BF16);
+        if (z->params16 == NULL) return TM_ENOMEM;
+        memset(z->params16, 0, z->n_shard * sizeof(tm_bf16));
+    } else if (stage == 3 && (z->params = alloc_zeroed(s->dev, z->n_shard, TM_TAG_PARAM)) == NULL) {
         return TM_ENOMEM;
+    }
     if (stage >= 2 && (z->grads = alloc_zeroed(s->dev, z->n_shard, TM_TAG_GRAD)) == NULL)
         return TM_ENOMEM;
     z->own_state = state == NULL;
@@ -294,6 +335,8 @@ void tm_zero_destroy(tm_zero *z)
     release(z, &z->gview);
     for (int i = 0; z->own_state && i < z->n_state; i++) release(z, &z->state[i]);
     release(z, &z->grads);
+    if (z->host_masters) z->params = NULL; /* the caller's */
+    tm_device_free(z->s->dev, z->params16);
     release(z, &z->params);
     free(z);
 }
@@ -304,10 +347,14 @@ void tm_zero_load(tm_zero *z, const float *params, float *const *state)
         const chunk *t = &z->ten[e];
         size_t lo = (size_t)z->d * t->q;
         if (t->real == 0) continue;
-        if (z->stage == 3) memcpy(z->params + t->z, params + t->off + lo, t->real * sizeof(float));
+        if (z->params != NULL)
+            memcpy(z->params + t->z, params + t->off + lo, t->real * sizeof(float));
         for (int i = 0; state != NULL && i < z->n_state; i++)
             memcpy(z->state[i] + t->z, state[i] + t->off + lo, t->real * sizeof(float));
     }
+    if (z->params16 != NULL) tm_f32_to_bf16(z->params16, z->params, z->n_shard);
+    /* Stages 1 and 2 with host masters: the device's copy of the whole. */
+    if (z->host_masters && z->stage < 3) tm_f32_to_bf16(z->s->params16, params, z->s->n_params);
 }
 
 /* Gathers one shard buffer's chunks of tensor t into out (stage layout)
@@ -327,7 +374,7 @@ int tm_zero_store(tm_zero *z, float *params, float *const *state)
 {
     for (int e = 0; e < z->n_ten; e++) {
         const chunk *t = &z->ten[e];
-        if (z->stage == 3) TM_CHECK(gather_to(z, z->params, t, params));
+        if (z->params != NULL) TM_CHECK(gather_to(z, z->params, t, params));
         for (int i = 0; i < z->n_state; i++)
             TM_CHECK(gather_to(z, z->state[i], t, state != NULL ? state[i] : NULL));
     }
@@ -430,7 +477,9 @@ void tm_zero_grad_scale(tm_zero *z, float scale)
 }
 
 /* Stages 1 and 2: tensor t's updated chunks all-gathered from every
- * replica into the whole parameters. */
+ * replica into the whole parameters; with host masters, the host's bf16
+ * rounding of this replica's chunk (what came back over the host link)
+ * gathered, in fp32 as ever, into the device's bf16 copy of the whole. */
 static int gather_back(tm_zero *z, const chunk *t)
 {
     if (t->q == 0) return TM_OK;
@@ -439,10 +488,22 @@ static int gather_back(tm_zero *z, const chunk *t)
     float *buf = tm_device_alloc(dev, whole * sizeof(float), TM_TAG_COMM);
     if (buf == NULL) return TM_ENOMEM;
     float *mine = buf + (size_t)z->d * t->q;
-    copy(dev, mine, param_chunk(z, t), t->real);
+    if (z->host_masters) {
+        tm_bf16 *back = z->s->params16 + layout_off(z, t);
+        tm_f32_to_bf16(back, param_chunk(z, t), t->real);
+        tm_bf16_to_f32(mine, back, t->real);
+        tm_clock_charge(dev, 0, 6.0 * (double)t->real);
+    } else {
+        copy(dev, mine, param_chunk(z, t), t->real);
+    }
     memset(mine + t->real, 0, (t->q - t->real) * sizeof(float));
     int st = tm_allgather(z->dp, mine, buf, t->q);
-    if (st == TM_OK) copy(dev, z->s->params + t->off, buf, t->n);
+    if (st == TM_OK && z->host_masters) {
+        tm_f32_to_bf16(z->s->params16 + t->off, buf, t->n);
+        tm_clock_charge(dev, 0, 6.0 * (double)t->n);
+    } else if (st == TM_OK) {
+        copy(dev, z->s->params + t->off, buf, t->n);
+    }
     tm_device_free(dev, buf);
     return st;
 }
@@ -462,6 +523,12 @@ void tm_zero_update(tm_zero *z, const tm_optim_config *c, double lr, long step)
 int tm_zero_gather(tm_zero *z)
 {
     for (int e = 0; z->stage < 3 && e < z->n_ten; e++) TM_CHECK(gather_back(z, &z->ten[e]));
+    /* Host masters: the host rounds the updated chunks, which come back as
+     * the device's bf16 copy (the host link's bytes are the caller's). */
+    if (z->params16 != NULL) {
+        tm_f32_to_bf16(z->params16, z->params, z->n_shard);
+        tm_clock_charge(z->s->dev, 0, 6.0 * (double)z->n_shard);
+    }
     return TM_OK;
 }
 

@@ -34,10 +34,17 @@ size_t tm_zero_shard_floats(const tm_layer_plan *plan, int n, int dp);
  * zeroed buffers of tm_zero_shard_floats floats each, kept by the caller:
  * optimizer offload's host memory), of the gradients (stage >= 2, tag grad)
  * and of the parameters (stage 3, tag param), and for stages 2 and 3 runs
- * the stage's layers through its hooks. TM_OK, TM_ENOMEM with the arena's
- * report, or TM_EHOSTMEM. */
+ * the stage's layers through its hooks. With masters (a host buffer of as
+ * many floats, optimizer offload in bf16) the replica's fp32 parameter
+ * chunks live there and the device keeps their bf16 rounding only: stage
+ * 3 its chunks' (tag bf16), which a layer's gather expands (the GEMMs read
+ * the same values); stages 1 and 2 the stage's whole copy (s->params16,
+ * the stage created without parameters), which the all-gather after the
+ * update fills from the replicas' rounded chunks and stage 2's backward
+ * expands. TM_OK, TM_ENOMEM with the arena's report, or
+ * TM_EHOSTMEM. */
 int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int n_state,
-                   float *const *state);
+                   float *const *state, float *masters);
 /* NULL is a no-op. Detaches the hooks. */
 void tm_zero_destroy(tm_zero *z);
 
@@ -77,7 +84,8 @@ void tm_zero_grad_scale(tm_zero *z, float scale);
 int tm_zero_step(tm_zero *z, const tm_optim_config *c, double lr, long step);
 /* Its two halves, for what runs between them (optimizer offload brings the
  * updated chunks back from the host before the all-gather): the update of
- * this replica's chunks, and the all-gather (stages 1 and 2; stage 3 none). */
+ * this replica's chunks, and the all-gather (stages 1 and 2; stage 3 none;
+ * with host masters of their bf16 rounding, into the device's copy). */
 void tm_zero_update(tm_zero *z, const tm_optim_config *c, double lr, long step);
 int tm_zero_gather(tm_zero *z);
 

@@ -238,7 +238,8 @@ Test(fit_cli, gpt_story_every_remedy_measured_against_its_prediction, .init = cl
                                   "accumulate x8", "full + accumulate x8", "dp=4",
                                   "dp=4 ZeRO-1", "dp=4 ZeRO-2", "dp=4 ZeRO-3", "ZeRO-1 + full",
                                   "pp=4 1F1B m=8", "tp=4", "tp=4 + SP", "tp=4 + SP + full",
-                                  "offload", "offload + full + acc x4", "ZeRO-3 + offload"};
+                                  "offload", "offload + full + acc x4", "ZeRO-3 + offload",
+                                  "bf16 + offload"};
     int fitted = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         double peak = 0, predicted = 0;

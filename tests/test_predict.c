@@ -8,7 +8,8 @@
  * tensor (with and without sequence parallelism) and pipeline
  * parallelism under every schedule, gradient accumulation, activation
  * recomputation, ZeRO 1/2/3, optimizer offload (the host arena's bytes
- * too) and bf16 mixed precision alone and combined. */
+ * too) and bf16 mixed precision alone and combined (offload with bf16:
+ * the fp32 masters in the host arena, the layer in flight tagged bf16). */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -133,11 +134,18 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
         {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
         {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 2, 2, 2, 2, 1, 0, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_BF16},
+        {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 2, 1, 2, 2, 1, 1, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 2, 2, 1, 2, 0, 2, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
         {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
         {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
         {1, 1, 2, 2, 4, 1, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -154,6 +162,8 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
         {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
         {0, 1, 2, 2, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
         {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16},
+        {0, 2, 2, 2, 2, 0, 0, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
     };
     static const setup_t few[] = {
         {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},

@@ -117,6 +117,7 @@ static const remedy remedies[] = {
     {"bf16", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE, TM_PRECISION_BF16},
     {"bf16 + accumulate x4", 1, 1, 1, 4, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE, TM_PRECISION_BF16},
     {"bf16 + dp=4 ZeRO-1", 4, 1, 1, 1, 1, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_NONE, TM_PRECISION_BF16},
+    {"bf16 + offload", 1, 1, 1, 1, 0, 0, TM_RECOMPUTE_NONE, TM_OFFLOAD_OPTIMIZER, TM_PRECISION_BF16},
 };
 #define N_REMEDIES ((int)(sizeof remedies / sizeof remedies[0]))
 
