@@ -1042,7 +1042,8 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     if (st == TM_OK && cfg->load_path != NULL) {
         st = tm_checkpoint_load(cfg->load_path, &state,
                                 cfg->load_weights ? TM_LOAD_WEIGHTS : TM_LOAD_RESUME, &j.resumed);
-    } else if (st == TM_OK) {
+    } else if (st == TM_OK && !cfg->dry_run) {
+        /* A dry run's weights stay the state's zeros: nothing reads them. */
         cfg->model->init(cfg->model, state.params, cfg->seed);
     }
     if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
