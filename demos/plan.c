@@ -370,20 +370,44 @@ int main(int argc, char **argv)
         fprintf(stderr, "plan: %s\n", tm_error_message());
         status = 1;
     } else if (n == 0) {
-        int least = tm_plan_min_devices(&req, 4096);
-        if (least > 0)
+        /* The device counts around N that have one. */
+        int below = (int)devices - 1, above = (int)devices + 1;
+        while (below >= 1 && !tm_plan_any_valid(&req, below)) below--;
+        while (above <= 4096 && !tm_plan_any_valid(&req, above)) above++;
+        if (below >= 1 && above <= 4096)
             fprintf(stderr, "plan: no valid configuration on %ld devices (batch %d); the "
-                    "smallest device count with one is %d\n", devices, batch, least);
+                    "nearest device counts with one are %d and %d\n", devices, batch, below,
+                    above);
+        else if (below >= 1 || above <= 4096)
+            fprintf(stderr, "plan: no valid configuration on %ld devices (batch %d); the "
+                    "nearest device count with one is %d\n", devices, batch,
+                    below >= 1 ? below : above);
         else
-            fprintf(stderr, "plan: the model cannot be split validly on 1 to 4096 devices "
+            fprintf(stderr, "plan: the model has no valid configuration on 1 to 4096 devices "
                     "(batch %d)\n", batch);
         status = 1;
     } else if (!list[0].fits) {
-        /* Sorted by predicted peak among the non-fitting. */
-        size_t least = list[0].peak;
+        /* The non-fitting come sorted by the cap they need; that cap is
+         * searched again until something fits it (a dry run may show that
+         * the collectives' small copies need more). */
+        size_t least = list[0].need;
+        quiet_progress = 1;
+        for (int tries = 0; tries < 4; tries++) {
+            tm_plan_candidate *again = NULL;
+            int m = 0;
+            req.mem_cap = least;
+            if (tm_plan_search(&req, &again, &m) != TM_OK || m == 0) {
+                free(again);
+                break;
+            }
+            int found = again[0].fits;
+            if (!found) least = again[0].need;
+            free(again);
+            if (found) break;
+        }
         fprintf(stderr, "plan: nothing fits %.2f MiB per device among %d configurations; the "
-                "smallest cap that fits one is %.2f MiB (%zu bytes: %s)\n", mib((double)mem_cap),
-                n, mib((double)least), least, "--mem-cap");
+                "smallest cap that fits one is %.2f MiB (--mem-cap %zu)\n", mib((double)mem_cap),
+                n, mib((double)least), least);
         status = 1;
     } else {
         int timed = 0, fitting = 0;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/arena.h"
 #include "runtime/status.h"
 
 tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *pt)
@@ -126,6 +127,7 @@ static int predict(const tm_plan_request *req, tm_plan_candidate *k)
         if (pred[i].tag[TM_TAG_HOST] > k->host_peak) k->host_peak = pred[i].tag[TM_TAG_HOST];
     }
     free(pred);
+    k->need = k->peak;
     k->fits = k->peak <= req->mem_cap &&
               (k->pt.offload == TM_OFFLOAD_NONE || k->host_peak <= req->host_mem_cap);
     return st;
@@ -148,6 +150,15 @@ static int dry_run(const tm_plan_request *req, tm_plan_candidate *k)
     tm_train_result r;
     char err[2048];
     int st = tm_train(&cfg, req->train, req->train, &r, err, sizeof err);
+    if (st == TM_ENOMEM) {
+        /* Three groups (data, tensor parallel, tied embeddings), one small
+         * copy each at most. */
+        k->fits = 0;
+        k->oom = 1;
+        k->need = k->peak + 3 * tm_arena_block_bytes(16 << 10);
+        tm_train_result_free(&r);
+        return TM_OK;
+    }
     if (st != TM_OK) {
         char flags[256];
         tm_plan_flags(&k->pt, flags, sizeof flags);
@@ -171,7 +182,7 @@ static int by_rank(const void *a, const void *b)
     const tm_plan_candidate *x = a, *y = b;
     if (group(x) != group(y)) return group(y) - group(x);
     if (group(x) == 2 && x->step_s != y->step_s) return x->step_s < y->step_s ? -1 : 1;
-    if (x->peak != y->peak) return x->peak < y->peak ? -1 : 1;
+    if (x->need != y->need) return x->need < y->need ? -1 : 1;
     /* The enumeration's order among equals (qsort is not stable). */
     return x->order - y->order;
 }
@@ -185,22 +196,21 @@ int tm_plan_search(const tm_plan_request *req, tm_plan_candidate **out, int *n)
         st = predict(req, &c.list[i]);
         fitting += c.list[i].fits;
     }
-    /* The plain twin of a point with recomputation or offload: the same
-     * point without either. Enumerated first, so found before it. */
-    for (int i = 0; st == TM_OK && i < c.n; i++) {
-        tm_plan_candidate *k = &c.list[i];
-        if (!k->fits || (k->pt.recompute == TM_RECOMPUTE_NONE && k->pt.offload == TM_OFFLOAD_NONE))
-            continue;
-        tm_plan_point plain = k->pt;
-        plain.recompute = TM_RECOMPUTE_NONE;
-        plain.offload = TM_OFFLOAD_NONE;
-        for (int j = 0; j < i && !k->dominated; j++)
-            k->dominated = c.list[j].fits && memcmp(&c.list[j].pt, &plain, sizeof plain) == 0;
-        fitting -= k->dominated;
-    }
+    /* In the enumeration's order, so that the plain twin of a point with
+     * recomputation or offload (the same point without either, enumerated
+     * before it) has had its dry run: the point is dominated when the twin
+     * still fits after it. */
     for (int i = 0, done = 0; st == TM_OK && i < c.n; i++) {
-        if (!c.list[i].fits || c.list[i].dominated) continue;
-        st = dry_run(req, &c.list[i]);
+        tm_plan_candidate *k = &c.list[i];
+        if (!k->fits) continue;
+        if (k->pt.recompute != TM_RECOMPUTE_NONE || k->pt.offload != TM_OFFLOAD_NONE) {
+            tm_plan_point plain = k->pt;
+            plain.recompute = TM_RECOMPUTE_NONE;
+            plain.offload = TM_OFFLOAD_NONE;
+            for (int j = 0; j < i && !k->dominated; j++)
+                k->dominated = c.list[j].fits && memcmp(&c.list[j].pt, &plain, sizeof plain) == 0;
+        }
+        if (!k->dominated) st = dry_run(req, k);
         if (req->progress != NULL) req->progress(req->ctx, ++done, fitting);
     }
     if (st != TM_OK) {
@@ -220,9 +230,7 @@ static int any_valid(void *ctx, const tm_plan_point *pt)
     return tm_train_check(&cfg, req->train) == TM_OK;
 }
 
-int tm_plan_min_devices(const tm_plan_request *req, int max)
+int tm_plan_any_valid(const tm_plan_request *req, int devices)
 {
-    for (int d = 1; d <= max; d++)
-        if (each_point(req, d, any_valid, (void *)req)) return d;
-    return 0;
+    return each_point(req, devices, any_valid, (void *)req) != 0;
 }

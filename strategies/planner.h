@@ -28,12 +28,19 @@ typedef struct {
     tm_plan_point pt;
     int order;             /* place in the enumeration: the tie-break */
     int fits;              /* predicted peak within the device cap (and the
-                              host arena within its cap under offload) */
+                              host arena within its cap under offload), and
+                              its dry run did not run out of memory */
     int dominated;         /* fits, but not dry-run: the same point without
                               recomputation and offload fits too, and is
                               never slower (each only adds work to a fixed
                               order of operations) */
     size_t peak;           /* predicted peak bytes of the fullest device */
+    int oom;               /* the peak fit the cap but the dry run ran out of
+                              memory: the collectives' small-message copies
+                              (up to 16 KiB per group, which the prediction
+                              leaves out) did not fit beside it */
+    size_t need;           /* the least cap it may fit: peak, plus three
+                              such copies after an oom */
     size_t host_peak;      /* offload: the fullest host arena's, else 0 */
     /* From the dry run (fitting, undominated candidates only; 0 and -1
      * otherwise): */
@@ -84,8 +91,8 @@ tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *
  * ("--micro-batches 4 --schedule gpipe --zero 1 ..."). */
 void tm_plan_flags(const tm_plan_point *pt, char *buf, size_t n);
 
-/* The smallest device count from 1 to max at which the model has a valid
- * configuration (memory aside), or 0 when none has. */
-int tm_plan_min_devices(const tm_plan_request *req, int max);
+/* Whether the model has a valid configuration (memory aside) on
+ * `devices` devices. */
+int tm_plan_any_valid(const tm_plan_request *req, int devices);
 
 #endif
