@@ -170,13 +170,13 @@ static void print_table(const tm_plan_request *req, const tm_plan_candidate *lis
         tm_plan_flags(&k->pt, flags, sizeof flags);
         if (k->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", k->bubble);
         printf("%-4d %-72s %9.2f %10.4f %12.0f %6s %9.3f %9.3f %9.3f %9.3f", i + 1, flags,
-               mib((double)k->peak), 1e3 * k->step_s, req->batch * per_sample / k->step_s, bubble,
+               mib((double)k->dry_peak), 1e3 * k->step_s, req->batch * per_sample / k->step_s, bubble,
                1e-6 * k->sent[TM_DIM_DP], 1e-6 * k->sent[TM_DIM_TP], 1e-6 * k->sent[TM_DIM_PP],
                1e-6 * k->host_bytes);
         if (meas != NULL && meas[i].ok)
             printf(" %10.4f %9.2f %7.3f%% %7.3f%%", 1e3 * meas[i].step_s, mib((double)meas[i].peak),
                    100 * (meas[i].step_s / k->step_s - 1),
-                   100 * ((double)meas[i].peak / (double)k->peak - 1));
+                   100 * ((double)meas[i].peak / (double)k->dry_peak - 1));
         else if (meas != NULL)
             printf(" %10s %9s %8s %8s", "failed", "-", "-", "-");
         printf("\n");
@@ -195,7 +195,7 @@ static void print_csv(const tm_plan_candidate *list, int n, const measured *meas
         tm_plan_flags(&k->pt, flags, sizeof flags);
         printf("%s,%d,", flags, k->fits);
         if (k->fits && !k->dominated) printf("%.9g", k->step_s);
-        printf(",%zu,", k->peak);
+        printf(",%zu,", k->dry_peak > 0 ? k->dry_peak : k->peak);
         if (i < n_meas && meas[i].ok) printf("%.9g,%zu", meas[i].step_s, meas[i].peak);
         else printf(",");
         printf(",%zu,", k->host_peak);

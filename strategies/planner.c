@@ -167,6 +167,7 @@ static int dry_run(const tm_plan_request *req, tm_plan_candidate *k)
     }
     k->bubble = r.bubble;
     for (int i = 0; i < r.n_devices; i++) {
+        if (r.devices[i].memory.peak > k->dry_peak) k->dry_peak = r.devices[i].memory.peak;
         for (int d = 0; d < TM_DIMS; d++) k->sent[d] += (double)r.devices[i].step_sent[d];
         k->host_bytes += (double)r.devices[i].step_host;
     }

@@ -45,6 +45,8 @@ typedef struct {
     /* From the dry run (fitting, undominated candidates only; 0 and -1
      * otherwise): */
     double step_s;         /* modeled time of the steady step (TM_PLAN_STEP) */
+    size_t dry_peak;       /* the fullest device's arena peak: peak plus
+                              the collectives' small copies, to the byte */
     double bubble;         /* pp > 1: the bubble over the run's steps; else -1 */
     double sent[TM_DIMS];  /* payload bytes all devices sent in that step, by
                               mesh dimension */

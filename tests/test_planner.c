@@ -8,12 +8,15 @@
  * the replicas' clocks apart, a dry run has none). */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
+#include "strategies/planner.h"
 #include "strategies/trainer.h"
+#include "tests/cli.h"
 #include "tests/models.h"
 #include "tests/training.h"
 
@@ -190,4 +193,252 @@ Test(dry_run, mlp_modeled_time_and_memory_equal_the_real_run, .init = setup, .fi
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
+}
+
+/* The planner against a run-everything sweep: every candidate it finds
+ * valid, fitting or not, dominated or not, trained for real under a cap
+ * large enough for all; the fastest modeled step of the sweep is the
+ * planner's first pick's. */
+typedef struct {
+    tm_model variants[2][3];
+    tm_plan_request req;
+    tm_train_config recipe;
+} planner_setup;
+
+static void planner_request(planner_setup *p, const tm_model *m, const tm_model *m_sp,
+                            const tm_data *train, int devices, int batch, size_t cap)
+{
+    memset(p, 0, sizeof *p);
+    for (int sp = 0; sp < 2; sp++) {
+        const tm_model *base = sp ? m_sp : m;
+        if (base == NULL) continue;
+        int gpt = strcmp(base->family, "gpt") == 0;
+        for (int r = 0; r < 3; r++) {
+            if (r == TM_RECOMPUTE_SELECTIVE && !gpt) continue;
+            p->variants[sp][r] = *base;
+            p->variants[sp][r].recompute = (tm_recompute)r;
+            p->req.models[sp][r] = &p->variants[sp][r];
+        }
+    }
+    adamw(&p->recipe, 1e-3, 0.1, 1.0);
+    p->recipe.lr_schedule = TM_LR_CONSTANT;
+    p->recipe.seed = 3;
+    p->recipe.shuffle = 1;
+    tm_clock_config_default(&p->recipe.clock);
+    p->req.train = train;
+    p->req.devices = devices;
+    p->req.batch = batch;
+    p->req.mem_cap = cap;
+    p->req.precisions = 1 << TM_PRECISION_FP32;
+    p->req.recipe = &p->recipe;
+}
+
+static void step_of(void *ctx, const tm_step_info *info)
+{
+    double *s = ctx;
+    if (info->step == TM_PLAN_STEP) *s = info->modeled_step_s;
+}
+
+Test(planner, first_pick_is_the_best_of_a_run_everything_sweep, .init = setup, .fini = teardown,
+     .timeout = 900)
+{
+    planner_setup p;
+    int devices = SANITIZED ? 2 : 4;
+    planner_request(&p, mlp_model(MLP, TM_ACT_GELU), NULL, &mlp_train, devices, 16, 8 << 20);
+    tm_plan_candidate *list;
+    int n;
+    cr_assert_eq(tm_plan_search(&p.req, &list, &n), TM_OK, "%s", tm_error_message());
+    cr_assert_gt(n, 10);
+    cr_assert(list[0].fits && !list[0].dominated);
+    double best = 0;
+    int best_i = -1, ran = 0;
+    for (int i = 0; i < n; i++) {
+        cr_assert(list[i].fits, "candidate %d does not fit 8 MiB", i);
+        tm_train_config c = tm_plan_config(&p.req, &list[i].pt);
+        double step = 0;
+        c.ctx = &step;
+        c.on_step = step_of;
+        tm_train_result r;
+        char err[2048];
+        cr_assert_eq(tm_train(&c, &mlp_train, &mlp_test, &r, err, sizeof err), TM_OK, "%s", err);
+        tm_train_result_free(&r);
+        cr_assert_gt(step, 0);
+        ran++;
+        if (!list[i].dominated)
+            cr_expect_eq(step, list[i].step_s, "candidate %d: real %.17g s, predicted %.17g s", i,
+                         step, list[i].step_s);
+        if (best_i < 0 || step < best) {
+            best = step;
+            best_i = i;
+        }
+    }
+    cr_expect_eq(ran, n);
+    char a[256], b[256];
+    tm_plan_flags(&list[0].pt, a, sizeof a);
+    tm_plan_flags(&list[best_i].pt, b, sizeof b);
+    cr_expect_eq(list[0].step_s, best, "the pick %s: %.17g s; the sweep's best %s: %.17g s", a,
+                 list[0].step_s, b, best);
+    free(list);
+}
+
+Test(planner, a_tighter_cap_brings_in_a_memory_remedy, .init = setup, .fini = teardown,
+     .timeout = 600)
+{
+    planner_setup p;
+    planner_request(&p, gpt_model_sp(4, 4, 32, 32, 0), gpt_model_sp(4, 4, 32, 32, 1), &gpt_train,
+                    SANITIZED ? 2 : 4, 16, 64 << 20);
+    tm_plan_candidate *roomy, *tight;
+    int n_roomy, n_tight;
+    cr_assert_eq(tm_plan_search(&p.req, &roomy, &n_roomy), TM_OK, "%s", tm_error_message());
+    cr_assert(roomy[0].fits);
+    /* Just under the roomy pick's peak, and above the least any needs. */
+    p.req.mem_cap = roomy[0].peak - 1;
+    cr_assert_eq(tm_plan_search(&p.req, &tight, &n_tight), TM_OK, "%s", tm_error_message());
+    cr_assert_eq(n_tight, n_roomy);
+    cr_assert(tight[0].fits, "nothing fits %zu bytes", p.req.mem_cap);
+    char a[256], b[256];
+    tm_plan_flags(&roomy[0].pt, a, sizeof a);
+    tm_plan_flags(&tight[0].pt, b, sizeof b);
+    cr_expect_leq(tight[0].peak, p.req.mem_cap);
+    cr_expect_gt(tight[0].step_s, roomy[0].step_s, "roomy %s, tight %s", a, b);
+    /* A remedy: recomputation, ZeRO, pipelining, accumulation, or more
+     * of the model split by tensor parallelism. */
+    const tm_plan_point *r = &roomy[0].pt, *t = &tight[0].pt;
+    int remedy = t->recompute != TM_RECOMPUTE_NONE || t->zero > r->zero || t->pp > r->pp ||
+                 t->micro_batches > r->micro_batches || t->tp > r->tp || t->sp > r->sp;
+    cr_expect(remedy, "roomy %s, tight %s", a, b);
+    cr_log_info("roomy: %s (%zu bytes); tight: %s (%zu bytes)", a, roomy[0].peak, b,
+                tight[0].peak);
+    free(roomy);
+    free(tight);
+}
+
+/* build/plan from the outside. */
+#define SMALL "--devices 2 --model 12,32,10 --batch 8"
+
+/* Splits a CSV line (no quoting: the fields hold none) into at most max
+ * fields; returns their count. */
+static int csv_fields(char *line, char **field, int max)
+{
+    int n = 0;
+    line[strcspn(line, "\n")] = '\0';
+    for (char *p = line; n < max;) {
+        field[n++] = p;
+        char *comma = strchr(p, ',');
+        if (comma == NULL) break;
+        *comma = '\0';
+        p = comma + 1;
+    }
+    return n;
+}
+
+Test(plan_cli, csv_is_a_header_and_one_row_per_candidate, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 300)
+{
+    cr_assert_eq(cli_run("plan", SMALL " --mem-cap 5696 --csv"), 0);
+    FILE *f = fopen(cli_out, "r");
+    cr_assert_not_null(f);
+    static char line[4096];
+    char *field[32];
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    int cols = csv_fields(line, field, 32);
+    const char *want[] = {"config", "fits", "predicted_step_s", "predicted_peak_bytes",
+                          "measured_step_s", "measured_peak_bytes"};
+    for (int i = 0; i < 6; i++) cr_expect_str_eq(field[i], want[i]);
+    int rows = 0, fitting = 0, seen_unfit = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        cr_assert_eq(csv_fields(line, field, 32), cols, "row %d: %s", rows + 1, line);
+        cr_expect(strncmp(field[0], "--dp ", 5) == 0, "config %s", field[0]);
+        int fits = atoi(field[1]);
+        cr_expect(strcmp(field[1], "0") == 0 || strcmp(field[1], "1") == 0);
+        char *end;
+        double peak = strtod(field[3], &end);
+        cr_expect(*end == '\0' && peak > 0, "peak %s", field[3]);
+        if (fits && strcmp(field[cols - 1], "0") == 0) {
+            double step = strtod(field[2], &end);
+            cr_expect(*end == '\0' && step > 0, "step %s", field[2]);
+            cr_expect(peak <= 5696, "%s: %s bytes", field[0], field[3]);
+        } else {
+            cr_expect_str_eq(field[2], "");
+        }
+        cr_expect_str_eq(field[4], "");
+        cr_expect_str_eq(field[5], "");
+        /* Fitting rows first, then the others. */
+        if (!fits) seen_unfit = 1;
+        cr_expect(!(fits && seen_unfit), "a fitting row after one that does not fit");
+        fitting += fits;
+        rows++;
+    }
+    fclose(f);
+    cr_expect_gt(fitting, 0);
+    cr_expect_gt(rows, fitting, "the rows that do not fit are listed too");
+}
+
+Test(plan_cli, verify_measures_what_was_predicted, .init = cli_setup, .fini = cli_teardown,
+     .timeout = 300)
+{
+    cr_assert_eq(cli_run("plan", SMALL " --mem-cap 1M --top 3 --verify --steps 3 --csv"), 0);
+    FILE *f = fopen(cli_out, "r");
+    cr_assert_not_null(f);
+    static char line[4096];
+    char *field[32];
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    int verified = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        csv_fields(line, field, 32);
+        if (field[4][0] == '\0') continue;
+        double step = atof(field[2]), measured = atof(field[4]);
+        double peak = atof(field[3]), measured_peak = atof(field[5]);
+        cr_expect(step > 0 && measured == step, "%s: step %s predicted, %s measured", field[0],
+                  field[2], field[4]);
+        cr_expect(peak > 0 && measured_peak == peak, "%s: peak %s predicted, %s measured",
+                  field[0], field[3], field[5]);
+        verified++;
+    }
+    fclose(f);
+    cr_expect_eq(verified, 3);
+}
+
+Test(plan_cli, impossible_requests_exit_1_with_what_would_work, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 300)
+{
+    char first[512];
+    cr_expect_eq(cli_run("plan", SMALL " --mem-cap 1K"), 1);
+    cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s", first);
+    const char *at = strstr(first, "--mem-cap ");
+    cr_assert_not_null(at, "%s", first);
+    long cap = atol(at + strlen("--mem-cap "));
+    cr_assert_gt(cap, 1024);
+    /* The cap it names fits something; a byte less (past the next rows'
+     * needs) may not. */
+    char args[256];
+    snprintf(args, sizeof args, SMALL " --mem-cap %ld --top 1", cap);
+    cr_expect_eq(cli_run("plan", args), 0, "--mem-cap %ld", cap);
+    cr_expect_eq(cli_run("plan", "--devices 7 --model 12,32,10 --batch 1 --mem-cap 1M"), 1);
+    cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1);
+    cr_expect(strstr(first, "6 and 8") != NULL, "%s", first);
+}
+
+Test(plan_cli, bad_usage_is_one_line_and_status_2, .init = cli_setup, .fini = cli_teardown,
+     .timeout = 120)
+{
+    const char *bad[] = {"--mem-cap 1M",
+                         "--devices 2",
+                         "--devices 0 --mem-cap 1M",
+                         "--devices 2 --mem-cap lots",
+                         "--devices 2 --mem-cap 1M --bogus",
+                         "--devices 2 --mem-cap 1M --precision fp8",
+                         "--devices 2 --mem-cap 1M --steps 3",
+                         "--devices 2 --mem-cap 1M --verify --steps 1",
+                         "--devices 2 --mem-cap 1M --model 12,x",
+                         "--devices 2 --mem-cap 1M --model gpt --heads 3 --d-model 32",
+                         "--devices 2 --mem-cap 1M --link-gbps -1",
+                         "--devices 2 --mem-cap 1M extra"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char first[512];
+        cr_expect_eq(cli_run("plan", bad[i]), 2, "plan %s", bad[i]);
+        cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "plan %s: %s", bad[i],
+                     first);
+        cr_expect_eq(cli_lines(cli_out, NULL, first, sizeof first), 0, "plan %s", bad[i]);
+    }
 }
