@@ -289,17 +289,10 @@ int main(int argc, char **argv)
         if (tm_activation_parse(act, &mlp.act) != 0)
             die_usage("--activation is relu or gelu, not \"%s\"", act);
     }
-    /* build/train's recipe for the model (its defaults). */
-    recipe.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
-    recipe.lr = 1e-3;
-    recipe.momentum = 0.9;
-    recipe.beta1 = 0.9;
-    recipe.beta2 = gpt ? 0.99 : 0.999;
-    recipe.weight_decay = gpt ? 0.1 : 5e-4;
-    recipe.clip_grad = gpt ? 1.0 : 0;
-    recipe.lr_schedule = TM_LR_CONSTANT;
-    recipe.seed = 1;
-    recipe.shuffle = 1;
+    /* build/train's recipe for the model, the clock as given. */
+    tm_clock_config clock = recipe.clock;
+    tm_plan_recipe(&recipe, gpt);
+    recipe.clock = clock;
     if (batch == 0) batch = gpt ? 32 : 128;
 
     /* The models: with and without sequence parallelism, each
@@ -308,21 +301,14 @@ int main(int argc, char **argv)
     tm_model variants[2][3];
     tm_plan_request req = {0};
     int n_base = 0;
-    for (int sp = 0; sp < (gpt ? 2 : 1); sp++) {
+    for (int sp = 0; sp < (gpt ? 2 : 1); sp++, n_base++) {
         gc.sequence_parallel = sp;
-        int st = gpt ? tm_gpt_model(&base[sp], &gc) : tm_mlp_model(&base[sp], &mlp);
-        if (st != TM_OK) {
+        if ((gpt ? tm_gpt_model(&base[sp], &gc) : tm_mlp_model(&base[sp], &mlp)) != TM_OK) {
             fprintf(stderr, "plan: %s\n", tm_error_message());
             return 2;
         }
-        n_base++;
-        for (int r = 0; r < 3; r++) {
-            if (r == TM_RECOMPUTE_SELECTIVE && !gpt) continue;
-            variants[sp][r] = base[sp];
-            variants[sp][r].recompute = (tm_recompute)r;
-            req.models[sp][r] = &variants[sp][r];
-        }
     }
+    tm_plan_models(&req, variants, &base[0], gpt ? &base[1] : NULL);
     /* Synthetic data of the model's shape: modeled times and memory do not
      * depend on the values. Enough batches for the verification's steps. */
     long n_samples = (long)batch * (verify_top ? steps : TM_PLAN_STEP) + 1;

@@ -76,6 +76,17 @@ typedef struct {
     void *ctx;
 } tm_plan_request;
 
+/* The variants the search runs of a model: m (and m_sp, the same model
+ * with sequence parallelism, or NULL) with each recomputation (selective
+ * for the GPT only), copied into variants and pointed to by req->models. */
+void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_model *m,
+                    const tm_model *m_sp);
+
+/* build/train's optimizer recipe for the model (its defaults: the MLP's
+ * SGD with momentum, the GPT's AdamW with clipping at 1.0), seed 1,
+ * shuffled, the default clock, into *c (zeroed first). */
+void tm_plan_recipe(tm_train_config *c, int gpt);
+
 /* Every candidate that tm_train_check accepts, fitting or not, into a
  * malloc'd array (*out, *n): the dry-run ones first by throughput (highest
  * first), then the dominated ones, then those that do not fit, each group

@@ -209,22 +209,8 @@ static void planner_request(planner_setup *p, const tm_model *m, const tm_model 
                             const tm_data *train, int devices, int batch, size_t cap)
 {
     memset(p, 0, sizeof *p);
-    for (int sp = 0; sp < 2; sp++) {
-        const tm_model *base = sp ? m_sp : m;
-        if (base == NULL) continue;
-        int gpt = strcmp(base->family, "gpt") == 0;
-        for (int r = 0; r < 3; r++) {
-            if (r == TM_RECOMPUTE_SELECTIVE && !gpt) continue;
-            p->variants[sp][r] = *base;
-            p->variants[sp][r].recompute = (tm_recompute)r;
-            p->req.models[sp][r] = &p->variants[sp][r];
-        }
-    }
-    adamw(&p->recipe, 1e-3, 0.1, 1.0);
-    p->recipe.lr_schedule = TM_LR_CONSTANT;
-    p->recipe.seed = 3;
-    p->recipe.shuffle = 1;
-    tm_clock_config_default(&p->recipe.clock);
+    tm_plan_models(&p->req, p->variants, m, m_sp);
+    tm_plan_recipe(&p->recipe, strcmp(m->family, "gpt") == 0);
     p->req.train = train;
     p->req.devices = devices;
     p->req.batch = batch;
