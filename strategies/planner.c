@@ -250,7 +250,7 @@ int tm_plan_search(const tm_plan_request *req, tm_plan_candidate **out, int *n)
         free(c.list);
         return st;
     }
-    qsort(c.list, (size_t)c.n, sizeof *c.list, by_rank);
+    if (c.n > 0) qsort(c.list, (size_t)c.n, sizeof *c.list, by_rank);
     *out = c.list;
     *n = c.n;
     return TM_OK;

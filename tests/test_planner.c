@@ -169,7 +169,7 @@ Test(dry_run, gpt_modeled_time_and_memory_equal_the_real_run, .init = setup, .fi
     };
     static const setup_t few[] = {
         {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_ZB_H1, 1, BF16},
+        {1, 2, 2, 1, 2, 0, 1, NONE, TM_SCHED_ZB_H1, 1, BF16},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
