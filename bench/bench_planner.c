@@ -111,6 +111,7 @@ static int bench(const char *name, const tm_model *m, const tm_model *m_sp, cons
            devices, n, n_swept, plan_s, sweep_s, plan_s / sweep_s, 1e3 * list[0].step_s,
            1e3 * best, 100 * (list[0].step_s / best - 1), 1e3 * median(dry, n_timed),
            1e3 * median(real, n_timed), flags);
+    fflush(stdout);
     free(dry);
     free(real);
     free(list);
@@ -119,11 +120,17 @@ static int bench(const char *name, const tm_model *m, const tm_model *m_sp, cons
 
 int main(int argc, char **argv)
 {
-    int devices = 4;
-    if (argc == 3 && strcmp(argv[1], "--devices") == 0) devices = atoi(argv[2]);
-    else if (argc != 1) {
-        fprintf(stderr, "usage: bench_planner [--devices N]\n");
-        return 2;
+    int devices = 4, which = 3; /* bit 0: the MLP, bit 1: the GPT */
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--devices") == 0) {
+            devices = atoi(argv[i + 1]);
+        } else if (i + 1 < argc && strcmp(argv[i], "--model") == 0 &&
+                   (strcmp(argv[i + 1], "mlp") == 0 || strcmp(argv[i + 1], "gpt") == 0)) {
+            which = argv[i + 1][0] == 'm' ? 1 : 2;
+        } else {
+            fprintf(stderr, "usage: bench_planner [--devices N] [--model mlp|gpt]\n");
+            return 2;
+        }
     }
     if (devices < 1 || devices > 64) {
         fprintf(stderr, "bench_planner: --devices is 1 to 64\n");
@@ -147,8 +154,9 @@ int main(int argc, char **argv)
     tm_data train, test;
     tm_data_images(&train, &images);
     tm_data_images(&test, &test_images);
-    status |= bench("mlp 784,256,128,10 b128", &mlp, NULL, &train, &test, devices, 128, 64 << 20,
-                    0);
+    if (which & 1)
+        status |= bench("mlp 784,256,128,10 b128", &mlp, NULL, &train, &test, devices, 128,
+                        64 << 20, 0);
     /* The GPT of build/train (L 4, H 4, C 128, T 128), batch 32. */
     tm_gpt_config g = {4, 4, 128, 128, 0}, g_sp = {4, 4, 128, 128, 1};
     tm_model gpt, gpt_sp;
@@ -162,8 +170,9 @@ int main(int argc, char **argv)
         return 1;
     }
     text_test = tm_data_head(&text, 32);
-    status |= bench("gpt L4 H4 C128 T128 b32", &gpt, &gpt_sp, &text, &text_test, devices, 32,
-                    (size_t)64 << 20, 1);
+    if (which & 2)
+        status |= bench("gpt L4 H4 C128 T128 b32", &gpt, &gpt_sp, &text, &text_test, devices, 32,
+                        (size_t)64 << 20, 1);
     tm_model_destroy(&mlp);
     tm_model_destroy(&gpt);
     tm_model_destroy(&gpt_sp);
