@@ -61,7 +61,7 @@ static const char usage_tail[] =
     "The optimizer is build/train's recipe for the model (MLP: SGD with momentum;\n"
     "GPT: AdamW, clipping at 1.0). Exit status: 0 with a pick; 1 when nothing\n"
     "fits (the line names the smallest cap that would) or the devices allow no\n"
-    "valid split (the line names the smallest device count that does); 2 on bad\n"
+    "valid split (the line names the nearest device counts that do); 2 on bad\n"
     "usage.\n";
 
 static void usage(FILE *f)
