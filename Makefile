@@ -45,8 +45,9 @@ LIB       := $(BUILD)/libtinymesh.a
 # Suites that run threads at once: the TSan set (devices talking to each
 # other, gemm's eight threads calling tm_sgemm together, the stop protocol,
 # the GPT's stage, mesh and generation worlds, ZeRO and recomputation, the
-# collectives across processes under mpirun with the progress threads).
-TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt gpt_mesh stage zero recompute offload precision predict mpi_collectives
+# planner's dry and real runs, the collectives across processes under
+# mpirun with the progress threads).
+TSAN_SUITES ?= arena link world collectives clock gemm stop parallel gpt gpt_mesh stage zero recompute offload precision predict planner mpi_collectives
 SUITES ?=
 TEST_RUN := $(if $(SUITES),$(foreach s,$(SUITES),$(if $(filter mpi_%,$s),$(if $(wildcard tests/$s.c),$(BUILD)/$s),$(BUILD)/test_$s)),$(TEST_BIN) $(MPI_TEST_BIN))
 

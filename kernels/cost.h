@@ -19,6 +19,15 @@ typedef struct {
 tm_cost tm_cost_totals(void);
 void tm_cost_reset(void);
 
+/* Cost only (a dry run): while the calling thread's switch is on, every
+ * kernel charges the FLOPs and bytes it charges when it computes and
+ * returns without computing; what it would write keeps what it held (a
+ * loss or a count comes back 0). The modeled clock depends only on these
+ * charges and the program's order, so a dry step's modeled time is a real
+ * step's. Off by default. */
+void tm_cost_set_dry(int on);
+int tm_cost_dry(void);
+
 /* For kernels: adds to the totals and calls the thread's hook. */
 void tm__cost_charge(double flops, double bytes);
 

@@ -203,7 +203,7 @@ static void gemm_run(tm_gemm_backend backend, char transa, char transb, int m, i
                      float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                      float *c, int ldc)
 {
-    if (no_product(m, n, k, alpha, beta, c, ldc)) return;
+    if (tm_cost_dry() || no_product(m, n, k, alpha, beta, c, ldc)) return;
     int ta = is_trans(transa), tb = is_trans(transb);
     if (backend == TM_GEMM_AUTO) backend = tm_gemm_auto_backend(transa, transb, m, n, k);
     switch (backend) {
@@ -252,7 +252,7 @@ void tm_gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     if ((a_type != TM_DTYPE_F32 && a_type != TM_DTYPE_BF16) ||
         (b_type != TM_DTYPE_F32 && b_type != TM_DTYPE_BF16))
         return;
-    if (!no_product(m, n, k, alpha, beta, c, ldc))
+    if (!tm_cost_dry() && !no_product(m, n, k, alpha, beta, c, ldc))
         tm__gemm_bf16_blocked(tm__gemm_bf16_kernels_for(tm_isa_active()), is_trans(transa),
                               is_trans(transb), m, n, k, alpha, a, a_type == TM_DTYPE_BF16,
                               lda, b, b_type == TM_DTYPE_BF16, ldb, beta, c, ldc);

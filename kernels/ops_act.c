@@ -26,9 +26,9 @@ static inline void relu_span(float *restrict out, const float *restrict inp,
 
 void tm_relu_forward(float *restrict out, const float *restrict inp, size_t n)
 {
-    size_t nv = vec_floor(n);
+    size_t todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     relu_span(out, inp, nv);
-    relu_span(out + nv, inp + nv, n - nv);
+    relu_span(out + nv, inp + nv, todo - nv);
     tm__cost_charge((double)n, 8.0 * n);
 }
 
@@ -49,9 +49,9 @@ static inline void relu_backward_span(float *restrict dinp,
 void tm_relu_backward(float *restrict dinp, const float *restrict dout,
                       const float *restrict out, size_t n)
 {
-    size_t nv = vec_floor(n);
+    size_t todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     relu_backward_span(dinp, dout, out, nv);
-    relu_backward_span(dinp + nv, dout + nv, out + nv, n - nv);
+    relu_backward_span(dinp + nv, dout + nv, out + nv, todo - nv);
     tm__cost_charge(2.0 * n, 16.0 * n);
 }
 
@@ -64,9 +64,9 @@ static inline void relu_mask_span(float *restrict d, const float *restrict out,
 void tm_relu_backward_inplace(float *restrict d, const float *restrict out,
                               size_t n)
 {
-    size_t nv = vec_floor(n);
+    size_t todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     relu_mask_span(d, out, nv);
-    relu_mask_span(d + nv, out + nv, n - nv);
+    relu_mask_span(d + nv, out + nv, todo - nv);
     tm__cost_charge((double)n, 12.0 * n);
 }
 
@@ -140,27 +140,27 @@ void tm__bias_gelu_forward_isa(tm_isa isa, float *out, float *pre, const float *
 
 void tm_gelu_backward_inplace(float *d, const float *inp, size_t n)
 {
-    tm__gelu_backward_inplace_isa(tm_isa_active(), d, inp, n);
+    if (!tm_cost_dry()) tm__gelu_backward_inplace_isa(tm_isa_active(), d, inp, n);
     tm__cost_charge(19.0 * n, 12.0 * n);
 }
 
 void tm_bias_gelu_forward(float *out, float *pre, const float *bias, int B, int C)
 {
-    tm__bias_gelu_forward_isa(tm_isa_active(), out, pre, bias, B, C);
+    if (!tm_cost_dry()) tm__bias_gelu_forward_isa(tm_isa_active(), out, pre, bias, B, C);
     double n = (double)B * C;
     tm__cost_charge(10.0 * n, 4.0 * (3.0 * n + C));
 }
 
 void tm_gelu_forward(float *restrict out, const float *restrict inp, size_t n)
 {
-    tm__gelu_forward_isa(tm_isa_active(), out, inp, n);
+    if (!tm_cost_dry()) tm__gelu_forward_isa(tm_isa_active(), out, inp, n);
     tm__cost_charge(9.0 * n, 8.0 * n);
 }
 
 void tm_gelu_backward(float *restrict dinp, const float *restrict dout,
                       const float *restrict inp, size_t n)
 {
-    tm__gelu_backward_isa(tm_isa_active(), dinp, dout, inp, n);
+    if (!tm_cost_dry()) tm__gelu_backward_isa(tm_isa_active(), dinp, dout, inp, n);
     tm__cost_charge(20.0 * n, 16.0 * n);
 }
 
@@ -173,9 +173,9 @@ static inline void add2_span(float *restrict out, const float *restrict a,
 void tm_residual_forward(float *restrict out, const float *restrict inp1,
                          const float *restrict inp2, size_t n)
 {
-    size_t nv = vec_floor(n);
+    size_t todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     add2_span(out, inp1, inp2, nv);
-    add2_span(out + nv, inp1 + nv, inp2 + nv, n - nv);
+    add2_span(out + nv, inp1 + nv, inp2 + nv, todo - nv);
     tm__cost_charge((double)n, 12.0 * n);
 }
 
@@ -192,8 +192,8 @@ static inline void residual_backward_span(float *restrict dinp1,
 void tm_residual_backward(float *restrict dinp1, float *restrict dinp2,
                           const float *restrict dout, size_t n)
 {
-    size_t nv = vec_floor(n);
+    size_t todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     residual_backward_span(dinp1, dinp2, dout, nv);
-    residual_backward_span(dinp1 + nv, dinp2 + nv, dout + nv, n - nv);
+    residual_backward_span(dinp1 + nv, dinp2 + nv, dout + nv, todo - nv);
     tm__cost_charge(2.0 * n, 20.0 * n);
 }

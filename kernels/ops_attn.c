@@ -75,7 +75,7 @@ static void head_weights(tm_isa isa, float *a, const float *q, const float *k, i
         tm_ops_gemm('N', 'T', r1 - r0, r1, hs, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f,
                     a + (size_t)r0 * T, T);
     }
-    tm__softmax_causal_isa(isa, a, T);
+    if (!tm_cost_dry()) tm__softmax_causal_isa(isa, a, T);
 }
 
 /* The softmax's cost: per kept score a max, a subtraction, an exp, a sum
@@ -159,7 +159,7 @@ static void backward(float *dqkv, float *scratch, const float *dout, const float
                 tm_ops_gemm('T', 'N', c1 - c0, hs, T - c0, 1.0f, a + (size_t)c0 * T + c0, T,
                             g + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * ld, ld);
             }
-            tm__softmax_causal_backward_isa(isa, d, a, T);
+            if (!tm_cost_dry()) tm__softmax_causal_backward_isa(isa, d, a, T);
             /* dq = scale d k, dk = scale dᵀ q: each block of rows once. */
             for (int r0 = 0; r0 < T; r0 += RB) {
                 int r1 = r0 + RB < T ? r0 + RB : T;

@@ -36,7 +36,7 @@ void tm_embedding_forward(float *out, const int *tokens, const float *wte,
                           int V)
 {
     size_t c = (size_t)C, nv = vec_floor(c);
-    for (int r = 0; r < BT; r++) {
+    for (int r = 0; r < (tm_cost_dry() ? 0 : BT); r++) {
         float *y = out + (size_t)r * c;
         int row = tokens[r] - v0;
         const float *p = wpe != NULL ? wpe + (size_t)(r % T) * c : NULL;
@@ -62,7 +62,7 @@ void tm_embedding_backward(float *dwte, float *dwpe, const float *dout,
                            int V)
 {
     size_t c = (size_t)C;
-    for (int r = 0; r < BT; r++) {
+    for (int r = 0; r < (tm_cost_dry() ? 0 : BT); r++) {
         const float *d = dout + (size_t)r * c;
         int row = tokens[r] - v0;
         if (row >= 0 && row < V) add_row(dwte + (size_t)row * c, d, c);
@@ -83,7 +83,7 @@ void tm_bias_residual_forward(float *out, const float *res,
                               const float *bias, int B, int C)
 {
     size_t c = (size_t)C, nv = vec_floor(c);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         float *y = out + (size_t)b * c;
         const float *x = res + (size_t)b * c;
         if (bias == NULL) {
@@ -99,6 +99,6 @@ void tm_bias_residual_forward(float *out, const float *res,
 
 void tm_add_inplace(float *d, const float *dout, size_t n)
 {
-    add_row(d, dout, n);
+    if (!tm_cost_dry()) add_row(d, dout, n);
     tm__cost_charge((double)n, 12.0 * (double)n);
 }

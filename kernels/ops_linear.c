@@ -44,13 +44,14 @@ static void linear_gemm(float *out, const float *inp, const float *weight,
                         const float *bias, int B, int IN, int OUT)
 {
     if (B == 0 || OUT == 0) return;
+    int rows = tm_cost_dry() ? 0 : B; /* a dry run computes nothing */
     if (bias != NULL) {
-        for (int b = 0; b < B; b++)
+        for (int b = 0; b < rows; b++)
             memcpy(out + (size_t)b * OUT, bias, (size_t)OUT * sizeof(float));
     }
     if (IN == 0) {
         /* An empty product: out is the bias alone (or zero). */
-        if (bias == NULL) memset(out, 0, (size_t)B * OUT * sizeof(float));
+        if (bias == NULL && rows > 0) memset(out, 0, (size_t)B * OUT * sizeof(float));
         return;
     }
     tm_ops_gemm('N', 'T', B, OUT, IN, 1.0f, inp, IN, weight, IN,
@@ -71,9 +72,9 @@ void tm_linear_relu_forward(float *out, const float *inp, const float *weight,
                             const float *bias, int B, int IN, int OUT)
 {
     linear_gemm(out, inp, weight, bias, B, IN, OUT);
-    size_t n = (size_t)B * OUT, nv = vec_floor(n);
+    size_t n = (size_t)B * OUT, todo = tm_cost_dry() ? 0 : n, nv = vec_floor(todo);
     relu_inplace_span(out, nv);
-    relu_inplace_span(out + nv, n - nv);
+    relu_inplace_span(out + nv, todo - nv);
     /* ReLU: one comparison per element, out read and written again. */
     double bo = (double)n;
     double flops = bo, bytes = 8.0 * bo;
@@ -103,7 +104,7 @@ void tm_linear_backward(float *dinp, float *dweight, float *dbias,
 void tm_bias_add_forward(float *out, const float *bias, int B, int C)
 {
     size_t nv = vec_floor((size_t)C);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         float *row = out + (size_t)b * C;
         add_span(row, bias, nv);
         add_span(row + nv, bias + nv, (size_t)C - nv);
@@ -114,7 +115,7 @@ void tm_bias_add_forward(float *out, const float *bias, int B, int C)
 
 void tm_bias_add_backward(float *dbias, const float *dout, int B, int C)
 {
-    add_column_sums(dbias, dout, B, C);
+    add_column_sums(dbias, dout, tm_cost_dry() ? 0 : B, C);
     double bc = (double)B * C;
     tm__cost_charge(bc, 4.0 * (bc + 2.0 * C));
 }

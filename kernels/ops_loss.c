@@ -37,7 +37,7 @@ float tm_softmax_xent_forward_backward(float *dlogits, float *losses,
                                        int B, int C, float grad_scale)
 {
     double total = 0.0;
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         assert(labels[b] >= 0 && labels[b] < C);
         float *d = dlogits != NULL ? dlogits + (size_t)b * C : NULL;
         float loss = xent_row(d, logits + (size_t)b * C, labels[b], C,
@@ -61,7 +61,7 @@ float tm_softmax_xent_forward_backward(float *dlogits, float *losses,
 int tm_accuracy(const float *logits, const int *labels, int B, int C)
 {
     int correct = 0;
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         const float *x = logits + (size_t)b * C;
         /* Strictly greater: the first of equal maxima wins. */
         int best = 0;
@@ -76,7 +76,7 @@ int tm_accuracy(const float *logits, const int *labels, int B, int C)
 
 void tm_xent_shard_max(float *max, int *arg, const float *logits, int B, int n, int ld)
 {
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         const float *x = logits + (size_t)b * ld;
         int best = n > 0 ? 0 : -1;
         for (int c = 1; c < n; c++)
@@ -91,7 +91,7 @@ void tm_xent_shard_max(float *max, int *arg, const float *logits, int B, int n, 
 void tm_xent_shard_forward(float *d, float *sum, float *target, const float *logits,
                            const float *max, const int *labels, int B, int n, int ld, int v0)
 {
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         const float *x = logits + (size_t)b * ld;
         float m = max[b], s = 0.0f;
         if (d != NULL) {
@@ -115,7 +115,7 @@ void tm_xent_shard_forward(float *d, float *sum, float *target, const float *log
 void tm_xent_shard_backward(float *d, const float *sum, const int *labels, int B, int n, int ld,
                             int v0, float grad_scale)
 {
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         float *e = d + (size_t)b * ld, scale = grad_scale / sum[b];
         for (int c = 0; c < n; c++) e[c] *= scale;
         int col = labels[b] - v0;

@@ -78,7 +78,7 @@ void tm_layernorm_forward(float *out, float *mean, float *rstd,
                           const float *bias, int B, int C, float eps)
 {
     size_t nv = vec_floor((size_t)C);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         const float *x = inp + (size_t)b * C;
         float *y = out + (size_t)b * C;
         /* The moments are summed in double: a float sum over a wide row
@@ -120,7 +120,7 @@ void tm_layernorm_backward(float *dinp, float *dweight, float *dbias,
                            const float *rstd, int B, int C)
 {
     size_t nv = vec_floor((size_t)C);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < (tm_cost_dry() ? 0 : B); b++) {
         const float *x = inp + (size_t)b * C;
         const float *dy = dout + (size_t)b * C;
         float *dx = dinp + (size_t)b * C;

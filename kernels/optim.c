@@ -24,9 +24,10 @@ void tm__sgd_step_isa(int isa, float *param, const float *grad, float *momentum_
     float wd = (float)hp.weight_decay;
     float *buf = hp.momentum == 0.0 ? NULL : momentum_buf;
     assert(hp.momentum == 0.0 || buf != NULL);
-    if (isa >= TM_ISA_AVX2)
+    bool run = !tm_cost_dry(); /* a dry run charges the cost alone */
+    if (run && isa >= TM_ISA_AVX2)
         tm__sgd_loops_avx2(param, grad, buf, n, lr, mom, wd, step == 1);
-    else
+    else if (run)
         sgd_loops(param, grad, buf, n, lr, mom, wd, step == 1);
     if (buf == NULL)
         tm__cost_charge(4.0 * n, 12.0 * n);
@@ -64,9 +65,10 @@ void tm__adamw_step_isa(int isa, float *param, const float *grad, float *m, floa
         .bc2_sqrt = (float)sqrt(1.0 - pow(hp.beta2, t)),
         .eps = (float)hp.eps,
     };
-    if (isa >= TM_ISA_AVX2)
+    bool run = !tm_cost_dry();
+    if (run && isa >= TM_ISA_AVX2)
         tm__adamw_loops_avx2(param, grad, m, v, n, s, step == 1);
-    else
+    else if (run)
         adamw_loops(param, grad, m, v, n, s, step == 1);
     /* Per element: decay 1, m 3, v 4, sqrt, divide and eps 3, the update 3;
      * param, m and v are read and written, grad read. */

@@ -564,8 +564,10 @@ static int setup(device *v)
 {
     job *j = v->j;
     const tm_train_config *cfg = j->cfg;
-    tm_gemm_thread_init();
+    /* The GEMM libraries' warm-up (wall time only): a dry run runs none. */
+    if (!cfg->dry_run) tm_gemm_thread_init();
     tm_cost_set_hook(charge, v->dev);
+    tm_cost_set_dry(cfg->dry_run);
     TM_CHECK(tm_mesh_create(v->dev, cfg->dp, cfg->pp, cfg->tp, &v->mesh));
     int p = v->mesh.p;
     v->is_first = p == 0;
@@ -697,9 +699,11 @@ static int clip_grads(device *v, double *norm)
     /* Under ZeRO each replica holds its chunks of the gradient only. */
     if (v->zero != NULL) TM_CHECK(sum_over(v->mesh.dp_comm, &sq, 1));
     *norm = sqrt(sq);
+    /* Scaled by the factor even when it is 1 (exact), as PyTorch does, so
+     * that the step's modeled time does not depend on the norm. */
     float f = tm_clip_factor(*norm, v->j->cfg->clip_grad);
-    if (f < 1.0f && v->zero != NULL) tm_zero_grad_scale(v->zero, f);
-    else if (f < 1.0f) tm_stage_grad_scale(&v->stage, f);
+    if (v->zero != NULL) tm_zero_grad_scale(v->zero, f);
+    else tm_stage_grad_scale(&v->stage, f);
     return TM_OK;
 }
 
@@ -857,8 +861,10 @@ static int train_loop(device *v)
             if (st != TM_OK) break;
             size_t n_grads;
             const float *grads = step_grads(v, &n_grads);
-            tm__train_guard(j->stop, pos.step + 1, v->is_last, l, grads, n_grads,
-                            tm_device_id(v->dev));
+            /* A dry run's values mean nothing: no guard on them. */
+            if (!cfg->dry_run)
+                tm__train_guard(j->stop, pos.step + 1, v->is_last, l, grads, n_grads,
+                                tm_device_id(v->dev));
             pos.step++;
             pos.epoch_step++;
             taken++;
@@ -878,7 +884,7 @@ static int train_loop(device *v)
             }
             /* Evaluations between epochs; the epoch's end has its own. */
             if (cfg->eval_every > 0 && pos.step % cfg->eval_every == 0 &&
-                pos.epoch_step < per_epoch) {
+                pos.epoch_step < per_epoch && !cfg->dry_run) {
                 tm_eval_info e = {pos.step, 0, 0};
                 st = evaluate(v, &e.loss, &e.acc);
                 eval_step = pos.step;
@@ -894,7 +900,7 @@ static int train_loop(device *v)
                               epoch_time > 0 ? (double)epoch_steps * cfg->batch / epoch_time : 0,
                               0, -1};
         st = epoch_modeled(v, &info.modeled_samples_per_s, &info.bubble, epoch_steps);
-        if (st == TM_OK) st = evaluate(v, &info.test_loss, &info.test_acc);
+        if (st == TM_OK && !cfg->dry_run) st = evaluate(v, &info.test_loss, &info.test_acc);
         eval_step = pos.step;
         eval_loss = info.test_loss;
         eval_acc = info.test_acc;
@@ -927,7 +933,7 @@ static int train_loop(device *v)
         }
         return TM_OK;
     }
-    if (eval_step != pos.step) {
+    if (eval_step != pos.step && !cfg->dry_run) {
         TM_CHECK(evaluate(v, &eval_loss, &eval_acc));
         eval_step = pos.step;
     }
@@ -1003,6 +1009,7 @@ static int run(tm_device *dev, void *arg)
     free(v.order);
     tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
+    tm_cost_set_dry(0);
     tm_zero_destroy(v.zero);
     if (v.offload != NULL) {
         tm_offload_stats(v.offload, &rep->host_memory);
@@ -1071,7 +1078,8 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     if (st == TM_OK && cfg->load_path != NULL) {
         st = tm_checkpoint_load(cfg->load_path, &state,
                                 cfg->load_weights ? TM_LOAD_WEIGHTS : TM_LOAD_RESUME, &j.resumed);
-    } else if (st == TM_OK) {
+    } else if (st == TM_OK && !cfg->dry_run) {
+        /* A dry run's weights stay the state's zeros: nothing reads them. */
         cfg->model->init(cfg->model, state.params, cfg->seed);
     }
     if (!j.resumed) state.pos = (tm_train_position){0, 0, 0, cfg->seed};
@@ -1091,6 +1099,9 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     tm_world_config_default(&wc);
     wc.n_devices = n;
     wc.mem_cap = cfg->mem_cap;
+    /* A dry run touches only the pages its copies write: the cap's whole
+     * range need not be faulted in first (wall time only). */
+    wc.prefault = !cfg->dry_run;
     clock_of(cfg, &wc.clock);
     wc.stop = j.stop;
     if (st == TM_OK) st = tm_world_create(&w, &wc);

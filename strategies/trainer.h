@@ -106,6 +106,14 @@ typedef struct {
     const char *save_path; /* checkpoint written at the end, or NULL */
     tm_clock_config clock; /* modeled device and link rates; all zero: the
                               defaults (tm_clock_config_default) */
+    int dry_run;           /* cost only (kernels/cost.h): the training steps
+                              run every allocation, transfer, collective and
+                              schedule, their kernels charge the modeled
+                              clock and compute nothing; no evaluation, no
+                              non-finite guard, losses 0. Modeled times and
+                              memory peaks are a real run's (the planner's
+                              prediction, README "Planner"); the weights
+                              stay the initial ones */
     const char *trace_path; /* Chrome trace of the recorded steps, or NULL */
     int trace_wall;        /* trace in wall time instead of modeled time */
     long trace_first;      /* first recorded step of this run (1-based; 0: 1) */
