@@ -70,12 +70,15 @@ static void record(void *ctx, const tm_step_info *s)
     if (l->n <= STEPS) l->loss[l->n++] = s->loss;
 }
 
+/* The GPT's blocks: L, or more for pp x v model stages (virtual stages). */
+static int blocks = L;
+
 /* nanoGPT's recipe, shortened: AdamW, warm-up then cosine decay, weight
  * decay on the matrices, gradients clipped to norm 1. */
 static tm_train_config config(int dp, int pp, int tp, int sp, int m, tm_schedule_kind k)
 {
     tm_train_config c = {0};
-    c.model = gpt_model_sp(L, H, C, T, sp);
+    c.model = gpt_model_sp(blocks, H, C, T, sp);
     c.dp = dp;
     c.pp = pp;
     c.tp = tp;
@@ -147,20 +150,23 @@ typedef struct {
 } worst;
 
 /* Trains the mesh and checks it against the reference. */
-static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedule_kind k,
+static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedule_kind k, int v,
                        worst *w)
 {
     int m = BATCH / dp < 4 ? BATCH / dp : 4;
     run got;
-    int st = train(config(dp, pp, tp, sp, m, k), &got, NULL);
-    const char *name = tm_schedule_kind_name(k);
+    tm_train_config c = config(dp, pp, tp, sp, m, k);
+    c.virtual_stages = v;
+    int st = train(c, &got, NULL);
+    char name[64];
+    snprintf(name, sizeof name, "%s v %d", tm_schedule_kind_name(k), v);
     cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d%s %s failed", dp, pp, tp, sp ? " SP" : "", name);
     if (st != TM_OK) return;
     cr_expect_eq(got.l.n, STEPS);
     double loss = 0;
     for (int i = 0; i < got.l.n && i < ref->l.n; i++)
         loss = fmax(loss, fabs(got.l.loss[i] - ref->l.loss[i]) / ref->l.loss[i]);
-    double params = param_distance(got.params, ref->params, gpt_model(L, H, C, T)->n_params);
+    double params = param_distance(got.params, ref->params, gpt_model(blocks, H, C, T)->n_params);
     cr_expect_leq(loss, LOSS_TOL, "dp=%d pp=%d tp=%d%s %s: loss differs by %.3g", dp, pp, tp,
                   sp ? " SP" : "", name, loss);
     cr_expect_leq(params, PARAM_TOL, "dp=%d pp=%d tp=%d%s %s: parameters differ by %.3g", dp, pp,
@@ -176,17 +182,18 @@ static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedu
 
 /* The meshes a sanitized build trains: (dp, tp, sequence parallelism,
  * schedule) for each pp. */
-static const struct { int pp, dp, tp, sp; tm_schedule_kind k; } sanitized[] = {
-    {1, 2, 2, 1, TM_SCHED_1F1B},     {1, 1, 4, 0, TM_SCHED_1F1B},
-    {2, 2, 2, 1, TM_SCHED_1F1B},     {2, 1, 2, 0, TM_SCHED_GPIPE},
-    {2, 4, 1, 0, TM_SCHED_GROUPED},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL},
-    {4, 1, 2, 1, TM_SCHED_INTERLEAVED}, {4, 2, 1, 0, TM_SCHED_1F1B},
-    {4, 2, 1, 0, TM_SCHED_ZB_H1},
+static const struct { int pp, dp, tp, sp; tm_schedule_kind k; int v; } sanitized[] = {
+    {1, 2, 2, 1, TM_SCHED_1F1B, 1},     {1, 1, 4, 0, TM_SCHED_1F1B, 1},
+    {2, 2, 2, 1, TM_SCHED_1F1B, 1},     {2, 1, 2, 0, TM_SCHED_GPIPE, 1},
+    {2, 4, 1, 0, TM_SCHED_GROUPED, 1},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL, 1},
+    {4, 1, 2, 1, TM_SCHED_INTERLEAVED, 1}, {4, 2, 1, 0, TM_SCHED_1F1B, 1},
+    {4, 2, 1, 0, TM_SCHED_ZB_H1, 1},    {2, 2, 2, 1, TM_SCHED_INTERLEAVED_1F1B, 2},
 };
 
-/* Every mesh with pp stages (each schedule when pp > 1), with and without
- * sequence parallelism where tp > 1 (sanitized: the list above). */
-static void every_mesh(int pp)
+/* Every mesh with pp stages (each schedule when pp > 1, interleaved-1f1b
+ * with each v up to max_v), with and without sequence parallelism where
+ * tp > 1 (sanitized: the list above). */
+static void every_mesh(int pp, int max_v)
 {
     run ref;
     reference(&ref);
@@ -196,7 +203,7 @@ static void every_mesh(int pp)
     for (size_t i = 0; SANITIZED && i < sizeof sanitized / sizeof sanitized[0]; i++)
         if (sanitized[i].pp == pp) {
             check_mesh(&ref, sanitized[i].dp, pp, sanitized[i].tp, sanitized[i].sp,
-                       sanitized[i].k, &w);
+                       sanitized[i].k, sanitized[i].v, &w);
             want++;
         }
     for (int a = 0; !SANITIZED && a < 3; a++)
@@ -205,10 +212,14 @@ static void every_mesh(int pp)
             if (dp * pp * tp > 8) continue;
             for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
                 if (pp == 1 && k != TM_SCHED_1F1B) continue;
-                for (int sp = 0; sp <= (tp > 1); sp++) {
-                    check_mesh(&ref, dp, pp, tp, sp, (tm_schedule_kind)k, &w);
-                    want++;
-                }
+                int vs = k == TM_SCHED_INTERLEAVED_1F1B ? max_v : 1;
+                for (int v = 1; v <= vs; v++)
+                    for (int sp = 0; sp <= (tp > 1); sp++) {
+                        /* Virtual stages want micro-batches a multiple of pp. */
+                        if (v > 1 && (BATCH / dp < 4 ? BATCH / dp : 4) % pp != 0) continue;
+                        check_mesh(&ref, dp, pp, tp, sp, (tm_schedule_kind)k, v, &w);
+                        want++;
+                    }
             }
         }
     cr_expect_eq(w.runs, want);
@@ -222,17 +233,40 @@ static void every_mesh(int pp)
 Test(gpt_mesh, data_and_tensor_parallel_equal_one_device, .init = setup, .fini = teardown,
      .timeout = 900)
 {
-    every_mesh(1);
+    every_mesh(1, 1);
 }
 
 Test(gpt_mesh, two_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
 {
-    every_mesh(2);
+    every_mesh(2, 2);
 }
 
 Test(gpt_mesh, four_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
 {
-    every_mesh(4);
+    every_mesh(4, 1);
+}
+
+/* Virtual stages on four devices need eight blocks: interleaved-1f1b with
+ * v 2 on pp 4, and v 4 on pp 2, with data and tensor parallelism (and
+ * sequence parallelism), against one device running the same GPT. */
+Test(gpt_mesh, virtual_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
+{
+    blocks = 8;
+    run ref;
+    reference(&ref);
+    static const struct { int pp, dp, tp, sp, v; } meshes[] = {
+        {4, 1, 1, 0, 2}, {4, 2, 1, 0, 2}, {4, 1, 2, 1, 2}, {2, 1, 1, 0, 4}, {2, 2, 2, 1, 4},
+        {2, 1, 4, 0, 3},
+    };
+    worst w = {0, 0, 0};
+    int n = SANITIZED ? 2 : (int)(sizeof meshes / sizeof meshes[0]);
+    for (int i = 0; i < n; i++)
+        check_mesh(&ref, meshes[i].dp, meshes[i].pp, meshes[i].tp, meshes[i].sp,
+                   TM_SCHED_INTERLEAVED_1F1B, meshes[i].v, &w);
+    cr_expect_eq(w.runs, n);
+    printf("gpt mesh virtual stages: worst of %d runs: loss %.3g, parameters %.3g\n", w.runs,
+           w.loss, w.params);
+    free(ref.params);
 }
 
 /* ---- memory ------------------------------------------------------------- */
