@@ -381,6 +381,51 @@ Test(gpt_mesh, step_traffic_equals_the_formulas, .init = setup, .fini = teardown
  * rows, 4 per block, the embedding's and ln_f's input gradient's, all of
  * (r, C); the loss's all-gather of r maxima and all-reduce of 2r sums and
  * target logits; per step, clipping's all-gathered double. */
+/* Virtual stages: every chunk's boundary messages, by the formulas; the
+ * pipeline sends 2m(p v - 1) messages a step against 1F1B's 2m(p - 1). */
+Test(gpt_mesh, virtual_stage_traffic_equals_the_formulas, .init = setup, .fini = teardown,
+     .timeout = 300)
+{
+    static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
+    struct { int dp, tp, sp; } meshes[] = {{1, 1, 0}, {2, 2, 1}};
+    for (size_t k = 0; k < sizeof meshes / sizeof meshes[0]; k++) {
+        double pp_bytes[2] = {0, 0};
+        for (int v = 1; v <= 2; v++) {
+            tm_train_config c = config(meshes[k].dp, 2, meshes[k].tp, meshes[k].sp, 2,
+                                       TM_SCHED_INTERLEAVED_1F1B);
+            c.virtual_stages = v;
+            c.max_steps = 1;
+            c.keep_params = 0;
+            run got;
+            tm_train_result r;
+            cr_assert_eq(train(c, &got, &r), TM_OK);
+            cr_assert(r.recorded);
+            for (int d = 0; d < r.n_devices; d++) {
+                for (int dim = 0; dim < TM_DIMS; dim++) {
+                    double sent = (double)r.devices[d].step_sent[dim];
+                    double want = r.devices[d].step_analytic[dim];
+                    cr_expect(fabs(sent - want) <= 64 + 1e-6 * want,
+                              "v %d mesh (%d,2,%d)%s device %d %s: sent %.0f, formula %.1f", v,
+                              meshes[k].dp, meshes[k].tp, meshes[k].sp ? " SP" : "", d,
+                              dim_name[dim], sent, want);
+                }
+                pp_bytes[v - 1] += (double)r.devices[d].step_sent[TM_DIM_PP];
+            }
+            tm_train_result_free(&r);
+        }
+        /* v 2 adds 2 m p (v - 1) = 8 boundary messages per pipeline (dp x
+         * tp of them), each a micro-batch's (BATCH / dp / m) x T rows of C
+         * floats (a tp-th of them under sequence parallelism); the tied
+         * embedding's sum and clipping's are the same in both. */
+        int dp = meshes[k].dp, tp = meshes[k].tp;
+        double msg = (double)BATCH / dp / 2 * T * C * sizeof(float) / (meshes[k].sp ? tp : 1);
+        double more = 8 * msg * dp * tp;
+        cr_expect(fabs(pp_bytes[1] - pp_bytes[0] - more) <= 1e-9 * more,
+                  "mesh %zu: pp bytes %.0f with v 2, %.0f with v 1, want %.0f more", k,
+                  pp_bytes[1], pp_bytes[0], more);
+    }
+}
+
 Test(gpt_mesh, tensor_parallel_traffic_by_hand, .init = setup, .fini = teardown, .timeout = 60)
 {
     tm_allreduce_set_algo(TM_ALGO_RING);
