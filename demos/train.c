@@ -972,10 +972,12 @@ int main(int argc, char **argv)
                cfg.batch, replica, micro, adamw ? "adamw" : "sgd", cfg.lr,
                cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     }
+    char chunks[48] = "";
+    if (cfg.virtual_stages > 1)
+        snprintf(chunks, sizeof chunks, " with %d virtual stages", cfg.virtual_stages);
     if (mesh > 1)
         printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule%s%s\n", mesh, cfg.dp,
-               cfg.pp, cfg.tp, tm_schedule_kind_name(cfg.schedule),
-               cfg.virtual_stages > 1 ? " with virtual stages" : "",
+               cfg.pp, cfg.tp, tm_schedule_kind_name(cfg.schedule), chunks,
                cfg.zero == 1 ? ", ZeRO-1" : cfg.zero == 2 ? ", ZeRO-2" : cfg.zero == 3 ? ", ZeRO-3"
                                                                                      : "");
     if (recompute != TM_RECOMPUTE_NONE)
