@@ -487,18 +487,21 @@ static int sendrecv_fn(tm_device *dev, void *arg)
     return TM_OK;
 }
 
-Test(collectives, sendrecv_ring_of_large_messages, .timeout = 30)
+/* Runs fn on rings of 2 to 5 devices, reporting each ring's findings. */
+static void on_rings(tm_device_fn fn)
 {
     for (int n = 2; n <= 5; n++) {
         tm_world *w = make_world(n);
         findings f = {0};
-        cr_expect_eq(tm_world_run(w, sendrecv_fn, &f), TM_OK, "%s", tm_world_error(w));
+        cr_expect_eq(tm_world_run(w, fn, &f), TM_OK, "%s", tm_world_error(w));
         char label[16];
         snprintf(label, sizeof label, "n=%d", n);
         findings_report(&f, label);
         tm_world_destroy(w);
     }
 }
+
+Test(collectives, sendrecv_ring_of_large_messages, .timeout = 30) { on_rings(sendrecv_fn); }
 
 /* The ring exchange of interleaved 1F1B: every device sends to and
  * receives from both neighbours at once, each message 3 rings long (two
@@ -537,18 +540,7 @@ static int exchange_fn(tm_device *dev, void *arg)
     return TM_OK;
 }
 
-Test(collectives, exchange_ring_both_ways, .timeout = 60)
-{
-    for (int n = 2; n <= 5; n++) {
-        tm_world *w = make_world(n);
-        findings f = {0};
-        cr_expect_eq(tm_world_run(w, exchange_fn, &f), TM_OK, "%s", tm_world_error(w));
-        char label[16];
-        snprintf(label, sizeof label, "n=%d", n);
-        findings_report(&f, label);
-        tm_world_destroy(w);
-    }
-}
+Test(collectives, exchange_ring_both_ways, .timeout = 60) { on_rings(exchange_fn); }
 
 static int exchange_bad_fn(tm_device *dev, void *arg)
 {
