@@ -340,6 +340,8 @@ static void check_combination(const tm_train_config *cfg, int synthetic)
         die_usage("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
     if (cfg->trace_path == NULL && (GIVEN(O_TRACE_CLOCK) || GIVEN(O_TRACE_STEPS)))
         die_usage("--trace-clock and --trace-steps are for --trace");
+    if (cfg->virtual_stages > 1 && cfg->pp == 1)
+        die_usage("--virtual-stages %d needs --pp 2 or more", cfg->virtual_stages);
     if (cfg->pp == 1 && GIVEN(O_SCHEDULE))
         warn("--schedule does nothing with --pp 1 (one stage: every schedule is the same "
              "accumulation loop)");
