@@ -78,8 +78,7 @@ static const char usage_head[] =
     "                        footer goes to stderr; bubble is empty when pp = 1\n"
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
     "                        any browser): throughput, memory against the cap, bubble\n"
-    "                        against micro-batches (not with ZeRO stages in --zero;\n"
-    "                        without the virtual-stage rows)\n"
+    "                        against micro-batches (not with ZeRO stages in --zero)\n"
     "modeled time (defaults measured on this machine, as build/train's):\n";
 
 static const char usage_tail[] =
@@ -409,20 +408,17 @@ static int write_report(tm_outfile *out, const config *cs, int ran, const int *c
         tm_outfile_abandon(out);
         return st;
     }
-    /* The page draws one line per schedule kind: the virtual-stage rows
-     * (the text and CSV tables' "interleaved-1f1b v2") stay out of it. */
-    int shown = 0;
     for (int i = 0; i < ran; i++) {
         const config *c = &cs[i];
-        if (c->v > 1) continue;
-        rows[shown++] = (tm_sweep_row){c->dp,          c->pp,       c->tp,         c->m,
-                                       c->sp,          c->schedule, c->modeled_sps, c->wall_sps,
-                                       c->bubble,      c->comm_bytes, (double)c->peak, c->fits};
+        rows[i] = (tm_sweep_row){c->dp,          c->pp,       c->tp,         c->m,
+                                 c->sp,          c->schedule, c->modeled_sps, c->wall_sps,
+                                 c->bubble,      c->comm_bytes, (double)c->peak, c->fits,
+                                 c->v};
     }
     tm_sweep_info info = {devices, model, base->batch, base->max_steps, (double)cap,
                           &base->clock, counts[RAN] + counts[SKIP_BATCH] + counts[SKIP_CHECK] +
                           counts[FAILED], counts[SKIP_BATCH] + counts[SKIP_CHECK], counts[FAILED]};
-    int st = tm_report_html_sweep(f, &info, rows, shown);
+    int st = tm_report_html_sweep(f, &info, rows, ran);
     free(rows);
     if (st != TM_OK) {
         tm_outfile_abandon(out);

@@ -176,14 +176,15 @@ static int exchange(run_state *r, const tm_sched_action *a, int n)
     tm_pipeline_step *ps = r->ps;
     tm_p2p send[TM_EXCHANGE_MAX], recv[TM_EXCHANGE_MAX];
     int n_send = 0, n_recv = 0;
+    /* Each action sends at most once and receives at most once. */
+    if (n > TM_EXCHANGE_MAX)
+        return tm_error(TM_EINVAL, "%d joined message actions, more than an exchange's %d", n,
+                        TM_EXCHANGE_MAX);
     for (int k = 0; k < n; k++) {
         int c = a[k].chunk, kind = a[k].kind;
         mb_state *m = state_of(r, c, a[k].mb);
         int combined = kind == TM_SCHED_SEND_ACT_RECV_GRAD || kind == TM_SCHED_SEND_GRAD_RECV_ACT;
         int rmb = combined ? a[k].mb2 : a[k].mb;
-        if (n_send + 1 > TM_EXCHANGE_MAX || n_recv + 1 > TM_EXCHANGE_MAX)
-            return tm_error(TM_EINVAL, "an exchange of more than %d sends or receives",
-                            TM_EXCHANGE_MAX);
         if (kind == TM_SCHED_SEND_ACT || kind == TM_SCHED_SEND_ACT_RECV_GRAD)
             send[n_send++] = (tm_p2p){m->acts.output, out_bytes(ps, c), next_of(r)};
         if (kind == TM_SCHED_SEND_GRAD || kind == TM_SCHED_SEND_GRAD_RECV_ACT)
