@@ -50,8 +50,13 @@
 static tm_corpus corpus;
 static tm_data train_set, test_set;
 
+/* The GPT's blocks: L, or more for pp x v model stages (virtual stages);
+ * every test starts from L (a sanitized build runs them in one process). */
+static int blocks = L;
+
 static void setup(void)
 {
+    blocks = L;
     cr_assert_eq(tm_corpus_synthetic(&corpus, 40000, 5, 0), TM_OK);
     cr_assert_eq(tm_data_text(&train_set, corpus.bytes, 36000, T, "train"), TM_OK);
     cr_assert_eq(tm_data_text(&test_set, corpus.bytes + 36000, 1100, T, "test"), TM_OK);
@@ -69,9 +74,6 @@ static void record(void *ctx, const tm_step_info *s)
     losses *l = ctx;
     if (l->n <= STEPS) l->loss[l->n++] = s->loss;
 }
-
-/* The GPT's blocks: L, or more for pp x v model stages (virtual stages). */
-static int blocks = L;
 
 /* nanoGPT's recipe, shortened: AdamW, warm-up then cosine decay, weight
  * decay on the matrices, gradients clipped to norm 1. */
