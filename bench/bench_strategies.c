@@ -53,8 +53,12 @@ static const char usage_head[] =
     "  --steps N             optimizer steps per configuration (4)\n"
     "  --micro-batches LIST  micro-batch counts per replica, each run where it\n"
     "                        divides the replica's batch (1,2,4,8,16)\n"
-    "  --schedules LIST      pipeline schedules for pp > 1\n"
-    "                        (sequential,gpipe,1f1b,grouped,interleaved,zb-h1)\n"
+    "  --schedules LIST      pipeline schedules for pp > 1 (sequential,gpipe,1f1b,\n"
+    "                        grouped,interleaved,zb-h1,interleaved-1f1b);\n"
+    "                        interleaved-1f1b runs with 2 to 4 virtual stages where\n"
+    "                        the model has a unit (GPT: a block) for each of pp x v\n"
+    "                        model stages, micro-batches a multiple of pp (v 1 is\n"
+    "                        1f1b)\n"
     "  --zero LIST           ZeRO stages (0 to 3) each mesh with dp > 1 runs with;\n"
     "                        meshes with dp = 1 run without ZeRO (0)\n"
     "  --mem-cap SIZE        device memory the fits column is about, >= 64K (64M)\n"
@@ -79,7 +83,8 @@ static const char usage_head[] =
 
 static const char usage_tail[] =
     "Columns:\n"
-    "  dp pp tp schedule micro_batches   the configuration\n"
+    "  dp pp tp schedule micro_batches   the configuration (schedule: \"interleaved-1f1b\n"
+    "                         v2\" with 2 virtual stages)\n"
     "  sp                     the GPT with tp > 1: sequence parallelism (yes/no);\n"
     "                         '-' otherwise (empty in CSV)\n"
     "  modeled_samples_per_s  samples per second of modeled time (what real devices\n"
@@ -193,6 +198,7 @@ typedef struct {
     int zero;              /* ZeRO stage over dp */
     int sp;                /* -1: not a GPT with tp > 1; else sequence parallelism */
     tm_schedule_kind schedule;
+    int v;                 /* interleaved-1f1b: virtual stages; else 1 */
     int order;             /* position in the sweep: the tie-break of the sort */
     outcome how;
     double modeled_sps, wall_sps;
@@ -260,11 +266,16 @@ static int run_config(tm_train_config cfg, size_t cap, config *c, const tm_data 
     return TM_OK;
 }
 
+#define MAX_VIRTUAL 4 /* the most virtual stages swept */
+
 /* Every mesh (pp, then tp, ascending; dp takes the rest), every schedule
- * (1f1b alone when pp = 1), every micro-batch count, and for the GPT with
- * tp > 1 sequence parallelism off and on. Returns the count written into
- * out (NULL: only counts). */
-static int sweep(int devices, int gpt, const tm_schedule_kind *sched, int n_sched,
+ * (1f1b alone when pp = 1; interleaved-1f1b with each v from 2 to
+ * MAX_VIRTUAL that leaves each of pp x v model stages one of the model's
+ * units, and micro-batch counts a multiple of pp: v = 1 is 1f1b's row),
+ * every micro-batch count, and for the GPT with tp > 1 sequence
+ * parallelism off and on. Returns the count written into out (NULL: only
+ * counts). */
+static int sweep(int devices, int gpt, int units, const tm_schedule_kind *sched, int n_sched,
                  const int *mbs, int n_mbs, const int *zeros, int n_zeros, config *out)
 {
     int n = 0;
@@ -274,19 +285,33 @@ static int sweep(int devices, int gpt, const tm_schedule_kind *sched, int n_sche
             if (devices / pp % tp != 0) continue;
             int dp = devices / pp / tp, kinds = pp == 1 ? 1 : n_sched, sps = gpt && tp > 1 ? 2 : 1;
             int nz = dp > 1 ? n_zeros : 1;
-            for (int k = 0; k < kinds; k++)
-                for (int sp = 0; sp < sps; sp++)
-                    for (int z = 0; z < nz; z++)
-                        for (int i = 0; i < n_mbs; i++, n++)
-                            if (out != NULL)
-                                out[n] = (config){.dp = dp, .pp = pp, .tp = tp, .m = mbs[i],
-                                                  .zero = dp > 1 ? zeros[z] : 0,
-                                                  .sp = sps == 2 ? sp : -1, .order = n,
-                                                  .bubble = -1,
-                                                  .schedule = pp == 1 ? TM_SCHED_1F1B : sched[k]};
+            for (int k = 0; k < kinds; k++) {
+                tm_schedule_kind kind = pp == 1 ? TM_SCHED_1F1B : sched[k];
+                int virt = kind == TM_SCHED_INTERLEAVED_1F1B;
+                int v_hi = virt ? (units / pp < MAX_VIRTUAL ? units / pp : MAX_VIRTUAL) : 1;
+                for (int v = virt ? 2 : 1; v <= v_hi; v++)
+                    for (int sp = 0; sp < sps; sp++)
+                        for (int z = 0; z < nz; z++)
+                            for (int i = 0; i < n_mbs; i++) {
+                                if (v > 1 && mbs[i] % pp != 0) continue;
+                                if (out != NULL)
+                                    out[n] = (config){.dp = dp, .pp = pp, .tp = tp, .m = mbs[i],
+                                                      .zero = dp > 1 ? zeros[z] : 0,
+                                                      .sp = sps == 2 ? sp : -1, .order = n,
+                                                      .bubble = -1, .schedule = kind, .v = v};
+                                n++;
+                            }
+            }
         }
     }
     return n;
+}
+
+/* The schedule column: its name, with the virtual stages when v > 1. */
+static void schedule_name(const config *c, char *buf, size_t n)
+{
+    if (c->v > 1) snprintf(buf, n, "%s v%d", tm_schedule_kind_name(c->schedule), c->v);
+    else snprintf(buf, n, "%s", tm_schedule_kind_name(c->schedule));
 }
 
 static int by_modeled(const void *x, const void *y)
@@ -312,7 +337,9 @@ static int rate_decimals(double v)
 
 static void print_row(const config *c, int csv, int zero)
 {
-    const char *name = tm_schedule_kind_name(c->schedule), *fits = c->fits ? "yes" : "no";
+    char name[32];
+    schedule_name(c, name, sizeof name);
+    const char *fits = c->fits ? "yes" : "no";
     const char *sp = c->sp < 0 ? "" : c->sp ? "yes" : "no";
     if (csv) {
         printf("%d,%d,%d,%s,%d,%s,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, sp,
@@ -327,7 +354,7 @@ static void print_row(const config *c, int csv, int zero)
     if (c->bubble >= 0) snprintf(bubble, sizeof bubble, "%.3f", c->bubble);
     tm_report_bytes(c->comm_bytes, comm, sizeof comm);
     tm_report_bytes((double)c->peak, peak, sizeof peak);
-    printf("%3d %3d %3d  %-11s %4d %3s", c->dp, c->pp, c->tp, name, c->m, c->sp < 0 ? "-" : sp);
+    printf("%3d %3d %3d  %-19s %4d %3s", c->dp, c->pp, c->tp, name, c->m, c->sp < 0 ? "-" : sp);
     if (zero) printf(" %4d", c->zero);
     printf(" %14.*f %11.*f %7s %13s %11s  %s\n", rate_decimals(c->modeled_sps), c->modeled_sps,
            rate_decimals(c->wall_sps), c->wall_sps, bubble, comm, peak, fits);
@@ -385,7 +412,8 @@ static int write_report(tm_outfile *out, const config *cs, int ran, const int *c
         const config *c = &cs[i];
         rows[i] = (tm_sweep_row){c->dp,          c->pp,       c->tp,         c->m,
                                  c->sp,          c->schedule, c->modeled_sps, c->wall_sps,
-                                 c->bubble,      c->comm_bytes, (double)c->peak, c->fits};
+                                 c->bubble,      c->comm_bytes, (double)c->peak, c->fits,
+                                 c->v};
     }
     tm_sweep_info info = {devices, model, base->batch, base->max_steps, (double)cap,
                           &base->clock, counts[RAN] + counts[SKIP_BATCH] + counts[SKIP_CHECK] +
@@ -403,11 +431,12 @@ int main(int argc, char **argv)
 {
     tm_train_config base = {0};
     const char *model = "256,256,256,256,256", *why;
-    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 6;
+    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 7;
     int zeros[TM_ZERO_MAX + 1] = {0}, n_zeros = 1, zero_given = 0;
     tm_schedule_kind sched[TM_SCHEDULE_KINDS] = {TM_SCHED_SEQUENTIAL, TM_SCHED_GPIPE,
                                                  TM_SCHED_1F1B, TM_SCHED_GROUPED,
-                                                 TM_SCHED_INTERLEAVED, TM_SCHED_ZB_H1};
+                                                 TM_SCHED_INTERLEAVED, TM_SCHED_ZB_H1,
+                                                 TM_SCHED_INTERLEAVED_1F1B};
     size_t cap = (size_t)64 << 20;
     tm_gpt_config gc = {4, 4, 128, 128, 0};
     int gpt_flag = 0;
@@ -585,13 +614,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
         return 2;
     }
-    int n = sweep(devices, gpt, sched, n_sched, mbs, n_mbs, zeros, n_zeros, NULL);
+    int unit[TM_MAX_LAYERS], units = tm_model_units(&nets[0], unit);
+    int n = sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, NULL);
     config *cs = calloc((size_t)n, sizeof *cs);
     if (cs == NULL) {
         fprintf(stderr, "bench_strategies: out of host memory\n");
         return 1;
     }
-    sweep(devices, gpt, sched, n_sched, mbs, n_mbs, zeros, n_zeros, cs);
+    sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, cs);
     tm_outfile *html = NULL;
     if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
         fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
@@ -611,15 +641,17 @@ int main(int argc, char **argv)
     double t0 = now();
     for (int i = 0; i < n; i++) {
         config *c = &cs[i];
+        char sname[32];
+        schedule_name(c, sname, sizeof sname);
         if (tty)
             fprintf(stderr, "\r[%d/%d] dp %d pp %d tp %d %s m %d zero %d%s      ", i + 1, n,
-                    c->dp, c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, c->zero,
-                    c->sp == 1 ? " sp" : "");
+                    c->dp, c->pp, c->tp, sname, c->m, c->zero, c->sp == 1 ? " sp" : "");
         tm_train_config cfg = base;
         cfg.dp = c->dp;
         cfg.pp = c->pp;
         cfg.tp = c->tp;
         cfg.schedule = c->schedule;
+        cfg.virtual_stages = c->v;
         cfg.micro_batches = c->m;
         cfg.zero = c->zero;
         if (c->sp == 1) cfg.model = &nets[1];
@@ -632,8 +664,7 @@ int main(int argc, char **argv)
             c->how = FAILED;
             if (tty) fprintf(stderr, "\r%*s\r", 60, "");
             fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d zero %d%s failed: %s\n",
-                    c->dp, c->pp, c->tp, tm_schedule_kind_name(c->schedule), c->m, c->zero,
-                    c->sp == 1 ? " sp" : "", error);
+                    c->dp, c->pp, c->tp, sname, c->m, c->zero, c->sp == 1 ? " sp" : "", error);
         }
         counts[c->how]++;
     }
@@ -679,7 +710,7 @@ int main(int argc, char **argv)
                "every schedule is the same accumulation loop)\n"
                "# comm = bytes a device sends per step (mean); peak = largest device's arena "
                "peak; fits = runs in %s per device\n", capb);
-        printf("%3s %3s %3s  %-11s %4s %3s", "dp", "pp", "tp", "schedule", "mb", "sp");
+        printf("%3s %3s %3s  %-19s %4s %3s", "dp", "pp", "tp", "schedule", "mb", "sp");
         if (zero_given) printf(" %4s", "zero");
         printf(" %14s %11s %7s %13s %11s  %s\n", "modeled_sps", "wall_sps", "bubble",
                "comm/dev/step", "peak/dev", "fits");

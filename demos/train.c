@@ -64,9 +64,12 @@ static const char usage_head[] =
     "                        else the fp32 kernels on the rounded operands (fp32)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved | zb-h1 |\n"
-    "                        interleaved-1f1b (one virtual stage: as 1f1b) (1f1b)\n"
+    "                        interleaved-1f1b (1f1b)\n"
+    "  --virtual-stages V    interleaved-1f1b: V chunks of layers per device, chunk c\n"
+    "                        of device p being model stage c x pp + p; micro-batches\n"
+    "                        a multiple of pp (1)\n"
     "  --stages L1,L2,...    layers per stage, blocks for the GPT (default: balanced\n"
-    "                        by FLOPs)\n"
+    "                        by FLOPs); pp x V entries with virtual stages\n"
     "  --fail-device D       test hook: device D fails ...\n"
     "  --fail-step S         ... at optimizer step S\n"
     "\n"
@@ -298,7 +301,7 @@ enum { O_MODEL = 256, O_ACT, O_EPOCHS, O_STEPS, O_BATCH, O_MICRO, O_OPT, O_LR, O
        O_DATASET, O_SAMPLES, O_CLOCK, O_TRACE, O_TRACE_CLOCK, O_TRACE_FROM, O_TRACE_STEPS,
        O_LINKS, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_BETA1, O_BETA2, O_MINLR, O_DECAY,
        O_CLIP, O_TEXT, O_VALFRAC, O_EVALEVERY, O_EVALSEQ, O_SAMPLETOK, O_LOADW, O_SEQPAR,
-       O_REPORT, O_ZERO, O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION,
+       O_REPORT, O_ZERO, O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION, O_VIRTUAL,
        O_END };
 static int given[O_END - O_MODEL];
 static int given_nodes, given_inter_node; /* --devices-per-node, --inter-node-* */
@@ -337,6 +340,8 @@ static void check_combination(const tm_train_config *cfg, int synthetic)
         die_usage("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
     if (cfg->trace_path == NULL && (GIVEN(O_TRACE_CLOCK) || GIVEN(O_TRACE_STEPS)))
         die_usage("--trace-clock and --trace-steps are for --trace");
+    if (cfg->virtual_stages > 1 && cfg->pp == 1)
+        die_usage("--virtual-stages %d needs --pp 2 or more", cfg->virtual_stages);
     if (cfg->pp == 1 && GIVEN(O_SCHEDULE))
         warn("--schedule does nothing with --pp 1 (one stage: every schedule is the same "
              "accumulation loop)");
@@ -605,6 +610,7 @@ int main(int argc, char **argv)
         {"dp", 1, 0, O_DP},                {"pp", 1, 0, O_PP},
         {"tp", 1, 0, O_TP},                {"devices", 1, 0, O_DEVICES},
         {"schedule", 1, 0, O_SCHEDULE},    {"stages", 1, 0, O_STAGES},
+        {"virtual-stages", 1, 0, O_VIRTUAL},
         {"fail-device", 1, 0, O_FAILDEV},  {"fail-step", 1, 0, O_FAILSTEP},
         {"dataset", 1, 0, O_DATASET},      {"samples", 1, 0, O_SAMPLES},
         {"device-gflops", 1, 0, O_CLOCK},  {"device-gbps", 1, 0, O_CLOCK},
@@ -699,9 +705,13 @@ int main(int argc, char **argv)
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 die_usage(
-                    "--schedule is sequential, gpipe, 1f1b, grouped, interleaved or zb-h1, not "
-                    "\"%s\"",
+                    "--schedule is sequential, gpipe, 1f1b, grouped, interleaved, zb-h1 or "
+                    "interleaved-1f1b, not \"%s\"",
                     optarg);
+            break;
+        case O_VIRTUAL:
+            cfg.virtual_stages =
+                (int)parse_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
             break;
         case O_STAGES: cfg.stages = optarg; break;
         case O_FAILDEV:
@@ -964,9 +974,12 @@ int main(int argc, char **argv)
                cfg.batch, replica, micro, adamw ? "adamw" : "sgd", cfg.lr,
                cfg.lr_schedule == TM_LR_COSINE ? "cosine" : "constant", cfg.mem_cap >> 20);
     }
+    char chunks[48] = "";
+    if (cfg.virtual_stages > 1)
+        snprintf(chunks, sizeof chunks, " with %d virtual stages", cfg.virtual_stages);
     if (mesh > 1)
-        printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule%s\n", mesh, cfg.dp, cfg.pp,
-               cfg.tp, tm_schedule_kind_name(cfg.schedule),
+        printf("mesh: %ld devices = dp %d x pp %d x tp %d, %s schedule%s%s\n", mesh, cfg.dp,
+               cfg.pp, cfg.tp, tm_schedule_kind_name(cfg.schedule), chunks,
                cfg.zero == 1 ? ", ZeRO-1" : cfg.zero == 2 ? ", ZeRO-2" : cfg.zero == 3 ? ", ZeRO-3"
                                                                                      : "");
     if (recompute != TM_RECOMPUTE_NONE)

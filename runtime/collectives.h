@@ -70,4 +70,21 @@ int tm_recv(tm_comm *comm, void *buf, size_t bytes, int peer);
 int tm_sendrecv(tm_comm *comm, const void *sendbuf, size_t sendbytes, int dst,
                 void *recvbuf, size_t recvbytes, int src);
 
+/* One message of an exchange: bytes to or from group rank peer. */
+typedef struct {
+    void *buf; /* sends only read it */
+    size_t bytes;
+    int peer;
+} tm_p2p;
+
+#define TM_EXCHANGE_MAX 4
+/* Up to TM_EXCHANGE_MAX sends and as many receives at once, with any
+ * peers (several with one peer go over its link in list order), taking in
+ * whatever has arrived between the sends' pieces and while waiting, so a
+ * ring of devices that all exchange with both neighbours never deadlocks
+ * (Megatron's batched send_forward_backward_recv_forward_backward). The
+ * sends go out one after the other, in list order. TM_EINVAL for more
+ * messages or a bad peer. */
+int tm_exchange(tm_comm *comm, const tm_p2p *send, int n_send, const tm_p2p *recv, int n_recv);
+
 #endif

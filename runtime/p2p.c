@@ -1,5 +1,7 @@
 /* Point-to-point messages between members of a communicator: send, recv
  * and a sendrecv that progresses both directions at once. */
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "runtime/clock_internal.h"
@@ -127,5 +129,86 @@ int tm_sendrecv(tm_comm *c, const void *sendbuf, size_t sendbytes, int dst, void
     while (in.phase < 3) TM_CHECK(advance(c, &in, 1));
     tm__clock_send_end(vc, start, t, c->name, sendbytes);
     tm__clock_recv(vc, c->devices[src], in.arrival, c->name, recvbytes);
+    return TM_OK;
+}
+
+/* Advances the receives without waiting (block 0), or waits for some of
+ * the first one still open; a receive waits for the earlier ones from its
+ * peer. *open: how many are not done. */
+static int advance_all(tm_comm *c, incoming *in, const tm_p2p *recv, int n, int block, int *open)
+{
+    *open = 0;
+    for (int i = 0; i < n; i++) {
+        if (in[i].phase == 3) continue;
+        int first = 1;
+        for (int k = 0; k < i && first; k++)
+            first = in[k].phase == 3 || recv[k].peer != recv[i].peer;
+        if (!first) {
+            ++*open;
+            continue;
+        }
+        TM_CHECK(advance(c, &in[i], block && *open == 0));
+        *open += in[i].phase != 3;
+    }
+    return TM_OK;
+}
+
+int tm_exchange(tm_comm *c, const tm_p2p *send, int n_send, const tm_p2p *recv, int n_recv)
+{
+    if (n_send < 0 || n_recv < 0 || n_send > TM_EXCHANGE_MAX || n_recv > TM_EXCHANGE_MAX)
+        return tm_error(TM_EINVAL, "an exchange has at most %d sends and %d receives, not %d "
+                        "and %d", TM_EXCHANGE_MAX, TM_EXCHANGE_MAX, n_send, n_recv);
+    incoming in[TM_EXCHANGE_MAX];
+    memset(in, 0, sizeof in);
+    for (int i = 0; i < n_recv; i++) {
+        TM_CHECK(check_peer(c, recv[i].peer));
+        in[i].s.in_rank = recv[i].peer;
+        in[i].s.dst = recv[i].buf;
+        in[i].s.bytes = recv[i].bytes;
+        TM_CHECK(tm__comm_from(c, recv[i].peer, &in[i].s.in));
+    }
+    tm_vclock *vc = tm__device_clock(c->dev);
+    size_t piece = tm_world_ring_bytes(c->world) / 4;
+    int open = n_recv;
+    /* As tm_sendrecv: each send in pieces of at most a quarter ring, taking
+     * in between whatever has arrived. */
+    for (int k = 0; k < n_send; k++) {
+        TM_CHECK(check_peer(c, send[k].peer));
+        step out;
+        memset(&out, 0, sizeof out);
+        out.out_rank = send[k].peer;
+        out.local = send[k].buf;
+        out.bytes = send[k].bytes;
+        TM_CHECK(tm__comm_to(c, send[k].peer, &out.out));
+        double start = tm__clock_send_begin(vc), t = start;
+        TM_CHECK(tm__step_send_header(c, OP_P2P, 0, &out, &t));
+        for (size_t sent = 0; sent < out.bytes;) {
+            TM_CHECK(advance_all(c, in, recv, n_recv, 0, &open));
+            size_t n = out.bytes - sent < piece ? out.bytes - sent : piece;
+            TM_CHECK(tm__step_transfer(c, &out, sent, sent + n));
+            sent += n;
+        }
+        TM_CHECK(tm__link_send_pad(out.out, c->waiter, out.bytes));
+        tm__clock_send_end(vc, start, t, c->name, out.bytes);
+    }
+    /* Waiting on one link while a peer fills another could close a cycle
+     * round the ring: with two or more peers still to come, poll them all
+     * and yield; with one left, sleep on its link. */
+    TM_CHECK(advance_all(c, in, recv, n_recv, 0, &open));
+    while (open > 0) {
+        int peers = 0; /* distinct peers of the open receives */
+        for (int i = 0; i < n_recv; i++) {
+            int again = 0;
+            for (int k = 0; k < i; k++) again |= in[k].phase != 3 && recv[k].peer == recv[i].peer;
+            peers += in[i].phase != 3 && !again;
+        }
+        if (peers > 1) {
+            if (atomic_load_explicit(c->waiter->abort, memory_order_relaxed)) return TM_EABORTED;
+            sched_yield();
+        }
+        TM_CHECK(advance_all(c, in, recv, n_recv, peers <= 1, &open));
+    }
+    for (int i = 0; i < n_recv; i++)
+        tm__clock_recv(vc, c->devices[recv[i].peer], in[i].arrival, c->name, recv[i].bytes);
     return TM_OK;
 }

@@ -114,16 +114,16 @@ print("%.3e %.3e %s" % (loss_rel, param_rel, worst))
 EOF
 }
 
-# Runs build/train on one mesh: run NAME DP PP TP SCHEDULE MICRO_BATCHES [SP]
-# (SP 1: --sequence-parallel). $extra is split into words on purpose: it
-# holds the user's train flags.
+# Runs build/train on one mesh: run NAME DP PP TP SCHEDULE MICRO_BATCHES [SP
+# [V]] (SP 1: --sequence-parallel; V: --virtual-stages). $extra is split
+# into words on purpose: it holds the user's train flags.
 run() {
     sp=
     [ "${7:-0}" = 1 ] && sp=--sequence-parallel
     # shellcheck disable=SC2086
     "$train" $extra $sp --steps "$steps" --dp "$2" --pp "$3" --tp "$4" --schedule "$5" \
-        --micro-batches "$6" --metrics "$work/$1.jsonl" --save "$work/$1.safetensors" \
-        </dev/null >"$work/$1.out" 2>&1
+        --virtual-stages "${8:-1}" --micro-batches "$6" --metrics "$work/$1.jsonl" \
+        --save "$work/$1.safetensors" </dev/null >"$work/$1.out" 2>&1
 }
 
 echo "equivalence: $train ${extra:+$extra }on $model," \
@@ -142,7 +142,10 @@ printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "dp,pp,tp" schedule mb "loss rel"
 # splits the 10 logits of the last layer into padded shards of 3. Batch 128
 # over dp 4 and 4 micro-batches leaves 8 rows per micro-batch. The GPT has
 # four blocks (pp up to 4) and four heads (tp up to 4); batch 32 over dp 4
-# and 4 micro-batches leaves 2 sequences per micro-batch.
+# and 4 micro-batches leaves 2 sequences per micro-batch. A GPT mesh's
+# seventh column is --virtual-stages (interleaved-1f1b: pp x v model stages
+# of at least a block each, so v 2 with pp 2; the MLP's three layers allow
+# no virtual stages).
 mlp_meshes='1 1 1 1f1b 1
 1 1 1 1f1b 4
 2 1 1 1f1b 1
@@ -212,16 +215,21 @@ gpt_meshes='1 1 1 1f1b 1 0
 1 4 1 zb-h1 4 0
 1 2 2 zb-h1 4 1
 2 2 2 zb-h1 4 1
-2 4 1 zb-h1 4 0'
+2 4 1 zb-h1 4 0
+1 2 1 interleaved-1f1b 4 0 2
+2 2 1 interleaved-1f1b 2 0 2
+1 2 2 interleaved-1f1b 4 1 2
+2 2 2 interleaved-1f1b 2 0 2'
 list=$mlp_meshes
 [ "$gpt" = 1 ] && list=$gpt_meshes
-while read -r dp pp tp sched mb sp; do
+while read -r dp pp tp sched mb sp vs; do
     [ -n "$dp" ] || continue
     total=$((total + 1))
     name="m$total"
     mesh="$dp,$pp,$tp"
     [ "${sp:-0}" = 1 ] && mesh="$mesh+sp"
-    if ! run "$name" "$dp" "$pp" "$tp" "$sched" "$mb" "${sp:-0}"; then
+    [ "${vs:-1}" -gt 1 ] && mesh="$mesh v$vs"
+    if ! run "$name" "$dp" "$pp" "$tp" "$sched" "$mb" "${sp:-0}" "${vs:-1}"; then
         printf '%-12s %-12s %3s %13s %13s  %-42s %s\n' "$mesh" "$sched" "$mb" - - \
             "$(tail -n 1 "$work/$name.out")" FAIL
         failed=$((failed + 1))

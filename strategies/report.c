@@ -317,7 +317,9 @@ void tm_report_timeline(FILE *f, const tm_train_result *r, const tm_train_config
 {
     if (r->n_timeline == 0) return;
     tm_schedule s;
-    if (tm_schedule_make(&s, cfg->schedule, cfg->pp, cfg->micro_batches) != 0) return;
+    if (tm_schedule_make_virtual(&s, cfg->schedule, cfg->pp, cfg->micro_batches,
+                                 cfg->virtual_stages > 1 ? cfg->virtual_stages : 1) != 0)
+        return;
     tm_sched_event *ev = malloc(sizeof *ev * (size_t)r->n_timeline);
     if (ev == NULL) {
         tm_schedule_free(&s);

@@ -69,6 +69,9 @@ typedef struct {
     double comm_bytes;      /* per device and step, mean over devices */
     double peak;            /* bytes, the largest device's */
     int fits;
+    int v;                  /* interleaved-1f1b's virtual stages; 0 or 1: none
+                               (named "interleaved-1f1b v2", not in the
+                               bubble plot's lines) */
 } tm_sweep_row;
 
 typedef struct {

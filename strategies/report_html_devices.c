@@ -164,19 +164,25 @@ static void memory_formula(const tm_run_report *run, double *out)
     int first[TM_MAX_LAYERS + 1];
     tm_schedule sched;
     for (int i = 0; i < r->n_devices; i++) out[i] = -1;
-    int st = c->stages ? tm_stages_parse(c->stages, c->model, c->pp, first)
-                       : tm_stages_balance(c->model, c->pp, first);
-    if (st != TM_OK || tm_schedule_make(&sched, c->schedule, c->pp, c->micro_batches) != TM_OK)
+    int v = c->virtual_stages > 1 ? c->virtual_stages : 1;
+    int st = c->stages ? tm_stages_parse(c->stages, c->model, c->pp * v, first)
+                       : tm_stages_balance(c->model, c->pp * v, first);
+    if (st != TM_OK ||
+        tm_schedule_make_virtual(&sched, c->schedule, c->pp, c->micro_batches, v) != TM_OK)
         return;
     tm_optim_config opt = {c->optimizer, c->momentum, c->weight_decay, c->beta1, c->beta2, 1e-8};
     int states = tm_optimizer_state_count(&opt);
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         tm_layer_plan plan[TM_MAX_LAYERS];
-        size_t n_params;
-        if (tm_stage_plan(c->model, first[d->p], first[d->p + 1], c->tp, d->t, plan, &n_params) !=
-            TM_OK)
-            continue;
+        size_t n_params = 0, chunk;
+        /* Device p's chunks: model stages k * pp + p. */
+        for (int k = 0; k < v && st == TM_OK; k++) {
+            int g = k * c->pp + d->p;
+            st = tm_stage_plan(c->model, first[g], first[g + 1], c->tp, d->t, plan, &chunk);
+            n_params += chunk;
+        }
+        if (st != TM_OK) break;
         out[i] = (double)sizeof(float) * (double)n_params * (2 + states) +
                  (double)tm_schedule_max_in_flight(&sched, d->p) * (double)d->acts_per_mb;
     }

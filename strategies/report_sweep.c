@@ -15,14 +15,24 @@ static void sched_class(const tm_sweep_row *r, char *buf, size_t n)
     snprintf(buf, n, "s%d", r->pp == 1 ? TM_SCHEDULE_KINDS : (int)r->schedule);
 }
 
+/* The schedule as the CSV names it: "interleaved-1f1b v2" with virtual
+ * stages. */
+static void sched_name(const tm_sweep_row *r, char *buf, size_t n)
+{
+    if (r->v > 1) snprintf(buf, n, "%s v%d", tm_schedule_kind_name(r->schedule), r->v);
+    else snprintf(buf, n, "%s", tm_schedule_kind_name(r->schedule));
+}
+
 static void row_label(const tm_sweep_row *r, char *buf, size_t n)
 {
     const char *sp = r->sp == 1 ? " sp" : "";
+    char name[32];
+    sched_name(r, name, sizeof name);
     if (r->pp == 1)
         snprintf(buf, n, "dp%d pp%d tp%d m%d%s", r->dp, r->pp, r->tp, r->micro_batches, sp);
     else
-        snprintf(buf, n, "dp%d pp%d tp%d %s m%d%s", r->dp, r->pp, r->tp,
-                 tm_schedule_kind_name(r->schedule), r->micro_batches, sp);
+        snprintf(buf, n, "dp%d pp%d tp%d %s m%d%s", r->dp, r->pp, r->tp, name, r->micro_batches,
+                 sp);
 }
 
 enum { RL = 190, TW = 520, MW = 360, RH_BIG = 16, RH_SMALL = 13, FOLD_ROWS = 30 };
@@ -162,7 +172,8 @@ static void bubble_chart(FILE *f, const tm_sweep_row *rows, int n)
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
         int any = 0;
         for (int i = 0; i < n; i++)
-            any |= rows[i].pp == pp && rows[i].tp == tp && (int)rows[i].schedule == k;
+            any |= rows[i].pp == pp && rows[i].tp == tp && (int)rows[i].schedule == k &&
+                   rows[i].v <= 1;
         if (!any) continue;
         /* The line through the schedule's points, in micro-batch order. */
         fprintf(f, "<polyline class=\"ln s%d\" style=\"fill:none\" points=\"", k);
@@ -170,7 +181,8 @@ static void bubble_chart(FILE *f, const tm_sweep_row *rows, int n)
         for (int m = 1; m <= mmax; m++)
             for (int i = 0; i < n; i++) {
                 const tm_sweep_row *r = &rows[i];
-                if (r->pp != pp || r->tp != tp || (int)r->schedule != k || r->micro_batches != m)
+                if (r->pp != pp || r->tp != tp || (int)r->schedule != k ||
+                    r->micro_batches != m || r->v > 1)
                     continue;
                 fprintf(f, "%s%.1f,%.1f", sep, L + log2(m) * sx, 10 + PH - PH * r->bubble);
                 sep = " ";
@@ -178,7 +190,7 @@ static void bubble_chart(FILE *f, const tm_sweep_row *rows, int n)
         fputs("\"/>\n", f);
         for (int i = 0; i < n; i++) {
             const tm_sweep_row *r = &rows[i];
-            if (r->pp != pp || r->tp != tp || (int)r->schedule != k) continue;
+            if (r->pp != pp || r->tp != tp || (int)r->schedule != k || r->v > 1) continue;
             /* Schedules with equal lists coincide: later ones are drawn
              * smaller so that both stay visible. */
             fprintf(f, "<circle class=\"s%d\" cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" data-tip=\"%s, "
@@ -209,8 +221,10 @@ static void rows_table(FILE *f, const tm_sweep_row *rows, int n)
         fputs("<tr>", f);
         for (int k = 0; k < 4; k++) {
             if (k == 3) {
+                char name[32];
+                sched_name(r, name, sizeof name);
                 fputs("<td class=\"l\">", f);
-                tm_svg_plain(f, "label", "%s", tm_schedule_kind_name(r->schedule));
+                tm_svg_plain(f, "label", "%s", name);
                 fputs("</td>", f);
             }
             snprintf(path, sizeof path, "csv/%d/%s", i, ints[k]);

@@ -28,7 +28,8 @@ typedef struct {
     const tm_data *train, *test;
     tm_model_state *state;   /* initial weights in, final weights out */
     int resumed;             /* state holds optimizer state and position */
-    int first[TM_MAX_LAYERS + 1]; /* stage s holds layers first[s] .. first[s+1]-1 */
+    int first[TM_MAX_LAYERS + 1]; /* model stage g holds layers first[g] ..
+                                     first[g+1]-1 (device g % pp's chunk g / pp) */
     tm_schedule sched;
     tm_train_result *result;
     tm_stop *stop;           /* where every device stops early (runtime/stop.h) */
@@ -70,10 +71,22 @@ double tm_lr_at(const tm_train_config *cfg, long s, long total)
     return cfg->min_lr + (cfg->lr - cfg->min_lr) * 0.5 * (1.0 + cos(M_PI * progress));
 }
 
+int tm__train_chunks(const tm_train_config *cfg)
+{
+    return cfg->virtual_stages > 1 ? cfg->virtual_stages : 1;
+}
+
 int tm__train_split(const tm_train_config *cfg, int *first)
 {
-    if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, cfg->model, cfg->pp, first);
-    return tm_stages_balance(cfg->model, cfg->pp, first);
+    int n = cfg->pp * tm__train_chunks(cfg);
+    if (cfg->stages != NULL) return tm_stages_parse(cfg->stages, cfg->model, n, first);
+    return tm_stages_balance(cfg->model, n, first);
+}
+
+int tm__train_schedule(const tm_train_config *cfg, tm_schedule *out)
+{
+    return tm_schedule_make_virtual(out, cfg->schedule, cfg->pp, cfg->micro_batches,
+                                    tm__train_chunks(cfg));
 }
 
 static tm_optim_config optim_of(const tm_train_config *cfg)
@@ -99,13 +112,14 @@ static void clock_of(const tm_train_config *cfg, tm_clock_config *out)
         *out = cfg->clock;
 }
 
-/* The stages (ascending) whose layers use tensor i, into stages (when not
- * NULL); returns their number. More than one: a tied tensor (layers in
- * different stages using one tensor) that each of them holds. */
-static int tied_stages(const tm_model *m, const int *first, int pp, int i, int *stages)
+/* The model stages (ascending, of n_stages) whose layers use tensor i, into
+ * stages (when not NULL); returns their number. More than one: a tied
+ * tensor (layers in different stages using one tensor) that each of them
+ * holds. */
+static int tied_stages(const tm_model *m, const int *first, int n_stages, int i, int *stages)
 {
     int n = 0;
-    for (int s = 0; s < pp; s++) {
+    for (int s = 0; s < n_stages; s++) {
         int used = 0;
         for (int l = first[s]; l < first[s + 1] && !used; l++)
             for (int k = 0; k < m->layers[l].n_tensors; k++) used |= m->layers[l].tensor[k] == i;
@@ -163,6 +177,22 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
                         "layer's gradients as its backward ends, before a deferred W adds "
                         "them; use --zero 1 or another schedule",
                         tm_schedule_kind_name(cfg->schedule), cfg->zero);
+    int v = tm__train_chunks(cfg);
+    if (cfg->virtual_stages < 0 || cfg->virtual_stages > TM_SCHEDULE_MAX_VIRTUAL)
+        return tm_error(TM_EINVAL, "--virtual-stages is 1 to %d, not %d", TM_SCHEDULE_MAX_VIRTUAL,
+                        cfg->virtual_stages);
+    if (v > 1 && cfg->schedule != TM_SCHED_INTERLEAVED_1F1B)
+        return tm_error(TM_EINVAL, "--virtual-stages %d needs --schedule interleaved-1f1b", v);
+    if (v > 1 && cfg->pp < 2)
+        return tm_error(TM_EINVAL, "--virtual-stages %d needs --pp 2 or more", v);
+    if (v > 1 && cfg->micro_batches % cfg->pp != 0)
+        return tm_error(TM_EINVAL, "--virtual-stages %d needs --micro-batches a multiple of --pp "
+                        "%d (Megatron's order), not %d", v, cfg->pp, cfg->micro_batches);
+    int unit[TM_MAX_LAYERS], units = tm_model_units(m, unit);
+    if (v > 1 && cfg->pp * v > units)
+        return tm_error(TM_EINVAL, "--pp %d x --virtual-stages %d = %d model stages, but the model "
+                        "has %d units (MLP: layers, GPT: blocks) to cut", cfg->pp, v, cfg->pp * v,
+                        units);
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
@@ -185,10 +215,19 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     TM_CHECK(tm__train_split(cfg, first));
     tm_layer_plan plan[TM_MAX_LAYERS];
     size_t params;
-    for (int s = 0; s < cfg->pp; s++)
+    for (int s = 0; s < cfg->pp * v; s++)
         TM_CHECK(tm_stage_plan(m, first[s], first[s + 1], cfg->tp, 0, plan, &params));
     int n_tied = 0;
-    for (int i = 0; i < m->n_tensors; i++) n_tied += tied_stages(m, first, cfg->pp, i, NULL) > 1;
+    for (int i = 0; i < m->n_tensors; i++) {
+        int stages[TM_MAX_LAYERS], n = tied_stages(m, first, cfg->pp * v, i, stages);
+        n_tied += n > 1;
+        for (int a = 0; a < n; a++)
+            for (int b = a + 1; b < n; b++)
+                if (stages[a] % cfg->pp == stages[b] % cfg->pp)
+                    return tm_error(TM_EINVAL, "--pp %d --virtual-stages %d puts model stages %d "
+                                    "and %d, which share a tied tensor, on one device", cfg->pp,
+                                    v, stages[a], stages[b]);
+    }
     if (n_tied > MAX_TIED)
         return tm_error(TM_EINVAL, "--pp %d puts %d tied tensors on several stages; at most %d",
                         cfg->pp, n_tied, MAX_TIED);
@@ -208,7 +247,7 @@ int tm_train_predict_activations(const tm_train_config *cfg, const tm_data *trai
     int first[TM_MAX_LAYERS + 1];
     TM_CHECK(tm__train_split(cfg, first));
     tm_schedule sched;
-    TM_CHECK(tm_schedule_make(&sched, cfg->schedule, cfg->pp, cfg->micro_batches));
+    TM_CHECK(tm__train_schedule(cfg, &sched));
     int st = TM_OK;
     for (int p = 0; p < cfg->pp && st == TM_OK; p++)
         for (int t = 0; t < cfg->tp && st == TM_OK; t++)
@@ -294,21 +333,30 @@ static void charge(void *ctx, double flops, double bytes) { tm_clock_charge(ctx,
  * shard in this stage's buffers (under ZeRO, this replica's chunk of it). */
 typedef struct {
     tm_comm *comm;
+    int chunk;         /* the device's chunk that holds it */
     size_t off, count;
 } tied;
 
-/* A device's whole run state. */
+#define MAX_CHUNKS TM_SCHEDULE_MAX_VIRTUAL
+
+/* A device's whole run state. Chunk c (of n_chunks, the run's virtual
+ * stages; 1 without) is model stage c * pp + p with its own parameters,
+ * gradients, optimizer state (or ZeRO's shards) and buckets. */
 typedef struct {
     job *j;
     tm_device *dev;
     tm_mesh mesh;
-    tm_stage stage;
-    tm_zero *zero;     /* --zero 1 to 3: the stage's shards; else NULL */
-    tm_offload *offload; /* --offload optimizer: the host arena; else NULL */
-    size_t n_update;   /* floats the optimizer updates here (its shard) */
+    int n_chunks;
+    tm_stage *stage;   /* (n_chunks) */
+    tm_zero *zero[MAX_CHUNKS]; /* --zero 1 to 3: each chunk's shards; else NULL */
+    tm_offload *offload; /* --offload optimizer: the host arena, every
+                            chunk's state in turn; else NULL */
+    size_t n_update[MAX_CHUNKS]; /* floats the optimizer updates per chunk
+                                    (its shard) */
+    size_t n_updated;  /* their sum */
     int *order;        /* epoch order (host memory), stage 0 and last stage */
     int *targets;      /* device buffer for the loss's targets */
-    int is_first, is_last, reporter;
+    int is_first, is_last, reporter; /* holds model stage 0, the last */
     tied tied[MAX_TIED];
     int n_tied;
     /* This epoch's modeled training time and bubble accounts. */
@@ -348,7 +396,8 @@ static int evaluate(device *v, double *loss_out, double *acc)
     /* ZeRO-3 gathers every layer's parameters over the replicas in each
      * forward, so all replicas run as many micro-batches, those past a
      * shorter share empty. */
-    if (v->zero != NULL && v->j->cfg->zero == 3) n_mb = ((d->n + dp - 1) / dp + chunk - 1) / chunk;
+    if (v->zero[0] != NULL && v->j->cfg->zero == 3)
+        n_mb = ((d->n + dp - 1) / dp + chunk - 1) / chunk;
     int *idx = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     int *samples = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
     int *rows = malloc(sizeof(int) * (size_t)(n_mb > 0 ? n_mb : 1));
@@ -364,9 +413,10 @@ static int evaluate(device *v, double *loss_out, double *acc)
         if (samples[m] < 0) samples[m] = 0;
         rows[m] = samples[m] * d->rows;
     }
-    feed f = {.dev = v->dev, .stage = &v->stage, .data = d, .idx = idx, .mb_samples = chunk,
-              .eval_samples = samples, .targets = v->targets, .grad_scale = 1.0f};
-    tm_pipeline_step ps = {.stage = &v->stage,
+    feed f = {.dev = v->dev, .stage = &v->stage[v->n_chunks - 1], .data = d, .idx = idx,
+              .mb_samples = chunk, .eval_samples = samples, .targets = v->targets,
+              .grad_scale = 1.0f};
+    tm_pipeline_step ps = {.stage = v->stage,
                            .pp_comm = v->mesh.pp_comm,
                            .sched = &v->j->sched,
                            .load_input = load_input,
@@ -385,34 +435,67 @@ static int evaluate(device *v, double *loss_out, double *acc)
     return st;
 }
 
+static size_t max_of(size_t a, size_t b) { return a > b ? a : b; }
+
 /* Allocates, block by block, what the pipeline executor holds at its peak
  * (strategies/pipeline.c), then frees it: a model that does not fit fails
  * before the first step, with the arena's report. The peak: the schedule's
  * most micro-batches in flight, each one activation block, plus during a
  * backward its scratch, the output gradient (and, on a middle stage, the
- * next one already received) and the input gradient on its way down. */
+ * next one already received) and the input gradient on its way down. With
+ * chunks, each block is the largest chunk's. */
 static size_t peak_blocks(const device *v, int rows, size_t *size)
 {
-    size_t dy = (size_t)rows * v->stage.out_width * sizeof(float);
-    size_t dx = (size_t)rows * v->stage.in_width * sizeof(float);
+    size_t scratch = 0, dy = 0, dy2 = 0, dx = 0;
+    for (int c = 0; c < v->n_chunks; c++) {
+        const tm_stage *s = &v->stage[c];
+        int g = c * v->mesh.pp + v->mesh.p, first = g == 0, last = g == v->mesh.pp * v->n_chunks - 1;
+        size_t o = (size_t)rows * s->out_width * sizeof(float);
+        scratch = max_of(scratch, max_of(tm_stage_backward_bytes(s, rows),
+                                         tm_stage_forward_bytes(s, rows)));
+        dy = max_of(dy, o);
+        if (!last && !first) dy2 = max_of(dy2, o);
+        if (!first) dx = max_of(dx, (size_t)rows * s->in_width * sizeof(float));
+    }
     size_t n = 0;
-    size_t bwd = tm_stage_backward_bytes(&v->stage, rows),
-           fwd = tm_stage_forward_bytes(&v->stage, rows);
-    size[n++] = bwd > fwd ? bwd : fwd;
+    size[n++] = scratch;
     size[n++] = dy;
-    if (!v->is_last && !v->is_first) size[n++] = dy;
-    if (!v->is_first) size[n++] = dx;
+    if (dy2 > 0) size[n++] = dy2;
+    if (dx > 0) size[n++] = dx;
     return n;
 }
 
 /* What each micro-batch in flight holds: its activations, and under a
  * split backward its W block too (held from B to W, the block's whole
- * life past B inside the micro-batch's). */
+ * life past B inside the micro-batch's); the largest chunk's. */
 static size_t in_flight_bytes(const device *v, int rows)
 {
-    size_t w = tm_schedule_splits_backward(v->j->sched.kind)
-                   ? tm_stage_wsave_bytes(&v->stage, rows) : 0;
-    return tm_stage_acts_bytes(&v->stage, rows) + w;
+    size_t most = 0;
+    for (int c = 0; c < v->n_chunks; c++) {
+        size_t w = tm_schedule_splits_backward(v->j->sched.kind)
+                       ? tm_stage_wsave_bytes(&v->stage[c], rows) : 0;
+        most = max_of(most, tm_stage_acts_bytes(&v->stage[c], rows) + w);
+    }
+    return most;
+}
+
+/* ZeRO's layer in flight: the largest chunk's (0 without ZeRO). */
+static size_t zero_transient(const device *v)
+{
+    size_t most = 0;
+    for (int c = 0; c < v->n_chunks && v->zero[c] != NULL; c++)
+        most = max_of(most, tm_zero_transient_bytes(v->zero[c]));
+    return most;
+}
+
+/* The most bytes a layer expanded from the bf16 copy takes while it runs
+ * (masters on the host), over the chunks: one layer runs at a time. */
+static size_t view_bytes(const device *v)
+{
+    size_t most = 0;
+    for (int c = 0; c < v->n_chunks; c++)
+        most = max_of(most, tm_stage_view_bytes(&v->stage[c], 1));
+    return most;
 }
 
 /* The sum of those blocks: the activation bytes the pipeline holds at its
@@ -433,8 +516,8 @@ static int probe_activations(device *v, int rows)
 {
     size_t in_flight = (size_t)tm_schedule_max_in_flight(&v->j->sched, v->mesh.p);
     size_t size[6], n = peak_blocks(v, rows, size), n_acts = n;
-    size_t comm = v->zero != NULL ? tm_zero_transient_bytes(v->zero) : 0;
-    size_t view = v->j->cfg->zero == 2 ? 0 : tm_stage_view_bytes(&v->stage, 1);
+    size_t comm = zero_transient(v);
+    size_t view = v->j->cfg->zero == 2 ? 0 : view_bytes(v);
     if (comm > 0) size[n++] = comm;
     if (view > 0) size[n++] = view;
     void **block = calloc(in_flight + n, sizeof *block);
@@ -460,61 +543,65 @@ static int tied_groups(device *v)
     const tm_model *m = v->j->cfg->model;
     const tm_mesh *mesh = &v->mesh;
     for (int i = 0; i < m->n_tensors; i++) {
-        int stages[TM_MAX_LAYERS], devices[TM_MAX_LAYERS], mine = 0;
-        int n = tied_stages(m, v->j->first, mesh->pp, i, stages);
+        int stages[TM_MAX_LAYERS], devices[TM_MAX_LAYERS], chunk = -1;
+        int n = tied_stages(m, v->j->first, mesh->pp * v->n_chunks, i, stages);
+        /* Model stage g is device g % pp's chunk g / pp (tm_train_check
+         * keeps a tied tensor's stages on distinct devices). */
         for (int k = 0; k < n; k++) {
-            devices[k] = (mesh->d * mesh->pp + stages[k]) * mesh->tp + mesh->t;
-            mine |= stages[k] == mesh->p;
+            devices[k] = (mesh->d * mesh->pp + stages[k] % mesh->pp) * mesh->tp + mesh->t;
+            if (stages[k] % mesh->pp == mesh->p) chunk = stages[k] / mesh->pp;
         }
-        if (n < 2 || !mine) continue;
+        if (n < 2 || chunk < 0) continue;
         tied *t = &v->tied[v->n_tied++];
+        t->chunk = chunk;
         TM_CHECK(tm_comm_create(v->dev, devices, n, "emb", &t->comm));
-        for (int l = 0; l < v->stage.n; l++)
-            for (int k = 0; k < v->stage.layer[l].layer->n_tensors; k++)
-                if (v->stage.layer[l].layer->tensor[k] == i && v->stage.layer[l].shard[k].owned) {
-                    t->off = v->stage.layer[l].shard[k].off;
-                    t->count = v->stage.layer[l].shard[k].count;
+        const tm_stage *s = &v->stage[chunk];
+        for (int l = 0; l < s->n; l++)
+            for (int k = 0; k < s->layer[l].layer->n_tensors; k++)
+                if (s->layer[l].layer->tensor[k] == i && s->layer[l].shard[k].owned) {
+                    t->off = s->layer[l].shard[k].off;
+                    t->count = s->layer[l].shard[k].count;
                 }
     }
     return TM_OK;
 }
 
-/* Under ZeRO: the host state's shards of this stage (the stage's layout,
- * in host memory) into the stage's whole parameters (stages 1 and 2) and
- * ZeRO's chunks. */
-static int load_zero(device *v)
+/* Under ZeRO: the host state's shards of chunk c (its layout, in host
+ * memory) into its whole parameters (stages 1 and 2) and ZeRO's chunks. */
+static int load_zero(device *v, int c)
 {
     job *j = v->j;
-    size_t n = v->stage.n_params;
+    tm_stage *s = &v->stage[c];
+    size_t n = s->n_params;
     int n_state = j->resumed ? j->state->n_opt_state : 0;
     float *buf = malloc(sizeof(float) * n * (size_t)(1 + n_state)), *state[TM_OPT_MAX_STATE];
     if (buf == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the stage's host copy");
-    tm_stage_shard_from(&v->stage, j->state->params, buf);
-    if (v->stage.params != NULL) memcpy(v->stage.params, buf, n * sizeof(float));
+    tm_stage_shard_from(s, j->state->params, buf);
+    if (s->params != NULL) memcpy(s->params, buf, n * sizeof(float));
     for (int i = 0; i < n_state; i++) {
         state[i] = buf + (size_t)(1 + i) * n;
-        tm_stage_shard_from(&v->stage, j->state->opt_state[i], state[i]);
+        tm_stage_shard_from(s, j->state->opt_state[i], state[i]);
     }
-    tm_zero_load(v->zero, buf, n_state > 0 ? state : NULL);
+    tm_zero_load(v->zero[c], buf, n_state > 0 ? state : NULL);
     free(buf);
     return TM_OK;
 }
 
-/* The gradients the step zeroes, clips and checks: ZeRO's, or the
- * stage's. */
-static float *step_grads(const device *v, size_t *n)
+/* The gradients of chunk c the step zeroes, clips and checks: ZeRO's, or
+ * the chunk's. */
+static float *step_grads(const device *v, int c, size_t *n)
 {
-    if (v->zero != NULL) return tm_zero_grads(v->zero, n);
-    *n = v->stage.n_params;
-    return v->stage.grads;
+    if (v->zero[c] != NULL) return tm_zero_grads(v->zero[c], n);
+    *n = v->stage[c].n_params;
+    return v->stage[c].grads;
 }
 
 /* A tied tensor's gradient as the embedding group sums it. */
 static float *tied_grads(const device *v, const tied *t, size_t *count)
 {
-    if (v->zero != NULL) return tm_zero_grad_chunk(v->zero, t->off, count);
+    if (v->zero[t->chunk] != NULL) return tm_zero_grad_chunk(v->zero[t->chunk], t->off, count);
     *count = t->count;
-    return v->stage.grads + t->off;
+    return v->stage[t->chunk].grads + t->off;
 }
 
 /* Floats the optimizer updates on a stage without ZeRO: the shards it
@@ -533,12 +620,14 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
 {
     const tm_train_config *cfg = v->j->cfg;
     tm_optim_config opt = optim_of(cfg);
-    double psi = (double)v->stage.n_params, dp = cfg->dp, k = tm_optimizer_state_count(&opt);
+    size_t n_params = 0;
+    for (int c = 0; c < v->n_chunks; c++) n_params += v->stage[c].n_params;
+    double psi = (double)n_params, dp = cfg->dp, k = tm_optimizer_state_count(&opt);
     double param = 4 * psi, grad = 4 * psi, state = 4 * k * psi;
     if (cfg->zero >= 1) state /= dp;
     if (cfg->zero >= 2) grad /= dp;
     if (cfg->zero >= 3) param /= dp;
-    rep->psi = v->stage.n_params;
+    rep->psi = n_params;
     int bf16 = cfg->precision == TM_PRECISION_BF16;
     int host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
     int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
@@ -547,17 +636,77 @@ static void memory_formulas(device *v, int rows, tm_device_report *rep)
     /* Each updated parameter's gradient out (4 bytes), and the parameter
      * back: 4 bytes, or its bf16 rounding (2) with the masters on the host. */
     rep->step_host_analytic =
-        cfg->offload != TM_OFFLOAD_NONE ? (masters ? 6 : 8) * (double)v->n_update : 0;
-    rep->comm_formula = v->zero != NULL ? (double)tm_zero_transient_bytes(v->zero) : 0;
+        cfg->offload != TM_OFFLOAD_NONE ? (masters ? 6 : 8) * (double)v->n_updated : 0;
+    rep->comm_formula = (double)zero_transient(v);
     size_t targets = v->is_last ? sizeof(int) * (size_t)rows : 0;
     /* The bf16 copy of what the device keeps of the parameters (ZeRO-3:
      * none, or with the masters on the host their shard's), and the layer
      * in flight expanded from it (ZeRO-2 and 3 run every layer on their
      * own view, tag comm). */
-    rep->bf16_formula = (v->stage.params16 != NULL ? 2 * psi : masters ? 2 * psi / dp : 0) +
-                        (cfg->zero == 2 ? 0 : (double)tm_stage_view_bytes(&v->stage, 1));
+    rep->bf16_formula = (v->stage[0].params16 != NULL ? 2 * psi : masters ? 2 * psi / dp : 0) +
+                        (cfg->zero == 2 ? 0 : (double)view_bytes(v));
     rep->peak_formula = rep->state_formula + rep->comm_formula + rep->bf16_formula +
                         (double)(activation_formula(v, rows) + targets);
+}
+
+/* Chunk c's stage (and under ZeRO its shards' sizes): model stage
+ * c * pp + p, its layers first[g] .. first[g+1]-1. */
+static int create_chunk(device *v, int c, int n_state, int on_host, int masters)
+{
+    job *j = v->j;
+    const tm_train_config *cfg = j->cfg;
+    int g = c * v->mesh.pp + v->mesh.p, zs = cfg->zero;
+    tm_stage *s = &v->stage[c];
+    if (zs > 0) {
+        TM_CHECK(tm_stage_create_parts(s, v->dev, v->mesh.tp_comm, cfg->model, j->first[g],
+                                       j->first[g + 1], zs < 3 && !masters, zs < 2));
+        /* ZeRO-1 and 2 with the masters on the host keep the chunk's whole
+         * bf16 copy (filled by tm_zero_load); ZeRO-3 its shards'. */
+        s->params_on_host = masters && zs < 3;
+        if (s->params_on_host) TM_CHECK(tm_stage_set_precision(s, cfg->precision));
+        v->n_update[c] = tm_zero_shard_floats(s->layer, s->n, cfg->dp);
+    } else if (masters) {
+        TM_CHECK(tm_stage_create_parts(s, v->dev, v->mesh.tp_comm, cfg->model, j->first[g],
+                                       j->first[g + 1], 0, 1));
+        v->n_update[c] = updated_floats(s);
+    } else {
+        TM_CHECK(tm_stage_create(s, v->dev, v->mesh.tp_comm, cfg->model, j->first[g],
+                                 j->first[g + 1], on_host ? 0 : n_state));
+        v->n_update[c] = updated_floats(s);
+    }
+    return TM_OK;
+}
+
+/* Chunk c's weights (and, resuming, optimizer state) from the host state;
+ * host_state: the host arena's buffers at this chunk's part (offload) or
+ * NULL; masters: the host arena's fp32 masters at this chunk's part
+ * (offload in bf16) or NULL. */
+static int load_chunk(device *v, int c, int n_state, float *const *host_state, float *masters)
+{
+    job *j = v->j;
+    const tm_train_config *cfg = j->cfg;
+    tm_stage *s = &v->stage[c];
+    if (cfg->zero > 0) {
+        TM_CHECK(tm_zero_create(&v->zero[c], s, v->mesh.dp_comm, cfg->zero, n_state, host_state,
+                                masters));
+        return load_zero(v, c);
+    }
+    if (host_state != NULL) {
+        /* The chunk's optimizer state, and in bf16 its parameters (the fp32
+         * masters: the device keeps their bf16 copy), are the host arena's
+         * (same layout); run() hands them back before the stage frees its
+         * own buffers. */
+        for (int i = 0; i < n_state; i++) s->opt_state[i] = host_state[i];
+        s->n_opt_state = n_state;
+    }
+    if (masters != NULL) {
+        s->params = masters;
+        s->params_on_host = 1;
+    }
+    tm_stage_shard_from(s, j->state->params, s->params);
+    for (int i = 0; j->resumed && i < s->n_opt_state; i++)
+        tm_stage_shard_from(s, j->state->opt_state[i], s->opt_state[i]);
+    return TM_OK;
 }
 
 static int setup(device *v)
@@ -578,56 +727,39 @@ static int setup(device *v)
              v->mesh.t);
     tm_clock_set_name(v->dev, name);
     tm_optim_config opt = optim_of(cfg);
-    int n_state = tm_optimizer_state_count(&opt), zs = cfg->zero;
+    int n_state = tm_optimizer_state_count(&opt);
     int bf16 = cfg->precision == TM_PRECISION_BF16;
     int on_host = tm_offload_on_host(cfg->offload, bf16, TM_TAG_OPTIMIZER);
     /* bf16 under offload: the fp32 masters live in the host arena too. */
     int masters = tm_offload_on_host(cfg->offload, bf16, TM_TAG_PARAM);
-    float *host_state[TM_OPT_MAX_STATE] = {NULL, NULL};
-    if (zs > 0) {
-        TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
-                                       j->first[p], j->first[p + 1], zs < 3 && !masters, zs < 2));
-        /* ZeRO-1 and 2 with the masters on the host keep the stage's whole
-         * bf16 copy (filled by tm_zero_load); ZeRO-3 its chunks'. */
-        v->stage.params_on_host = masters && zs < 3;
-        if (v->stage.params_on_host) TM_CHECK(tm_stage_set_precision(&v->stage, cfg->precision));
-        v->n_update = tm_zero_shard_floats(v->stage.layer, v->stage.n, cfg->dp);
-        if (on_host) {
-            TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
-                                       v->n_update, masters));
-            tm_offload_state(v->offload, host_state);
-        }
-        TM_CHECK(tm_zero_create(&v->zero, &v->stage, v->mesh.dp_comm, zs, n_state,
-                                on_host ? host_state : NULL,
-                                masters ? tm_offload_masters(v->offload) : NULL));
-        TM_CHECK(load_zero(v));
-    } else {
-        if (masters)
-            TM_CHECK(tm_stage_create_parts(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
-                                           j->first[p], j->first[p + 1], 0, 1));
-        else
-            TM_CHECK(tm_stage_create(&v->stage, v->dev, v->mesh.tp_comm, cfg->model,
-                                     j->first[p], j->first[p + 1], on_host ? 0 : n_state));
-        v->n_update = updated_floats(&v->stage);
-        if (on_host) {
-            /* The stage's optimizer state, and in bf16 its parameters (the
-             * fp32 masters: the device keeps their bf16 copy), are the host
-             * arena's (same layout); run() hands them back before the stage
-             * frees its own buffers. */
-            TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state,
-                                       v->stage.n_params, masters));
-            tm_offload_state(v->offload, v->stage.opt_state);
-            v->stage.n_opt_state = n_state;
-            if (masters) {
-                v->stage.params = tm_offload_masters(v->offload);
-                v->stage.params_on_host = 1;
-            }
-        }
-        tm_stage_shard_from(&v->stage, j->state->params, v->stage.params);
-        for (int i = 0; j->resumed && i < v->stage.n_opt_state; i++)
-            tm_stage_shard_from(&v->stage, j->state->opt_state[i], v->stage.opt_state[i]);
+    v->stage = calloc((size_t)tm__train_chunks(cfg), sizeof *v->stage);
+    if (v->stage == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the device's chunks");
+    v->n_chunks = tm__train_chunks(cfg);
+    for (int c = 0; c < v->n_chunks; c++) {
+        TM_CHECK(create_chunk(v, c, n_state, on_host, masters));
+        v->n_updated += v->n_update[c];
     }
-    TM_CHECK(tm_stage_set_precision(&v->stage, cfg->precision));
+    /* Offload: one host arena, its state buffers (and masters) cut into the
+     * chunks' parts (ZeRO's shards, or the chunks' whole state). */
+    float *host_state[TM_OPT_MAX_STATE] = {NULL, NULL}, *host_masters = NULL;
+    size_t host_n = 0;
+    for (int c = 0; c < v->n_chunks; c++)
+        host_n += cfg->zero > 0 ? v->n_update[c] : v->stage[c].n_params;
+    if (on_host) {
+        TM_CHECK(tm_offload_create(&v->offload, v->dev, cfg->host_mem_cap, n_state, host_n,
+                                   masters));
+        tm_offload_state(v->offload, host_state);
+        if (masters) host_masters = tm_offload_masters(v->offload);
+    }
+    size_t off = 0;
+    for (int c = 0; c < v->n_chunks; c++) {
+        float *part[TM_OPT_MAX_STATE] = {NULL, NULL};
+        for (int i = 0; on_host && i < n_state; i++) part[i] = host_state[i] + off;
+        TM_CHECK(load_chunk(v, c, n_state, on_host ? part : NULL,
+                            host_masters != NULL ? host_masters + off : NULL));
+        off += cfg->zero > 0 ? v->n_update[c] : v->stage[c].n_params;
+        TM_CHECK(tm_stage_set_precision(&v->stage[c], cfg->precision));
+    }
     int rows = mb_rows(cfg);
     if (v->is_last) {
         v->targets = tm_device_alloc(v->dev, sizeof(int) * (size_t)rows, TM_TAG_ACTIVATION);
@@ -650,8 +782,9 @@ static int setup(device *v)
     tm_device_report *rep = &j->result->devices[tm_device_id(v->dev)];
     TM_CHECK(tm__train_activation_peak(cfg, j->first, &j->sched, rows, p, v->mesh.t,
                                        &rep->activation_formula));
-    tm__train_formulas(cfg, &v->stage, v->zero, &v->mesh, rows, tied_bytes, rep);
-    rep->acts_per_mb = tm_stage_acts_bytes(&v->stage, rows);
+    tm__train_formulas(cfg, v->stage, v->zero, &v->mesh, rows, tied_bytes, rep);
+    for (int c = 0; c < v->n_chunks; c++)
+        rep->acts_per_mb = max_of(rep->acts_per_mb, tm_stage_acts_bytes(&v->stage[c], rows));
     memory_formulas(v, rows, rep);
     return TM_OK;
 }
@@ -693,17 +826,21 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
  * device scales by the same factor. *norm: the norm before clipping. */
 static int clip_grads(device *v, double *norm)
 {
-    double sq = v->zero != NULL ? tm_zero_grad_sq(v->zero) : tm_stage_grad_sq(&v->stage);
+    double sq = 0;
+    for (int c = 0; c < v->n_chunks; c++)
+        sq += v->zero[c] != NULL ? tm_zero_grad_sq(v->zero[c]) : tm_stage_grad_sq(&v->stage[c]);
     TM_CHECK(sum_over(v->mesh.tp_comm, &sq, 1));
     TM_CHECK(sum_over(v->mesh.pp_comm, &sq, 1));
     /* Under ZeRO each replica holds its chunks of the gradient only. */
-    if (v->zero != NULL) TM_CHECK(sum_over(v->mesh.dp_comm, &sq, 1));
+    if (v->zero[0] != NULL) TM_CHECK(sum_over(v->mesh.dp_comm, &sq, 1));
     *norm = sqrt(sq);
     /* Scaled by the factor even when it is 1 (exact), as PyTorch does, so
      * that the step's modeled time does not depend on the norm. */
     float f = tm_clip_factor(*norm, v->j->cfg->clip_grad);
-    if (v->zero != NULL) tm_zero_grad_scale(v->zero, f);
-    else tm_stage_grad_scale(&v->stage, f);
+    for (int c = 0; c < v->n_chunks; c++) {
+        if (v->zero[c] != NULL) tm_zero_grad_scale(v->zero[c], f);
+        else tm_stage_grad_scale(&v->stage[c], f);
+    }
     return TM_OK;
 }
 
@@ -716,16 +853,20 @@ static int offload_step(device *v, const tm_optim_config *opt, double lr, long s
 {
     uint64_t b0 = tm_offload_bytes(v->offload);
     double s0 = tm_offload_seconds(v->offload);
-    tm_offload_grads_out(v->offload, v->n_update);
-    if (v->zero != NULL) tm_zero_update(v->zero, opt, lr, step);
-    else tm_optimizer_step(opt, &v->stage, lr, step);
-    tm_offload_params_back(v->offload, v->n_update);
+    tm_offload_grads_out(v->offload, v->n_updated);
+    for (int c = 0; c < v->n_chunks; c++) {
+        if (v->zero[c] != NULL) tm_zero_update(v->zero[c], opt, lr, step);
+        else tm_optimizer_step(opt, &v->stage[c], lr, step);
+    }
+    tm_offload_params_back(v->offload, v->n_updated);
     if (first_recorded) {
         tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
         rep->step_host = tm_offload_bytes(v->offload) - b0;
         rep->step_host_s = tm_offload_seconds(v->offload) - s0;
     }
-    return v->zero != NULL ? tm_zero_gather(v->zero) : TM_OK;
+    for (int c = 0; c < v->n_chunks && v->zero[c] != NULL; c++)
+        TM_CHECK(tm_zero_gather(v->zero[c]));
+    return TM_OK;
 }
 
 /* One optimizer step on this device, the run's `taken`-th (0-based).
@@ -747,30 +888,34 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
                         step, cfg->fail_device, cfg->fail_step);
     tm_clock_stats s0, sp, s1, s2;
     tm_clock_stats_get(v->dev, &s0);
-    size_t n_grads;
-    float *grads = step_grads(v, &n_grads);
-    memset(grads, 0, n_grads * sizeof(float));
-    tm_clock_charge(v->dev, 0, 4.0 * (double)n_grads);
+    for (int c = 0; c < v->n_chunks; c++) {
+        size_t n_grads;
+        float *grads = step_grads(v, c, &n_grads);
+        memset(grads, 0, n_grads * sizeof(float));
+        tm_clock_charge(v->dev, 0, 4.0 * (double)n_grads);
+    }
     tm_clock_stats_get(v->dev, &sp);
     int per_sample = cfg->model->rows_per_sample;
     feed f = {.dev = v->dev,
-              .stage = &v->stage,
+              .stage = &v->stage[v->n_chunks - 1],
               .data = j->train,
               .idx = v->order ? v->order + epoch_step * cfg->batch + v->mesh.d * per_replica : NULL,
               .mb_samples = per_replica / cfg->micro_batches,
               .targets = v->targets,
               .grad_scale = 1.0f / (float)((double)cfg->batch * per_sample)};
-    bucket_ctx b = {v->mesh.dp_comm, v->stage.grads};
+    bucket_ctx b[MAX_CHUNKS];
+    void *ready_ctx[MAX_CHUNKS];
+    for (int c = 0; c < v->n_chunks; c++) {
+        b[c] = (bucket_ctx){v->mesh.dp_comm, v->stage[c].grads};
+        ready_ctx[c] = cfg->zero == 1 ? (void *)v->zero[c] : &b[c];
+    }
     /* ZeRO-1 reduce-scatters the buckets; ZeRO-2 and 3 reduce every
      * micro-batch's gradients as the layers finish (strategies/zero.h). */
-    tm_pipeline_step ps = {.stage = &v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
+    tm_pipeline_step ps = {.stage = v->stage, .pp_comm = v->mesh.pp_comm, .sched = &j->sched,
                            .rows = mb_rows(cfg), .load_input = load_input, .loss = loss,
                            .ctx = &f, .ready = cfg->dp > 1 && cfg->zero == 0 ? grads_ready : NULL,
-                           .ready_ctx = &b};
-    if (cfg->zero == 1) {
-        ps.ready = tm_zero_bucket_ready;
-        ps.ready_ctx = v->zero;
-    }
+                           .ready_ctx = ready_ctx};
+    if (cfg->zero == 1) ps.ready = tm_zero_bucket_ready;
     if (recorded) tm_clock_record(v->dev, 1);
     size_t ev0 = tm_clock_event_count(v->dev);
     int st = tm_pipeline_run(&ps);
@@ -784,7 +929,9 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     *step_loss = l / ((double)cfg->batch * per_sample);
     tm_clock_sync(v->dev);
     tm_clock_label(v->dev, 'O', v->mesh.p, -1);
-    TM_CHECK(v->zero != NULL ? tm_zero_sum_partial(v->zero) : tm_stage_sum_partial(&v->stage));
+    for (int c = 0; c < v->n_chunks; c++)
+        TM_CHECK(v->zero[c] != NULL ? tm_zero_sum_partial(v->zero[c])
+                                    : tm_stage_sum_partial(&v->stage[c]));
     for (int i = 0; i < v->n_tied; i++) {
         size_t count;
         float *g = tied_grads(v, &v->tied[i], &count);
@@ -795,12 +942,13 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
     tm_optim_config opt = optim_of(cfg);
     if (v->offload != NULL) {
         TM_CHECK(offload_step(v, &opt, lr, step, recorded == 1));
-    } else if (v->zero != NULL) {
-        TM_CHECK(tm_zero_step(v->zero, &opt, lr, step));
     } else {
-        tm_optimizer_step(&opt, &v->stage, lr, step);
+        for (int c = 0; c < v->n_chunks; c++) {
+            if (v->zero[c] != NULL) TM_CHECK(tm_zero_step(v->zero[c], &opt, lr, step));
+            else tm_optimizer_step(&opt, &v->stage[c], lr, step);
+        }
     }
-    tm_stage_refresh_bf16(&v->stage);
+    for (int c = 0; c < v->n_chunks; c++) tm_stage_refresh_bf16(&v->stage[c]);
     tm_clock_label(v->dev, 0, -1, -1);
     tm_clock_stats_get(v->dev, &s2);
     tm_clock_record(v->dev, 0);
@@ -859,12 +1007,13 @@ static int train_loop(device *v)
             double t0 = now_s(), l = 0, norm = -1, lr = tm_lr_at(cfg, pos.step, total);
             st = train_step(v, pos.epoch_step, lr, pos.step + 1, taken, &l, &norm);
             if (st != TM_OK) break;
-            size_t n_grads;
-            const float *grads = step_grads(v, &n_grads);
             /* A dry run's values mean nothing: no guard on them. */
-            if (!cfg->dry_run)
-                tm__train_guard(j->stop, pos.step + 1, v->is_last, l, grads, n_grads,
+            for (int c = 0; !cfg->dry_run && c < v->n_chunks; c++) {
+                size_t n_grads;
+                const float *grads = step_grads(v, c, &n_grads);
+                tm__train_guard(j->stop, pos.step + 1, v->is_last && c == 0, l, grads, n_grads,
                                 tm_device_id(v->dev));
+            }
             pos.step++;
             pos.epoch_step++;
             taken++;
@@ -945,12 +1094,12 @@ static int train_loop(device *v)
     return TM_OK;
 }
 
-/* Under ZeRO: replica 0 gathers the stage's parameters (stage 3) and
- * optimizer state from every replica into host buffers in the stage's
+/* Under ZeRO: replica 0 gathers chunk c's parameters (stage 3) and
+ * optimizer state from every replica into host buffers in the chunk's
  * layout (*host: NULL on the other replicas, which only send). */
-static int gather_zero(device *v, float **host, float **state)
+static int gather_zero(device *v, int c, float **host, float **state)
 {
-    size_t n = v->stage.n_params;
+    size_t n = v->stage[c].n_params;
     int n_state = v->j->state->n_opt_state;
     *host = NULL;
     if (v->mesh.d == 0) {
@@ -958,40 +1107,47 @@ static int gather_zero(device *v, float **host, float **state)
         if (*host == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the stage's host copy");
         for (int i = 0; i < n_state; i++) state[i] = *host + (size_t)(1 + i) * n;
     }
-    return tm_zero_store(v->zero, *host, *host != NULL ? state : NULL);
+    return tm_zero_store(v->zero[c], *host, *host != NULL ? state : NULL);
 }
 
-/* Copies this device's shards back into the host model state: replica 0
- * only (under ZeRO, after gathering the other replicas' chunks), and the
- * parts every tp rank holds whole from rank 0 only. */
-static int store(device *v)
+/* Copies chunk c's shards back into the host model state: replica 0 only
+ * (under ZeRO, after gathering the other replicas' chunks), and the parts
+ * every tp rank holds whole from rank 0 only. */
+static int store_chunk(device *v, int c)
 {
     job *j = v->j;
-    /* Every device has read its initial shard before any writes back. */
-    TM_CHECK(tm_barrier(tm_device_comm(v->dev)));
+    const tm_stage *s = &v->stage[c];
     float *host = NULL, *state[TM_OPT_MAX_STATE];
-    for (int i = 0; i < TM_OPT_MAX_STATE; i++) state[i] = v->stage.opt_state[i];
-    int st = v->zero != NULL ? gather_zero(v, &host, state) : TM_OK;
+    for (int i = 0; i < TM_OPT_MAX_STATE; i++) state[i] = s->opt_state[i];
+    int st = v->zero[c] != NULL ? gather_zero(v, c, &host, state) : TM_OK;
     if (st != TM_OK || v->mesh.d != 0) {
         free(host);
         return st;
     }
     int shared = v->mesh.t == 0;
-    tm_stage_shard_to(&v->stage, v->stage.params != NULL ? v->stage.params : host,
-                      j->state->params, shared);
+    tm_stage_shard_to(s, s->params != NULL ? s->params : host, j->state->params, shared);
     if (j->owned != NULL) {
-        float *ones = malloc(sizeof(float) * v->stage.n_params);
+        float *ones = malloc(sizeof(float) * s->n_params);
         if (ones == NULL) {
             free(host);
             return tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
         }
-        for (size_t i = 0; i < v->stage.n_params; i++) ones[i] = 1;
-        tm_stage_shard_to(&v->stage, ones, j->owned, shared);
+        for (size_t i = 0; i < s->n_params; i++) ones[i] = 1;
+        tm_stage_shard_to(s, ones, j->owned, shared);
         free(ones);
     }
     for (int i = 0; i < j->state->n_opt_state; i++)
-        tm_stage_shard_to(&v->stage, state[i], j->state->opt_state[i], shared);
+        tm_stage_shard_to(s, state[i], j->state->opt_state[i], shared);
     free(host);
+    return TM_OK;
+}
+
+/* Every chunk's shards back into the host model state. */
+static int store(device *v)
+{
+    /* Every device has read its initial shard before any writes back. */
+    TM_CHECK(tm_barrier(tm_device_comm(v->dev)));
+    for (int c = 0; c < v->n_chunks; c++) TM_CHECK(store_chunk(v, c));
     return TM_OK;
 }
 
@@ -1010,17 +1166,20 @@ static int run(tm_device *dev, void *arg)
     tm_device_free(dev, v.targets);
     tm_cost_set_hook(NULL, NULL);
     tm_cost_set_dry(0);
-    tm_zero_destroy(v.zero);
+    for (int c = 0; c < v.n_chunks; c++) tm_zero_destroy(v.zero[c]);
     if (v.offload != NULL) {
         tm_offload_stats(v.offload, &rep->host_memory);
-        /* The stage's optimizer state (and host masters) were the host
-         * arena's, not its own. */
-        for (int i = 0; i < v.stage.n_opt_state; i++) v.stage.opt_state[i] = NULL;
-        v.stage.n_opt_state = 0;
-        if (v.stage.params_on_host) v.stage.params = NULL;
+        /* The chunks' optimizer state (and host masters) were the host
+         * arena's, not their own. */
+        for (int c = 0; c < v.n_chunks; c++) {
+            for (int i = 0; i < v.stage[c].n_opt_state; i++) v.stage[c].opt_state[i] = NULL;
+            v.stage[c].n_opt_state = 0;
+            if (v.stage[c].params_on_host) v.stage[c].params = NULL;
+        }
     }
     tm_offload_destroy(v.offload);
-    tm_stage_destroy(&v.stage);
+    for (int c = 0; c < v.n_chunks; c++) tm_stage_destroy(&v.stage[c]);
+    free(v.stage);
     for (int i = 0; i < v.n_tied; i++) tm_comm_destroy(v.tied[i].comm);
     tm_mesh_destroy(&v.mesh);
     tm_arena_stats_get(tm_device_arena(dev), &rep->memory);
@@ -1067,7 +1226,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     if (st == TM_OK && cfg->save_path != NULL) st = tm_outfile_open(&save, cfg->save_path);
     if (st == TM_OK && cfg->trace_path != NULL) st = tm_outfile_open(&trace, cfg->trace_path);
     if (st == TM_OK) st = tm__train_split(cfg, j.first);
-    if (st == TM_OK) st = tm_schedule_make(&j.sched, cfg->schedule, cfg->pp, cfg->micro_batches);
+    if (st == TM_OK) st = tm__train_schedule(cfg, &j.sched);
     if (st == TM_OK) st = tm_schedule_validate(&j.sched);
     tm_optim_config opt = optim_of(cfg);
     /* Before the host spends memory and time on the model's state. */

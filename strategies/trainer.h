@@ -71,8 +71,12 @@ typedef struct {
                               2 and gradients, 3 and parameters sharded */
     tm_precision precision; /* fp32 (the default) or bf16 mixed precision
                               (strategies/stage.h) */
-    const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs */
+    const char *stages;    /* layers per stage ("2,1,1"), NULL: balanced by FLOPs;
+                              pp * virtual_stages entries with virtual stages */
     tm_schedule_kind schedule; /* pipeline schedule (any, also for pp = 1) */
+    int virtual_stages;    /* interleaved-1f1b: chunks per device, v (0 or 1:
+                              one); model stage c * pp + p is device p's
+                              chunk c */
     int epochs;            /* length of the schedule, in epochs from step 0 */
     long max_steps;        /* stop this run after so many steps (0: none) */
     int batch;             /* samples per optimizer step (the global batch) */
@@ -141,7 +145,8 @@ typedef struct {
     int process;           /* the process that ran it (runtime/process.h) */
     tm_arena_stats memory; /* peaks by tag */
     double flops;          /* kernel FLOPs in training steps */
-    int max_in_flight;     /* most micro-batches held at once by the pipeline */
+    int max_in_flight;     /* most micro-batches held at once by the pipeline
+                              (chunk passes with virtual stages) */
     size_t activation_peak; /* activation bytes at most, during training steps */
     size_t acts_per_mb;    /* what the stage stores for one micro-batch in
                               flight, by the layers' formulas (README) */

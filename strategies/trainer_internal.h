@@ -16,9 +16,10 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
 /* What one training step of this device should send per mesh dimension, by
  * the formulas, into rep->step_analytic (before the run, from the plan),
  * and what plain data parallelism's all-reduces would send into
- * rep->step_allreduce; zero: the stage's ZeRO shards or NULL; tied_bytes:
+ * rep->step_allreduce; stage and zero: the device's chunks
+ * (tm__train_chunks) and their ZeRO shards (NULL each without); tied_bytes:
  * what it sends to sum tied tensors between stages. */
-void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_zero *zero,
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, tm_zero *const *zero,
                         const tm_mesh *mesh, int rows, double tied_bytes, tm_device_report *rep);
 /* The run's modeled figures (time, samples/s, bubble) from the device
  * reports, after the run. */
@@ -37,13 +38,19 @@ int tm__train_fits(const tm_train_config *cfg, const int *first);
  * what the first device that would not fit keeps there. */
 int tm__train_host_fits(const tm_train_config *cfg, const int *first);
 
-/* Layers per stage into first[0 .. pp]: the user's --stages or balanced by
- * FLOPs. TM_EINVAL as tm_stages_parse. */
+/* Chunks per device: cfg->virtual_stages, at least 1. */
+int tm__train_chunks(const tm_train_config *cfg);
+
+/* Layers per model stage into first[0 .. pp * chunks]: the user's --stages
+ * or balanced by FLOPs. TM_EINVAL as tm_stages_parse. */
 int tm__train_split(const tm_train_config *cfg, int *first);
 
-/* Stage p's tensor-parallel rank t: its activation peak in the training
- * steps (tm_train_predict_activations) for the stage split first and
- * micro-batches of rows rows. */
+/* The run's schedule (virtual stages included): tm_schedule_make_virtual. */
+int tm__train_schedule(const tm_train_config *cfg, tm_schedule *out);
+
+/* Device p's tensor-parallel rank t: its activation peak in the training
+ * steps (tm_train_predict_activations) for the model stage split first and
+ * micro-batches of rows rows, over its chunks. */
 int tm__train_activation_peak(const tm_train_config *cfg, const int *first,
                               const tm_schedule *sched, int rows, int p, int t, size_t *bytes);
 

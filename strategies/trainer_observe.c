@@ -57,8 +57,9 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
             tm_sched_kind k = e->phase == 'F'   ? TM_SCHED_FWD
                               : e->phase == 'B' ? TM_SCHED_BWD
                                                 : TM_SCHED_WGT;
+            /* The label's stage is the model stage: chunk e->stage / pp. */
             res->timeline[res->n_timeline++] = (tm_sched_event){p, k, e->mb, e->start - t0,
-                                                                e->end - t0, 0};
+                                                                e->end - t0, e->stage / cfg->pp};
         }
     }
     res->timeline_makespan = s0->rec_pipe_end - t0;
@@ -107,28 +108,35 @@ int tm__train_observe(const tm_world *w, const tm_train_config *cfg, tm_train_re
  * shards marked partial (sequence parallelism's replicated parameters); a tensor tied across stages sums its
  * gradient over its stages (counted with pp); clipping sums one double over
  * the tp and pp groups (and dp under ZeRO) by an all-gather. */
-void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, const tm_zero *zero,
+void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, tm_zero *const *zero,
                         const tm_mesh *mesh, int rows, double tied_bytes, tm_device_report *rep)
 {
-    int is_first = mesh->p == 0, is_last = mesh->p == mesh->pp - 1;
-    double width = (is_last ? 0 : stage->out_width) + (is_first ? 0 : stage->in_width);
-    double dp = 0, tp = 0, pp = (double)cfg->micro_batches * rows * width * sizeof(float);
-    for (int i = 0; i < stage->n; i++) {
-        const tm_layer_plan *l = &stage->layer[i];
-        dp += tm_allreduce_send_bytes(mesh->dp_comm, l->own_len);
-        tp += tm_layer_tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
+    int v = tm__train_chunks(cfg), n_stages = mesh->pp * v;
+    double dp = 0, tp = 0, pp = 0, allreduce = 0;
+    for (int c = 0; c < v; c++) {
+        const tm_stage *s = &stage[c];
+        int g = c * mesh->pp + mesh->p, is_first = g == 0, is_last = g == n_stages - 1;
+        double width = (is_last ? 0 : s->out_width) + (is_first ? 0 : s->in_width), chunk_tp = 0;
+        pp += (double)cfg->micro_batches * rows * width * sizeof(float);
+        for (int i = 0; i < s->n; i++) {
+            const tm_layer_plan *l = &s->layer[i];
+            allreduce += tm_allreduce_send_bytes(mesh->dp_comm, l->own_len);
+            chunk_tp += tm_layer_tp_bytes(l, mesh->tp_comm, rows, i > 0 || !is_first);
+        }
+        tp += chunk_tp * cfg->micro_batches;
+        size_t partial = zero[c] != NULL ? tm_zero_partial_floats(zero[c])
+                                         : tm_stage_partial_floats(s);
+        tp += tm_allreduce_send_bytes(mesh->tp_comm, partial);
+        dp += zero[c] != NULL ? tm_zero_step_bytes(zero[c], cfg->micro_batches) : 0;
     }
-    rep->step_allreduce = dp;
-    if (zero != NULL) dp = tm_zero_step_bytes(zero, cfg->micro_batches);
-    if (is_last && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
-    tp *= cfg->micro_batches;
-    size_t partial = zero != NULL ? tm_zero_partial_floats(zero) : tm_stage_partial_floats(stage);
-    tp += tm_allreduce_send_bytes(mesh->tp_comm, partial);
+    rep->step_allreduce = allreduce;
+    if (zero[0] == NULL) dp = allreduce;
+    if (mesh->p == mesh->pp - 1 && cfg->dp > 1) dp += (cfg->dp - 1) * sizeof(double);
     pp += tied_bytes;
     if (cfg->clip_grad > 0) {
         tp += (cfg->tp - 1) * sizeof(double);
         pp += (cfg->pp - 1) * sizeof(double);
-        if (zero != NULL) dp += (cfg->dp - 1) * sizeof(double);
+        if (zero[0] != NULL) dp += (cfg->dp - 1) * sizeof(double);
     }
     rep->step_analytic[TM_DIM_DP] = dp;
     rep->step_analytic[TM_DIM_PP] = pp;

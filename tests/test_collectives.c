@@ -487,17 +487,75 @@ static int sendrecv_fn(tm_device *dev, void *arg)
     return TM_OK;
 }
 
-Test(collectives, sendrecv_ring_of_large_messages, .timeout = 30)
+/* Runs fn on rings of 2 to 5 devices, reporting each ring's findings. */
+static void on_rings(tm_device_fn fn)
 {
     for (int n = 2; n <= 5; n++) {
         tm_world *w = make_world(n);
         findings f = {0};
-        cr_expect_eq(tm_world_run(w, sendrecv_fn, &f), TM_OK, "%s", tm_world_error(w));
+        cr_expect_eq(tm_world_run(w, fn, &f), TM_OK, "%s", tm_world_error(w));
         char label[16];
         snprintf(label, sizeof label, "n=%d", n);
         findings_report(&f, label);
         tm_world_destroy(w);
     }
+}
+
+Test(collectives, sendrecv_ring_of_large_messages, .timeout = 30) { on_rings(sendrecv_fn); }
+
+/* The ring exchange of interleaved 1F1B: every device sends to and
+ * receives from both neighbours at once, each message 3 rings long (two
+ * per link when n = 2, in list order), over and over; nothing deadlocks and
+ * every byte lands. */
+static int exchange_fn(tm_device *dev, void *arg)
+{
+    findings *f = arg;
+    tm_comm *c = tm_device_comm(dev);
+    int n = tm_comm_size(c), r = tm_comm_rank(c);
+    int next = (r + 1) % n, prev = (r + n - 1) % n;
+    size_t cnt = 3 * RING / sizeof(float) + 7;
+    guarded g[4];
+    float *b[4];
+    for (int k = 0; k < 4; k++) {
+        b[k] = guarded_alloc(dev, &g[k], cnt, k >= 2, k < 2 ? GUARD_IN : GUARD_OUT);
+        if (b[k] == NULL) return TM_ENOMEM;
+    }
+    for (int round = 0; round < 3; round++) {
+        /* Up to next (an activation) and down to prev (a gradient). */
+        for (size_t i = 0; i < cnt; i++) {
+            b[0][i] = value(20 + round, r, i);
+            b[1][i] = value(40 + round, r, i);
+        }
+        tm_p2p send[2] = {{b[0], cnt * sizeof(float), next}, {b[1], cnt * sizeof(float), prev}};
+        tm_p2p recv[2] = {{b[2], cnt * sizeof(float), prev}, {b[3], cnt * sizeof(float), next}};
+        TM_CHECK(tm_exchange(c, send, 2, recv, 2));
+        for (size_t i = 0; i < cnt; i++) {
+            value_check(f, r, "from prev", b[2], i, value(20 + round, prev, i));
+            value_check(f, r, "from next", b[3], i, value(40 + round, next, i));
+        }
+    }
+    guards_check(f, r, "from prev", &g[2]);
+    guards_check(f, r, "from next", &g[3]);
+    for (int k = 0; k < 4; k++) guarded_free(dev, &g[k]);
+    return TM_OK;
+}
+
+Test(collectives, exchange_ring_both_ways, .timeout = 60) { on_rings(exchange_fn); }
+
+static int exchange_bad_fn(tm_device *dev, void *arg)
+{
+    (void)arg;
+    tm_p2p many[TM_EXCHANGE_MAX + 1];
+    memset(many, 0, sizeof many);
+    return tm_exchange(tm_device_comm(dev), many, TM_EXCHANGE_MAX + 1, NULL, 0);
+}
+
+Test(collectives, exchange_of_too_many_messages_is_refused, .timeout = 30)
+{
+    tm_world *w = make_world(2);
+    cr_expect_eq(tm_world_run(w, exchange_bad_fn, NULL), TM_EINVAL);
+    cr_expect(strstr(tm_world_error(w), "at most 4 sends") != NULL, "%s", tm_world_error(w));
+    tm_world_destroy(w);
 }
 
 static int mismatch_fn(tm_device *dev, void *arg)

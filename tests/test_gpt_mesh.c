@@ -50,8 +50,13 @@
 static tm_corpus corpus;
 static tm_data train_set, test_set;
 
+/* The GPT's blocks: L, or more for pp x v model stages (virtual stages);
+ * every test starts from L (a sanitized build runs them in one process). */
+static int blocks = L;
+
 static void setup(void)
 {
+    blocks = L;
     cr_assert_eq(tm_corpus_synthetic(&corpus, 40000, 5, 0), TM_OK);
     cr_assert_eq(tm_data_text(&train_set, corpus.bytes, 36000, T, "train"), TM_OK);
     cr_assert_eq(tm_data_text(&test_set, corpus.bytes + 36000, 1100, T, "test"), TM_OK);
@@ -75,7 +80,7 @@ static void record(void *ctx, const tm_step_info *s)
 static tm_train_config config(int dp, int pp, int tp, int sp, int m, tm_schedule_kind k)
 {
     tm_train_config c = {0};
-    c.model = gpt_model_sp(L, H, C, T, sp);
+    c.model = gpt_model_sp(blocks, H, C, T, sp);
     c.dp = dp;
     c.pp = pp;
     c.tp = tp;
@@ -147,20 +152,23 @@ typedef struct {
 } worst;
 
 /* Trains the mesh and checks it against the reference. */
-static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedule_kind k,
+static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedule_kind k, int v,
                        worst *w)
 {
     int m = BATCH / dp < 4 ? BATCH / dp : 4;
     run got;
-    int st = train(config(dp, pp, tp, sp, m, k), &got, NULL);
-    const char *name = tm_schedule_kind_name(k);
+    tm_train_config c = config(dp, pp, tp, sp, m, k);
+    c.virtual_stages = v;
+    int st = train(c, &got, NULL);
+    char name[64];
+    snprintf(name, sizeof name, "%s v %d", tm_schedule_kind_name(k), v);
     cr_expect_eq(st, TM_OK, "dp=%d pp=%d tp=%d%s %s failed", dp, pp, tp, sp ? " SP" : "", name);
     if (st != TM_OK) return;
     cr_expect_eq(got.l.n, STEPS);
     double loss = 0;
     for (int i = 0; i < got.l.n && i < ref->l.n; i++)
         loss = fmax(loss, fabs(got.l.loss[i] - ref->l.loss[i]) / ref->l.loss[i]);
-    double params = param_distance(got.params, ref->params, gpt_model(L, H, C, T)->n_params);
+    double params = param_distance(got.params, ref->params, gpt_model(blocks, H, C, T)->n_params);
     cr_expect_leq(loss, LOSS_TOL, "dp=%d pp=%d tp=%d%s %s: loss differs by %.3g", dp, pp, tp,
                   sp ? " SP" : "", name, loss);
     cr_expect_leq(params, PARAM_TOL, "dp=%d pp=%d tp=%d%s %s: parameters differ by %.3g", dp, pp,
@@ -176,17 +184,18 @@ static void check_mesh(const run *ref, int dp, int pp, int tp, int sp, tm_schedu
 
 /* The meshes a sanitized build trains: (dp, tp, sequence parallelism,
  * schedule) for each pp. */
-static const struct { int pp, dp, tp, sp; tm_schedule_kind k; } sanitized[] = {
-    {1, 2, 2, 1, TM_SCHED_1F1B},     {1, 1, 4, 0, TM_SCHED_1F1B},
-    {2, 2, 2, 1, TM_SCHED_1F1B},     {2, 1, 2, 0, TM_SCHED_GPIPE},
-    {2, 4, 1, 0, TM_SCHED_GROUPED},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL},
-    {4, 1, 2, 1, TM_SCHED_INTERLEAVED}, {4, 2, 1, 0, TM_SCHED_1F1B},
-    {4, 2, 1, 0, TM_SCHED_ZB_H1},
+static const struct { int pp, dp, tp, sp; tm_schedule_kind k; int v; } sanitized[] = {
+    {1, 2, 2, 1, TM_SCHED_1F1B, 1},     {1, 1, 4, 0, TM_SCHED_1F1B, 1},
+    {2, 2, 2, 1, TM_SCHED_1F1B, 1},     {2, 1, 2, 0, TM_SCHED_GPIPE, 1},
+    {2, 4, 1, 0, TM_SCHED_GROUPED, 1},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL, 1},
+    {4, 1, 2, 1, TM_SCHED_INTERLEAVED, 1}, {4, 2, 1, 0, TM_SCHED_1F1B, 1},
+    {4, 2, 1, 0, TM_SCHED_ZB_H1, 1},    {2, 2, 2, 1, TM_SCHED_INTERLEAVED_1F1B, 2},
 };
 
-/* Every mesh with pp stages (each schedule when pp > 1), with and without
- * sequence parallelism where tp > 1 (sanitized: the list above). */
-static void every_mesh(int pp)
+/* Every mesh with pp stages (each schedule when pp > 1, interleaved-1f1b
+ * with each v up to max_v), with and without sequence parallelism where
+ * tp > 1 (sanitized: the list above). */
+static void every_mesh(int pp, int max_v)
 {
     run ref;
     reference(&ref);
@@ -196,7 +205,7 @@ static void every_mesh(int pp)
     for (size_t i = 0; SANITIZED && i < sizeof sanitized / sizeof sanitized[0]; i++)
         if (sanitized[i].pp == pp) {
             check_mesh(&ref, sanitized[i].dp, pp, sanitized[i].tp, sanitized[i].sp,
-                       sanitized[i].k, &w);
+                       sanitized[i].k, sanitized[i].v, &w);
             want++;
         }
     for (int a = 0; !SANITIZED && a < 3; a++)
@@ -205,10 +214,14 @@ static void every_mesh(int pp)
             if (dp * pp * tp > 8) continue;
             for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
                 if (pp == 1 && k != TM_SCHED_1F1B) continue;
-                for (int sp = 0; sp <= (tp > 1); sp++) {
-                    check_mesh(&ref, dp, pp, tp, sp, (tm_schedule_kind)k, &w);
-                    want++;
-                }
+                int vs = k == TM_SCHED_INTERLEAVED_1F1B ? max_v : 1;
+                for (int v = 1; v <= vs; v++)
+                    for (int sp = 0; sp <= (tp > 1); sp++) {
+                        /* Virtual stages want micro-batches a multiple of pp. */
+                        if (v > 1 && (BATCH / dp < 4 ? BATCH / dp : 4) % pp != 0) continue;
+                        check_mesh(&ref, dp, pp, tp, sp, (tm_schedule_kind)k, v, &w);
+                        want++;
+                    }
             }
         }
     cr_expect_eq(w.runs, want);
@@ -260,17 +273,40 @@ Test(gpt_mesh, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .t
 Test(gpt_mesh, data_and_tensor_parallel_equal_one_device, .init = setup, .fini = teardown,
      .timeout = 900)
 {
-    every_mesh(1);
+    every_mesh(1, 1);
 }
 
 Test(gpt_mesh, two_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
 {
-    every_mesh(2);
+    every_mesh(2, 2);
 }
 
 Test(gpt_mesh, four_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
 {
-    every_mesh(4);
+    every_mesh(4, 1);
+}
+
+/* Virtual stages on four devices need eight blocks: interleaved-1f1b with
+ * v 2 on pp 4, and v 4 on pp 2, with data and tensor parallelism (and
+ * sequence parallelism), against one device running the same GPT. */
+Test(gpt_mesh, virtual_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 900)
+{
+    blocks = 8;
+    run ref;
+    reference(&ref);
+    static const struct { int pp, dp, tp, sp, v; } meshes[] = {
+        {4, 1, 1, 0, 2}, {4, 2, 1, 0, 2}, {4, 1, 2, 1, 2}, {2, 1, 1, 0, 4}, {2, 2, 2, 1, 4},
+        {2, 1, 4, 0, 3},
+    };
+    worst w = {0, 0, 0};
+    int n = SANITIZED ? 2 : (int)(sizeof meshes / sizeof meshes[0]);
+    for (int i = 0; i < n; i++)
+        check_mesh(&ref, meshes[i].dp, meshes[i].pp, meshes[i].tp, meshes[i].sp,
+                   TM_SCHED_INTERLEAVED_1F1B, meshes[i].v, &w);
+    cr_expect_eq(w.runs, n);
+    printf("gpt mesh virtual stages: worst of %d runs: loss %.3g, parameters %.3g\n", w.runs,
+           w.loss, w.params);
+    free(ref.params);
 }
 
 /* ---- memory ------------------------------------------------------------- */
@@ -385,6 +421,51 @@ Test(gpt_mesh, step_traffic_equals_the_formulas, .init = setup, .fini = teardown
  * rows, 4 per block, the embedding's and ln_f's input gradient's, all of
  * (r, C); the loss's all-gather of r maxima and all-reduce of 2r sums and
  * target logits; per step, clipping's all-gathered double. */
+/* Virtual stages: every chunk's boundary messages, by the formulas; the
+ * pipeline sends 2m(p v - 1) messages a step against 1F1B's 2m(p - 1). */
+Test(gpt_mesh, virtual_stage_traffic_equals_the_formulas, .init = setup, .fini = teardown,
+     .timeout = 300)
+{
+    static const char *dim_name[TM_DIMS] = {"dp", "pp", "tp"};
+    struct { int dp, tp, sp; } meshes[] = {{1, 1, 0}, {2, 2, 1}};
+    for (size_t k = 0; k < sizeof meshes / sizeof meshes[0]; k++) {
+        double pp_bytes[2] = {0, 0};
+        for (int v = 1; v <= 2; v++) {
+            tm_train_config c = config(meshes[k].dp, 2, meshes[k].tp, meshes[k].sp, 2,
+                                       TM_SCHED_INTERLEAVED_1F1B);
+            c.virtual_stages = v;
+            c.max_steps = 1;
+            c.keep_params = 0;
+            run got;
+            tm_train_result r;
+            cr_assert_eq(train(c, &got, &r), TM_OK);
+            cr_assert(r.recorded);
+            for (int d = 0; d < r.n_devices; d++) {
+                for (int dim = 0; dim < TM_DIMS; dim++) {
+                    double sent = (double)r.devices[d].step_sent[dim];
+                    double want = r.devices[d].step_analytic[dim];
+                    cr_expect(fabs(sent - want) <= 64 + 1e-6 * want,
+                              "v %d mesh (%d,2,%d)%s device %d %s: sent %.0f, formula %.1f", v,
+                              meshes[k].dp, meshes[k].tp, meshes[k].sp ? " SP" : "", d,
+                              dim_name[dim], sent, want);
+                }
+                pp_bytes[v - 1] += (double)r.devices[d].step_sent[TM_DIM_PP];
+            }
+            tm_train_result_free(&r);
+        }
+        /* v 2 adds 2 m p (v - 1) = 8 boundary messages per pipeline (dp x
+         * tp of them), each a micro-batch's (BATCH / dp / m) x T rows of C
+         * floats (a tp-th of them under sequence parallelism); the tied
+         * embedding's sum and clipping's are the same in both. */
+        int dp = meshes[k].dp, tp = meshes[k].tp;
+        double msg = (double)BATCH / dp / 2 * T * C * sizeof(float) / (meshes[k].sp ? tp : 1);
+        double more = 8 * msg * dp * tp;
+        cr_expect(fabs(pp_bytes[1] - pp_bytes[0] - more) <= 1e-9 * more,
+                  "mesh %zu: pp bytes %.0f with v 2, %.0f with v 1, want %.0f more", k,
+                  pp_bytes[1], pp_bytes[0], more);
+    }
+}
+
 Test(gpt_mesh, tensor_parallel_traffic_by_hand, .init = setup, .fini = teardown, .timeout = 60)
 {
     tm_allreduce_set_algo(TM_ALGO_RING);

@@ -287,6 +287,59 @@ Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
     free_data();
 }
 
+/* Interleaved 1F1B with v chunks per device on equal model stages (eight
+ * equal 1024-wide layers, one or two per model stage): the bubble against
+ * (p-1)/(v m + p-1), and the measured makespan against the simulator's
+ * replay with each model stage's measured mean F and B. */
+#define DEEP_UNIFORM "16,1024,1024,1024,1024,1024,1024,1024,1024,1024,16"
+
+Test(modeled, interleaved_1f1b_bubble_and_replay, .timeout = 300)
+{
+    make_data(8 * MAX_MB * 2, 16, 16);
+    static const struct { int p, v, m; } runs[] = {{2, 2, 4}, {2, 2, 8}, {2, 4, 4}, {2, 4, 8},
+                                                   {4, 2, 4}, {4, 2, 8}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        int p = runs[i].p, v = runs[i].v, m = runs[i].m, g_n = p * v;
+        tm_train_config c = config(DEEP_UNIFORM, 1, p, 1, 8 * m, m, TM_SCHED_INTERLEAVED_1F1B);
+        c.virtual_stages = v;
+        free_links(&c);
+        tm_train_result r;
+        train_ok(&c, &r);
+        double theory = tm_schedule_bubble_theory_virtual(TM_SCHED_INTERLEAVED_1F1B, p, m, v);
+        /* Each model stage's mean F and B: device e->stage's chunk e->chunk. */
+        double fwd[8] = {0}, bwd[8] = {0};
+        for (int k = 0; k < r.n_timeline; k++) {
+            const tm_sched_event *e = &r.timeline[k];
+            int g = e->chunk * p + e->stage;
+            cr_assert(g >= 0 && g < g_n, "event %d: stage %d chunk %d", k, e->stage, e->chunk);
+            if (e->kind == TM_SCHED_FWD) fwd[g] += (e->end - e->start) / m;
+            else bwd[g] += (e->end - e->start) / m;
+        }
+        tm_schedule s;
+        cr_assert_eq(tm_schedule_make_virtual(&s, TM_SCHED_INTERLEAVED_1F1B, p, m, v), TM_OK);
+        tm_sched_event *ev = NULL;
+        int n_ev = 0;
+        double sim = 0;
+        cr_assert_eq(tm_schedule_simulate(&s, fwd, bwd, 0, &ev, &n_ev, &sim), TM_OK, "%s",
+                     tm_error_message());
+        double got = r.timeline_makespan;
+        cr_log_info("interleaved-1f1b p=%d v=%d m=%d: bubble %.4f, theory %.4f; makespan %.6g s, "
+                    "simulated %.6g s (%+.3f%%)", p, v, m, r.bubble, theory, got, sim,
+                    100 * (got / sim - 1));
+        printf("interleaved-1f1b p=%d v=%d m=%d: bubble %.4f, theory %.4f; makespan %.6g s, "
+               "simulated %.6g s (%+.3f%%)\n", p, v, m, r.bubble, theory, got, sim,
+               100 * (got / sim - 1));
+        cr_expect(fabs(r.bubble - theory) <= 0.1 * theory,
+                  "p=%d v=%d m=%d: bubble %.4f, theory %.4f", p, v, m, r.bubble, theory);
+        cr_expect(fabs(got - sim) <= 0.01 * sim, "p=%d v=%d m=%d: makespan %.6g s, simulator %.6g s",
+                  p, v, m, got, sim);
+        free(ev);
+        tm_schedule_free(&s);
+        tm_train_result_free(&r);
+    }
+    free_data();
+}
+
 /* Reads a trace file and returns how many distinct pids below `n` name a
  * process; *bad counts events with a pid outside [0, n). */
 static int trace_pids(const char *path, int n, int *bad)

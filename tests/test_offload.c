@@ -150,6 +150,29 @@ static const mesh gpt_few[] = {{1, 2, 1, 2, 0}, {2, 2, 1, 2, 2}};
 #define MESHES(full, few) SANITIZED ? few : full, \
     SANITIZED ? (int)(sizeof few / sizeof few[0]) : (int)(sizeof full / sizeof full[0])
 
+/* Interleaved 1F1B with two chunks per device: the host arena holds each
+ * chunk's state (ZeRO: its shards) in turn; the same bits as without. */
+Test(offload, virtual_stages_are_bitwise_the_run_without, .init = setup, .fini = teardown,
+     .timeout = 600)
+{
+    static const mesh meshes[] = {{1, 2, 1, 2, 0}, {2, 2, 1, 2, 1}, {2, 2, 2, 2, 3}};
+    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+        const mesh *g = &meshes[i];
+        losses ref = {0}, got = {0};
+        tm_train_config a = config(0, TM_OPT_ADAMW, g->dp, g->pp, g->tp, g->m, g->zero, 0);
+        tm_train_config b = config(0, TM_OPT_ADAMW, g->dp, g->pp, g->tp, g->m, g->zero, 1);
+        a.schedule = b.schedule = TM_SCHED_INTERLEAVED_1F1B;
+        a.virtual_stages = b.virtual_stages = 2;
+        cr_assert_eq(train_run(a, &ref, ref_path, NULL), TM_OK);
+        cr_assert_eq(train_run(b, &got, got_path, NULL), TM_OK);
+        cr_expect(same_losses(&got, &ref), "v 2 dp=%d pp=%d tp=%d ZeRO-%d: losses differ", g->dp,
+                  g->pp, g->tp, g->zero);
+        cr_expect(same_checkpoint(got_path, ref_path),
+                  "v 2 dp=%d pp=%d tp=%d ZeRO-%d: checkpoints differ", g->dp, g->pp, g->tp,
+                  g->zero);
+    }
+}
+
 Test(offload, mlp_sgd_momentum_is_bitwise_the_run_without, .init = setup, .fini = teardown,
      .timeout = 600)
 {

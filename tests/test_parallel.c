@@ -3,8 +3,10 @@
  * one device with the same global batch, initialisation and data order, to
  * within tolerances sized to the measured rounding error (with SGD, and
  * with AdamW and GELU on several meshes).
- * Also: 1F1B's activation memory bound against GPipe's, checkpoints moving
- * between meshes, an injected device failure, and bad meshes. */
+ * Also: interleaved 1F1B with virtual stages on a deeper MLP, 1F1B's
+ * activation memory bound against GPipe's, checkpoints moving between
+ * meshes (into and out of virtual stages), an injected device failure, and
+ * bad meshes. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -239,6 +241,61 @@ Test(parallel, every_mesh_and_schedule_equals_one_device, .init = setup, .fini =
     unlink(mesh_path);
 }
 
+/* Interleaved 1F1B with v virtual stages: pp * v model stages, so a deeper
+ * MLP (8 layers); pp 2 with v 2, 3 and 4 and pp 4 with v 2, with data and
+ * tensor parallelism, micro-batches a multiple of pp. */
+#define DEEP "12,16,16,16,16,16,16,16,10"
+
+Test(parallel, virtual_stages_equal_one_device, .init = setup, .fini = teardown, .timeout = 600)
+{
+    temp_paths();
+    losses ref = {0};
+    tm_train_config rc = config(&ref, 1, 1, 1, 1, TM_SCHED_1F1B);
+    rc.model = mlp_model(DEEP, TM_ACT_RELU);
+    reference(rc, &ref);
+    static const struct {
+        int dp, pp, tp, v, m;
+    } meshes[] = {{1, 2, 1, 2, 4}, {1, 2, 1, 3, 2}, {1, 2, 1, 4, 4}, {2, 2, 1, 2, 2},
+                  {1, 2, 2, 2, 4}, {2, 2, 2, 4, 2}, {1, 2, 4, 2, 4}, {1, 4, 1, 2, 4},
+                  {1, 4, 1, 2, 8}, {2, 4, 1, 2, 4}, {1, 4, 2, 2, 4}};
+    distance worst = {0, 0};
+    for (size_t i = 0; i < sizeof meshes / sizeof meshes[0]; i++) {
+        tm_train_config mc = config(NULL, meshes[i].dp, meshes[i].pp, meshes[i].tp, meshes[i].m,
+                                    TM_SCHED_INTERLEAVED_1F1B);
+        mc.model = rc.model;
+        mc.virtual_stages = meshes[i].v;
+        distance d;
+        cr_log_info("v=%d m=%d:", meshes[i].v, meshes[i].m);
+        if (!distance_to_reference(mc, &ref, &d)) continue;
+        expect_close(&mc, &d);
+        worst.loss = fmax(worst.loss, d.loss);
+        worst.params = fmax(worst.params, d.params);
+    }
+    cr_log_info("worst of the virtual-stage meshes: loss %.3g, parameters %.3g", worst.loss,
+                worst.params);
+    unlink(ref_path);
+    unlink(mesh_path);
+}
+
+/* Each device holds at most the schedule's bound of chunk passes. */
+Test(parallel, virtual_stages_hold_the_bound, .init = setup, .fini = teardown, .timeout = 120)
+{
+    for (int v = 2; v <= 4; v += 2) {
+        losses l = {0};
+        tm_train_config c = config(&l, 1, 2, 1, 4, TM_SCHED_INTERLEAVED_1F1B);
+        c.model = mlp_model(DEEP, TM_ACT_RELU);
+        c.virtual_stages = v;
+        c.max_steps = 2;
+        tm_train_result r;
+        cr_assert_eq(train(&c, &r), TM_OK);
+        for (int p = 0; p < 2; p++)
+            cr_expect_eq(r.devices[p].max_in_flight,
+                         tm_schedule_in_flight_bound_virtual(TM_SCHED_INTERLEAVED_1F1B, 2, 4, v, p),
+                         "v %d device %d: %d chunk passes", v, p, r.devices[p].max_in_flight);
+        tm_train_result_free(&r);
+    }
+}
+
 Test(parallel, adamw_and_gelu_on_several_meshes, .init = setup, .fini = teardown, .timeout = 300)
 {
     temp_paths();
@@ -367,7 +424,36 @@ Test(parallel, checkpoint_moves_between_meshes, .init = setup, .fini = teardown,
         cr_expect_leq(fabs(got - straight.loss[i]), LOSS_TOL * fabs(straight.loss[i]),
                       "step %d: %.8f vs %.8f", i + 1, got, straight.loss[i]);
     }
+    /* Into and out of virtual stages: 10 steps on pp 2 x v 2 from the
+     * checkpoint of step 20, saved, then 10 more on one device. */
+    losses third = {0}, fourth = {0};
+    tm_train_config v = config(&third, 2, 2, 1, 2, TM_SCHED_INTERLEAVED_1F1B);
+    v.virtual_stages = 2;
+    v.max_steps = 10;
+    v.load_path = path;
+    char path2[160];
+    snprintf(path2, sizeof path2, "%s.v", path);
+    v.save_path = path2;
+    cr_assert_eq(train(&v, &r), TM_OK);
+    tm_train_result_free(&r);
+    tm_train_config one = config(&fourth, 1, 1, 1, 1, TM_SCHED_1F1B);
+    one.max_steps = 10;
+    one.load_path = path2;
+    c.max_steps = 40;
+    losses longer = {0};
+    c.ctx = &longer;
+    cr_assert_eq(train(&c, &r), TM_OK);
+    tm_train_result_free(&r);
+    cr_assert_eq(train(&one, &r), TM_OK);
+    tm_train_result_free(&r);
+    cr_assert_eq(third.n + fourth.n, 20);
+    for (int i = 20; i < 40; i++) {
+        double got = i < 30 ? third.loss[i - 20] : fourth.loss[i - 30];
+        cr_expect_leq(fabs(got - longer.loss[i]), LOSS_TOL * fabs(longer.loss[i]),
+                      "step %d: %.8f vs %.8f", i + 1, got, longer.loss[i]);
+    }
     unlink(path);
+    unlink(path2);
 }
 
 Test(parallel, injected_failure_ends_the_run, .init = setup, .fini = teardown, .timeout = 60)
@@ -407,6 +493,31 @@ Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
         {3, 1, 1, 1, MODEL, NULL, "not divisible by --dp 3"},
         {2, 1, 1, 3, MODEL, NULL, "not divisible by --micro-batches 3"},
     };
+    /* Virtual stages: only interleaved-1f1b, pp >= 2, m a multiple of pp,
+     * at least one layer per model stage, --stages with pp x v entries. */
+    struct {
+        int pp, m, v;
+        tm_schedule_kind k;
+        const char *stages, *expect;
+    } virt[] = {
+        {2, 4, 2, TM_SCHED_1F1B, NULL, "needs --schedule interleaved-1f1b"},
+        {1, 4, 2, TM_SCHED_INTERLEAVED_1F1B, NULL, "needs --pp 2 or more"},
+        {4, 2, 2, TM_SCHED_INTERLEAVED_1F1B, NULL, "a multiple of --pp 4"},
+        {2, 4, 3, TM_SCHED_INTERLEAVED_1F1B, NULL, "6 model stages, but the model has 4"},
+        {2, 4, 2, TM_SCHED_INTERLEAVED_1F1B, "1,1,2", "lists 3 stages"},
+    };
+    for (size_t i = 0; i < sizeof virt / sizeof virt[0]; i++) {
+        tm_train_config c = config(&l, 1, virt[i].pp, 1, virt[i].m, virt[i].k);
+        c.virtual_stages = virt[i].v;
+        c.stages = virt[i].stages;
+        cr_expect_eq(tm_train_check(&c, &train_set), TM_EINVAL, "virtual case %zu accepted", i);
+        cr_expect(strstr(tm_error_message(), virt[i].expect) != NULL, "virtual case %zu: %s", i,
+                  tm_error_message());
+    }
+    tm_train_config ok = config(&l, 1, 2, 1, 4, TM_SCHED_INTERLEAVED_1F1B);
+    ok.virtual_stages = 2;
+    ok.stages = "1,1,1,1";
+    cr_expect_eq(tm_train_check(&ok, &train_set), TM_OK, "%s", tm_error_message());
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tm_train_config c = config(&l, cases[i].dp, cases[i].pp, cases[i].tp, cases[i].m,
                                    TM_SCHED_1F1B);

@@ -16,6 +16,7 @@
 #include "runtime/arena.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
+#include "strategies/plan.h"
 #include "strategies/stage.h"
 #include "strategies/trainer.h"
 #include "tests/models.h"
@@ -42,6 +43,7 @@ typedef struct {
     tm_schedule_kind k;
     int zero;
     tm_recompute r;
+    int v; /* virtual stages (interleaved-1f1b); 0: none */
 } mesh;
 
 static tm_train_config config(const mesh *x, tm_precision prec)
@@ -56,6 +58,7 @@ static tm_train_config config(const mesh *x, tm_precision prec)
     c.schedule = x->k;
     c.micro_batches = x->m;
     c.precision = prec;
+    c.virtual_stages = x->v;
     c.epochs = 10;
     c.max_steps = STEPS;
     c.batch = x->gpt ? GPT_BATCH : MLP_BATCH;
@@ -90,9 +93,9 @@ static void train(const mesh *x, tm_precision prec, run *out)
 
 static void describe(const mesh *x, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s dp=%d pp=%d tp=%d%s m=%d %s zero %d recompute %s",
+    snprintf(buf, n, "%s dp=%d pp=%d tp=%d%s m=%d %s v %d zero %d recompute %s",
              x->gpt ? "gpt" : "mlp", x->dp, x->pp, x->tp, x->sp ? " SP" : "", x->m,
-             tm_schedule_kind_name(x->k), x->zero, tm_recompute_name(x->r));
+             tm_schedule_kind_name(x->k), x->v, x->zero, tm_recompute_name(x->r));
 }
 
 /* The largest difference of the step losses and of the parameters. */
@@ -106,9 +109,26 @@ static void diffs(const run *a, const run *b, size_t n_params, double *loss, dou
 
 /* Every device's activation peak is the one worked out before the run,
  * which tm_train_predict_activations gives without running; the bf16
- * copy of the weights is 2 bytes per parameter the device keeps whole
- * (none under ZeRO-3, whose gathered layers are rounded as they are
+ * copy of the weights is 2 bytes per parameter the device keeps whole, a
+ * block per chunk (none under ZeRO-3, whose gathered layers are rounded as they are
  * packed), and fp32 runs have none. */
+/* The bf16 copies of device (p, t): one block per chunk (virtual stages),
+ * 2 bytes a parameter. */
+static size_t bf16_bytes(const tm_train_config *c, int p, int t)
+{
+    int v = c->virtual_stages > 1 ? c->virtual_stages : 1, first[TM_MAX_LAYERS + 1];
+    cr_assert_eq(tm_stages_balance(c->model, c->pp * v, first), TM_OK);
+    size_t bytes = 0;
+    for (int k = 0; k < v; k++) {
+        int g = k * c->pp + p;
+        tm_layer_plan plan[TM_MAX_LAYERS];
+        size_t n;
+        cr_assert_eq(tm_stage_plan(c->model, first[g], first[g + 1], c->tp, t, plan, &n), TM_OK);
+        bytes += tm_arena_block_bytes(2 * n);
+    }
+    return bytes;
+}
+
 static void expect_memory(const mesh *x, tm_precision prec, const tm_train_result *r,
                           const char *what)
 {
@@ -125,7 +145,7 @@ static void expect_memory(const mesh *x, tm_precision prec, const tm_train_resul
                      "%s device %d: predicted %zu, the run's formula %zu", what, d,
                      pred[rep->p * c.tp + rep->t], rep->activation_formula);
         size_t want = prec == TM_PRECISION_BF16 && x->zero < 3
-                          ? tm_arena_block_bytes(2 * rep->psi) : 0;
+                          ? bf16_bytes(&c, rep->p, rep->t) : 0;
         cr_expect_eq(rep->memory.tag_peak[TM_TAG_BF16], want,
                      "%s device %d: bf16 copy %zu bytes, want %zu (psi %zu)", what, d,
                      rep->memory.tag_peak[TM_TAG_BF16], want, rep->psi);
@@ -148,7 +168,7 @@ static double bound(double d, double fp32_tol) { return 2 * d + fp32_tol; }
  * first and last stage in another order); and checks their memory. */
 static void meshes(const mesh *all, int n, int gpt)
 {
-    mesh one = {gpt, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE};
+    mesh one = {gpt, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0};
     run f32, b16;
     train(&one, TM_PRECISION_FP32, &f32);
     train(&one, TM_PRECISION_BF16, &b16);
@@ -207,22 +227,24 @@ Test(precision, gpt_every_mesh_trains_like_one_device, .init = setup, .fini = te
      .timeout = 900)
 {
     static const mesh all[] = {
-        {1, 1, 1, 1, 0, 4, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 2, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_GPIPE, 0, TM_RECOMPUTE_FULL},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_GROUPED, 0, TM_RECOMPUTE_SELECTIVE},
-        {1, 1, 4, 1, 0, 4, TM_SCHED_INTERLEAVED, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 2, 1, 0, 2, TM_SCHED_SEQUENTIAL, 0, TM_RECOMPUTE_NONE},
-        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 1, TM_RECOMPUTE_NONE},
-        {1, 2, 1, 2, 1, 2, TM_SCHED_1F1B, 2, TM_RECOMPUTE_FULL},
-        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_SELECTIVE},
-        {1, 1, 1, 4, 1, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE},
+        {1, 1, 1, 1, 0, 4, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 2, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_GPIPE, 0, TM_RECOMPUTE_FULL, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_GROUPED, 0, TM_RECOMPUTE_SELECTIVE, 0},
+        {1, 1, 4, 1, 0, 4, TM_SCHED_INTERLEAVED, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 2, 1, 0, 2, TM_SCHED_SEQUENTIAL, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 1, TM_RECOMPUTE_NONE, 0},
+        {1, 2, 1, 2, 1, 2, TM_SCHED_1F1B, 2, TM_RECOMPUTE_FULL, 0},
+        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_SELECTIVE, 0},
+        {1, 1, 1, 4, 1, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_INTERLEAVED_1F1B, 0, TM_RECOMPUTE_NONE, 2},
+        {1, 2, 2, 2, 1, 2, TM_SCHED_INTERLEAVED_1F1B, 1, TM_RECOMPUTE_FULL, 2},
     };
     static const int sanitized[] = {1, 3, 5, 11, 13};
     int n = SANITIZED ? 5 : (int)(sizeof all / sizeof all[0]);
@@ -235,14 +257,16 @@ Test(precision, mlp_every_mesh_trains_like_one_device, .init = setup, .fini = te
      .timeout = 600)
 {
     static const mesh all[] = {
-        {0, 2, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {0, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {0, 1, 1, 4, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL},
-        {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0, TM_RECOMPUTE_NONE},
-        {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0, TM_RECOMPUTE_NONE},
-        {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 3, TM_RECOMPUTE_NONE},
-        {0, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE},
-        {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1, TM_RECOMPUTE_FULL},
+        {0, 2, 1, 1, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 1, 1, 4, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL, 0},
+        {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 3, TM_RECOMPUTE_NONE, 0},
+        {0, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1, TM_RECOMPUTE_FULL, 0},
+        {0, 1, 2, 1, 0, 4, TM_SCHED_INTERLEAVED_1F1B, 0, TM_RECOMPUTE_NONE, 2},
+        {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED_1F1B, 2, TM_RECOMPUTE_FULL, 2},
     };
     meshes(all, SANITIZED ? 3 : (int)(sizeof all / sizeof all[0]), 0);
 }
@@ -256,10 +280,10 @@ Test(precision, full_recomputation_is_bitwise_none_in_bf16, .init = setup, .fini
      .timeout = 600)
 {
     static const mesh all[] = {
-        {1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL},
-        {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL},
-        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL},
-        {0, 1, 2, 2, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL},
+        {1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL, 0},
+        {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL, 0},
+        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL, 0},
+        {0, 1, 2, 2, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL, 0},
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         mesh none = all[i];
@@ -286,11 +310,11 @@ Test(precision, a_micro_batch_stores_half_of_fp32_but_its_input_and_output, .ini
      .fini = teardown, .timeout = 300)
 {
     static const mesh all[] = {
-        {1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_SELECTIVE},
-        {1, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL},
-        {0, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
-        {0, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE},
+        {1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_SELECTIVE, 0},
+        {1, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_FULL, 0},
+        {0, 1, 1, 2, 0, 1, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         const mesh *x = &all[i];

@@ -9,7 +9,8 @@
  * parallelism under every schedule, gradient accumulation, activation
  * recomputation, ZeRO 1/2/3, optimizer offload (the host arena's bytes
  * too) and bf16 mixed precision alone and combined (offload with bf16:
- * the fp32 masters in the host arena, the layer in flight tagged bf16). */
+ * the fp32 masters in the host arena, the layer in flight tagged bf16),
+ * and interleaved 1F1B with virtual stages under them. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -66,9 +67,11 @@ static tm_train_config config(const setup_t *s)
     return c;
 }
 
-static void expect_predicted(const setup_t *s)
+/* v: virtual stages (interleaved-1f1b), 0 for none. */
+static void expect_predicted(const setup_t *s, int v)
 {
     tm_train_config c = config(s);
+    c.virtual_stages = v;
     const tm_data *train = s->gpt ? &gpt_train : &mlp_train;
     const tm_data *test = s->gpt ? &gpt_test : &mlp_test;
     tm_memory_prediction pred[8];
@@ -78,9 +81,9 @@ static void expect_predicted(const setup_t *s)
     char err[4096];
     cr_assert_eq(tm_train(&c, train, test, &r, err, sizeof err), TM_OK, "%s", err);
     char what[160];
-    snprintf(what, sizeof what, "%s dp %d pp %d tp %d m %d sp %d zero %d recompute %s %s",
+    snprintf(what, sizeof what, "%s dp %d pp %d tp %d m %d sp %d zero %d recompute %s %s v %d",
              s->gpt ? "gpt" : "mlp", s->dp, s->pp, s->tp, s->m, s->sp, s->zero,
-             tm_recompute_name(s->recompute), tm_schedule_kind_name(s->schedule));
+             tm_recompute_name(s->recompute), tm_schedule_kind_name(s->schedule), v);
     size_t slack = GROUPS * tm_arena_block_bytes(SCRATCH_BLOCK);
     for (int i = 0; i < r.n_devices; i++) {
         const tm_device_report *d = &r.devices[i];
@@ -106,7 +109,7 @@ static void expect_predicted(const setup_t *s)
 
 static void expect_all(const setup_t *list, int n)
 {
-    for (int i = 0; i < n; i++) expect_predicted(&list[i]);
+    for (int i = 0; i < n; i++) expect_predicted(&list[i], 0);
 }
 
 #define NONE TM_RECOMPUTE_NONE
@@ -170,6 +173,26 @@ Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
+}
+
+/* Interleaved 1F1B with two chunks per device (pp 2 x v 2 model stages of
+ * the 4-layer MLP and the 4-block GPT), alone and under the remedies. */
+Test(predict, virtual_stages_under_every_remedy, .init = setup, .fini = teardown, .timeout = 600)
+{
+#define IL TM_SCHED_INTERLEAVED_1F1B
+    static const setup_t full[] = {
+        {1, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 2, 2, 1, 1, SEL, IL, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_FP32},
+        {1, 2, 2, 1, 2, 0, 3, FULL, IL, 1, TM_PRECISION_BF16},
+        {1, 1, 2, 2, 4, 0, 0, FULL, IL, 1, TM_PRECISION_BF16},
+        {0, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32},
+        {0, 2, 2, 2, 2, 0, 3, NONE, IL, 1, TM_PRECISION_FP32},
+        {0, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_BF16},
+    };
+#undef IL
+    int n = SANITIZED ? 2 : (int)(sizeof full / sizeof full[0]);
+    for (int i = 0; i < n; i++) expect_predicted(&full[i], 2);
 }
 
 Test(predict, bad_configuration_is_refused_like_tm_train_check, .init = setup, .fini = teardown)

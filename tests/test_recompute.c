@@ -56,6 +56,7 @@ typedef struct {
     int dp, pp, tp, sp, m;
     tm_schedule_kind k;
     int zero; /* ZeRO stage over dp */
+    int v;    /* virtual stages (interleaved-1f1b); 0: none */
 } mesh;
 
 static tm_train_config config(const mesh *x, tm_recompute r)
@@ -67,6 +68,7 @@ static tm_train_config config(const mesh *x, tm_recompute r)
     c.pp = x->pp;
     c.tp = x->tp;
     c.schedule = x->k;
+    c.virtual_stages = x->v;
     c.micro_batches = x->m;
     c.epochs = 10;
     c.max_steps = STEPS;
@@ -95,8 +97,9 @@ static int train(tm_train_config c, run *out)
 
 static void describe(const mesh *x, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s dp=%d pp=%d tp=%d%s m=%d %s zero %d", x->gpt ? "gpt" : "mlp", x->dp,
-             x->pp, x->tp, x->sp ? " SP" : "", x->m, tm_schedule_kind_name(x->k), x->zero);
+    snprintf(buf, n, "%s dp=%d pp=%d tp=%d%s m=%d %s v %d zero %d", x->gpt ? "gpt" : "mlp",
+             x->dp, x->pp, x->tp, x->sp ? " SP" : "", x->m, tm_schedule_kind_name(x->k), x->v,
+             x->zero);
 }
 
 /* Every device's activation peak is the one worked out before the run,
@@ -170,18 +173,21 @@ Test(recompute, trains_bitwise_as_none_on_every_kind_of_mesh, .init = setup, .fi
      .timeout = 900)
 {
     static const mesh all[] = {
-        {1, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0},        {1, 1, 1, 1, 0, 4, TM_SCHED_1F1B, 0},
-        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 0},        {1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0},
-        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0},        {1, 1, 1, 4, 1, 1, TM_SCHED_1F1B, 0},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_GPIPE, 0},       {1, 1, 2, 1, 0, 4, TM_SCHED_1F1B, 0},
-        {1, 1, 2, 1, 0, 4, TM_SCHED_GROUPED, 0},     {1, 1, 2, 2, 1, 4, TM_SCHED_SEQUENTIAL, 0},
-        {1, 1, 4, 1, 0, 4, TM_SCHED_INTERLEAVED, 0}, {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0},
-        {0, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0},        {0, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 0},
-        {0, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0},        {0, 1, 1, 4, 0, 1, TM_SCHED_1F1B, 0},
-        {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0},       {0, 1, 3, 2, 0, 4, TM_SCHED_1F1B, 0},
-        {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0},     {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 0},
-        {1, 1, 4, 1, 0, 4, TM_SCHED_ZB_H1, 0},       {1, 2, 2, 2, 1, 4, TM_SCHED_ZB_H1, 1},
-        {0, 1, 3, 2, 0, 4, TM_SCHED_ZB_H1, 0},       {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1},
+        {1, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0, 0},        {1, 1, 1, 1, 0, 4, TM_SCHED_1F1B, 0, 0},
+        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 0, 0},        {1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0, 0},
+        {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, 0},        {1, 1, 1, 4, 1, 1, TM_SCHED_1F1B, 0, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_GPIPE, 0, 0},       {1, 1, 2, 1, 0, 4, TM_SCHED_1F1B, 0, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_GROUPED, 0, 0},     {1, 1, 2, 2, 1, 4, TM_SCHED_SEQUENTIAL, 0, 0},
+        {1, 1, 4, 1, 0, 4, TM_SCHED_INTERLEAVED, 0, 0}, {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0, 0},
+        {0, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0, 0},        {0, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 0, 0},
+        {0, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0, 0},        {0, 1, 1, 4, 0, 1, TM_SCHED_1F1B, 0, 0},
+        {0, 1, 3, 1, 0, 4, TM_SCHED_GPIPE, 0, 0},       {0, 1, 3, 2, 0, 4, TM_SCHED_1F1B, 0, 0},
+        {0, 1, 2, 2, 0, 4, TM_SCHED_GROUPED, 0, 0},     {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 0, 0},
+        {1, 1, 4, 1, 0, 4, TM_SCHED_ZB_H1, 0, 0},       {1, 2, 2, 2, 1, 4, TM_SCHED_ZB_H1, 1, 0},
+        {0, 1, 3, 2, 0, 4, TM_SCHED_ZB_H1, 0, 0},       {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_INTERLEAVED_1F1B, 0, 2},
+        {1, 2, 2, 2, 1, 2, TM_SCHED_INTERLEAVED_1F1B, 0, 2},
+        {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED_1F1B, 0, 2},
     };
     static const int sanitized[] = {0, 4, 7, 11, 12, 14, 17, 20, 22};
     static const tm_recompute modes[] = {TM_RECOMPUTE_FULL, TM_RECOMPUTE_SELECTIVE};
@@ -201,9 +207,9 @@ Test(recompute, trains_bitwise_as_none_under_every_zero_stage, .init = setup,
      .fini = teardown, .timeout = 600)
 {
     static const mesh all[] = {
-        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3},  {1, 2, 1, 2, 1, 2, TM_SCHED_1F1B, 2},
-        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3},  {1, 2, 2, 1, 0, 2, TM_SCHED_GPIPE, 1},
-        {0, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3},  {0, 2, 2, 2, 0, 2, TM_SCHED_1F1B, 2},
+        {1, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, 0},  {1, 2, 1, 2, 1, 2, TM_SCHED_1F1B, 2, 0},
+        {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3, 0},  {1, 2, 2, 1, 0, 2, TM_SCHED_GPIPE, 1, 0},
+        {0, 2, 1, 1, 0, 2, TM_SCHED_1F1B, 3, 0},  {0, 2, 2, 2, 0, 2, TM_SCHED_1F1B, 2, 0},
     };
     static const tm_recompute modes[] = {TM_RECOMPUTE_FULL, TM_RECOMPUTE_SELECTIVE};
     int n = SANITIZED ? 2 : (int)(sizeof all / sizeof all[0]);
@@ -235,9 +241,9 @@ static size_t gpt_acts(tm_recompute mode, int blocks, int embed, int head, int t
 Test(recompute, gpt_stores_what_the_formulas_say, .init = setup, .fini = teardown,
      .timeout = 300)
 {
-    static const mesh all[] = {{1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0}, {1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0},
-                               {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0}, {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0},
-                               {1, 1, 4, 1, 0, 4, TM_SCHED_GPIPE, 0}};
+    static const mesh all[] = {{1, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, 0}, {1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0, 0},
+                               {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, 0}, {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0, 0},
+                               {1, 1, 4, 1, 0, 4, TM_SCHED_GPIPE, 0, 0}};
     static const tm_recompute modes[] = {TM_RECOMPUTE_NONE, TM_RECOMPUTE_SELECTIVE,
                                          TM_RECOMPUTE_FULL};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
@@ -270,7 +276,7 @@ Test(recompute, gpt_stores_what_the_formulas_say, .init = setup, .fini = teardow
  * for each of the three hidden layers, which full recomputes. */
 Test(recompute, mlp_stores_what_the_formulas_say, .init = setup, .fini = teardown, .timeout = 120)
 {
-    mesh x = {0, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0};
+    mesh x = {0, 1, 1, 1, 0, 2, TM_SCHED_1F1B, 0, 0};
     size_t rows = MLP_BATCH / 2, outputs = rows * (12 + 16 + 16 + 16 + 10);
     run none, full;
     tm_train_config c = config(&x, TM_RECOMPUTE_NONE);
@@ -359,7 +365,7 @@ static forward_cost recomputed_forward(const tm_model *m, int rows)
 static void expect_recomputed_cost(const tm_model *none, const tm_model *with, double flops,
                                    double seconds, int m, const char *what)
 {
-    mesh x = {none->tokens, 1, 1, 1, 0, m, TM_SCHED_1F1B, 0};
+    mesh x = {none->tokens, 1, 1, 1, 0, m, TM_SCHED_1F1B, 0, 0};
     tm_train_config c = config(&x, TM_RECOMPUTE_NONE);
     c.model = none;
     run a, b;
@@ -411,9 +417,9 @@ Test(recompute, the_clock_charges_the_recomputed_flops, .init = setup, .fini = t
 Test(recompute, a_recomputed_forward_sends_its_collectives_again, .init = setup,
      .fini = teardown, .timeout = 300)
 {
-    static const mesh all[] = {{1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0}, {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0},
-                               {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0}, {0, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0},
-                               {0, 1, 3, 2, 0, 2, TM_SCHED_GPIPE, 0}};
+    static const mesh all[] = {{1, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0, 0}, {1, 1, 1, 2, 1, 2, TM_SCHED_1F1B, 0, 0},
+                               {1, 1, 2, 2, 1, 2, TM_SCHED_1F1B, 0, 0}, {0, 1, 1, 2, 0, 2, TM_SCHED_1F1B, 0, 0},
+                               {0, 1, 3, 2, 0, 2, TM_SCHED_GPIPE, 0, 0}};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
         const mesh *x = &all[k];
         char name[128];
@@ -451,7 +457,7 @@ Test(recompute, a_recomputed_forward_sends_its_collectives_again, .init = setup,
 Test(recompute, selective_without_attention_is_refused, .init = setup, .fini = teardown,
      .timeout = 30)
 {
-    mesh x = {0, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0};
+    mesh x = {0, 1, 1, 1, 0, 1, TM_SCHED_1F1B, 0, 0};
     tm_train_config c = config(&x, TM_RECOMPUTE_SELECTIVE);
     cr_expect_eq(tm_train_check(&c, &mlp_train), TM_EINVAL);
     cr_expect(strstr(tm_error_message(), "--recompute selective") != NULL, "%s",

@@ -102,6 +102,14 @@ Test(train_cli, bad_usage_is_one_line_and_status_2, .init = paths, .fini = clean
         "--offload none --host-mem-cap 64M",
         "--offload gradients --host-mem-cap 64M",
         "--offload optimizer --host-mem-cap 0",
+        /* Virtual stages: out of range, without interleaved-1f1b or a
+         * pipeline, m not a multiple of pp, more model stages than layers. */
+        "--virtual-stages 0",
+        "--virtual-stages 27 --pp 2 --schedule interleaved-1f1b",
+        "--virtual-stages 2 --pp 2",
+        "--virtual-stages 2 --schedule interleaved-1f1b",
+        "--virtual-stages 2 --pp 2 --schedule interleaved-1f1b --micro-batches 3 --batch 96",
+        "--virtual-stages 2 --pp 2 --schedule interleaved-1f1b --micro-batches 2",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char args[1024], first[8192];

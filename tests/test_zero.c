@@ -116,12 +116,14 @@ static double loss_distance(const losses *a, const losses *b)
 typedef struct {
     int dp, pp, tp, m, sp;
     const char *schedule; /* NULL: 1f1b */
+    int v;                /* virtual stages (interleaved-1f1b); 0: none */
 } mesh;
 
 static tm_train_config mesh_config(int gpt, const mesh *g, int zero)
 {
     tm_train_config c = config(gpt, g->sp, g->dp, g->pp, g->tp, g->m, zero);
     if (g->schedule != NULL) cr_assert_eq(tm_schedule_kind_parse(g->schedule, &c.schedule), 0);
+    c.virtual_stages = g->v;
     return c;
 }
 
@@ -165,12 +167,15 @@ Test(zero, mlp_every_stage_trains_like_plain_data_parallelism, .init = setup, .f
 {
     /* The MLP's 10-class layer splits unevenly over 4 replicas (padding);
      * GPipe holds every micro-batch's activations at once, grouped more
-     * than 1F1B: ZeRO's passes interleave with them however they come. */
-    static const mesh full[] = {{2, 1, 1, 2, 0, NULL},    {4, 1, 1, 1, 0, NULL},
-                                {2, 2, 1, 2, 0, NULL},    {4, 2, 1, 4, 0, "gpipe"},
-                                {2, 1, 2, 2, 0, NULL},    {4, 1, 2, 1, 0, NULL},
-                                {2, 2, 2, 4, 0, "grouped"}};
-    static const mesh few[] = {{4, 1, 1, 2, 0, NULL}, {2, 2, 2, 4, 0, "grouped"}};
+     * than 1F1B: ZeRO's passes interleave with them however they come;
+     * interleaved-1f1b with two chunks per device shards each chunk. */
+    static const mesh full[] = {{2, 1, 1, 2, 0, NULL, 0},    {4, 1, 1, 1, 0, NULL, 0},
+                                {2, 2, 1, 2, 0, NULL, 0},    {4, 2, 1, 4, 0, "gpipe", 0},
+                                {2, 1, 2, 2, 0, NULL, 0},    {4, 1, 2, 1, 0, NULL, 0},
+                                {2, 2, 2, 4, 0, "grouped", 0},
+                                {2, 2, 1, 2, 0, "interleaved-1f1b", 2},
+                                {2, 2, 2, 2, 0, "interleaved-1f1b", 2}};
+    static const mesh few[] = {{4, 1, 1, 2, 0, NULL, 0}, {2, 2, 2, 4, 0, "grouped", 0}};
     if (SANITIZED) every_stage(0, few, 2);
     else every_stage(0, full, sizeof full / sizeof full[0]);
 }
@@ -181,11 +186,11 @@ Test(zero, gpt_every_stage_trains_like_plain_data_parallelism, .init = setup, .f
     /* pp = 1: wte tied within the stage (embedding and head); pp = 2: held
      * by both stages, summed over the embedding group chunk by chunk;
      * sequence parallelism: partial LayerNorm gradients summed over tp. */
-    static const mesh full[] = {{2, 1, 1, 2, 0, NULL},        {4, 1, 1, 1, 0, NULL},
-                                {2, 2, 1, 2, 0, NULL},        {4, 2, 1, 2, 0, "sequential"},
-                                {2, 1, 2, 2, 1, NULL},        {2, 1, 2, 1, 0, NULL},
-                                {2, 2, 2, 2, 1, "interleaved"}};
-    static const mesh few[] = {{2, 1, 2, 2, 1, NULL}, {2, 2, 1, 2, 0, "gpipe"}};
+    static const mesh full[] = {{2, 1, 1, 2, 0, NULL, 0},        {4, 1, 1, 1, 0, NULL, 0},
+                                {2, 2, 1, 2, 0, NULL, 0},        {4, 2, 1, 2, 0, "sequential", 0},
+                                {2, 1, 2, 2, 1, NULL, 0},        {2, 1, 2, 1, 0, NULL, 0},
+                                {2, 2, 2, 2, 1, "interleaved", 0}};
+    static const mesh few[] = {{2, 1, 2, 2, 1, NULL, 0}, {2, 2, 1, 2, 0, "gpipe", 0}};
     if (SANITIZED) every_stage(1, few, 2);
     else every_stage(1, full, sizeof full / sizeof full[0]);
 }
