@@ -53,7 +53,7 @@ for b in $bins; do
         for np in 2 4; do
             for t in shm mpi; do
                 echo "== $(basename "$b"): $np processes, $t links"
-                run "$(basename "$b")/np$np/$t" timeout 600 \
+                run "$(basename "$b")/np$np/$t" timeout 1800 \
                     mpirun $mpirun_opts -x TM_TRANSPORT=$t -np $np "$b"
             done
         done ;;
