@@ -101,6 +101,11 @@ int tm_model_units(const tm_model *m, int *unit)
     return n;
 }
 
+const char *tm_model_unit_name(const tm_model *m)
+{
+    return m->layers[0].attach == TM_ATTACH_NONE ? "layer" : "block";
+}
+
 double tm_model_flops_per_sample(const tm_model *m)
 {
     double f = 0;

@@ -78,6 +78,9 @@ int tm_model_find(const tm_model *m, const char *name);
  * is layer l's unit (attached layers take their neighbour's); returns the
  * unit count. */
 int tm_model_units(const tm_model *m, int *unit);
+/* What a unit is called in messages: "layer" when no layer attaches to a
+ * neighbour (every layer is a unit), else "block". */
+const char *tm_model_unit_name(const tm_model *m);
 
 /* Forward FLOPs of the whole model for one sample. */
 double tm_model_flops_per_sample(const tm_model *m);

@@ -34,7 +34,7 @@ int tm_stages_balance(const tm_model *m, int pp, int *first)
     int n = unit_costs(m, cost, unit);
     if (pp < 1 || pp > n)
         return tm_error(TM_EINVAL, "--pp %d needs between 1 and %d stages (one per %s at most)",
-                        pp, n, m->layers[0].attach == TM_ATTACH_NONE ? "layer" : "block");
+                        pp, n, tm_model_unit_name(m));
     /* best[s][u]: the smallest possible largest-stage cost when the first u
      * units form s stages; cut[s][u] where the last of them starts. Ties
      * keep the earliest cut, so the split is deterministic. */

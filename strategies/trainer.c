@@ -191,8 +191,8 @@ int tm_train_check(const tm_train_config *cfg, const tm_data *train)
     int unit[TM_MAX_LAYERS], units = tm_model_units(m, unit);
     if (v > 1 && cfg->pp * v > units)
         return tm_error(TM_EINVAL, "--pp %d x --virtual-stages %d = %d model stages, but the model "
-                        "has %d units (MLP: layers, GPT: blocks) to cut", cfg->pp, v, cfg->pp * v,
-                        units);
+                        "has %d %ss to cut", cfg->pp, v, cfg->pp * v, units,
+                        tm_model_unit_name(m));
     if (cfg->eval_every < 0) return tm_error(TM_EINVAL, "--eval-every must be positive");
     tm_clock_config clock;
     clock_of(cfg, &clock);
