@@ -1,5 +1,8 @@
-/* Between trainer.c and trainer_observe.c only: the accounts of a run that
- * trainer_observe.c keeps (formulas, timeline, traffic, summary). */
+/* Between the trainer's files only: what derives from the run's
+ * configuration (trainer_config.c), the accounts of a run that
+ * trainer_observe.c keeps (formulas, timeline, traffic, summary), the
+ * memory checks (trainer_fit.c), the guard and the sharing across
+ * processes. */
 #ifndef TM_TRAINER_INTERNAL_H
 #define TM_TRAINER_INTERNAL_H
 
@@ -37,6 +40,20 @@ int tm__train_fits(const tm_train_config *cfg, const int *first);
  * part of tm_train_check: TM_OK, or TM_EINVAL naming --host-mem-cap and
  * what the first device that would not fit keeps there. */
 int tm__train_host_fits(const tm_train_config *cfg, const int *first);
+
+/* Tensors held by several pipeline stages (tied), at most. */
+#define TM__TRAIN_MAX_TIED 4
+
+/* The optimizer's configuration of the run. */
+tm_optim_config tm__train_optim(const tm_train_config *cfg);
+/* Rows of one micro-batch: its samples' rows (a sequence's tokens). */
+int tm__train_rows(const tm_train_config *cfg);
+/* The run's clock: cfg->clock, or the default when it is all zeros. */
+void tm__train_clock(const tm_train_config *cfg, tm_clock_config *out);
+/* The model stages (ascending, of n_stages; layers per stage in first)
+ * whose layers use tensor i, into stages (when not NULL); returns their
+ * number. More than one: a tied tensor that each of them holds. */
+int tm__train_tied_stages(const tm_model *m, const int *first, int n_stages, int i, int *stages);
 
 /* Chunks per device: cfg->virtual_stages, at least 1. */
 int tm__train_chunks(const tm_train_config *cfg);
