@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include "demos/fit/gpt.h"
 #include "kernels/isa.h"
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/status.h"
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
@@ -71,24 +71,13 @@ static const char usage[] =
     "and 3 trained, phase 4 trained or ran out of memory), 1 otherwise, 2 on bad\n"
     "usage or unreadable data files.\n";
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("fit: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
 static long parse_positive(const char *flag, const char *v)
 {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
     if (*v == '\0' || *end != '\0' || errno != 0 || x < 1 || x > (1L << 30))
-        die_usage("%s wants a positive integer, not \"%s\"", flag, v);
+        tm_cli_die("%s wants a positive integer, not \"%s\"", flag, v);
     return x;
 }
 
@@ -302,17 +291,17 @@ static void check_story(const tm_mlp_config *m, const char *model, long batch, l
                         int zero)
 {
     if (m->n_layers < WAYS)
-        die_usage("--model \"%s\" has %d layers; the pipeline phase needs at least %d, one "
-                  "per stage", model, m->n_layers, WAYS);
+        tm_cli_die("--model \"%s\" has %d layers; the pipeline phase needs at least %d, one "
+                   "per stage", model, m->n_layers, WAYS);
     for (int l = 1; l < m->n_layers; l++)
         if (m->widths[l] % WAYS != 0)
-            die_usage("--model \"%s\": hidden width %d does not divide by %d, as the tensor-"
-                      "parallel phase needs", model, m->widths[l], WAYS);
+            tm_cli_die("--model \"%s\": hidden width %d does not divide by %d, as the tensor-"
+                       "parallel phase needs", model, m->widths[l], WAYS);
     if (batch % micro != 0)
-        die_usage("--batch %ld is not divisible by --micro-batches %ld", batch, micro);
+        tm_cli_die("--batch %ld is not divisible by --micro-batches %ld", batch, micro);
     if (zero > 0 && batch % WAYS != 0)
-        die_usage("--zero's phase splits --batch %ld over %d replicas: it must divide by %d",
-                  batch, WAYS, WAYS);
+        tm_cli_die("--zero's phase splits --batch %ld over %d replicas: it must divide by %d",
+                   batch, WAYS, WAYS);
 }
 
 /* Largest relative difference of two loss curves over their common steps. */
@@ -329,6 +318,7 @@ static double max_rel_diff(const phase *a, const phase *b)
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("fit");
     for (int i = 1; i < argc; i++)
         if ((strcmp(argv[i], "--model") == 0 && i + 1 < argc && strcmp(argv[i + 1], "gpt") == 0) ||
             strcmp(argv[i], "--model=gpt") == 0)
@@ -358,47 +348,47 @@ int main(int argc, char **argv)
         case O_MODEL: model = optarg; break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap < TM_ARENA_ALIGN)
-                die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
         case O_STEPS: steps = parse_positive("--steps", optarg); break;
         case O_BATCH: batch = parse_positive("--batch", optarg); break;
         case O_MICRO: micro = parse_positive("--micro-batches", optarg); break;
         case O_DATASET:
             if (strcmp(optarg, "fashion-mnist") != 0)
-                die_usage("--dataset is fashion-mnist, not \"%s\"", optarg);
+                tm_cli_die("--dataset is fashion-mnist, not \"%s\"", optarg);
             break;
         case O_DATA: data_dir = optarg; break;
         case O_ZERO:
             if (strlen(optarg) != 1 || optarg[0] < '1' || optarg[0] > '3')
-                die_usage("--zero is 1, 2 or 3 (the ZeRO stage of the fourth phase), not \"%s\"",
-                          optarg);
+                tm_cli_die("--zero is 1, 2 or 3 (the ZeRO stage of the fourth phase), not \"%s\"",
+                           optarg);
             zero = optarg[0] - '0';
             break;
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
-                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+                tm_cli_die("--recompute is none, full or selective, not \"%s\"", optarg);
             break;
         case O_OFFLOAD:
             if (tm_offload_parse(optarg, &offload) != 0)
-                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+                tm_cli_die("--offload is none or optimizer, not \"%s\"", optarg);
             break;
         case O_HOSTMEM:
             if (tm_parse_size(optarg, &host_cap) != 0 || host_cap == 0)
-                die_usage("--host-mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--host-mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
         case O_PRECISION:
             if (tm_precision_parse(optarg, &precision) != 0)
-                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
+                tm_cli_die("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case 'h': fputs(usage, stdout); return 0;
         default:
-            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
-            die_usage("unknown option %s", argv[optind - 1]);
+            if (optopt) tm_cli_die("option %s needs a value", argv[optind - 1]);
+            tm_cli_die("unknown option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
     char isa_msg[160];
-    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) tm_cli_die("%s", isa_msg);
 
     tm_train_config base = {.dp = 1, .pp = 1, .tp = 1, .schedule = TM_SCHED_1F1B,
                             .batch = (int)batch, .micro_batches = 1, .optimizer = TM_OPT_SGD,
@@ -407,7 +397,7 @@ int main(int argc, char **argv)
                             .precision = precision};
     tm_mlp_config mlp;
     tm_model net;
-    if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+    if (tm_mlp_parse(model, &mlp, &why) != 0) tm_cli_die("--model \"%s\": %s", model, why);
     check_story(&mlp, model, batch, micro, zero);
     if (tm_mlp_model(&net, &mlp) != TM_OK) {
         fprintf(stderr, "fit: %s\n", tm_error_message());
@@ -451,7 +441,7 @@ int main(int argc, char **argv)
         if (tm_train_check(&c, &train) != TM_OK) {
             tm_dataset_free(&train_images);
             tm_dataset_free(&test_images);
-            die_usage("%s: %s", names[i], tm_error_message());
+            tm_cli_die("%s: %s", names[i], tm_error_message());
         }
     }
     for (int i = 0; i < phases; i++) {

@@ -5,12 +5,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/status.h"
 #include "strategies/checkpoint.h"
 #include "strategies/generate.h"
@@ -40,31 +40,11 @@ static const char usage[] =
     "Exit status: 0 success, 1 generation failed (out of device memory), 2 bad\n"
     "usage or an unreadable checkpoint.\n";
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "generate: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see --help)\n");
-    va_end(ap);
-    exit(2);
-}
-
-static long parse_long(const char *flag, const char *v, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
-        die_usage("%s wants an integer from %ld to %ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
 static void emit(void *ctx, uint8_t b) { tm_escaper_put(ctx, b, stdout); }
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("generate");
     const char *load = NULL, *prompt = "\n";
     long tokens = 200, top_k = 0, heads = 0, tp = 1, pp = 1;
     double temperature = 0.8;
@@ -82,34 +62,34 @@ int main(int argc, char **argv)
         switch (c) {
         case O_LOAD: load = optarg; break;
         case O_PROMPT: prompt = optarg; break;
-        case O_TOKENS: tokens = parse_long("--tokens", optarg, 0, 100000000); break;
+        case O_TOKENS: tokens = tm_cli_long("--tokens", optarg, 0, 100000000); break;
         case O_TEMP: {
             char *end;
             errno = 0;
             temperature = strtod(optarg, &end);
             if (*optarg == '\0' || *end != '\0' || errno != 0 || !isfinite(temperature) ||
                 temperature < 0)
-                die_usage("--temperature wants a finite number >= 0, not \"%s\"", optarg);
+                tm_cli_die("--temperature wants a finite number >= 0, not \"%s\"", optarg);
             break;
         }
-        case O_TOPK: top_k = parse_long("--top-k", optarg, 0, 256); break;
-        case O_SEED: seed = (uint64_t)parse_long("--seed", optarg, 0, __LONG_MAX__); break;
-        case O_HEADS: heads = parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
-        case O_TP: tp = parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
-        case O_PP: pp = parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_TOPK: top_k = tm_cli_long("--top-k", optarg, 0, 256); break;
+        case O_SEED: seed = (uint64_t)tm_cli_long("--seed", optarg, 0, __LONG_MAX__); break;
+        case O_HEADS: heads = tm_cli_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_TP: tp = tm_cli_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_PP: pp = tm_cli_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap == 0)
-                die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
         case 'h': fputs(usage, stdout); return 0;
         default:
-            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
-            die_usage("unknown option %s", argv[optind - 1]);
+            if (optopt) tm_cli_die("option %s needs a value", argv[optind - 1]);
+            tm_cli_die("unknown option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (load == NULL) die_usage("--load FILE is required");
-    if (prompt[0] == '\0') die_usage("--prompt needs at least one byte");
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
+    if (load == NULL) tm_cli_die("--load FILE is required");
+    if (prompt[0] == '\0') tm_cli_die("--prompt needs at least one byte");
 
     tm_gpt_config g;
     tm_model m;

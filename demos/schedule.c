@@ -4,13 +4,13 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "runtime/cli.h"
 #include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "strategies/report_html.h"
@@ -44,34 +44,13 @@ static const char usage[] =
     "  -h, --help           this text\n"
     "Exit status: 0 success, 1 the schedule failed to build or validate, 2 bad usage.\n";
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "schedule: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see --help)\n");
-    va_end(ap);
-    exit(2);
-}
-
-static long parse_long(const char *flag, const char *v, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
-        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
 static double parse_time(const char *flag, const char *v)
 {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
     if (*v == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < 0)
-        die_usage("%s wants times >= 0, not \"%s\"", flag, v);
+        tm_cli_die("%s wants times >= 0, not \"%s\"", flag, v);
     return x;
 }
 
@@ -80,18 +59,18 @@ static double parse_time(const char *flag, const char *v)
 static void parse_times(const char *flag, const char *v, double *out, int pp, int vs)
 {
     char *copy = strdup(v), *save = NULL;
-    if (copy == NULL) die_usage("out of memory");
+    if (copy == NULL) tm_cli_die("out of memory");
     int n = 0, want = pp * vs;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == want) die_usage("%s has more than --pp x --virtual-stages = %d values", flag, want);
+        if (n == want) tm_cli_die("%s has more than --pp x --virtual-stages = %d values", flag, want);
         out[n++] = parse_time(flag, tok);
     }
     double one = out[0] / vs;
     if (n == 1)
         for (int i = 0; i < want; i++) out[i] = one;
     else if (n != want)
-        die_usage("%s wants one value or --pp x --virtual-stages = %d values, not %d", flag, want,
-                  n);
+        tm_cli_die("%s wants one value or --pp x --virtual-stages = %d values, not %d", flag, want,
+                   n);
     free(copy);
 }
 
@@ -137,7 +116,7 @@ static int show(tm_schedule_kind kind, int pp, int m, int vs, const double *fwd,
     double makespan = 0;
     /* A split backward: B is the backward less its W. */
     double *b = malloc((size_t)pp * vs * sizeof *b);
-    if (b == NULL) die_usage("out of memory");
+    if (b == NULL) tm_cli_die("out of memory");
     int split = tm_schedule_splits_backward(kind);
     for (int i = 0; i < pp * vs; i++) b[i] = split ? bwd[i] - wgt[i] : bwd[i];
     int st = tm_schedule_make_virtual(&s, kind, pp, m, vs);
@@ -182,6 +161,7 @@ static int show(tm_schedule_kind kind, int pp, int m, int vs, const double *fwd,
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("schedule");
     enum { O_PP = 256, O_MB, O_SCHED, O_VIRTUAL, O_FWD, O_BWD, O_WGT, O_COMM, O_WIDTH, O_LIST,
            O_SVG };
     static const struct option opts[] = {
@@ -207,51 +187,51 @@ int main(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case O_PP: pp = (int)parse_long("--pp", optarg, 1, TM_SCHEDULE_MAX_PP); break;
-        case O_MB: m = (int)parse_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB); break;
+        case O_PP: pp = (int)tm_cli_long("--pp", optarg, 1, TM_SCHEDULE_MAX_PP); break;
+        case O_MB: m = (int)tm_cli_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB); break;
         case O_SCHED:
             all = strcmp(optarg, "all") == 0;
             if (!all && tm_schedule_kind_parse(optarg, &kind) != TM_OK)
-                die_usage("%s", tm_error_message());
+                tm_cli_die("%s", tm_error_message());
             break;
         case O_VIRTUAL:
-            vs = (int)parse_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
+            vs = (int)tm_cli_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
             break;
         case O_FWD: fwd_arg = optarg; break;
         case O_BWD: bwd_arg = optarg; break;
         case O_WGT: wgt_arg = optarg; break;
         case O_COMM: comm = parse_time("--comm-time", optarg); break;
         case O_WIDTH:
-            width = (int)parse_long("--width", optarg, 10, TM_SCHEDULE_DRAW_MAX_WIDTH);
+            width = (int)tm_cli_long("--width", optarg, 10, TM_SCHEDULE_DRAW_MAX_WIDTH);
             break;
         case O_LIST: list = 1; break;
         case O_SVG: svg_path = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         default:
-            die_usage("unknown or incomplete option \"%s\"", argv[optind - 1]);
+            tm_cli_die("unknown or incomplete option \"%s\"", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (svg_path != NULL && all) die_usage("--svg draws one schedule, not all");
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
+    if (svg_path != NULL && all) tm_cli_die("--svg draws one schedule, not all");
     if (svg_path != NULL && tm_outfile_check(svg_path) != TM_OK) {
         fprintf(stderr, "schedule: --svg: %s\n", tm_error_message());
         return 2;
     }
     if ((long)pp * m * vs > TM_SCHEDULE_MAX_WORK)
-        die_usage("--pp x --micro-batches x --virtual-stages is more than %d",
-                  TM_SCHEDULE_MAX_WORK);
+        tm_cli_die("--pp x --micro-batches x --virtual-stages is more than %d",
+                   TM_SCHEDULE_MAX_WORK);
     if (vs > 1 && !all && kind != TM_SCHED_INTERLEAVED_1F1B)
-        die_usage("--virtual-stages %d needs --schedule interleaved-1f1b (or all)", vs);
-    if (vs > 1 && pp < 2) die_usage("--virtual-stages %d needs --pp 2 or more", vs);
+        tm_cli_die("--virtual-stages %d needs --schedule interleaved-1f1b (or all)", vs);
+    if (vs > 1 && pp < 2) tm_cli_die("--virtual-stages %d needs --pp 2 or more", vs);
     if (vs > 1 && m % pp != 0)
-        die_usage("--virtual-stages %d needs --micro-batches (%d) to be a multiple of --pp (%d)",
-                  vs, m, pp);
+        tm_cli_die("--virtual-stages %d needs --micro-batches (%d) to be a multiple of --pp (%d)",
+                   vs, m, pp);
     double *fwd = malloc((size_t)pp * vs * sizeof *fwd);
     double *bwd = malloc((size_t)pp * vs * sizeof *bwd);
     double *fwd1 = malloc((size_t)pp * sizeof *fwd1), *bwd1 = malloc((size_t)pp * sizeof *bwd1);
     double *wgt = malloc((size_t)pp * vs * sizeof *wgt);
     if (fwd == NULL || bwd == NULL || fwd1 == NULL || bwd1 == NULL || wgt == NULL)
-        die_usage("out of memory");
+        tm_cli_die("out of memory");
     parse_times("--fwd-time", fwd_arg, fwd, pp, vs);
     parse_times("--bwd-time", bwd_arg, bwd, pp, vs);
     if (wgt_arg != NULL) parse_times("--wgt-time", wgt_arg, wgt, pp, 1);
@@ -261,8 +241,8 @@ int main(int argc, char **argv)
         for (int c = 0; c < vs; c++) fwd1[i] += fwd[c * pp + i], bwd1[i] += bwd[c * pp + i];
         if (wgt_arg == NULL) wgt[i] = bwd1[i] / 2;
         if (wgt[i] > bwd1[i])
-            die_usage("--wgt-time %g is more than the backward time %g (stage %d)", wgt[i],
-                      bwd1[i], i);
+            tm_cli_die("--wgt-time %g is more than the backward time %g (stage %d)", wgt[i],
+                       bwd1[i], i);
     }
     int rc = 0;
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {

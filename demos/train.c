@@ -3,7 +3,6 @@
  * reports accuracy or validation loss, wall and modeled throughput, the
  * pipeline timeline, memory by tag and traffic by link; the GPT ends with a
  * generated sample. */
-#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -18,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/isa.h"
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/outfile.h"
 #include "runtime/process.h"
 #include "runtime/status.h"
@@ -170,48 +170,6 @@ static void print_limits(FILE *f)
             TM_GPT_MAX_WIDTH, TM_SCHEDULE_MAX_MB, TM_SCHEDULE_MAX_WORK, LONG_MAX);
 }
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "train: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see --help)\n");
-    va_end(ap);
-    exit(2);
-}
-
-/* An integer flag in min..max; the message names the real range. */
-static long parse_long(const char *flag, const char *v, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
-        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
-static double parse_double(const char *flag, const char *v, double min, int strict)
-{
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (*v == '\0' || *end != '\0' || errno != 0 || !isfinite(x) || x < min ||
-        (strict && x <= min))
-        die_usage("%s wants a finite number %s %g, not \"%s\"", flag, strict ? ">" : ">=", min, v);
-    return x;
-}
-
-/* A path an output flag names, checked before anything starts: one that
- * cannot be written is bad usage, like a bad flag. */
-static void check_output(const char *flag, const char *path)
-{
-    if (path == NULL || tm_outfile_check(path) == TM_OK) return;
-    fprintf(stderr, "train: %s: %s\n", flag, tm_error_message());
-    exit(2);
-}
-
 /* The training and validation data of the GPT: text (the corpus split at
  * 1 - val_fraction) or synthetic windows. Exits 2 on bad input. */
 typedef struct {
@@ -323,25 +281,25 @@ static void warn(const char *fmt, ...)
 static void check_combination(const tm_train_config *cfg, int synthetic)
 {
     if (GIVEN(O_FAILDEV) != GIVEN(O_FAILSTEP))
-        die_usage("--fail-device and --fail-step go together: device D fails at step S");
+        tm_cli_die("--fail-device and --fail-step go together: device D fails at step S");
     if (!synthetic && GIVEN(O_SAMPLES))
-        die_usage("--samples is for --dataset synthetic (the real data has its own size)");
-    if (synthetic && GIVEN(O_DATA)) die_usage("--data-dir is for --dataset fashion-mnist");
+        tm_cli_die("--samples is for --dataset synthetic (the real data has its own size)");
+    if (synthetic && GIVEN(O_DATA)) tm_cli_die("--data-dir is for --dataset fashion-mnist");
     if (synthetic && GIVEN(O_NORM))
-        die_usage("--normalize is for --dataset fashion-mnist (synthetic inputs are standard "
-                  "already)");
+        tm_cli_die("--normalize is for --dataset fashion-mnist (synthetic inputs are standard "
+                   "already)");
     if (cfg->optimizer == TM_OPT_ADAMW && GIVEN(O_MOM))
-        die_usage("--momentum is for --optimizer sgd (adamw has --beta1 and --beta2)");
+        tm_cli_die("--momentum is for --optimizer sgd (adamw has --beta1 and --beta2)");
     if (cfg->optimizer == TM_OPT_SGD && (GIVEN(O_BETA1) || GIVEN(O_BETA2)))
-        die_usage("--beta1 and --beta2 are for --optimizer adamw");
+        tm_cli_die("--beta1 and --beta2 are for --optimizer adamw");
     if (cfg->lr_schedule == TM_LR_CONSTANT && (GIVEN(O_MINLR) || GIVEN(O_DECAY)))
-        die_usage("--min-lr and --lr-decay-steps are for --lr-schedule cosine");
+        tm_cli_die("--min-lr and --lr-decay-steps are for --lr-schedule cosine");
     if (cfg->lr_schedule == TM_LR_CONSTANT && GIVEN(O_WARMUP))
-        die_usage("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
+        tm_cli_die("--warmup-steps is for --lr-schedule cosine (constant has no warm-up)");
     if (cfg->trace_path == NULL && (GIVEN(O_TRACE_CLOCK) || GIVEN(O_TRACE_STEPS)))
-        die_usage("--trace-clock and --trace-steps are for --trace");
+        tm_cli_die("--trace-clock and --trace-steps are for --trace");
     if (cfg->virtual_stages > 1 && cfg->pp == 1)
-        die_usage("--virtual-stages %d needs --pp 2 or more", cfg->virtual_stages);
+        tm_cli_die("--virtual-stages %d needs --pp 2 or more", cfg->virtual_stages);
     if (cfg->pp == 1 && GIVEN(O_SCHEDULE))
         warn("--schedule does nothing with --pp 1 (one stage: every schedule is the same "
              "accumulation loop)");
@@ -566,6 +524,7 @@ static void write_summary(FILE *f, const tm_train_result *res, int interrupted, 
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("train");
     /* Under mpirun, process 0 speaks until the mesh says which one reports. */
     if (tm_process_init() != TM_OK) {
         fprintf(stderr, "train: %s\n", tm_error_message());
@@ -637,36 +596,36 @@ int main(int argc, char **argv)
         switch (c) {
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
-        case O_EPOCHS: cfg.epochs = (int)parse_long("--epochs", optarg, 1, INT_MAX); break;
-        case O_STEPS: cfg.max_steps = parse_long("--steps", optarg, 1, LONG_MAX); break;
-        case O_BATCH: cfg.batch = (int)parse_long("--batch", optarg, 1, INT_MAX); break;
+        case O_EPOCHS: cfg.epochs = (int)tm_cli_long("--epochs", optarg, 1, INT_MAX); break;
+        case O_STEPS: cfg.max_steps = tm_cli_long("--steps", optarg, 1, LONG_MAX); break;
+        case O_BATCH: cfg.batch = (int)tm_cli_long("--batch", optarg, 1, INT_MAX); break;
         case O_MICRO:
-            cfg.micro_batches = (int)parse_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB);
+            cfg.micro_batches = (int)tm_cli_long("--micro-batches", optarg, 1, TM_SCHEDULE_MAX_MB);
             break;
         case O_OPT:
             if (tm_optimizer_parse(optarg, &cfg.optimizer) != 0)
-                die_usage("--optimizer is sgd or adamw, not \"%s\"", optarg);
+                tm_cli_die("--optimizer is sgd or adamw, not \"%s\"", optarg);
             break;
-        case O_LR: lr = parse_double("--lr", optarg, 0, 1); break;
+        case O_LR: lr = tm_cli_double("--lr", optarg, 0, 1); break;
         case O_SCHED:
             if (strcmp(optarg, "constant") == 0) cfg.lr_schedule = TM_LR_CONSTANT;
             else if (strcmp(optarg, "cosine") == 0) cfg.lr_schedule = TM_LR_COSINE;
-            else die_usage("--lr-schedule is constant or cosine, not \"%s\"", optarg);
+            else tm_cli_die("--lr-schedule is constant or cosine, not \"%s\"", optarg);
             break;
-        case O_WARMUP: cfg.warmup_steps = parse_long("--warmup-steps", optarg, 0, LONG_MAX); break;
-        case O_MOM: cfg.momentum = parse_double("--momentum", optarg, 0, 0); break;
-        case O_WD: wd = parse_double("--weight-decay", optarg, 0, 0); break;
-        case O_SEED: cfg.seed = (uint64_t)parse_long("--seed", optarg, 0, LONG_MAX); break;
+        case O_WARMUP: cfg.warmup_steps = tm_cli_long("--warmup-steps", optarg, 0, LONG_MAX); break;
+        case O_MOM: cfg.momentum = tm_cli_double("--momentum", optarg, 0, 0); break;
+        case O_WD: wd = tm_cli_double("--weight-decay", optarg, 0, 0); break;
+        case O_SEED: cfg.seed = (uint64_t)tm_cli_long("--seed", optarg, 0, LONG_MAX); break;
         case O_NOSHUF: cfg.shuffle = 0; break;
         case O_NORM:
             if (strcmp(optarg, "none") == 0) normalize = 0;
             else if (strcmp(optarg, "standard") == 0) normalize = 1;
-            else die_usage("--normalize is none or standard, not \"%s\"", optarg);
+            else tm_cli_die("--normalize is none or standard, not \"%s\"", optarg);
             break;
         case O_DATA: data_dir = optarg; break;
         case O_MEM:
             if (tm_parse_size(optarg, &cfg.mem_cap) != 0 || cfg.mem_cap == 0)
-                die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
         case O_SAVE: cfg.save_path = optarg; break;
         case O_LOAD: cfg.load_path = optarg; break;
@@ -679,55 +638,55 @@ int main(int argc, char **argv)
         case O_REPORT: report_path = optarg; break;
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
-                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+                tm_cli_die("--recompute is none, full or selective, not \"%s\"", optarg);
             break;
         case O_OFFLOAD:
             if (tm_offload_parse(optarg, &cfg.offload) != 0)
-                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+                tm_cli_die("--offload is none or optimizer, not \"%s\"", optarg);
             break;
         case O_HOSTMEM:
             if (tm_parse_size(optarg, &cfg.host_mem_cap) != 0 || cfg.host_mem_cap == 0)
-                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
             break;
         case O_PRECISION:
             if (tm_precision_parse(optarg, &cfg.precision) != 0)
-                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
+                tm_cli_die("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
-        case O_DP: cfg.dp = (int)parse_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
-        case O_PP: cfg.pp = (int)parse_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
-        case O_TP: cfg.tp = (int)parse_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
-        case O_DEVICES: devices = parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
+        case O_DP: cfg.dp = (int)tm_cli_long("--dp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_PP: cfg.pp = (int)tm_cli_long("--pp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_TP: cfg.tp = (int)tm_cli_long("--tp", optarg, 1, TM_MAX_DEVICES); break;
+        case O_DEVICES: devices = tm_cli_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_ZERO:
             if (strlen(optarg) != 1 || optarg[0] < '0' || optarg[0] > '3')
-                die_usage("--zero is 0, 1, 2 or 3, not \"%s\"", optarg);
+                tm_cli_die("--zero is 0, 1, 2 or 3, not \"%s\"", optarg);
             cfg.zero = optarg[0] - '0';
             break;
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
-                die_usage(
-                    "--schedule is sequential, gpipe, 1f1b, grouped, interleaved, zb-h1 or "
-                    "interleaved-1f1b, not \"%s\"",
-                    optarg);
+                tm_cli_die(
+                     "--schedule is sequential, gpipe, 1f1b, grouped, interleaved, zb-h1 or "
+                     "interleaved-1f1b, not \"%s\"",
+                     optarg);
             break;
         case O_VIRTUAL:
             cfg.virtual_stages =
-                (int)parse_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
+                (int)tm_cli_long("--virtual-stages", optarg, 1, TM_SCHEDULE_MAX_VIRTUAL);
             break;
         case O_STAGES: cfg.stages = optarg; break;
         case O_FAILDEV:
-            cfg.fail_device = (int)parse_long("--fail-device", optarg, 0, TM_MAX_DEVICES - 1);
+            cfg.fail_device = (int)tm_cli_long("--fail-device", optarg, 0, TM_MAX_DEVICES - 1);
             break;
-        case O_FAILSTEP: cfg.fail_step = parse_long("--fail-step", optarg, 1, LONG_MAX); break;
+        case O_FAILSTEP: cfg.fail_step = tm_cli_long("--fail-step", optarg, 1, LONG_MAX); break;
         case O_DATASET:
             if (strcmp(optarg, "fashion-mnist") != 0 && strcmp(optarg, "synthetic") != 0 &&
                 strcmp(optarg, "text") != 0)
-                die_usage("--dataset is fashion-mnist, text or synthetic, not \"%s\"", optarg);
+                tm_cli_die("--dataset is fashion-mnist, text or synthetic, not \"%s\"", optarg);
             dataset = optarg;
             break;
-        case O_SAMPLES: samples = parse_long("--samples", optarg, 8, INT_MAX); break;
+        case O_SAMPLES: samples = tm_cli_long("--samples", optarg, 8, INT_MAX); break;
         case O_CLOCK:
             if (tm_clock_config_flag(&cfg.clock, opts[idx].name, optarg) < 0)
-                die_usage("%s", tm_error_message());
+                tm_cli_die("%s", tm_error_message());
             given_nodes |= strcmp(opts[idx].name, "devices-per-node") == 0;
             given_inter_node |= strncmp(opts[idx].name, "inter-node-", 11) == 0;
             break;
@@ -735,34 +694,38 @@ int main(int argc, char **argv)
         case O_TRACE_CLOCK:
             if (strcmp(optarg, "modeled") == 0) cfg.trace_wall = 0;
             else if (strcmp(optarg, "wall") == 0) cfg.trace_wall = 1;
-            else die_usage("--trace-clock is modeled or wall, not \"%s\"", optarg);
+            else tm_cli_die("--trace-clock is modeled or wall, not \"%s\"", optarg);
             break;
-        case O_TRACE_FROM: cfg.trace_first = parse_long("--trace-from", optarg, 1, LONG_MAX); break;
+        case O_TRACE_FROM:
+            cfg.trace_first = tm_cli_long("--trace-from", optarg, 1, LONG_MAX);
+            break;
         case O_LINKS: every_link = 1; break;
-        case O_TRACE_STEPS: cfg.trace_steps = parse_long("--trace-steps", optarg, 1, LONG_MAX); break;
-        case O_LAYERS:
-            gc.n_layer = (int)parse_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
+        case O_TRACE_STEPS:
+            cfg.trace_steps = tm_cli_long("--trace-steps", optarg, 1, LONG_MAX);
             break;
-        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_LAYERS:
+            gc.n_layer = (int)tm_cli_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
+            break;
+        case O_HEADS: gc.n_head = (int)tm_cli_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
         case O_DMODEL:
-            gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH);
+            gc.n_embd = (int)tm_cli_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH);
             break;
         case O_CONTEXT:
-            gc.block_size = (int)parse_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
+            gc.block_size = (int)tm_cli_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
             break;
-        case O_BETA1: cfg.beta1 = parse_double("--beta1", optarg, 0, 0); break;
-        case O_BETA2: cfg.beta2 = parse_double("--beta2", optarg, 0, 0); break;
-        case O_MINLR: cfg.min_lr = parse_double("--min-lr", optarg, 0, 0); break;
+        case O_BETA1: cfg.beta1 = tm_cli_double("--beta1", optarg, 0, 0); break;
+        case O_BETA2: cfg.beta2 = tm_cli_double("--beta2", optarg, 0, 0); break;
+        case O_MINLR: cfg.min_lr = tm_cli_double("--min-lr", optarg, 0, 0); break;
         case O_DECAY:
-            cfg.lr_decay_steps = parse_long("--lr-decay-steps", optarg, 1, LONG_MAX);
+            cfg.lr_decay_steps = tm_cli_long("--lr-decay-steps", optarg, 1, LONG_MAX);
             break;
-        case O_CLIP: cfg.clip_grad = parse_double("--clip-grad", optarg, 0, 0); break;
+        case O_CLIP: cfg.clip_grad = tm_cli_double("--clip-grad", optarg, 0, 0); break;
         case O_TEXT: text = optarg; break;
-        case O_VALFRAC: val_fraction = parse_double("--val-fraction", optarg, 0, 1); break;
-        case O_EVALEVERY: cfg.eval_every = parse_long("--eval-every", optarg, 1, LONG_MAX); break;
-        case O_EVALSEQ: eval_sequences = parse_long("--eval-sequences", optarg, 1, INT_MAX); break;
+        case O_VALFRAC: val_fraction = tm_cli_double("--val-fraction", optarg, 0, 1); break;
+        case O_EVALEVERY: cfg.eval_every = tm_cli_long("--eval-every", optarg, 1, LONG_MAX); break;
+        case O_EVALSEQ: eval_sequences = tm_cli_long("--eval-sequences", optarg, 1, INT_MAX); break;
         case O_SAMPLETOK:
-            sample_tokens = (int)parse_long("--sample-tokens", optarg, 0, 100000000);
+            sample_tokens = (int)tm_cli_long("--sample-tokens", optarg, 0, 100000000);
             break;
         case 'h':
             fputs(usage_head, stdout);
@@ -772,14 +735,14 @@ int main(int argc, char **argv)
             fputs(usage_end, stdout);
             return 0;
         default:
-            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
-            die_usage("unknown option %s", argv[optind - 1]);
+            if (optopt) tm_cli_die("option %s needs a value", argv[optind - 1]);
+            tm_cli_die("unknown option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
     char isa_msg[160];
-    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
-    if (GIVEN(O_LOAD) && GIVEN(O_LOADW)) die_usage("--load and --load-weights exclude each other");
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) tm_cli_die("%s", isa_msg);
+    if (GIVEN(O_LOAD) && GIVEN(O_LOADW)) tm_cli_die("--load and --load-weights exclude each other");
     int gpt = strcmp(model, "gpt") == 0;
     static const struct { int flag; const char *name; } gpt_only[] = {
         {O_LAYERS, "--layers"}, {O_HEADS, "--heads"}, {O_DMODEL, "--d-model"},
@@ -789,15 +752,15 @@ int main(int argc, char **argv)
     static const struct { int flag; const char *name; } mlp_only[] = {
         {O_ACT, "--activation"}, {O_NORM, "--normalize"}, {O_DATA, "--data-dir"}};
     for (size_t i = 0; !gpt && i < sizeof gpt_only / sizeof gpt_only[0]; i++)
-        if (GIVEN(gpt_only[i].flag)) die_usage("%s goes with --model gpt", gpt_only[i].name);
+        if (GIVEN(gpt_only[i].flag)) tm_cli_die("%s goes with --model gpt", gpt_only[i].name);
     for (size_t i = 0; gpt && i < sizeof mlp_only / sizeof mlp_only[0]; i++)
-        if (GIVEN(mlp_only[i].flag)) die_usage("%s goes with an MLP --model", mlp_only[i].name);
+        if (GIVEN(mlp_only[i].flag)) tm_cli_die("%s goes with an MLP --model", mlp_only[i].name);
     if (dataset == NULL) dataset = gpt ? "text" : "fashion-mnist";
     int synthetic = strcmp(dataset, "synthetic") == 0;
     if (gpt && strcmp(dataset, "fashion-mnist") == 0)
-        die_usage("--dataset fashion-mnist is for the MLP; the GPT takes text or synthetic");
-    if (!gpt && strcmp(dataset, "text") == 0) die_usage("--dataset text is for --model gpt");
-    if (GIVEN(O_TEXT) && synthetic) die_usage("--text goes with --dataset text");
+        tm_cli_die("--dataset fashion-mnist is for the MLP; the GPT takes text or synthetic");
+    if (!gpt && strcmp(dataset, "text") == 0) tm_cli_die("--dataset text is for --model gpt");
+    if (GIVEN(O_TEXT) && synthetic) tm_cli_die("--text goes with --dataset text");
 
     /* The model's recipe for what the command leaves out. */
     if (!GIVEN(O_OPT)) cfg.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
@@ -810,23 +773,23 @@ int main(int argc, char **argv)
     if (!GIVEN(O_CLIP)) cfg.clip_grad = gpt ? 1.0 : 0;
     if (!GIVEN(O_BATCH)) cfg.batch = gpt ? 32 : 128;
     if (!GIVEN(O_MEM)) cfg.mem_cap = (size_t)(gpt ? 512 : 64) << 20;
-    if (cfg.momentum >= 1) die_usage("--momentum must be below 1");
-    if (cfg.beta1 >= 1 || cfg.beta2 >= 1) die_usage("--beta1 and --beta2 must be below 1");
-    if (val_fraction >= 1) die_usage("--val-fraction must be below 1");
-    if (cfg.min_lr > cfg.lr) die_usage("--min-lr %g is above --lr %g", cfg.min_lr, cfg.lr);
+    if (cfg.momentum >= 1) tm_cli_die("--momentum must be below 1");
+    if (cfg.beta1 >= 1 || cfg.beta2 >= 1) tm_cli_die("--beta1 and --beta2 must be below 1");
+    if (val_fraction >= 1) tm_cli_die("--val-fraction must be below 1");
+    if (cfg.min_lr > cfg.lr) tm_cli_die("--min-lr %g is above --lr %g", cfg.min_lr, cfg.lr);
     if (gc.sequence_parallel && cfg.tp < 2)
-        die_usage("--sequence-parallel needs --tp 2 or more (it splits the sequence over the "
-                  "tensor-parallel ranks)");
+        tm_cli_die("--sequence-parallel needs --tp 2 or more (it splits the sequence over the "
+                   "tensor-parallel ranks)");
     long mesh = (long)cfg.dp * cfg.pp * cfg.tp;
     if (devices != 0 && devices != mesh)
-        die_usage("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
-                  cfg.tp, mesh);
+        tm_cli_die("--devices %ld but dp x pp x tp = %d x %d x %d = %ld", devices, cfg.dp, cfg.pp,
+                   cfg.tp, mesh);
     /* Under mpirun the processes run equal blocks of devices; the one that
      * runs the reporting device (replica 0's last stage) prints and writes
      * the metrics. */
     int procs = tm_process_count();
     if (mesh % procs != 0)
-        die_usage("%ld devices do not split evenly over %d processes", mesh, procs);
+        tm_cli_die("%ld devices do not split evenly over %d processes", mesh, procs);
     int reporter = (int)((long)(cfg.pp - 1) * cfg.tp / (mesh / procs));
     tm_process_output(reporter);
     if (tm_process_rank() != reporter) metrics_path = NULL;
@@ -837,21 +800,21 @@ int main(int argc, char **argv)
     tm_model net;
     tm_mlp_config mlp;
     if (gpt) {
-        if ((why = tm_gpt_check(&gc)) != NULL) die_usage("%s", why);
+        if ((why = tm_gpt_check(&gc)) != NULL) tm_cli_die("%s", why);
         if ((long)gc.block_size * samples > (long)INT_MAX)
-            die_usage("--samples %ld windows of --context %d are too many bytes", samples,
-                      gc.block_size);
+            tm_cli_die("--samples %ld windows of --context %d are too many bytes", samples,
+                       gc.block_size);
     } else {
-        if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+        if (tm_mlp_parse(model, &mlp, &why) != 0) tm_cli_die("--model \"%s\": %s", model, why);
         if (tm_activation_parse(act, &mlp.act) != 0)
-            die_usage("--activation is relu or gelu, not \"%s\"", act);
+            tm_cli_die("--activation is relu or gelu, not \"%s\"", act);
     }
     check_combination(&cfg, synthetic);
     /* Fail now rather than after training if an output cannot be written. */
-    check_output("--metrics", metrics_path);
-    check_output("--report", report_path);
-    check_output("--save", cfg.save_path);
-    check_output("--trace", cfg.trace_path);
+    tm_cli_output("--metrics", metrics_path);
+    tm_cli_output("--report", report_path);
+    tm_cli_output("--save", cfg.save_path);
+    tm_cli_output("--trace", cfg.trace_path);
     if ((gpt ? tm_gpt_model(&net, &gc) : tm_mlp_model(&net, &mlp)) != TM_OK) {
         fprintf(stderr, "train: %s\n", tm_error_message());
         return 1;
@@ -899,7 +862,7 @@ int main(int argc, char **argv)
         tm_data_images(&train_data, &train);
         tm_data_images(&test_data, &test);
     }
-    if (tm_train_check(&cfg, &train_data) != TM_OK) die_usage("%s", tm_error_message());
+    if (tm_train_check(&cfg, &train_data) != TM_OK) tm_cli_die("%s", tm_error_message());
     if (normalize && !synthetic && !gpt) {
         double mean, std;
         tm_dataset_stats(&train, &mean, &std);

@@ -10,13 +10,13 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/isa.h"
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
 #include "strategies/gpt.h"
@@ -64,24 +64,13 @@ static const char usage[] =
     "that trained matched one device's losses: within 1e-4 relative in fp32, 0.01\n"
     "nats in bf16), 1 otherwise, 2 on bad usage or unreadable text.\n";
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("fit: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see fit --model gpt --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
 static long parse_positive(const char *flag, const char *v, long max)
 {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
     if (*v == '\0' || *end != '\0' || errno != 0 || x < 1 || x > max)
-        die_usage("%s wants an integer from 1 to %ld, not \"%s\"", flag, max, v);
+        tm_cli_die("%s wants an integer from 1 to %ld, not \"%s\"", flag, max, v);
     return x;
 }
 
@@ -301,7 +290,7 @@ int tm_fit_gpt(int argc, char **argv)
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
         switch (c) {
         case O_MODEL:
-            if (strcmp(optarg, "gpt") != 0) die_usage("--model is gpt here, not \"%s\"", optarg);
+            if (strcmp(optarg, "gpt") != 0) tm_cli_die("--model is gpt here, not \"%s\"", optarg);
             break;
         case O_LAYERS: gc.n_layer = (int)parse_positive("--layers", optarg, TM_GPT_MAX_LAYERS); break;
         case O_HEADS: gc.n_head = (int)parse_positive("--heads", optarg, TM_GPT_MAX_WIDTH); break;
@@ -312,44 +301,44 @@ int tm_fit_gpt(int argc, char **argv)
         case O_BATCH: batch = parse_positive("--batch", optarg, 1L << 20); break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap < TM_ARENA_ALIGN)
-                die_usage("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--mem-cap wants a size like 64M or 1G, not \"%s\"", optarg);
             break;
         case O_HOST_MEM:
             if (tm_parse_size(optarg, &host_cap) != 0 || host_cap < TM_ARENA_ALIGN)
-                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
             break;
         case O_STEPS: steps = parse_positive("--steps", optarg, 1L << 20); break;
         case O_PREDICT: predict = 1; break;
         case O_TEXT: text = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         default:
-            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
-            die_usage("unknown option %s", argv[optind - 1]);
+            if (optopt) tm_cli_die("option %s needs a value", argv[optind - 1]);
+            tm_cli_die("unknown option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
     const char *why = tm_gpt_check(&gc);
-    if (why != NULL) die_usage("%s", why);
-    if (gc.n_layer < 4) die_usage("--layers %d: the pipeline remedy needs 4 blocks", gc.n_layer);
+    if (why != NULL) tm_cli_die("%s", why);
+    if (gc.n_layer < 4) tm_cli_die("--layers %d: the pipeline remedy needs 4 blocks", gc.n_layer);
     if (gc.n_head % 4 != 0)
-        die_usage("--heads %d does not divide by 4, as the tensor-parallel remedies need",
-                  gc.n_head);
+        tm_cli_die("--heads %d does not divide by 4, as the tensor-parallel remedies need",
+                   gc.n_head);
     if (gc.block_size % 4 != 0)
-        die_usage("--context %d does not divide by 4, as sequence parallelism needs",
-                  gc.block_size);
+        tm_cli_die("--context %d does not divide by 4, as sequence parallelism needs",
+                   gc.block_size);
     if (batch % 8 != 0)
-        die_usage("--batch %ld does not divide by 8 (accumulation x8, 4 replicas, 8 "
-                  "micro-batches)", batch);
+        tm_cli_die("--batch %ld does not divide by 8 (accumulation x8, 4 replicas, 8 "
+                   "micro-batches)", batch);
     char isa_msg[160];
-    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) die_usage("%s", isa_msg);
+    if (tm_isa_check_env(isa_msg, sizeof isa_msg) != 0) tm_cli_die("%s", isa_msg);
 
     tm_corpus corpus;
     tm_data train_data, val;
     load_text(&corpus, text, gc.block_size, (int)batch, &train_data, &val);
     if (train_data.n < batch * steps) {
         tm_corpus_free(&corpus);
-        die_usage("the text has %d windows of %d bytes, fewer than --batch x --steps",
-                  train_data.n, gc.block_size + 1);
+        tm_cli_die("the text has %d windows of %d bytes, fewer than --batch x --steps",
+                   train_data.n, gc.block_size + 1);
     }
     tm_train_config base = {.dp = 1, .pp = 1, .tp = 1, .schedule = TM_SCHED_1F1B, .epochs = 1,
                             .max_steps = steps, .batch = (int)batch, .micro_batches = 1,
