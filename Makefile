@@ -104,6 +104,11 @@ FIT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard demos/fit/*.c))
 $(BUILD)/fit: DEMO_OBJ = $(FIT_OBJ)
 $(BUILD)/fit: $(FIT_OBJ)
 
+# build/train's progress lines and metrics are linked into it.
+TRAIN_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard demos/train/*.c))
+$(BUILD)/train: DEMO_OBJ = $(TRAIN_OBJ)
+$(BUILD)/train: $(TRAIN_OBJ)
+
 test: $(TEST_RUN) $(DEMO_BIN) $(BENCH_BIN)
 	@scripts/run-tests.sh $(BUILD) $(SUITES)
 
@@ -147,4 +152,4 @@ bench-peers:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(MPI_TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d) $(FIT_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TWIN_OBJ:.o=.d) $(TEST_BIN:=.d) $(MPI_TEST_BIN:=.d) $(BENCH_BIN:=.d) $(DEMO_BIN:=.d) $(FIT_OBJ:.o=.d) $(TRAIN_OBJ:.o=.d)
