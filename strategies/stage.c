@@ -295,7 +295,8 @@ size_t tm__stage_scratch_floats(const tm_stage *s, int rows)
  * and the region the recomputed layers' forwards fill again. */
 static size_t bwd_floats(const tm_stage *s, int rows)
 {
-    return 2 * (size_t)s->grad_w * (size_t)rows + tm__stage_scratch_floats(s, rows) + redo_floats(s, rows);
+    return 2 * (size_t)s->grad_w * (size_t)rows + tm__stage_scratch_floats(s, rows) +
+           redo_floats(s, rows);
 }
 
 size_t tm_stage_backward_bytes(const tm_stage *s, int rows)
