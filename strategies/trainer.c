@@ -487,7 +487,8 @@ static int run(tm_device *dev, void *arg)
     device v = {.j = arg, .dev = dev};
     int st = tm__train_setup(&v);
     if (st == TM_OK) st = train_loop(&v);
-    if (st == TM_OK && (v.j->cfg->save_path != NULL || v.j->cfg->keep_params)) st = tm__train_store(&v);
+    if (st == TM_OK && (v.j->cfg->save_path != NULL || v.j->cfg->keep_params))
+        st = tm__train_store(&v);
     tm_device_report *rep = &v.j->result->devices[tm_device_id(dev)];
     rep->id = tm_device_id(dev);
     rep->d = v.mesh.d;
