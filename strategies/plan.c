@@ -81,13 +81,15 @@ int tm_stages_parse(const char *spec, const tm_model *m, int pp, int *first)
             return tm_error(TM_EINVAL, "--stages \"%s\": want positive %s counts like 2,1,1",
                             spec, what);
         if (s == pp)
-            return tm_error(TM_EINVAL, "--stages \"%s\" lists more than --pp %d stages", spec, pp);
+            return tm_error(TM_EINVAL, "--stages \"%s\" lists more than the pipeline's %d stages "
+                            "(--pp x --virtual-stages)", spec, pp);
         total += (int)k;
         ufirst[++s] = total > TM_MAX_LAYERS ? TM_MAX_LAYERS : total;
         p = *end == ',' ? end + 1 : end;
     }
     if (s != pp)
-        return tm_error(TM_EINVAL, "--stages \"%s\" lists %d stages but --pp is %d", spec, s, pp);
+        return tm_error(TM_EINVAL, "--stages \"%s\" lists %d stages but the pipeline has %d "
+                        "(--pp x --virtual-stages)", spec, s, pp);
     if (total != n)
         return tm_error(TM_EINVAL, "--stages \"%s\" adds up to %d %ss but the model has %d", spec,
                         total, what, n);

@@ -167,8 +167,8 @@ Test(plan, stages_parse_counts_layers_or_blocks)
     struct { const tm_model *m; const char *spec; int pp; const char *says; } bad[] = {
         {mlp, "2,1", 2, "adds up to 3 layers but the model has 4"},
         {gpt, "2,1", 2, "adds up to 3 blocks but the model has 4"},
-        {gpt, "2,1,1", 2, "more than --pp 2"},
-        {gpt, "4", 2, "lists 1 stages but --pp is 2"},
+        {gpt, "2,1,1", 2, "more than the pipeline's 2 stages"},
+        {gpt, "4", 2, "lists 1 stages but the pipeline has 2"},
         {gpt, "0,4", 2, "positive block counts"},
         {mlp, "2,x", 2, "positive layer counts"},
         {mlp, "-1,5", 2, "positive layer counts"},
