@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "kernels/cost.h"
 #include "kernels/ops.h"
 #include "runtime/arena.h"
 #include "runtime/clock.h"
@@ -46,8 +47,9 @@ static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model 
         s->opt_state[i] = tm_device_alloc(dev, bytes, TM_TAG_OPTIMIZER);
         if (s->opt_state[i] == NULL) return TM_ENOMEM;
         /* The optimizers initialise their state on step 1; zeros make a
-         * checkpoint taken before any step well defined. */
-        memset(s->opt_state[i], 0, bytes);
+         * checkpoint taken before any step well defined (a dry run has
+         * none). */
+        if (!tm_cost_dry()) memset(s->opt_state[i], 0, bytes);
     }
     return TM_OK;
 }
@@ -148,7 +150,7 @@ static void copy_shard(const tm_tensor *t, const tm_shard *s, float *f, float *h
 
 static void copy_all(const tm_stage *s, float *full, float *shard, int to_full, int write_shared)
 {
-    for (int i = 0; i < s->n; i++) {
+    for (int i = 0; i < s->n && !tm_cost_dry(); i++) {
         const tm_layer_plan *p = &s->layer[i];
         for (int k = 0; k < p->layer->n_tensors; k++) {
             const tm_shard *sh = &p->shard[k];
@@ -415,7 +417,8 @@ static int view_open(tm_stage *s, int bwd, const tm_layer_plan **p, tm_layer_ctx
         expand_bf16(s->dev, v->params + off, s->params16 + sh->off, sh->count);
         (void)tm_ops_map_bf16(v->params + off, s->params16 + sh->off, sh->count);
         if (bwd) {
-            memcpy(v->grads + off, s->grads + sh->off, sh->count * sizeof(float));
+            if (!tm_cost_dry())
+                memcpy(v->grads + off, s->grads + sh->off, sh->count * sizeof(float));
             tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
         }
         v->plan.shard[k].off = off;
@@ -434,7 +437,8 @@ static void view_close(tm_stage *s, host_view *v, int st)
     if (v->layer == NULL) return;
     for (int k = 0; st == TM_OK && v->grads != NULL && k < v->layer->layer->n_tensors; k++) {
         const tm_shard *sh = &v->layer->shard[k];
-        memcpy(s->grads + sh->off, v->grads + v->plan.shard[k].off, sh->count * sizeof(float));
+        if (!tm_cost_dry())
+            memcpy(s->grads + sh->off, v->grads + v->plan.shard[k].off, sh->count * sizeof(float));
         tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
     }
     tm_ops_unmap_bf16();
@@ -721,7 +725,9 @@ static size_t each_partial(const tm_stage *s, float *buf, int to_buf)
             const tm_shard *sh = &p->shard[k];
             if (!sh->owned || !sh->partial) continue;
             float *g = s->grads + sh->off;
-            if (buf != NULL && to_buf) memcpy(buf + n, g, sh->count * sizeof(float));
+            if (tm_cost_dry()) {
+                /* Nothing to move: only the count. */
+            } else if (buf != NULL && to_buf) memcpy(buf + n, g, sh->count * sizeof(float));
             else if (buf != NULL) memcpy(g, buf + n, sh->count * sizeof(float));
             n += sh->count;
         }
