@@ -50,6 +50,7 @@ tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *
     c.tp = pt->tp;
     c.zero = pt->zero;
     c.schedule = pt->schedule;
+    c.virtual_stages = pt->virtual_stages;
     c.micro_batches = pt->micro_batches;
     c.precision = pt->precision;
     c.offload = pt->offload;
@@ -72,12 +73,37 @@ void tm_plan_flags(const tm_plan_point *pt, char *buf, size_t n)
     if (pt->micro_batches > 1) ADD(" --micro-batches %d", pt->micro_batches);
     if (pt->pp > 1 && pt->schedule != TM_SCHED_1F1B)
         ADD(" --schedule %s", tm_schedule_kind_name(pt->schedule));
+    if (pt->virtual_stages > 1) ADD(" --virtual-stages %d", pt->virtual_stages);
     if (pt->sp) ADD(" --sequence-parallel");
     if (pt->recompute != TM_RECOMPUTE_NONE) ADD(" --recompute %s", tm_recompute_name(pt->recompute));
     if (pt->zero > 0) ADD(" --zero %d", pt->zero);
     if (pt->precision != TM_PRECISION_FP32) ADD(" --precision %s", tm_precision_name(pt->precision));
     if (pt->offload != TM_OFFLOAD_NONE) ADD(" --offload optimizer");
 #undef ADD
+}
+
+/* Calls visit for every remedy of one mesh, micro-batch count and
+ * schedule (pt's settings from the mesh to the virtual stages): sequence
+ * parallelism, recomputation, ZeRO, precision, offload. */
+static int each_remedy(const tm_plan_request *req, tm_plan_point pt,
+                       int (*visit)(void *ctx, const tm_plan_point *pt), void *ctx)
+{
+    for (pt.sp = 0; pt.sp < (pt.tp > 1 ? 2 : 1); pt.sp++)
+        for (int r = 0; r < 3; r++) {
+            if (req->models[pt.sp][r] == NULL) continue;
+            pt.recompute = (tm_recompute)r;
+            for (pt.zero = 0; pt.zero < (pt.dp > 1 ? 4 : 1); pt.zero++)
+                for (int pr = 0; pr < 2; pr++) {
+                    if (!(req->precisions & (1 << pr))) continue;
+                    pt.precision = (tm_precision)pr;
+                    for (int o = 0; o < (req->host_mem_cap > 0 ? 2 : 1); o++) {
+                        pt.offload = o ? TM_OFFLOAD_OPTIMIZER : TM_OFFLOAD_NONE;
+                        int st = visit(ctx, &pt);
+                        if (st != 0) return st;
+                    }
+                }
+        }
+    return 0;
 }
 
 /* Calls visit for every point of the space on `devices` devices (before
@@ -95,23 +121,15 @@ static int each_point(const tm_plan_request *req, int devices,
                  * are powers of two or multiples of the stages. */
                 if (per % m != 0 || ((m & (m - 1)) != 0 && m % pp != 0)) continue;
                 for (int s = 0; s < (pp > 1 ? TM_SCHEDULE_KINDS : 1); s++) {
-                    tm_schedule_kind kind = pp > 1 ? (tm_schedule_kind)s : TM_SCHED_1F1B;
-                    for (int sp = 0; sp < (tp > 1 ? 2 : 1); sp++) {
-                        for (int r = 0; r < 3; r++) {
-                            if (req->models[sp][r] == NULL) continue;
-                            for (int z = 0; z < (dp > 1 ? 4 : 1); z++)
-                                for (int pr = 0; pr < 2; pr++) {
-                                    if (!(req->precisions & (1 << pr))) continue;
-                                    for (int o = 0; o < (req->host_mem_cap > 0 ? 2 : 1); o++) {
-                                        tm_plan_point pt = {
-                                            dp, pp, tp, m, z, sp, kind, (tm_recompute)r,
-                                            (tm_precision)pr,
-                                            o ? TM_OFFLOAD_OPTIMIZER : TM_OFFLOAD_NONE};
-                                        int st = visit(ctx, &pt);
-                                        if (st != 0) return st;
-                                    }
-                                }
-                        }
+                    /* Virtual stages: every count; tm_train_check keeps
+                     * those the schedule and the model allow. */
+                    for (int v = 1; v <= (pp > 1 ? TM_SCHEDULE_MAX_VIRTUAL : 1); v++) {
+                        tm_plan_point pt = {dp, pp, tp, m, 0, 0,
+                                            pp > 1 ? (tm_schedule_kind)s : TM_SCHED_1F1B,
+                                            TM_RECOMPUTE_NONE, TM_PRECISION_FP32,
+                                            TM_OFFLOAD_NONE, v};
+                        int st = each_remedy(req, pt, visit, ctx);
+                        if (st != 0) return st;
                     }
                 }
             }

@@ -1,6 +1,6 @@
 /* The planner: every way to run one model on N devices (dp x tp x pp,
- * micro-batches, schedule, sequence parallelism, recomputation, ZeRO
- * stage, precision, optimizer offload), each candidate's peak memory per
+ * micro-batches, schedule and its virtual stages, sequence parallelism,
+ * recomputation, ZeRO stage, precision, optimizer offload), each candidate's peak memory per
  * device from the model's tables (tm_train_predict_memory) and, for those
  * that fit, its modeled step time from a dry run (tm_train_config.dry_run:
  * every kernel charges the modeled clock and computes nothing, so the
@@ -22,6 +22,8 @@ typedef struct {
     tm_recompute recompute;
     tm_precision precision;
     tm_offload_kind offload;
+    int virtual_stages;    /* interleaved-1f1b: chunks per device (0 or 1:
+                              one) */
 } tm_plan_point;
 
 typedef struct {
@@ -101,7 +103,8 @@ tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *
 
 /* The build/train flags that run pt: the mesh ("--dp 1 --pp 2 --tp 4"),
  * then those of its settings that differ from build/train's defaults
- * ("--micro-batches 4 --schedule gpipe --zero 1 ..."). */
+ * ("--micro-batches 4 --schedule interleaved-1f1b --virtual-stages 2
+ * --zero 1 ..."). */
 void tm_plan_flags(const tm_plan_point *pt, char *buf, size_t n);
 
 /* Whether the model has a valid configuration (memory aside) on
