@@ -140,7 +140,7 @@ static int each_point(const tm_plan_request *req, int devices,
 
 typedef struct {
     const tm_plan_request *req;
-    tm_plan_candidate *list;
+    tm_plan_point *list;
     int n, cap;
 } collect_ctx;
 
@@ -151,17 +151,26 @@ static int collect(void *ctx, const tm_plan_point *pt)
     if (tm_train_check(&cfg, c->req->train) != TM_OK) return 0;
     if (c->n == c->cap) {
         int cap = c->cap > 0 ? 2 * c->cap : 256;
-        tm_plan_candidate *l = realloc(c->list, sizeof *l * (size_t)cap);
+        tm_plan_point *l = realloc(c->list, sizeof *l * (size_t)cap);
         if (l == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the candidates");
         c->list = l;
         c->cap = cap;
     }
-    tm_plan_candidate *k = &c->list[c->n++];
-    memset(k, 0, sizeof *k);
-    k->pt = *pt;
-    k->order = c->n - 1;
-    k->bubble = -1;
+    c->list[c->n++] = *pt;
     return 0;
+}
+
+int tm_plan_points(const tm_plan_request *req, tm_plan_point **out, int *n)
+{
+    collect_ctx c = {req, NULL, 0, 0};
+    int st = each_point(req, req->devices, collect, &c);
+    if (st != TM_OK) {
+        free(c.list);
+        return st;
+    }
+    *out = c.list;
+    *n = c.n;
+    return TM_OK;
 }
 
 /* The predicted peaks of k, and whether it fits the caps. */
@@ -240,9 +249,24 @@ static int by_rank(const void *a, const void *b)
 
 int tm_plan_search(const tm_plan_request *req, tm_plan_candidate **out, int *n)
 {
-    collect_ctx c = {req, NULL, 0, 0};
-    int st = each_point(req, req->devices, collect, &c);
-    int fitting = 0;
+    tm_plan_point *points;
+    int n_points;
+    TM_CHECK(tm_plan_points(req, &points, &n_points));
+    struct {
+        tm_plan_candidate *list;
+        int n;
+    } c = {calloc(n_points > 0 ? (size_t)n_points : 1, sizeof(tm_plan_candidate)), n_points};
+    if (c.list == NULL) {
+        free(points);
+        return tm_error(TM_EHOSTMEM, "cannot allocate the candidates");
+    }
+    for (int i = 0; i < c.n; i++) {
+        c.list[i].pt = points[i];
+        c.list[i].order = i;
+        c.list[i].bubble = -1;
+    }
+    free(points);
+    int st = TM_OK, fitting = 0;
     for (int i = 0; st == TM_OK && i < c.n; i++) {
         st = predict(req, &c.list[i]);
         fitting += c.list[i].fits;

@@ -89,6 +89,14 @@ void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_mode
  * shuffled, the default clock, into *c (zeroed first). */
 void tm_plan_recipe(tm_train_config *c, int gpt);
 
+/* Every point of the space that tm_train_check accepts on req->devices
+ * devices, in the enumeration's order (dp, tp, micro-batches, schedule,
+ * virtual stages, sequence parallelism, recomputation, ZeRO, precision,
+ * offload, each from its smallest), into a malloc'd array (*out, *n): the
+ * space tm_plan_search ranks, for a sweep that runs it all. TM_OK, or
+ * TM_EHOSTMEM with its message. */
+int tm_plan_points(const tm_plan_request *req, tm_plan_point **out, int *n);
+
 /* Every candidate that tm_train_check accepts, fitting or not, into a
  * malloc'd array (*out, *n): the dry-run ones first by throughput (highest
  * first), then the dominated ones, then those that do not fit, each group
