@@ -25,6 +25,7 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/report.h"
 #include "strategies/report_html.h"
 #include "strategies/schedule.h"
@@ -600,16 +601,8 @@ int main(int argc, char **argv)
         die_usage("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
                   base.max_steps);
     base.epochs = 1;
-    base.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
-    base.lr = gpt ? 1e-3 : 0.05;
-    base.lr_schedule = TM_LR_CONSTANT;
-    base.momentum = 0.9;
-    base.beta1 = 0.9;
-    base.beta2 = gpt ? 0.99 : 0.999;
-    base.weight_decay = gpt ? 0.1 : 5e-4;
-    base.clip_grad = gpt ? 1.0 : 0;
-    base.seed = 1;
-    base.shuffle = 1;
+    tm_train_recipe(&base, gpt);
+    if (!gpt) base.lr = 0.05;
 
     /* nets[1]: the GPT run with sequence parallelism. */
     tm_model nets[2];

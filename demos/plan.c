@@ -21,6 +21,7 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/trainer.h"
 
 static const char usage_head[] =
@@ -290,9 +291,7 @@ int main(int argc, char **argv)
             die_usage("--activation is relu or gelu, not \"%s\"", act);
     }
     /* build/train's recipe for the model, the clock as given. */
-    tm_clock_config clock = recipe.clock;
-    tm_plan_recipe(&recipe, gpt);
-    recipe.clock = clock;
+    tm_train_recipe(&recipe, gpt);
     if (batch == 0) batch = gpt ? 32 : 128;
 
     /* The models: with and without sequence parallelism, each

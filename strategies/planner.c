@@ -25,22 +25,6 @@ void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_mode
     }
 }
 
-void tm_plan_recipe(tm_train_config *c, int gpt)
-{
-    memset(c, 0, sizeof *c);
-    c->optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
-    c->lr = 1e-3;
-    c->momentum = 0.9;
-    c->beta1 = 0.9;
-    c->beta2 = gpt ? 0.99 : 0.999;
-    c->weight_decay = gpt ? 0.1 : 5e-4;
-    c->clip_grad = gpt ? 1.0 : 0;
-    c->lr_schedule = TM_LR_CONSTANT;
-    c->seed = 1;
-    c->shuffle = 1;
-    tm_clock_config_default(&c->clock);
-}
-
 tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *pt)
 {
     tm_train_config c = *req->recipe;

@@ -84,11 +84,6 @@ typedef struct {
 void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_model *m,
                     const tm_model *m_sp);
 
-/* build/train's optimizer recipe for the model (its defaults: the MLP's
- * SGD with momentum, the GPT's AdamW with clipping at 1.0), seed 1,
- * shuffled, the default clock, into *c (zeroed first). */
-void tm_plan_recipe(tm_train_config *c, int gpt);
-
 /* Every point of the space that tm_train_check accepts on req->devices
  * devices, in the enumeration's order (dp, tp, micro-batches, schedule,
  * virtual stages, sequence parallelism, recomputation, ZeRO, precision,

@@ -15,26 +15,19 @@
 #include "runtime/status.h"
 #include "strategies/data.h"
 #include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/trainer.h"
 #include "tests/cli.h"
 #include "tests/models.h"
 #include "tests/training.h"
 
-#define MLP "12,32,32,32,10"
 #define STEPS 3
 
 static void setup(void) { training_data_load(20000, 18000, 300, 32, 7, 512, 64, 1); }
 
 static void teardown(void) { training_data_free(); }
 
-typedef struct {
-    int gpt, dp, pp, tp, m, sp, zero;
-    tm_recompute recompute;
-    tm_schedule_kind schedule;
-    int offload;
-    tm_precision precision;
-    int virtual_stages;
-} setup_t;
+typedef mesh_setup setup_t;
 
 /* Every step's modeled time, as on_step reports it. */
 typedef struct {
@@ -48,37 +41,10 @@ static void on_step(void *ctx, const tm_step_info *info)
     if (s->n < STEPS) s->step_s[s->n++] = info->modeled_step_s;
 }
 
-static tm_train_config config(const setup_t *s)
-{
-    tm_train_config c = {0};
-    const tm_model *m = s->gpt ? gpt_model_sp(4, 4, 32, 32, s->sp) : mlp_model(MLP, TM_ACT_GELU);
-    c.model = recomputed(m, s->recompute);
-    c.dp = s->dp;
-    c.pp = s->pp;
-    c.tp = s->tp;
-    c.zero = s->zero;
-    c.schedule = s->schedule;
-    c.virtual_stages = s->virtual_stages;
-    c.epochs = 1;
-    c.max_steps = STEPS;
-    c.batch = s->gpt ? 16 : 64;
-    c.micro_batches = s->m;
-    adamw(&c, 1e-3, 0.1, 1.0);
-    c.lr_schedule = TM_LR_CONSTANT;
-    c.seed = 3;
-    c.shuffle = 1;
-    c.mem_cap = 64 << 20;
-    c.precision = s->precision;
-    if (s->offload) {
-        c.offload = TM_OFFLOAD_OPTIMIZER;
-        c.host_mem_cap = 64 << 20;
-    }
-    return c;
-}
 
 static void run(const setup_t *s, int dry, tm_train_result *r, steps_t *steps)
 {
-    tm_train_config c = config(s);
+    tm_train_config c = setup_config(s, STEPS);
     c.dry_run = dry;
     c.ctx = steps;
     c.on_step = on_step;
@@ -218,7 +184,8 @@ static void planner_request(planner_setup *p, const tm_model *m, const tm_model 
 {
     memset(p, 0, sizeof *p);
     tm_plan_models(&p->req, p->variants, m, m_sp);
-    tm_plan_recipe(&p->recipe, strcmp(m->family, "gpt") == 0);
+    tm_clock_config_default(&p->recipe.clock);
+    tm_train_recipe(&p->recipe, strcmp(m->family, "gpt") == 0);
     p->req.train = train;
     p->req.devices = devices;
     p->req.batch = batch;
@@ -238,7 +205,8 @@ Test(planner, first_pick_is_the_best_of_a_run_everything_sweep, .init = setup, .
 {
     planner_setup p;
     int devices = SANITIZED ? 2 : 4;
-    planner_request(&p, mlp_model(MLP, TM_ACT_GELU), NULL, &mlp_train, devices, 16, 8 << 20);
+    planner_request(&p, mlp_model(MESH_MLP, TM_ACT_GELU), NULL, &mlp_train, devices, 16,
+                    8 << 20);
     tm_plan_candidate *list;
     int n;
     cr_assert_eq(tm_plan_search(&p.req, &list, &n), TM_OK, "%s", tm_error_message());
