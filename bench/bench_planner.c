@@ -17,6 +17,7 @@
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
 #include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/trainer.h"
 
 static double now_s(void)
@@ -68,8 +69,9 @@ static int bench(const char *name, const tm_model *m, const tm_model *m_sp, cons
     tm_model v[2][3];
     tm_plan_request req = {0};
     tm_plan_models(&req, v, m, m_sp);
-    tm_train_config recipe;
-    tm_plan_recipe(&recipe, gpt);
+    tm_train_config recipe = {0};
+    tm_clock_config_default(&recipe.clock);
+    tm_train_recipe(&recipe, gpt);
     req.train = train;
     req.devices = devices;
     req.batch = batch;

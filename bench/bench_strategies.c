@@ -24,6 +24,8 @@
 #include "strategies/gpt.h"
 #include "strategies/idx.h"
 #include "strategies/mlp.h"
+#include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/report.h"
 #include "strategies/report_html.h"
 #include "strategies/schedule.h"
@@ -35,7 +37,7 @@ static const char usage_head[] =
     "         [--d-model C] [--context T] [--batch B] [--steps N] [--micro-batches LIST]\n"
     "         [--schedules LIST] [--zero LIST] [--mem-cap SIZE] [--recompute R]\n"
     "         [--offload O --host-mem-cap SIZE] [--precision P] [--csv] [--report FILE]\n"
-    "         [clock flags]\n"
+    "         [--space grid|planner] [clock flags]\n"
     "Trains the model for a few steps on every mesh dp x pp x tp = N devices, with\n"
     "every pipeline schedule and micro-batch count, on synthetic data (the MLP:\n"
     "input width and classes from --model; the GPT: bytes of a seeded Markov\n"
@@ -79,6 +81,16 @@ static const char usage_head[] =
     "  --report FILE         also write an HTML page of the sweep (opens offline in\n"
     "                        any browser): throughput, memory against the cap, bubble\n"
     "                        against micro-batches (not with ZeRO stages in --zero)\n"
+    "  --space S             grid: the configurations above (the default); planner:\n"
+    "                        every configuration build/plan searches (its own\n"
+    "                        enumeration: micro-batches, schedules with their virtual\n"
+    "                        stages, sequence parallelism, recomputation, ZeRO,\n"
+    "                        --precision, offload with --host-mem-cap), each run\n"
+    "                        for real for 2 steps and ranked by step 2's modeled\n"
+    "                        time, as build/plan ranks them; a config column gives\n"
+    "                        its build/train flags (not with --micro-batches,\n"
+    "                        --schedules, --zero, --recompute, --offload, --steps,\n"
+    "                        --report)\n"
     "modeled time (defaults measured on this machine, as build/train's):\n";
 
 static const char usage_tail[] =
@@ -206,6 +218,9 @@ typedef struct {
     double comm_bytes;     /* per device and step, mean over devices */
     size_t peak;           /* max over devices */
     int fits;              /* runs with arenas of --mem-cap */
+    int planned;           /* --space planner: pt is the configuration */
+    tm_plan_point pt;
+    double step_s;         /* --space planner: step TM_PLAN_STEP's modeled time */
 } config;
 
 /* The largest arena a configuration starts with. A world prefaults its
@@ -307,6 +322,12 @@ static int sweep(int devices, int gpt, int units, const tm_schedule_kind *sched,
     return n;
 }
 
+static void on_plan_step(void *ctx, const tm_step_info *info)
+{
+    double *s = ctx;
+    if (info->step == TM_PLAN_STEP) *s = info->modeled_step_s;
+}
+
 /* The schedule column: its name, with the virtual stages when v > 1. */
 static void schedule_name(const config *c, char *buf, size_t n)
 {
@@ -341,12 +362,15 @@ static void print_row(const config *c, int csv, int zero)
     schedule_name(c, name, sizeof name);
     const char *fits = c->fits ? "yes" : "no";
     const char *sp = c->sp < 0 ? "" : c->sp ? "yes" : "no";
+    char flags[256] = "";
+    if (c->planned) tm_plan_flags(&c->pt, flags, sizeof flags);
     if (csv) {
         printf("%d,%d,%d,%s,%d,%s,%.1f,%.1f,", c->dp, c->pp, c->tp, name, c->m, sp,
                c->modeled_sps, c->wall_sps);
         if (c->bubble >= 0) printf("%.4f", c->bubble);
         printf(",%.0f,%zu,%s", c->comm_bytes, c->peak, fits);
         if (zero) printf(",%d", c->zero);
+        if (c->planned) printf(",%s", flags);
         putchar('\n');
         return;
     }
@@ -356,8 +380,10 @@ static void print_row(const config *c, int csv, int zero)
     tm_report_bytes((double)c->peak, peak, sizeof peak);
     printf("%3d %3d %3d  %-19s %4d %3s", c->dp, c->pp, c->tp, name, c->m, c->sp < 0 ? "-" : sp);
     if (zero) printf(" %4d", c->zero);
-    printf(" %14.*f %11.*f %7s %13s %11s  %s\n", rate_decimals(c->modeled_sps), c->modeled_sps,
+    printf(" %14.*f %11.*f %7s %13s %11s  %s", rate_decimals(c->modeled_sps), c->modeled_sps,
            rate_decimals(c->wall_sps), c->wall_sps, bubble, comm, peak, fits);
+    if (c->planned) printf("%*s%s", c->fits ? 2 : 3, "", flags);
+    putchar('\n');
 }
 
 /* The distinct reasons tm_train_check gave, with how often. */
@@ -439,13 +465,13 @@ int main(int argc, char **argv)
                                                  TM_SCHED_INTERLEAVED_1F1B};
     size_t cap = (size_t)64 << 20;
     tm_gpt_config gc = {4, 4, 128, 128, 0};
-    int gpt_flag = 0;
+    int gpt_flag = 0, planner = 0, grid_flag = 0;
     base.batch = 0;
     base.max_steps = 4;
     tm_clock_config_default(&base.clock);
     enum { O_DEVICES = 256, O_MODEL, O_BATCH, O_STEPS, O_MICRO, O_SCHEDULES, O_MEM, O_CSV,
            O_CLOCK, O_LAYERS, O_HEADS, O_DMODEL, O_CONTEXT, O_REPORT, O_ZERO,
-           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION };
+           O_RECOMPUTE, O_OFFLOAD, O_HOSTMEM, O_PRECISION, O_SPACE };
     tm_recompute recompute = TM_RECOMPUTE_NONE;
     const char *report_path = NULL;
     static const struct option opts[] = {
@@ -461,12 +487,15 @@ int main(int argc, char **argv)
         {"inter-node-latency-us", 1, 0, O_CLOCK}, {"report", 1, 0, O_REPORT},
         {"zero", 1, 0, O_ZERO},            {"recompute", 1, 0, O_RECOMPUTE},
         {"offload", 1, 0, O_OFFLOAD},      {"host-mem-cap", 1, 0, O_HOSTMEM},
-        {"precision", 1, 0, O_PRECISION},  {"help", 0, 0, 'h'},
+        {"precision", 1, 0, O_PRECISION},  {"space", 1, 0, O_SPACE},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     tm_clock_config *clk = &base.clock;
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
         gpt_flag |= c >= O_LAYERS && c <= O_CONTEXT;
+        grid_flag |= c == O_MICRO || c == O_SCHEDULES || c == O_ZERO || c == O_RECOMPUTE ||
+                     c == O_OFFLOAD || c == O_STEPS || c == O_REPORT;
         switch (c) {
         case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_MODEL: model = optarg; break;
@@ -492,6 +521,11 @@ int main(int argc, char **argv)
                           optarg);
             break;
         case O_CSV: csv = 1; break;
+        case O_SPACE:
+            if (strcmp(optarg, "grid") != 0 && strcmp(optarg, "planner") != 0)
+                die_usage("--space is grid or planner, not \"%s\"", optarg);
+            planner = optarg[0] == 'p';
+            break;
         case O_REPORT: report_path = optarg; break;
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
@@ -532,7 +566,11 @@ int main(int argc, char **argv)
     if (base.offload != TM_OFFLOAD_NONE && base.host_mem_cap == 0)
         die_usage("--offload optimizer keeps the optimizer state in host memory: it needs "
                   "--host-mem-cap");
-    if (base.offload == TM_OFFLOAD_NONE && base.host_mem_cap != 0)
+    if (planner && grid_flag)
+        die_usage("--space planner searches the planner's space and runs its 2 steps: leave "
+                  "--micro-batches, --schedules, --zero, --recompute, --offload, --steps and "
+                  "--report out");
+    if (base.offload == TM_OFFLOAD_NONE && base.host_mem_cap != 0 && !planner)
         die_usage("--host-mem-cap sizes the host memory of --offload optimizer: it needs "
                   "--offload optimizer");
     if (recompute == TM_RECOMPUTE_SELECTIVE && !gpt)
@@ -563,16 +601,8 @@ int main(int argc, char **argv)
         die_usage("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
                   base.max_steps);
     base.epochs = 1;
-    base.optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
-    base.lr = gpt ? 1e-3 : 0.05;
-    base.lr_schedule = TM_LR_CONSTANT;
-    base.momentum = 0.9;
-    base.beta1 = 0.9;
-    base.beta2 = gpt ? 0.99 : 0.999;
-    base.weight_decay = gpt ? 0.1 : 5e-4;
-    base.clip_grad = gpt ? 1.0 : 0;
-    base.seed = 1;
-    base.shuffle = 1;
+    tm_train_recipe(&base, gpt);
+    if (!gpt) base.lr = 0.05;
 
     /* nets[1]: the GPT run with sequence parallelism. */
     tm_model nets[2];
@@ -615,13 +645,46 @@ int main(int argc, char **argv)
         return 2;
     }
     int unit[TM_MAX_LAYERS], units = tm_model_units(&nets[0], unit);
-    int n = sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, NULL);
-    config *cs = calloc((size_t)n, sizeof *cs);
+    /* --space planner: the planner's own enumeration, with base as the
+     * recipe. */
+    tm_model variants[2][3];
+    tm_plan_request req = {0};
+    tm_plan_point *points = NULL;
+    int n;
+    if (planner) {
+        tm_plan_models(&req, variants, &nets[0], gpt ? &nets[1] : NULL);
+        req.train = &train;
+        req.devices = devices;
+        req.batch = base.batch;
+        req.mem_cap = cap;
+        req.host_mem_cap = base.host_mem_cap;
+        req.precisions = 1 << base.precision;
+        req.recipe = &base;
+        if (tm_plan_points(&req, &points, &n) != TM_OK) {
+            fprintf(stderr, "bench_strategies: %s\n", tm_error_message());
+            return 1;
+        }
+    } else {
+        n = sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, NULL);
+    }
+    config *cs = calloc(n > 0 ? (size_t)n : 1, sizeof *cs);
     if (cs == NULL) {
         fprintf(stderr, "bench_strategies: out of host memory\n");
         return 1;
     }
-    sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, cs);
+    if (planner) {
+        for (int i = 0; i < n; i++) {
+            const tm_plan_point *pt = &points[i];
+            cs[i] = (config){.dp = pt->dp, .pp = pt->pp, .tp = pt->tp, .m = pt->micro_batches,
+                             .zero = pt->zero, .sp = gpt && pt->tp > 1 ? pt->sp : -1,
+                             .order = i, .bubble = -1, .schedule = pt->schedule,
+                             .v = pt->virtual_stages > 1 ? pt->virtual_stages : 1,
+                             .planned = 1, .pt = *pt};
+        }
+        free(points);
+    } else {
+        sweep(devices, gpt, units, sched, n_sched, mbs, n_mbs, zeros, n_zeros, cs);
+    }
     tm_outfile *html = NULL;
     if (report_path != NULL && tm_outfile_open(&html, report_path) != TM_OK) {
         fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
@@ -655,6 +718,11 @@ int main(int argc, char **argv)
         cfg.micro_batches = c->m;
         cfg.zero = c->zero;
         if (c->sp == 1) cfg.model = &nets[1];
+        if (c->planned) {
+            cfg = tm_plan_config(&req, &c->pt);
+            cfg.ctx = &c->step_s;
+            cfg.on_step = on_plan_step;
+        }
         if (base.batch % (c->dp * c->m) != 0) {
             c->how = SKIP_BATCH;
         } else if (tm_train_check(&cfg, &train) != TM_OK) {
@@ -666,6 +734,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_strategies: dp %d pp %d tp %d %s m %d zero %d%s failed: %s\n",
                     c->dp, c->pp, c->tp, sname, c->m, c->zero, c->sp == 1 ? " sp" : "", error);
         }
+        /* The planner's measure: step TM_PLAN_STEP's modeled time. */
+        if (c->planned && c->how == RAN && c->step_s > 0) c->modeled_sps = base.batch / c->step_s;
         counts[c->how]++;
     }
     double wall = now() - t0;
@@ -693,16 +763,21 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "%s", model);
     if (csv) {
         printf("dp,pp,tp,schedule,micro_batches,sp,modeled_samples_per_s,wall_samples_per_s,"
-               "bubble,comm_bytes_per_device,peak_bytes_per_device,fits%s\n",
-               zero_given ? ",zero" : "");
+               "bubble,comm_bytes_per_device,peak_bytes_per_device,fits%s%s\n",
+               zero_given ? ",zero" : "", planner ? ",config" : "");
     } else {
-        printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic data, "
-               "--recompute %s, --offload %s, --precision %s\n"
-               "# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
-               devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
-               tm_offload_name(base.offload), tm_precision_name(base.precision),
-               clk->device_gflops, clk->device_gbps,
-               clk->link_gbps, clk->link_latency_us);
+        if (planner)
+            printf("# %d devices, model %s, batch %d, the planner's space (%d steps each, ranked "
+                   "by step %d as build/plan ranks), synthetic data, --precision %s\n",
+                   devices, name, base.batch, TM_PLAN_STEP, TM_PLAN_STEP,
+                   tm_precision_name(base.precision));
+        else
+            printf("# %d devices, model %s, batch %d, %ld steps per configuration, synthetic "
+                   "data, --recompute %s, --offload %s, --precision %s\n",
+                   devices, name, base.batch, base.max_steps, tm_recompute_name(recompute),
+                   tm_offload_name(base.offload), tm_precision_name(base.precision));
+        printf("# modeled clock: %g GFLOP/s and %g GB/s per device, links %g GB/s + %g us",
+               clk->device_gflops, clk->device_gbps, clk->link_gbps, clk->link_latency_us);
         if (clk->devices_per_node > 0)
             printf(", %d devices per node, %g GB/s + %g us between nodes", clk->devices_per_node,
                    clk->inter_node_gbps, clk->inter_node_latency_us);
@@ -712,8 +787,8 @@ int main(int argc, char **argv)
                "peak; fits = runs in %s per device\n", capb);
         printf("%3s %3s %3s  %-19s %4s %3s", "dp", "pp", "tp", "schedule", "mb", "sp");
         if (zero_given) printf(" %4s", "zero");
-        printf(" %14s %11s %7s %13s %11s  %s\n", "modeled_sps", "wall_sps", "bubble",
-               "comm/dev/step", "peak/dev", "fits");
+        printf(" %14s %11s %7s %13s %11s  %s%s\n", "modeled_sps", "wall_sps", "bubble",
+               "comm/dev/step", "peak/dev", "fits", planner ? "  config" : "");
     }
     for (int i = 0; i < ran; i++) print_row(&cs[i], csv, zero_given);
     FILE *foot = csv ? stderr : stdout;

@@ -49,8 +49,8 @@ typedef struct {
 int tm_arena_create(tm_arena **out, size_t capacity, int device);
 /* Frees the region; NULL is a no-op. */
 void tm_arena_destroy(tm_arena *arena);
-/* Touches every page so the first real use does not pay page faults; call
- * from the thread that will use the arena. */
+/* Asks for huge pages, then touches every page so the first real use does
+ * not pay page faults; call from the thread that will use the arena. */
 void tm_arena_prefault(tm_arena *arena);
 
 /* Returns a TM_ARENA_ALIGN-aligned block of at least `bytes` (0 allowed:

@@ -167,11 +167,12 @@ static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *
     if (send == recv) {
         void *copy;
         TM_CHECK(scratch(c, bytes, &copy));
-        memcpy(copy, send, bytes);
+        if (!tm_comm_dry()) memcpy(copy, send, bytes);
         mine = copy;
     }
     for (int j = 0; j < n; j++) {
         float sc = j == n - 1 ? scale : 1.0f;
+        if (j == r && tm_comm_dry()) continue;
         if (j == r) {
             if (j == 0)
                 for (size_t i = 0; i < count; i++) recv[i] = mine[i] * sc;
@@ -190,7 +191,7 @@ static int direct_allreduce(tm_comm *c, uint32_t seq, const float *send, float *
             s.reduce = 1;
         }
         TM_CHECK(tm__step_run(c, OP_ALLREDUCE, seq, &s, t));
-        if (j == 0 && sc != 1.0f)
+        if (j == 0 && sc != 1.0f && !tm_comm_dry())
             for (size_t i = 0; i < count; i++) recv[i] *= sc;
     }
     return TM_OK;
@@ -254,7 +255,7 @@ int tm_allreduce(tm_comm *c, const float *send, float *recv, size_t count, tm_re
     float scale = op == TM_AVG ? 1.0f / (float)n : 1.0f;
     size_t bytes = count * sizeof(float);
     if (n == 1) {
-        if (send != recv) memmove(recv, send, bytes);
+        if (send != recv && !tm_comm_dry()) memmove(recv, send, bytes);
         return TM_OK;
     }
     if (count == 0) return TM_OK;
@@ -276,7 +277,8 @@ static int ring_allgather(tm_comm *c, uint32_t seq, const void *send, void *recv
     int n = c->size, r = c->rank;
     uint8_t *out = recv;
     const uint8_t *in_place = out + (size_t)r * bytes;
-    if ((const uint8_t *)send != in_place) memmove(out + (size_t)r * bytes, send, bytes);
+    if ((const uint8_t *)send != in_place && !tm_comm_dry())
+        memmove(out + (size_t)r * bytes, send, bytes);
     if (n == 1) return TM_OK;
     step proto, s;
     TM_CHECK(ring_links(c, &proto));
@@ -318,7 +320,7 @@ int tm_reduce_scatter(tm_comm *c, const float *send, float *recv, size_t count, 
     int n = c->size, r = c->rank;
     float scale = op == TM_AVG ? 1.0f / (float)n : 1.0f;
     if (n == 1) {
-        if (send != recv) memmove(recv, send, count * sizeof(float));
+        if (send != recv && !tm_comm_dry()) memmove(recv, send, count * sizeof(float));
         return TM_OK;
     }
     step proto, s;

@@ -20,6 +20,16 @@ typedef enum {
     TM_ALGO_DIRECT, /* everyone sends to everyone, sums in rank order */
 } tm_allreduce_algo;
 
+/* Payload-free mode (a dry run, beside kernels/cost.h's tm_cost_set_dry):
+ * while the calling thread's switch is on, its collectives and
+ * point-to-point messages send their headers, stream their byte counts
+ * through the rings, charge the modeled clock and count their traffic
+ * exactly as usual, but neither copy nor sum the payloads, and the links
+ * it creates leave their rings untouched: output buffers keep whatever
+ * they held. For runs whose values nobody reads. Off by default. */
+void tm_comm_set_dry(int on);
+int tm_comm_dry(void);
+
 /* Process-wide override; the initial value comes from the environment
  * variable TM_ALLREDUCE (auto|ring|direct), default auto. */
 void tm_allreduce_set_algo(tm_allreduce_algo algo);

@@ -25,22 +25,6 @@ void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_mode
     }
 }
 
-void tm_plan_recipe(tm_train_config *c, int gpt)
-{
-    memset(c, 0, sizeof *c);
-    c->optimizer = gpt ? TM_OPT_ADAMW : TM_OPT_SGD;
-    c->lr = 1e-3;
-    c->momentum = 0.9;
-    c->beta1 = 0.9;
-    c->beta2 = gpt ? 0.99 : 0.999;
-    c->weight_decay = gpt ? 0.1 : 5e-4;
-    c->clip_grad = gpt ? 1.0 : 0;
-    c->lr_schedule = TM_LR_CONSTANT;
-    c->seed = 1;
-    c->shuffle = 1;
-    tm_clock_config_default(&c->clock);
-}
-
 tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *pt)
 {
     tm_train_config c = *req->recipe;
@@ -50,6 +34,7 @@ tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *
     c.tp = pt->tp;
     c.zero = pt->zero;
     c.schedule = pt->schedule;
+    c.virtual_stages = pt->virtual_stages;
     c.micro_batches = pt->micro_batches;
     c.precision = pt->precision;
     c.offload = pt->offload;
@@ -72,12 +57,37 @@ void tm_plan_flags(const tm_plan_point *pt, char *buf, size_t n)
     if (pt->micro_batches > 1) ADD(" --micro-batches %d", pt->micro_batches);
     if (pt->pp > 1 && pt->schedule != TM_SCHED_1F1B)
         ADD(" --schedule %s", tm_schedule_kind_name(pt->schedule));
+    if (pt->virtual_stages > 1) ADD(" --virtual-stages %d", pt->virtual_stages);
     if (pt->sp) ADD(" --sequence-parallel");
     if (pt->recompute != TM_RECOMPUTE_NONE) ADD(" --recompute %s", tm_recompute_name(pt->recompute));
     if (pt->zero > 0) ADD(" --zero %d", pt->zero);
     if (pt->precision != TM_PRECISION_FP32) ADD(" --precision %s", tm_precision_name(pt->precision));
     if (pt->offload != TM_OFFLOAD_NONE) ADD(" --offload optimizer");
 #undef ADD
+}
+
+/* Calls visit for every remedy of one mesh, micro-batch count and
+ * schedule (pt's settings from the mesh to the virtual stages): sequence
+ * parallelism, recomputation, ZeRO, precision, offload. */
+static int each_remedy(const tm_plan_request *req, tm_plan_point pt,
+                       int (*visit)(void *ctx, const tm_plan_point *pt), void *ctx)
+{
+    for (pt.sp = 0; pt.sp < (pt.tp > 1 ? 2 : 1); pt.sp++)
+        for (int r = 0; r < 3; r++) {
+            if (req->models[pt.sp][r] == NULL) continue;
+            pt.recompute = (tm_recompute)r;
+            for (pt.zero = 0; pt.zero < (pt.dp > 1 ? 4 : 1); pt.zero++)
+                for (int pr = 0; pr < 2; pr++) {
+                    if (!(req->precisions & (1 << pr))) continue;
+                    pt.precision = (tm_precision)pr;
+                    for (int o = 0; o < (req->host_mem_cap > 0 ? 2 : 1); o++) {
+                        pt.offload = o ? TM_OFFLOAD_OPTIMIZER : TM_OFFLOAD_NONE;
+                        int st = visit(ctx, &pt);
+                        if (st != 0) return st;
+                    }
+                }
+        }
+    return 0;
 }
 
 /* Calls visit for every point of the space on `devices` devices (before
@@ -95,23 +105,15 @@ static int each_point(const tm_plan_request *req, int devices,
                  * are powers of two or multiples of the stages. */
                 if (per % m != 0 || ((m & (m - 1)) != 0 && m % pp != 0)) continue;
                 for (int s = 0; s < (pp > 1 ? TM_SCHEDULE_KINDS : 1); s++) {
-                    tm_schedule_kind kind = pp > 1 ? (tm_schedule_kind)s : TM_SCHED_1F1B;
-                    for (int sp = 0; sp < (tp > 1 ? 2 : 1); sp++) {
-                        for (int r = 0; r < 3; r++) {
-                            if (req->models[sp][r] == NULL) continue;
-                            for (int z = 0; z < (dp > 1 ? 4 : 1); z++)
-                                for (int pr = 0; pr < 2; pr++) {
-                                    if (!(req->precisions & (1 << pr))) continue;
-                                    for (int o = 0; o < (req->host_mem_cap > 0 ? 2 : 1); o++) {
-                                        tm_plan_point pt = {
-                                            dp, pp, tp, m, z, sp, kind, (tm_recompute)r,
-                                            (tm_precision)pr,
-                                            o ? TM_OFFLOAD_OPTIMIZER : TM_OFFLOAD_NONE};
-                                        int st = visit(ctx, &pt);
-                                        if (st != 0) return st;
-                                    }
-                                }
-                        }
+                    /* Virtual stages: every count; tm_train_check keeps
+                     * those the schedule and the model allow. */
+                    for (int v = 1; v <= (pp > 1 ? TM_SCHEDULE_MAX_VIRTUAL : 1); v++) {
+                        tm_plan_point pt = {dp, pp, tp, m, 0, 0,
+                                            pp > 1 ? (tm_schedule_kind)s : TM_SCHED_1F1B,
+                                            TM_RECOMPUTE_NONE, TM_PRECISION_FP32,
+                                            TM_OFFLOAD_NONE, v};
+                        int st = each_remedy(req, pt, visit, ctx);
+                        if (st != 0) return st;
                     }
                 }
             }
@@ -122,7 +124,7 @@ static int each_point(const tm_plan_request *req, int devices,
 
 typedef struct {
     const tm_plan_request *req;
-    tm_plan_candidate *list;
+    tm_plan_point *list;
     int n, cap;
 } collect_ctx;
 
@@ -133,17 +135,26 @@ static int collect(void *ctx, const tm_plan_point *pt)
     if (tm_train_check(&cfg, c->req->train) != TM_OK) return 0;
     if (c->n == c->cap) {
         int cap = c->cap > 0 ? 2 * c->cap : 256;
-        tm_plan_candidate *l = realloc(c->list, sizeof *l * (size_t)cap);
+        tm_plan_point *l = realloc(c->list, sizeof *l * (size_t)cap);
         if (l == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the candidates");
         c->list = l;
         c->cap = cap;
     }
-    tm_plan_candidate *k = &c->list[c->n++];
-    memset(k, 0, sizeof *k);
-    k->pt = *pt;
-    k->order = c->n - 1;
-    k->bubble = -1;
+    c->list[c->n++] = *pt;
     return 0;
+}
+
+int tm_plan_points(const tm_plan_request *req, tm_plan_point **out, int *n)
+{
+    collect_ctx c = {req, NULL, 0, 0};
+    int st = each_point(req, req->devices, collect, &c);
+    if (st != TM_OK) {
+        free(c.list);
+        return st;
+    }
+    *out = c.list;
+    *n = c.n;
+    return TM_OK;
 }
 
 /* The predicted peaks of k, and whether it fits the caps. */
@@ -222,9 +233,24 @@ static int by_rank(const void *a, const void *b)
 
 int tm_plan_search(const tm_plan_request *req, tm_plan_candidate **out, int *n)
 {
-    collect_ctx c = {req, NULL, 0, 0};
-    int st = each_point(req, req->devices, collect, &c);
-    int fitting = 0;
+    tm_plan_point *points;
+    int n_points;
+    TM_CHECK(tm_plan_points(req, &points, &n_points));
+    struct {
+        tm_plan_candidate *list;
+        int n;
+    } c = {calloc(n_points > 0 ? (size_t)n_points : 1, sizeof(tm_plan_candidate)), n_points};
+    if (c.list == NULL) {
+        free(points);
+        return tm_error(TM_EHOSTMEM, "cannot allocate the candidates");
+    }
+    for (int i = 0; i < c.n; i++) {
+        c.list[i].pt = points[i];
+        c.list[i].order = i;
+        c.list[i].bubble = -1;
+    }
+    free(points);
+    int st = TM_OK, fitting = 0;
     for (int i = 0; st == TM_OK && i < c.n; i++) {
         st = predict(req, &c.list[i]);
         fitting += c.list[i].fits;

@@ -1,6 +1,6 @@
 /* The planner: every way to run one model on N devices (dp x tp x pp,
- * micro-batches, schedule, sequence parallelism, recomputation, ZeRO
- * stage, precision, optimizer offload), each candidate's peak memory per
+ * micro-batches, schedule and its virtual stages, sequence parallelism,
+ * recomputation, ZeRO stage, precision, optimizer offload), each candidate's peak memory per
  * device from the model's tables (tm_train_predict_memory) and, for those
  * that fit, its modeled step time from a dry run (tm_train_config.dry_run:
  * every kernel charges the modeled clock and computes nothing, so the
@@ -22,6 +22,8 @@ typedef struct {
     tm_recompute recompute;
     tm_precision precision;
     tm_offload_kind offload;
+    int virtual_stages;    /* interleaved-1f1b: chunks per device (0 or 1:
+                              one) */
 } tm_plan_point;
 
 typedef struct {
@@ -82,10 +84,13 @@ typedef struct {
 void tm_plan_models(tm_plan_request *req, tm_model variants[2][3], const tm_model *m,
                     const tm_model *m_sp);
 
-/* build/train's optimizer recipe for the model (its defaults: the MLP's
- * SGD with momentum, the GPT's AdamW with clipping at 1.0), seed 1,
- * shuffled, the default clock, into *c (zeroed first). */
-void tm_plan_recipe(tm_train_config *c, int gpt);
+/* Every point of the space that tm_train_check accepts on req->devices
+ * devices, in the enumeration's order (dp, tp, micro-batches, schedule,
+ * virtual stages, sequence parallelism, recomputation, ZeRO, precision,
+ * offload, each from its smallest), into a malloc'd array (*out, *n): the
+ * space tm_plan_search ranks, for a sweep that runs it all. TM_OK, or
+ * TM_EHOSTMEM with its message. */
+int tm_plan_points(const tm_plan_request *req, tm_plan_point **out, int *n);
 
 /* Every candidate that tm_train_check accepts, fitting or not, into a
  * malloc'd array (*out, *n): the dry-run ones first by throughput (highest
@@ -101,7 +106,8 @@ tm_train_config tm_plan_config(const tm_plan_request *req, const tm_plan_point *
 
 /* The build/train flags that run pt: the mesh ("--dp 1 --pp 2 --tp 4"),
  * then those of its settings that differ from build/train's defaults
- * ("--micro-batches 4 --schedule gpipe --zero 1 ..."). */
+ * ("--micro-batches 4 --schedule interleaved-1f1b --virtual-stages 2
+ * --zero 1 ..."). */
 void tm_plan_flags(const tm_plan_point *pt, char *buf, size_t n);
 
 /* Whether the model has a valid configuration (memory aside) on

@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "kernels/cost.h"
 #include "runtime/arena.h"
 #include "runtime/clock.h"
 #include "runtime/collectives.h"
@@ -46,8 +47,9 @@ static int create(tm_stage *s, tm_device *dev, tm_comm *tp_comm, const tm_model 
         s->opt_state[i] = tm_device_alloc(dev, bytes, TM_TAG_OPTIMIZER);
         if (s->opt_state[i] == NULL) return TM_ENOMEM;
         /* The optimizers initialise their state on step 1; zeros make a
-         * checkpoint taken before any step well defined. */
-        memset(s->opt_state[i], 0, bytes);
+         * checkpoint taken before any step well defined (a dry run has
+         * none). */
+        if (!tm_cost_dry()) memset(s->opt_state[i], 0, bytes);
     }
     return TM_OK;
 }
@@ -116,7 +118,7 @@ static void copy_shard(const tm_tensor *t, const tm_shard *s, float *f, float *h
 
 static void copy_all(const tm_stage *s, float *full, float *shard, int to_full, int write_shared)
 {
-    for (int i = 0; i < s->n; i++) {
+    for (int i = 0; i < s->n && !tm_cost_dry(); i++) {
         const tm_layer_plan *p = &s->layer[i];
         for (int k = 0; k < p->layer->n_tensors; k++) {
             const tm_shard *sh = &p->shard[k];
@@ -411,8 +413,11 @@ static size_t each_partial(const tm_stage *s, float *buf, int to_buf)
             const tm_shard *sh = &p->shard[k];
             if (!sh->owned || !sh->partial) continue;
             float *g = s->grads + sh->off;
-            if (buf != NULL && to_buf) memcpy(buf + n, g, sh->count * sizeof(float));
-            else if (buf != NULL) memcpy(g, buf + n, sh->count * sizeof(float));
+            /* A dry run moves nothing: only the count. */
+            if (buf != NULL && !tm_cost_dry()) {
+                if (to_buf) memcpy(buf + n, g, sh->count * sizeof(float));
+                else memcpy(g, buf + n, sh->count * sizeof(float));
+            }
             n += sh->count;
         }
     }

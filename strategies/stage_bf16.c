@@ -7,6 +7,7 @@
  * them fp32 copies: transient buffers as wide as the widest layer. */
 #include <string.h>
 
+#include "kernels/cost.h"
 #include "kernels/ops.h"
 #include "runtime/arena.h"
 #include "runtime/clock.h"
@@ -172,7 +173,8 @@ static int view_open(tm_stage *s, int bwd, const tm_layer_plan **p, tm_layer_ctx
         expand_bf16(s->dev, v->params + off, s->params16 + sh->off, sh->count);
         (void)tm_ops_map_bf16(v->params + off, s->params16 + sh->off, sh->count);
         if (bwd) {
-            memcpy(v->grads + off, s->grads + sh->off, sh->count * sizeof(float));
+            if (!tm_cost_dry())
+                memcpy(v->grads + off, s->grads + sh->off, sh->count * sizeof(float));
             tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
         }
         v->plan.shard[k].off = off;
@@ -191,7 +193,8 @@ static void view_close(tm_stage *s, host_view *v, int st)
     if (v->layer == NULL) return;
     for (int k = 0; st == TM_OK && v->grads != NULL && k < v->layer->layer->n_tensors; k++) {
         const tm_shard *sh = &v->layer->shard[k];
-        memcpy(s->grads + sh->off, v->grads + v->plan.shard[k].off, sh->count * sizeof(float));
+        if (!tm_cost_dry())
+            memcpy(s->grads + sh->off, v->grads + v->plan.shard[k].off, sh->count * sizeof(float));
         tm_clock_charge(s->dev, 0, 8.0 * (double)sh->count);
     }
     tm_ops_unmap_bf16();

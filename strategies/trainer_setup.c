@@ -295,6 +295,7 @@ int tm__train_setup(device *v)
     if (!cfg->dry_run) tm_gemm_thread_init();
     tm_cost_set_hook(charge, v->dev);
     tm_cost_set_dry(cfg->dry_run);
+    tm_comm_set_dry(cfg->dry_run);
     TM_CHECK(tm_mesh_create(v->dev, cfg->dp, cfg->pp, cfg->tp, &v->mesh));
     int p = v->mesh.p;
     v->is_first = p == 0;
@@ -434,6 +435,7 @@ void tm__train_teardown(device *v)
     tm_device_free(v->dev, v->targets);
     tm_cost_set_hook(NULL, NULL);
     tm_cost_set_dry(0);
+    tm_comm_set_dry(0);
     for (int c = 0; c < v->n_chunks; c++) tm_zero_destroy(v->zero[c]);
     if (v->offload != NULL) {
         tm_offload_stats(v->offload, &rep->host_memory);

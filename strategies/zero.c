@@ -111,20 +111,20 @@ static int build(tm_zero *z)
 static float *alloc_zeroed(tm_device *dev, size_t n, tm_tag tag)
 {
     float *p = tm_device_alloc(dev, n * sizeof(float), tag);
-    if (p != NULL) memset(p, 0, n * sizeof(float));
+    if (p != NULL && !tm_cost_dry()) memset(p, 0, n * sizeof(float));
     return p;
 }
 
 /* Device copies and sums between kernels charge the modeled clock. */
 static void copy(tm_device *dev, float *dst, const float *src, size_t n)
 {
-    memcpy(dst, src, n * sizeof(float));
+    if (!tm_cost_dry()) memcpy(dst, src, n * sizeof(float));
     tm_clock_charge(dev, 0, 8.0 * (double)n);
 }
 
 static void add(tm_device *dev, float *dst, const float *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+    for (size_t i = 0; i < (tm_cost_dry() ? 0 : n); i++) dst[i] += src[i];
     tm_clock_charge(dev, (double)n, 12.0 * (double)n);
 }
 
@@ -306,7 +306,7 @@ int tm_zero_create(tm_zero **out, tm_stage *s, tm_comm *dp_comm, int stage, int 
     if (stage == 3 && masters != NULL) {
         z->params16 = tm_device_alloc(s->dev, z->n_shard * sizeof(tm_bf16), TM_TAG_BF16);
         if (z->params16 == NULL) return TM_ENOMEM;
-        memset(z->params16, 0, z->n_shard * sizeof(tm_bf16));
+        if (!tm_cost_dry()) memset(z->params16, 0, z->n_shard * sizeof(tm_bf16));
     } else if (stage == 3 && (z->params = alloc_zeroed(s->dev, z->n_shard, TM_TAG_PARAM)) == NULL) {
         return TM_ENOMEM;
     }
@@ -347,7 +347,7 @@ void tm_zero_load(tm_zero *z, const float *params, float *const *state)
     for (int e = 0; e < z->n_ten; e++) {
         const chunk *t = &z->ten[e];
         size_t lo = (size_t)z->d * t->q;
-        if (t->real == 0) continue;
+        if (t->real == 0 || tm_cost_dry()) continue;
         if (z->params != NULL)
             memcpy(z->params + t->z, params + t->off + lo, t->real * sizeof(float));
         for (int i = 0; state != NULL && i < z->n_state; i++)
@@ -366,7 +366,7 @@ static int gather_to(tm_zero *z, const float *shard, const chunk *t, float *out)
     float *buf = tm_device_alloc(z->s->dev, (size_t)z->n_dp * t->q * sizeof(float), TM_TAG_COMM);
     if (buf == NULL) return TM_ENOMEM;
     int st = gather(z, t, shard, buf);
-    if (st == TM_OK && out != NULL) memcpy(out + t->off, buf, t->n * sizeof(float));
+    if (st == TM_OK && out != NULL && !tm_cost_dry()) memcpy(out + t->off, buf, t->n * sizeof(float));
     tm_device_free(z->s->dev, buf);
     return st;
 }
@@ -410,7 +410,7 @@ int tm_zero_bucket_ready(void *ctx, size_t off, size_t len)
         float *buf = tm_device_alloc(dev, whole * sizeof(float), TM_TAG_COMM);
         if (buf == NULL) return TM_ENOMEM;
         copy(dev, buf, z->s->grads + t->off, t->n);
-        memset(buf + t->n, 0, (whole - t->n) * sizeof(float));
+        if (!tm_cost_dry()) memset(buf + t->n, 0, (whole - t->n) * sizeof(float));
         float *mine = buf + (size_t)z->d * t->q;
         tm_clock_async(dev, 1);
         int st = tm_reduce_scatter(z->dp, buf, mine, t->q, TM_SUM);
@@ -431,7 +431,9 @@ static size_t each_partial(const tm_zero *z, float *buf, int to_buf)
         const chunk *t = &z->ten[e];
         if (!t->partial) continue;
         float *g = grad_chunk(z, t);
-        if (buf != NULL && to_buf) memcpy(buf + n, g, t->real * sizeof(float));
+        if (tm_cost_dry()) {
+            /* Nothing to move: only the count. */
+        } else if (buf != NULL && to_buf) memcpy(buf + n, g, t->real * sizeof(float));
         else if (buf != NULL) memcpy(g, buf + n, t->real * sizeof(float));
         n += t->real;
     }
@@ -497,7 +499,7 @@ static int gather_back(tm_zero *z, const chunk *t)
     } else {
         copy(dev, mine, param_chunk(z, t), t->real);
     }
-    memset(mine + t->real, 0, (t->q - t->real) * sizeof(float));
+    if (!tm_cost_dry()) memset(mine + t->real, 0, (t->q - t->real) * sizeof(float));
     int st = tm_allgather(z->dp, mine, buf, t->q);
     if (st == TM_OK && z->host_masters) {
         tm_f32_to_bf16(z->s->params16 + t->off, buf, t->n);

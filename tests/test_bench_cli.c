@@ -50,6 +50,41 @@ Test(bench_cli, bench_strategies_sweeps_zero_stages_where_dp_allows, .init = cli
     }
 }
 
+Test(bench_cli, bench_strategies_space_planner_runs_build_plans_candidates, .init = cli_setup,
+     .fini = cli_teardown, .timeout = 300)
+{
+    char first[1024], best[256];
+    const char *model = "--devices 2 --model 12,32,10 --batch 8 --mem-cap 1M --csv";
+    char args[256];
+    snprintf(args, sizeof args, "%s --space planner", model);
+    cr_assert_eq(cli_run("bench_strategies", args), 0);
+    int rows = cli_lines(cli_out, "--dp ", first, sizeof first);
+    cr_expect_eq(cli_lines(cli_out, "fits,config", first, sizeof first), 1, "%s", first);
+    cr_expect_eq(cli_lines(cli_out, ",no,", first, sizeof first), 0, "%s", first);
+    /* The first row (the best step 2) carries its flags last. */
+    cr_assert_eq(cli_lines(cli_out, NULL, first, sizeof first), rows + 1);
+    FILE *f = fopen(cli_out, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(first, sizeof first, f));
+    cr_assert_not_null(fgets(first, sizeof first, f));
+    fclose(f);
+    first[strcspn(first, "\n")] = '\0';
+    snprintf(best, sizeof best, "%s", strrchr(first, ',') + 1);
+    /* The same candidates, and the planner's first pick is that best. */
+    cr_assert_eq(cli_run("plan", model), 0);
+    cr_expect_eq(cli_lines(cli_out, "--dp ", first, sizeof first), rows);
+    f = fopen(cli_out, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(first, sizeof first, f));
+    cr_assert_not_null(fgets(first, sizeof first, f));
+    fclose(f);
+    cr_expect(strncmp(first, best, strlen(best)) == 0 && first[strlen(best)] == ',',
+              "bench_strategies' best %s, build/plan's pick %s", best, first);
+    cr_expect_eq(cli_run("bench_strategies", "--space planner --zero 1"), 2);
+    cr_expect_eq(cli_lines(cli_err, NULL, first, sizeof first), 1, "%s", first);
+    cr_expect_eq(cli_run("bench_strategies", "--space all"), 2);
+}
+
 Test(bench_cli, bench_strategies_bad_recompute_or_offload_is_one_line_and_status_2, .init = cli_setup,
      .fini = cli_teardown, .timeout = 60)
 {

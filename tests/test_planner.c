@@ -15,25 +15,19 @@
 #include "runtime/status.h"
 #include "strategies/data.h"
 #include "strategies/planner.h"
+#include "strategies/recipe.h"
 #include "strategies/trainer.h"
 #include "tests/cli.h"
 #include "tests/models.h"
 #include "tests/training.h"
 
-#define MLP "12,32,32,32,10"
 #define STEPS 3
 
 static void setup(void) { training_data_load(20000, 18000, 300, 32, 7, 512, 64, 1); }
 
 static void teardown(void) { training_data_free(); }
 
-typedef struct {
-    int gpt, dp, pp, tp, m, sp, zero;
-    tm_recompute recompute;
-    tm_schedule_kind schedule;
-    int offload;
-    tm_precision precision;
-} setup_t;
+typedef mesh_setup setup_t;
 
 /* Every step's modeled time, as on_step reports it. */
 typedef struct {
@@ -47,36 +41,10 @@ static void on_step(void *ctx, const tm_step_info *info)
     if (s->n < STEPS) s->step_s[s->n++] = info->modeled_step_s;
 }
 
-static tm_train_config config(const setup_t *s)
-{
-    tm_train_config c = {0};
-    const tm_model *m = s->gpt ? gpt_model_sp(4, 4, 32, 32, s->sp) : mlp_model(MLP, TM_ACT_GELU);
-    c.model = recomputed(m, s->recompute);
-    c.dp = s->dp;
-    c.pp = s->pp;
-    c.tp = s->tp;
-    c.zero = s->zero;
-    c.schedule = s->schedule;
-    c.epochs = 1;
-    c.max_steps = STEPS;
-    c.batch = s->gpt ? 16 : 64;
-    c.micro_batches = s->m;
-    adamw(&c, 1e-3, 0.1, 1.0);
-    c.lr_schedule = TM_LR_CONSTANT;
-    c.seed = 3;
-    c.shuffle = 1;
-    c.mem_cap = 64 << 20;
-    c.precision = s->precision;
-    if (s->offload) {
-        c.offload = TM_OFFLOAD_OPTIMIZER;
-        c.host_mem_cap = 64 << 20;
-    }
-    return c;
-}
 
 static void run(const setup_t *s, int dry, tm_train_result *r, steps_t *steps)
 {
-    tm_train_config c = config(s);
+    tm_train_config c = setup_config(s, STEPS);
     c.dry_run = dry;
     c.ctx = steps;
     c.on_step = on_step;
@@ -94,11 +62,12 @@ static void expect_dry_equals_real(const setup_t *s)
     steps_t real_steps, dry_steps;
     run(s, 0, &real, &real_steps);
     run(s, 1, &dry, &dry_steps);
-    char what[160];
-    snprintf(what, sizeof what, "%s dp %d pp %d tp %d m %d sp %d zero %d recompute %s %s%s%s",
+    char what[192];
+    snprintf(what, sizeof what, "%s dp %d pp %d tp %d m %d sp %d zero %d recompute %s %s v %d%s%s",
              s->gpt ? "gpt" : "mlp", s->dp, s->pp, s->tp, s->m, s->sp, s->zero,
              tm_recompute_name(s->recompute), tm_schedule_kind_name(s->schedule),
-             s->offload ? " offload" : "", s->precision == TM_PRECISION_BF16 ? " bf16" : "");
+             s->virtual_stages, s->offload ? " offload" : "",
+             s->precision == TM_PRECISION_BF16 ? " bf16" : "");
     for (int i = 0; i < STEPS; i++)
         cr_expect_eq(dry_steps.step_s[i], real_steps.step_s[i],
                      "%s step %d: dry %.17g s, real %.17g s", what, i + 1, dry_steps.step_s[i],
@@ -147,29 +116,33 @@ Test(dry_run, gpt_modeled_time_and_memory_equal_the_real_run, .init = setup, .fi
      .timeout = 600)
 {
     static const setup_t full[] = {
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 1, 1, 2, 0, 0, SEL, TM_SCHED_1F1B, 0, FP32},
-        {1, 1, 1, 2, 1, 1, 0, NONE, TM_SCHED_1F1B, 0, FP32},
-        {1, 1, 1, 4, 1, 0, 0, FULL, TM_SCHED_1F1B, 0, FP32},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0, FP32},
-        {1, 1, 2, 1, 4, 0, 0, SEL, TM_SCHED_1F1B, 0, FP32},
-        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, FP32},
-        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, FP32},
-        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, FP32},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, FP32},
-        {1, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 1, 1, 2, 0, 2, FULL, TM_SCHED_1F1B, 0, FP32},
-        {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 2, 2, 2, 0, 1, NONE, TM_SCHED_ZB_H1, 1, FP32},
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, FP32},
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, BF16},
-        {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, BF16},
-        {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_GPIPE, 1, BF16},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 2, 1, 1, 2, 0, 0, SEL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 1, 1, 2, 1, 1, 0, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 1, 1, 4, 1, 0, 0, FULL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0, FP32, 1},
+        {1, 1, 2, 1, 4, 0, 0, SEL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, FP32, 1},
+        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, FP32, 1},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, FP32, 1},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, FP32, 1},
+        {1, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 2, 1, 1, 2, 0, 2, FULL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 2, 2, 2, 2, 0, 1, NONE, TM_SCHED_ZB_H1, 1, FP32, 1},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, FP32, 1},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, BF16, 1},
+        {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, BF16, 1},
+        {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_GPIPE, 1, BF16, 1},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED_1F1B, 0, FP32, 2},
+        {1, 1, 2, 2, 2, 1, 0, FULL, TM_SCHED_INTERLEAVED_1F1B, 0, FP32, 2},
+        {1, 2, 2, 1, 2, 0, 1, SEL, TM_SCHED_INTERLEAVED_1F1B, 1, BF16, 2},
     };
     static const setup_t few[] = {
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, FP32},
-        {1, 2, 2, 1, 2, 0, 1, NONE, TM_SCHED_ZB_H1, 1, BF16},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, FP32, 1},
+        {1, 2, 2, 1, 2, 0, 1, NONE, TM_SCHED_ZB_H1, 1, BF16, 1},
+        {1, 2, 2, 1, 2, 0, 1, SEL, TM_SCHED_INTERLEAVED_1F1B, 1, BF16, 2},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -179,17 +152,18 @@ Test(dry_run, mlp_modeled_time_and_memory_equal_the_real_run, .init = setup, .fi
      .timeout = 600)
 {
     static const setup_t full[] = {
-        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32},
-        {0, 4, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, FP32},
-        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32},
-        {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, FP32},
-        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, FP32},
-        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, FP32},
-        {0, 2, 1, 1, 1, 0, 2, NONE, TM_SCHED_1F1B, 1, FP32},
-        {0, 2, 2, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0, BF16},
+        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {0, 4, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, FP32, 1},
+        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, FP32, 1},
+        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, FP32, 1},
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, FP32, 1},
+        {0, 2, 1, 1, 1, 0, 2, NONE, TM_SCHED_1F1B, 1, FP32, 1},
+        {0, 2, 2, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0, BF16, 1},
+        {0, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED_1F1B, 0, FP32, 2},
     };
     static const setup_t few[] = {
-        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 1, BF16},
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 1, BF16, 1},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -210,7 +184,8 @@ static void planner_request(planner_setup *p, const tm_model *m, const tm_model 
 {
     memset(p, 0, sizeof *p);
     tm_plan_models(&p->req, p->variants, m, m_sp);
-    tm_plan_recipe(&p->recipe, strcmp(m->family, "gpt") == 0);
+    tm_clock_config_default(&p->recipe.clock);
+    tm_train_recipe(&p->recipe, strcmp(m->family, "gpt") == 0);
     p->req.train = train;
     p->req.devices = devices;
     p->req.batch = batch;
@@ -230,7 +205,8 @@ Test(planner, first_pick_is_the_best_of_a_run_everything_sweep, .init = setup, .
 {
     planner_setup p;
     int devices = SANITIZED ? 2 : 4;
-    planner_request(&p, mlp_model(MLP, TM_ACT_GELU), NULL, &mlp_train, devices, 16, 8 << 20);
+    planner_request(&p, mlp_model(MESH_MLP, TM_ACT_GELU), NULL, &mlp_train, devices, 16,
+                    8 << 20);
     tm_plan_candidate *list;
     int n;
     cr_assert_eq(tm_plan_search(&p.req, &list, &n), TM_OK, "%s", tm_error_message());
@@ -297,6 +273,47 @@ Test(planner, a_tighter_cap_brings_in_a_memory_remedy, .init = setup, .fini = te
                 tight[0].peak);
     free(roomy);
     free(tight);
+}
+
+Test(planner, searches_every_virtual_stage_count_the_trainer_accepts, .init = setup,
+     .fini = teardown, .timeout = 600)
+{
+    /* 6 blocks on 2 devices: v = 2 and 3 cut them into 4 and 6 model
+     * stages; v = 4 would need 8 blocks. */
+    planner_setup p;
+    planner_request(&p, gpt_model_sp(6, 4, 32, 32, 0), NULL, &gpt_train, 2, 8, 64 << 20);
+    tm_plan_candidate *list;
+    int n, seen[TM_SCHEDULE_MAX_VIRTUAL + 1] = {0};
+    cr_assert_eq(tm_plan_search(&p.req, &list, &n), TM_OK, "%s", tm_error_message());
+    for (int i = 0; i < n; i++) {
+        const tm_plan_point *pt = &list[i].pt;
+        cr_assert(pt->virtual_stages >= 1 && pt->virtual_stages <= TM_SCHEDULE_MAX_VIRTUAL);
+        seen[pt->virtual_stages]++;
+        tm_train_config c = tm_plan_config(&p.req, pt);
+        cr_expect_eq(tm_train_check(&c, &gpt_train), TM_OK);
+        char flags[256], want[64];
+        tm_plan_flags(pt, flags, sizeof flags);
+        snprintf(want, sizeof want, "--virtual-stages %d", pt->virtual_stages);
+        cr_expect_eq(strstr(flags, want) != NULL, pt->virtual_stages > 1, "%s", flags);
+        if (pt->virtual_stages > 1) cr_expect_eq(pt->schedule, TM_SCHED_INTERLEAVED_1F1B);
+        if (pt->virtual_stages > 1 && list[i].fits && !list[i].dominated) {
+            /* Its dry run's step is a real run's. */
+            double step = 0;
+            c.ctx = &step;
+            c.on_step = step_of;
+            tm_train_result r;
+            char err[2048];
+            cr_assert_eq(tm_train(&c, &gpt_train, &gpt_test, &r, err, sizeof err), TM_OK, "%s",
+                         err);
+            tm_train_result_free(&r);
+            cr_expect_eq(step, list[i].step_s, "%s: real %.17g s, predicted %.17g s", flags,
+                         step, list[i].step_s);
+        }
+    }
+    cr_expect_gt(seen[2], 0);
+    cr_expect_gt(seen[3], 0);
+    for (int v = 4; v <= TM_SCHEDULE_MAX_VIRTUAL; v++) cr_expect_eq(seen[v], 0, "v %d", v);
+    free(list);
 }
 
 /* build/plan from the outside. */

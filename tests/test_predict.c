@@ -22,7 +22,6 @@
 #include "tests/models.h"
 #include "tests/training.h"
 
-#define MLP "12,32,32,32,10"
 /* Groups a device belongs to that may keep a small-message copy: its
  * data-parallel, tensor-parallel and tied-embedding groups. */
 #define GROUPS 3
@@ -32,45 +31,13 @@ static void setup(void) { training_data_load(20000, 18000, 300, 32, 7, 512, 64, 
 
 static void teardown(void) { training_data_free(); }
 
-typedef struct {
-    int gpt, dp, pp, tp, m, sp, zero;
-    tm_recompute recompute;
-    tm_schedule_kind schedule;
-    int offload;
-    tm_precision precision;
-} setup_t;
+typedef mesh_setup setup_t;
 
-static tm_train_config config(const setup_t *s)
-{
-    tm_train_config c = {0};
-    const tm_model *m = s->gpt ? gpt_model_sp(4, 4, 32, 32, s->sp) : mlp_model(MLP, TM_ACT_GELU);
-    c.model = recomputed(m, s->recompute);
-    c.dp = s->dp;
-    c.pp = s->pp;
-    c.tp = s->tp;
-    c.zero = s->zero;
-    c.schedule = s->schedule;
-    c.epochs = 1;
-    c.max_steps = 2;
-    c.batch = s->gpt ? 16 : 64;
-    c.micro_batches = s->m;
-    adamw(&c, 1e-3, 0.1, 1.0);
-    c.lr_schedule = TM_LR_CONSTANT;
-    c.seed = 3;
-    c.shuffle = 1;
-    c.mem_cap = 64 << 20;
-    c.precision = s->precision;
-    if (s->offload) {
-        c.offload = TM_OFFLOAD_OPTIMIZER;
-        c.host_mem_cap = 64 << 20;
-    }
-    return c;
-}
 
 /* v: virtual stages (interleaved-1f1b), 0 for none. */
 static void expect_predicted(const setup_t *s, int v)
 {
-    tm_train_config c = config(s);
+    tm_train_config c = setup_config(s, 2);
     c.virtual_stages = v;
     const tm_data *train = s->gpt ? &gpt_train : &mlp_train;
     const tm_data *test = s->gpt ? &gpt_test : &mlp_test;
@@ -119,36 +86,36 @@ static void expect_all(const setup_t *list, int n)
 Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, TM_PRECISION_FP32},
-        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, TM_PRECISION_FP32},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, TM_PRECISION_FP32},
-        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
-        {1, 2, 2, 2, 4, 1, 1, SEL, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
-        {1, 1, 4, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_FP32},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32},
-        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_FP32}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
-        {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
-        {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_BF16},
-        {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
-        {1, 2, 2, 2, 2, 1, 0, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
-        {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_BF16},
-        {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
-        {1, 2, 1, 2, 2, 1, 1, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
-        {1, 2, 2, 1, 2, 0, 2, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
+        {1, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {1, 1, 1, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 1, 1, 1, 0, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},  {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {1, 2, 1, 1, 2, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 1, 1, 1, 0, 2, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {1, 1, 1, 4, 1, 1, 0, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32, 0}, {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_GROUPED, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 2, 1, 2, 0, 0, NONE, TM_SCHED_SEQUENTIAL, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_INTERLEAVED, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 2, 1, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 2, 4, 1, 1, SEL, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 4, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},  {1, 2, 2, 2, 4, 0, 1, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_FP32, 0}, {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 2, 2, 1, 1, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32, 0},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_BF16, 0},
+        {1, 2, 1, 2, 1, 1, 1, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_BF16, 0},
+        {1, 2, 2, 1, 2, 0, 3, FULL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
+        {1, 2, 2, 2, 2, 1, 0, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
+        {1, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_ZB_H1, 1, TM_PRECISION_BF16, 0},
+        {1, 4, 1, 1, 1, 0, 3, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
+        {1, 2, 1, 2, 2, 1, 1, SEL, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
+        {1, 2, 2, 1, 2, 0, 2, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16, 0},
     };
     static const setup_t few[] = {
-        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {1, 1, 2, 2, 4, 1, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
-        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {1, 1, 1, 1, 2, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 2, 2, 1, 3, SEL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 2, 2, 4, 1, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32, 0},
+        {1, 1, 1, 1, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -157,19 +124,19 @@ Test(predict, gpt_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeo
 Test(predict, mlp_every_remedy_and_mesh, .init = setup, .fini = teardown, .timeout = 600)
 {
     static const setup_t full[] = {
-        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
-        {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32},
-        {0, 1, 2, 2, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32},
-        {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16},
-        {0, 2, 2, 2, 2, 0, 0, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16},
-        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16},
+        {0, 1, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {0, 1, 1, 1, 4, 0, 0, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {0, 2, 1, 1, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {0, 2, 1, 1, 1, 0, 1, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {0, 2, 1, 1, 1, 0, 3, FULL, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {0, 1, 1, 2, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}, {0, 1, 4, 1, 4, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {0, 1, 2, 1, 4, 0, 0, FULL, TM_SCHED_GPIPE, 0, TM_PRECISION_FP32, 0}, {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
+        {0, 1, 2, 2, 2, 0, 0, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_FP32, 0},
+        {0, 1, 2, 2, 4, 0, 0, NONE, TM_SCHED_ZB_H1, 0, TM_PRECISION_FP32, 0},
+        {0, 2, 2, 1, 2, 0, 2, NONE, TM_SCHED_GPIPE, 0, TM_PRECISION_BF16, 0},
+        {0, 2, 2, 2, 2, 0, 0, FULL, TM_SCHED_GPIPE, 1, TM_PRECISION_BF16, 0},
+        {0, 4, 1, 1, 2, 0, 2, NONE, TM_SCHED_1F1B, 1, TM_PRECISION_BF16, 0},
     };
     static const setup_t few[] = {
-        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32},
+        {0, 2, 2, 2, 2, 0, 3, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0},
     };
     if (SANITIZED) expect_all(few, sizeof few / sizeof few[0]);
     else expect_all(full, sizeof full / sizeof full[0]);
@@ -181,14 +148,14 @@ Test(predict, virtual_stages_under_every_remedy, .init = setup, .fini = teardown
 {
 #define IL TM_SCHED_INTERLEAVED_1F1B
     static const setup_t full[] = {
-        {1, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32},
-        {1, 2, 2, 2, 2, 1, 1, SEL, IL, 0, TM_PRECISION_FP32},
-        {1, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_FP32},
-        {1, 2, 2, 1, 2, 0, 3, FULL, IL, 1, TM_PRECISION_BF16},
-        {1, 1, 2, 2, 4, 0, 0, FULL, IL, 1, TM_PRECISION_BF16},
-        {0, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32},
-        {0, 2, 2, 2, 2, 0, 3, NONE, IL, 1, TM_PRECISION_FP32},
-        {0, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_BF16},
+        {1, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 2, 2, 1, 1, SEL, IL, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_FP32, 0},
+        {1, 2, 2, 1, 2, 0, 3, FULL, IL, 1, TM_PRECISION_BF16, 0},
+        {1, 1, 2, 2, 4, 0, 0, FULL, IL, 1, TM_PRECISION_BF16, 0},
+        {0, 1, 2, 1, 4, 0, 0, NONE, IL, 0, TM_PRECISION_FP32, 0},
+        {0, 2, 2, 2, 2, 0, 3, NONE, IL, 1, TM_PRECISION_FP32, 0},
+        {0, 2, 2, 1, 2, 0, 2, NONE, IL, 0, TM_PRECISION_BF16, 0},
     };
 #undef IL
     int n = SANITIZED ? 2 : (int)(sizeof full / sizeof full[0]);
@@ -197,8 +164,8 @@ Test(predict, virtual_stages_under_every_remedy, .init = setup, .fini = teardown
 
 Test(predict, bad_configuration_is_refused_like_tm_train_check, .init = setup, .fini = teardown)
 {
-    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32}; /* 4 heads over tp 3 */
-    tm_train_config c = config(&s);
+    setup_t s = {1, 1, 1, 3, 1, 0, 0, NONE, TM_SCHED_1F1B, 0, TM_PRECISION_FP32, 0}; /* 4 heads over tp 3 */
+    tm_train_config c = setup_config(&s, 2);
     tm_memory_prediction pred[3];
     cr_expect_eq(tm_train_predict_memory(&c, &gpt_train, pred), TM_EINVAL);
     cr_expect(strstr(tm_error_message(), "--tp") != NULL, "%s", tm_error_message());

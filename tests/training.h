@@ -1,8 +1,8 @@
 /* What the training suites share: whether the build is sanitized (the
  * suites then run fewer, shorter configurations), the synthetic data they
  * train on (a text corpus for the GPT, images for the MLP; each suite sizes
- * its own), a recorder of every step's loss, a run on that data, and the
- * common AdamW recipe.
+ * its own), a recorder of every step's loss, a run on that data, the
+ * common AdamW recipe and the predict and planner suites' configurations.
  * The data are file-scope, one set per suite, loaded by its .init. */
 #ifndef TM_TEST_TRAINING_H
 #define TM_TEST_TRAINING_H
@@ -17,6 +17,7 @@
 #include "strategies/data.h"
 #include "strategies/idx.h"
 #include "strategies/trainer.h"
+#include "tests/models.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SANITIZED 1
@@ -97,6 +98,52 @@ static inline void adamw(tm_train_config *c, double lr, double wd, double clip)
     c->beta2 = 0.99;
     c->weight_decay = wd;
     c->clip_grad = clip;
+}
+
+/* One configuration of the predict and planner suites: the GPT (L 4, H 4,
+ * C 32, T 32, batch 16) or the MLP MESH_MLP (batch 64), a mesh and its
+ * remedies. */
+#define MESH_MLP "12,32,32,32,10"
+
+typedef struct {
+    int gpt, dp, pp, tp, m, sp, zero;
+    tm_recompute recompute;
+    tm_schedule_kind schedule;
+    int offload;
+    tm_precision precision;
+    int virtual_stages;    /* 0 or 1: none */
+} mesh_setup;
+
+/* Its run of `steps` steps: AdamW (lr 1e-3, decay 0.1, clipping at 1.0)
+ * at a constant rate, seed 3, shuffled, 64 MiB devices (and 64 MiB of
+ * host memory each under offload). */
+static inline tm_train_config setup_config(const mesh_setup *s, long steps)
+{
+    tm_train_config c = {0};
+    const tm_model *m =
+        s->gpt ? gpt_model_sp(4, 4, 32, 32, s->sp) : mlp_model(MESH_MLP, TM_ACT_GELU);
+    c.model = recomputed(m, s->recompute);
+    c.dp = s->dp;
+    c.pp = s->pp;
+    c.tp = s->tp;
+    c.zero = s->zero;
+    c.schedule = s->schedule;
+    c.virtual_stages = s->virtual_stages;
+    c.epochs = 1;
+    c.max_steps = steps;
+    c.batch = s->gpt ? 16 : 64;
+    c.micro_batches = s->m;
+    adamw(&c, 1e-3, 0.1, 1.0);
+    c.lr_schedule = TM_LR_CONSTANT;
+    c.seed = 3;
+    c.shuffle = 1;
+    c.mem_cap = 64 << 20;
+    c.precision = s->precision;
+    if (s->offload) {
+        c.offload = TM_OFFLOAD_OPTIMIZER;
+        c.host_mem_cap = 64 << 20;
+    }
+    return c;
 }
 
 /* The recompute and precision suites' runs: AdamW (lr 3e-3, decay 0.1,
