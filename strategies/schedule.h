@@ -209,9 +209,10 @@ typedef enum {
     TM_SCHED_INTERLEAVED,
     TM_SCHED_ZB_H1,
     TM_SCHED_INTERLEAVED_1F1B,
+    TM_SCHED_ZB_H2,
 } tm_schedule_kind;
 
-#define TM_SCHEDULE_KINDS 7
+#define TM_SCHEDULE_KINDS 8
 /* Limits that keep every list small and every count in an int. */
 #define TM_SCHEDULE_MAX_PP 1024
 #define TM_SCHEDULE_MAX_MB 65536
