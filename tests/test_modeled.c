@@ -208,15 +208,18 @@ static void pass_times(const tm_train_result *r, int pp, int m, double *fwd, dou
  * busiest stage's sum in the makespan, and each stage's busy time (the
  * first stage copies the input in, the last computes the loss: equal
  * layers make nearly equal stages). And 1F1B's bubble on the same run
- * over two. */
-Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
+ * over two. ZB-H2 against the same formula: at the equal F, B and W of
+ * these stages it reaches ZB-H1's makespan (tm_schedule_bubble_theory),
+ * no less. */
+static void zero_bubble_matches_its_formula(tm_schedule_kind kind)
 {
+    const char *name = tm_schedule_kind_name(kind);
     make_data(8 * MAX_MB * 2, 16, 16);
     int pps[] = {2, 4}, ms[] = {4, 8, 16};
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 3; b++) {
             int p = pps[a], m = ms[b];
-            tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, TM_SCHED_ZB_H1);
+            tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, kind);
             free_links(&c);
             tm_train_result r, one;
             train_ok(&c, &r);
@@ -233,20 +236,30 @@ Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
             double eq = tm_schedule_zb_h1_bubble(p, m, f, bb, w);
             double idle = eq / (1 - eq) * m * (f + bb + w);
             double theory = 1 - busy / (p * (most + idle));
-            cr_log_info("zb-h1 p=%d m=%d: F %.3g B %.3g W %.3g ms, bubble %.4f, formula %.4f "
-                        "(equal stages: %.4f)", p, m, 1e3 * f, 1e3 * bb, 1e3 * w, r.bubble,
+            cr_log_info("%s p=%d m=%d: F %.3g B %.3g W %.3g ms, bubble %.4f, formula %.4f "
+                        "(equal stages: %.4f)", name, p, m, 1e3 * f, 1e3 * bb, 1e3 * w, r.bubble,
                         theory, eq);
             cr_expect(fabs(r.bubble - theory) <= 0.1 * theory,
-                      "zb-h1 p=%d m=%d: bubble %.4f, formula %.4f", p, m, r.bubble, theory);
+                      "%s p=%d m=%d: bubble %.4f, formula %.4f", name, p, m, r.bubble, theory);
             c.schedule = TM_SCHED_1F1B;
             train_ok(&c, &one);
             cr_log_info("1f1b p=%d m=%d: bubble %.4f", p, m, one.bubble);
-            cr_expect_lt(r.bubble, 0.5 * one.bubble, "zb-h1 p=%d m=%d: %.4f, 1f1b %.4f", p, m,
-                         r.bubble, one.bubble);
+            cr_expect_lt(r.bubble, 0.5 * one.bubble, "%s p=%d m=%d: %.4f, 1f1b %.4f", name, p,
+                         m, r.bubble, one.bubble);
             tm_train_result_free(&r);
             tm_train_result_free(&one);
         }
     free_data();
+}
+
+Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
+{
+    zero_bubble_matches_its_formula(TM_SCHED_ZB_H1);
+}
+
+Test(modeled, zb_h2_bubble_matches_its_formula, .timeout = 300)
+{
+    zero_bubble_matches_its_formula(TM_SCHED_ZB_H2);
 }
 
 Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
