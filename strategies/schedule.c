@@ -190,11 +190,12 @@ static int zb_h2_bound(int p, int m)
  * in a fixed order, a warm-up of w = zb_h2_warmup forwards, then B(i)
  * followed by F(w+i) while there are forwards; at each step a stage runs
  * the next of them if its input is there (and, for a forward, fewer than
- * w micro-batches are held: their W not run), else its oldest W not yet
- * run, else it waits. So the W's fill exactly what would be idle, the
- * tail's W's wait until the backwards have gone down, and no stage holds
- * more than w. Returns the time the last pass ends, or -1 without host
- * memory. */
+ * zb_h2_bound micro-batches are held: their W not run), else its oldest W
+ * not yet run, else it waits (never for ever: a stage at the bound has a
+ * W to run, as its forwards lead its backwards by less than w). So the W's
+ * fill exactly what would be idle, the tail's W's wait until the
+ * backwards have gone down, and no stage holds more than the bound.
+ * Returns the time the last pass ends, or -1 without host memory. */
 static int passes_zb_h2(pass *ps, int *at, int p, int m)
 {
     const int unset = -1;
