@@ -79,9 +79,10 @@ typedef struct {
 /* The schedules. Each is described by its ramp-up / main / ramp-down phases
  * and its activation-memory bound: the most micro-batches whose FWD has run
  * and whose BWD has not, on stage s (tm_schedule_in_flight_bound). Except
- * grouped, zb-h2 and interleaved-1f1b with v > 1, every schedule sends each message as soon as the pass producing
- * it ends and receives it just before the pass needing it; a send followed
- * by a receive from the same neighbour becomes one combined action. The
+ * grouped, zb-h2 and interleaved-1f1b with v > 1, every schedule sends
+ * each message as soon as the pass producing it ends and receives it just
+ * before the pass needing it; a send followed by a receive from the same
+ * neighbour becomes one combined action. The
  * bubbles quoted are for equal stages and free messages, as the simulator
  * measures them (the tests check each).
  *
