@@ -82,9 +82,9 @@ typedef struct {
  * grouped, zb-h2 and interleaved-1f1b with v > 1, every schedule sends
  * each message as soon as the pass producing it ends and receives it just
  * before the pass needing it; a send followed by a receive from the same
- * neighbour becomes one combined action. The
- * bubbles quoted are for equal stages and free messages, as the simulator
- * measures them (the tests check each).
+ * neighbour becomes one combined action. The bubbles quoted are for equal
+ * stages and free messages, as the simulator measures them (the tests
+ * check each).
  *
  * SEQUENTIAL — one micro-batch in the whole pipeline at a time: every stage
  *   runs F0 B0 F1 B1 ..., and F(i+1) on the first stage waits for B(i) to
