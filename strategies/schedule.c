@@ -213,9 +213,11 @@ static int passes_zb_h2(pass *ps, int *at, int p, int m)
             if (fwd) {
                 int in = s == 0 ? 0 : fend[(size_t)(s - 1) * m + *nf];
                 ready = in != unset && in <= t && *nf - *nw < zb_h2_bound(p, m);
-            } else {
+            } else if (*nb < m) {
                 int in = s == p - 1 ? fend[(size_t)s * m + *nb] : bend[(size_t)(s + 1) * m + *nb];
-                ready = *nb < m && in != unset && in <= t;
+                ready = in != unset && in <= t;
+            } else {
+                ready = 0;
             }
             size_t k = (size_t)s * 3 * m + *n;
             if (ready && fwd) {
