@@ -262,6 +262,43 @@ Test(modeled, zb_h2_bubble_matches_its_formula, .timeout = 300)
     zero_bubble_matches_its_formula(TM_SCHED_ZB_H2);
 }
 
+/* The bubble's span runs to the last F, B or W of any stage: the
+ * timeline's makespan is its latest pass's end, and the run's bubble (from
+ * each device's clock, the latest stage's end) is the timeline's (from
+ * the recorded passes) for a one-step run. Under zb-h2 and zb-h1 the last
+ * stage's deferred W's may end after stage 0's list. */
+Test(modeled, bubble_span_runs_to_the_last_pass_of_any_stage, .timeout = 300)
+{
+    make_data(8 * 8 * 2, 16, 16);
+    static const tm_schedule_kind kinds[] = {TM_SCHED_1F1B, TM_SCHED_ZB_H1, TM_SCHED_ZB_H2};
+    for (int k = 0; k < 3; k++)
+        for (int p = 2; p <= 4; p += 2) {
+            const char *name = tm_schedule_kind_name(kinds[k]);
+            tm_train_config c = config("16,256,256,256,256,1024,16", 1, p, 1, 64, 8, kinds[k]);
+            free_links(&c);
+            tm_train_result r;
+            train_ok(&c, &r);
+            double last = 0, first_stage_last = 0;
+            for (int i = 0; i < r.n_timeline; i++) {
+                if (r.timeline[i].end > last) last = r.timeline[i].end;
+                if (r.timeline[i].stage == 0 && r.timeline[i].end > first_stage_last)
+                    first_stage_last = r.timeline[i].end;
+            }
+            cr_expect_eq(r.timeline_makespan, last, "%s p=%d", name, p);
+            double tl = tm_schedule_bubble(r.timeline, r.n_timeline, p, r.timeline_makespan);
+            cr_log_info("%s p=%d: bubble %.6f, timeline's %.6f; stage 0 ends %.6g of %.6g s",
+                        name, p, r.bubble, tl, first_stage_last, last);
+            cr_expect(fabs(r.bubble - tl) <= 1e-9, "%s p=%d: bubble %.6f, timeline's %.6f", name,
+                      p, r.bubble, tl);
+            /* The wide last layer's W ends the zero-bubble steps on the
+             * last stage: the case a span to stage 0's list cut short. */
+            if (kinds[k] != TM_SCHED_1F1B)
+                cr_expect_lt(first_stage_last, last, "%s p=%d", name, p);
+            tm_train_result_free(&r);
+        }
+    free_data();
+}
+
 Test(modeled, every_schedule_runs_as_the_simulator_predicts, .timeout = 300)
 {
     /* Smaller layers than UNIFORM: the comparison uses each stage's own
