@@ -290,8 +290,8 @@ Test(modeled, bubble_span_runs_to_the_last_pass_of_any_stage, .timeout = 300)
                         name, p, r.bubble, tl, first_stage_last, last);
             cr_expect(fabs(r.bubble - tl) <= 1e-9, "%s p=%d: bubble %.6f, timeline's %.6f", name,
                       p, r.bubble, tl);
-            /* The wide last layer's W ends the zero-bubble steps on the
-             * last stage: the case a span to stage 0's list cut short. */
+            /* Here the zero-bubble steps end on the last stage (its
+             * deferred W's): the case a span to stage 0's list cut short. */
             if (kinds[k] != TM_SCHED_1F1B)
                 cr_expect_lt(first_stage_last, last, "%s p=%d", name, p);
             tm_train_result_free(&r);
