@@ -65,7 +65,7 @@ static const char usage_head[] =
     "                        else the fp32 kernels on the rounded operands (fp32)\n"
     "  --devices N           must equal dp x pp x tp when given\n"
     "  --schedule S          sequential | gpipe | 1f1b | grouped | interleaved | zb-h1 |\n"
-    "                        interleaved-1f1b (1f1b)\n"
+    "                        zb-h2 | interleaved-1f1b (1f1b)\n"
     "  --virtual-stages V    interleaved-1f1b: V chunks of layers per device, chunk c\n"
     "                        of device p being model stage c x pp + p; micro-batches\n"
     "                        a multiple of pp (1)\n"
@@ -482,9 +482,9 @@ int main(int argc, char **argv)
         case O_SCHEDULE:
             if (tm_schedule_kind_parse(optarg, &cfg.schedule) != 0)
                 tm_cli_die(
-                     "--schedule is sequential, gpipe, 1f1b, grouped, interleaved, zb-h1 or "
-                     "interleaved-1f1b, not \"%s\"",
-                     optarg);
+                    "--schedule is sequential, gpipe, 1f1b, grouped, interleaved, zb-h1, zb-h2 "
+                    "or interleaved-1f1b, not \"%s\"",
+                    optarg);
             break;
         case O_VIRTUAL:
             cfg.virtual_stages =

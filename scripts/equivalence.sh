@@ -183,7 +183,10 @@ mlp_meshes='1 1 1 1f1b 1
 1 3 1 zb-h1 4
 1 2 2 zb-h1 4
 2 2 2 zb-h1 4
-2 3 1 zb-h1 4'
+2 3 1 zb-h1 4
+1 2 1 zb-h2 4
+1 3 1 zb-h2 8
+2 2 2 zb-h2 4'
 gpt_meshes='1 1 1 1f1b 1 0
 1 1 1 1f1b 4 0
 2 1 1 1f1b 1 0
@@ -216,6 +219,9 @@ gpt_meshes='1 1 1 1f1b 1 0
 1 2 2 zb-h1 4 1
 2 2 2 zb-h1 4 1
 2 4 1 zb-h1 4 0
+1 2 1 zb-h2 4 0
+1 4 1 zb-h2 8 0
+2 2 2 zb-h2 4 1
 1 2 1 interleaved-1f1b 4 0 2
 2 2 1 interleaved-1f1b 2 0 2
 1 2 2 interleaved-1f1b 4 1 2

@@ -105,7 +105,7 @@ static void rows_chart(FILE *f, const tm_sweep_info *info, const tm_sweep_row *r
                "memory per device</text>", RL, RL + TW + 40);
     static const char *names[TM_SCHEDULE_KINDS + 1] = {
         "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1", "interleaved-1f1b",
-        "no pipeline"};
+        "zb-h2", "no pipeline"};
     double x = RL;
     for (int k = 0; k <= TM_SCHEDULE_KINDS; k++) {
         fprintf(f, "<rect class=\"s%d\" x=\"%.1f\" y=\"42\" width=\"10\" height=\"10\"/>"

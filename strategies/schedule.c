@@ -9,7 +9,7 @@
 
 static const char *const schedule_names[TM_SCHEDULE_KINDS] = {
     "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1",
-    "interleaved-1f1b",
+    "interleaved-1f1b", "zb-h2",
 };
 
 const char *tm_schedule_kind_name(tm_schedule_kind kind)
@@ -27,7 +27,7 @@ int tm_schedule_kind_parse(const char *name, tm_schedule_kind *out)
         }
     return tm_error(TM_EINVAL,
                     "unknown schedule \"%s\" (sequential, gpipe, 1f1b, grouped, interleaved, "
-                    "zb-h1, interleaved-1f1b)",
+                    "zb-h1, interleaved-1f1b, zb-h2)",
                     name ? name : "(null)");
 }
 
@@ -114,7 +114,7 @@ tm_sched_kind tm__sched_counterpart(tm_sched_kind k)
 
 int tm_schedule_splits_backward(tm_schedule_kind kind)
 {
-    return kind == TM_SCHED_ZB_H1;
+    return kind == TM_SCHED_ZB_H1 || kind == TM_SCHED_ZB_H2;
 }
 
 /* One pass in a stage's compute order. */
@@ -170,6 +170,73 @@ static int passes_zero_bubble(pass *out, int m, int w, int d)
     }
     while (nw < m) out[n++] = (pass){PASS_W, nw++, 0};
     return n;
+}
+
+/* zb-h2's warm-up on stage s: 2(p-1-s)+1 forwards. */
+static int zb_h2_warmup(int p, int m, int s)
+{
+    return min_int(2 * (p - 1 - s) + 1, m);
+}
+
+/* The micro-batches a zb-h2 stage may hold (forward run, W not): 2p-1. */
+static int zb_h2_bound(int p, int m)
+{
+    return min_int(2 * p - 1, m);
+}
+
+/* zb-h2's passes for every stage at once (stage s's 3m at ps + s * 3m,
+ * each starting at time at[]): the stages run with unit times F = B = W =
+ * 1 and free messages, in time steps. Stage s's forwards and backwards go
+ * in a fixed order, a warm-up of w = zb_h2_warmup forwards, then B(i)
+ * followed by F(w+i) while there are forwards; at each step a stage runs
+ * the next of them if its input is there (and, for a forward, fewer than
+ * zb_h2_bound micro-batches are held: their W not run), else its oldest W
+ * not yet run, else it waits (never for ever: a stage at the bound has a
+ * W to run, as its forwards lead its backwards by less than w). So the W's
+ * fill exactly what would be idle, the tail's W's wait until the
+ * backwards have gone down, and no stage holds more than the bound.
+ * Returns the time the last pass ends, or -1 without host memory. */
+static int passes_zb_h2(pass *ps, int *at, int p, int m)
+{
+    const int unset = -1;
+    size_t pm = (size_t)p * m;
+    int *fend = malloc(pm * sizeof *fend), *bend = malloc(pm * sizeof *bend);
+    int *cnt = calloc(4 * (size_t)p, sizeof *cnt); /* per stage: F, B, W done, passes */
+    int t = 0;
+    if (fend == NULL || bend == NULL || cnt == NULL) t = -1;
+    for (size_t i = 0; t == 0 && i < pm; i++) fend[i] = bend[i] = unset;
+    for (int left = p; t >= 0 && left > 0; t++)
+        for (int s = 0; s < p; s++) {
+            int *nf = &cnt[4 * s], *nb = nf + 1, *nw = nf + 2, *n = nf + 3;
+            if (*nw == m) continue;
+            int w = zb_h2_warmup(p, m, s), fwd = *nf < m && *nf < w + *nb, ready;
+            if (fwd) {
+                int in = s == 0 ? 0 : fend[(size_t)(s - 1) * m + *nf];
+                ready = in != unset && in <= t && *nf - *nw < zb_h2_bound(p, m);
+            } else if (*nb < m) {
+                int in = s == p - 1 ? fend[(size_t)s * m + *nb] : bend[(size_t)(s + 1) * m + *nb];
+                ready = in != unset && in <= t;
+            } else {
+                ready = 0;
+            }
+            size_t k = (size_t)s * 3 * m + *n;
+            if (ready && fwd) {
+                fend[(size_t)s * m + *nf] = t + 1;
+                ps[k] = (pass){PASS_F, (*nf)++, 0};
+            } else if (ready) {
+                bend[(size_t)s * m + *nb] = t + 1;
+                ps[k] = (pass){PASS_B, (*nb)++, 0};
+            } else if (*nw < *nb) {
+                ps[k] = (pass){PASS_W, (*nw)++, 0};
+                left -= *nw == m;
+            } else {
+                continue;
+            }
+            at[k] = t;
+            (*n)++;
+        }
+    free(fend), free(bend), free(cnt);
+    return t;
 }
 
 /* Device s's warm-up under interleaved-1f1b: Megatron's 2(p-1-s) + (v-1)p
@@ -320,6 +387,53 @@ static int exchange(tm_sched_action *out, int send, int recv, tm_sched_kind sk, 
     return send || recv;
 }
 
+/* zb-h2 as lists. Its warm-ups are deeper than the stage above's, so a
+ * message sent as soon as its pass ends would wait, with rendezvous
+ * messages, until the stage above reached it, holding up the forwards
+ * behind it. Instead each message goes at the time step (of passes_zb_h2)
+ * its receiver's pass starts, on both stages: at each step a stage makes
+ * its exchange with the stage above (activation sent, gradient received),
+ * then the one with the stage below (gradient sent, activation received),
+ * then starts its pass. The last stage has no stage above, so each step's
+ * exchanges resolve from the top down, whatever the times. */
+static int make_zb_h2(tm_schedule *out)
+{
+    int p = out->pp, m = out->m, *grid = NULL;
+    pass *ps = malloc(3 * (size_t)p * m * sizeof *ps);
+    int *at = malloc(3 * (size_t)p * m * sizeof *at);
+    int T = ps != NULL && at != NULL ? passes_zb_h2(ps, at, p, m) : -1;
+    if (T > 0) grid = malloc((size_t)p * T * sizeof *grid); /* stage's pass at each step */
+    if (grid == NULL) {
+        free(ps), free(at);
+        return -1;
+    }
+    for (size_t i = 0; i < (size_t)p * T; i++) grid[i] = -1;
+    for (size_t k = 0; k < 3 * (size_t)p * m; k++) grid[k / (3 * (size_t)m) * T + at[k]] = (int)k;
+    for (int s = 0; s < p; s++) {
+        tm_sched_action *o = out->actions[s];
+        int n = 0;
+        for (int t = 0; t < T; t++) {
+            const pass *up = s < p - 1 && grid[(size_t)(s + 1) * T + t] >= 0
+                                 ? &ps[grid[(size_t)(s + 1) * T + t]] : NULL;
+            const pass *dn = s > 0 && grid[(size_t)(s - 1) * T + t] >= 0
+                                 ? &ps[grid[(size_t)(s - 1) * T + t]] : NULL;
+            const pass *me = grid[(size_t)s * T + t] >= 0 ? &ps[grid[(size_t)s * T + t]] : NULL;
+            int me_f = me != NULL && me->bwd == PASS_F, me_b = me != NULL && me->bwd == PASS_B;
+            n += exchange(o + n, up != NULL && up->bwd == PASS_F, s < p - 1 && me_b,
+                          TM_SCHED_SEND_ACT, up ? up->mb : 0, me ? me->mb : 0);
+            n += exchange(o + n, dn != NULL && dn->bwd == PASS_B, s > 0 && me_f,
+                          TM_SCHED_SEND_GRAD, dn ? dn->mb : 0, me ? me->mb : 0);
+            if (me != NULL)
+                o[n++] = (tm_sched_action){me_f ? TM_SCHED_FWD : me_b ? TM_SCHED_BWD
+                                                                      : TM_SCHED_WGT,
+                                           me->mb, 0, 0, 0};
+        }
+        out->len[s] = n;
+    }
+    free(ps), free(at), free(grid);
+    return 0;
+}
+
 /* Graphcore's grouped step table: in step k stage s runs F(k-s), then
  * B(k-2p+2+s). As on the IPU, what a step produces is exchanged at its end
  * and used in the next step: an activation one stage up, a gradient one
@@ -387,7 +501,9 @@ int tm_schedule_make_virtual(tm_schedule *out, tm_schedule_kind kind, int pp, in
          * F and B, and m W's. */
         out->actions[s] = malloc(7 * (size_t)m * v * sizeof **out->actions);
         if (out->actions[s] == NULL) goto nomem;
-        if (kind == TM_SCHED_GROUPED) {
+        if (kind == TM_SCHED_ZB_H2) {
+            if (s == pp - 1 && make_zb_h2(out) != 0) goto nomem;
+        } else if (kind == TM_SCHED_GROUPED) {
             out->len[s] = actions_grouped(out->actions[s], pp, m, s);
         } else {
             int n = stage_passes(ps, kind, pp, m, v, s);
@@ -447,6 +563,7 @@ int tm_schedule_in_flight_bound_virtual(tm_schedule_kind kind, int pp, int m, in
     case TM_SCHED_GPIPE: return m;
     case TM_SCHED_GROUPED: return min_int(2 * (pp - stage) - 1, m);
     case TM_SCHED_ZB_H1: return min_int(pp, m);
+    case TM_SCHED_ZB_H2: return zb_h2_bound(pp, m);
     case TM_SCHED_INTERLEAVED_1F1B:
         return min_int(interleaved_warmup(pp, m, v, stage) + 1, m * v);
     default: return min_int(pp - stage, m);

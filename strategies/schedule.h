@@ -79,11 +79,12 @@ typedef struct {
 /* The schedules. Each is described by its ramp-up / main / ramp-down phases
  * and its activation-memory bound: the most micro-batches whose FWD has run
  * and whose BWD has not, on stage s (tm_schedule_in_flight_bound). Except
- * grouped, every schedule sends each message as soon as the pass producing
- * it ends and receives it just before the pass needing it; a send followed
- * by a receive from the same neighbour becomes one combined action. The
- * bubbles quoted are for equal stages and free messages, as the simulator
- * measures them (the tests check each).
+ * grouped, zb-h2 and interleaved-1f1b with v > 1, every schedule sends
+ * each message as soon as the pass producing it ends and receives it just
+ * before the pass needing it; a send followed by a receive from the same
+ * neighbour becomes one combined action. The bubbles quoted are for equal
+ * stages and free messages, as the simulator measures them (the tests
+ * check each).
  *
  * SEQUENTIAL — one micro-batch in the whole pipeline at a time: every stage
  *   runs F0 B0 F1 B1 ..., and F(i+1) on the first stage waits for B(i) to
@@ -172,12 +173,29 @@ typedef struct {
  *   stage against 1F1B's (p-1)(F+B+W), a third, and the least any schedule
  *   reaches when the optimizer step waits for every W (the last stage
  *   starts after (p-1) F). With m < p the waves of the last micro-batch set
- *   the makespan, 2(m+p-1)+1 F, and the bubble is 1-3m/(2(m+p-1)+1). The
- *   paper's ZB-H2 (more warm-up forwards, 2p-1 micro-batches held) goes
- *   below (p-1) F only with its post-validation, overlapping the optimizer
- *   step with the next step's ramp-up, which tinymesh's synchronous step
- *   does not do.
-
+ *   the makespan, 2(m+p-1)+1 F, and the bubble is 1-3m/(2(m+p-1)+1).
+ *
+ * ZB-H2 — the paper's handcrafted H2: more forwards in the warm-up, W's
+ *   filling what would be idle. Stage s: a warm-up of min(2(p-1-s)+1, m)
+ *   forwards, then B(i) followed by F(w+i) while there are forwards; the
+ *   W's (each after its B, in micro-batch order) go wherever the next F
+ *   or B could not start, found by running every stage with F = B = W and
+ *   free messages in unit time steps, and wherever a forward would hold
+ *   more than min(2p-1, m) micro-batches. Bound min(2p-1, m) on every
+ *   stage (forward run, W not): the paper's 2p M_B. Its warm-up runs
+ *   ahead of the stage above, so with rendezvous messages a send made as
+ *   its pass ends would wait for the stage above; instead each message
+ *   goes at the time step its receiver's pass starts, on both stages (at
+ *   each step the exchange with the stage above, then the one with the
+ *   stage below, then the pass), so the lists run in that lock-step order
+ *   whatever the times. With F = B = W its makespan is ZB-H1's, (3m+p-1)
+ *   F for m >= p (2(m+p-1)+1 F below): the least any schedule reaches
+ *   when the optimizer waits for every W, as the last stage waits (p-1) F
+ *   for its first activation. The paper's H2 goes below it, to nearly no
+ *   bubble, only with its post-validation, overlapping the optimizer step
+ *   with the next step's ramp-up, which tinymesh's synchronous step does
+ *   not do. With unequal F, B and W its unit-time order, fixed in the
+ *   lists, idles more than ZB-H1 (build/schedule shows it).
  *
  * INTERLEAVED_1F1B — Megatron-LM's interleaved schedule (Narayanan et al.,
  *   "Efficient Large-Scale Language Model Training on GPU Clusters Using
@@ -209,9 +227,10 @@ typedef enum {
     TM_SCHED_INTERLEAVED,
     TM_SCHED_ZB_H1,
     TM_SCHED_INTERLEAVED_1F1B,
+    TM_SCHED_ZB_H2,
 } tm_schedule_kind;
 
-#define TM_SCHEDULE_KINDS 7
+#define TM_SCHEDULE_KINDS 8
 /* Limits that keep every list small and every count in an int. */
 #define TM_SCHEDULE_MAX_PP 1024
 #define TM_SCHEDULE_MAX_MB 65536
@@ -219,13 +238,13 @@ typedef enum {
 #define TM_SCHEDULE_MAX_VIRTUAL 26     /* v: a chunk is drawn as a letter */
 
 /* "sequential", "gpipe", "1f1b", "grouped", "interleaved", "zb-h1",
- * "interleaved-1f1b"; "?" otherwise. */
+ * "interleaved-1f1b", "zb-h2"; "?" otherwise. */
 const char *tm_schedule_kind_name(tm_schedule_kind kind);
 /* Parses one of those names into *out. Returns TM_EINVAL naming the input
  * and the valid names otherwise. */
 int tm_schedule_kind_parse(const char *name, tm_schedule_kind *out);
 /* Whether the schedule splits each backward into BWD (B) and WGT (W):
- * zb-h1. */
+ * zb-h1 and zb-h2. */
 int tm_schedule_splits_backward(tm_schedule_kind kind);
 /* "FWD", "SEND_ACT_RECV_GRAD", ...; "?" for a value outside the enum. */
 const char *tm_sched_kind_name(tm_sched_kind kind);
@@ -285,7 +304,7 @@ int tm_schedule_validate(const tm_schedule *s);
 int tm_schedule_max_in_flight(const tm_schedule *s, int stage);
 /* The documented bound for that (see each schedule above): sequential 1,
  * gpipe m, 1f1b and interleaved min(p-s, m), grouped min(2(p-s)-1, m),
- * zb-h1 min(p, m), interleaved-1f1b with v chunks min(w + 1, m v) chunk
+ * zb-h1 min(p, m), zb-h2 min(2p-1, m), interleaved-1f1b with v chunks min(w + 1, m v) chunk
  * passes (v = 1: as 1f1b). Returns TM_EINVAL (negative) for bad arguments. */
 int tm_schedule_in_flight_bound(tm_schedule_kind kind, int pp, int m, int stage);
 int tm_schedule_in_flight_bound_virtual(tm_schedule_kind kind, int pp, int m, int v, int stage);
@@ -328,8 +347,8 @@ double tm_schedule_bubble(const tm_sched_event *ev, int n, int pp, double makesp
 /* The bubble with equal stages and free messages, for any F and B:
  * (p-1)/(m+p-1) for gpipe and 1f1b — the textbook figure — and for grouped
  * and interleaved as tinymesh runs them, (p-1)/p for sequential; for zb-h1
- * with F = B = W (the backward split in two equal halves), (p-1)/(3m+p-1)
- * when m >= p, else 1-3m/(2(m+p-1)+1); interleaved-1f1b is 1f1b's there
+ * and zb-h2 with F = B = W (the backward split in two equal halves),
+ * (p-1)/(3m+p-1) when m >= p, else 1-3m/(2(m+p-1)+1); interleaved-1f1b is 1f1b's there
  * (v = 1); -1 for bad arguments. */
 double tm_schedule_bubble_theory(tm_schedule_kind kind, int pp, int m);
 /* With v chunks per device: interleaved-1f1b (p-1)/(v m + p-1) (the

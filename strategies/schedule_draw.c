@@ -31,7 +31,10 @@ double tm_schedule_bubble_theory_virtual(tm_schedule_kind kind, int pp, int m, i
     case TM_SCHED_GROUPED:
     case TM_SCHED_INTERLEAVED: return (double)(pp - 1) / (m + pp - 1);
     case TM_SCHED_ZB_H1:
-        /* With fewer micro-batches than stages the last one's forward and
+    case TM_SCHED_ZB_H2:
+        /* zb-h2 reaches zb-h1's makespan at these times, no less: the
+         * last stage waits (p-1) F for its first activation all the same.
+         * With fewer micro-batches than stages the last one's forward and
          * backward waves, then its W, set the makespan (in units of F). */
         return m >= pp ? (double)(pp - 1) / (3 * m + pp - 1)
                        : 1 - 3.0 * m / (2 * (m + pp - 1) + 1);

@@ -186,13 +186,15 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
 {
     tm_device_report *rep = &v->j->result->devices[tm_device_id(v->dev)];
     double busy = s1->compute - sp->compute;
-    double span = v->is_first ? v->mesh.pp * (s1->now - sp->now) : 0;
+    double start = v->is_first ? sp->now : 0;
     v->last_step = s2->now - s0->now;
     v->ep_modeled += v->last_step;
     v->ep_busy += busy;
-    v->ep_span += span;
+    v->ep_start += start;
+    v->ep_end += s1->now;
     rep->bubble_busy_s += busy;
-    rep->bubble_span_s += span;
+    rep->bubble_start_s += start;
+    rep->bubble_end_s += s1->now;
     rep->modeled_s += s2->now - s0->now;
     rep->compute_s += s2->compute - s0->compute;
     rep->comm_s += s2->comm_wait - s0->comm_wait;
@@ -202,7 +204,6 @@ static void account(device *v, const tm_clock_stats *s0, const tm_clock_stats *s
         rep->rec_start = sp->now;
         rep->rec_ev0 = ev0;
         rep->rec_ev1 = ev1;
-        rep->rec_pipe_end = s1->now;
         rep->rec_end = s2->now;
     }
 }
@@ -351,21 +352,18 @@ static int train_step(device *v, long epoch_step, double lr, long step, long tak
 static int epoch_modeled(device *v, double *samples_per_s, double *bubble, long steps)
 {
     int n = tm_device_count(v->dev);
-    double mine[3] = {v->ep_modeled, v->ep_busy, v->ep_span};
-    double *all = malloc(sizeof(double) * 3 * (size_t)n);
+    double mine[4] = {v->ep_modeled, v->ep_busy, v->ep_start, v->ep_end};
+    double *all = malloc(sizeof(double) * 4 * (size_t)n);
     if (all == NULL) return tm_error(TM_EHOSTMEM, "cannot allocate the epoch's accounts");
     int st = tm_allgather(tm_device_comm(v->dev), (const float *)mine, (float *)all,
                           sizeof mine / (sizeof(float)));
-    double slowest = 0, busy = 0, span = 0;
-    for (int i = 0; st == TM_OK && i < n; i++) {
-        if (all[3 * i] > slowest) slowest = all[3 * i];
-        busy += all[3 * i + 1];
-        span += all[3 * i + 2];
-    }
-    free(all);
+    double slowest = 0;
+    for (int i = 0; st == TM_OK && i < n; i++)
+        if (all[4 * i] > slowest) slowest = all[4 * i];
     *samples_per_s = slowest > 0 ? (double)steps * v->j->cfg->batch / slowest : 0;
-    *bubble = v->mesh.pp > 1 && span > 0 ? 1 - busy / span : -1;
-    v->ep_modeled = v->ep_busy = v->ep_span = 0;
+    *bubble = st == TM_OK ? tm__train_bubble(v->j->cfg, all + 1, 4) : -1;
+    free(all);
+    v->ep_modeled = v->ep_busy = v->ep_start = v->ep_end = 0;
     return st;
 }
 

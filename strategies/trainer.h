@@ -189,18 +189,22 @@ typedef struct {
     uint64_t step_host;
     double step_host_analytic, step_host_s;
     /* The first recorded step in modeled time: its pipeline's start (after
-     * zeroing the gradients), the end of its pipeline part (this device's
-     * last backward) and its end (after the optimizer). */
-    double rec_start, rec_pipe_end, rec_end;
+     * zeroing the gradients) and its end (after the optimizer). */
+    double rec_start, rec_end;
     size_t rec_ev0, rec_ev1;   /* its events: [rec_ev0, rec_ev1) of tm_world_events */
     const tm_event *step_events; /* (n_step_events) those events, kept after the
                                     run (inside tm_train_result.step_events) */
     size_t n_step_events;
-    /* Pipeline bubble accounting: forward/backward compute time, and on
-     * stage 0 pp x the time from the start of its pipeline part (its first
-     * micro-batch's copy from the host, then its first forward) to its last
-     * backward: the pipeline's makespan; bubble = 1 - sum(busy) / sum(span). */
-    double bubble_busy_s, bubble_span_s;
+    /* Pipeline bubble accounting, summed over the steps: forward/backward
+     * compute time; the start of the pipeline part (on stage 0 only: its
+     * first micro-batch's copy from the host, then its first forward); the
+     * end of this device's pipeline part (its last F, B or W, or a message
+     * some later pass waits for). A replica's span is pp x (its stages'
+     * latest end - its stage 0's start), to the last F, B or W of any stage
+     * (the sum of each step's latest end is the latest stage's sum, as the
+     * same stage ends last in every step); bubble = 1 - sum(busy) /
+     * sum(span) (tm__train_bubble). */
+    double bubble_busy_s, bubble_start_s, bubble_end_s;
 } tm_device_report;
 
 typedef struct {
@@ -233,7 +237,7 @@ typedef struct {
     /* The first recorded step's forward and backward passes on replica 0,
      * tp rank 0, in modeled seconds from the start of stage 0's pipeline
      * part (before its first micro-batch's copy from the host); makespan to
-     * stage 0's last backward (tm_schedule_draw draws them). */
+     * the last F, B or W of any stage (tm_schedule_draw draws them). */
     tm_sched_event *timeline;
     int n_timeline;
     double timeline_makespan;

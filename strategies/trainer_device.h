@@ -60,7 +60,7 @@ typedef struct {
     tied tied[TM__TRAIN_MAX_TIED];
     int n_tied;
     /* This epoch's modeled training time and bubble accounts. */
-    double ep_modeled, ep_busy, ep_span;
+    double ep_modeled, ep_busy, ep_start, ep_end;
     double last_step;  /* the last step's modeled time */
 } device;
 

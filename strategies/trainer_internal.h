@@ -26,6 +26,11 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, tm_ze
                         const tm_mesh *mesh, int rows, double tied_bytes, tm_device_report *rep);
 /* The run's modeled figures (time, samples/s, bubble) from the device
  * reports, after the run. */
+/* The bubble from each device's accounts acc[i * stride + 0, 1, 2]: busy,
+ * start and end (tm_device_report's bubble_busy_s, bubble_start_s,
+ * bubble_end_s) of the dp x pp x tp devices, device (d, p, t) at index
+ * (d pp + p) tp + t; -1 without a pipeline or a span. */
+double tm__train_bubble(const tm_train_config *cfg, const double *acc, int stride);
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *res);
 
 /* Whether every device's shard of the model (parameters, gradients and

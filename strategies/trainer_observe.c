@@ -62,7 +62,10 @@ static int timeline(const tm_world *w, const tm_train_config *cfg, tm_train_resu
                                                                 e->end - t0, e->stage / cfg->pp};
         }
     }
-    res->timeline_makespan = s0->rec_pipe_end - t0;
+    /* To the last F, B or W of any stage. */
+    for (int i = 0; i < res->n_timeline; i++)
+        if (res->timeline[i].end > res->timeline_makespan)
+            res->timeline_makespan = res->timeline[i].end;
     return TM_OK;
 }
 
@@ -143,17 +146,36 @@ void tm__train_formulas(const tm_train_config *cfg, const tm_stage *stage, tm_ze
     rep->step_analytic[TM_DIM_TP] = tp;
 }
 
+double tm__train_bubble(const tm_train_config *cfg, const double *acc, int stride)
+{
+    double busy = 0, span = 0;
+    int pp = cfg->pp, tp = cfg->tp;
+    for (int r = 0; r < cfg->dp * tp; r++) { /* replica d, tp rank t */
+        const double *first = acc + (size_t)stride * (r / tp * pp * tp + r % tp);
+        double end = first[2];
+        for (int p = 0; p < pp; p++) {
+            const double *a = first + (size_t)stride * p * tp;
+            busy += a[0];
+            if (a[2] > end) end = a[2];
+        }
+        span += pp * (end - first[1]);
+    }
+    return pp > 1 && span > 0 ? 1 - busy / span : -1;
+}
+
 /* The run's modeled figures from the device reports. */
 void tm__train_summarize(const tm_train_config *cfg, tm_train_result *r)
 {
-    double busy = 0, span = 0;
+    double *acc = malloc(3 * sizeof *acc * (size_t)r->n_devices);
     for (int i = 0; i < r->n_devices; i++) {
         const tm_device_report *d = &r->devices[i];
         if (d->modeled_s > r->modeled_seconds) r->modeled_seconds = d->modeled_s;
-        busy += d->bubble_busy_s;
-        span += d->bubble_span_s;
+        if (acc != NULL)
+            memcpy(acc + 3 * i, (double[3]){d->bubble_busy_s, d->bubble_start_s, d->bubble_end_s},
+                   sizeof(double[3]));
     }
     r->modeled_samples_per_s =
         r->modeled_seconds > 0 ? (double)r->steps * cfg->batch / r->modeled_seconds : 0;
-    r->bubble = cfg->pp > 1 && span > 0 ? 1 - busy / span : -1;
+    r->bubble = acc != NULL ? tm__train_bubble(cfg, acc, 3) : -1;
+    free(acc);
 }

@@ -190,6 +190,7 @@ static const struct { int pp, dp, tp, sp; tm_schedule_kind k; int v; } sanitized
     {2, 4, 1, 0, TM_SCHED_GROUPED, 1},  {2, 1, 4, 1, TM_SCHED_SEQUENTIAL, 1},
     {4, 1, 2, 1, TM_SCHED_INTERLEAVED, 1}, {4, 2, 1, 0, TM_SCHED_1F1B, 1},
     {4, 2, 1, 0, TM_SCHED_ZB_H1, 1},    {2, 2, 2, 1, TM_SCHED_INTERLEAVED_1F1B, 2},
+    {2, 1, 2, 1, TM_SCHED_ZB_H2, 1},
 };
 
 /* Every mesh with pp stages (each schedule when pp > 1, interleaved-1f1b
@@ -237,8 +238,9 @@ static void every_mesh(int pp, int max_v)
  * of a stage in micro-batch order: the same kernels add into every
  * gradient in the same order, so it trains to 1F1B's bits — with data,
  * tensor and sequence parallelism, and with recomputation (a fully
- * recomputed layer does its whole backward in B). */
-Test(gpt_mesh, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 900)
+ * recomputed layer does its whole backward in B). zb-h2 likewise: the same
+ * B's and W's in the same micro-batch order, placed elsewhere. */
+static void zero_bubble_trains_bitwise_as_1f1b(tm_schedule_kind kind)
 {
     static const struct { int dp, pp, tp, sp, m; tm_recompute r; } meshes[] = {
         {1, 2, 1, 0, 4, TM_RECOMPUTE_NONE},      {1, 4, 1, 0, 8, TM_RECOMPUTE_NONE},
@@ -251,23 +253,33 @@ Test(gpt_mesh, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .t
         tm_train_config ca = config(dp, pp, tp, sp, meshes[i].m, TM_SCHED_1F1B);
         ca.model = recomputed(ca.model, meshes[i].r);
         tm_train_config cb = ca;
-        cb.schedule = TM_SCHED_ZB_H1;
+        cb.schedule = kind;
         run a, b;
         cr_assert_eq(train(ca, &a, NULL), TM_OK);
         cr_assert_eq(train(cb, &b, NULL), TM_OK);
-        const char *rc = tm_recompute_name(meshes[i].r);
+        const char *rc = tm_recompute_name(meshes[i].r), *name = tm_schedule_kind_name(kind);
         cr_expect_eq(a.l.n, b.l.n);
         for (int k = 0; k < a.l.n && k < b.l.n; k++)
             cr_expect_eq(a.l.loss[k], b.l.loss[k],
-                         "dp=%d pp=%d tp=%d sp=%d recompute %s step %d: %.9g vs %.9g", dp, pp, tp,
-                         sp, rc, k, a.l.loss[k], b.l.loss[k]);
+                         "%s dp=%d pp=%d tp=%d sp=%d recompute %s step %d: %.9g vs %.9g", name,
+                         dp, pp, tp, sp, rc, k, a.l.loss[k], b.l.loss[k]);
         size_t np = gpt_model(L, H, C, T)->n_params;
         cr_expect_eq(memcmp(a.params, b.params, np * sizeof(float)), 0,
-                     "dp=%d pp=%d tp=%d sp=%d recompute %s: parameters differ by %.3g", dp, pp,
-                     tp, sp, rc, param_distance(b.params, a.params, np));
+                     "%s dp=%d pp=%d tp=%d sp=%d recompute %s: parameters differ by %.3g", name,
+                     dp, pp, tp, sp, rc, param_distance(b.params, a.params, np));
         free(a.params);
         free(b.params);
     }
+}
+
+Test(gpt_mesh, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 900)
+{
+    zero_bubble_trains_bitwise_as_1f1b(TM_SCHED_ZB_H1);
+}
+
+Test(gpt_mesh, zb_h2_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 900)
+{
+    zero_bubble_trains_bitwise_as_1f1b(TM_SCHED_ZB_H2);
 }
 
 Test(gpt_mesh, data_and_tensor_parallel_equal_one_device, .init = setup, .fini = teardown,

@@ -208,15 +208,18 @@ static void pass_times(const tm_train_result *r, int pp, int m, double *fwd, dou
  * busiest stage's sum in the makespan, and each stage's busy time (the
  * first stage copies the input in, the last computes the loss: equal
  * layers make nearly equal stages). And 1F1B's bubble on the same run
- * over two. */
-Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
+ * over two. ZB-H2 against the same formula: at the equal F, B and W of
+ * these stages it reaches ZB-H1's makespan (tm_schedule_bubble_theory),
+ * no less. */
+static void zero_bubble_matches_its_formula(tm_schedule_kind kind)
 {
+    const char *name = tm_schedule_kind_name(kind);
     make_data(8 * MAX_MB * 2, 16, 16);
     int pps[] = {2, 4}, ms[] = {4, 8, 16};
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 3; b++) {
             int p = pps[a], m = ms[b];
-            tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, TM_SCHED_ZB_H1);
+            tm_train_config c = config(UNIFORM, 1, p, 1, 8 * m, m, kind);
             free_links(&c);
             tm_train_result r, one;
             train_ok(&c, &r);
@@ -233,18 +236,65 @@ Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
             double eq = tm_schedule_zb_h1_bubble(p, m, f, bb, w);
             double idle = eq / (1 - eq) * m * (f + bb + w);
             double theory = 1 - busy / (p * (most + idle));
-            cr_log_info("zb-h1 p=%d m=%d: F %.3g B %.3g W %.3g ms, bubble %.4f, formula %.4f "
-                        "(equal stages: %.4f)", p, m, 1e3 * f, 1e3 * bb, 1e3 * w, r.bubble,
+            cr_log_info("%s p=%d m=%d: F %.3g B %.3g W %.3g ms, bubble %.4f, formula %.4f "
+                        "(equal stages: %.4f)", name, p, m, 1e3 * f, 1e3 * bb, 1e3 * w, r.bubble,
                         theory, eq);
             cr_expect(fabs(r.bubble - theory) <= 0.1 * theory,
-                      "zb-h1 p=%d m=%d: bubble %.4f, formula %.4f", p, m, r.bubble, theory);
+                      "%s p=%d m=%d: bubble %.4f, formula %.4f", name, p, m, r.bubble, theory);
             c.schedule = TM_SCHED_1F1B;
             train_ok(&c, &one);
             cr_log_info("1f1b p=%d m=%d: bubble %.4f", p, m, one.bubble);
-            cr_expect_lt(r.bubble, 0.5 * one.bubble, "zb-h1 p=%d m=%d: %.4f, 1f1b %.4f", p, m,
-                         r.bubble, one.bubble);
+            cr_expect_lt(r.bubble, 0.5 * one.bubble, "%s p=%d m=%d: %.4f, 1f1b %.4f", name, p,
+                         m, r.bubble, one.bubble);
             tm_train_result_free(&r);
             tm_train_result_free(&one);
+        }
+    free_data();
+}
+
+Test(modeled, zb_h1_bubble_matches_its_formula, .timeout = 300)
+{
+    zero_bubble_matches_its_formula(TM_SCHED_ZB_H1);
+}
+
+Test(modeled, zb_h2_bubble_matches_its_formula, .timeout = 300)
+{
+    zero_bubble_matches_its_formula(TM_SCHED_ZB_H2);
+}
+
+/* The bubble's span runs to the last F, B or W of any stage: the
+ * timeline's makespan is its latest pass's end, and the run's bubble (from
+ * each device's clock, the latest stage's end) is the timeline's (from
+ * the recorded passes) for a one-step run. Under zb-h2 and zb-h1 the last
+ * stage's deferred W's may end after stage 0's list. */
+Test(modeled, bubble_span_runs_to_the_last_pass_of_any_stage, .timeout = 300)
+{
+    make_data(8 * 8 * 2, 16, 16);
+    static const tm_schedule_kind kinds[] = {TM_SCHED_1F1B, TM_SCHED_ZB_H1, TM_SCHED_ZB_H2};
+    for (int k = 0; k < 3; k++)
+        for (int p = 2; p <= 4; p += 2) {
+            const char *name = tm_schedule_kind_name(kinds[k]);
+            tm_train_config c = config("16,256,256,256,256,1024,16", 1, p, 1, 64, 8, kinds[k]);
+            free_links(&c);
+            tm_train_result r;
+            train_ok(&c, &r);
+            double last = 0, first_stage_last = 0;
+            for (int i = 0; i < r.n_timeline; i++) {
+                if (r.timeline[i].end > last) last = r.timeline[i].end;
+                if (r.timeline[i].stage == 0 && r.timeline[i].end > first_stage_last)
+                    first_stage_last = r.timeline[i].end;
+            }
+            cr_expect_eq(r.timeline_makespan, last, "%s p=%d", name, p);
+            double tl = tm_schedule_bubble(r.timeline, r.n_timeline, p, r.timeline_makespan);
+            cr_log_info("%s p=%d: bubble %.6f, timeline's %.6f; stage 0 ends %.6g of %.6g s",
+                        name, p, r.bubble, tl, first_stage_last, last);
+            cr_expect(fabs(r.bubble - tl) <= 1e-9, "%s p=%d: bubble %.6f, timeline's %.6f", name,
+                      p, r.bubble, tl);
+            /* Here the zero-bubble steps end on the last stage (its
+             * deferred W's): the case a span to stage 0's list cut short. */
+            if (kinds[k] != TM_SCHED_1F1B)
+                cr_expect_lt(first_stage_last, last, "%s p=%d", name, p);
+            tm_train_result_free(&r);
         }
     free_data();
 }

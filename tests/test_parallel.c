@@ -336,7 +336,7 @@ Test(parallel, adamw_and_gelu_on_several_meshes, .init = setup, .fini = teardown
  * the gradients in the same order, so it trains to 1F1B's bits on every
  * mesh (the MLP's linear splits its backward in every tensor-parallel
  * mode: whole, column, row, gathered). */
-Test(parallel, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 300)
+static void zero_bubble_trains_bitwise_as_1f1b(tm_schedule_kind kind)
 {
     temp_paths();
     static const int meshes[][4] = {{1, 2, 1, 4}, {1, 4, 1, 8}, {2, 2, 2, 4},
@@ -345,7 +345,7 @@ Test(parallel, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .t
         int dp = meshes[i][0], pp = meshes[i][1], tp = meshes[i][2], m = meshes[i][3];
         losses a = {0}, b = {0};
         tm_train_config ca = config(&a, dp, pp, tp, m, TM_SCHED_1F1B);
-        tm_train_config cb = config(&b, dp, pp, tp, m, TM_SCHED_ZB_H1);
+        tm_train_config cb = config(&b, dp, pp, tp, m, kind);
         if (BATCH % (dp * m) != 0) continue;
         ca.save_path = ref_path;
         cb.save_path = mesh_path;
@@ -354,20 +354,34 @@ Test(parallel, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .t
         tm_train_result_free(&r);
         cr_assert_eq(train(&cb, &r), TM_OK);
         for (int d = 0; d < r.n_devices; d++)
-            cr_expect_leq(r.devices[d].max_in_flight, pp < m ? pp : m,
-                          "dp=%d pp=%d tp=%d m=%d device %d holds %d", dp, pp, tp, m, d,
-                          r.devices[d].max_in_flight);
+            cr_expect_eq(r.devices[d].max_in_flight,
+                         tm_schedule_in_flight_bound(kind, pp, m, r.devices[d].p),
+                         "%s dp=%d pp=%d tp=%d m=%d device %d holds %d",
+                         tm_schedule_kind_name(kind), dp, pp, tp, m, d,
+                         r.devices[d].max_in_flight);
         tm_train_result_free(&r);
         cr_expect_eq(a.n, b.n);
         for (int k = 0; k < a.n && k < b.n; k++)
-            cr_expect_eq(a.loss[k], b.loss[k], "dp=%d pp=%d tp=%d m=%d step %d: %.9g vs %.9g",
-                         dp, pp, tp, m, k, a.loss[k], b.loss[k]);
+            cr_expect_eq(a.loss[k], b.loss[k], "%s dp=%d pp=%d tp=%d m=%d step %d: %.9g vs %.9g",
+                         tm_schedule_kind_name(kind), dp, pp, tp, m, k, a.loss[k], b.loss[k]);
         double dist = param_distance(mesh_path, ref_path);
-        cr_expect_eq(dist, 0.0, "dp=%d pp=%d tp=%d m=%d: parameters differ by %.3g", dp, pp, tp,
-                     m, dist);
+        cr_expect_eq(dist, 0.0, "%s dp=%d pp=%d tp=%d m=%d: parameters differ by %.3g",
+                     tm_schedule_kind_name(kind), dp, pp, tp, m, dist);
     }
     unlink(ref_path);
     unlink(mesh_path);
+}
+
+Test(parallel, zb_h1_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 300)
+{
+    zero_bubble_trains_bitwise_as_1f1b(TM_SCHED_ZB_H1);
+}
+
+/* zb-h2 runs the same B's and W's in the same micro-batch order, only
+ * placed elsewhere: 1F1B's bits too, holding its 2p-1 bound. */
+Test(parallel, zb_h2_trains_bitwise_as_1f1b, .init = setup, .fini = teardown, .timeout = 300)
+{
+    zero_bubble_trains_bitwise_as_1f1b(TM_SCHED_ZB_H2);
 }
 
 Test(parallel, one_f_one_b_holds_at_most_pp_micro_batches, .init = setup, .fini = teardown,
@@ -528,16 +542,21 @@ Test(parallel, bad_meshes_are_refused, .init = setup, .fini = teardown)
                   tm_error_message());
     }
     /* ZeRO-2 and 3 reduce a layer's gradients as its backward ends, before
-     * zb-h1's deferred W has added them; ZeRO-1 and pp = 1 are fine. */
-    for (int z = 1; z <= 3; z++)
-        for (int pp = 1; pp <= 2; pp++) {
-            tm_train_config c = config(&l, 2, pp, 1, 2, TM_SCHED_ZB_H1);
-            c.zero = z;
-            int refused = z >= 2 && pp > 1;
-            cr_expect_eq(tm_train_check(&c, &train_set), refused ? TM_EINVAL : TM_OK,
-                         "zero %d pp %d: %s", z, pp, tm_error_message());
-            if (refused)
-                cr_expect(strstr(tm_error_message(), "--schedule zb-h1 with --zero") != NULL,
-                          "%s", tm_error_message());
-        }
+     * zb-h1's or zb-h2's deferred W has added them; ZeRO-1 and pp = 1 are
+     * fine. */
+    static const tm_schedule_kind zb[] = {TM_SCHED_ZB_H1, TM_SCHED_ZB_H2};
+    for (int k = 0; k < 2; k++)
+        for (int z = 1; z <= 3; z++)
+            for (int pp = 1; pp <= 2; pp++) {
+                tm_train_config c = config(&l, 2, pp, 1, 2, zb[k]);
+                c.zero = z;
+                int refused = z >= 2 && pp > 1;
+                char want[64];
+                snprintf(want, sizeof want, "--schedule %s with --zero",
+                         tm_schedule_kind_name(zb[k]));
+                cr_expect_eq(tm_train_check(&c, &train_set), refused ? TM_EINVAL : TM_OK,
+                             "%s zero %d pp %d: %s", want, z, pp, tm_error_message());
+                if (refused)
+                    cr_expect(strstr(tm_error_message(), want) != NULL, "%s", tm_error_message());
+            }
 }

@@ -243,6 +243,7 @@ Test(precision, gpt_every_mesh_trains_like_one_device, .init = setup, .fini = te
         {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 0, TM_RECOMPUTE_NONE, 0},
         {1, 2, 2, 2, 1, 2, TM_SCHED_1F1B, 3, TM_RECOMPUTE_FULL, 0},
         {1, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE, 0},
+        {1, 1, 2, 1, 0, 4, TM_SCHED_ZB_H2, 0, TM_RECOMPUTE_NONE, 0},
         {1, 1, 2, 1, 0, 4, TM_SCHED_INTERLEAVED_1F1B, 0, TM_RECOMPUTE_NONE, 2},
         {1, 2, 2, 2, 1, 2, TM_SCHED_INTERLEAVED_1F1B, 1, TM_RECOMPUTE_FULL, 2},
     };
@@ -265,6 +266,8 @@ Test(precision, mlp_every_mesh_trains_like_one_device, .init = setup, .fini = te
         {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED, 3, TM_RECOMPUTE_NONE, 0},
         {0, 1, 2, 1, 0, 4, TM_SCHED_ZB_H1, 0, TM_RECOMPUTE_NONE, 0},
         {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H1, 1, TM_RECOMPUTE_FULL, 0},
+        {0, 1, 3, 1, 0, 8, TM_SCHED_ZB_H2, 0, TM_RECOMPUTE_NONE, 0},
+        {0, 2, 2, 2, 0, 4, TM_SCHED_ZB_H2, 1, TM_RECOMPUTE_FULL, 0},
         {0, 1, 2, 1, 0, 4, TM_SCHED_INTERLEAVED_1F1B, 0, TM_RECOMPUTE_NONE, 2},
         {0, 2, 2, 2, 0, 2, TM_SCHED_INTERLEAVED_1F1B, 2, TM_RECOMPUTE_FULL, 2},
     };

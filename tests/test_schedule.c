@@ -359,9 +359,12 @@ Test(schedule, bubble_matches_the_formula)
 
 /* ZB-H1 with F = B = W: (p-1) F of idle per stage when m >= p, a third of
  * 1F1B's (p-1)(F+B+W) with the same passes; with m < p the waves of the
- * last micro-batch set the makespan. W counts as busy. */
+ * last micro-batch set the makespan. W counts as busy. ZB-H2 reaches the
+ * same makespan, the least any schedule reaches when the optimizer waits
+ * for every W (the last stage waits (p-1) F for its first activation). */
 Test(schedule, zero_bubble_h1_bubble_matches_the_formula)
 {
+    static const tm_schedule_kind zb[] = {TM_SCHED_ZB_H1, TM_SCHED_ZB_H2};
     for (int p = 1; p <= 8; p++)
         for (int m = 1; m <= 16; m++) {
             tm_schedule s;
@@ -372,18 +375,21 @@ Test(schedule, zero_bubble_h1_bubble_matches_the_formula)
             uniform(BW, p, 2);
             tm_sched_event *ev;
             int n;
-            cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H1, p, m), TM_OK);
-            cr_assert_eq(tm_schedule_simulate_split(&s, F, B, W, 0, &ev, &n, &makespan), TM_OK,
-                         "%s", tm_error_message());
-            double want = m >= p ? 3.0 * m + p - 1 : 2.0 * (m + p - 1) + 1;
-            cr_expect(fabs(makespan - want) < 1e-9, "p=%d m=%d: makespan %g, want %g", p, m,
-                      makespan, want);
-            double bubble = tm_schedule_bubble(ev, n, p, makespan);
-            cr_expect(fabs(bubble - tm_schedule_bubble_theory(TM_SCHED_ZB_H1, p, m)) < 1e-12,
-                      "p=%d m=%d: bubble %g, theory %g", p, m, bubble,
-                      tm_schedule_bubble_theory(TM_SCHED_ZB_H1, p, m));
-            free(ev);
-            tm_schedule_free(&s);
+            for (int k = 1; k >= 0; k--) { /* zb-h2, then zb-h1 (its makespan used below) */
+                const char *name = tm_schedule_kind_name(zb[k]);
+                cr_assert_eq(tm_schedule_make(&s, zb[k], p, m), TM_OK);
+                cr_assert_eq(tm_schedule_simulate_split(&s, F, B, W, 0, &ev, &n, &makespan),
+                             TM_OK, "%s", tm_error_message());
+                double want = m >= p ? 3.0 * m + p - 1 : 2.0 * (m + p - 1) + 1;
+                cr_expect(fabs(makespan - want) < 1e-9, "%s p=%d m=%d: makespan %g, want %g",
+                          name, p, m, makespan, want);
+                double bubble = tm_schedule_bubble(ev, n, p, makespan),
+                       theory = tm_schedule_bubble_theory(zb[k], p, m);
+                cr_expect(fabs(bubble - theory) < 1e-12, "%s p=%d m=%d: bubble %g, theory %g",
+                          name, p, m, bubble, theory);
+                free(ev);
+                tm_schedule_free(&s);
+            }
             /* 1F1B with the same work, B and W as one backward of 2. */
             cr_assert_eq(tm_schedule_make(&s, TM_SCHED_1F1B, p, m), TM_OK);
             cr_assert_eq(tm_schedule_simulate(&s, F, BW, 0, &ev, &n, &one), TM_OK);
@@ -395,6 +401,7 @@ Test(schedule, zero_bubble_h1_bubble_matches_the_formula)
             tm_schedule_free(&s);
         }
     cr_expect(fabs(tm_schedule_bubble_theory(TM_SCHED_ZB_H1, 4, 8) - 3.0 / 27) < 1e-15);
+    cr_expect(fabs(tm_schedule_bubble_theory(TM_SCHED_ZB_H2, 4, 8) - 3.0 / 27) < 1e-15);
 }
 
 /* Any F, B and W: each stage idles (p-1) max(F, B, F+B-W) when m >= p. */
@@ -455,6 +462,76 @@ Test(schedule, zero_bubble_h1_defers_each_stage_s_ws_by_s)
             }
             tm_schedule_free(&s);
         }
+}
+
+/* The lists: stage s starts with min(2(p-1-s)+1, m) forwards, runs F, B
+ * and W each in micro-batch order, each W after its B, and holds at most
+ * min(2p-1, m) micro-batches (forward run, W not); stage 0 reaches it. */
+Test(schedule, zero_bubble_h2_lists_are_the_documented_ones)
+{
+    for (int p = 1; p <= 12; p++)
+        for (int m = 1; m <= 30; m += m < 8 ? 1 : 5) {
+            tm_schedule s;
+            cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H2, p, m), TM_OK);
+            cr_expect_eq(tm_schedule_validate(&s), TM_OK, "p=%d m=%d: %s", p, m,
+                         tm_error_message());
+            for (int st = 0; st < p; st++) {
+                int nf = 0, nb = 0, nw = 0, first_b = -1, most = 0;
+                for (int i = 0; i < s.len[st]; i++) {
+                    tm_sched_action x = s.actions[st][i];
+                    if (x.kind == TM_SCHED_FWD) cr_expect_eq(x.mb, nf++);
+                    if (x.kind == TM_SCHED_BWD && nb++ == 0) first_b = nf;
+                    if (x.kind == TM_SCHED_BWD) cr_expect_eq(x.mb, nb - 1);
+                    if (x.kind == TM_SCHED_WGT) cr_expect_eq(x.mb, nw++);
+                    if (nf - nw > most) most = nf - nw;
+                }
+                int w = 2 * (p - 1 - st) + 1, bound = 2 * p - 1;
+                cr_expect_eq(first_b, w < m ? w : m, "p=%d m=%d stage %d: %d forwards first", p,
+                             m, st, first_b);
+                cr_expect_eq(nw, m);
+                cr_expect_leq(most, bound < m ? bound : m, "p=%d m=%d stage %d", p, m, st);
+                cr_expect_eq(most, tm_schedule_max_in_flight(&s, st));
+                cr_expect_eq(tm_schedule_in_flight_bound(TM_SCHED_ZB_H2, p, m, st),
+                             bound < m ? bound : m);
+            }
+            cr_expect_eq(tm_schedule_max_in_flight(&s, 0), 2 * p - 1 < m ? 2 * p - 1 : m);
+            tm_schedule_free(&s);
+        }
+}
+
+/* A zb-h2 list with one W moved before its B, one W dropped, or two
+ * activations sent out of order is rejected. */
+Test(schedule, validator_rejects_a_wrong_zb_h2_list)
+{
+    tm_schedule s;
+    cr_assert_eq(tm_schedule_make(&s, TM_SCHED_ZB_H2, 4, 8), TM_OK);
+    cr_assert_eq(tm_schedule_validate(&s), TM_OK);
+    tm_sched_action *l = s.actions[1];
+    int b = -1, w = -1, sa[2] = {-1, -1}, n = 0;
+    for (int i = 0; i < s.len[1]; i++) {
+        if (l[i].kind == TM_SCHED_BWD && l[i].mb == 2) b = i;
+        if (l[i].kind == TM_SCHED_WGT && l[i].mb == 2) w = i;
+        if (l[i].kind == TM_SCHED_SEND_ACT && n < 2) sa[n++] = i;
+    }
+    cr_assert(b >= 0 && w > b && n == 2);
+    tm_sched_action keep = l[w];
+    memmove(l + b + 1, l + b, (size_t)(w - b) * sizeof *l);
+    l[b] = keep;
+    expect_invalid(&s, "WGT(2) before BWD(2)");
+    memmove(l + b, l + b + 1, (size_t)(w - b) * sizeof *l);
+    l[w] = keep;
+    cr_assert_eq(tm_schedule_validate(&s), TM_OK, "%s", tm_error_message());
+    s.len[1]--;
+    l[w] = l[s.len[1]], l[s.len[1]] = keep;
+    expect_invalid(&s, "stage 1: WGT(");
+    l[s.len[1]] = l[w], l[w] = keep;
+    s.len[1]++;
+    cr_assert_eq(tm_schedule_validate(&s), TM_OK, "%s", tm_error_message());
+    int mb = l[sa[0]].mb;
+    l[sa[0]].mb = l[sa[1]].mb, l[sa[1]].mb = mb;
+    expect_invalid(&s, "SEND_ACT(1) reaches stage 2 as RECV_ACT(0) at its action 0: messages "
+                       "out of order");
+    tm_schedule_free(&s);
 }
 
 Test(schedule, validator_checks_each_w_once_after_its_b)
