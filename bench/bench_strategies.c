@@ -5,10 +5,8 @@
  * modeled throughput, with the pipeline bubble, the traffic and the memory
  * each one costs.
  * bench/plot_strategies.sh draws the --csv output. */
-#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +15,7 @@
 #include <unistd.h>
 
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/outfile.h"
 #include "runtime/status.h"
 #include "runtime/world.h"
@@ -56,7 +55,7 @@ static const char usage_head[] =
     "  --micro-batches LIST  micro-batch counts per replica, each run where it\n"
     "                        divides the replica's batch (1,2,4,8,16)\n"
     "  --schedules LIST      pipeline schedules for pp > 1 (sequential,gpipe,1f1b,\n"
-    "                        grouped,interleaved,zb-h1,interleaved-1f1b);\n"
+    "                        grouped,interleaved,zb-h1,zb-h2,interleaved-1f1b);\n"
     "                        interleaved-1f1b runs with 2 to 4 virtual stages where\n"
     "                        the model has a unit (GPT: a block) for each of pp x v\n"
     "                        model stages, micro-batches a multiple of pp (v 1 is\n"
@@ -125,64 +124,43 @@ static const char usage_tail[] =
     "constant lr 1e-3; samples/s count sequences (tokens/s = samples/s x T).\n"
     "Exit status: 0 success, 1 a configuration failed to run, 2 bad usage.\n";
 
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bench_strategies: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see --help)\n");
-    va_end(ap);
-    exit(2);
-}
-
-static long parse_long(const char *flag, const char *v, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
-        die_usage("%s wants an integer in %ld..%ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
 enum { MAX_LIST = 16 };
 
 /* "1,2,4": distinct integers in 1..TM_SCHEDULE_MAX_MB. Returns the count. */
 static int parse_counts(const char *v, int *out)
 {
     char buf[256];
-    if (strlen(v) >= sizeof buf) die_usage("--micro-batches \"%s\" is too long", v);
+    if (strlen(v) >= sizeof buf) tm_cli_die("--micro-batches \"%s\" is too long", v);
     strcpy(buf, v);
     int n = 0;
     char *save = NULL;
     for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        if (n == MAX_LIST) die_usage("--micro-batches takes at most %d counts", MAX_LIST);
-        out[n] = (int)parse_long("--micro-batches", t, 1, TM_SCHEDULE_MAX_MB);
+        if (n == MAX_LIST) tm_cli_die("--micro-batches takes at most %d counts", MAX_LIST);
+        out[n] = (int)tm_cli_long("--micro-batches", t, 1, TM_SCHEDULE_MAX_MB);
         for (int i = 0; i < n; i++)
-            if (out[i] == out[n]) die_usage("--micro-batches names %d twice", out[n]);
+            if (out[i] == out[n]) tm_cli_die("--micro-batches names %d twice", out[n]);
         n++;
     }
-    if (n == 0) die_usage("--micro-batches wants a list like 1,2,4, not \"%s\"", v);
+    if (n == 0) tm_cli_die("--micro-batches wants a list like 1,2,4, not \"%s\"", v);
     return n;
 }
 
 static int parse_schedules(const char *v, tm_schedule_kind *out)
 {
     char buf[256];
-    if (strlen(v) >= sizeof buf) die_usage("--schedules \"%s\" is too long", v);
+    if (strlen(v) >= sizeof buf) tm_cli_die("--schedules \"%s\" is too long", v);
     strcpy(buf, v);
     int n = 0;
     char *save = NULL;
     for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
         if (n == TM_SCHEDULE_KINDS || tm_schedule_kind_parse(t, &out[n]) != TM_OK)
-            die_usage("--schedules takes distinct names of sequential, gpipe, 1f1b, grouped, "
-                      "interleaved and zb-h1, not \"%s\"", v);
+            tm_cli_die("--schedules takes distinct names of sequential, gpipe, 1f1b, grouped, "
+                       "interleaved, zb-h1, zb-h2 and interleaved-1f1b, not \"%s\"", v);
         for (int i = 0; i < n; i++)
-            if (out[i] == out[n]) die_usage("--schedules names %s twice", t);
+            if (out[i] == out[n]) tm_cli_die("--schedules names %s twice", t);
         n++;
     }
-    if (n == 0) die_usage("--schedules wants a list like gpipe,1f1b, not \"%s\"", v);
+    if (n == 0) tm_cli_die("--schedules wants a list like gpipe,1f1b, not \"%s\"", v);
     return n;
 }
 
@@ -193,10 +171,10 @@ static int parse_zeros(const char *v, int *out)
     for (const char *p = v;; p += 2) {
         if (p[0] < '0' || p[0] > '0' + TM_ZERO_MAX || (p[1] != ',' && p[1] != '\0') ||
             n > TM_ZERO_MAX)
-            die_usage("--zero takes distinct ZeRO stages 0 to 3 like 0,1,2,3, not \"%s\"", v);
+            tm_cli_die("--zero takes distinct ZeRO stages 0 to 3 like 0,1,2,3, not \"%s\"", v);
         out[n] = p[0] - '0';
         for (int i = 0; i < n; i++)
-            if (out[i] == out[n]) die_usage("--zero names %d twice", out[n]);
+            if (out[i] == out[n]) tm_cli_die("--zero names %d twice", out[n]);
         n++;
         if (p[1] == '\0') return n;
     }
@@ -455,14 +433,15 @@ static int write_report(tm_outfile *out, const config *cs, int ran, const int *c
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("bench_strategies");
     tm_train_config base = {0};
     const char *model = "256,256,256,256,256", *why;
-    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 7;
+    int devices = 8, csv = 0, mbs[MAX_LIST] = {1, 2, 4, 8, 16}, n_mbs = 5, n_sched = 8;
     int zeros[TM_ZERO_MAX + 1] = {0}, n_zeros = 1, zero_given = 0;
     tm_schedule_kind sched[TM_SCHEDULE_KINDS] = {TM_SCHED_SEQUENTIAL, TM_SCHED_GPIPE,
                                                  TM_SCHED_1F1B, TM_SCHED_GROUPED,
                                                  TM_SCHED_INTERLEAVED, TM_SCHED_ZB_H1,
-                                                 TM_SCHED_INTERLEAVED_1F1B};
+                                                 TM_SCHED_ZB_H2, TM_SCHED_INTERLEAVED_1F1B};
     size_t cap = (size_t)64 << 20;
     tm_gpt_config gc = {4, 4, 128, 128, 0};
     int gpt_flag = 0, planner = 0, grid_flag = 0;
@@ -497,18 +476,18 @@ int main(int argc, char **argv)
         grid_flag |= c == O_MICRO || c == O_SCHEDULES || c == O_ZERO || c == O_RECOMPUTE ||
                      c == O_OFFLOAD || c == O_STEPS || c == O_REPORT;
         switch (c) {
-        case O_DEVICES: devices = (int)parse_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
+        case O_DEVICES: devices = (int)tm_cli_long("--devices", optarg, 1, TM_MAX_DEVICES); break;
         case O_MODEL: model = optarg; break;
         case O_LAYERS:
-            gc.n_layer = (int)parse_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
+            gc.n_layer = (int)tm_cli_long("--layers", optarg, 1, TM_GPT_MAX_LAYERS);
             break;
-        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
-        case O_DMODEL: gc.n_embd = (int)parse_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_HEADS: gc.n_head = (int)tm_cli_long("--heads", optarg, 1, TM_GPT_MAX_WIDTH); break;
+        case O_DMODEL: gc.n_embd = (int)tm_cli_long("--d-model", optarg, 1, TM_GPT_MAX_WIDTH); break;
         case O_CONTEXT:
-            gc.block_size = (int)parse_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
+            gc.block_size = (int)tm_cli_long("--context", optarg, 1, TM_GPT_MAX_WIDTH);
             break;
-        case O_BATCH: base.batch = (int)parse_long("--batch", optarg, 1, INT_MAX / 2); break;
-        case O_STEPS: base.max_steps = parse_long("--steps", optarg, 1, 1000000); break;
+        case O_BATCH: base.batch = (int)tm_cli_long("--batch", optarg, 1, INT_MAX / 2); break;
+        case O_STEPS: base.max_steps = tm_cli_long("--steps", optarg, 1, 1000000); break;
         case O_MICRO: n_mbs = parse_counts(optarg, mbs); break;
         case O_SCHEDULES: n_sched = parse_schedules(optarg, sched); break;
         case O_ZERO:
@@ -517,35 +496,35 @@ int main(int argc, char **argv)
             break;
         case O_MEM:
             if (tm_parse_size(optarg, &cap) != 0 || cap < ((size_t)64 << 10))
-                die_usage("--mem-cap wants a size of at least 64K, like 64M or 1G, not \"%s\"",
-                          optarg);
+                tm_cli_die("--mem-cap wants a size of at least 64K, like 64M or 1G, not \"%s\"",
+                           optarg);
             break;
         case O_CSV: csv = 1; break;
         case O_SPACE:
             if (strcmp(optarg, "grid") != 0 && strcmp(optarg, "planner") != 0)
-                die_usage("--space is grid or planner, not \"%s\"", optarg);
+                tm_cli_die("--space is grid or planner, not \"%s\"", optarg);
             planner = optarg[0] == 'p';
             break;
         case O_REPORT: report_path = optarg; break;
         case O_RECOMPUTE:
             if (tm_recompute_parse(optarg, &recompute) != 0)
-                die_usage("--recompute is none, full or selective, not \"%s\"", optarg);
+                tm_cli_die("--recompute is none, full or selective, not \"%s\"", optarg);
             break;
         case O_OFFLOAD:
             if (tm_offload_parse(optarg, &base.offload) != 0)
-                die_usage("--offload is none or optimizer, not \"%s\"", optarg);
+                tm_cli_die("--offload is none or optimizer, not \"%s\"", optarg);
             break;
         case O_HOSTMEM:
             if (tm_parse_size(optarg, &base.host_mem_cap) != 0 || base.host_mem_cap == 0)
-                die_usage("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
+                tm_cli_die("--host-mem-cap wants a size like 256M or 1G, not \"%s\"", optarg);
             break;
         case O_PRECISION:
             if (tm_precision_parse(optarg, &base.precision) != 0)
-                die_usage("--precision is fp32 or bf16, not \"%s\"", optarg);
+                tm_cli_die("--precision is fp32 or bf16, not \"%s\"", optarg);
             break;
         case O_CLOCK:
             if (tm_clock_config_flag(clk, opts[idx].name, optarg) < 0)
-                die_usage("%s", tm_error_message());
+                tm_cli_die("%s", tm_error_message());
             break;
         case 'h':
             fputs(usage_head, stdout);
@@ -553,42 +532,42 @@ int main(int argc, char **argv)
             fputs(usage_tail, stdout);
             return 0;
         default:
-            if (optopt) die_usage("option %s needs a value", argv[optind - 1]);
-            die_usage("unknown option %s", argv[optind - 1]);
+            if (optopt) tm_cli_die("option %s needs a value", argv[optind - 1]);
+            tm_cli_die("unknown option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
     int gpt = strcmp(model, "gpt") == 0;
     if (report_path != NULL && (n_zeros > 1 || zeros[0] != 0))
-        die_usage("--report draws no ZeRO stages: leave --zero out or give --zero 0");
+        tm_cli_die("--report draws no ZeRO stages: leave --zero out or give --zero 0");
     if (gpt_flag && !gpt)
-        die_usage("--layers, --heads, --d-model and --context go with --model gpt");
+        tm_cli_die("--layers, --heads, --d-model and --context go with --model gpt");
     if (base.offload != TM_OFFLOAD_NONE && base.host_mem_cap == 0)
-        die_usage("--offload optimizer keeps the optimizer state in host memory: it needs "
-                  "--host-mem-cap");
+        tm_cli_die("--offload optimizer keeps the optimizer state in host memory: it needs "
+                   "--host-mem-cap");
     if (planner && grid_flag)
-        die_usage("--space planner searches the planner's space and runs its 2 steps: leave "
-                  "--micro-batches, --schedules, --zero, --recompute, --offload, --steps and "
-                  "--report out");
+        tm_cli_die("--space planner searches the planner's space and runs its 2 steps: leave "
+                   "--micro-batches, --schedules, --zero, --recompute, --offload, --steps and "
+                   "--report out");
     if (base.offload == TM_OFFLOAD_NONE && base.host_mem_cap != 0 && !planner)
-        die_usage("--host-mem-cap sizes the host memory of --offload optimizer: it needs "
-                  "--offload optimizer");
+        tm_cli_die("--host-mem-cap sizes the host memory of --offload optimizer: it needs "
+                   "--offload optimizer");
     if (recompute == TM_RECOMPUTE_SELECTIVE && !gpt)
-        die_usage("--recompute selective recomputes attention's core, and the MLP has no "
-                  "attention: use --recompute full or none");
+        tm_cli_die("--recompute selective recomputes attention's core, and the MLP has no "
+                   "attention: use --recompute full or none");
     if (base.batch == 0) base.batch = gpt ? 32 : 128;
     tm_mlp_config mlp;
     int classes = 0;
     if (gpt) {
-        if ((why = tm_gpt_check(&gc)) != NULL) die_usage("%s", why);
+        if ((why = tm_gpt_check(&gc)) != NULL) tm_cli_die("%s", why);
     } else {
-        if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+        if (tm_mlp_parse(model, &mlp, &why) != 0) tm_cli_die("--model \"%s\": %s", model, why);
         classes = mlp.widths[mlp.n_layers];
         if (classes < 2 || classes > TM_SYNTHETIC_MAX_CLASSES)
-            die_usage("--model \"%s\" ends with %d classes; the synthetic data has 2..%d",
-                      model, classes, TM_SYNTHETIC_MAX_CLASSES);
+            tm_cli_die("--model \"%s\" ends with %d classes; the synthetic data has 2..%d",
+                       model, classes, TM_SYNTHETIC_MAX_CLASSES);
     }
-    if (tm_clock_config_check(clk) != TM_OK) die_usage("%s", tm_error_message());
+    if (tm_clock_config_check(clk) != TM_OK) tm_cli_die("%s", tm_error_message());
     /* A report that could not be written fails now, not after the sweep. */
     if (report_path != NULL && tm_outfile_check(report_path) != TM_OK) {
         fprintf(stderr, "bench_strategies: --report: %s\n", tm_error_message());
@@ -598,8 +577,8 @@ int main(int argc, char **argv)
      * run's only evaluation is the final one, on a test set of one batch. */
     long samples = (long)base.batch * (base.max_steps + 1);
     if (samples > INT_MAX || (gpt && (samples + 1) * gc.block_size > INT_MAX))
-        die_usage("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
-                  base.max_steps);
+        tm_cli_die("--batch %d x (--steps %ld + 1) samples is too many", base.batch,
+                   base.max_steps);
     base.epochs = 1;
     tm_train_recipe(&base, gpt);
     if (!gpt) base.lr = 0.05;

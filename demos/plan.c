@@ -4,16 +4,15 @@
  * fits from a dry run, the top K by modeled throughput as a table or CSV;
  * --verify runs them for real and puts the measurements beside the
  * predictions. */
-#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "runtime/arena.h"
+#include "runtime/cli.h"
 #include "runtime/clock.h"
 #include "runtime/status.h"
 #include "strategies/data.h"
@@ -72,35 +71,6 @@ static void usage(FILE *f)
     tm_clock_config_default(&defaults);
     tm_clock_config_usage(f, &defaults);
     fputs(usage_tail, f);
-}
-
-static void die_usage(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("plan: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs(" (see plan --help)\n", stderr);
-    va_end(ap);
-    exit(2);
-}
-
-static long parse_long(const char *flag, const char *v, long min, long max)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || errno != 0 || x < min || x > max)
-        die_usage("%s wants an integer from %ld to %ld, not \"%s\"", flag, min, max, v);
-    return x;
-}
-
-static size_t parse_size(const char *flag, const char *v)
-{
-    size_t x;
-    if (tm_parse_size(v, &x) != 0 || x == 0)
-        die_usage("%s wants a size like 64M or 1G, not \"%s\"", flag, v);
-    return x;
 }
 
 static double seconds(clockid_t clock)
@@ -219,6 +189,7 @@ enum {
 
 int main(int argc, char **argv)
 {
+    tm_cli_program("plan");
     long devices = 0, top = 10, steps = 3;
     size_t mem_cap = 0, host_mem_cap = 0;
     const char *model = "784,256,128,10", *act = "relu";
@@ -242,53 +213,53 @@ int main(int argc, char **argv)
     opterr = 0;
     for (int c, idx = 0; (c = getopt_long(argc, argv, "h", opts, &idx)) != -1;) {
         switch (c) {
-        case O_DEVICES: devices = parse_long("--devices", optarg, 1, 4096); break;
-        case O_MEM: mem_cap = parse_size("--mem-cap", optarg); break;
+        case O_DEVICES: devices = tm_cli_long("--devices", optarg, 1, 4096); break;
+        case O_MEM: mem_cap = tm_cli_size("--mem-cap", optarg); break;
         case O_MODEL: model = optarg; break;
         case O_ACT: act = optarg; break;
-        case O_LAYERS: gc.n_layer = (int)parse_long("--layers", optarg, 1, 1024); break;
-        case O_HEADS: gc.n_head = (int)parse_long("--heads", optarg, 1, 1024); break;
-        case O_DMODEL: gc.n_embd = (int)parse_long("--d-model", optarg, 1, 65536); break;
-        case O_CONTEXT: gc.block_size = (int)parse_long("--context", optarg, 1, 65536); break;
-        case O_BATCH: batch = (int)parse_long("--batch", optarg, 1, 1 << 20); break;
-        case O_HOSTMEM: host_mem_cap = parse_size("--host-mem-cap", optarg); break;
+        case O_LAYERS: gc.n_layer = (int)tm_cli_long("--layers", optarg, 1, 1024); break;
+        case O_HEADS: gc.n_head = (int)tm_cli_long("--heads", optarg, 1, 1024); break;
+        case O_DMODEL: gc.n_embd = (int)tm_cli_long("--d-model", optarg, 1, 65536); break;
+        case O_CONTEXT: gc.block_size = (int)tm_cli_long("--context", optarg, 1, 65536); break;
+        case O_BATCH: batch = (int)tm_cli_long("--batch", optarg, 1, 1 << 20); break;
+        case O_HOSTMEM: host_mem_cap = tm_cli_size("--host-mem-cap", optarg); break;
         case O_PRECISION: {
             tm_precision p;
             if (strcmp(optarg, "any") == 0) precisions = 1 << TM_PRECISION_FP32 | 1 << TM_PRECISION_BF16;
             else if (tm_precision_parse(optarg, &p) == 0) precisions = 1 << p;
-            else die_usage("--precision is fp32, bf16 or any, not \"%s\"", optarg);
+            else tm_cli_die("--precision is fp32, bf16 or any, not \"%s\"", optarg);
             break;
         }
-        case O_TOP: top = parse_long("--top", optarg, 1, INT_MAX); break;
+        case O_TOP: top = tm_cli_long("--top", optarg, 1, INT_MAX); break;
         case O_VERIFY: verify_top = 1; break;
         case O_STEPS:
-            steps = parse_long("--steps", optarg, TM_PLAN_STEP, 1000);
+            steps = tm_cli_long("--steps", optarg, TM_PLAN_STEP, 1000);
             given_steps = 1;
             break;
         case O_CSV: csv = 1; break;
         case O_CLOCK:
             if (tm_clock_config_flag(&recipe.clock, opts[idx].name, optarg) < 0)
-                die_usage("%s", tm_error_message());
+                tm_cli_die("%s", tm_error_message());
             break;
         case 'h': usage(stdout); return 0;
         default:
-            if (optopt != 0 && optopt < 256) die_usage("unknown option -%c", optopt);
-            die_usage("unknown or incomplete option %s", argv[optind - 1]);
+            if (optopt != 0 && optopt < 256) tm_cli_die("unknown option -%c", optopt);
+            tm_cli_die("unknown or incomplete option %s", argv[optind - 1]);
         }
     }
-    if (optind < argc) die_usage("unexpected argument \"%s\"", argv[optind]);
-    if (devices == 0) die_usage("--devices is required");
-    if (mem_cap == 0) die_usage("--mem-cap is required");
-    if (given_steps && !verify_top) die_usage("--steps is --verify's");
+    if (optind < argc) tm_cli_die("unexpected argument \"%s\"", argv[optind]);
+    if (devices == 0) tm_cli_die("--devices is required");
+    if (mem_cap == 0) tm_cli_die("--mem-cap is required");
+    if (given_steps && !verify_top) tm_cli_die("--steps is --verify's");
     int gpt = strcmp(model, "gpt") == 0;
     const char *why;
     tm_mlp_config mlp;
     if (gpt) {
-        if ((why = tm_gpt_check(&gc)) != NULL) die_usage("%s", why);
+        if ((why = tm_gpt_check(&gc)) != NULL) tm_cli_die("%s", why);
     } else {
-        if (tm_mlp_parse(model, &mlp, &why) != 0) die_usage("--model \"%s\": %s", model, why);
+        if (tm_mlp_parse(model, &mlp, &why) != 0) tm_cli_die("--model \"%s\": %s", model, why);
         if (tm_activation_parse(act, &mlp.act) != 0)
-            die_usage("--activation is relu or gelu, not \"%s\"", act);
+            tm_cli_die("--activation is relu or gelu, not \"%s\"", act);
     }
     /* build/train's recipe for the model, the clock as given. */
     tm_train_recipe(&recipe, gpt);
