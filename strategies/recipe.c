@@ -1,4 +1,4 @@
-/* build/train's optimizer recipe (strategies/recipe.h). */
+/* build/train's optimizer for a model (strategies/recipe.h). */
 #include "strategies/recipe.h"
 
 void tm_train_recipe(tm_train_config *c, int gpt)
