@@ -169,6 +169,11 @@ static void bubble_chart(FILE *f, const tm_sweep_row *rows, int n)
     double seq = 10 + PH - PH * (pp - 1.0) / pp;
     fprintf(f, "\"/>\n<line class=\"th2\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>\n", L, seq,
             L + PW, seq);
+    /* Schedules with equal bubbles (gpipe, 1f1b, grouped and interleaved;
+     * zb-h1 and zb-h2 at equal times) coincide: the later ones' points are
+     * smaller, so that all stay visible. By tm_schedule_kind. */
+    static const int radius[] = {6, 5, 4, 3, 2, 5, 2, 3};
+    _Static_assert(sizeof radius / sizeof radius[0] == TM_SCHEDULE_KINDS, "a radius per kind");
     for (int k = 0; k < TM_SCHEDULE_KINDS; k++) {
         int any = 0;
         for (int i = 0; i < n; i++)
@@ -191,11 +196,9 @@ static void bubble_chart(FILE *f, const tm_sweep_row *rows, int n)
         for (int i = 0; i < n; i++) {
             const tm_sweep_row *r = &rows[i];
             if (r->pp != pp || r->tp != tp || (int)r->schedule != k || r->v > 1) continue;
-            /* Schedules with equal lists coincide: later ones are drawn
-             * smaller so that both stay visible. */
             fprintf(f, "<circle class=\"s%d\" cx=\"%.1f\" cy=\"%.1f\" r=\"%d\" data-tip=\"%s, "
                        "m %d: bubble %.4f\"/>",
-                    k, L + log2(r->micro_batches) * sx, 10 + PH - PH * r->bubble, 6 - k,
+                    k, L + log2(r->micro_batches) * sx, 10 + PH - PH * r->bubble, radius[k],
                     tm_schedule_kind_name((tm_schedule_kind)k), r->micro_batches, r->bubble);
         }
         fprintf(f, "<rect class=\"s%d\" x=\"%d\" y=\"%d\" width=\"10\" height=\"10\"/>"
