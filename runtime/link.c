@@ -556,6 +556,11 @@ int tm__link_consumer_waiting(const tm_link *l)
     return (int)atomic_load_explicit(&l->c->cons_sleeping, memory_order_relaxed);
 }
 
+int tm__link_producer_waiting(const tm_link *l)
+{
+    return (int)atomic_load_explicit(&l->c->prod_sleeping, memory_order_relaxed);
+}
+
 uint64_t tm__link_published(const tm_link *l)
 {
     return atomic_load_explicit(&l->c->tail, memory_order_relaxed);

@@ -114,8 +114,10 @@ size_t tm__link_peek(tm_link *link, uint64_t pos, const uint8_t **ptr);
  * tm__link_read_release, without calling the proxy back. */
 void tm__link_engine_commit(tm_link *link, size_t n);
 void tm__link_engine_release(tm_link *link, size_t n);
-/* The consumer sleeps waiting for data. */
+/* The consumer sleeps waiting for data; the producer sleeps waiting for
+ * space. */
 int tm__link_consumer_waiting(const tm_link *link);
+int tm__link_producer_waiting(const tm_link *link);
 /* Bytes published so far: the producer's stream position. */
 uint64_t tm__link_published(const tm_link *link);
 
