@@ -235,7 +235,8 @@ static void emit_byte(void *ctx, uint8_t b)
 }
 
 /* The closing sample of a GPT run: a newline as the prompt, then n bytes
- * at temperature 0.8. */
+ * at temperature 0.8, on one device of the process that reports the run
+ * (across processes only it holds the final weights). */
 static void print_sample(const tm_model *m, const float *params, int n, uint64_t seed,
                          size_t cap)
 {
@@ -243,7 +244,7 @@ static void print_sample(const tm_model *m, const float *params, int n, uint64_t
     sample_out o = {stdout, {{0}, 0, 0}};
     tm_generate_config g = {.model = m, .params = params, .prompt = prompt, .prompt_len = 1,
                             .tokens = n, .temperature = 0.8, .top_k = 0, .seed = seed,
-                            .mem_cap = cap, .emit = emit_byte, .ctx = &o};
+                            .mem_cap = cap, .local = 1, .emit = emit_byte, .ctx = &o};
     tm_generate_stats stats;
     char error[2048];
     printf("sample (%d bytes, temperature 0.8):\n", n);

@@ -60,7 +60,7 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
                         TM_MAX_DEVICES);
     if (cfg->mem_cap == 0) return tm_error(TM_EINVAL, "device memory cap is 0");
     TM_CHECK(tm_process_init());
-    int procs = tm_process_count(), per = cfg->n_devices / procs;
+    int procs = cfg->local ? 1 : tm_process_count(), per = cfg->n_devices / procs;
     if (cfg->n_devices % procs != 0)
         return tm_error(TM_EINVAL, "%d devices do not split evenly over %d processes (each "
                         "process runs an equal block of devices)", cfg->n_devices, procs);
@@ -100,7 +100,7 @@ int tm_world_create(tm_world **out, const tm_world_config *cfg_in)
     w->cfg = *cfg;
     if (w->cfg.watchdog_s <= 0) w->cfg.watchdog_s = DEFAULT_WATCHDOG_S;
     w->n = cfg->n_devices;
-    w->lo = tm_process_rank() * per;
+    w->lo = procs > 1 ? tm_process_rank() * per : 0;
     w->hi = w->lo + per;
     w->ring_bytes = ring;
     tm_topo_info t;

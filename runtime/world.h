@@ -38,6 +38,10 @@ typedef struct {
     tm_stop *stop;       /* the runs' stop agreement, or NULL: across
                             processes the world carries it between them
                             (tm_stop_span), for one run */
+    int local;           /* this process's alone, even under mpirun (one
+                            process's own work, as the sample train prints
+                            after training); else split over the job's
+                            processes */
 } tm_world_config;
 
 /* Defaults: 1 device, 64 MiB, automatic ring size, TM_PIN_AUTO, 30 s

@@ -440,6 +440,7 @@ int tm_generate(const tm_generate_config *cfg, tm_generate_stats *stats, char *e
         tm_world_config_default(&wc);
         wc.n_devices = n;
         wc.mem_cap = cfg->mem_cap;
+        wc.local = cfg->local;
         st = tm_world_create(&w, &wc);
     }
     if (st != TM_OK) {

@@ -28,6 +28,8 @@ typedef struct {
     size_t mem_cap;          /* each device's arena */
     int tp, pp;              /* the mesh: tensor-parallel ranks (the KV cache
                                 split by heads) and pipeline stages (0: 1) */
+    int local;               /* in this process alone, even under mpirun
+                                (else the mesh splits over the processes) */
     float *logits;           /* if not NULL: the logits (V) each of the first
                                 logits_rows draws was made from */
     int logits_rows;

@@ -82,43 +82,40 @@ void tm_stage_destroy(tm_stage *s)
     memset(s, 0, sizeof *s);
 }
 
-/* Moves one shard between the full layout (f: the tensor's first float)
- * and the rank's buffer (h), to_full choosing the direction. Rows past a
- * group block's real extent are padding: zero in the shard, not in the
- * full tensor. */
-static void copy_shard(const tm_tensor *t, const tm_shard *s, float *f, float *h, int to_full)
+/* The runs of one shard (tensor t's first float at full offset f, the
+ * shard's at h), in order: each n floats alike in the full layout and the
+ * rank's buffer, then pad floats of the buffer that are padding (rows past
+ * a group block's real extent: zero in the shard, absent from the full
+ * tensor). */
+static void shard_spans(const tm_tensor *t, const tm_shard *s, size_t f, size_t h,
+                        tm_stage_span_fn *fn, void *ctx)
 {
     size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
     if (s->dim == TM_SHARD_WHOLE) {
-        if (to_full) memcpy(f, h, rows * cols * sizeof(float));
-        else memcpy(h, f, rows * cols * sizeof(float));
+        fn(ctx, f, h, rows * cols, 0);
         return;
     }
     if (s->dim == TM_SHARD_COLS) {
-        for (size_t r = 0; r < rows; r++) {
-            float *a = f + r * cols + s->lo, *b = h + r * (size_t)s->len;
-            if (to_full) memcpy(a, b, (size_t)s->len * sizeof(float));
-            else memcpy(b, a, (size_t)s->len * sizeof(float));
-        }
+        for (size_t r = 0; r < rows; r++)
+            fn(ctx, f + r * cols + (size_t)s->lo, h + r * (size_t)s->len, (size_t)s->len, 0);
         return;
     }
     size_t block = rows / (size_t)t->groups;
     for (int g = 0; g < t->groups; g++) {
         long real = (long)block - s->lo < s->len ? (long)block - s->lo : s->len;
         size_t n = real > 0 ? (size_t)real * cols : 0;
-        float *a = f + (g * block + (size_t)s->lo) * cols, *b = h + (size_t)g * s->len * cols;
-        if (to_full) {
-            memcpy(a, b, n * sizeof(float));
-            continue;
-        }
-        memcpy(b, a, n * sizeof(float));
-        memset(b + n, 0, ((size_t)s->len * cols - n) * sizeof(float));
+        fn(ctx, f + (g * block + (size_t)s->lo) * cols, h + (size_t)g * s->len * cols, n,
+           (size_t)s->len * cols - n);
     }
 }
 
-static void copy_all(const tm_stage *s, float *full, float *shard, int to_full, int write_shared)
+/* Every owned shard's runs; to_full: only those written back (tensors
+ * held whole on every tp rank when write_shared, a tied tensor from the
+ * first stage that stores it). */
+static void spans(const tm_stage *s, int to_full, int write_shared, tm_stage_span_fn *fn,
+                  void *ctx)
 {
-    for (int i = 0; i < s->n && !tm_cost_dry(); i++) {
+    for (int i = 0; i < s->n; i++) {
         const tm_layer_plan *p = &s->layer[i];
         for (int k = 0; k < p->layer->n_tensors; k++) {
             const tm_shard *sh = &p->shard[k];
@@ -127,19 +124,44 @@ static void copy_all(const tm_stage *s, float *full, float *shard, int to_full, 
             /* A tensor an earlier stage stores too (a tied embedding) is
              * written back from there. */
             if (to_full && t->layer < s->l0) continue;
-            copy_shard(t, sh, full + t->off, shard + sh->off, to_full);
+            shard_spans(t, sh, t->off, sh->off, fn, ctx);
         }
     }
 }
 
+typedef struct {
+    float *full, *shard;
+} copy_ctx;
+
+static void span_to_full(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
+{
+    copy_ctx *c = ctx;
+    (void)pad;
+    memcpy(c->full + full, c->shard + shard, n * sizeof(float));
+}
+
+static void span_from_full(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
+{
+    copy_ctx *c = ctx;
+    memcpy(c->shard + shard, c->full + full, n * sizeof(float));
+    memset(c->shard + shard + n, 0, pad * sizeof(float));
+}
+
 void tm_stage_shard_from(const tm_stage *s, const float *full, float *shard)
 {
-    copy_all(s, (float *)full, shard, 0, 0);
+    copy_ctx c = {(float *)full, shard};
+    if (!tm_cost_dry()) spans(s, 0, 0, span_from_full, &c);
 }
 
 void tm_stage_shard_to(const tm_stage *s, const float *shard, float *full, int write_shared)
 {
-    copy_all(s, full, (float *)shard, 1, write_shared);
+    copy_ctx c = {full, (float *)shard};
+    if (!tm_cost_dry()) spans(s, 1, write_shared, span_to_full, &c);
+}
+
+void tm_stage_shard_spans(const tm_stage *s, int write_shared, tm_stage_span_fn *fn, void *ctx)
+{
+    spans(s, 1, write_shared, fn, ctx);
 }
 
 tm_layer_ctx tm_stage_ctx(const tm_stage *s, int rows)

@@ -105,6 +105,11 @@ void tm_stage_shard_from(const tm_stage *s, const float *full, float *shard);
 /* The reverse, into the full buffer. Tensors held whole on every tp rank
  * are written only when write_shared is set, so that one rank writes them. */
 void tm_stage_shard_to(const tm_stage *s, const float *shard, float *full, int write_shared);
+/* What tm_stage_shard_to copies, run by run in its order: n floats from
+ * shard offset `shard` to full offset `full` (pad: padding floats that
+ * follow in the shard, not copied). */
+typedef void tm_stage_span_fn(void *ctx, size_t full, size_t shard, size_t n, size_t pad);
+void tm_stage_shard_spans(const tm_stage *s, int write_shared, tm_stage_span_fn *fn, void *ctx);
 
 /* The saved activations of one micro-batch between its forward and its
  * backward: one arena block (tag activation). In bf16 the layers' outputs

@@ -576,23 +576,21 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     if (st == TM_OK) st = tm_world_create(&w, &wc);
     int split = st == TM_OK && tm_world_device_count_local(w) < n;
     /* Across processes the one that runs the reporting device writes the
-     * checkpoint and the trace, once. */
-    if (split && !tm_world_is_local(w, (cfg->pp - 1) * cfg->tp)) {
+     * checkpoint and the trace, once, and only it holds the final weights. */
+    int writer = !split || tm_world_is_local(w, (cfg->pp - 1) * cfg->tp);
+    if (!writer) {
         tm_outfile_abandon(save);
         tm_outfile_abandon(trace);
         save = trace = NULL;
     }
-    if (split && (cfg->save_path != NULL || cfg->keep_params)) {
-        j.owned = calloc(state.n_params, sizeof(float));
-        if (j.owned == NULL) st = tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
-    }
+    j.gather = split && (cfg->save_path != NULL || cfg->keep_params);
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {
         out->ran = 1;
         st = tm_world_run(w, run, &j);
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_world_error(w));
-        if (st == TM_OK) st = tm__train_share(w, cfg, out, &state, j.owned, j.stop);
+        if (st == TM_OK) st = tm__train_share(w, cfg, out, &state, j.stop);
         out->stop_request = tm_stop_requested(j.stop, &out->stop_process);
         if (st != TM_OK && error[0] == '\0') snprintf(error, error_size, "%s", tm_error_message());
         tm_world_links(w, add_link, out);
@@ -617,7 +615,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
         save = NULL;
         if (st != TM_OK) snprintf(error, error_size, "%s", tm_error_message());
     }
-    if (st == TM_OK && cfg->keep_params) {
+    if (st == TM_OK && cfg->keep_params && writer) {
         out->params = state.params;
         state.params = NULL;
     }
@@ -632,7 +630,6 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     tm_outfile_abandon(save);
     tm_outfile_abandon(trace);
     tm_world_destroy(w);
-    free(j.owned);
     tm_stop_destroy(j.stop);
     tm_model_state_free(&state);
     tm_schedule_free(&j.sched);

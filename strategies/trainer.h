@@ -221,7 +221,9 @@ typedef struct {
     double samples_per_s;  /* this run, training time only */
     double test_acc;       /* after the run */
     double test_loss;
-    float *params;         /* keep_params: the final weights, full layout */
+    float *params;         /* keep_params: the final weights, full layout
+                              (across processes: in the reporting
+                              device's process only, else NULL) */
     double train_seconds;
     double gflops;         /* GEMM and elementwise FLOPs / training time */
     tm_arena_stats memory; /* device 0's arena, peaks included */

@@ -23,8 +23,9 @@ typedef struct {
     tm_schedule sched;
     tm_train_result *result;
     tm_stop *stop;           /* where every device stops early (runtime/stop.h) */
-    float *owned;            /* across processes: non-zero where this
-                                process's devices stored the state */
+    int gather;              /* across processes, with the state kept:
+                                replica 0's devices send it to the
+                                reporting device's process over the links */
 } job;
 
 /* A tensor that several stages hold: the group of this device's twins

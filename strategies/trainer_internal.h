@@ -83,11 +83,11 @@ void tm__train_guard(tm_stop *stop, long step, int has_loss, double loss, const 
                      size_t n, int device);
 
 /* After a run whose devices span processes: every process gets the device
- * reports, the reporting device's results and position, every process's
- * divergence (kept in stop), and (owned not NULL: the floats this
- * process's devices stored are non-zero there) the whole stored model
- * state. A no-op with one process. TM_OK, TM_EHOSTMEM or TM_ESYS. */
+ * reports, the reporting device's results and position, and every
+ * process's divergence (kept in stop). (The stored model state reached the
+ * reporting device's process over the links: trainer_setup.c.) A no-op
+ * with one process. TM_OK, TM_EHOSTMEM or TM_ESYS. */
 int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *res,
-                    tm_model_state *state, const float *owned, tm_stop *stop);
+                    tm_model_state *state, tm_stop *stop);
 
 #endif

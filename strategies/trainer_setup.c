@@ -384,9 +384,115 @@ static int gather_zero(device *v, int c, float **host, float **state)
     return tm_zero_store(v->zero[c], *host, *host != NULL ? state : NULL);
 }
 
+/* Across processes the model state reaches the writing process over the
+ * links: replica 0's devices in the other processes send each chunk's
+ * stored runs to the reporting device, which writes them into its
+ * process's host state (the checkpoint's). Per sender and chunk: the runs'
+ * count; their full-layout offsets and lengths (uint64 pairs); then, run
+ * after run, the weights' floats and each optimizer state's. */
+typedef struct {
+    uint64_t *pair;    /* (n) full offset, length */
+    size_t *from;      /* (n) shard offset */
+    size_t n, cap, floats;
+} runs;
+
+static void add_run(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
+{
+    runs *r = ctx;
+    (void)pad;
+    if (n == 0 || r->n == SIZE_MAX) return;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 64;
+        uint64_t *pair = realloc(r->pair, sizeof *pair * 2 * cap);
+        if (pair != NULL) r->pair = pair;
+        size_t *from = pair != NULL ? realloc(r->from, sizeof *from * cap) : NULL;
+        if (from == NULL) {
+            r->n = SIZE_MAX; /* out of host memory: the caller reports it */
+            return;
+        }
+        r->from = from;
+        r->cap = cap;
+    }
+    r->pair[2 * r->n] = full;
+    r->pair[2 * r->n + 1] = n;
+    r->from[r->n++] = shard;
+    r->floats += n;
+}
+
+static int send_chunk(device *v, const tm_stage *s, const float *params, float *const *state)
+{
+    tm_comm *world = tm_device_comm(v->dev);
+    int to = (v->mesh.pp - 1) * v->mesh.tp, n_state = v->j->state->n_opt_state;
+    runs r = {0};
+    tm_stage_shard_spans(s, v->mesh.t == 0, add_run, &r);
+    float *buf = r.n == SIZE_MAX ? NULL : malloc(sizeof(float) * (r.floats ? r.floats : 1));
+    int st = buf == NULL ? tm_error(TM_EHOSTMEM, "cannot allocate the state's gather") : TM_OK;
+    uint64_t count = r.n;
+    if (st == TM_OK) st = tm_send(world, &count, sizeof count, to);
+    if (st == TM_OK && count > 0) st = tm_send(world, r.pair, sizeof *r.pair * 2 * r.n, to);
+    for (int k = -1; st == TM_OK && count > 0 && k < n_state; k++) {
+        const float *src = k < 0 ? params : state[k];
+        float *o = buf;
+        for (size_t i = 0; i < r.n; i++) {
+            memcpy(o, src + r.from[i], sizeof(float) * r.pair[2 * i + 1]);
+            o += r.pair[2 * i + 1];
+        }
+        st = tm_send(world, buf, sizeof(float) * r.floats, to);
+    }
+    free(buf);
+    free(r.pair);
+    free(r.from);
+    return st;
+}
+
+static int recv_chunk(device *v, int from)
+{
+    tm_comm *world = tm_device_comm(v->dev);
+    tm_model_state *state = v->j->state;
+    uint64_t count = 0, *pair = NULL;
+    float *buf = NULL;
+    TM_CHECK(tm_recv(world, &count, sizeof count, from));
+    if (count == 0) return TM_OK;
+    size_t floats = 0;
+    pair = count <= SIZE_MAX / 16 ? malloc(sizeof *pair * 2 * count) : NULL;
+    int st = pair == NULL ? tm_error(TM_EHOSTMEM, "cannot allocate the state's gather") : TM_OK;
+    if (st == TM_OK) st = tm_recv(world, pair, sizeof *pair * 2 * count, from);
+    for (uint64_t i = 0; st == TM_OK && i < count; i++) {
+        if (pair[2 * i] > state->n_params || pair[2 * i + 1] > state->n_params - pair[2 * i])
+            st = tm_error(TM_EINVAL, "device %d sent a run outside the model's %zu floats", from,
+                          state->n_params);
+        floats += pair[2 * i + 1];
+    }
+    if (st == TM_OK && (buf = malloc(sizeof(float) * (floats ? floats : 1))) == NULL)
+        st = tm_error(TM_EHOSTMEM, "cannot allocate the state's gather");
+    for (int k = -1; st == TM_OK && k < state->n_opt_state; k++) {
+        st = tm_recv(world, buf, sizeof(float) * floats, from);
+        float *dst = k < 0 ? state->params : state->opt_state[k];
+        const float *in = buf;
+        for (uint64_t i = 0; st == TM_OK && i < count; i++) {
+            memcpy(dst + pair[2 * i], in, sizeof(float) * pair[2 * i + 1]);
+            in += pair[2 * i + 1];
+        }
+    }
+    free(buf);
+    free(pair);
+    return st;
+}
+
+/* The reporting device's side: chunk c of every sender, in device order
+ * (replica 0 holds devices 0 .. pp * tp - 1). */
+static int recv_chunks(device *v)
+{
+    tm_world *w = tm_device_world(v->dev);
+    for (int i = 0; i < v->mesh.pp * v->mesh.tp; i++)
+        if (!tm_world_is_local(w, i)) TM_CHECK(recv_chunk(v, i));
+    return TM_OK;
+}
+
 /* Copies chunk c's shards back into the host model state: replica 0 only
  * (under ZeRO, after gathering the other replicas' chunks), and the parts
- * every tp rank holds whole from rank 0 only. */
+ * every tp rank holds whole from rank 0 only; across processes, over the
+ * links to the writing process (above). */
 static int store_chunk(device *v, int c)
 {
     job *j = v->j;
@@ -398,22 +504,19 @@ static int store_chunk(device *v, int c)
         free(host);
         return st;
     }
-    int shared = v->mesh.t == 0;
-    tm_stage_shard_to(s, s->params != NULL ? s->params : host, j->state->params, shared);
-    if (j->owned != NULL) {
-        float *ones = malloc(sizeof(float) * s->n_params);
-        if (ones == NULL) {
-            free(host);
-            return tm_error(TM_EHOSTMEM, "cannot allocate the ownership marks");
-        }
-        for (size_t i = 0; i < s->n_params; i++) ones[i] = 1;
-        tm_stage_shard_to(s, ones, j->owned, shared);
-        free(ones);
+    const float *params = s->params != NULL ? s->params : host;
+    int to = (v->mesh.pp - 1) * v->mesh.tp;
+    if (j->gather && !tm_world_is_local(tm_device_world(v->dev), to)) {
+        st = send_chunk(v, s, params, state);
+        free(host);
+        return st;
     }
+    int shared = v->mesh.t == 0;
+    tm_stage_shard_to(s, params, j->state->params, shared);
     for (int i = 0; i < j->state->n_opt_state; i++)
         tm_stage_shard_to(s, state[i], j->state->opt_state[i], shared);
     free(host);
-    return TM_OK;
+    return j->gather && v->reporter ? recv_chunks(v) : TM_OK;
 }
 
 /* Every chunk's shards back into the host model state. */

@@ -4,7 +4,8 @@
 # the GPT: data parallel, and split over tp and pp with sequence
 # parallelism and its tied embedding; and ZeRO's stages) to bitwise the same
 # step losses and the same checkpoint bytes under `mpirun -np P` as in one
-# process; a device failing in the last process ends the job within 10 s,
+# process (the checkpoint gathered over the links; the GPT's closing sample
+# the same); a device failing in the last process ends the job within 10 s,
 # non-zero, with one message naming it; so do SIGTERM or SIGINT to one
 # process, a process killed and a divergence; a mesh that P does not divide
 # is bad usage (exit 2).
@@ -68,6 +69,29 @@ for np in 2 4; do
     same "$np" $gpt --dp 4 --zero 3
     same "$np" $gpt --dp 2 --pp 2 --tp 2 --sequence-parallel --micro-batches 2 --zero 2
 done
+
+# The checkpoint crosses the links: with --save, stage 0 (process 0) sends
+# what it stores to the reporting device (process 1) over link 0 -> 1, at
+# least its first layer's 64 x 32 weights more than without.
+link01() { grep '^0 -> 1 ' "$1" | awk '{ m = $6 == "MiB" ? 1048576 : $6 == "KiB" ? 1024 : 1;
+                                       printf "%d\n", $5 * m }'; }
+ckpt="$mlp --model 64,32,16,8 --pp 2 --micro-batches 2 --links"
+$mpirun -np 2 "$bin" $ckpt >"$tmp/nosave.out" 2>&1
+$mpirun -np 2 "$bin" $ckpt --save "$tmp/links.st" >"$tmp/save.out" 2>&1
+without=$(link01 "$tmp/nosave.out"); with=$(link01 "$tmp/save.out")
+if [ -n "$without" ] && [ -n "$with" ] && [ "$with" -ge $((without + 64 * 32 * 4)) ] &&
+    [ -s "$tmp/links.st" ]
+then ok; else bad "checkpoint over the links: 0 -> 1 carried ${without:-?} B without --save, ${with:-?} B with"; fi
+
+# The GPT's closing sample, from the weights gathered into the reporting
+# process: the same bytes as in one process.
+sample="$gpt --pp 2 --tp 2 --micro-batches 2 --sample-tokens 24"
+"$bin" $sample >"$tmp/sample1.out" 2>&1
+$mpirun -np 2 "$bin" $sample >"$tmp/sample2.out" 2>&1
+rc=$?
+s1=$(grep -A1 '^sample (24 bytes' "$tmp/sample1.out"); s2=$(grep -A1 '^sample (24 bytes' "$tmp/sample2.out")
+if [ "$rc" -eq 0 ] && [ -n "$s1" ] && [ "$s1" = "$s2" ]
+then ok; else bad "sample across processes: exit $rc: $(tail -2 "$tmp/sample2.out")"; fi
 
 # A failure in the last process: within 10 s, non-zero, one message.
 start=$(date +%s)
