@@ -419,10 +419,11 @@ static void add_run(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
     r->floats += n;
 }
 
-static int send_chunk(device *v, const tm_stage *s, const float *params, float *const *state)
+static int send_chunk(device *v, int to, const tm_stage *s, const float *params,
+                      float *const *state)
 {
     tm_comm *world = tm_device_comm(v->dev);
-    int to = (v->mesh.pp - 1) * v->mesh.tp, n_state = v->j->state->n_opt_state;
+    int n_state = v->j->state->n_opt_state;
     runs r = {0};
     tm_stage_shard_spans(s, v->mesh.t == 0, add_run, &r);
     float *buf = r.n == SIZE_MAX ? NULL : malloc(sizeof(float) * (r.floats ? r.floats : 1));
@@ -505,9 +506,9 @@ static int store_chunk(device *v, int c)
         return st;
     }
     const float *params = s->params != NULL ? s->params : host;
-    int to = (v->mesh.pp - 1) * v->mesh.tp;
+    int to = (v->mesh.pp - 1) * v->mesh.tp; /* the reporting device */
     if (j->gather && !tm_world_is_local(tm_device_world(v->dev), to)) {
-        st = send_chunk(v, s, params, state);
+        st = send_chunk(v, to, s, params, state);
         free(host);
         return st;
     }
