@@ -184,8 +184,10 @@ static void sleep_ns(long ns)
 /* A send leaves the progress thread work (busy) only when it cannot finish
  * without this process's help: a message larger than P.eager goes by
  * rendezvous, which moves as both ends progress, while a smaller one is in
- * the receiver's hands once MPI_Isend returns, and what is left (freeing
- * its ring bytes) the next sweep of any thread does. Waking the progress
+ * the receiver's hands once MPI_Isend returns (over TCP, unless the socket
+ * is full: the thread's next idle sweep, within IDLE_SLEEP_NS, pushes it),
+ * and what is left (freeing its ring bytes) the next sweep of any thread
+ * does. Waking the progress
  * thread for those made it take a core from a device waiting for the
  * reply (2 processes x 1 device on 2 cores): it was the slow one of the
  * point-to-point path's two speeds. A device that sleeps for ring space
