@@ -52,10 +52,12 @@
  * bytes, and two messages still cost more than Open MPI's own all-reduce
  * (one). So the runtime raises that limit to EAGER_LIMIT for the job
  * before MPI starts, unless the user set it (OMPI_MCA_btl_vader_eager_limit),
- * and cuts pieces EAGER_MARGIN below whatever the limit is: at 8 KiB the
- * all-reduce took 0.96x Open MPI's (median of 6 jobs' ratios) against
- * 1.23x in 4000-byte pieces. From 1 MiB on, the rendezvous's single copy
- * wins (16 MiB: 9.4 against 13.2 ms in pieces). */
+ * and cuts pieces EAGER_MARGIN below whatever the limit is (half of a limit
+ * under twice the margin): at 8 KiB the all-reduce took 0.96x Open MPI's
+ * (median of 6 jobs' ratios) against 1.23x in 4000-byte pieces. From 1 MiB
+ * on, the rendezvous's single copy wins (16 MiB: 9.4 against 13.2 ms in
+ * pieces). An MCA parameter file's value for the limit is overridden (the
+ * environment wins over it). */
 #define EAGER_LIMIT "8192"
 #define EAGER_MARGIN ((size_t)96)
 #define SPLIT_BELOW ((size_t)64 << 10)
@@ -184,14 +186,15 @@ static void sleep_ns(long ns)
 /* A send leaves the progress thread work (busy) only when it cannot finish
  * without this process's help: a message larger than P.eager goes by
  * rendezvous, which moves as both ends progress, while a smaller one is in
- * the receiver's hands once MPI_Isend returns (over TCP, unless the socket
- * is full: the thread's next idle sweep, within IDLE_SLEEP_NS, pushes it),
- * and what is left (freeing its ring bytes) the next sweep of any thread
- * does. Waking the progress
- * thread for those made it take a core from a device waiting for the
- * reply (2 processes x 1 device on 2 cores): it was the slow one of the
- * point-to-point path's two speeds. A device that sleeps for ring space
- * is busy too: nobody else frees it. */
+ * the receiver's hands once MPI_Isend returns (ob1 over shared memory; over
+ * TCP unless the socket is full, when the thread's next idle sweep, within
+ * IDLE_SLEEP_NS, pushes it), and what is left (freeing its ring bytes) the
+ * next sweep of any thread does. Waking the progress thread for those made
+ * it take a core from a device waiting for the reply (2 processes x 1
+ * device on 2 cores): it was the slow one of the point-to-point path's two
+ * speeds. Busy too: published bytes not yet handed to MPI (all
+ * MAX_INFLIGHT sends were in flight), and a device asleep for ring space:
+ * nobody else moves them. */
 static int poll_send(half *h, int *busy)
 {
     int moved = 0;
@@ -221,6 +224,7 @@ static int poll_send(half *h, int *busy)
     }
     for (int i = 0; i < h->count; i++)
         if (h->len[(h->first + i) % MAX_INFLIGHT] > P.eager) *busy = 1;
+    if (tm__link_published(h->ring) > h->sent) *busy = 1;
     if (h->count > 0 && tm__link_producer_waiting(h->ring)) *busy = 1;
     return moved;
 }
@@ -379,7 +383,8 @@ int tm_process_init(void)
     if (getenv("OMPI_COMM_WORLD_SIZE") == NULL) return TM_OK;
     setenv("OMPI_MCA_btl_vader_eager_limit", EAGER_LIMIT, 0);
     long limit = strtol(getenv("OMPI_MCA_btl_vader_eager_limit"), NULL, 0);
-    P.eager = limit > 2 * (long)EAGER_MARGIN ? (size_t)limit - EAGER_MARGIN : EAGER_MARGIN;
+    P.eager = limit > 2 * (long)EAGER_MARGIN ? (size_t)limit - EAGER_MARGIN
+                                             : (size_t)(limit > 1 ? limit / 2 : 1);
     int provided = 0;
     if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return tm_error(TM_ESYS, "MPI_Init_thread failed");

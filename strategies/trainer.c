@@ -577,13 +577,13 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     int split = st == TM_OK && tm_world_device_count_local(w) < n;
     /* Across processes the one that runs the reporting device writes the
      * checkpoint and the trace, once, and only it holds the final weights. */
-    int writer = !split || tm_world_is_local(w, (cfg->pp - 1) * cfg->tp);
+    int writer = !split || tm_world_is_local(w, tm__train_reporter(cfg));
     if (!writer) {
         tm_outfile_abandon(save);
         tm_outfile_abandon(trace);
         save = trace = NULL;
     }
-    j.gather = split && (cfg->save_path != NULL || cfg->keep_params);
+    j.gather = split && !cfg->dry_run && (cfg->save_path != NULL || cfg->keep_params);
     if (st != TM_OK) {
         snprintf(error, error_size, "%s", tm_error_message());
     } else {

@@ -26,6 +26,8 @@ int tm__train_chunks(const tm_train_config *cfg)
     return cfg->virtual_stages > 1 ? cfg->virtual_stages : 1;
 }
 
+int tm__train_reporter(const tm_train_config *cfg) { return (cfg->pp - 1) * cfg->tp; }
+
 int tm__train_split(const tm_train_config *cfg, int *first)
 {
     int n = cfg->pp * tm__train_chunks(cfg);

@@ -394,20 +394,29 @@ typedef struct {
     uint64_t *pair;    /* (n) full offset, length */
     size_t *from;      /* (n) shard offset */
     size_t n, cap, floats;
-} runs;
+    int failed;        /* out of host memory */
+} run_list;
 
+/* A run that continues the last one in both layouts (a weight and its
+ * bias) extends it. */
 static void add_run(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
 {
-    runs *r = ctx;
+    run_list *r = ctx;
     (void)pad;
-    if (n == 0 || r->n == SIZE_MAX) return;
+    if (n == 0 || r->failed) return;
+    r->floats += n;
+    if (r->n > 0 && r->pair[2 * (r->n - 1)] + r->pair[2 * r->n - 1] == full &&
+        r->from[r->n - 1] + r->pair[2 * r->n - 1] == shard) {
+        r->pair[2 * r->n - 1] += n;
+        return;
+    }
     if (r->n == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 64;
         uint64_t *pair = realloc(r->pair, sizeof *pair * 2 * cap);
         if (pair != NULL) r->pair = pair;
         size_t *from = pair != NULL ? realloc(r->from, sizeof *from * cap) : NULL;
         if (from == NULL) {
-            r->n = SIZE_MAX; /* out of host memory: the caller reports it */
+            r->failed = 1;
             return;
         }
         r->from = from;
@@ -416,7 +425,6 @@ static void add_run(void *ctx, size_t full, size_t shard, size_t n, size_t pad)
     r->pair[2 * r->n] = full;
     r->pair[2 * r->n + 1] = n;
     r->from[r->n++] = shard;
-    r->floats += n;
 }
 
 static int send_chunk(device *v, int to, const tm_stage *s, const float *params,
@@ -424,9 +432,9 @@ static int send_chunk(device *v, int to, const tm_stage *s, const float *params,
 {
     tm_comm *world = tm_device_comm(v->dev);
     int n_state = v->j->state->n_opt_state;
-    runs r = {0};
+    run_list r = {0};
     tm_stage_shard_spans(s, v->mesh.t == 0, add_run, &r);
-    float *buf = r.n == SIZE_MAX ? NULL : malloc(sizeof(float) * (r.floats ? r.floats : 1));
+    float *buf = r.failed ? NULL : malloc(sizeof(float) * (r.floats ? r.floats : 1));
     int st = buf == NULL ? tm_error(TM_EHOSTMEM, "cannot allocate the state's gather") : TM_OK;
     uint64_t count = r.n;
     if (st == TM_OK) st = tm_send(world, &count, sizeof count, to);
@@ -458,9 +466,11 @@ static int recv_chunk(device *v, int from)
     pair = count <= SIZE_MAX / 16 ? malloc(sizeof *pair * 2 * count) : NULL;
     int st = pair == NULL ? tm_error(TM_EHOSTMEM, "cannot allocate the state's gather") : TM_OK;
     if (st == TM_OK) st = tm_recv(world, pair, sizeof *pair * 2 * count, from);
+    /* One device's runs are disjoint: together within the model. */
     for (uint64_t i = 0; st == TM_OK && i < count; i++) {
-        if (pair[2 * i] > state->n_params || pair[2 * i + 1] > state->n_params - pair[2 * i])
-            st = tm_error(TM_EINVAL, "device %d sent a run outside the model's %zu floats", from,
+        if (pair[2 * i] > state->n_params || pair[2 * i + 1] > state->n_params - pair[2 * i] ||
+            pair[2 * i + 1] > state->n_params - floats)
+            st = tm_error(TM_EINVAL, "device %d sent runs outside the model's %zu floats", from,
                           state->n_params);
         floats += pair[2 * i + 1];
     }
@@ -506,7 +516,7 @@ static int store_chunk(device *v, int c)
         return st;
     }
     const float *params = s->params != NULL ? s->params : host;
-    int to = (v->mesh.pp - 1) * v->mesh.tp; /* the reporting device */
+    int to = tm__train_reporter(j->cfg);
     if (j->gather && !tm_world_is_local(tm_device_world(v->dev), to)) {
         st = send_chunk(v, to, s, params, state);
         free(host);
