@@ -609,7 +609,7 @@ int main(int argc, char **argv)
     int procs = tm_process_count();
     if (mesh % procs != 0)
         tm_cli_die("%ld devices do not split evenly over %d processes", mesh, procs);
-    int reporter = (int)((long)(cfg.pp - 1) * cfg.tp / (mesh / procs));
+    int reporter = tm_train_reporter(&cfg) / (int)(mesh / procs);
     tm_process_output(reporter);
     if (tm_process_rank() != reporter) metrics_path = NULL;
     if ((mesh / procs) % cfg.tp != 0)

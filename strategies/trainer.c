@@ -577,7 +577,7 @@ int tm_train(const tm_train_config *cfg, const tm_data *train, const tm_data *te
     int split = st == TM_OK && tm_world_device_count_local(w) < n;
     /* Across processes the one that runs the reporting device writes the
      * checkpoint and the trace, once, and only it holds the final weights. */
-    int writer = !split || tm_world_is_local(w, tm__train_reporter(cfg));
+    int writer = !split || tm_world_is_local(w, tm_train_reporter(cfg));
     if (!writer) {
         tm_outfile_abandon(save);
         tm_outfile_abandon(trace);

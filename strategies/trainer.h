@@ -255,6 +255,11 @@ void tm_train_result_free(tm_train_result *r);
  * versus layers and widths, schedule, stages). */
 int tm_train_check(const tm_train_config *cfg, const tm_data *train);
 
+/* The reporting device: replica 0's last stage, tp rank 0. It reports the
+ * run (progress, results) and, across processes, its process writes the
+ * outputs. */
+int tm_train_reporter(const tm_train_config *cfg);
+
 /* The activation peak each device will reach in the training steps,
  * worked out from the configuration without running anything (a planner's
  * input): bytes[p * tp + t] for stage p's tensor-parallel rank t, the same

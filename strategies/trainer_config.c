@@ -26,7 +26,7 @@ int tm__train_chunks(const tm_train_config *cfg)
     return cfg->virtual_stages > 1 ? cfg->virtual_stages : 1;
 }
 
-int tm__train_reporter(const tm_train_config *cfg) { return (cfg->pp - 1) * cfg->tp; }
+int tm_train_reporter(const tm_train_config *cfg) { return (cfg->pp - 1) * cfg->tp; }
 
 int tm__train_split(const tm_train_config *cfg, int *first)
 {

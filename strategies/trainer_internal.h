@@ -62,9 +62,6 @@ int tm__train_tied_stages(const tm_model *m, const int *first, int n_stages, int
 
 /* Chunks per device: cfg->virtual_stages, at least 1. */
 int tm__train_chunks(const tm_train_config *cfg);
-/* The reporting device: replica 0's last stage, tp rank 0. It reports the
- * run and, across processes, its process writes the outputs. */
-int tm__train_reporter(const tm_train_config *cfg);
 
 /* Layers per model stage into first[0 .. pp * chunks]: the user's --stages
  * or balanced by FLOPs. TM_EINVAL as tm_stages_parse. */

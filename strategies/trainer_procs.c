@@ -25,7 +25,7 @@ int tm__train_share(tm_world *w, const tm_train_config *cfg, tm_train_result *re
     if (tm_world_device_count_local(w) == tm_world_size(w)) return TM_OK;
     TM_CHECK(tm_world_share(w, res->devices, sizeof *res->devices));
     for (int i = 0; i < res->n_devices; i++) res->devices[i].process = tm_world_device_process(w, i);
-    int reporter = tm__train_reporter(cfg);
+    int reporter = tm_train_reporter(cfg);
     reported mine = {res->stopped, res->steps, res->samples_per_s, res->train_seconds,
                      res->test_acc, res->test_loss, state->pos, 0, ""};
     mine.failed = tm_stop_failed(stop, mine.why, sizeof mine.why);

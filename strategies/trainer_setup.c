@@ -516,7 +516,7 @@ static int store_chunk(device *v, int c)
         return st;
     }
     const float *params = s->params != NULL ? s->params : host;
-    int to = tm__train_reporter(j->cfg);
+    int to = tm_train_reporter(j->cfg);
     if (j->gather && !tm_world_is_local(tm_device_world(v->dev), to)) {
         st = send_chunk(v, to, s, params, state);
         free(host);
