@@ -382,7 +382,8 @@ int tm_process_init(void)
     P.init = 1;
     if (getenv("OMPI_COMM_WORLD_SIZE") == NULL) return TM_OK;
     setenv("OMPI_MCA_btl_vader_eager_limit", EAGER_LIMIT, 0);
-    long limit = strtol(getenv("OMPI_MCA_btl_vader_eager_limit"), NULL, 0);
+    const char *set = getenv("OMPI_MCA_btl_vader_eager_limit");
+    long limit = strtol(set != NULL ? set : EAGER_LIMIT, NULL, 0);
     P.eager = limit > 2 * (long)EAGER_MARGIN ? (size_t)limit - EAGER_MARGIN
                                              : (size_t)(limit > 1 ? limit / 2 : 1);
     int provided = 0;
